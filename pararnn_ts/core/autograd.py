@@ -1,0 +1,89 @@
+"""The parallel solve as a ``torch.autograd.Function``.
+
+Forward: Newton iterations (no graph). Backward (paper eq. 2.6): the adjoint
+``λ_t = g_t + J_{t+1}ᵀ λ_{t+1}`` by one reverse linear scan, then one time-parallel
+vector–Jacobian product of ``f`` at the solved trajectory gives the gradients of ``u``, ``h0``
+and every parameter of the cell. Nothing is differentiated through the Newton iterations.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .newton import NewtonConvergenceError, SolverStats, newton_solve, shift_right
+from .scan import reverse_linear_scan
+
+if TYPE_CHECKING:
+    from .cell import ParaCell
+
+
+def sequential_solve(cell: ParaCell, u: Tensor, h0: Tensor) -> Tensor:
+    """The plain loop ``h_t = f(h_{t-1}, u_t)``: ``(B, T, ...)``, ``(B, *S)`` → ``(B, T, *S)``."""
+    h = h0
+    trajectory = []
+    for t in range(u.shape[1]):
+        h = cell.recurrence(h, u[:, t])
+        trajectory.append(h)
+    return torch.stack(trajectory, dim=1)
+
+
+def solve_with_policy(cell: ParaCell, u: Tensor, h0: Tensor) -> tuple[Tensor, SolverStats]:
+    """Newton, then the cell's non-convergence policy (``fallback``); runs without a graph."""
+    h, stats = newton_solve(cell, u, h0, cell.resolved_tol(u.dtype), cell.max_iters)
+    if stats.converged:
+        return h, stats
+    message = (
+        f"{type(cell).__name__}: Newton did not converge in {stats.iterations} iterations "
+        f"(residual {stats.residual:.3g} > tol {cell.resolved_tol(u.dtype):.3g}, T={u.shape[1]})"
+    )
+    if cell.fallback == "raise":
+        raise NewtonConvergenceError(message + "; raise max_iters or tol, or use fallback='sequential'")
+    if cell.fallback == "warn":
+        warnings.warn(message + "; returning the last Newton iterate", RuntimeWarning, stacklevel=4)
+        return h, stats
+    stats.fell_back = True
+    return sequential_solve(cell, u, h0), stats
+
+
+class NewtonSolve(torch.autograd.Function):
+    """``h = NewtonSolve.apply(cell, stats_out, u, h0, *params)`` with ``h`` ``(B, T, *S)``.
+
+    ``params`` are the cell's parameters, passed only so that autograd routes their gradients;
+    ``stats_out`` is a list that receives the :class:`SolverStats` of the forward solve.
+    """
+
+    @staticmethod
+    def forward(ctx, cell: ParaCell, stats_out: list, u: Tensor, h0: Tensor, *params: Tensor) -> Tensor:
+        h, stats = solve_with_policy(cell, u, h0)
+        stats_out.append(stats)
+        ctx.cell = cell
+        ctx.save_for_backward(u, h0, h)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h: Tensor):
+        cell: ParaCell = ctx.cell
+        u, h0, h = ctx.saved_tensors
+        needs_u, needs_h0 = ctx.needs_input_grad[2:4]
+        needs_params = ctx.needs_input_grad[4:]
+        h_prev = shift_right(h, h0)
+        with torch.no_grad():
+            _, J = cell.jacobian(h_prev, u)
+            adjoint = reverse_linear_scan(J, grad_h, cell.structure)
+        params = [p for p, needed in zip(cell.parameters(), needs_params, strict=True) if needed]
+        with torch.enable_grad():
+            h_prev = h_prev.detach().requires_grad_(needs_h0)
+            u = u.detach().requires_grad_(needs_u)
+            inputs = [x for x, needed in ((h_prev, needs_h0), (u, needs_u)) if needed] + params
+            out = cell.recurrence(h_prev, u)
+            grads = list(torch.autograd.grad(out, inputs, adjoint, allow_unused=True)) if inputs else []
+        grad_h0 = grads.pop(0)[:, 0] if needs_h0 else None
+        grad_u = grads.pop(0) if needs_u else None
+        grad_params = [grads.pop(0) if needed else None for needed in needs_params]
+        return (None, None, grad_u, grad_h0, *grad_params)

@@ -1,0 +1,202 @@
+"""The base class of every recurrence: declare ``f`` and its Jacobian structure, get every mode."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from .autograd import NewtonSolve, sequential_solve
+from .newton import SolverStats, default_tol
+from .structure import Diagonal, Structure
+
+Mode = Literal["auto", "sequential", "parallel"]
+Fallback = Literal["sequential", "warn", "raise"]
+MODES = ("auto", "sequential", "parallel")
+FALLBACKS = ("sequential", "warn", "raise")
+
+
+class ParaCell(nn.Module):
+    """A recurrence ``h_t = f(h_{t-1}, u_t)`` on time-parallel inputs ``u_t = project(x_t)``.
+
+    Subclasses set :attr:`structure` and :attr:`state_shape`, and implement :meth:`recurrence`
+    (batched over any leading dimensions). Everything else has a default: :meth:`project` is the
+    identity, :meth:`jacobian` comes from forward-mode AD, the backward of the parallel mode from
+    the adjoint scan.
+
+    Args:
+        mode: ``"sequential"`` (plain loop, autograd through it), ``"parallel"`` (Newton + scans,
+            adjoint backward) or ``"auto"`` (parallel on GPU, sequential on CPU).
+        tol: Newton stops when ``max_t ‖r_t‖_∞ ≤ tol · max(1, ‖h‖_∞)``; default 32 ε of the
+            solve dtype.
+        max_iters: most Newton updates per solve.
+        fallback: what to do when Newton has not converged after ``max_iters``:
+            ``"sequential"`` recomputes with the loop, ``"warn"`` warns and returns the last
+            iterate, ``"raise"`` raises :class:`~pararnn_ts.core.newton.NewtonConvergenceError`.
+        check_inputs: validate shapes and finiteness of inputs (one pass over the data).
+    """
+
+    structure: Structure = Diagonal()
+    #: size of the last dimension of ``x`` (``None``: not checked)
+    input_size: int | None = None
+
+    def __init__(
+        self,
+        *,
+        mode: Mode = "auto",
+        tol: float | None = None,
+        max_iters: int = 12,
+        fallback: Fallback = "sequential",
+        check_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not one of {MODES}")
+        if fallback not in FALLBACKS:
+            raise ValueError(f"fallback={fallback!r} is not one of {FALLBACKS}")
+        if max_iters < 1:
+            raise ValueError(f"max_iters must be >= 1, got {max_iters}")
+        if tol is not None and not tol > 0:
+            raise ValueError(f"tol must be > 0 (or None for the dtype default), got {tol}")
+        self.mode = mode
+        self.tol = tol
+        self.max_iters = max_iters
+        self.fallback = fallback
+        self.check_inputs = check_inputs
+        self.last_stats: SolverStats | None = None
+
+    # ---- what a cell declares -------------------------------------------------------------
+    @property
+    def state_shape(self) -> tuple[int, ...]:
+        """Shape of one state, without the batch dimension: ``(D,)`` or ``(D, k)``."""
+        raise NotImplementedError
+
+    def recurrence(self, h_prev: Tensor, u: Tensor) -> Tensor:
+        """``f(h_prev, u)``: ``(..., *S)``, ``(..., *U)`` → ``(..., *S)``."""
+        raise NotImplementedError
+
+    # ---- what a cell may override ---------------------------------------------------------
+    def project(self, x: Tensor) -> Tensor:
+        """Time-parallel input map ``x (..., input_size)`` → ``u (..., *U)``; identity by default."""
+        return x
+
+    def jacobian(self, h_prev: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+        """``(f(h_prev, u), ∂f/∂h_prev)`` in the layout of :attr:`structure`; forward-mode AD by default."""
+        return self.structure.jacobian_from_jvp(lambda h: self.recurrence(h, u), h_prev)
+
+    def output(self, h: Tensor) -> Tensor:
+        """Output ``y`` from states ``(..., *S)``: the state with its trailing dims flattened."""
+        return h.flatten(h.dim() - len(self.state_shape)) if len(self.state_shape) > 1 else h
+
+    def state_to_tensor(self, state: Any) -> Tensor:
+        """User-facing state → ``(B, *S)`` tensor (ParaLSTM: ``(c, h)`` pair → stacked)."""
+        return state
+
+    def tensor_to_state(self, h: Tensor) -> Any:
+        """``(B, *S)`` tensor → user-facing state."""
+        return h
+
+    # ---- what every cell gets -------------------------------------------------------------
+    def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """Run the whole sequence.
+
+        Args:
+            x: ``(B, T, input_size)``.
+            state: initial state (``(B, *S)`` tensor, or the cell's own form); zeros if ``None``.
+
+        Returns:
+            ``y`` ``(B, T, ...)`` and the final state.
+        """
+        if self.check_inputs:
+            self._check_x(x, "x", ndim=3)
+        h = self.solve(self.project(x), self._initial_state(state, x))
+        return self.output(h), self.tensor_to_state(h[:, -1])
+
+    def step(self, x_t: Tensor, state: Any = None) -> Any:
+        """One step for decoding and closed-loop rollouts: ``x_t`` ``(B, input_size)`` → next state."""
+        if self.check_inputs:
+            self._check_x(x_t, "x_t", ndim=2)
+        u = self.project(x_t)
+        h0 = self._initial_state(state, x_t)
+        with self._solve_precision(u) as dtype:
+            h = self.recurrence(h0.to(dtype), u.to(dtype))
+        return self.tensor_to_state(self._output_dtype(h, u))
+
+    def solve(self, u: Tensor, h0: Tensor, mode: Mode | None = None) -> Tensor:
+        """Solve for all states ``(B, T, *S)`` given ``u`` ``(B, T, *U)`` and ``h0`` ``(B, *S)``."""
+        mode = self.resolve_mode(u.device, mode)
+        with self._solve_precision(u) as dtype:
+            u32, h0_32 = u.to(dtype), h0.to(dtype)
+            if mode == "sequential":
+                h = sequential_solve(self, u32, h0_32)
+                self.last_stats = SolverStats("sequential")
+            else:
+                stats: list[SolverStats] = []
+                h = NewtonSolve.apply(self, stats, u32, h0_32, *self.parameters())
+                self.last_stats = stats[0]
+        return self._output_dtype(h, u)
+
+    def resolve_mode(self, device: torch.device, mode: Mode | None = None) -> str:
+        """The mode that will run on ``device``: ``auto`` is parallel on GPU, sequential on CPU."""
+        mode = mode or self.mode
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r} is not one of {MODES}")
+        if mode == "auto":
+            return "parallel" if device.type == "cuda" else "sequential"
+        return mode
+
+    def resolved_tol(self, dtype: torch.dtype) -> float:
+        return self.tol if self.tol is not None else default_tol(dtype)
+
+    def extra_repr(self) -> str:
+        return f"structure={self.structure}, mode={self.mode!r}, max_iters={self.max_iters}, fallback={self.fallback!r}"
+
+    # ---- helpers --------------------------------------------------------------------------
+    @staticmethod
+    @contextmanager
+    def _solve_precision(u: Tensor) -> Iterator[torch.dtype]:
+        """Yields the solve dtype (float32 or wider) with autocast off inside the solve."""
+        device = u.device.type
+        off = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext()
+        with off:
+            yield torch.promote_types(u.dtype, torch.float32)
+
+    @staticmethod
+    def _output_dtype(h: Tensor, u: Tensor) -> Tensor:
+        # Under autocast the float32 result stays float32; otherwise return the input's dtype.
+        return h if torch.is_autocast_enabled(u.device.type) else h.to(u.dtype)
+
+    def _initial_state(self, state: Any, x: Tensor) -> Tensor:
+        batch = x.shape[0]
+        if state is None:
+            dtype = torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32
+            return torch.zeros(batch, *self.state_shape, dtype=dtype, device=x.device)
+        h0 = self.state_to_tensor(state)
+        expected = (batch, *self.state_shape)
+        if tuple(h0.shape) != expected:
+            raise ValueError(
+                f"{type(self).__name__}: state has shape {tuple(h0.shape)}, expected {expected} "
+                "(batch, *state_shape); pass None to start from zeros"
+            )
+        if self.check_inputs and not torch.isfinite(h0).all():
+            raise ValueError(f"{type(self).__name__}: state contains NaN or inf")
+        return h0
+
+    def _check_x(self, x: Tensor, name: str, ndim: int) -> None:
+        layout = "(batch, time, input_size)" if ndim == 3 else "(batch, input_size)"
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{type(self).__name__}: {name} must be a Tensor {layout}, got {type(x).__name__}")
+        if x.dim() != ndim:
+            raise ValueError(f"{type(self).__name__}: {name} must be {layout}, got shape {tuple(x.shape)}")
+        if ndim == 3 and x.shape[1] == 0:
+            raise ValueError(f"{type(self).__name__}: {name} has no time steps (shape {tuple(x.shape)})")
+        if self.input_size is not None and x.shape[-1] != self.input_size:
+            raise ValueError(
+                f"{type(self).__name__}: {name} has {x.shape[-1]} features in its last dimension, "
+                f"expected input_size={self.input_size}"
+            )
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            raise ValueError(f"{type(self).__name__}: {name} contains NaN or inf; clean or mask the input first")

@@ -1,0 +1,52 @@
+"""Shared factories for the solver tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pararnn_ts import ParaGRU, ParaLSTM, RotationOscillator
+from pararnn_ts.core import ParaCell
+
+INPUT_SIZE = 6
+HIDDEN = 45  # not a multiple of 32, divisible by 3 heads
+CELLS = ("paragru", "paralstm", "oscillator")
+
+
+def make_cell(name: str, dtype: torch.dtype = torch.float64, seed: int = 0, hidden: int = HIDDEN, **kwargs) -> ParaCell:
+    """A cell with random (not just initial) recurrent weights, so every gate matters."""
+    torch.manual_seed(seed)
+    if name == "paragru":
+        cell = ParaGRU(INPUT_SIZE, hidden, num_heads=3, max_norm=None, **kwargs)
+    elif name == "paralstm":
+        cell = ParaLSTM(INPUT_SIZE, hidden, num_heads=3, max_norm=None, **kwargs)
+    elif name == "oscillator":
+        cell = RotationOscillator(INPUT_SIZE, hidden, **kwargs)
+    else:
+        raise KeyError(name)
+    with torch.no_grad():
+        for p in cell.parameters():
+            if p.dim() == 2 and name != "oscillator":  # A, b, C: off their initial values
+                p.uniform_(-0.9, 0.9)
+    return cell.to(dtype)
+
+
+def random_state(cell: ParaCell, batch: int, dtype: torch.dtype, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    h0 = 0.5 * torch.randn(batch, *cell.state_shape, generator=g, dtype=dtype)
+    return cell.tensor_to_state(h0)
+
+
+def state_tensors(state) -> list[torch.Tensor]:
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max|a − b| / max|a|`` (absolute when ``a`` is all zeros)."""
+    scale = a.abs().max().clamp_min(torch.finfo(a.dtype).tiny)
+    return ((a - b).abs().max() / scale).item()
+
+
+@pytest.fixture(params=CELLS)
+def cell_name(request) -> str:
+    return request.param

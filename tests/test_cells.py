@@ -1,0 +1,90 @@
+"""ParaGRU / ParaLSTM specifics: hand-written Jacobians, parameters, initialisation, clipping."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import make_cell
+
+from pararnn_ts import ParaGRU, ParaLSTM
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_hand_written_jacobian_equals_forward_mode_ad(name):
+    cell = make_cell(name, torch.float64)
+    u = cell.project(torch.randn(3, 11, cell.input_size, dtype=torch.float64))
+    h = 0.7 * torch.randn(3, 11, *cell.state_shape, dtype=torch.float64)
+    f_hand, J_hand = cell.jacobian(h, u)
+    f_ad, J_ad = cell.structure.jacobian_from_jvp(lambda s: cell.recurrence(s, u), h)
+    torch.testing.assert_close(f_hand, f_ad)
+    torch.testing.assert_close(J_hand, J_ad, rtol=1e-12, atol=1e-12)
+
+
+def test_gru_matches_the_paper_equations():
+    gru = make_cell("paragru", torch.float64)
+    x = torch.randn(2, 1, gru.input_size, dtype=torch.float64)
+    h = torch.randn(2, gru.hidden_size, dtype=torch.float64)
+    D, H = gru.hidden_size, gru.num_heads
+    # Dense equivalent of the block-diagonal projection.
+    B_full = torch.block_diag(*[gru.B[n].reshape(3 * D // H, -1) for n in range(H)])  # rows: head, gate, out
+    u = (x[:, 0] @ B_full.T).view(2, H, 3, D // H).transpose(1, 2).reshape(2, 3, D) + gru.b
+    a_z, a_r, a_c = gru.A
+    z = torch.sigmoid(a_z * h + u[:, 0])
+    r = torch.sigmoid(a_r * h + u[:, 1])
+    c = torch.tanh(a_c * (h * r) + u[:, 2])
+    torch.testing.assert_close(gru.step(x[:, 0], h), (1 - z) * h + z * c)
+
+
+def test_lstm_matches_the_paper_equations():
+    lstm = make_cell("paralstm", torch.float64)
+    x = torch.randn(2, lstm.input_size, dtype=torch.float64)
+    c, h = torch.randn(2, 2, lstm.hidden_size, dtype=torch.float64)
+    u = lstm.project(x)
+    (a_f, a_z, a_o), (p_f, p_o) = lstm.A, lstm.C
+    f = torch.sigmoid(a_f * h + u[:, 0] + p_f * c)
+    z = torch.tanh(a_z * h + u[:, 1])
+    c_new = f * c + (1 - f) * z
+    o = torch.sigmoid(a_o * h + u[:, 2] + p_o * c_new)
+    c_step, h_step = lstm.step(x, (c, h))
+    torch.testing.assert_close(c_step, c_new)
+    torch.testing.assert_close(h_step, o * torch.tanh(c_new))
+
+
+def test_heads_are_block_diagonal():
+    gru = ParaGRU(6, 9, num_heads=3)
+    x = torch.zeros(1, 6)
+    x[0, 0] = 1.0  # only head 0's input slice
+    u = gru.project(x) - gru.b
+    assert u[0, :, :3].abs().sum() > 0 and u[0, :, 3:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("cls", [ParaGRU, ParaLSTM])
+def test_paper_initialisation(cls):
+    torch.manual_seed(0)
+    cell = cls(64, 128, num_heads=4)
+    names = dict(cell.named_parameters())
+    assert set(names) == ({"A", "B", "b", "C"} if cls is ParaLSTM else {"A", "B", "b"})
+    assert torch.all(cell.b == 0)
+    bound = 1 / math.sqrt(64 // 4)
+    assert cell.B.abs().max() <= bound and cell.B.abs().max() > 0.9 * bound
+    for p in cell.recurrent_parameters():
+        norms = p.norm(dim=-1)
+        assert torch.all(norms <= 0.5 + 1e-6) and torch.all(norms > 0.4)
+    assert torch.all(cls(8, 8, recurrent_init="zeros").A == 0)
+    assert cls(8, 8, recurrent_init="normal", max_norm=None).A.norm(dim=-1).max() > 0.5
+
+
+def test_max_norm_clips_every_forward():
+    gru = ParaGRU(4, 8, max_norm=0.5)
+    with torch.no_grad():
+        gru.A.fill_(2.0)  # row norm 2·√8, far above 0.5
+    clipped = gru.clipped(gru.A)
+    torch.testing.assert_close(clipped.norm(dim=-1), torch.full((3,), 0.5))
+    free = ParaGRU(4, 8, max_norm=None)
+    free.load_state_dict(gru.state_dict())
+    x = torch.randn(2, 5, 4)
+    with torch.no_grad():
+        free.A.copy_(clipped)
+    torch.testing.assert_close(gru(x)[0], free(x)[0])

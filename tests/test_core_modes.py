@@ -1,0 +1,133 @@
+"""Every mode gives the same outputs, final state and gradients (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import make_cell, random_state, rel_err, state_tensors
+
+EPS32 = torch.finfo(torch.float32).eps
+
+
+def run(cell, x, state, mode):
+    """Outputs, final state and the gradients of a generic loss w.r.t. x, state and parameters."""
+    cell.mode = mode
+    cell.zero_grad()
+    x = x.detach().clone().requires_grad_()
+    leaves = [s.detach().clone().requires_grad_() for s in state_tensors(state)]
+    state = tuple(leaves) if isinstance(state, tuple) else leaves[0]
+    y, last = cell(x, state)
+    g = torch.Generator().manual_seed(7)
+    loss = (y * torch.randn(y.shape, generator=g, dtype=y.dtype)).sum()
+    loss = loss + sum((s * torch.randn(s.shape, generator=g, dtype=s.dtype)).sum() for s in state_tensors(last))
+    loss.backward()
+    return {
+        "y": y.detach(),
+        **{f"last{i}": s.detach() for i, s in enumerate(state_tensors(last))},
+        "grad_x": x.grad,
+        **{f"grad_state{i}": s.grad for i, s in enumerate(leaves)},
+        **{f"grad_{n}": p.grad for n, p in cell.named_parameters()},
+    }
+
+
+def compare(cell, x, state, tol):
+    ref = run(cell, x, state, "sequential")
+    par = run(cell, x, state, "parallel")
+    assert cell.last_stats.mode == "parallel" and cell.last_stats.converged and not cell.last_stats.fell_back
+    errors = {k: rel_err(ref[k], par[k]) for k in ref}
+    assert all(v is not None for v in par.values()), "a gradient is missing"
+    assert max(errors.values()) <= tol, errors
+
+
+@pytest.mark.parametrize("T", [1, 2, 63, 1000, 4097])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_parallel_equals_sequential_float64(cell_name, T, batch):
+    cell = make_cell(cell_name, torch.float64)
+    x = torch.randn(batch, T, cell.input_size, dtype=torch.float64)
+    compare(cell, x, random_state(cell, batch, torch.float64), tol=1e-9)
+
+
+@pytest.mark.parametrize("T", [1, 2, 63, 1000, 4097])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_parallel_equals_sequential_float32(cell_name, T, batch):
+    cell = make_cell(cell_name, torch.float32)
+    x = torch.randn(batch, T, cell.input_size)
+    # Rounding errors grow like eps·T; sums over batch and time reorder, hence the floor of 16 steps.
+    compare(cell, x, random_state(cell, batch, torch.float32), tol=4 * EPS32 * max(T, 16))
+
+
+def test_gradcheck_parallel(cell_name):
+    cell = make_cell(cell_name, torch.float64, hidden=3, mode="parallel")
+    names = [n for n, _ in cell.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in cell.parameters()]
+    x = torch.randn(2, 7, cell.input_size, dtype=torch.float64, requires_grad=True)
+    h0 = (0.5 * torch.randn(2, *cell.state_shape, dtype=torch.float64)).requires_grad_()
+
+    def fn(x, h0, *ps):
+        y, last = torch.func.functional_call(cell, dict(zip(names, ps, strict=True)), (x, cell.tensor_to_state(h0)))
+        return y, cell.state_to_tensor(last)
+
+    assert torch.autograd.gradcheck(fn, (x, h0, *params))
+
+
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_bf16_autocast_solves_in_float32(cell_name, mode):
+    cell = make_cell(cell_name, torch.float32, mode=mode)
+    x = torch.randn(2, 50, cell.input_size, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, last = cell(x)
+    assert y.dtype == torch.float32
+    y.square().mean().backward()
+    assert torch.isfinite(x.grad).all() and all(torch.isfinite(p.grad).all() for p in cell.parameters())
+    ref, _ = cell(x)  # float32 end to end: only the bf16 input projection differs
+    assert rel_err(ref, y) < 0.05
+
+
+def test_step_matches_sequence(cell_name):
+    cell = make_cell(cell_name, torch.float64, mode="parallel")
+    x = torch.randn(3, 40, cell.input_size, dtype=torch.float64)
+    state = random_state(cell, 3, torch.float64)
+    y, last = cell(x, state)
+    outputs = []
+    for t in range(x.shape[1]):
+        state = cell.step(x[:, t], state)
+        h = cell.state_to_tensor(state)
+        outputs.append(cell.output(h))
+    torch.testing.assert_close(torch.stack(outputs, 1), y, rtol=1e-10, atol=1e-12)
+    for a, b in zip(state_tensors(state), state_tensors(last), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("splits", [[1, 99], [37, 26, 37], [50, 50]])
+def test_chunks_with_carried_state_equal_one_call(cell_name, splits):
+    cell = make_cell(cell_name, torch.float64, mode="parallel")
+    x = torch.randn(2, sum(splits), cell.input_size, dtype=torch.float64, requires_grad=True)
+    y_full, last_full = cell(x)
+    (g_full,) = torch.autograd.grad(y_full.sum(), x)
+    state, ys = None, []
+    for chunk in x.split(splits, dim=1):
+        y, state = cell(chunk, state)
+        ys.append(y)
+    y_chunked = torch.cat(ys, 1)
+    (g_chunked,) = torch.autograd.grad(y_chunked.sum(), x)
+    torch.testing.assert_close(y_chunked, y_full, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_chunked, g_full, rtol=1e-9, atol=1e-12)
+    for a, b in zip(state_tensors(state), state_tensors(last_full), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_stats_report_iterations_and_residual(cell_name):
+    cell = make_cell(cell_name, torch.float64, mode="parallel")
+    cell(torch.randn(2, 300, cell.input_size, dtype=torch.float64))
+    stats = cell.last_stats
+    assert 1 <= stats.iterations <= cell.max_iters
+    assert stats.residual <= cell.resolved_tol(torch.float64)
+    cell.mode = "sequential"
+    cell(torch.randn(2, 5, cell.input_size, dtype=torch.float64))
+    assert cell.last_stats.mode == "sequential"
+
+
+def test_auto_is_sequential_on_cpu(cell_name):
+    cell = make_cell(cell_name, torch.float32, mode="auto")
+    cell(torch.randn(1, 4, cell.input_size))
+    assert cell.last_stats.mode == "sequential"

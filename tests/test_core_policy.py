@@ -1,0 +1,136 @@
+"""Non-convergence policy and input validation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import make_cell
+
+from pararnn_ts import ParaGRU
+from pararnn_ts.core import Dense, NewtonConvergenceError, ParaCell
+
+
+class ChaoticCell(ParaCell):
+    """``h_t = sin(3π h_{t-1} + u_t)``: chaotic, so Newton cannot converge in a few iterations."""
+
+    input_size = 4
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.w = torch.nn.Parameter(torch.full((4,), 0.3, dtype=torch.float64))
+
+    @property
+    def state_shape(self):
+        return (4,)
+
+    def recurrence(self, h, u):
+        return torch.sin(3 * math.pi * h + self.w * u)
+
+
+def chaotic_input(T=48):
+    return torch.randn(2, T, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+
+
+def test_newton_fails_on_the_chaotic_cell():
+    cell = ChaoticCell(mode="parallel", max_iters=3, fallback="warn")
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        cell(chaotic_input())
+    assert not cell.last_stats.converged and cell.last_stats.iterations == 3
+    assert cell.last_stats.residual > cell.resolved_tol(torch.float64)
+
+
+def test_fallback_raise():
+    cell = ChaoticCell(mode="parallel", max_iters=3, fallback="raise")
+    with pytest.raises(NewtonConvergenceError, match="max_iters"):
+        cell(chaotic_input())
+
+
+def test_fallback_sequential_returns_the_exact_trajectory_and_gradients():
+    x = chaotic_input(24).requires_grad_()
+    cell = ChaoticCell(mode="sequential")
+    y_ref, _ = cell(x)
+    (gx_ref, gw_ref) = torch.autograd.grad(y_ref.sum(), (x, cell.w))
+    cell.mode, cell.max_iters = "parallel", 2
+    y, _ = cell(x)
+    assert cell.last_stats.fell_back and not cell.last_stats.converged
+    (gx, gw) = torch.autograd.grad(y.sum(), (x, cell.w))
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gx, gx_ref, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-8, atol=1e-8)
+
+
+def test_fallback_warn_returns_last_iterate_not_the_solution():
+    cell = ChaoticCell(mode="parallel", max_iters=2, fallback="warn")
+    x = chaotic_input()
+    with pytest.warns(RuntimeWarning):
+        y, _ = cell(x)
+    cell.mode = "sequential"
+    y_ref, _ = cell(x)
+    assert not torch.allclose(y, y_ref)
+
+
+class DenseTanhCell(ParaCell):
+    """``h_t = tanh(W h_{t-1} + u_t)`` with a full ``W``: the Dense structure."""
+
+    input_size = 5
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.W = torch.nn.Parameter(0.3 * torch.randn(5, 5, dtype=torch.float64))
+
+    @property
+    def state_shape(self):
+        return (5,)
+
+    structure = Dense()
+
+    def recurrence(self, h, u):
+        return torch.tanh(h @ self.W.T + u)
+
+
+def test_dense_structure_cell_all_modes_agree():
+    cell = DenseTanhCell()
+    x = torch.randn(3, 200, 5, dtype=torch.float64, requires_grad=True)
+    out = {}
+    for mode in ("sequential", "parallel"):
+        cell.mode = mode
+        y, last = cell(x)
+        out[mode] = (y, last, *torch.autograd.grad((y.sin().sum() + last.sum()), (x, cell.W)))
+    assert cell.last_stats.converged
+    for a, b in zip(out["sequential"], out["parallel"], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "x, match",
+    [
+        (torch.randn(8, 6), r"x must be \(batch, time, input_size\)"),
+        (torch.randn(2, 8, 5), "input_size=6"),
+        (torch.randn(2, 0, 6), "no time steps"),
+        (torch.full((2, 8, 6), float("nan")), "NaN or inf"),
+    ],
+)
+def test_bad_inputs_give_clear_errors(x, match):
+    with pytest.raises(ValueError, match=match):
+        ParaGRU(6, 9, num_heads=3)(x)
+
+
+def test_bad_state_and_arguments():
+    gru = ParaGRU(6, 9, num_heads=3)
+    with pytest.raises(ValueError, match=r"expected \(2, 9\)"):
+        gru(torch.randn(2, 4, 6), torch.zeros(3, 9))
+    with pytest.raises(ValueError, match="state contains NaN"):
+        gru(torch.randn(2, 4, 6), torch.full((2, 9), float("inf")))
+    with pytest.raises(ValueError, match=r"x_t must be \(batch, input_size\)"):
+        gru.step(torch.randn(2, 4, 6), torch.zeros(2, 9))
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        ParaGRU(6, 10, num_heads=3)
+    with pytest.raises(ValueError, match="mode="):
+        ParaGRU(6, 9, mode="fast")
+    with pytest.raises(ValueError, match="fallback="):
+        ParaGRU(6, 9, fallback="ignore")
+    lstm = make_cell("paralstm")
+    with pytest.raises(TypeError, match=r"pair \(c, h\)"):
+        lstm(torch.randn(2, 4, 6, dtype=torch.float64), torch.zeros(2, 45, dtype=torch.float64))
