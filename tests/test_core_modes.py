@@ -88,6 +88,7 @@ def test_step_matches_sequence(cell_name):
     x = torch.randn(3, 40, cell.input_size, dtype=torch.float64)
     state = random_state(cell, 3, torch.float64)
     y, last = cell(x, state)
+    assert y.shape == (3, 40, cell.output_size)
     outputs = []
     for t in range(x.shape[1]):
         state = cell.step(x[:, t], state)

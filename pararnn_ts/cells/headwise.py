@@ -48,14 +48,7 @@ class HeadwiseGatedCell(ParaCell):
         **solver_kwargs,
     ) -> None:
         super().__init__(**solver_kwargs)
-        for name, value in (("input_size", input_size), ("hidden_size", hidden_size), ("num_heads", num_heads)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{type(self).__name__}: {name} must be a positive int, got {value!r}")
-        if input_size % num_heads or hidden_size % num_heads:
-            raise ValueError(
-                f"{type(self).__name__}: input_size={input_size} and hidden_size={hidden_size} must both be "
-                f"divisible by num_heads={num_heads}"
-            )
+        check_head_sizes(type(self).__name__, num_heads, input_size=input_size, hidden_size=hidden_size)
         if recurrent_init not in RECURRENT_INITS:
             raise ValueError(f"recurrent_init={recurrent_init!r} is not one of {RECURRENT_INITS}")
         if max_norm is not None and not max_norm > 0:
@@ -112,6 +105,18 @@ class HeadwiseGatedCell(ParaCell):
         return (
             f"{self.input_size}, {self.hidden_size}, num_heads={self.num_heads}, max_norm={self.max_norm}, "
             + super().extra_repr()
+        )
+
+
+def check_head_sizes(owner: str, num_heads: int, **sizes: int) -> None:
+    """Raise a ``ValueError`` naming the argument unless all sizes are positive ints divisible by ``num_heads``."""
+    for name, value in {**sizes, "num_heads": num_heads}.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
+    if any(value % num_heads for value in sizes.values()):
+        listed = " and ".join(f"{name}={value}" for name, value in sizes.items())
+        raise ValueError(
+            f"{owner}: {listed} must all be divisible by num_heads={num_heads}; change num_heads or the sizes"
         )
 
 

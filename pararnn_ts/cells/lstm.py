@@ -36,6 +36,10 @@ class ParaLSTM(HeadwiseGatedCell):
     def state_shape(self) -> tuple[int, ...]:
         return (self.hidden_size, 2)
 
+    @property
+    def output_size(self) -> int:
+        return self.hidden_size
+
     def output(self, h: Tensor) -> Tensor:
         return h[..., 1]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any, Literal
@@ -86,6 +87,11 @@ class ParaCell(nn.Module):
     def jacobian(self, h_prev: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         """``(f(h_prev, u), ∂f/∂h_prev)`` in the layout of :attr:`structure`; forward-mode AD by default."""
         return self.structure.jacobian_from_jvp(lambda h: self.recurrence(h, u), h_prev)
+
+    @property
+    def output_size(self) -> int:
+        """Features of ``y`` per step: the state's size, flattened."""
+        return math.prod(self.state_shape)
 
     def output(self, h: Tensor) -> Tensor:
         """Output ``y`` from states ``(..., *S)``: the state with its trailing dims flattened."""

@@ -1,0 +1,29 @@
+# The README's two commands: `make demo` (main job) and `make test` (test suite).
+# Both create .venv on first use with the CPU build of PyTorch; override TORCH to change that,
+# e.g. `make test TORCH='torch>=2.10'` on a machine with a CUDA toolkit.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+READY := $(VENV)/.installed
+
+.PHONY: demo test lint bench
+
+$(READY): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q '$(TORCH)'
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(READY)
+	$(BIN)/pararnn-ts fit -c experiments/synthetic/parity_paragru.yaml
+
+lint: $(READY)
+	$(BIN)/ruff check pararnn_ts tests experiments
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: $(READY)
+	$(BIN)/python experiments/bench/solver_bench.py

@@ -1,0 +1,177 @@
+"""Solver benchmark: ``sequential`` vs ``parallel`` for ParaGRU and ParaLSTM.
+
+For each cell, mode and sequence length it measures forward and forward+backward wall time
+(median of repeats after one warm-up call), the peak memory of that first call, and the Newton
+iterations used; prints a Markdown table and writes a JSON file.
+
+Each measurement runs in a fresh subprocess so peak memory is not polluted by earlier runs.
+On CPU, peak memory is the growth of the process's peak RSS over the first call; on CUDA it is
+``torch.cuda.max_memory_allocated`` over what the inputs hold.
+
+    python experiments/bench/solver_bench.py                       # the issue's sizes, ~10 min on 2 cores
+    python experiments/bench/solver_bench.py --T 256 1024 --repeats 2 --out /tmp/bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pararnn_ts import ParaGRU, ParaLSTM
+
+CELLS = {"paragru": ParaGRU, "paralstm": ParaLSTM}
+DEFAULT_OUT = Path(__file__).parent / "results" / "solver_cpu.json"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def measure(cell: str, mode: str, T: int, passes: str, batch: int, hidden: int, repeats: int, device: str) -> dict:
+    """One measurement in this process: returns times (s), peak memory (MiB) and Newton stats."""
+    dev = torch.device(device)
+    torch.manual_seed(0)
+    rnn = CELLS[cell](hidden, hidden, num_heads=4, mode=mode).to(dev)
+    x = torch.randn(batch, T, hidden, device=dev, requires_grad=passes == "fwd+bwd")
+
+    def call() -> None:
+        if passes == "fwd":
+            with torch.no_grad():
+                rnn(x)
+        else:
+            y, _ = rnn(x)
+            y.sum().backward()
+            x.grad = None
+            rnn.zero_grad(set_to_none=True)
+        _sync(dev)
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_mib()
+    start = time.perf_counter()
+    call()
+    first = time.perf_counter() - start
+    if dev.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    stats = rnn.last_stats
+    return {
+        "cell": cell,
+        "mode": mode,
+        "T": T,
+        "passes": passes,
+        "time_s": statistics.median(times) if times else first,
+        "first_call_s": first,
+        "peak_mib": peak,
+        "newton_iterations": stats.iterations,
+        "residual": stats.residual,
+        "fell_back": stats.fell_back,
+    }
+
+
+def run_in_subprocess(args: argparse.Namespace, cell: str, mode: str, T: int, passes: str) -> dict:
+    cmd = [sys.executable, __file__, "--worker", cell, mode, str(T), passes]
+    cmd += ["--batch", str(args.batch), "--hidden", str(args.hidden), "--repeats", str(args.repeats)]
+    cmd += ["--device", args.device]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| cell | mode | T | fwd (s) | fwd+bwd (s) | peak fwd (MiB) | peak fwd+bwd (MiB) | Newton its |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    index = {(r["cell"], r["mode"], r["T"], r["passes"]): r for r in rows}
+    for cell, mode, T in dict.fromkeys((r["cell"], r["mode"], r["T"]) for r in rows):
+        f, fb = index[(cell, mode, T, "fwd")], index[(cell, mode, T, "fwd+bwd")]
+        its = f["newton_iterations"] if mode == "parallel" else "-"
+        lines.append(
+            f"| {cell} | {mode} | {T} | {f['time_s']:.4f} | {fb['time_s']:.4f} | "
+            f"{f['peak_mib']:.0f} | {fb['peak_mib']:.0f} | {its} |"
+        )
+    return "\n".join(lines)
+
+
+def growth_lines(rows: list[dict], Ts: list[int]) -> list[str]:
+    """Time ratio from the second-smallest to the largest T for the parallel mode."""
+    if len(Ts) < 3:
+        return []
+    lo, hi = sorted(Ts)[1], max(Ts)
+    out = []
+    for r in rows:
+        if r["mode"] == "parallel" and r["T"] == hi:
+            key = (r["cell"], "parallel", lo, r["passes"])
+            base = next(b for b in rows if (b["cell"], b["mode"], b["T"], b["passes"]) == key)
+            ratio = r["time_s"] / base["time_s"]
+            out.append(
+                f"parallel {r['cell']} {r['passes']}: T={lo}→{hi} ({hi // lo}× longer) took {ratio:.1f}× the time"
+            )
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    p.add_argument("--modes", nargs="+", default=["sequential", "parallel"], choices=["sequential", "parallel"])
+    p.add_argument("--T", nargs="+", type=int, default=[256, 1024, 4096, 16384])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p.add_argument("--worker", nargs=4, metavar=("CELL", "MODE", "T", "PASSES"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        cell, mode, T, passes = args.worker
+        print(json.dumps(measure(cell, mode, int(T), passes, args.batch, args.hidden, args.repeats, args.device)))
+        return
+    rows = []
+    for cell in args.cells:
+        for mode in args.modes:
+            for T in args.T:
+                for passes in ("fwd", "fwd+bwd"):
+                    rows.append(run_in_subprocess(args, cell, mode, T, passes))
+                    print(f"  {cell} {mode} T={T} {passes}: {rows[-1]['time_s']:.4f} s", file=sys.stderr, flush=True)
+    machine = {
+        "device": args.device if args.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "hidden": args.hidden,
+        "repeats": args.repeats,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    print(f"\nB={args.batch}, D={args.hidden}, {machine}\n")
+    print(table(rows))
+    for line in growth_lines(rows, args.T):
+        print(line)
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The ``pararnn-ts`` command: Lightning's CLI (``fit``, ``validate``, ``test``, ``predict``).
+
+    pararnn-ts fit -c experiments/synthetic/parity_paragru.yaml
+    pararnn-ts fit -c experiments/synthetic/parity_paragru.yaml --model.init_args.lr=0.01 --print_config
+
+``model:`` and ``data:`` take any LightningModule / LightningDataModule by ``class_path``, or the
+path of a YAML fragment holding one (relative to the config that names it). After ``fit``, the
+trained weights are evaluated on the data module's test split, if it has one, and the metrics are
+printed (skip it with ``--trainer.limit_test_batches=0``).
+"""
+
+from __future__ import annotations
+
+import os
+
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.model_helpers import is_overridden
+
+# Imported so that configs may name their classes without the module (class_path: GatedLinearRNN).
+import pararnn_ts.nn  # noqa: F401
+import pararnn_ts.synthetic  # noqa: F401
+
+#: the seed of a run unless the config or ``--seed_everything`` says otherwise
+DEFAULT_SEED = 0
+
+
+class ParaRNNCLI(LightningCLI):
+    """LightningCLI that refuses to reuse a run's folder, and evaluates the test split after ``fit``."""
+
+    def before_fit(self) -> None:
+        refuse_used_log_dir(self.trainer)
+
+    def after_fit(self) -> None:
+        if can_test(self.model, self.datamodule) and not self.trainer.interrupted:
+            self.trainer.test(self.model, datamodule=self.datamodule)
+
+
+def refuse_used_log_dir(trainer: Trainer) -> None:
+    """Raise ``FileExistsError`` if the run would save its config where an earlier run saved one.
+
+    Lightning's ``SaveConfigCallback`` makes the same check, but only after the loggers have
+    started, and by then ``CSVLogger`` has deleted the earlier run's ``metrics.csv``.
+    """
+    for callback in trainer.callbacks:
+        if not (isinstance(callback, SaveConfigCallback) and callback.save_to_log_dir and not callback.overwrite):
+            continue
+        path = os.path.join(trainer.log_dir, callback.config_filename)
+        if get_filesystem(path).isfile(path):
+            raise FileExistsError(
+                f"{path} belongs to an earlier run; to keep its results, log this run elsewhere: drop a fixed "
+                "--trainer.logger.init_args.version (each run then gets a new version_N folder), or pass "
+                "another --trainer.default_root_dir; or delete that folder"
+            )
+
+
+def can_test(model: LightningModule, datamodule: LightningDataModule | None) -> bool:
+    """Whether ``datamodule`` has a test split and ``model`` a ``test_step``."""
+    return (
+        datamodule is not None
+        and is_overridden("test_dataloader", datamodule, LightningDataModule)
+        and is_overridden("test_step", model, LightningModule)
+    )
+
+
+def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI:
+    """Parse ``args`` (default ``sys.argv[1:]``), build model, data and trainer, and run the verb.
+
+    With ``run=False`` there is no verb: ``args`` is a config (``-c``, overrides) and the CLI only
+    instantiates the classes, e.g. to check a config.
+    """
+    return ParaRNNCLI(
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        parser_kwargs={
+            "parser_mode": "omegaconf",
+            "description": "Train and evaluate ParaRNN models.",
+            "allow_abbrev": False,  # a typo such as --trainer.max_step must not pass for max_steps
+        },
+        seed_everything_default=DEFAULT_SEED,
+        # Each run logs to a fresh version_N folder, so reruns never meet an old config.yaml; a
+        # log folder that already holds one (fixed version, or no logger) stops the run instead.
+        save_config_kwargs={"overwrite": False},
+        args=args,
+        run=run,
+    )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``pararnn-ts``; ``args`` defaults to ``sys.argv[1:]``."""
+    lightning_cli(args)
+
+
+if __name__ == "__main__":
+    main()

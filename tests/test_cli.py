@@ -1,0 +1,149 @@
+"""The ``pararnn-ts`` command: every experiment config parses, bad keys are refused, fit runs."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+
+from pararnn_ts.cli import lightning_cli, main
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
+PARITY = sorted((ROOT / "experiments" / "synthetic").glob("parity_*.yaml"))
+PARITY_GRU = ROOT / "experiments" / "synthetic" / "parity_paragru.yaml"
+
+TINY = [
+    "--trainer.max_steps=3",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.init_args.batch_size=4",
+    "--data.init_args.min_len=4",
+    "--data.init_args.max_len=8",
+    "--data.init_args.batches_per_epoch=3",
+]
+
+
+@pytest.fixture(autouse=True)
+def bare_argv(monkeypatch):
+    """The CLI reads ``args`` only; pytest's own ``sys.argv`` must not look like CLI arguments."""
+    monkeypatch.setattr(sys, "argv", ["pararnn-ts"])
+
+
+def name_of(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def read_metrics(version_dir: Path) -> dict[str, list[str]]:
+    with open(version_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {key: [row[key] for row in rows if row[key]] for key in rows[0]}
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_there_are_experiment_configs():
+    assert PARITY_GRU in EXPERIMENTS and len(PARITY) == 3
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=name_of)
+def test_experiment_config_instantiates_from_any_directory(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # fragment paths must resolve relative to the config, not the cwd
+    cli = lightning_cli(["-c", str(config)], run=False)
+    assert isinstance(cli.model, LightningModule)
+    assert isinstance(cli.datamodule, LightningDataModule)
+    assert isinstance(cli.trainer, Trainer)
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=name_of)
+def test_print_config_resolves_fragments(config, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(config), "--print_config"])
+    assert exit_info.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    written = yaml.safe_load(config.read_text())
+    for section in ("model", "data"):
+        fragment = written[section]
+        if isinstance(fragment, str):  # a fragment file, relative to the config
+            fragment = yaml.safe_load((config.parent / fragment).read_text())
+        assert printed[section]["class_path"] == fragment["class_path"]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("--model.init_args.cell.init_args.hiden_size=8", "hiden_size"),
+        ("--model.init_args.learning_rate=0.1", "learning_rate"),
+        ("--data.init_args.max_length=9", "max_length"),
+        ("--trainer.max_step=3", "max_step"),
+    ],
+)
+def test_unknown_key_on_the_command_line_is_an_error(override, key, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(PARITY_GRU), override])
+    assert exit_info.value.code != 0
+    assert key in capsys.readouterr().err
+
+
+def test_unknown_key_in_a_config_file_is_an_error(tmp_path, capsys):
+    config = tmp_path / "typo.yaml"
+    config.write_text(f"model: {ROOT / 'models' / 'parity_paragru.yaml'}\ntrainer:\n  max_epoch: 1\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "-c", str(config)])
+    assert exit_info.value.code != 0
+    assert "max_epoch" in capsys.readouterr().err
+
+
+def test_missing_fragment_is_an_error_naming_it(tmp_path, capsys):
+    config = tmp_path / "missing.yaml"
+    config.write_text("model: ../models/no_such_model.yaml\n")
+    with pytest.raises(SystemExit):
+        main(["fit", "-c", str(config)])
+    assert "no_such_model.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", PARITY, ids=name_of)
+def test_tiny_fit_logs_and_evaluates_the_test_split(config, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(config), *TINY])
+    (version_dir,) = (tmp_path / "runs").glob("*/version_0")
+    assert (version_dir / "config.yaml").is_file()
+    assert list((version_dir / "checkpoints").glob("*.ckpt"))
+    metrics = read_metrics(version_dir)
+    assert len(metrics["train_loss"]) == 3
+    for key in ("val_loss", "val_acc", "test_loss", "test_acc"):
+        assert metrics[key], f"{key} was not logged"
+    assert 0 <= float(metrics["test_acc"][-1]) <= 1
+
+
+def test_rerun_gets_a_new_folder_and_never_overwrites(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(PARITY_GRU), *TINY])
+    main(["fit", "-c", str(PARITY_GRU), *TINY])
+    assert sorted(p.name for p in (tmp_path / "runs" / "parity_paragru").iterdir()) == ["version_0", "version_1"]
+
+    fixed = [*TINY, "--trainer.logger.init_args.version=fixed"]
+    main(["fit", "-c", str(PARITY_GRU), *fixed])
+    before = snapshot(tmp_path / "runs" / "parity_paragru" / "fixed")
+    assert {"config.yaml", "metrics.csv"} <= set(before)
+    with pytest.raises(FileExistsError, match="config.yaml"):
+        main(["fit", "-c", str(PARITY_GRU), *fixed, "--model.init_args.lr=0.5"])
+    assert snapshot(tmp_path / "runs" / "parity_paragru" / "fixed") == before
+
+
+def test_short_class_names_resolve_in_a_fresh_process(tmp_path):
+    """The command itself imports every shipped class, so configs may name them without modules."""
+    args = ["fit", "--model=SequenceTagger", "--model.cell=GatedLinearRNN", "--model.cell.input_size=4"]
+    args += ["--model.cell.hidden_size=4", "--data=ParityDataModule", "--print_config"]
+    done = subprocess.run([sys.executable, "-m", "pararnn_ts.cli", *args], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout)["model"]["init_args"]["cell"]["class_path"] == "pararnn_ts.nn.GatedLinearRNN"
