@@ -132,3 +132,18 @@ def test_auto_is_sequential_on_cpu(cell_name):
     cell = make_cell(cell_name, torch.float32, mode="auto")
     cell(torch.randn(1, 4, cell.input_size))
     assert cell.last_stats.mode == "sequential"
+
+
+@pytest.mark.parametrize("chunk_size", [1, 97, 999])
+def test_chunked_parallel_equals_sequential(cell_name, chunk_size):
+    cell = make_cell(cell_name, torch.float64, chunk_size=chunk_size)
+    x = torch.randn(2, 1000, cell.input_size, dtype=torch.float64)
+    compare(cell, x, random_state(cell, 2, torch.float64), tol=1e-9)
+    assert cell.last_stats.chunks == -(-1000 // chunk_size)
+
+
+def test_auto_chunks_bound_the_working_set_on_cpu():
+    cell = make_cell("paragru", torch.float32, chunk_size="auto")
+    steps = cell.resolve_chunk_size(torch.empty(8, 100_000, 3, 256))
+    assert steps * 8 * 45 <= 2 * cell.CPU_CHUNK_ELEMENTS
+    assert make_cell("paragru", chunk_size=None).resolve_chunk_size(torch.empty(8, 10, 3, 45)) is None

@@ -134,3 +134,18 @@ def test_bad_state_and_arguments():
     lstm = make_cell("paralstm")
     with pytest.raises(TypeError, match=r"pair \(c, h\)"):
         lstm(torch.randn(2, 4, 6, dtype=torch.float64), torch.zeros(2, 45, dtype=torch.float64))
+
+
+def test_fallback_applies_per_chunk():
+    x = chaotic_input(48)
+    cell = ChaoticCell(mode="sequential")
+    y_ref, _ = cell(x)
+    cell.mode, cell.max_iters, cell.chunk_size = "parallel", 3, 16
+    y, _ = cell(x)
+    assert cell.last_stats.chunks == 3 and cell.last_stats.fell_back
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_bad_chunk_size():
+    with pytest.raises(ValueError, match="chunk_size"):
+        ParaGRU(6, 9, chunk_size=0)

@@ -87,6 +87,8 @@ def measure(cell: str, mode: str, T: int, passes: str, batch: int, hidden: int, 
         "first_call_s": first,
         "peak_mib": peak,
         "newton_iterations": stats.iterations,
+        "newton_iterations_total": stats.total_iterations,
+        "chunks": stats.chunks,
         "residual": stats.residual,
         "fell_back": stats.fell_back,
     }
@@ -102,16 +104,21 @@ def run_in_subprocess(args: argparse.Namespace, cell: str, mode: str, T: int, pa
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| cell | mode | T | fwd (s) | fwd+bwd (s) | peak fwd (MiB) | peak fwd+bwd (MiB) | Newton its |",
-        "|---|---|---|---|---|---|---|---|",
+        "| cell | mode | T | fwd (s) | fwd+bwd (s) | peak fwd (MiB) | peak fwd+bwd (MiB) | Newton its (max/chunk) "
+        "| chunks | Newton its (sum over chunks) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     index = {(r["cell"], r["mode"], r["T"], r["passes"]): r for r in rows}
     for cell, mode, T in dict.fromkeys((r["cell"], r["mode"], r["T"]) for r in rows):
         f, fb = index[(cell, mode, T, "fwd")], index[(cell, mode, T, "fwd+bwd")]
-        its = f["newton_iterations"] if mode == "parallel" else "-"
+        newton = (
+            f"{f['newton_iterations']} | {f['chunks']} | {f['newton_iterations_total']}"
+            if mode == "parallel"
+            else "- | - | -"
+        )
         lines.append(
             f"| {cell} | {mode} | {T} | {f['time_s']:.4f} | {fb['time_s']:.4f} | "
-            f"{f['peak_mib']:.0f} | {fb['peak_mib']:.0f} | {its} |"
+            f"{f['peak_mib']:.0f} | {fb['peak_mib']:.0f} | {newton} |"
         )
     return "\n".join(lines)
 
@@ -127,8 +134,13 @@ def growth_lines(rows: list[dict], Ts: list[int]) -> list[str]:
             key = (r["cell"], "parallel", lo, r["passes"])
             base = next(b for b in rows if (b["cell"], b["mode"], b["T"], b["passes"]) == key)
             ratio = r["time_s"] / base["time_s"]
+            # Newton work ∝ T × mean iterations per chunk (chunks are of equal length).
+            work = (hi * r["newton_iterations_total"] / r["chunks"]) / (
+                lo * base["newton_iterations_total"] / base["chunks"]
+            )
             out.append(
-                f"parallel {r['cell']} {r['passes']}: T={lo}→{hi} ({hi // lo}× longer) took {ratio:.1f}× the time"
+                f"parallel {r['cell']} {r['passes']}: T={lo}→{hi} ({hi // lo}× longer) took {ratio:.1f}× the time "
+                f"for {work:.1f}× the Newton work (T × mean iterations per chunk)"
             )
     return out
 

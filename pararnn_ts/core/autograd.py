@@ -26,8 +26,9 @@ def sequential_solve(cell: ParaCell, u: Tensor, h0: Tensor) -> Tensor:
     """The plain loop ``h_t = f(h_{t-1}, u_t)``: ``(B, T, ...)``, ``(B, *S)`` → ``(B, T, *S)``."""
     h = h0
     trajectory = []
-    for t in range(u.shape[1]):
-        h = cell.recurrence(h, u[:, t])
+    # unbind, not u[:, t]: one backward node for all steps instead of a full-size gradient per step.
+    for u_t in u.unbind(1):
+        h = cell.recurrence(h, u_t)
         trajectory.append(h)
     return torch.stack(trajectory, dim=1)
 
@@ -50,11 +51,28 @@ def solve_with_policy(cell: ParaCell, u: Tensor, h0: Tensor) -> tuple[Tensor, So
     return sequential_solve(cell, u, h0), stats
 
 
+def parallel_solve(cell: ParaCell, u: Tensor, h0: Tensor, chunk_size: int | None) -> tuple[Tensor, SolverStats]:
+    """Newton over consecutive time chunks of ``chunk_size`` steps (all at once if ``None``).
+
+    Each chunk starts from the exact final state of the previous one, so the result is the same
+    trajectory; chunks that fit in cache avoid streaming every Newton pass through main memory,
+    and autograd runs the adjoint backward chunk by chunk in reverse.
+    """
+    chunks = [u] if chunk_size is None or chunk_size >= u.shape[1] else u.split(chunk_size, dim=1)
+    params = tuple(cell.parameters())
+    trajectory, stats = [], []
+    for u_chunk in chunks:
+        h = NewtonSolve.apply(cell, stats, u_chunk, h0, *params)
+        trajectory.append(h)
+        h0 = h[:, -1]
+    return (trajectory[0] if len(trajectory) == 1 else torch.cat(trajectory, dim=1)), SolverStats.merge(stats)
+
+
 class NewtonSolve(torch.autograd.Function):
     """``h = NewtonSolve.apply(cell, stats_out, u, h0, *params)`` with ``h`` ``(B, T, *S)``.
 
     ``params`` are the cell's parameters, passed only so that autograd routes their gradients;
-    ``stats_out`` is a list that receives the :class:`SolverStats` of the forward solve.
+    ``stats_out`` is a list to which the forward appends its :class:`SolverStats`.
     """
 
     @staticmethod

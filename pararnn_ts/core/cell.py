@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .autograd import NewtonSolve, sequential_solve
+from .autograd import parallel_solve, sequential_solve
 from .newton import SolverStats, default_tol
 from .structure import Diagonal, Structure
 
@@ -37,8 +37,15 @@ class ParaCell(nn.Module):
         fallback: what to do when Newton has not converged after ``max_iters``:
             ``"sequential"`` recomputes with the loop, ``"warn"`` warns and returns the last
             iterate, ``"raise"`` raises :class:`~pararnn_ts.core.newton.NewtonConvergenceError`.
+        chunk_size: the parallel mode solves time chunks of this many steps one after the other,
+            each from the exact final state of the previous one; ``"auto"`` (default) picks chunks
+            of about :attr:`CPU_CHUNK_ELEMENTS` state values on CPU, so Newton's passes stay in
+            cache, and the whole sequence at once on GPU; ``None`` never chunks.
         check_inputs: validate shapes and finiteness of inputs (one pass over the data).
     """
+
+    #: state values per chunk for ``chunk_size="auto"`` on CPU (4 MiB of float32)
+    CPU_CHUNK_ELEMENTS = 2**20
 
     structure: Structure = Diagonal()
     #: size of the last dimension of ``x`` (``None``: not checked)
@@ -51,6 +58,7 @@ class ParaCell(nn.Module):
         tol: float | None = None,
         max_iters: int = 12,
         fallback: Fallback = "sequential",
+        chunk_size: int | Literal["auto"] | None = "auto",
         check_inputs: bool = True,
     ) -> None:
         super().__init__()
@@ -62,10 +70,13 @@ class ParaCell(nn.Module):
             raise ValueError(f"max_iters must be >= 1, got {max_iters}")
         if tol is not None and not tol > 0:
             raise ValueError(f"tol must be > 0 (or None for the dtype default), got {tol}")
+        if not (chunk_size in ("auto", None) or (isinstance(chunk_size, int) and chunk_size >= 1)):
+            raise ValueError(f'chunk_size must be a positive int, "auto" or None, got {chunk_size!r}')
         self.mode = mode
         self.tol = tol
         self.max_iters = max_iters
         self.fallback = fallback
+        self.chunk_size = chunk_size
         self.check_inputs = check_inputs
         self.last_stats: SolverStats | None = None
 
@@ -140,9 +151,7 @@ class ParaCell(nn.Module):
                 h = sequential_solve(self, u32, h0_32)
                 self.last_stats = SolverStats("sequential")
             else:
-                stats: list[SolverStats] = []
-                h = NewtonSolve.apply(self, stats, u32, h0_32, *self.parameters())
-                self.last_stats = stats[0]
+                h, self.last_stats = parallel_solve(self, u32, h0_32, self.resolve_chunk_size(u))
         return self._output_dtype(h, u)
 
     def resolve_mode(self, device: torch.device, mode: Mode | None = None) -> str:
@@ -153,6 +162,14 @@ class ParaCell(nn.Module):
         if mode == "auto":
             return "parallel" if device.type == "cuda" else "sequential"
         return mode
+
+    def resolve_chunk_size(self, u: Tensor) -> int | None:
+        """Steps per chunk of the parallel solve of ``u`` ``(B, T, ...)``; ``None``: the whole sequence."""
+        if self.chunk_size != "auto":
+            return self.chunk_size
+        if u.device.type == "cuda":
+            return None
+        return max(64, self.CPU_CHUNK_ELEMENTS // (u.shape[0] * math.prod(self.state_shape)))
 
     def resolved_tol(self, dtype: torch.dtype) -> float:
         return self.tol if self.tol is not None else default_tol(dtype)

@@ -28,6 +28,9 @@ class SolverStats:
         residual: final ``max_t ‖h_t − f(h_{t-1}, u_t)‖_∞ / max(1, ‖h‖_∞)`` of the Newton iterate.
         converged: whether that residual reached ``tol``.
         fell_back: whether the returned trajectory came from the sequential fallback.
+        chunks: time chunks solved one after the other (``iterations`` and ``residual`` are then
+            the worst over chunks, ``fell_back`` is true if any chunk fell back).
+        total_iterations: Newton updates summed over chunks (the work done).
     """
 
     mode: str
@@ -35,6 +38,25 @@ class SolverStats:
     residual: float = 0.0
     converged: bool = True
     fell_back: bool = False
+    chunks: int = 1
+    total_iterations: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.total_iterations is None:
+            self.total_iterations = self.iterations
+
+    @staticmethod
+    def merge(parts: list[SolverStats]) -> SolverStats:
+        """The statistics of a solve made of consecutive chunks."""
+        return SolverStats(
+            mode=parts[0].mode,
+            iterations=max(p.iterations for p in parts),
+            residual=max(p.residual for p in parts),
+            converged=all(p.converged for p in parts),
+            fell_back=any(p.fell_back for p in parts),
+            chunks=len(parts),
+            total_iterations=sum(p.total_iterations for p in parts),
+        )
 
 
 def default_tol(dtype: torch.dtype) -> float:
