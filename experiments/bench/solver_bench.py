@@ -1,8 +1,9 @@
 """Solver benchmark: ``sequential`` vs ``parallel`` for ParaGRU and ParaLSTM.
 
 For each cell, mode and sequence length it measures forward and forward+backward wall time
-(median of repeats after one warm-up call), the peak memory of that first call, and the Newton
-iterations used; prints a Markdown table and writes a JSON file.
+(median of repeats after warm-up calls: on CPU the first calls at large T are slowed by the
+allocator faulting in fresh pages), the peak memory of the first call, and the Newton iterations
+used; prints a Markdown table and writes a JSON file.
 
 Each measurement runs in a fresh subprocess so peak memory is not polluted by earlier runs.
 On CPU, peak memory is the growth of the process's peak RSS over the first call; on CUDA it is
@@ -42,7 +43,9 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure(cell: str, mode: str, T: int, passes: str, batch: int, hidden: int, repeats: int, device: str) -> dict:
+def measure(
+    cell: str, mode: str, T: int, passes: str, batch: int, hidden: int, warmup: int, repeats: int, device: str
+) -> dict:
     """One measurement in this process: returns times (s), peak memory (MiB) and Newton stats."""
     dev = torch.device(device)
     torch.manual_seed(0)
@@ -72,6 +75,8 @@ def measure(cell: str, mode: str, T: int, passes: str, batch: int, hidden: int, 
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    for _ in range(warmup - 1):
+        call()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -96,7 +101,8 @@ def measure(cell: str, mode: str, T: int, passes: str, batch: int, hidden: int, 
 
 def run_in_subprocess(args: argparse.Namespace, cell: str, mode: str, T: int, passes: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", cell, mode, str(T), passes]
-    cmd += ["--batch", str(args.batch), "--hidden", str(args.hidden), "--repeats", str(args.repeats)]
+    cmd += ["--batch", str(args.batch), "--hidden", str(args.hidden)]
+    cmd += ["--warmup", str(args.warmup), "--repeats", str(args.repeats)]
     cmd += ["--device", args.device]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
@@ -152,14 +158,16 @@ def main() -> None:
     p.add_argument("--T", nargs="+", type=int, default=[256, 1024, 4096, 16384])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=2, help="calls before timing (the first measures memory)")
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--worker", nargs=4, metavar=("CELL", "MODE", "T", "PASSES"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         cell, mode, T, passes = args.worker
-        print(json.dumps(measure(cell, mode, int(T), passes, args.batch, args.hidden, args.repeats, args.device)))
+        sizes = (args.batch, args.hidden, args.warmup, args.repeats, args.device)
+        print(json.dumps(measure(cell, mode, int(T), passes, *sizes)))
         return
     rows = []
     for cell in args.cells:
@@ -174,6 +182,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "batch": args.batch,
         "hidden": args.hidden,
+        "warmup": args.warmup,
         "repeats": args.repeats,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
