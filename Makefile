@@ -13,7 +13,7 @@ $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q '$(TORCH)'
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,triton]'
 	touch $@
 
 demo: $(READY)
@@ -27,3 +27,4 @@ test: lint
 
 bench: $(READY)
 	$(BIN)/python experiments/bench/solver_bench.py
+	$(BIN)/python experiments/bench/kernel_bench.py

@@ -128,10 +128,11 @@ def test_stats_report_iterations_and_residual(cell_name):
     assert cell.last_stats.mode == "sequential"
 
 
-def test_auto_is_sequential_on_cpu(cell_name):
+def test_auto_on_cpu_is_the_fused_kernel_or_sequential(cell_name):
     cell = make_cell(cell_name, torch.float32, mode="auto")
     cell(torch.randn(1, 4, cell.input_size))
-    assert cell.last_stats.mode == "sequential"
+    expected = ("fused", "cpu") if cell.fused_kernel else ("sequential", "pytorch")
+    assert (cell.last_stats.mode, cell.last_stats.backend) == expected
 
 
 @pytest.mark.parametrize("chunk_size", [1, 97, 999])

@@ -18,3 +18,38 @@ def test_only_pararnn_ts_is_packaged():
     packages = find_packages(str(ROOT), include=["pararnn_ts*"])
     assert "pararnn_ts" in packages
     assert {p.split(".")[0] for p in find_packages(str(ROOT), exclude=["tests*"])} == {"pararnn_ts"}
+
+
+def test_pyproject_lists_every_package_and_ships_kernel_sources():
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set(find_packages(str(ROOT), include=["pararnn_ts*"]))
+    assert set(config["packages"]) == found | {"pararnn_ts._kernels"}, "update [tool.setuptools] packages"
+    assert config["package-dir"]["pararnn_ts._kernels"] == "kernels"
+    patterns = config["package-data"]["pararnn_ts._kernels"]
+    sources = [p.relative_to(ROOT / "kernels") for p in (ROOT / "kernels").rglob("*") if p.is_file()]
+    unshipped = [str(p) for p in sources if not any(p.match(pattern) for pattern in patterns)]
+    assert not unshipped, f"kernel sources missing from package-data: {unshipped}"
+
+
+def test_built_wheel_carries_the_kernel_sources(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    # Build from a copy: setuptools leaves build/ and *.egg-info next to the sources.
+    source = tmp_path / "src"
+    source.mkdir()
+    skip = shutil.ignore_patterns(".*", "build", "*.egg-info", "runs", "lightning_logs", "__pycache__")
+    for item in ("pyproject.toml", "README.md", "pararnn_ts", "kernels"):
+        copy = shutil.copytree if (ROOT / item).is_dir() else shutil.copy
+        copy(ROOT / item, source / item, **({"ignore": skip} if (ROOT / item).is_dir() else {}))
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    subprocess.run([*build, str(source)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("pararnn_ts-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sources = [p.relative_to(ROOT / "kernels") for p in (ROOT / "kernels").rglob("*") if p.is_file()]
+    missing = [str(p) for p in sources if f"pararnn_ts/_kernels/{p.as_posix()}" not in names]
+    assert sources and not missing, f"wheel lacks kernel sources: {missing}"

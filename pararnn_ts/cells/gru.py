@@ -26,6 +26,10 @@ class ParaGRU(HeadwiseGatedCell):
 
     structure = Diagonal()
     gates = 3
+    fused_kernel = "gru"
+
+    def fused_weights(self) -> tuple[Tensor]:
+        return (self.clipped(self.A),)
 
     def _gates(self, h: Tensor, u: Tensor) -> tuple[Tensor, ...]:
         a_z, a_r, a_c = self.clipped(self.A)

@@ -31,6 +31,10 @@ class ParaLSTM(HeadwiseGatedCell):
     structure = Block(2)
     gates = 3
     peepholes = 2
+    fused_kernel = "lstm"
+
+    def fused_weights(self) -> tuple[Tensor, Tensor]:
+        return self.clipped(self.A), self.clipped(self.C)
 
     @property
     def state_shape(self) -> tuple[int, ...]:

@@ -36,19 +36,32 @@ def sequential_solve(cell: ParaCell, u: Tensor, h0: Tensor) -> Tensor:
 def solve_with_policy(cell: ParaCell, u: Tensor, h0: Tensor) -> tuple[Tensor, SolverStats]:
     """Newton, then the cell's non-convergence policy (``fallback``); runs without a graph."""
     h, stats = newton_solve(cell, u, h0, cell.resolved_tol(u.dtype), cell.max_iters)
-    if stats.converged:
+    if keep_iterate(cell, stats, u):
         return h, stats
+    return sequential_solve(cell, u, h0), stats
+
+
+def keep_iterate(cell: ParaCell, stats: SolverStats, u: Tensor) -> bool:
+    """Apply the cell's ``fallback`` policy to a Newton solve of ``u`` ``(B, T, ...)``.
+
+    Returns ``True`` when the iterate is to be used (converged, or ``fallback="warn"``); ``False``
+    (with ``stats.fell_back`` set) when the caller must recompute with the sequential loop; raises
+    :class:`NewtonConvergenceError` for ``fallback="raise"``.
+    """
+    if stats.converged:
+        return True
+    tol = cell.resolved_tol(torch.promote_types(u.dtype, torch.float32))
     message = (
         f"{type(cell).__name__}: Newton did not converge in {stats.iterations} iterations "
-        f"(residual {stats.residual:.3g} > tol {cell.resolved_tol(u.dtype):.3g}, T={u.shape[1]})"
+        f"(residual {stats.residual:.3g} > tol {tol:.3g}, T={u.shape[1]}, {stats.mode} mode, {stats.backend})"
     )
     if cell.fallback == "raise":
         raise NewtonConvergenceError(message + "; raise max_iters or tol, or use fallback='sequential'")
     if cell.fallback == "warn":
-        warnings.warn(message + "; returning the last Newton iterate", RuntimeWarning, stacklevel=4)
-        return h, stats
+        warnings.warn(message + "; returning the last Newton iterate", RuntimeWarning, stacklevel=5)
+        return True
     stats.fell_back = True
-    return sequential_solve(cell, u, h0), stats
+    return False
 
 
 def parallel_solve(cell: ParaCell, u: Tensor, h0: Tensor, chunk_size: int | None) -> tuple[Tensor, SolverStats]:

@@ -10,13 +10,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from .autograd import parallel_solve, sequential_solve
+from ..ops import fused as fused_ops
+from .autograd import keep_iterate, parallel_solve, sequential_solve
 from .newton import SolverStats, default_tol
 from .structure import Diagonal, Structure
 
-Mode = Literal["auto", "sequential", "parallel"]
+Mode = Literal["auto", "sequential", "parallel", "fused"]
 Fallback = Literal["sequential", "warn", "raise"]
-MODES = ("auto", "sequential", "parallel")
+MODES = ("auto", "sequential", "parallel", "fused")
 FALLBACKS = ("sequential", "warn", "raise")
 
 
@@ -30,7 +31,10 @@ class ParaCell(nn.Module):
 
     Args:
         mode: ``"sequential"`` (plain loop, autograd through it), ``"parallel"`` (Newton + scans,
-            adjoint backward) or ``"auto"`` (parallel on GPU, sequential on CPU).
+            adjoint backward), ``"fused"`` (a native kernel of :mod:`pararnn_ts.ops`: the fused
+            sequential C++ kernel on CPU, fused Newton kernels on GPU) or ``"auto"`` (fused where
+            the cell has a kernel and a backend can run it, else parallel on GPU and sequential on
+            CPU). ``"fused"`` where no kernel can run warns once and runs what ``"auto"`` would.
         tol: Newton stops when ``max_t ‖r_t‖_∞ ≤ tol · max(1, ‖h‖_∞)``; default 32 ε of the
             solve dtype.
         max_iters: most Newton updates per solve.
@@ -42,6 +46,10 @@ class ParaCell(nn.Module):
             of about :attr:`CPU_CHUNK_ELEMENTS` state values on CPU, so Newton's passes stay in
             cache, and the whole sequence at once on GPU; ``None`` never chunks.
         check_inputs: validate shapes and finiteness of inputs (one pass over the data).
+        fused_backend: which fused backend ``"fused"``/``"auto"`` may use: ``"auto"`` (the
+            fastest available for the device), ``"cpu"``, ``"triton"`` or ``"cuda"``.
+
+    ``cell.last_stats`` tells what the last solve ran (mode, backend, Newton iterations, residual).
     """
 
     #: state values per chunk for ``chunk_size="auto"`` on CPU (4 MiB of float32)
@@ -50,6 +58,8 @@ class ParaCell(nn.Module):
     structure: Structure = Diagonal()
     #: size of the last dimension of ``x`` (``None``: not checked)
     input_size: int | None = None
+    #: the kernel of :mod:`pararnn_ts.ops` computing this recurrence (``None``: no fused kernel)
+    fused_kernel: str | None = None
 
     def __init__(
         self,
@@ -60,6 +70,7 @@ class ParaCell(nn.Module):
         fallback: Fallback = "sequential",
         chunk_size: int | Literal["auto"] | None = "auto",
         check_inputs: bool = True,
+        fused_backend: fused_ops.Backend = "auto",
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -70,6 +81,8 @@ class ParaCell(nn.Module):
             raise ValueError(f"max_iters must be >= 1, got {max_iters}")
         if tol is not None and not tol > 0:
             raise ValueError(f"tol must be > 0 (or None for the dtype default), got {tol}")
+        if fused_backend not in fused_ops.BACKENDS:
+            raise ValueError(f"fused_backend={fused_backend!r} is not one of {fused_ops.BACKENDS}")
         if not (chunk_size in ("auto", None) or (isinstance(chunk_size, int) and chunk_size >= 1)):
             raise ValueError(f'chunk_size must be a positive int, "auto" or None, got {chunk_size!r}')
         self.mode = mode
@@ -78,6 +91,7 @@ class ParaCell(nn.Module):
         self.fallback = fallback
         self.chunk_size = chunk_size
         self.check_inputs = check_inputs
+        self.fused_backend = fused_backend
         self.last_stats: SolverStats | None = None
 
     # ---- what a cell declares -------------------------------------------------------------
@@ -98,6 +112,10 @@ class ParaCell(nn.Module):
     def jacobian(self, h_prev: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         """``(f(h_prev, u), ∂f/∂h_prev)`` in the layout of :attr:`structure`; forward-mode AD by default."""
         return self.structure.jacobian_from_jvp(lambda h: self.recurrence(h, u), h_prev)
+
+    def fused_weights(self) -> tuple[Tensor, ...]:
+        """The tensors :attr:`fused_kernel` takes besides ``u`` and ``h0`` (differentiable)."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused kernel")
 
     @property
     def output_size(self) -> int:
@@ -144,24 +162,60 @@ class ParaCell(nn.Module):
 
     def solve(self, u: Tensor, h0: Tensor, mode: Mode | None = None) -> Tensor:
         """Solve for all states ``(B, T, *S)`` given ``u`` ``(B, T, *U)`` and ``h0`` ``(B, *S)``."""
-        mode = self.resolve_mode(u.device, mode)
         with self._solve_precision(u) as dtype:
+            mode, backend = self.resolve_backend(u.device, dtype, mode)
             u32, h0_32 = u.to(dtype), h0.to(dtype)
-            if mode == "sequential":
+            if mode == "fused":
+                h = self._fused_solve(backend, u, h0_32, dtype)
+            elif mode == "sequential":
                 h = sequential_solve(self, u32, h0_32)
                 self.last_stats = SolverStats("sequential")
             else:
                 h, self.last_stats = parallel_solve(self, u32, h0_32, self.resolve_chunk_size(u))
         return self._output_dtype(h, u)
 
-    def resolve_mode(self, device: torch.device, mode: Mode | None = None) -> str:
-        """The mode that will run on ``device``: ``auto`` is parallel on GPU, sequential on CPU."""
+    def resolve_backend(
+        self, device: torch.device, dtype: torch.dtype = torch.float32, mode: Mode | None = None
+    ) -> tuple[str, str]:
+        """``(mode, backend)`` a solve in ``dtype`` on ``device`` will run; backend ``"pytorch"`` unless fused."""
         mode = mode or self.mode
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not one of {MODES}")
-        if mode == "auto":
-            return "parallel" if device.type == "cuda" else "sequential"
-        return mode
+        if mode in ("auto", "fused"):
+            backend, why = self._fused_backend_for(device, dtype)
+            if backend is not None:
+                return "fused", backend
+            if mode == "fused":
+                fallback = "parallel" if device.type == "cuda" else "sequential"
+                fused_ops.warn_once(
+                    (type(self).__name__, why),
+                    f'{type(self).__name__}: mode="fused" cannot run here ({why}); using mode="{fallback}"',
+                )
+        if mode in ("auto", "fused"):
+            return ("parallel" if device.type == "cuda" else "sequential"), "pytorch"
+        return mode, "pytorch"
+
+    def _fused_backend_for(self, device: torch.device, dtype: torch.dtype) -> tuple[str | None, str]:
+        if self.fused_kernel is None:
+            return None, f"{type(self).__name__} has no fused kernel"
+        if device.type != "cpu" and dtype != torch.float32:
+            return None, f"the GPU kernels compute in float32, not {dtype}"
+        return fused_ops.select_backend(device, self.fused_backend)
+
+    def _fused_solve(self, backend: str, u: Tensor, h0: Tensor, dtype: torch.dtype) -> Tensor:
+        # GPU kernels read bf16/fp16 inputs as they are; the CPU kernel computes in the solve dtype.
+        keep = u.device.type != "cpu" and u.dtype in (torch.bfloat16, torch.float16)
+        u_k = u if keep else u.to(dtype)
+        weights = tuple(w.to(dtype) for w in self.fused_weights())
+        tol = self.resolved_tol(dtype)
+        h, raw = fused_ops.fused_solve(backend, self.fused_kernel, u_k, h0, weights, tol, self.max_iters)
+        if raw is None:
+            self.last_stats = SolverStats("fused", backend=backend)
+            return h
+        residual, iterations = raw.tolist()
+        stats = SolverStats("fused", backend, int(iterations), residual, converged=residual <= tol)
+        self.last_stats = stats
+        return h if keep_iterate(self, stats, u_k) else sequential_solve(self, u.to(dtype), h0)
 
     def resolve_chunk_size(self, u: Tensor) -> int | None:
         """Steps per chunk of the parallel solve of ``u`` ``(B, T, ...)``; ``None``: the whole sequence."""

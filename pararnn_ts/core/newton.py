@@ -23,7 +23,9 @@ class SolverStats:
     """What the last solve did; read it from ``cell.last_stats``.
 
     Attributes:
-        mode: the path that ran (``"sequential"`` or ``"parallel"``).
+        mode: the path that ran (``"sequential"``, ``"parallel"`` or ``"fused"``).
+        backend: what computed it: ``"pytorch"`` for the sequential and parallel modes, else the
+            fused backend (``"cpu"``, ``"triton"`` or ``"cuda"``).
         iterations: Newton updates applied (0 for the sequential loop).
         residual: final ``max_t ‖h_t − f(h_{t-1}, u_t)‖_∞ / max(1, ‖h‖_∞)`` of the Newton iterate.
         converged: whether that residual reached ``tol``.
@@ -34,6 +36,7 @@ class SolverStats:
     """
 
     mode: str
+    backend: str = "pytorch"
     iterations: int = 0
     residual: float = 0.0
     converged: bool = True
@@ -50,6 +53,7 @@ class SolverStats:
         """The statistics of a solve made of consecutive chunks."""
         return SolverStats(
             mode=parts[0].mode,
+            backend=parts[0].backend,
             iterations=max(p.iterations for p in parts),
             residual=max(p.residual for p in parts),
             converged=all(p.converged for p in parts),
@@ -89,6 +93,6 @@ def newton_solve(cell: ParaCell, u: Tensor, h0: Tensor, tol: float, max_iters: i
         residual = (r.abs().amax() / h.abs().amax().clamp_min(1)).item()
         converged = residual <= tol  # False for NaN
         if converged or iterations == max_iters or residual != residual:
-            return h, SolverStats("parallel", iterations, residual, converged)
+            return h, SolverStats("parallel", iterations=iterations, residual=residual, converged=converged)
         h = h + linear_scan(J, r, cell.structure)
         iterations += 1

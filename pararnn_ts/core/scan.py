@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .structure import Structure
+from ..ops.scans import native_scan
+from .structure import Block, Diagonal, Structure
 
 
 def linear_scan(J: Tensor, b: Tensor, structure: Structure, x0: Tensor | None = None) -> Tensor:
@@ -26,6 +27,9 @@ def linear_scan(J: Tensor, b: Tensor, structure: Structure, x0: Tensor | None = 
     Returns:
         ``x``: ``(B, T, *state_shape)``.
     """
+    kind = _native_kind(J, b, structure)
+    if kind is not None and (x := native_scan(kind, J, b, x0)) is not None:
+        return x
     if x0 is not None:
         b = torch.cat([b[:, :1] + structure.apply(J[:, 0], x0).unsqueeze(1), b[:, 1:]], dim=1)
     return _odd_even(J, b, structure)
@@ -40,10 +44,24 @@ def reverse_linear_scan(J: Tensor, g: Tensor, structure: Structure) -> Tensor:
     Returns:
         ``λ``: ``(B, T, *state_shape)``.
     """
+    kind = _native_kind(J, g, structure)
+    if kind is not None:
+        J_next_T = torch.cat([structure.transpose(J[:, 1:]), torch.zeros_like(J[:, :1])], dim=1)
+        if (adjoint := native_scan(kind, J_next_T, g, reverse=True)) is not None:
+            return adjoint
     # Reversed time s = T-1-t: λ_s = g_s + Jᵀ_{T-s} λ_{s-1}; the transition at s is J_{t+1}ᵀ.
     J_next_T = structure.transpose(J[:, 1:]).flip(1)
     J_rev = torch.cat([torch.zeros_like(J[:, :1]), J_next_T], dim=1)
     return _odd_even(J_rev, g.flip(1), structure).flip(1)
+
+
+def _native_kind(J: Tensor, b: Tensor, structure: Structure) -> str | None:
+    """The native scan for these tensors (float32 CUDA, no autograd), if one exists."""
+    if not (b.is_cuda and b.dtype == J.dtype == torch.float32) or J.requires_grad or b.requires_grad:
+        return None
+    if isinstance(structure, Diagonal):
+        return "diagonal"
+    return "block2" if isinstance(structure, Block) and structure.k == 2 else None
 
 
 def _odd_even(J: Tensor, b: Tensor, structure: Structure) -> Tensor:

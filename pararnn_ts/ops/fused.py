@@ -1,0 +1,106 @@
+"""One autograd Function for every fused backend, and the choice of backend per device.
+
+A backend is a module of this package (``cpu``, ``triton_fused``, ``cuda``) with the functions
+``<kernel>_forward(u, *weights, h0, tol, max_iters) -> (h, stats)`` and
+``<kernel>_backward(grad_h, u, *weights, h0, h) -> (grad_u, *grad_weights, grad_h0)`` for each
+kernel it implements (``"gru"``: weights ``(A,)``; ``"lstm"``: weights ``(A, C)``), plus
+``unavailable_reason(device) -> str | None``. ``kernels/README.md`` states the layouts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from types import ModuleType
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+Backend = Literal["auto", "cpu", "triton", "cuda"]
+BACKENDS = ("auto", "cpu", "triton", "cuda")
+KERNELS = ("gru", "lstm")
+_MODULES = {"cpu": "cpu", "triton": "triton_fused", "cuda": "cuda"}
+
+#: the order ``backend="auto"`` tries, per device type (CUDA: fastest first, from the kernel benchmark)
+AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
+
+_warned: set[tuple[str, str]] = set()
+
+
+def backend_module(name: str) -> ModuleType:
+    """The module implementing backend ``name`` (imported on first use)."""
+    if name not in _MODULES:
+        raise ValueError(f"backend={name!r} is not one of {BACKENDS}")
+    return importlib.import_module(f"{__package__}.{_MODULES[name]}")
+
+
+def unavailable_reason(name: str, device: torch.device) -> str | None:
+    """Why backend ``name`` cannot run on ``device``, or ``None`` when it can."""
+    try:
+        return backend_module(name).unavailable_reason(device)
+    except ImportError as error:  # an optional dependency of the backend module
+        return f"{name} backend cannot be imported: {error}"
+
+
+def select_backend(device: torch.device, preference: Backend = "auto") -> tuple[str | None, str]:
+    """``(backend, why)``: the fused backend to run on ``device``, or ``(None, reasons)`` if none can.
+
+    ``preference="auto"`` tries :data:`AUTO_ORDER` for the device type; a named backend is the only
+    candidate.
+    """
+    if preference not in BACKENDS:
+        raise ValueError(f"fused_backend={preference!r} is not one of {BACKENDS}")
+    candidates = AUTO_ORDER.get(device.type, ()) if preference == "auto" else (preference,)
+    reasons = []
+    for name in candidates:
+        reason = unavailable_reason(name, device)
+        if reason is None:
+            return name, ""
+        reasons.append(f"{name}: {reason}")
+    return None, "; ".join(reasons) or f"no fused backend for {device.type} devices"
+
+
+def warn_once(key: tuple[str, str], message: str) -> None:
+    """Warn with ``message`` the first time ``key`` is seen in this process."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def fused_solve(
+    backend: str, kernel: str, u: Tensor, h0: Tensor, weights: tuple[Tensor, ...], tol: float, max_iters: int
+) -> tuple[Tensor, Tensor | None]:
+    """Run ``kernel`` on ``backend``: ``(h, stats)``, differentiable in ``u``, ``h0`` and ``weights``.
+
+    ``stats`` is ``None`` for exact (sequential) kernels, else ``[residual, iterations]`` (float32).
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r} is not one of {KERNELS}")
+    stats_out: list = []
+    h = FusedSolve.apply(backend_module(backend), kernel, tol, max_iters, stats_out, u, h0, *weights)
+    return h, stats_out[0]
+
+
+class FusedSolve(torch.autograd.Function):
+    """``h = FusedSolve.apply(module, kernel, tol, max_iters, stats_out, u, h0, *weights)``."""
+
+    @staticmethod
+    def forward(ctx, module, kernel, tol, max_iters, stats_out, u, h0, *weights):
+        u, h0 = u.contiguous(), h0.contiguous()
+        weights = tuple(w.contiguous() for w in weights)
+        h, stats = getattr(module, f"{kernel}_forward")(u, *weights, h0, tol, max_iters)
+        stats_out.append(stats)
+        ctx.module, ctx.kernel = module, kernel
+        ctx.save_for_backward(u, h0, h, *weights)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h):
+        u, h0, h, *weights = ctx.saved_tensors
+        grads = getattr(ctx.module, f"{ctx.kernel}_backward")(grad_h.contiguous().to(h.dtype), u, *weights, h0, h)
+        grad_u, *grad_weights, grad_h0 = grads
+        grad_weights = (g.to(w.dtype) for g, w in zip(grad_weights, weights, strict=True))
+        return (None,) * 5 + (grad_u.to(u.dtype), grad_h0.to(h0.dtype), *grad_weights)

@@ -1,0 +1,23 @@
+"""Where the native kernel sources live: ``kernels/`` in a checkout, ``pararnn_ts/_kernels`` in a wheel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def kernel_source_dir(kind: str) -> Path:
+    """The folder holding the ``kind`` (``"cpu"`` or ``"cuda"``) sources.
+
+    Raises:
+        FileNotFoundError: neither a checkout's ``kernels/<kind>`` nor a wheel's
+            ``pararnn_ts/_kernels/<kind>`` exists (a broken install).
+    """
+    for root in (_PACKAGE.parent / "kernels", _PACKAGE / "_kernels"):
+        if (root / kind).is_dir():
+            return root / kind
+    raise FileNotFoundError(
+        f"pararnn_ts: no kernel sources for {kind!r} next to {_PACKAGE}; reinstall pararnn-ts "
+        "(the wheel carries them in pararnn_ts/_kernels)"
+    )

@@ -1,0 +1,142 @@
+"""``mode="fused"`` / ``"auto"`` dispatch: which backend runs, fallbacks, the policy on fused Newton stats."""
+
+from __future__ import annotations
+
+import copy
+import types
+import warnings
+
+import pytest
+import torch
+from conftest import make_cell, rel_err
+
+from pararnn_ts import NewtonConvergenceError, ParaGRU, ParaLSTM
+from pararnn_ts.core.autograd import sequential_solve
+from pararnn_ts.ops import fused as fused_ops
+
+
+def fake_backend(residual: float, iterations: int = 3) -> types.ModuleType:
+    """A backend computing GRU with the PyTorch loop and reporting the given Newton stats."""
+    module = types.ModuleType("fake")
+    module.unavailable_reason = lambda device: None
+
+    def gru_forward(u, A, h0, tol, max_iters):
+        cell = ParaGRU(1, u.shape[-1], max_norm=None).to(u.dtype)
+        with torch.no_grad():
+            cell.A.copy_(A)
+            h = sequential_solve(cell, u, h0)
+        return h, torch.tensor([residual, iterations], dtype=torch.float32)
+
+    module.gru_forward = gru_forward
+    return module
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    modules = {}
+
+    def install(residual: float) -> None:
+        modules["fake"] = fake_backend(residual)
+
+    real = fused_ops.backend_module
+    monkeypatch.setattr(fused_ops, "backend_module", lambda name: modules.get(name) or real(name))
+    monkeypatch.setitem(fused_ops._MODULES, "fake", "fake")
+    monkeypatch.setattr(fused_ops, "BACKENDS", (*fused_ops.BACKENDS, "fake"))
+    monkeypatch.setitem(fused_ops.AUTO_ORDER, "cpu", ("fake",))
+    return install
+
+
+def gru(**kwargs) -> ParaGRU:
+    return make_cell("paragru", torch.float64, **kwargs)
+
+
+def test_auto_reports_the_backend_that_ran(fake):
+    fake(residual=0.0)
+    cell = gru(mode="auto")
+    x = torch.randn(2, 9, 6, dtype=torch.float64)
+    y, _ = cell(x)
+    assert (cell.last_stats.mode, cell.last_stats.backend) == ("fused", "fake")
+    assert cell.last_stats.iterations == 3 and cell.last_stats.converged
+    y_seq, _ = gru(mode="sequential")(x)
+    assert rel_err(y_seq, y) < 1e-12
+
+
+@pytest.mark.parametrize("fallback", ["sequential", "warn", "raise"])
+def test_fused_newton_stats_follow_the_fallback_policy(fake, fallback):
+    fake(residual=float("nan"))
+    cell = gru(mode="fused", fallback=fallback)
+    x = torch.randn(2, 9, 6, dtype=torch.float64)
+    if fallback == "raise":
+        with pytest.raises(NewtonConvergenceError, match="fused mode, fake"):
+            cell(x)
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cell(x)
+    assert not cell.last_stats.converged
+    assert cell.last_stats.fell_back == (fallback == "sequential")
+    assert any("did not converge" in str(w.message) for w in caught) == (fallback == "warn")
+
+
+def test_fused_without_a_kernel_warns_once_and_runs_the_pytorch_mode(monkeypatch):
+    monkeypatch.setattr(fused_ops, "_warned", set())
+    cell = make_cell("oscillator", torch.float64, mode="fused")
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="has no fused kernel"):
+        cell(x)
+    assert cell.last_stats.mode == "sequential" and cell.last_stats.backend == "pytorch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cell(x)
+
+
+def test_unavailable_backend_falls_back_with_the_reason(monkeypatch):
+    monkeypatch.setitem(fused_ops.AUTO_ORDER, "cpu", ("cpu",))
+    monkeypatch.setattr(fused_ops, "unavailable_reason", lambda name, device: "no compiler (test)")
+    monkeypatch.setattr(fused_ops, "_warned", set())
+    cell = gru(mode="fused")
+    with pytest.warns(RuntimeWarning, match=r"no compiler \(test\)"):
+        cell(torch.randn(1, 4, 6, dtype=torch.float64))
+    assert cell.last_stats.mode == "sequential"
+    auto = gru(mode="auto")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto falls back silently
+        auto(torch.randn(1, 4, 6, dtype=torch.float64))
+    assert auto.last_stats.mode == "sequential"
+
+
+def test_gpu_float64_is_not_sent_to_float32_kernels():
+    cell = gru()
+    assert cell._fused_backend_for(torch.device("cuda"), torch.float64)[0] is None
+
+
+def test_bad_backend_names_are_rejected():
+    with pytest.raises(ValueError, match="fused_backend='tpu'"):
+        gru(fused_backend="tpu")
+    with pytest.raises(ValueError, match="backend='tpu'"):
+        fused_ops.backend_module("tpu")
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_fused_cell_matches_sequential_with_clipping_and_all_parameter_grads(name, backend):
+    """End to end through the cell: projection, norm clipping of A and C, the fused kernel, every gradient."""
+    dtype = torch.float64 if backend == "cpu" else torch.float32  # the interpreter computes in float32
+    torch.manual_seed(0)
+    cls = ParaGRU if name == "paragru" else ParaLSTM
+    fused = cls(6, 15, num_heads=3, max_norm=0.3, mode="fused", fused_backend=backend).to(dtype)
+    with torch.no_grad():
+        fused.A.uniform_(-0.9, 0.9)  # rows with norm above max_norm: the clipping is active
+    reference = copy.deepcopy(fused)
+    reference.mode = "sequential"
+    x = torch.randn(2, 37, 6, dtype=dtype)
+    outs = []
+    for cell in (fused, reference):
+        xi = x.clone().requires_grad_()
+        y, _ = cell(xi)
+        g = torch.autograd.grad((y * torch.linspace(-1, 1, y.shape[-1], dtype=dtype)).sum(), [xi, *cell.parameters()])
+        outs.append((y, *g))
+    assert (fused.last_stats.mode, fused.last_stats.backend) == ("fused", backend)
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    for got, ref in zip(*outs, strict=True):
+        assert rel_err(ref, got) < tol
