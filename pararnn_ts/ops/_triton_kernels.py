@@ -1,0 +1,561 @@
+"""Triton kernels: fused Newton solves of ParaGRU / ParaLSTM, their adjoint backward, linear scans.
+
+Imported only when a Triton op runs (it imports ``triton`` at the top). Every kernel works on
+tiles ``[CHUNK_T, BLOCK_D]`` (time × channels) of one batch row, one program per
+``(batch, channel block)``, walking time chunk by chunk with the exact state carried between
+chunks. Inside a tile:
+
+* ``h_{t-1}`` (the state shifted by one step) comes from ``tl.gather`` along the time axis, in
+  registers / shared memory, never through global memory;
+* linear recurrences ``x_i = a_i x_{i-1} + b_i`` along the time axis are solved either by
+  ``tl.associative_scan`` (``TL_SCAN=True``, the GPU default) or by ``LOG2_T`` doubling steps
+  built on ``tl.gather`` (``TL_SCAN=False``: the CPU interpreter runs a custom-combine
+  ``tl.associative_scan`` one element at a time, the doubling scan is vectorised);
+* chunks are walked with ``while`` loops (a ``range`` over a runtime bound breaks the
+  interpreter under NumPy >= 2.4);
+* only forward scans are used: backward kernels (and reverse scans) lay the tile out with time
+  running backwards (row ``i`` is step ``t = end - 1 - i``) instead of ``reverse=True``, whose
+  results with non-commutative combines are disputed (triton-lang/triton#4362, open).
+
+Layouts (all contiguous): GRU state ``(B, T, D)``; LSTM state ``(B, T, D, 2)`` with ``[c, h]``
+last; ``u`` ``(B, T, 3, D)``; ``A`` ``(3, D)``; ``C`` ``(2, D)``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+INF = tl.constexpr(float("inf"))
+
+
+# ---- elementwise maths --------------------------------------------------------------------------
+@triton.jit
+def _tanh(x):
+    # exp-based (libdevice is not available in the interpreter); absolute error ~ 1 ulp of 1.
+    e = tl.exp(-2.0 * tl.abs(x))
+    y = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -y, y)
+
+
+@triton.jit
+def _gru_gates(h, uz, ur, uc, az, ar, ac):
+    z = tl.sigmoid(az * h + uz)
+    r = tl.sigmoid(ar * h + ur)
+    c = _tanh(ac * (h * r) + uc)
+    return z, r, c
+
+
+@triton.jit
+def _gru_step(h, uz, ur, uc, az, ar, ac):
+    """``(f(h, u), ∂f/∂h)`` of ParaGRU."""
+    z, r, c = _gru_gates(h, uz, ur, uc, az, ar, ac)
+    dz = z * (1.0 - z) * az
+    dr = r * (1.0 - r) * ar
+    dc = (1.0 - c * c) * ac * (r + h * dr)
+    return h + z * (c - h), (1.0 - z) + dz * (c - h) + z * dc
+
+
+@triton.jit
+def _lstm_gates(c, h, uf, uz, uo, af, az, ao, pf, po):
+    f = tl.sigmoid(af * h + uf + pf * c)
+    z = _tanh(az * h + uz)
+    cn = f * c + (1.0 - f) * z
+    o = tl.sigmoid(ao * h + uo + po * cn)
+    return f, z, cn, o, _tanh(cn)
+
+
+@triton.jit
+def _lstm_step(c, h, uf, uz, uo, af, az, ao, pf, po):
+    """``(c', h', J00, J01, J10, J11)`` of ParaLSTM, ``J = ∂[c'; h'] / ∂[c; h]``."""
+    f, z, cn, o, tc = _lstm_gates(c, h, uf, uz, uo, af, az, ao, pf, po)
+    df = f * (1.0 - f)
+    dcc = f + df * pf * (c - z)
+    dch = df * af * (c - z) + (1.0 - f) * (1.0 - z * z) * az
+    do = o * (1.0 - o)
+    dh_dcn = do * po * tc + o * (1.0 - tc * tc)
+    return cn, o * tc, dcc, dch, dh_dcn * dcc, do * ao * tc + dh_dcn * dch
+
+
+# ---- tile helpers -------------------------------------------------------------------------------
+@triton.jit
+def _shift(x, first, rows):
+    """Row ``i`` of the result is row ``i - 1`` of ``x`` ``[CHUNK_T, BLOCK_D]``; row 0 is ``first`` ``[BLOCK_D]``."""
+    return tl.where(rows == 0, first[None, :], tl.gather(x, tl.maximum(rows - 1, 0), 0))
+
+
+@triton.jit
+def _row(x, rows, i):
+    """Row ``i`` (a scalar) of ``x`` ``[CHUNK_T, BLOCK_D]`` as ``[BLOCK_D]`` (exact: a sum of zeros and one value)."""
+    return tl.sum(tl.where(rows == i, x, 0.0), axis=0)
+
+
+@triton.jit
+def _diag_combine(a1, b1, a2, b2):
+    return a2 * a1, a2 * b1 + b2
+
+
+@triton.jit
+def _block_combine(p00, p01, p10, p11, v0, v1, q00, q01, q10, q11, w0, w1):
+    # (P, v) then (Q, w): x -> Q (P x + v) + w
+    return (
+        q00 * p00 + q01 * p10,
+        q00 * p01 + q01 * p11,
+        q10 * p00 + q11 * p10,
+        q10 * p01 + q11 * p11,
+        q00 * v0 + q01 * v1 + w0,
+        q10 * v0 + q11 * v1 + w1,
+    )
+
+
+@triton.jit
+def _diag_scan(a, b, rows, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr):
+    """``x_i = a_i x_{i-1} + b_i`` along axis 0 of ``[CHUNK_T, BLOCK_D]`` tiles, ``x_{-1} = 0``."""
+    if TL_SCAN:
+        _, x = tl.associative_scan((a, b), 0, _diag_combine)
+    else:
+        for k in tl.static_range(LOG2_T):
+            prev = tl.maximum(rows - (1 << k), 0)
+            has_prev = rows >= (1 << k)
+            a_p = tl.gather(a, prev, 0)
+            b_p = tl.gather(b, prev, 0)
+            b = tl.where(has_prev, a * b_p + b, b)
+            a = tl.where(has_prev, a * a_p, a)
+        x = b
+    return x
+
+
+@triton.jit
+def _block_scan(a00, a01, a10, a11, b0, b1, rows, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr):
+    """``x_i = A_i x_{i-1} + b_i`` with per-channel 2×2 ``A_i``, ``x_{-1} = 0``; returns ``(x0, x1)``."""
+    if TL_SCAN:
+        _, _, _, _, x0, x1 = tl.associative_scan((a00, a01, a10, a11, b0, b1), 0, _block_combine)
+    else:
+        for k in tl.static_range(LOG2_T):
+            prev = tl.maximum(rows - (1 << k), 0)
+            has_prev = rows >= (1 << k)
+            n00, n01, n10, n11, n0, n1 = _block_combine(
+                tl.gather(a00, prev, 0),
+                tl.gather(a01, prev, 0),
+                tl.gather(a10, prev, 0),
+                tl.gather(a11, prev, 0),
+                tl.gather(b0, prev, 0),
+                tl.gather(b1, prev, 0),
+                a00,
+                a01,
+                a10,
+                a11,
+                b0,
+                b1,
+            )
+            a00 = tl.where(has_prev, n00, a00)
+            a01 = tl.where(has_prev, n01, a01)
+            a10 = tl.where(has_prev, n10, a10)
+            a11 = tl.where(has_prev, n11, a11)
+            b0 = tl.where(has_prev, n0, b0)
+            b1 = tl.where(has_prev, n1, b1)
+        x0 = b0
+        x1 = b1
+    return x0, x1
+
+
+@triton.jit
+def _abs_max(x):
+    """``max|x|`` of a tile, NaN counted as +inf (GPU max reductions may drop NaN)."""
+    return tl.max(tl.where(x == x, tl.abs(x), INF))
+
+
+@triton.jit
+def _worse(res, worst):
+    """The worse of two residuals, NaN being the worst."""
+    return tl.where((res > worst) | (res != res), res, worst)
+
+
+# ---- ParaGRU ------------------------------------------------------------------------------------
+@triton.jit
+def gru_forward_kernel(
+    u_ptr, a_ptr, h0_ptr, h_ptr, stats_ptr, T, D, tol, max_iters,
+    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr,
+):  # fmt: skip
+    """Newton per chunk; writes ``h`` and ``stats[pid] = (worst residual, most updates)``."""
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < D
+    i = tl.arange(0, CHUNK_T)
+    rows = i[:, None] + tl.zeros([CHUNK_T, BLOCK_D], tl.int32)
+    az = tl.load(a_ptr + d, mask=dmask, other=0.0)[None, :]
+    ar = tl.load(a_ptr + D + d, mask=dmask, other=0.0)[None, :]
+    ac = tl.load(a_ptr + 2 * D + d, mask=dmask, other=0.0)[None, :]
+    carry = tl.load(h0_ptr + pid_b * D + d, mask=dmask, other=0.0)
+    worst = tl.full([], 0.0, tl.float32)
+    most = tl.full([], 0, tl.int32)
+    t0 = tl.full([], 0, tl.int32)
+    while t0 < T:
+        t = t0 + i
+        mask = (t < T)[:, None] & dmask[None, :]
+        bt = (pid_b * T + t).to(tl.int64)
+        u_off = (3 * bt)[:, None] * D + d[None, :]
+        uz = tl.load(u_ptr + u_off, mask=mask, other=0.0).to(tl.float32)
+        ur = tl.load(u_ptr + u_off + D, mask=mask, other=0.0).to(tl.float32)
+        uc = tl.load(u_ptr + u_off + 2 * D, mask=mask, other=0.0).to(tl.float32)
+        h, _ = _gru_step(carry[None, :], uz, ur, uc, az, ar, ac)  # guess h_t = f(h_carry, u_t)
+        f_h, J = _gru_step(_shift(h, carry, rows), uz, ur, uc, az, ar, ac)
+        r = tl.where(mask, f_h - h, 0.0)
+        res = _abs_max(r) / tl.maximum(tl.max(tl.where(mask, tl.abs(h), 0.0)), 1.0)
+        n = tl.full([], 0, tl.int32)
+        while (res > tol) & (n < max_iters) & (res < INF):
+            h = h + _diag_scan(J, r, rows, LOG2_T, TL_SCAN)
+            f_h, J = _gru_step(_shift(h, carry, rows), uz, ur, uc, az, ar, ac)
+            r = tl.where(mask, f_h - h, 0.0)
+            res = _abs_max(r) / tl.maximum(tl.max(tl.where(mask, tl.abs(h), 0.0)), 1.0)
+            n += 1
+        tl.store(h_ptr + bt[:, None] * D + d[None, :], h, mask=mask)
+        carry = _row(h, rows, tl.minimum(T - t0, CHUNK_T) - 1)
+        worst = _worse(res, worst)
+        most = tl.maximum(most, n)
+        t0 += CHUNK_T
+    pid = pid_b * tl.num_programs(1) + pid_d
+    tl.store(stats_ptr + 2 * pid, worst)
+    tl.store(stats_ptr + 2 * pid + 1, most.to(tl.float32))
+
+
+@triton.jit
+def gru_backward_kernel(
+    g_ptr, u_ptr, a_ptr, h0_ptr, h_ptr, gu_ptr, ga_ptr, gh0_ptr, T, D,
+    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr,
+):  # fmt: skip
+    """Adjoint scan by chunks from the end; ``ga`` gets per-batch partial sums ``(B, 3, D)``.
+
+    With ``μ_t = J_tᵀ λ_t``: ``μ_t = J_tᵀ (g_t + μ_{t+1})`` (a scan whose transition is the row's
+    own Jacobian) and ``λ_t = g_t + μ_{t+1}``; ``grad_h0 = μ_0``.
+    """
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < D
+    i = tl.arange(0, CHUNK_T)
+    rows = i[:, None] + tl.zeros([CHUNK_T, BLOCK_D], tl.int32)
+    az = tl.load(a_ptr + d, mask=dmask, other=0.0)[None, :]
+    ar = tl.load(a_ptr + D + d, mask=dmask, other=0.0)[None, :]
+    ac = tl.load(a_ptr + 2 * D + d, mask=dmask, other=0.0)[None, :]
+    h0 = tl.load(h0_ptr + pid_b * D + d, mask=dmask, other=0.0)
+    mu = tl.zeros([BLOCK_D], tl.float32)
+    acc_z = tl.zeros([BLOCK_D], tl.float32)
+    acc_r = tl.zeros([BLOCK_D], tl.float32)
+    acc_c = tl.zeros([BLOCK_D], tl.float32)
+    t0 = tl.full([], 0, tl.int32)
+    while t0 < T:
+        end = T - t0
+        t = end - 1 - i  # time runs backwards down the tile
+        mask = (t >= 0)[:, None] & dmask[None, :]
+        bt = (pid_b * T + t).to(tl.int64)
+        off = bt[:, None] * D + d[None, :]
+        u_off = (3 * bt)[:, None] * D + d[None, :]
+        h = tl.load(h_ptr + off, mask=mask, other=0.0)
+        g = tl.load(g_ptr + off, mask=mask, other=0.0)
+        uz = tl.load(u_ptr + u_off, mask=mask, other=0.0).to(tl.float32)
+        ur = tl.load(u_ptr + u_off + D, mask=mask, other=0.0).to(tl.float32)
+        uc = tl.load(u_ptr + u_off + 2 * D, mask=mask, other=0.0).to(tl.float32)
+        # h_{t-1} is the next row; past the tile it is h[end - CHUNK_T - 1], or h0.
+        t_edge = end - CHUNK_T - 1
+        h_edge = tl.load(h_ptr + (pid_b * T + t_edge).to(tl.int64) * D + d, mask=dmask & (t_edge >= 0), other=0.0)
+        h_edge = tl.where(t_edge >= 0, h_edge, h0)
+        hp = tl.where(rows == CHUNK_T - 1, h_edge[None, :], tl.gather(h, tl.minimum(rows + 1, CHUNK_T - 1), 0))
+        hp = tl.where((t == 0)[:, None], h0[None, :], hp)
+        z, r, c = _gru_gates(hp, uz, ur, uc, az, ar, ac)
+        dr = r * (1.0 - r) * ar
+        J = (1.0 - z) + z * (1.0 - z) * az * (c - hp) + z * (1.0 - c * c) * ac * (r + hp * dr)
+        m = _diag_scan(J, J * (g + tl.where(rows == 0, mu[None, :], 0.0)), rows, LOG2_T, TL_SCAN)
+        lam = tl.where(mask, g + _shift(m, mu, rows), 0.0)
+        mu = _row(m, rows, tl.minimum(end, CHUNK_T) - 1)
+        gz = lam * (c - hp) * z * (1.0 - z)
+        gc = lam * z * (1.0 - c * c)
+        gr = gc * ac * hp * r * (1.0 - r)
+        tl.store(gu_ptr + u_off, gz, mask=mask)
+        tl.store(gu_ptr + u_off + D, gr, mask=mask)
+        tl.store(gu_ptr + u_off + 2 * D, gc, mask=mask)
+        acc_z += tl.sum(gz * hp, axis=0)
+        acc_r += tl.sum(gr * hp, axis=0)
+        acc_c += tl.sum(gc * hp * r, axis=0)
+        t0 += CHUNK_T
+    tl.store(gh0_ptr + pid_b * D + d, mu, mask=dmask)
+    tl.store(ga_ptr + pid_b * 3 * D + d, acc_z, mask=dmask)
+    tl.store(ga_ptr + pid_b * 3 * D + D + d, acc_r, mask=dmask)
+    tl.store(ga_ptr + pid_b * 3 * D + 2 * D + d, acc_c, mask=dmask)
+
+
+# ---- ParaLSTM -----------------------------------------------------------------------------------
+@triton.jit
+def lstm_forward_kernel(
+    u_ptr, a_ptr, c_ptr, h0_ptr, h_ptr, stats_ptr, T, D, tol, max_iters,
+    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr,
+):  # fmt: skip
+    """Newton per chunk on the state ``[c, h]``; writes ``h`` ``(B, T, D, 2)`` and the stats."""
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < D
+    i = tl.arange(0, CHUNK_T)
+    rows = i[:, None] + tl.zeros([CHUNK_T, BLOCK_D], tl.int32)
+    kk = tl.arange(0, 2)[None, None, :]
+    af = tl.load(a_ptr + d, mask=dmask, other=0.0)[None, :]
+    az = tl.load(a_ptr + D + d, mask=dmask, other=0.0)[None, :]
+    ao = tl.load(a_ptr + 2 * D + d, mask=dmask, other=0.0)[None, :]
+    pf = tl.load(c_ptr + d, mask=dmask, other=0.0)[None, :]
+    po = tl.load(c_ptr + D + d, mask=dmask, other=0.0)[None, :]
+    carry_c = tl.load(h0_ptr + (pid_b * D + d) * 2, mask=dmask, other=0.0)
+    carry_h = tl.load(h0_ptr + (pid_b * D + d) * 2 + 1, mask=dmask, other=0.0)
+    worst = tl.full([], 0.0, tl.float32)
+    most = tl.full([], 0, tl.int32)
+    t0 = tl.full([], 0, tl.int32)
+    while t0 < T:
+        t = t0 + i
+        mask = (t < T)[:, None] & dmask[None, :]
+        bt = (pid_b * T + t).to(tl.int64)
+        u_off = (3 * bt)[:, None] * D + d[None, :]
+        uf = tl.load(u_ptr + u_off, mask=mask, other=0.0).to(tl.float32)
+        uz = tl.load(u_ptr + u_off + D, mask=mask, other=0.0).to(tl.float32)
+        uo = tl.load(u_ptr + u_off + 2 * D, mask=mask, other=0.0).to(tl.float32)
+        c, h, _, _, _, _ = _lstm_step(carry_c[None, :], carry_h[None, :], uf, uz, uo, af, az, ao, pf, po)
+        f_c, f_h, j00, j01, j10, j11 = _lstm_step(
+            _shift(c, carry_c, rows), _shift(h, carry_h, rows), uf, uz, uo, af, az, ao, pf, po
+        )
+        r_c = tl.where(mask, f_c - c, 0.0)
+        r_h = tl.where(mask, f_h - h, 0.0)
+        scale = tl.maximum(tl.max(tl.where(mask, tl.maximum(tl.abs(c), tl.abs(h)), 0.0)), 1.0)
+        res = tl.maximum(_abs_max(r_c), _abs_max(r_h)) / scale
+        n = tl.full([], 0, tl.int32)
+        while (res > tol) & (n < max_iters) & (res < INF):
+            d_c, d_h = _block_scan(j00, j01, j10, j11, r_c, r_h, rows, LOG2_T, TL_SCAN)
+            c = c + d_c
+            h = h + d_h
+            f_c, f_h, j00, j01, j10, j11 = _lstm_step(
+                _shift(c, carry_c, rows), _shift(h, carry_h, rows), uf, uz, uo, af, az, ao, pf, po
+            )
+            r_c = tl.where(mask, f_c - c, 0.0)
+            r_h = tl.where(mask, f_h - h, 0.0)
+            scale = tl.maximum(tl.max(tl.where(mask, tl.maximum(tl.abs(c), tl.abs(h)), 0.0)), 1.0)
+            res = tl.maximum(_abs_max(r_c), _abs_max(r_h)) / scale
+            n += 1
+        off = (bt[:, None] * D + d[None, :])[:, :, None] * 2 + kk
+        tl.store(h_ptr + off, tl.join(c, h), mask=mask[:, :, None] & (kk < 2))
+        last = tl.minimum(T - t0, CHUNK_T) - 1
+        carry_c = _row(c, rows, last)
+        carry_h = _row(h, rows, last)
+        worst = _worse(res, worst)
+        most = tl.maximum(most, n)
+        t0 += CHUNK_T
+    pid = pid_b * tl.num_programs(1) + pid_d
+    tl.store(stats_ptr + 2 * pid, worst)
+    tl.store(stats_ptr + 2 * pid + 1, most.to(tl.float32))
+
+
+@triton.jit
+def lstm_backward_kernel(
+    g_ptr, u_ptr, a_ptr, c_ptr, h0_ptr, h_ptr, gu_ptr, ga_ptr, gc_ptr, gh0_ptr, T, D,
+    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr,
+):  # fmt: skip
+    """Adjoint scan by chunks from the end (see :func:`gru_backward_kernel`) with 2×2 blocks.
+
+    ``ga`` ``(B, 3, D)`` and ``gc`` ``(B, 2, D)`` receive per-batch partial sums.
+    """
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < D
+    i = tl.arange(0, CHUNK_T)
+    rows = i[:, None] + tl.zeros([CHUNK_T, BLOCK_D], tl.int32)
+    kk = tl.arange(0, 2)[None, None, :]
+    af = tl.load(a_ptr + d, mask=dmask, other=0.0)[None, :]
+    az = tl.load(a_ptr + D + d, mask=dmask, other=0.0)[None, :]
+    ao = tl.load(a_ptr + 2 * D + d, mask=dmask, other=0.0)[None, :]
+    pf = tl.load(c_ptr + d, mask=dmask, other=0.0)[None, :]
+    po = tl.load(c_ptr + D + d, mask=dmask, other=0.0)[None, :]
+    c0 = tl.load(h0_ptr + (pid_b * D + d) * 2, mask=dmask, other=0.0)
+    h0 = tl.load(h0_ptr + (pid_b * D + d) * 2 + 1, mask=dmask, other=0.0)
+    mu_c = tl.zeros([BLOCK_D], tl.float32)
+    mu_h = tl.zeros([BLOCK_D], tl.float32)
+    acc_f = tl.zeros([BLOCK_D], tl.float32)
+    acc_z = tl.zeros([BLOCK_D], tl.float32)
+    acc_o = tl.zeros([BLOCK_D], tl.float32)
+    acc_pf = tl.zeros([BLOCK_D], tl.float32)
+    acc_po = tl.zeros([BLOCK_D], tl.float32)
+    t0 = tl.full([], 0, tl.int32)
+    while t0 < T:
+        end = T - t0
+        t = end - 1 - i  # time runs backwards down the tile
+        mask = (t >= 0)[:, None] & dmask[None, :]
+        mask3 = mask[:, :, None] & (kk < 2)
+        bt = (pid_b * T + t).to(tl.int64)
+        off = (bt[:, None] * D + d[None, :])[:, :, None] * 2 + kk
+        u_off = (3 * bt)[:, None] * D + d[None, :]
+        c, h = tl.split(tl.load(h_ptr + off, mask=mask3, other=0.0))
+        g_c, g_h = tl.split(tl.load(g_ptr + off, mask=mask3, other=0.0))
+        uf = tl.load(u_ptr + u_off, mask=mask, other=0.0).to(tl.float32)
+        uz = tl.load(u_ptr + u_off + D, mask=mask, other=0.0).to(tl.float32)
+        uo = tl.load(u_ptr + u_off + 2 * D, mask=mask, other=0.0).to(tl.float32)
+        # the state before step t is the next row; past the tile it is s[end - CHUNK_T - 1], or s0.
+        t_edge = end - CHUNK_T - 1
+        e_off = ((pid_b * T + t_edge).to(tl.int64) * D + d) * 2
+        e_mask = dmask & (t_edge >= 0)
+        c_edge = tl.where(t_edge >= 0, tl.load(h_ptr + e_off, mask=e_mask, other=0.0), c0)
+        h_edge = tl.where(t_edge >= 0, tl.load(h_ptr + e_off + 1, mask=e_mask, other=0.0), h0)
+        nxt = tl.minimum(rows + 1, CHUNK_T - 1)
+        first = (t == 0)[:, None]
+        cp = tl.where(rows == CHUNK_T - 1, c_edge[None, :], tl.gather(c, nxt, 0))
+        cp = tl.where(first, c0[None, :], cp)
+        hp = tl.where(rows == CHUNK_T - 1, h_edge[None, :], tl.gather(h, nxt, 0))
+        hp = tl.where(first, h0[None, :], hp)
+        f, z, cn, o, tc = _lstm_gates(cp, hp, uf, uz, uo, af, az, ao, pf, po)
+        df = f * (1.0 - f)
+        j00 = f + df * pf * (cp - z)
+        j01 = df * af * (cp - z) + (1.0 - f) * (1.0 - z * z) * az
+        do = o * (1.0 - o)
+        dh_dcn = do * po * tc + o * (1.0 - tc * tc)
+        j10 = dh_dcn * j00
+        j11 = do * ao * tc + dh_dcn * j01
+        # μ_t = J_tᵀ (g_t + μ_{t+1}): transition Jᵀ = [[j00, j10], [j01, j11]].
+        x_c = g_c + tl.where(rows == 0, mu_c[None, :], 0.0)
+        x_h = g_h + tl.where(rows == 0, mu_h[None, :], 0.0)
+        m_c, m_h = _block_scan(
+            j00, j10, j01, j11, j00 * x_c + j10 * x_h, j01 * x_c + j11 * x_h, rows, LOG2_T, TL_SCAN
+        )
+        lam_c = tl.where(mask, g_c + _shift(m_c, mu_c, rows), 0.0)
+        lam_h = tl.where(mask, g_h + _shift(m_h, mu_h, rows), 0.0)
+        last = tl.minimum(end, CHUNK_T) - 1
+        mu_c = _row(m_c, rows, last)
+        mu_h = _row(m_h, rows, last)
+        pre_o = lam_h * tc * do
+        g_cn = lam_c + lam_h * o * (1.0 - tc * tc) + pre_o * po
+        pre_f = g_cn * (cp - z) * df
+        pre_z = g_cn * (1.0 - f) * (1.0 - z * z)
+        tl.store(gu_ptr + u_off, pre_f, mask=mask)
+        tl.store(gu_ptr + u_off + D, pre_z, mask=mask)
+        tl.store(gu_ptr + u_off + 2 * D, pre_o, mask=mask)
+        acc_f += tl.sum(pre_f * hp, axis=0)
+        acc_z += tl.sum(pre_z * hp, axis=0)
+        acc_o += tl.sum(pre_o * hp, axis=0)
+        acc_pf += tl.sum(pre_f * cp, axis=0)
+        acc_po += tl.sum(pre_o * cn, axis=0)
+        t0 += CHUNK_T
+    tl.store(gh0_ptr + (pid_b * D + d) * 2, mu_c, mask=dmask)
+    tl.store(gh0_ptr + (pid_b * D + d) * 2 + 1, mu_h, mask=dmask)
+    tl.store(ga_ptr + pid_b * 3 * D + d, acc_f, mask=dmask)
+    tl.store(ga_ptr + pid_b * 3 * D + D + d, acc_z, mask=dmask)
+    tl.store(ga_ptr + pid_b * 3 * D + 2 * D + d, acc_o, mask=dmask)
+    tl.store(gc_ptr + pid_b * 2 * D + d, acc_pf, mask=dmask)
+    tl.store(gc_ptr + pid_b * 2 * D + D + d, acc_po, mask=dmask)
+
+
+# ---- standalone linear scans --------------------------------------------------------------------
+@triton.jit
+def diagonal_scan_kernel(
+    j_ptr, b_ptr, x0_ptr, x_ptr, T, D,
+    REVERSE: tl.constexpr, CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr,
+    TL_SCAN: tl.constexpr,
+):  # fmt: skip
+    """``x_t = J_t x_{t∓1} + b_t`` on ``(B, T, D)``; chunks walk backwards in time when ``REVERSE``."""
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < D
+    i = tl.arange(0, CHUNK_T)
+    rows = i[:, None] + tl.zeros([CHUNK_T, BLOCK_D], tl.int32)
+    carry = tl.load(x0_ptr + pid_b * D + d, mask=dmask, other=0.0).to(tl.float32)
+    t0 = tl.full([], 0, tl.int32)
+    while t0 < T:
+        t = t0 + i
+        if REVERSE:
+            t = T - 1 - t
+        mask = ((t >= 0) & (t < T))[:, None] & dmask[None, :]
+        off = (pid_b * T + t).to(tl.int64)[:, None] * D + d[None, :]
+        a = tl.load(j_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + off, mask=mask, other=0.0).to(tl.float32)
+        b += tl.where(rows == 0, a * carry[None, :], 0.0)
+        x = _diag_scan(a, b, rows, LOG2_T, TL_SCAN)
+        tl.store(x_ptr + off, x, mask=mask)
+        carry = _row(x, rows, tl.minimum(T - t0, CHUNK_T) - 1)
+        t0 += CHUNK_T
+
+
+@triton.jit
+def block2_scan_kernel(
+    j_ptr, b_ptr, x0_ptr, x_ptr, T, D,
+    REVERSE: tl.constexpr, CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr,
+    TL_SCAN: tl.constexpr,
+):  # fmt: skip
+    """``x_t = J_t x_{t∓1} + b_t`` with ``J`` ``(B, T, D, 2, 2)`` and ``b``, ``x`` ``(B, T, D, 2)``."""
+    pid_b = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = d < D
+    i = tl.arange(0, CHUNK_T)
+    rows = i[:, None] + tl.zeros([CHUNK_T, BLOCK_D], tl.int32)
+    kk = tl.arange(0, 2)[None, None, :]
+    carry0 = tl.load(x0_ptr + (pid_b * D + d) * 2, mask=dmask, other=0.0).to(tl.float32)
+    carry1 = tl.load(x0_ptr + (pid_b * D + d) * 2 + 1, mask=dmask, other=0.0).to(tl.float32)
+    t0 = tl.full([], 0, tl.int32)
+    while t0 < T:
+        t = t0 + i
+        if REVERSE:
+            t = T - 1 - t
+        mask = ((t >= 0) & (t < T))[:, None] & dmask[None, :]
+        mask3 = mask[:, :, None] & (kk < 2)
+        off = ((pid_b * T + t).to(tl.int64)[:, None] * D + d[None, :])[:, :, None] * 2 + kk  # [CT, BD, 2]
+        col = tl.arange(0, 2)[None, None, None, :]
+        j_off = off[:, :, :, None] * 2 + col  # [CHUNK_T, BLOCK_D, row, col]
+        col0, col1 = tl.split(tl.load(j_ptr + j_off, mask=mask3[:, :, :, None] & (col < 2), other=0.0))
+        a00, a10 = tl.split(col0.to(tl.float32))
+        a01, a11 = tl.split(col1.to(tl.float32))
+        b0, b1 = tl.split(tl.load(b_ptr + off, mask=mask3, other=0.0).to(tl.float32))
+        b0 += tl.where(rows == 0, a00 * carry0[None, :] + a01 * carry1[None, :], 0.0)
+        b1 += tl.where(rows == 0, a10 * carry0[None, :] + a11 * carry1[None, :], 0.0)
+        x0, x1 = _block_scan(a00, a01, a10, a11, b0, b1, rows, LOG2_T, TL_SCAN)
+        tl.store(x_ptr + off, tl.join(x0, x1), mask=mask3)
+        last = tl.minimum(T - t0, CHUNK_T) - 1
+        carry0 = _row(x0, rows, last)
+        carry1 = _row(x1, rows, last)
+        t0 += CHUNK_T
+
+
+# ---- launch configuration -----------------------------------------------------------------------
+#: (BLOCK_D, CHUNK_T, num_warps) of each kernel on a GPU: the fastest of a small sweep on an H100 at
+#: B=16, T=8192, D=1024 (about 8 tile elements per thread; 16 or more spill registers in the LSTM kernels)
+GPU_TILES = {
+    "gru_forward": (8, 64, 2),
+    "gru_backward": (8, 64, 2),
+    "lstm_forward": (8, 32, 2),
+    "lstm_backward": (16, 128, 4),
+    "diagonal_scan": (64, 64, 4),
+    "block2_scan": (8, 64, 2),
+}
+#: (BLOCK_D, CHUNK_T) under TRITON_INTERPRET=1: big tiles, since the interpreter's cost is per op
+INTERPRETER_TILE = (64, 1024)
+
+
+def launch_config(
+    kernel: str,
+    on_gpu: bool,
+    block_d: int | None = None,
+    chunk_t: int | None = None,
+    num_warps: int | None = None,
+    tl_scan: bool | None = None,
+) -> dict:
+    """Meta-parameters of ``kernel`` (a key of :data:`GPU_TILES`); ``None`` picks the default.
+
+    ``tl_scan`` chooses ``tl.associative_scan`` (default on GPU) over the gather-doubling scan
+    (default in the interpreter, where a custom-combine scan runs element by element).
+    """
+    bd, ct, nw = GPU_TILES[kernel] if on_gpu else (*INTERPRETER_TILE, 4)
+    bd, ct, nw = block_d or bd, chunk_t or ct, num_warps or nw
+    for name, value in (("block_d", bd), ("chunk_t", ct), ("num_warps", nw)):
+        if value < 1 or value & (value - 1):
+            raise ValueError(f"{name} must be a power of two, got {value}")
+    return {
+        "BLOCK_D": bd,
+        "CHUNK_T": ct,
+        "LOG2_T": ct.bit_length() - 1,
+        "TL_SCAN": on_gpu if tl_scan is None else bool(tl_scan),
+        "num_warps": nw,
+    }

@@ -1,0 +1,209 @@
+"""The Triton kernels against their PyTorch twins: fused ParaGRU / ParaLSTM Newton solves and
+adjoint backwards vs ``sequential_solve`` (float64, autograd), scans vs ``linear_scan``.
+
+Without a GPU the kernels run in Triton's interpreter (float32, big tiles so it stays fast);
+the ``gpu`` cases run the full sizes on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():  # the interpreter must be chosen before triton loads
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import triton  # noqa: F401  (a plain import: CI installs triton, so a missing one must fail, not skip)
+from conftest import INPUT_SIZE, make_cell, rel_err
+
+from pararnn_ts import ParaGRU, ParaLSTM
+from pararnn_ts.core import Block, Diagonal, linear_scan
+from pararnn_ts.core.autograd import sequential_solve
+from pararnn_ts.ops import triton_fused, triton_scan
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TOL32 = 32 * torch.finfo(torch.float32).eps  # the solver's default Newton tolerance in float32
+RTOL = 1e-4  # float32 kernels vs float64 twins (seen: ~1e-6; eps·T = 5e-4 at T = 4097)
+SMALL_TILES = {"block_d": 16, "chunk_t": 8}  # several chunks and a ragged channel block at T=17, D=45
+# The interpreter computes in NumPy, which warns on inf/NaN arithmetic: sigmoid's exp(-x) overflowing to
+# inf (harmless), and the diverging / NaN solves that the non-convergence test makes on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning:triton.runtime.interpreter")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def build_cell(name, D, seed):
+    """``make_cell`` in float64, or the same with one head for widths it cannot split in 3 (D = 1024)."""
+    if D % 3 == 0:
+        return make_cell(name, torch.float64, seed=seed, hidden=D)
+    torch.manual_seed(seed)
+    cell = (ParaLSTM if name == "paralstm" else ParaGRU)(INPUT_SIZE, D, num_heads=1, max_norm=None)
+    with torch.no_grad():
+        for p in cell.parameters():
+            if p.dim() == 2:
+                p.uniform_(-0.9, 0.9)
+    return cell.double()
+
+
+def fused_vs_sequential(name, B, T, D, u_dtype=torch.float32, seed=0, max_iters=12, **tuning):
+    """Relative errors of outputs, final state and every gradient, and the kernel's stats."""
+    cell = build_cell(name, D, seed).to(DEVICE)
+    g = torch.Generator(device=DEVICE).manual_seed(seed + 1)
+    x = torch.randn(B, T, INPUT_SIZE, generator=g, device=DEVICE, dtype=torch.float64)
+    with torch.no_grad():
+        u = cell.project(x).to(u_dtype)  # what the kernel reads; the twin gets the same rounded values
+    h0 = 0.5 * torch.randn(B, *cell.state_shape, generator=g, device=DEVICE, dtype=torch.float64)
+    params = [cell.A, cell.C] if name == "paralstm" else [cell.A]
+    u64, h064 = u.double().requires_grad_(), h0.clone().requires_grad_()
+    ref = sequential_solve(cell, u64, h064)
+    w = torch.randn(ref.shape, generator=g, device=DEVICE, dtype=torch.float64)
+    ref_grads = torch.autograd.grad((ref * w).sum(), [u64, h064, *params])
+
+    kernel = "lstm" if name == "paralstm" else "gru"
+    weights = [p.detach().float() for p in params]
+    h, stats = getattr(triton_fused, f"{kernel}_forward")(u, *weights, h0.float(), TOL32, max_iters, **tuning)
+    grad_u, *grad_w, grad_h0 = getattr(triton_fused, f"{kernel}_backward")(
+        w.float(), u, *weights, h0.float(), h, **tuning
+    )
+    got = {"h": h, "last": h[:, -1], "grad_u": grad_u, "grad_h0": grad_h0, "grad_A": grad_w[0]}
+    want = {"h": ref, "last": ref[:, -1], "grad_u": ref_grads[0], "grad_h0": ref_grads[1], "grad_A": ref_grads[2]}
+    if name == "paralstm":
+        got["grad_C"], want["grad_C"] = grad_w[1], ref_grads[3]
+    for key, value in got.items():
+        assert value.dtype == torch.float32 and value.shape == want[key].shape, key
+    return {key: rel_err(want[key].detach(), got[key].double()) for key in got}, stats
+
+
+def check(errors, stats, max_iters=12, rtol=RTOL):
+    assert stats.shape == (2,) and stats.dtype == torch.float32
+    residual, iterations = stats.tolist()
+    assert residual <= TOL32 and 0 <= iterations <= max_iters, stats
+    assert max(errors.values()) < rtol, errors
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+@pytest.mark.parametrize(("B", "T"), [(1, 1), (3, 17), (1, 1000), (3, 4097)])
+def test_fused_matches_sequential(name, B, T):
+    check(*fused_vs_sequential(name, B, T, 45))
+
+
+@pytest.mark.parametrize("tl_scan", [False, True])
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_fused_small_tiles_both_scans(name, tl_scan):
+    """Chunk carries, a ragged channel block, and both in-tile scans (associative_scan and doubling)."""
+    check(*fused_vs_sequential(name, 3, 17, 45, seed=3, tl_scan=tl_scan, **SMALL_TILES))
+
+
+@pytest.mark.parametrize("u_dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_fused_reads_half_precision_inputs(name, u_dtype):
+    check(*fused_vs_sequential(name, 3, 300, 45, u_dtype=u_dtype, seed=5))
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_fused_reports_non_convergence(name):
+    cell = make_cell(name, torch.float32, seed=2, hidden=45).to(DEVICE)
+    g = torch.Generator(device=DEVICE).manual_seed(4)
+    u = 3 * torch.randn(2, 64, 3, 45, generator=g, device=DEVICE)
+    h0 = torch.zeros(2, *cell.state_shape, device=DEVICE)
+    weights = [4 * cell.A.detach()] + ([4 * cell.C.detach()] if name == "paralstm" else [])
+    forward = triton_fused.lstm_forward if name == "paralstm" else triton_fused.gru_forward
+    _, stats = forward(u, *weights, h0, TOL32, 1)
+    residual, iterations = stats.tolist()
+    assert residual > TOL32 and iterations == 1
+    _, stats = forward(u, *weights, h0, TOL32, 30)
+    assert stats[0] <= TOL32 and 1 < stats[1] <= 30  # the same problem converges with more updates
+
+    u[1, 40, 1, 7] = float("nan")
+    h, stats = forward(u, *weights, h0, TOL32, 12)
+    assert not torch.isfinite(stats[0]), "a NaN input must show as a NaN/inf residual"
+    assert torch.isnan(h[1, 40, 7]).all()
+
+
+def test_unavailable_reason():
+    assert triton_fused.NAME == "triton"
+    assert triton_fused.unavailable_reason(DEVICE) is None
+    assert isinstance(triton_fused.unavailable_reason(torch.device("meta")), str)
+
+
+# ---- scans ---------------------------------------------------------------------------------------
+def scan_system(block, B, T, D, dtype=torch.float64, seed=0):
+    g = torch.Generator(device=DEVICE).manual_seed(seed)
+    state = (B, T, D, 2) if block else (B, T, D)
+    J = 0.6 * torch.randn(*state, *((2,) if block else ()), generator=g, device=DEVICE, dtype=dtype)
+    b = torch.randn(state, generator=g, device=DEVICE, dtype=dtype)
+    x0 = torch.randn(B, *state[2:], generator=g, device=DEVICE, dtype=dtype)
+    return J, b, x0
+
+
+def scan_reference(block, J, b, x0, reverse):
+    """``linear_scan`` in float64; a reverse scan is the forward one on time-flipped inputs."""
+    structure = Block(2) if block else Diagonal()
+    J, b = J.double(), b.double()
+    x0 = None if x0 is None else x0.double()
+    if reverse:
+        return linear_scan(J.flip(1), b.flip(1), structure, x0).flip(1)
+    return linear_scan(J, b, structure, x0)
+
+
+def run_scan(block, J, b, x0, reverse, **tuning):
+    return (triton_scan.block2_scan if block else triton_scan.diagonal_scan)(J, b, x0, reverse=reverse, **tuning)
+
+
+@pytest.mark.parametrize("with_x0", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("block", [False, True], ids=["diagonal", "block2"])
+@pytest.mark.parametrize(("B", "T"), [(1, 1), (3, 17), (3, 1000), (1, 4097)])
+def test_scan_matches_linear_scan(block, reverse, with_x0, B, T):
+    J, b, x0 = scan_system(block, B, T, 45, seed=T)
+    x0 = x0 if with_x0 else None
+    x = run_scan(block, J.float(), b.float(), None if x0 is None else x0.float(), reverse)
+    assert x.dtype == torch.float32 and x.shape == b.shape
+    assert rel_err(scan_reference(block, J, b, x0, reverse), x.double()) < RTOL
+
+
+@pytest.mark.parametrize("tl_scan", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("block", [False, True], ids=["diagonal", "block2"])
+def test_scan_small_tiles_match_loop(block, reverse, tl_scan):
+    """Against a plain loop, with several chunks, a ragged channel block and both in-tile scans."""
+    J, b, x0 = scan_system(block, 2, 17, 45, seed=9)
+    x, out = x0, [None] * 17
+    for t in reversed(range(17)) if reverse else range(17):
+        x = (J[:, t] @ x.unsqueeze(-1)).squeeze(-1) + b[:, t] if block else J[:, t] * x + b[:, t]
+        out[t] = x
+    got = run_scan(block, J, b, x0, reverse, tl_scan=tl_scan, **SMALL_TILES)  # float64 in, float32 out
+    assert rel_err(torch.stack(out, 1), got.double()) < RTOL
+
+
+@pytest.mark.parametrize("block", [False, True], ids=["diagonal", "block2"])
+def test_scan_reads_half_precision(block):
+    J, b, x0 = scan_system(block, 2, 300, 45, dtype=torch.bfloat16, seed=1)
+    x = run_scan(block, J, b, x0, reverse=False)
+    assert rel_err(scan_reference(block, J, b, x0, False), x.double()) < RTOL
+
+
+# ---- full size, on a GPU -------------------------------------------------------------------------
+@pytest.mark.parametrize("tl_scan", [None, False], ids=["default", "doubling"])
+@pytest.mark.parametrize("T", [1, 4097, 8192])
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+@pytest.mark.parametrize("u_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.gpu
+@needs_gpu
+def test_fused_full_size_gpu(name, T, u_dtype, tl_scan):
+    if tl_scan is False and (T != 4097 or u_dtype != torch.float32):
+        pytest.skip("the doubling scan is checked once per cell")
+    # Newton may need more than the default 12 updates on some 128-step chunks of this size (seen: 16 for
+    # T = 8192, in the kernel and in the core solver alike); allow 40 so a converged solve is checked.
+    check(*fused_vs_sequential(name, 16, T, 1024, u_dtype, seed=T, max_iters=40, tl_scan=tl_scan), max_iters=40)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("block", [False, True], ids=["diagonal", "block2"])
+@pytest.mark.gpu
+@needs_gpu
+def test_scan_full_size_gpu(block, reverse):
+    J, b, x0 = scan_system(block, 16, 8192, 1024, seed=2)
+    x = run_scan(block, J.float(), b.float(), x0.float(), reverse)
+    assert rel_err(scan_reference(block, J, b, x0, reverse), x.double()) < RTOL
