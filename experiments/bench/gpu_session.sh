@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Everything one GPU lease checks, in one call: the fused-kernel tests at full size, then the kernel
+# benchmark at the GPU sizes. Run from the repository root; logs and results go to $OUT.
+#   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh [tests|bench|all]
+set -uo pipefail
+OUT=${OUT:-/tmp/pararnn_gpu}
+WHAT=${1:-all}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then  # peer kernels (accelerated-scan, fla-core) carried as wheels
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=$PWD:/tmp/site
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+status=0
+if [[ $WHAT == tests || $WHAT == all ]]; then
+    python3 -m pytest -q -p no:cacheprovider tests/test_ops_triton.py tests/test_ops_cuda.py tests/test_ops_gpu.py \
+        tests/test_core_dispatch.py 2>&1 | tee "$OUT/tests.log" | tail -40
+    status=${PIPESTATUS[0]}
+fi
+if [[ $WHAT == bench || $WHAT == all ]]; then
+    python3 experiments/bench/kernel_bench.py --device cuda --batch 16 --hidden 1024 --T 512 2048 8192 65536 \
+        --max-sequential-T 8192 --reference-T 512 --repeats 10 --out "$OUT/kernels_cuda.json" 2>"$OUT/bench.err" \
+        | tee "$OUT/bench.log"
+    status=$((status || PIPESTATUS[0]))
+fi
+exit $status

@@ -1,0 +1,315 @@
+"""Kernel benchmark: the recurrence alone, every backend, against the bytes-moved floor.
+
+For ParaGRU and ParaLSTM it times ``cell.solve(u, h0)`` (forward) and the same plus backward to
+``u``, ``h0`` and the weights, for the modes ``sequential``, ``parallel`` and ``fused`` (each
+fused backend that can run), next to ``torch.nn.GRU`` / ``torch.nn.LSTM`` of the same hidden size
+(oneDNN on CPU, cuDNN on GPU; they also do their input and dense recurrent matmuls) and, on GPU,
+the peer linear-scan kernels ``accelerated-scan`` and flash-linear-attention's HGRN when installed.
+
+The floor is the fewest bytes a kernel must move (``u`` read once, ``h`` written once; backward:
+``u``, ``h``, ``∂L/∂h`` read once, ``∂L/∂u`` written once) over the memory bandwidth measured in
+the same run by a large copy. Times are medians after warm-up calls (at least ``--warmup`` calls
+and one second); peak memory is the growth of
+peak RSS over the first call (CPU, one subprocess per case) or ``max_memory_allocated`` (CUDA).
+
+    python experiments/bench/kernel_bench.py                          # CPU, the issue's sizes
+    python experiments/bench/kernel_bench.py --device cuda --batch 16 --hidden 1024 --T 512 2048 8192 65536
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from pararnn_ts import ParaGRU, ParaLSTM
+from pararnn_ts.ops import unavailable_reason
+
+RESULTS = Path(__file__).parent / "results"
+CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
+STATE = {"gru": 1, "lstm": 2}  # state values per channel
+WARMUP_S = 1.0  # least seconds of warm-up calls per case
+PEERS = ("accelerated-scan-warp", "accelerated-scan-triton", "fla-hgrn-chunk", "fla-hgrn-recurrent")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def case_names(cell: str, device: torch.device, modes: list[str], peers: list[str]) -> list[str]:
+    """``<cell>/<mode>[-<backend>]`` for every mode and fused backend that can run here, then peers."""
+    names = []
+    for mode in modes:
+        if mode != "fused":
+            names.append(f"{cell}/{mode}")
+            continue
+        for backend in ("cpu", "triton", "cuda"):
+            if (device.type == "cpu") == (backend == "cpu") and unavailable_reason(backend, device) is None:
+                names.append(f"{cell}/fused-{backend}")
+    names.append(f"{cell}/nn.{cell.upper()}")
+    if device.type == "cuda" and cell == "gru":
+        names += [f"peer/{p}" for p in peers if importlib.util.find_spec(_peer_module(p)) is not None]
+    return names
+
+
+def _peer_module(peer: str) -> str:
+    return "accelerated_scan" if peer.startswith("accelerated-scan") else "fla"
+
+
+def floor_bytes(name: str, B: int, T: int, D: int, passes: str) -> int:
+    """Fewest bytes moved by the case's forward (and backward), float32."""
+    if name.startswith("peer/"):  # x_t = a_t x_{t-1} + b_t: read a, b, write x; back: read a, x, g, write 2
+        fwd, bwd = 3, 5
+    else:
+        s = STATE[name.split("/")[0]]
+        fwd, bwd = 3 + s, 3 + 2 * s + 3  # u, h | u, h, ∂h, ∂u
+    return 4 * B * T * D * (fwd + (bwd if passes == "fwd+bwd" else 0))
+
+
+def build(name: str, B: int, T: int, D: int, device: torch.device, passes: str) -> tuple[Callable[[], None], object]:
+    """The call to time and the module whose ``last_stats`` to report (or ``None``)."""
+    torch.manual_seed(0)
+    train = passes == "fwd+bwd"
+    cell_name, variant = name.split("/")
+    if cell_name == "peer":
+        return _peer_call(variant, B, T, D, device, train), None
+    if variant.startswith("nn."):
+        rnn = getattr(torch.nn, variant[3:])(D, D, batch_first=True).to(device)
+        x = torch.randn(B, T, D, device=device, requires_grad=train)
+        return _call(lambda: rnn(x)[0], train, [x, *rnn.parameters()]), None
+    mode, _, backend = variant.partition("-")
+    cell = CELLS[cell_name](D, D, num_heads=4, mode=mode, fused_backend=backend or "auto").to(device)
+    with torch.no_grad():
+        u = cell.project(torch.randn(B, T, D, device=device))
+    u.requires_grad_(train)
+    h0 = torch.zeros(B, *cell.state_shape, device=device, requires_grad=train)
+    return _call(lambda: cell.solve(u, h0), train, [u, h0, *cell.parameters()]), cell
+
+
+def _call(forward: Callable[[], torch.Tensor], train: bool, leaves: list[torch.Tensor]) -> Callable[[], None]:
+    if not train:
+
+        def run() -> None:
+            with torch.no_grad():
+                forward()
+
+        return run
+    grad = []
+
+    def run_train() -> None:
+        out = forward()
+        if not grad:
+            grad.append(torch.randn_like(out))
+        out.backward(grad[0])
+        for leaf in leaves:
+            leaf.grad = None
+
+    return run_train
+
+
+def _peer_call(peer: str, B: int, T: int, D: int, device: torch.device, train: bool) -> Callable[[], None]:
+    a = torch.rand(B, T, D, device=device).mul_(0.5).add_(0.45)
+    b = torch.randn(B, T, D, device=device)
+    if peer.startswith("accelerated-scan"):
+        module = "warp" if peer.endswith("warp") else "scalar"  # warp: CUDA C++ built at import
+        scan = importlib.import_module(f"accelerated_scan.{module}").scan
+        gates, tokens = (t.transpose(1, 2).contiguous().requires_grad_(train) for t in (a, b))
+        return _call(lambda: scan(gates, tokens), train, [gates, tokens])
+    from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
+
+    fn = chunk_hgrn if peer == "fla-hgrn-chunk" else fused_recurrent_hgrn
+    x, g = b.requires_grad_(train), a.log().requires_grad_(train)
+    return _call(lambda: fn(x, g)[0], train, [x, g])
+
+
+def measure(name: str, B: int, T: int, D: int, passes: str, device: torch.device, warmup: int, repeats: int) -> dict:
+    """One case in this process: median time (s), first call (s), peak memory (MiB), solver stats."""
+    row = {"case": name, "T": T, "passes": passes, "floor_bytes": floor_bytes(name, B, T, D, passes)}
+    try:
+        call, cell = build(name, B, T, D, device, passes)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base = _rss_mib()
+        first = _timed(call, device)
+        if device.type == "cuda":
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+        if first > 2.0:  # slow cases: fewer calls, the spread is small relative to the time
+            warmup, repeats = 1, min(repeats, 2)
+        # Warm up for at least `warmup` calls and WARMUP_S seconds: on CPU the first calls of a process
+        # fault in fresh pages for every new large buffer and run several times slower than later ones.
+        spent, calls = first, 1
+        while calls < warmup or (spent < WARMUP_S and calls < 50):
+            spent += _timed(call, device)
+            calls += 1
+        times = [_timed(call, device) for _ in range(repeats)]
+    except (torch.cuda.OutOfMemoryError, MemoryError) as error:
+        return {**row, "error": f"out of memory: {str(error).splitlines()[0][:120]}"}
+    except RuntimeError as error:  # e.g. cuDNN refusing a size: recorded, the other cases still run
+        return {**row, "error": str(error).splitlines()[0][:120]}
+    stats = getattr(cell, "last_stats", None)
+    row.update(time_s=statistics.median(times), first_call_s=first, peak_mib=peak)
+    if stats is not None:
+        row.update(mode=stats.mode, backend=stats.backend, iterations=stats.iterations, residual=stats.residual)
+        row.update(fell_back=stats.fell_back)
+    return row
+
+
+def _timed(call: Callable[[], None], device: torch.device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def bandwidth(device: torch.device, mib: int) -> float:
+    """Copy bandwidth in bytes/s (bytes read + written), median of 5 after a warm-up."""
+    src = torch.randn(mib * 2**18, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = [_timed(lambda: dst.copy_(src), device) for _ in range(5)]
+    return 2 * src.numel() * 4 / statistics.median(times)
+
+
+def run_case(args: argparse.Namespace, name: str, T: int, passes: str) -> dict:
+    if args.device == "cuda":  # in-process: CUDA peak memory is per case already
+        return measure(name, args.batch, T, args.hidden, passes, torch.device("cuda"), args.warmup, args.repeats)
+    cmd = [sys.executable, __file__, "--worker", name, str(T), passes, "--batch", str(args.batch)]
+    cmd += ["--hidden", str(args.hidden), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], bw: float) -> str:
+    lines = [
+        "| case | T | fwd (ms) | fwd+bwd (ms) | fwd GB/s | fwd+bwd GB/s | fwd+bwd / floor | peak fwd+bwd (MiB) "
+        "| Newton its | backend |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    index = {(r["case"], r["T"], r["passes"]): r for r in rows}
+    for name, T in dict.fromkeys((r["case"], r["T"]) for r in rows):
+        f, fb = index.get((name, T, "fwd"), {}), index.get((name, T, "fwd+bwd"), {})
+        cells = []
+        for r in (f, fb):
+            cells.append(f"{1e3 * r['time_s']:.2f}" if "time_s" in r else r.get("error", "-")[:30])
+        for r in (f, fb):
+            cells.append(f"{r['floor_bytes'] / r['time_s'] / 1e9:.1f}" if "time_s" in r else "-")
+        cells.append(f"{fb['time_s'] * bw / fb['floor_bytes']:.2f}" if "time_s" in fb else "-")
+        cells.append(f"{fb['peak_mib']:.0f}" if "peak_mib" in fb else "-")
+        cells.append(str(f.get("iterations", "-")))
+        cells.append(f"{f.get('mode', '-')}/{f.get('backend', '-')}")
+        lines.append(f"| {name} | {T} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def speedups(rows: list[dict], reference_T: int) -> list[str]:
+    """Ratios the issue sets targets on, from this run: fused vs the others at ``reference_T``."""
+    t = {(r["case"], r["T"], r["passes"]): r.get("time_s") for r in rows}
+    out = []
+    for cell in CELLS:
+        for fused in sorted({r["case"] for r in rows if r["case"].startswith(f"{cell}/fused-")}):
+            for passes in ("fwd", "fwd+bwd"):
+                mine = t.get((fused, reference_T, passes))
+                if mine is None:
+                    continue
+                others = [
+                    c
+                    for c in dict.fromkeys(r["case"] for r in rows)
+                    if c != fused and (c.startswith(f"{cell}/") or (cell == "gru" and c.startswith("peer/")))
+                ]
+                ratios = [
+                    f"{t[(c, reference_T, passes)] / mine:.2f}× {c}" for c in others if t.get((c, reference_T, passes))
+                ]
+                out.append(f"{fused} {passes} at T={reference_T} is faster than: " + ", ".join(ratios))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    p.add_argument("--modes", nargs="*", default=["sequential", "parallel", "fused"])
+    p.add_argument("--T", nargs="+", type=int, default=[256, 1024, 4096, 16384])
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--peers", nargs="*", default=list(PEERS), help="GPU peer kernels to include")
+    p.add_argument("--max-sequential-T", type=int, default=None, help="skip the sequential loop above this T")
+    p.add_argument("--reference-T", type=int, default=None, help="T of the speed-up lines (default 4096)")
+    p.add_argument("--out", type=Path, default=None, help="results file (default results/kernels_<device>.json)")
+    p.add_argument("--worker", nargs=3, metavar=("CASE", "T", "PASSES"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    if args.worker:
+        name, T, passes = args.worker
+        print(json.dumps(measure(name, args.batch, int(T), args.hidden, passes, device, args.warmup, args.repeats)))
+        return
+    out = args.out or RESULTS / f"kernels_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for cell in args.cells:
+        for name in case_names(cell, device, args.modes, args.peers):
+            for T in args.T:
+                if name.endswith("/sequential") and args.max_sequential_T and T > args.max_sequential_T:
+                    continue
+                for passes in ("fwd", "fwd+bwd"):
+                    rows.append(run_case(args, name, T, passes))
+                    r = rows[-1]
+                    shown = f"{1e3 * r['time_s']:.2f} ms" if "time_s" in r else r["error"]
+                    print(f"  {name} T={T} {passes}: {shown}", file=sys.stderr, flush=True)
+                    out.write_text(json.dumps({"machine": None, "rows": rows}, indent=2) + "\n")  # partial
+    # After the cases: a child process inherits its parent's peak RSS at fork.
+    bw = bandwidth(device, 1024 if device.type == "cuda" else 256)
+    cpu = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    machine = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else cpu,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "hidden": args.hidden,
+        "copy_bandwidth_GBps": bw / 1e9,
+    }
+    with contextlib.suppress(ImportError):
+        import triton
+
+        machine["triton"] = triton.__version__
+    out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
+    reference_T = args.reference_T or (4096 if 4096 in args.T else min(args.T))
+    print(f"\nB={args.batch}, D={args.hidden}, float32, {machine}\n")
+    print(table(rows, bw))
+    print()
+    for line in speedups(rows, reference_T):
+        print(line)
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
