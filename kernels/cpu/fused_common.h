@@ -101,6 +101,14 @@ inline void prefetch_row(const T* row, int64_t n) {
 #endif
 }
 
+// The three gate values of channel i at one step into their rows of a (3, D) slice (grad_u).
+template <typename T>
+inline void store_gates(T* __restrict g0, T* __restrict g1, T* __restrict g2, int64_t i, T x0, T x1, T x2) {
+  g0[i] = x0;
+  g1[i] = x1;
+  g2[i] = x2;
+}
+
 // Channels per work item: one block of state lives in a small per-thread buffer (1 KiB), and the
 // channel loop over it is long enough to hide the latency of one time step's dependency chain.
 template <typename T>
@@ -131,6 +139,43 @@ void for_each_block(int64_t batch, int64_t steps, int64_t channels, int64_t max_
       body(b, d0, std::min(block, channels - d0));
     }
   });
+}
+
+// The batch rows of a kernel argument: row b starts at data + b * size.
+template <typename T>
+struct BatchRows {
+  T* data;
+  int64_t size;
+};
+
+// Rows of an input / output tensor of `size` elements each, typed as T.
+template <typename T>
+inline BatchRows<const T> rows_in(const at::Tensor& x, int64_t size) {
+  return {x.const_data_ptr<T>(), size};
+}
+
+template <typename T>
+inline BatchRows<T> rows_out(const at::Tensor& x, int64_t size) {
+  return {x.mutable_data_ptr<T>(), size};
+}
+
+// Batch row b of an argument: a parameter pointer (A, C) is shared by all rows.
+template <typename T>
+inline T* row_of(T* shared, int64_t) {
+  return shared;
+}
+
+template <typename T>
+inline T* row_of(const BatchRows<T>& x, int64_t b) {
+  return x.data + b * x.size;
+}
+
+// Runs block(row b of each argument..., steps, D, d0, n) over every (batch row b, channel block [d0, d0 + n))
+// with for_each_block.
+template <auto block, typename... Args>
+void run_blocks(int64_t batch, int64_t steps, int64_t D, int64_t max_block, const Args&... args) {
+  for_each_block(batch, steps, D, max_block,
+                 [&](int64_t b, int64_t d0, int64_t n) { block(row_of(args, b)..., steps, D, d0, n); });
 }
 
 // A new uninitialised tensor for a kernel output. On Linux its 2 MiB-aligned interior is advised for
@@ -174,6 +219,14 @@ inline void check_tensor(const at::Tensor& x, const char* name, at::ScalarType d
               x.scalar_type());
   TORCH_CHECK(x.sizes() == shape, "pararnn_ts cpu kernels: ", name, " must have shape ", shape, ", got ", x.sizes());
   TORCH_CHECK(x.is_contiguous(), "pararnn_ts cpu kernels: ", name, " must be contiguous");
+}
+
+// The checks every entry point starts with: u (B, T, 3, D) and A (3, D); `what` names the entry point.
+inline void check_u_and_A(const char* what, const at::Tensor& u, const at::Tensor& A) {
+  TORCH_CHECK(u.dim() == 4 && u.size(2) == 3, what, ": u must be (B, T, 3, D), got ", u.sizes());
+  check_dtype(u);
+  check_tensor(u, "u", u.scalar_type(), u.sizes());
+  check_tensor(A, "A", u.scalar_type(), {3, u.size(3)});
 }
 
 }  // namespace pararnn_cpu

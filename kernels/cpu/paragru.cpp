@@ -18,10 +18,10 @@ template <typename T>
 void gru_forward_block(const T* __restrict u_b, const T* __restrict A, const T* __restrict h0_b,
                        T* __restrict h_b, int64_t steps, int64_t D, int64_t d0, int64_t n) {
   alignas(64) T state[kMaxBlock<T>];
+  for (int64_t i = 0; i < n; ++i) state[i] = h0_b[d0 + i];
   const T* __restrict a_z = A + d0;
   const T* __restrict a_r = A + D + d0;
   const T* __restrict a_c = A + 2 * D + d0;
-  for (int64_t i = 0; i < n; ++i) state[i] = h0_b[d0 + i];
   for (int64_t t = 0; t < steps; ++t) {
     const T* __restrict u_z = u_b + t * 3 * D + d0;
     const T* __restrict u_r = u_z + D;
@@ -54,10 +54,10 @@ void gru_backward_block(const T* __restrict g_b, const T* __restrict u_b, const 
   alignas(64) T acc_z[kMaxBlock<T>];
   alignas(64) T acc_r[kMaxBlock<T>];
   alignas(64) T acc_c[kMaxBlock<T>];
+  for (int64_t i = 0; i < n; ++i) carry[i] = acc_z[i] = acc_r[i] = acc_c[i] = T(0);
   const T* __restrict a_z = A + d0;
   const T* __restrict a_r = A + D + d0;
   const T* __restrict a_c = A + 2 * D + d0;
-  for (int64_t i = 0; i < n; ++i) carry[i] = acc_z[i] = acc_r[i] = acc_c[i] = T(0);
   for (int64_t t = steps - 1; t >= 0; --t) {
     const T* __restrict u_z = u_b + t * 3 * D + d0;
     const T* __restrict u_r = u_z + D;
@@ -84,9 +84,7 @@ void gru_backward_block(const T* __restrict g_b, const T* __restrict u_b, const 
       const T gc = lam * z * (T(1) - c * c);        // ∂/∂(a_c x r + u_c)
       const T gxr = gc * a_c[i];                    // ∂/∂(x r)
       const T gr = gxr * x * r * (T(1) - r);        // ∂/∂(a_r x + u_r)
-      gu_z[i] = gz;
-      gu_r[i] = gr;
-      gu_c[i] = gc;
+      store_gates(gu_z, gu_r, gu_c, i, gz, gr, gc);
       acc_z[i] += gz * x;
       acc_r[i] += gr * x;
       acc_c[i] += gc * xr;
@@ -104,21 +102,14 @@ void gru_backward_block(const T* __restrict g_b, const T* __restrict u_b, const 
 }  // namespace
 
 at::Tensor gru_forward(const at::Tensor& u, const at::Tensor& A, const at::Tensor& h0) {
-  TORCH_CHECK(u.dim() == 4 && u.size(2) == 3, "paragru forward: u must be (B, T, 3, D), got ", u.sizes());
+  check_u_and_A("paragru forward", u, A);
   const int64_t B = u.size(0), steps = u.size(1), D = u.size(3);
-  check_dtype(u);
-  check_tensor(u, "u", u.scalar_type(), u.sizes());
-  check_tensor(A, "A", u.scalar_type(), {3, D});
   check_tensor(h0, "h0", u.scalar_type(), {B, D});
   at::Tensor h = empty_output({B, steps, D}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "paragru_forward", [&] {
-    const scalar_t* pu = u.const_data_ptr<scalar_t>();
-    const scalar_t* pA = A.const_data_ptr<scalar_t>();
-    const scalar_t* ph0 = h0.const_data_ptr<scalar_t>();
-    scalar_t* ph = h.mutable_data_ptr<scalar_t>();
-    for_each_block(B, steps, D, kMaxBlock<scalar_t>, [&](int64_t b, int64_t d0, int64_t n) {
-      gru_forward_block<scalar_t>(pu + b * steps * 3 * D, pA, ph0 + b * D, ph + b * steps * D, steps, D, d0, n);
-    });
+    run_blocks<gru_forward_block<scalar_t>>(B, steps, D, kMaxBlock<scalar_t>, rows_in<scalar_t>(u, steps * 3 * D),
+                                            A.const_data_ptr<scalar_t>(), rows_in<scalar_t>(h0, D),
+                                            rows_out<scalar_t>(h, steps * D));
   });
   return h;
 }
@@ -126,11 +117,8 @@ at::Tensor gru_forward(const at::Tensor& u, const at::Tensor& A, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_backward(const at::Tensor& grad_h, const at::Tensor& u,
                                                             const at::Tensor& A, const at::Tensor& h0,
                                                             const at::Tensor& h) {
-  TORCH_CHECK(u.dim() == 4 && u.size(2) == 3, "paragru backward: u must be (B, T, 3, D), got ", u.sizes());
+  check_u_and_A("paragru backward", u, A);
   const int64_t B = u.size(0), steps = u.size(1), D = u.size(3);
-  check_dtype(u);
-  check_tensor(u, "u", u.scalar_type(), u.sizes());
-  check_tensor(A, "A", u.scalar_type(), {3, D});
   check_tensor(h0, "h0", u.scalar_type(), {B, D});
   check_tensor(h, "h", u.scalar_type(), {B, steps, D});
   check_tensor(grad_h, "grad_h", u.scalar_type(), {B, steps, D});
@@ -138,19 +126,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_backward(const at::Tensor& gr
   at::Tensor grad_A_rows = at::zeros({B, 3, D}, u.options());  // per-row partial sums: deterministic
   at::Tensor grad_h0 = at::zeros_like(h0);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "paragru_backward", [&] {
-    const scalar_t* pg = grad_h.const_data_ptr<scalar_t>();
-    const scalar_t* pu = u.const_data_ptr<scalar_t>();
-    const scalar_t* pA = A.const_data_ptr<scalar_t>();
-    const scalar_t* ph0 = h0.const_data_ptr<scalar_t>();
-    const scalar_t* ph = h.const_data_ptr<scalar_t>();
-    scalar_t* pgu = grad_u.mutable_data_ptr<scalar_t>();
-    scalar_t* pgA = grad_A_rows.mutable_data_ptr<scalar_t>();
-    scalar_t* pgh0 = grad_h0.mutable_data_ptr<scalar_t>();
-    for_each_block(B, steps, D, kMaxBlock<scalar_t>, [&](int64_t b, int64_t d0, int64_t n) {
-      gru_backward_block<scalar_t>(pg + b * steps * D, pu + b * steps * 3 * D, pA, ph0 + b * D,
-                                   ph + b * steps * D, pgu + b * steps * 3 * D, pgA + b * 3 * D, pgh0 + b * D,
-                                   steps, D, d0, n);
-    });
+    run_blocks<gru_backward_block<scalar_t>>(
+        B, steps, D, kMaxBlock<scalar_t>, rows_in<scalar_t>(grad_h, steps * D), rows_in<scalar_t>(u, steps * 3 * D),
+        A.const_data_ptr<scalar_t>(), rows_in<scalar_t>(h0, D), rows_in<scalar_t>(h, steps * D),
+        rows_out<scalar_t>(grad_u, steps * 3 * D), rows_out<scalar_t>(grad_A_rows, 3 * D),
+        rows_out<scalar_t>(grad_h0, D));
   });
   return {grad_u, grad_A_rows.sum(0), grad_h0};
 }

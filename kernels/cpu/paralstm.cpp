@@ -21,15 +21,15 @@ void lstm_forward_block(const T* __restrict u_b, const T* __restrict A, const T*
                         int64_t n) {
   alignas(64) T cell[kMaxBlock<T>];
   alignas(64) T hid[kMaxBlock<T>];
+  for (int64_t i = 0; i < n; ++i) {
+    cell[i] = s0_b[2 * (d0 + i)];
+    hid[i] = s0_b[2 * (d0 + i) + 1];
+  }
   const T* __restrict a_f = A + d0;
   const T* __restrict a_z = A + D + d0;
   const T* __restrict a_o = A + 2 * D + d0;
   const T* __restrict p_f = C + d0;
   const T* __restrict p_o = C + D + d0;
-  for (int64_t i = 0; i < n; ++i) {
-    cell[i] = s0_b[2 * (d0 + i)];
-    hid[i] = s0_b[2 * (d0 + i) + 1];
-  }
   for (int64_t t = 0; t < steps; ++t) {
     const T* __restrict u_f = u_b + t * 3 * D + d0;
     const T* __restrict u_z = u_f + D;
@@ -69,15 +69,15 @@ void lstm_backward_block(const T* __restrict g_b, const T* __restrict u_b, const
   alignas(64) T acc_o[kMaxBlock<T>];
   alignas(64) T acc_pf[kMaxBlock<T>];
   alignas(64) T acc_po[kMaxBlock<T>];
+  for (int64_t i = 0; i < n; ++i) {
+    carry_c[i] = carry_h[i] = T(0);
+    acc_f[i] = acc_z[i] = acc_o[i] = acc_pf[i] = acc_po[i] = T(0);
+  }
   const T* __restrict a_f = A + d0;
   const T* __restrict a_z = A + D + d0;
   const T* __restrict a_o = A + 2 * D + d0;
   const T* __restrict p_f = C + d0;
   const T* __restrict p_o = C + D + d0;
-  for (int64_t i = 0; i < n; ++i) {
-    carry_c[i] = carry_h[i] = T(0);
-    acc_f[i] = acc_z[i] = acc_o[i] = acc_pf[i] = acc_po[i] = T(0);
-  }
   for (int64_t t = steps - 1; t >= 0; --t) {
     const T* __restrict u_f = u_b + t * 3 * D + d0;
     const T* __restrict u_z = u_f + D;
@@ -107,9 +107,7 @@ void lstm_backward_block(const T* __restrict g_b, const T* __restrict u_b, const
       const T gc_new = lam_c + lam_h * o * (T(1) - tc * tc) + go * p_o[i];  // ∂/∂c'
       const T gf = gc_new * (c - z) * f * (T(1) - f);                          // ∂/∂(f's pre-activation)
       const T gz = gc_new * (T(1) - f) * (T(1) - z * z);                       // ∂/∂(z's pre-activation)
-      gu_f[i] = gf;
-      gu_z[i] = gz;
-      gu_o[i] = go;
+      store_gates(gu_f, gu_z, gu_o, i, gf, gz, go);
       acc_f[i] += gf * x;
       acc_z[i] += gz * x;
       acc_o[i] += go * x;
@@ -133,24 +131,15 @@ void lstm_backward_block(const T* __restrict g_b, const T* __restrict u_b, const
 }  // namespace
 
 at::Tensor lstm_forward(const at::Tensor& u, const at::Tensor& A, const at::Tensor& C, const at::Tensor& h0) {
-  TORCH_CHECK(u.dim() == 4 && u.size(2) == 3, "paralstm forward: u must be (B, T, 3, D), got ", u.sizes());
+  check_u_and_A("paralstm forward", u, A);
   const int64_t B = u.size(0), steps = u.size(1), D = u.size(3);
-  check_dtype(u);
-  check_tensor(u, "u", u.scalar_type(), u.sizes());
-  check_tensor(A, "A", u.scalar_type(), {3, D});
   check_tensor(C, "C", u.scalar_type(), {2, D});
   check_tensor(h0, "h0", u.scalar_type(), {B, D, 2});
   at::Tensor s = empty_output({B, steps, D, 2}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "paralstm_forward", [&] {
-    const scalar_t* pu = u.const_data_ptr<scalar_t>();
-    const scalar_t* pA = A.const_data_ptr<scalar_t>();
-    const scalar_t* pC = C.const_data_ptr<scalar_t>();
-    const scalar_t* ps0 = h0.const_data_ptr<scalar_t>();
-    scalar_t* ps = s.mutable_data_ptr<scalar_t>();
-    for_each_block(B, steps, D, kMaxBlock<scalar_t>, [&](int64_t b, int64_t d0, int64_t n) {
-      lstm_forward_block<scalar_t>(pu + b * steps * 3 * D, pA, pC, ps0 + b * D * 2, ps + b * steps * D * 2, steps,
-                                   D, d0, n);
-    });
+    run_blocks<lstm_forward_block<scalar_t>>(B, steps, D, kMaxBlock<scalar_t>, rows_in<scalar_t>(u, steps * 3 * D),
+                                             A.const_data_ptr<scalar_t>(), C.const_data_ptr<scalar_t>(),
+                                             rows_in<scalar_t>(h0, D * 2), rows_out<scalar_t>(s, steps * D * 2));
   });
   return s;
 }
@@ -159,11 +148,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_backward(const a
                                                                          const at::Tensor& u, const at::Tensor& A,
                                                                          const at::Tensor& C, const at::Tensor& h0,
                                                                          const at::Tensor& h) {
-  TORCH_CHECK(u.dim() == 4 && u.size(2) == 3, "paralstm backward: u must be (B, T, 3, D), got ", u.sizes());
+  check_u_and_A("paralstm backward", u, A);
   const int64_t B = u.size(0), steps = u.size(1), D = u.size(3);
-  check_dtype(u);
-  check_tensor(u, "u", u.scalar_type(), u.sizes());
-  check_tensor(A, "A", u.scalar_type(), {3, D});
   check_tensor(C, "C", u.scalar_type(), {2, D});
   check_tensor(h0, "h0", u.scalar_type(), {B, D, 2});
   check_tensor(h, "h", u.scalar_type(), {B, steps, D, 2});
@@ -173,21 +159,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_backward(const a
   at::Tensor grad_C_rows = at::zeros({B, 2, D}, u.options());
   at::Tensor grad_h0 = at::zeros_like(h0);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "paralstm_backward", [&] {
-    const scalar_t* pg = grad_h.const_data_ptr<scalar_t>();
-    const scalar_t* pu = u.const_data_ptr<scalar_t>();
-    const scalar_t* pA = A.const_data_ptr<scalar_t>();
-    const scalar_t* pC = C.const_data_ptr<scalar_t>();
-    const scalar_t* ps0 = h0.const_data_ptr<scalar_t>();
-    const scalar_t* ps = h.const_data_ptr<scalar_t>();
-    scalar_t* pgu = grad_u.mutable_data_ptr<scalar_t>();
-    scalar_t* pgA = grad_A_rows.mutable_data_ptr<scalar_t>();
-    scalar_t* pgC = grad_C_rows.mutable_data_ptr<scalar_t>();
-    scalar_t* pgs0 = grad_h0.mutable_data_ptr<scalar_t>();
-    for_each_block(B, steps, D, kMaxBlock<scalar_t>, [&](int64_t b, int64_t d0, int64_t n) {
-      lstm_backward_block<scalar_t>(pg + b * steps * D * 2, pu + b * steps * 3 * D, pA, pC, ps0 + b * D * 2,
-                                    ps + b * steps * D * 2, pgu + b * steps * 3 * D, pgA + b * 3 * D,
-                                    pgC + b * 2 * D, pgs0 + b * D * 2, steps, D, d0, n);
-    });
+    run_blocks<lstm_backward_block<scalar_t>>(
+        B, steps, D, kMaxBlock<scalar_t>, rows_in<scalar_t>(grad_h, steps * D * 2),
+        rows_in<scalar_t>(u, steps * 3 * D), A.const_data_ptr<scalar_t>(), C.const_data_ptr<scalar_t>(),
+        rows_in<scalar_t>(h0, D * 2), rows_in<scalar_t>(h, steps * D * 2), rows_out<scalar_t>(grad_u, steps * 3 * D),
+        rows_out<scalar_t>(grad_A_rows, 3 * D), rows_out<scalar_t>(grad_C_rows, 2 * D),
+        rows_out<scalar_t>(grad_h0, D * 2));
   });
   return {grad_u, grad_A_rows.sum(0), grad_C_rows.sum(0), grad_h0};
 }

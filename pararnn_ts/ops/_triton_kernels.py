@@ -66,15 +66,22 @@ def _lstm_gates(c, h, uf, uz, uo, af, az, ao, pf, po):
 
 
 @triton.jit
-def _lstm_step(c, h, uf, uz, uo, af, az, ao, pf, po):
-    """``(c', h', J00, J01, J10, J11)`` of ParaLSTM, ``J = ∂[c'; h'] / ∂[c; h]``."""
+def _lstm_linearised(c, h, uf, uz, uo, af, az, ao, pf, po):
+    """``(f, z, c', o, tanh c', σ'_f, σ'_o, J00, J01, J10, J11)`` of ParaLSTM, ``J = ∂[c'; h'] / ∂[c; h]``."""
     f, z, cn, o, tc = _lstm_gates(c, h, uf, uz, uo, af, az, ao, pf, po)
     df = f * (1.0 - f)
     dcc = f + df * pf * (c - z)
     dch = df * af * (c - z) + (1.0 - f) * (1.0 - z * z) * az
     do = o * (1.0 - o)
     dh_dcn = do * po * tc + o * (1.0 - tc * tc)
-    return cn, o * tc, dcc, dch, dh_dcn * dcc, do * ao * tc + dh_dcn * dch
+    return f, z, cn, o, tc, df, do, dcc, dch, dh_dcn * dcc, do * ao * tc + dh_dcn * dch
+
+
+@triton.jit
+def _lstm_step(c, h, uf, uz, uo, af, az, ao, pf, po):
+    """``(c', h', J00, J01, J10, J11)`` of ParaLSTM."""
+    _, _, cn, o, tc, _, _, j00, j01, j10, j11 = _lstm_linearised(c, h, uf, uz, uo, af, az, ao, pf, po)
+    return cn, o * tc, j00, j01, j10, j11
 
 
 # ---- tile helpers -------------------------------------------------------------------------------
@@ -171,53 +178,184 @@ def _worse(res, worst):
     return tl.where((res > worst) | (res != res), res, worst)
 
 
-# ---- ParaGRU ------------------------------------------------------------------------------------
+# ---- program, chunk and I/O helpers shared by the kernels ---------------------------------------
 @triton.jit
-def gru_forward_kernel(
-    u_ptr, a_ptr, h0_ptr, h_ptr, stats_ptr, T, D, tol, max_iters,
-    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr,
-):  # fmt: skip
-    """Newton per chunk; writes ``h`` and ``stats[pid] = (worst residual, most updates)``."""
+def _program_tile(D, CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """``(pid_b, pid_d, d, dmask, i, rows)``: this program's batch row and channel block, its channels ``d``
+    ``[BLOCK_D]`` (``dmask = d < D``), tile rows ``i`` ``[CHUNK_T]`` and ``rows`` ``[CHUNK_T, BLOCK_D]``."""
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = d < D
     i = tl.arange(0, CHUNK_T)
     rows = i[:, None] + tl.zeros([CHUNK_T, BLOCK_D], tl.int32)
-    az = tl.load(a_ptr + d, mask=dmask, other=0.0)[None, :]
-    ar = tl.load(a_ptr + D + d, mask=dmask, other=0.0)[None, :]
-    ac = tl.load(a_ptr + 2 * D + d, mask=dmask, other=0.0)[None, :]
-    carry = tl.load(h0_ptr + pid_b * D + d, mask=dmask, other=0.0)
+    return pid_b, pid_d, d, dmask, i, rows
+
+
+@triton.jit
+def _forward_chunk(t0, i, T, pid_b, dmask):
+    """``(mask, bt)`` of the forward tile of steps ``t = t0 + i``: ``t < T`` on valid channels, ``b·T + t`` (int64)."""
+    t = t0 + i
+    mask = (t < T)[:, None] & dmask[None, :]
+    bt = (pid_b * T + t).to(tl.int64)
+    return mask, bt
+
+
+@triton.jit
+def _backward_chunk(t0, i, T, pid_b, dmask):
+    """``(end, t, mask, bt)`` of the tile ending at ``end = T - t0``, time running backwards: ``t = end - 1 - i``."""
+    end = T - t0
+    t = end - 1 - i
+    mask = (t >= 0)[:, None] & dmask[None, :]
+    bt = (pid_b * T + t).to(tl.int64)
+    return end, t, mask, bt
+
+
+@triton.jit
+def _scan_chunk(t0, i, T, dmask, REVERSE: tl.constexpr):
+    """``(t, mask)`` of the scan tile at ``t0`` (from the end when ``REVERSE``), ``mask``: ``0 <= t < T``."""
+    t = t0 + i
+    if REVERSE:
+        t = T - 1 - t
+    mask = ((t >= 0) & (t < T))[:, None] & dmask[None, :]
+    return t, mask
+
+
+@triton.jit
+def _newton_counters():
+    """Zeros for a Newton kernel's chunk loop: worst residual, most updates, first step ``t0``."""
     worst = tl.full([], 0.0, tl.float32)
     most = tl.full([], 0, tl.int32)
     t0 = tl.full([], 0, tl.int32)
-    while t0 < T:
-        t = t0 + i
-        mask = (t < T)[:, None] & dmask[None, :]
-        bt = (pid_b * T + t).to(tl.int64)
-        u_off = (3 * bt)[:, None] * D + d[None, :]
-        uz = tl.load(u_ptr + u_off, mask=mask, other=0.0).to(tl.float32)
-        ur = tl.load(u_ptr + u_off + D, mask=mask, other=0.0).to(tl.float32)
-        uc = tl.load(u_ptr + u_off + 2 * D, mask=mask, other=0.0).to(tl.float32)
-        h, _ = _gru_step(carry[None, :], uz, ur, uc, az, ar, ac)  # guess h_t = f(h_carry, u_t)
-        f_h, J = _gru_step(_shift(h, carry, rows), uz, ur, uc, az, ar, ac)
-        r = tl.where(mask, f_h - h, 0.0)
-        res = _abs_max(r) / tl.maximum(tl.max(tl.where(mask, tl.abs(h), 0.0)), 1.0)
-        n = tl.full([], 0, tl.int32)
-        while (res > tol) & (n < max_iters) & (res < INF):
-            h = h + _diag_scan(J, r, rows, LOG2_T, TL_SCAN)
-            f_h, J = _gru_step(_shift(h, carry, rows), uz, ur, uc, az, ar, ac)
-            r = tl.where(mask, f_h - h, 0.0)
-            res = _abs_max(r) / tl.maximum(tl.max(tl.where(mask, tl.abs(h), 0.0)), 1.0)
-            n += 1
-        tl.store(h_ptr + bt[:, None] * D + d[None, :], h, mask=mask)
-        carry = _row(h, rows, tl.minimum(T - t0, CHUNK_T) - 1)
-        worst = _worse(res, worst)
-        most = tl.maximum(most, n)
-        t0 += CHUNK_T
+    return worst, most, t0
+
+
+@triton.jit
+def _tally(res, n, worst, most):
+    """The stats after a chunk whose Newton solve ended at residual ``res`` after ``n`` updates."""
+    return _worse(res, worst), tl.maximum(most, n)
+
+
+@triton.jit
+def _store_stats(stats_ptr, pid_b, pid_d, worst, most):
+    """``stats[pid] = (worst, most)`` for this program."""
     pid = pid_b * tl.num_programs(1) + pid_d
     tl.store(stats_ptr + 2 * pid, worst)
     tl.store(stats_ptr + 2 * pid + 1, most.to(tl.float32))
+
+
+@triton.jit
+def _load_rows2(ptr, D, d, dmask):
+    """Rows 0, 1 of a ``(·, D)`` parameter at channels ``d``, each ``[1, BLOCK_D]``."""
+    x0 = tl.load(ptr + d, mask=dmask, other=0.0)[None, :]
+    x1 = tl.load(ptr + D + d, mask=dmask, other=0.0)[None, :]
+    return x0, x1
+
+
+@triton.jit
+def _load_rows3(ptr, D, d, dmask):
+    """Rows 0, 1, 2 of a ``(·, D)`` parameter at channels ``d``, each ``[1, BLOCK_D]``."""
+    x0, x1 = _load_rows2(ptr, D, d, dmask)
+    x2 = tl.load(ptr + 2 * D + d, mask=dmask, other=0.0)[None, :]
+    return x0, x1, x2
+
+
+@triton.jit
+def _zeros2(BLOCK_D: tl.constexpr):
+    """Two zeroed ``[BLOCK_D]`` float32 accumulators."""
+    return tl.zeros([BLOCK_D], tl.float32), tl.zeros([BLOCK_D], tl.float32)
+
+
+@triton.jit
+def _zeros3(BLOCK_D: tl.constexpr):
+    """Three zeroed ``[BLOCK_D]`` float32 accumulators."""
+    return tl.zeros([BLOCK_D], tl.float32), tl.zeros([BLOCK_D], tl.float32), tl.zeros([BLOCK_D], tl.float32)
+
+
+@triton.jit
+def _store_rows2(ptr, D, d, dmask, x0, x1):
+    """Rows 0, 1 of a ``(·, D)`` output at channels ``d``."""
+    tl.store(ptr + d, x0, mask=dmask)
+    tl.store(ptr + D + d, x1, mask=dmask)
+
+
+@triton.jit
+def _store_rows3(ptr, D, d, dmask, x0, x1, x2):
+    """Rows 0, 1, 2 of a ``(·, D)`` output at channels ``d``."""
+    _store_rows2(ptr, D, d, dmask, x0, x1)
+    tl.store(ptr + 2 * D + d, x2, mask=dmask)
+
+
+@triton.jit
+def _load_pair(ptr, pid_b, D, d, dmask):
+    """Both components of the interleaved ``(B, D, 2)`` state of batch row ``pid_b`` at channels ``d``."""
+    x0 = tl.load(ptr + (pid_b * D + d) * 2, mask=dmask, other=0.0)
+    x1 = tl.load(ptr + (pid_b * D + d) * 2 + 1, mask=dmask, other=0.0)
+    return x0, x1
+
+
+@triton.jit
+def _load_gates(u_ptr, u_off, D, mask):
+    """The 3 gate tiles of ``u`` ``(B, T, 3, D)`` in float32; ``u_off``: the offsets of gate 0."""
+    u0 = tl.load(u_ptr + u_off, mask=mask, other=0.0).to(tl.float32)
+    u1 = tl.load(u_ptr + u_off + D, mask=mask, other=0.0).to(tl.float32)
+    u2 = tl.load(u_ptr + u_off + 2 * D, mask=mask, other=0.0).to(tl.float32)
+    return u0, u1, u2
+
+
+@triton.jit
+def _store_gates(ptr, u_off, D, mask, x0, x1, x2):
+    """The 3 gate tiles of a ``(B, T, 3, D)`` output at the gate-0 offsets ``u_off``."""
+    tl.store(ptr + u_off, x0, mask=mask)
+    tl.store(ptr + u_off + D, x1, mask=mask)
+    tl.store(ptr + u_off + 2 * D, x2, mask=mask)
+
+
+@triton.jit
+def _state_before(x, x_edge, x0, rows, nxt, first, CHUNK_T: tl.constexpr):
+    """The state before each row's step in a backward tile ``x`` (time running down): the next row ``nxt``,
+    ``x_edge`` on the last row and ``x0`` where the step is 0 (``first``)."""
+    xp = tl.where(rows == CHUNK_T - 1, x_edge[None, :], tl.gather(x, nxt, 0))
+    return tl.where(first, x0[None, :], xp)
+
+
+# ---- ParaGRU ------------------------------------------------------------------------------------
+@triton.jit
+def _gru_residual(h, carry, rows, mask, uz, ur, uc, az, ar, ac):
+    """``(J, r, res)`` of the guess ``h``: ``J = ∂f/∂h``, ``r = f(h_{t-1}) - h`` (0 off ``mask``) and
+    ``res = max|r| / max(max|h|, 1)``."""
+    f_h, J = _gru_step(_shift(h, carry, rows), uz, ur, uc, az, ar, ac)
+    r = tl.where(mask, f_h - h, 0.0)
+    res = _abs_max(r) / tl.maximum(tl.max(tl.where(mask, tl.abs(h), 0.0)), 1.0)
+    return J, r, res
+
+
+@triton.jit
+def gru_forward_kernel(
+    u_ptr, a_ptr, h0_ptr, h_ptr, stats_ptr, T, D, tol, max_iters,
+    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr,
+):  # fmt: skip
+    """Newton per chunk; writes ``h`` and ``stats[pid] = (worst residual, most updates)``."""
+    pid_b, pid_d, d, dmask, i, rows = _program_tile(D, CHUNK_T, BLOCK_D)
+    az, ar, ac = _load_rows3(a_ptr, D, d, dmask)
+    carry = tl.load(h0_ptr + pid_b * D + d, mask=dmask, other=0.0)
+    worst, most, t0 = _newton_counters()
+    while t0 < T:
+        mask, bt = _forward_chunk(t0, i, T, pid_b, dmask)
+        u_off = (3 * bt)[:, None] * D + d[None, :]
+        uz, ur, uc = _load_gates(u_ptr, u_off, D, mask)
+        h, _ = _gru_step(carry[None, :], uz, ur, uc, az, ar, ac)  # guess h_t = f(h_carry, u_t)
+        J, r, res = _gru_residual(h, carry, rows, mask, uz, ur, uc, az, ar, ac)
+        n = tl.full([], 0, tl.int32)
+        while (res > tol) & (n < max_iters) & (res < INF):
+            h = h + _diag_scan(J, r, rows, LOG2_T, TL_SCAN)
+            J, r, res = _gru_residual(h, carry, rows, mask, uz, ur, uc, az, ar, ac)
+            n += 1
+        tl.store(h_ptr + bt[:, None] * D + d[None, :], h, mask=mask)
+        carry = _row(h, rows, tl.minimum(T - t0, CHUNK_T) - 1)
+        worst, most = _tally(res, n, worst, most)
+        t0 += CHUNK_T
+    _store_stats(stats_ptr, pid_b, pid_d, worst, most)
 
 
 @triton.jit
@@ -230,39 +368,24 @@ def gru_backward_kernel(
     With ``μ_t = J_tᵀ λ_t``: ``μ_t = J_tᵀ (g_t + μ_{t+1})`` (a scan whose transition is the row's
     own Jacobian) and ``λ_t = g_t + μ_{t+1}``; ``grad_h0 = μ_0``.
     """
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = d < D
-    i = tl.arange(0, CHUNK_T)
-    rows = i[:, None] + tl.zeros([CHUNK_T, BLOCK_D], tl.int32)
-    az = tl.load(a_ptr + d, mask=dmask, other=0.0)[None, :]
-    ar = tl.load(a_ptr + D + d, mask=dmask, other=0.0)[None, :]
-    ac = tl.load(a_ptr + 2 * D + d, mask=dmask, other=0.0)[None, :]
+    pid_b, _, d, dmask, i, rows = _program_tile(D, CHUNK_T, BLOCK_D)
+    az, ar, ac = _load_rows3(a_ptr, D, d, dmask)
     h0 = tl.load(h0_ptr + pid_b * D + d, mask=dmask, other=0.0)
     mu = tl.zeros([BLOCK_D], tl.float32)
-    acc_z = tl.zeros([BLOCK_D], tl.float32)
-    acc_r = tl.zeros([BLOCK_D], tl.float32)
-    acc_c = tl.zeros([BLOCK_D], tl.float32)
+    acc_z, acc_r, acc_c = _zeros3(BLOCK_D)
     t0 = tl.full([], 0, tl.int32)
     while t0 < T:
-        end = T - t0
-        t = end - 1 - i  # time runs backwards down the tile
-        mask = (t >= 0)[:, None] & dmask[None, :]
-        bt = (pid_b * T + t).to(tl.int64)
+        end, t, mask, bt = _backward_chunk(t0, i, T, pid_b, dmask)
         off = bt[:, None] * D + d[None, :]
         u_off = (3 * bt)[:, None] * D + d[None, :]
         h = tl.load(h_ptr + off, mask=mask, other=0.0)
         g = tl.load(g_ptr + off, mask=mask, other=0.0)
-        uz = tl.load(u_ptr + u_off, mask=mask, other=0.0).to(tl.float32)
-        ur = tl.load(u_ptr + u_off + D, mask=mask, other=0.0).to(tl.float32)
-        uc = tl.load(u_ptr + u_off + 2 * D, mask=mask, other=0.0).to(tl.float32)
+        uz, ur, uc = _load_gates(u_ptr, u_off, D, mask)
         # h_{t-1} is the next row; past the tile it is h[end - CHUNK_T - 1], or h0.
         t_edge = end - CHUNK_T - 1
         h_edge = tl.load(h_ptr + (pid_b * T + t_edge).to(tl.int64) * D + d, mask=dmask & (t_edge >= 0), other=0.0)
         h_edge = tl.where(t_edge >= 0, h_edge, h0)
-        hp = tl.where(rows == CHUNK_T - 1, h_edge[None, :], tl.gather(h, tl.minimum(rows + 1, CHUNK_T - 1), 0))
-        hp = tl.where((t == 0)[:, None], h0[None, :], hp)
+        hp = _state_before(h, h_edge, h0, rows, tl.minimum(rows + 1, CHUNK_T - 1), (t == 0)[:, None], CHUNK_T)
         z, r, c = _gru_gates(hp, uz, ur, uc, az, ar, ac)
         dr = r * (1.0 - r) * ar
         J = (1.0 - z) + z * (1.0 - z) * az * (c - hp) + z * (1.0 - c * c) * ac * (r + hp * dr)
@@ -272,83 +395,67 @@ def gru_backward_kernel(
         gz = lam * (c - hp) * z * (1.0 - z)
         gc = lam * z * (1.0 - c * c)
         gr = gc * ac * hp * r * (1.0 - r)
-        tl.store(gu_ptr + u_off, gz, mask=mask)
-        tl.store(gu_ptr + u_off + D, gr, mask=mask)
-        tl.store(gu_ptr + u_off + 2 * D, gc, mask=mask)
+        _store_gates(gu_ptr, u_off, D, mask, gz, gr, gc)
         acc_z += tl.sum(gz * hp, axis=0)
         acc_r += tl.sum(gr * hp, axis=0)
         acc_c += tl.sum(gc * hp * r, axis=0)
         t0 += CHUNK_T
     tl.store(gh0_ptr + pid_b * D + d, mu, mask=dmask)
-    tl.store(ga_ptr + pid_b * 3 * D + d, acc_z, mask=dmask)
-    tl.store(ga_ptr + pid_b * 3 * D + D + d, acc_r, mask=dmask)
-    tl.store(ga_ptr + pid_b * 3 * D + 2 * D + d, acc_c, mask=dmask)
+    _store_rows3(ga_ptr + pid_b * 3 * D, D, d, dmask, acc_z, acc_r, acc_c)
 
 
 # ---- ParaLSTM -----------------------------------------------------------------------------------
+@triton.jit
+def _lstm_residual(c, h, carry_c, carry_h, rows, mask, uf, uz, uo, af, az, ao, pf, po):
+    """``(r_c, r_h, j00, j01, j10, j11, res)`` of the guess ``[c, h]``: residuals ``f(s_{t-1}) - s`` (0 off
+    ``mask``), the Jacobian blocks and ``res = max|r| / max(max|s|, 1)``."""
+    f_c, f_h, j00, j01, j10, j11 = _lstm_step(
+        _shift(c, carry_c, rows), _shift(h, carry_h, rows), uf, uz, uo, af, az, ao, pf, po
+    )
+    r_c = tl.where(mask, f_c - c, 0.0)
+    r_h = tl.where(mask, f_h - h, 0.0)
+    scale = tl.maximum(tl.max(tl.where(mask, tl.maximum(tl.abs(c), tl.abs(h)), 0.0)), 1.0)
+    res = tl.maximum(_abs_max(r_c), _abs_max(r_h)) / scale
+    return r_c, r_h, j00, j01, j10, j11, res
+
+
 @triton.jit
 def lstm_forward_kernel(
     u_ptr, a_ptr, c_ptr, h0_ptr, h_ptr, stats_ptr, T, D, tol, max_iters,
     CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr,
 ):  # fmt: skip
     """Newton per chunk on the state ``[c, h]``; writes ``h`` ``(B, T, D, 2)`` and the stats."""
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = d < D
-    i = tl.arange(0, CHUNK_T)
-    rows = i[:, None] + tl.zeros([CHUNK_T, BLOCK_D], tl.int32)
+    pid_b, pid_d, d, dmask, i, rows = _program_tile(D, CHUNK_T, BLOCK_D)
     kk = tl.arange(0, 2)[None, None, :]
-    af = tl.load(a_ptr + d, mask=dmask, other=0.0)[None, :]
-    az = tl.load(a_ptr + D + d, mask=dmask, other=0.0)[None, :]
-    ao = tl.load(a_ptr + 2 * D + d, mask=dmask, other=0.0)[None, :]
-    pf = tl.load(c_ptr + d, mask=dmask, other=0.0)[None, :]
-    po = tl.load(c_ptr + D + d, mask=dmask, other=0.0)[None, :]
-    carry_c = tl.load(h0_ptr + (pid_b * D + d) * 2, mask=dmask, other=0.0)
-    carry_h = tl.load(h0_ptr + (pid_b * D + d) * 2 + 1, mask=dmask, other=0.0)
-    worst = tl.full([], 0.0, tl.float32)
-    most = tl.full([], 0, tl.int32)
-    t0 = tl.full([], 0, tl.int32)
+    af, az, ao = _load_rows3(a_ptr, D, d, dmask)
+    pf, po = _load_rows2(c_ptr, D, d, dmask)
+    carry_c, carry_h = _load_pair(h0_ptr, pid_b, D, d, dmask)
+    worst, most, t0 = _newton_counters()
     while t0 < T:
-        t = t0 + i
-        mask = (t < T)[:, None] & dmask[None, :]
-        bt = (pid_b * T + t).to(tl.int64)
+        mask, bt = _forward_chunk(t0, i, T, pid_b, dmask)
         u_off = (3 * bt)[:, None] * D + d[None, :]
-        uf = tl.load(u_ptr + u_off, mask=mask, other=0.0).to(tl.float32)
-        uz = tl.load(u_ptr + u_off + D, mask=mask, other=0.0).to(tl.float32)
-        uo = tl.load(u_ptr + u_off + 2 * D, mask=mask, other=0.0).to(tl.float32)
+        uf, uz, uo = _load_gates(u_ptr, u_off, D, mask)
         c, h, _, _, _, _ = _lstm_step(carry_c[None, :], carry_h[None, :], uf, uz, uo, af, az, ao, pf, po)
-        f_c, f_h, j00, j01, j10, j11 = _lstm_step(
-            _shift(c, carry_c, rows), _shift(h, carry_h, rows), uf, uz, uo, af, az, ao, pf, po
+        r_c, r_h, j00, j01, j10, j11, res = _lstm_residual(
+            c, h, carry_c, carry_h, rows, mask, uf, uz, uo, af, az, ao, pf, po
         )
-        r_c = tl.where(mask, f_c - c, 0.0)
-        r_h = tl.where(mask, f_h - h, 0.0)
-        scale = tl.maximum(tl.max(tl.where(mask, tl.maximum(tl.abs(c), tl.abs(h)), 0.0)), 1.0)
-        res = tl.maximum(_abs_max(r_c), _abs_max(r_h)) / scale
         n = tl.full([], 0, tl.int32)
         while (res > tol) & (n < max_iters) & (res < INF):
             d_c, d_h = _block_scan(j00, j01, j10, j11, r_c, r_h, rows, LOG2_T, TL_SCAN)
             c = c + d_c
             h = h + d_h
-            f_c, f_h, j00, j01, j10, j11 = _lstm_step(
-                _shift(c, carry_c, rows), _shift(h, carry_h, rows), uf, uz, uo, af, az, ao, pf, po
+            r_c, r_h, j00, j01, j10, j11, res = _lstm_residual(
+                c, h, carry_c, carry_h, rows, mask, uf, uz, uo, af, az, ao, pf, po
             )
-            r_c = tl.where(mask, f_c - c, 0.0)
-            r_h = tl.where(mask, f_h - h, 0.0)
-            scale = tl.maximum(tl.max(tl.where(mask, tl.maximum(tl.abs(c), tl.abs(h)), 0.0)), 1.0)
-            res = tl.maximum(_abs_max(r_c), _abs_max(r_h)) / scale
             n += 1
         off = (bt[:, None] * D + d[None, :])[:, :, None] * 2 + kk
         tl.store(h_ptr + off, tl.join(c, h), mask=mask[:, :, None] & (kk < 2))
         last = tl.minimum(T - t0, CHUNK_T) - 1
         carry_c = _row(c, rows, last)
         carry_h = _row(h, rows, last)
-        worst = _worse(res, worst)
-        most = tl.maximum(most, n)
+        worst, most = _tally(res, n, worst, most)
         t0 += CHUNK_T
-    pid = pid_b * tl.num_programs(1) + pid_d
-    tl.store(stats_ptr + 2 * pid, worst)
-    tl.store(stats_ptr + 2 * pid + 1, most.to(tl.float32))
+    _store_stats(stats_ptr, pid_b, pid_d, worst, most)
 
 
 @triton.jit
@@ -360,41 +467,23 @@ def lstm_backward_kernel(
 
     ``ga`` ``(B, 3, D)`` and ``gc`` ``(B, 2, D)`` receive per-batch partial sums.
     """
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = d < D
-    i = tl.arange(0, CHUNK_T)
-    rows = i[:, None] + tl.zeros([CHUNK_T, BLOCK_D], tl.int32)
+    pid_b, _, d, dmask, i, rows = _program_tile(D, CHUNK_T, BLOCK_D)
     kk = tl.arange(0, 2)[None, None, :]
-    af = tl.load(a_ptr + d, mask=dmask, other=0.0)[None, :]
-    az = tl.load(a_ptr + D + d, mask=dmask, other=0.0)[None, :]
-    ao = tl.load(a_ptr + 2 * D + d, mask=dmask, other=0.0)[None, :]
-    pf = tl.load(c_ptr + d, mask=dmask, other=0.0)[None, :]
-    po = tl.load(c_ptr + D + d, mask=dmask, other=0.0)[None, :]
-    c0 = tl.load(h0_ptr + (pid_b * D + d) * 2, mask=dmask, other=0.0)
-    h0 = tl.load(h0_ptr + (pid_b * D + d) * 2 + 1, mask=dmask, other=0.0)
-    mu_c = tl.zeros([BLOCK_D], tl.float32)
-    mu_h = tl.zeros([BLOCK_D], tl.float32)
-    acc_f = tl.zeros([BLOCK_D], tl.float32)
-    acc_z = tl.zeros([BLOCK_D], tl.float32)
-    acc_o = tl.zeros([BLOCK_D], tl.float32)
-    acc_pf = tl.zeros([BLOCK_D], tl.float32)
-    acc_po = tl.zeros([BLOCK_D], tl.float32)
+    af, az, ao = _load_rows3(a_ptr, D, d, dmask)
+    pf, po = _load_rows2(c_ptr, D, d, dmask)
+    c0, h0 = _load_pair(h0_ptr, pid_b, D, d, dmask)
+    mu_c, mu_h = _zeros2(BLOCK_D)
+    acc_f, acc_z, acc_o = _zeros3(BLOCK_D)
+    acc_pf, acc_po = _zeros2(BLOCK_D)
     t0 = tl.full([], 0, tl.int32)
     while t0 < T:
-        end = T - t0
-        t = end - 1 - i  # time runs backwards down the tile
-        mask = (t >= 0)[:, None] & dmask[None, :]
+        end, t, mask, bt = _backward_chunk(t0, i, T, pid_b, dmask)
         mask3 = mask[:, :, None] & (kk < 2)
-        bt = (pid_b * T + t).to(tl.int64)
         off = (bt[:, None] * D + d[None, :])[:, :, None] * 2 + kk
         u_off = (3 * bt)[:, None] * D + d[None, :]
         c, h = tl.split(tl.load(h_ptr + off, mask=mask3, other=0.0))
         g_c, g_h = tl.split(tl.load(g_ptr + off, mask=mask3, other=0.0))
-        uf = tl.load(u_ptr + u_off, mask=mask, other=0.0).to(tl.float32)
-        uz = tl.load(u_ptr + u_off + D, mask=mask, other=0.0).to(tl.float32)
-        uo = tl.load(u_ptr + u_off + 2 * D, mask=mask, other=0.0).to(tl.float32)
+        uf, uz, uo = _load_gates(u_ptr, u_off, D, mask)
         # the state before step t is the next row; past the tile it is s[end - CHUNK_T - 1], or s0.
         t_edge = end - CHUNK_T - 1
         e_off = ((pid_b * T + t_edge).to(tl.int64) * D + d) * 2
@@ -403,18 +492,9 @@ def lstm_backward_kernel(
         h_edge = tl.where(t_edge >= 0, tl.load(h_ptr + e_off + 1, mask=e_mask, other=0.0), h0)
         nxt = tl.minimum(rows + 1, CHUNK_T - 1)
         first = (t == 0)[:, None]
-        cp = tl.where(rows == CHUNK_T - 1, c_edge[None, :], tl.gather(c, nxt, 0))
-        cp = tl.where(first, c0[None, :], cp)
-        hp = tl.where(rows == CHUNK_T - 1, h_edge[None, :], tl.gather(h, nxt, 0))
-        hp = tl.where(first, h0[None, :], hp)
-        f, z, cn, o, tc = _lstm_gates(cp, hp, uf, uz, uo, af, az, ao, pf, po)
-        df = f * (1.0 - f)
-        j00 = f + df * pf * (cp - z)
-        j01 = df * af * (cp - z) + (1.0 - f) * (1.0 - z * z) * az
-        do = o * (1.0 - o)
-        dh_dcn = do * po * tc + o * (1.0 - tc * tc)
-        j10 = dh_dcn * j00
-        j11 = do * ao * tc + dh_dcn * j01
+        cp = _state_before(c, c_edge, c0, rows, nxt, first, CHUNK_T)
+        hp = _state_before(h, h_edge, h0, rows, nxt, first, CHUNK_T)
+        f, z, cn, o, tc, df, do, j00, j01, j10, j11 = _lstm_linearised(cp, hp, uf, uz, uo, af, az, ao, pf, po)
         # μ_t = J_tᵀ (g_t + μ_{t+1}): transition Jᵀ = [[j00, j10], [j01, j11]].
         x_c = g_c + tl.where(rows == 0, mu_c[None, :], 0.0)
         x_h = g_h + tl.where(rows == 0, mu_h[None, :], 0.0)
@@ -430,9 +510,7 @@ def lstm_backward_kernel(
         g_cn = lam_c + lam_h * o * (1.0 - tc * tc) + pre_o * po
         pre_f = g_cn * (cp - z) * df
         pre_z = g_cn * (1.0 - f) * (1.0 - z * z)
-        tl.store(gu_ptr + u_off, pre_f, mask=mask)
-        tl.store(gu_ptr + u_off + D, pre_z, mask=mask)
-        tl.store(gu_ptr + u_off + 2 * D, pre_o, mask=mask)
+        _store_gates(gu_ptr, u_off, D, mask, pre_f, pre_z, pre_o)
         acc_f += tl.sum(pre_f * hp, axis=0)
         acc_z += tl.sum(pre_z * hp, axis=0)
         acc_o += tl.sum(pre_o * hp, axis=0)
@@ -441,11 +519,8 @@ def lstm_backward_kernel(
         t0 += CHUNK_T
     tl.store(gh0_ptr + (pid_b * D + d) * 2, mu_c, mask=dmask)
     tl.store(gh0_ptr + (pid_b * D + d) * 2 + 1, mu_h, mask=dmask)
-    tl.store(ga_ptr + pid_b * 3 * D + d, acc_f, mask=dmask)
-    tl.store(ga_ptr + pid_b * 3 * D + D + d, acc_z, mask=dmask)
-    tl.store(ga_ptr + pid_b * 3 * D + 2 * D + d, acc_o, mask=dmask)
-    tl.store(gc_ptr + pid_b * 2 * D + d, acc_pf, mask=dmask)
-    tl.store(gc_ptr + pid_b * 2 * D + D + d, acc_po, mask=dmask)
+    _store_rows3(ga_ptr + pid_b * 3 * D, D, d, dmask, acc_f, acc_z, acc_o)
+    _store_rows2(gc_ptr + pid_b * 2 * D, D, d, dmask, acc_pf, acc_po)
 
 
 # ---- standalone linear scans --------------------------------------------------------------------
@@ -456,19 +531,11 @@ def diagonal_scan_kernel(
     TL_SCAN: tl.constexpr,
 ):  # fmt: skip
     """``x_t = J_t x_{t∓1} + b_t`` on ``(B, T, D)``; chunks walk backwards in time when ``REVERSE``."""
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = d < D
-    i = tl.arange(0, CHUNK_T)
-    rows = i[:, None] + tl.zeros([CHUNK_T, BLOCK_D], tl.int32)
+    pid_b, _, d, dmask, i, rows = _program_tile(D, CHUNK_T, BLOCK_D)
     carry = tl.load(x0_ptr + pid_b * D + d, mask=dmask, other=0.0).to(tl.float32)
     t0 = tl.full([], 0, tl.int32)
     while t0 < T:
-        t = t0 + i
-        if REVERSE:
-            t = T - 1 - t
-        mask = ((t >= 0) & (t < T))[:, None] & dmask[None, :]
+        t, mask = _scan_chunk(t0, i, T, dmask, REVERSE)
         off = (pid_b * T + t).to(tl.int64)[:, None] * D + d[None, :]
         a = tl.load(j_ptr + off, mask=mask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + off, mask=mask, other=0.0).to(tl.float32)
@@ -486,21 +553,13 @@ def block2_scan_kernel(
     TL_SCAN: tl.constexpr,
 ):  # fmt: skip
     """``x_t = J_t x_{t∓1} + b_t`` with ``J`` ``(B, T, D, 2, 2)`` and ``b``, ``x`` ``(B, T, D, 2)``."""
-    pid_b = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = d < D
-    i = tl.arange(0, CHUNK_T)
-    rows = i[:, None] + tl.zeros([CHUNK_T, BLOCK_D], tl.int32)
+    pid_b, _, d, dmask, i, rows = _program_tile(D, CHUNK_T, BLOCK_D)
     kk = tl.arange(0, 2)[None, None, :]
-    carry0 = tl.load(x0_ptr + (pid_b * D + d) * 2, mask=dmask, other=0.0).to(tl.float32)
-    carry1 = tl.load(x0_ptr + (pid_b * D + d) * 2 + 1, mask=dmask, other=0.0).to(tl.float32)
+    carry0, carry1 = _load_pair(x0_ptr, pid_b, D, d, dmask)
+    carry0, carry1 = carry0.to(tl.float32), carry1.to(tl.float32)
     t0 = tl.full([], 0, tl.int32)
     while t0 < T:
-        t = t0 + i
-        if REVERSE:
-            t = T - 1 - t
-        mask = ((t >= 0) & (t < T))[:, None] & dmask[None, :]
+        t, mask = _scan_chunk(t0, i, T, dmask, REVERSE)
         mask3 = mask[:, :, None] & (kk < 2)
         off = ((pid_b * T + t).to(tl.int64)[:, None] * D + d[None, :])[:, :, None] * 2 + kk  # [CT, BD, 2]
         col = tl.arange(0, 2)[None, None, None, :]
