@@ -382,8 +382,9 @@ def gru_backward_kernel(
         g = tl.load(g_ptr + off, mask=mask, other=0.0)
         uz, ur, uc = _load_gates(u_ptr, u_off, D, mask)
         # h_{t-1} is the next row; past the tile it is h[end - CHUNK_T - 1], or h0.
+        # (The row index is clamped rather than masked: newer interpreters reject a scalar in a load mask.)
         t_edge = end - CHUNK_T - 1
-        h_edge = tl.load(h_ptr + (pid_b * T + t_edge).to(tl.int64) * D + d, mask=dmask & (t_edge >= 0), other=0.0)
+        h_edge = tl.load(h_ptr + (pid_b * T + tl.maximum(t_edge, 0)).to(tl.int64) * D + d, mask=dmask, other=0.0)
         h_edge = tl.where(t_edge >= 0, h_edge, h0)
         hp = _state_before(h, h_edge, h0, rows, tl.minimum(rows + 1, CHUNK_T - 1), (t == 0)[:, None], CHUNK_T)
         z, r, c = _gru_gates(hp, uz, ur, uc, az, ar, ac)
@@ -486,10 +487,9 @@ def lstm_backward_kernel(
         uf, uz, uo = _load_gates(u_ptr, u_off, D, mask)
         # the state before step t is the next row; past the tile it is s[end - CHUNK_T - 1], or s0.
         t_edge = end - CHUNK_T - 1
-        e_off = ((pid_b * T + t_edge).to(tl.int64) * D + d) * 2
-        e_mask = dmask & (t_edge >= 0)
-        c_edge = tl.where(t_edge >= 0, tl.load(h_ptr + e_off, mask=e_mask, other=0.0), c0)
-        h_edge = tl.where(t_edge >= 0, tl.load(h_ptr + e_off + 1, mask=e_mask, other=0.0), h0)
+        e_off = ((pid_b * T + tl.maximum(t_edge, 0)).to(tl.int64) * D + d) * 2  # clamped, as in the GRU
+        c_edge = tl.where(t_edge >= 0, tl.load(h_ptr + e_off, mask=dmask, other=0.0), c0)
+        h_edge = tl.where(t_edge >= 0, tl.load(h_ptr + e_off + 1, mask=dmask, other=0.0), h0)
         nxt = tl.minimum(rows + 1, CHUNK_T - 1)
         first = (t == 0)[:, None]
         cp = _state_before(c, c_edge, c0, rows, nxt, first, CHUNK_T)
