@@ -13,14 +13,14 @@ $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q '$(TORCH)'
-	$(BIN)/pip install -q -e '.[dev,triton]'
+	$(BIN)/pip install -q -e '.[dev,triton,lm,hf]'
 	touch $@
 
 demo: $(READY)
 	$(BIN)/pararnn-ts fit -c experiments/synthetic/parity_paragru.yaml
 
 lint: $(READY)
-	$(BIN)/ruff check pararnn_ts tests experiments
+	$(BIN)/ruff check pararnn_ts tests experiments datasets
 
 test: lint
 	$(BIN)/pytest -q

@@ -1,0 +1,76 @@
+"""Tokenise local text or JSONL files into memmapped train/val shards for ``TextDataModule(source="shards")``.
+
+    python datasets/text_files/prepare.py --input 'docs/*.txt' --out data/mytext --tokenizer byte
+    python datasets/text_files/prepare.py --input 'docs/**/*.md' --out data/mytext --tokenizer bpe --vocab-size 4096
+
+Documents (a file, or a JSONL line) go to train or val by a hash of their path, so the split is
+the same on every machine. A BPE tokeniser is trained on the train documents only and saved as
+``<out>/tokenizer.json``. The output is deterministic; rerunning with the same arguments reuses
+it, and an existing output made otherwise is never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pararnn_ts.lm.corpus import read_jsonl, read_text_files, source_fingerprint, split_documents
+from pararnn_ts.lm.shards import build_shard_dir, read_shard_info, write_shards
+from pararnn_ts.lm.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", action="append", required=True, help="file or glob (quoted); repeatable")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for the shards")
+    parser.add_argument("--format", choices=("text", "jsonl"), default="text", help="one document per file or line")
+    parser.add_argument("--text-field", default="text", help="JSONL field holding the text")
+    parser.add_argument("--tokenizer", choices=("byte", "bpe"), default="byte")
+    parser.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
+    parser.add_argument("--val-fraction", type=float, default=0.05, help="share of documents held out")
+    parser.add_argument("--max-train-bytes", type=int, default=None, help="cap on the train text")
+    parser.add_argument("--max-val-bytes", type=int, default=None, help="cap on the validation text")
+    return parser.parse_args(argv)
+
+
+def documents(args: argparse.Namespace):
+    if args.format == "jsonl":
+        return read_jsonl(args.input, args.text_field)
+    return read_text_files(args.input)
+
+
+def train_documents(args: argparse.Namespace):
+    return (text for split, text in split_documents(documents(args), args.val_fraction) if split == "train")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    config = {
+        "inputs": args.input,
+        "fingerprint": source_fingerprint("jsonl" if args.format == "jsonl" else "files", args.input),
+        "format": args.format,
+        "text_field": args.text_field,
+        "tokenizer": args.tokenizer,
+        "vocab_size": args.vocab_size if args.tokenizer == "bpe" else None,
+        "val_fraction": args.val_fraction,
+        "max_bytes": {"train": args.max_train_bytes, "val": args.max_val_bytes},
+    }
+
+    def build(folder: Path) -> None:
+        tokenizer: Tokenizer = ByteTokenizer()
+        if args.tokenizer == "bpe":
+            tokenizer = BPETokenizer.train(train_documents(args), args.vocab_size)
+            tokenizer.save(folder / "tokenizer.json")
+        split_texts = split_documents(documents(args), args.val_fraction)
+        write_shards(split_texts, tokenizer, folder, {"train": args.max_train_bytes, "val": args.max_val_bytes})
+
+    built = build_shard_dir(args.out, config, build)
+    for split in ("train", "val"):
+        info = read_shard_info(args.out, split)
+        counts = f"{info.num_documents} documents, {info.num_bytes} bytes, {info.num_tokens} tokens"
+        print(f"{split}: {counts} ({info.dtype})")
+    print(f"{'wrote' if built else 'reused'} {args.out} (tokenizer {info.tokenizer})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""``TextDataModule``: text from a source, tokenised once into cached shards, served as windows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+from torch.utils.data import DataLoader, Sampler
+
+from .corpus import source_documents, source_fingerprint, split_documents
+from .shards import (
+    SHARD_FORMAT,
+    ContiguousWindowSampler,
+    RandomWindowSampler,
+    TokenWindowDataset,
+    build_shard_dir,
+    open_shard,
+    read_shard_info,
+    write_shards,
+)
+from .tokenizers import Tokenizer, load_tokenizer
+
+#: where tokenised shards go unless ``cache_dir`` says otherwise (relative to the working directory)
+DEFAULT_CACHE_ROOT = Path("runs") / "cache"
+
+
+class TextDataModule(pl.LightningDataModule):
+    """Next-token windows of a text corpus: ``{"inputs", "targets"}`` of shape ``(batch_size, seq_len)``.
+
+    ``prepare_data`` reads the source once, splits it by document (a hash of each document's key,
+    see :func:`pararnn_ts.lm.corpus.split_of`), tokenises it and writes memmapped shards to
+    ``cache_dir``; later runs with the same config reuse them. Training draws windows at random
+    offsets (new ones every epoch, fixed by ``seed``); validation reads the held-out documents in
+    contiguous, non-overlapping windows.
+
+    Args:
+        source: ``"stdlib"`` (the Python standard library's source, no download), ``"files"``
+            (text files), ``"jsonl"`` (JSON lines), ``"shards"`` (a folder written by a
+            ``datasets/*/prepare.py`` script) or ``"hf"`` (a Hugging Face ``datasets`` stream).
+        paths: files or globs for ``"files"``/``"jsonl"``; the shard folder for ``"shards"``;
+            for ``"hf"`` the dataset then its data files (``["cerebras/SlimPajama-627B"]``,
+            ``["json", "data/*.jsonl"]``).
+        text_field: the field holding the text in JSONL / Hugging Face records.
+        tokenizer: ``"byte"``, or the path of a BPE tokenizer JSON file.
+        seq_len: tokens per window (each item holds ``seq_len + 1`` tokens: inputs and shifted targets).
+        batch_size: windows per batch.
+        num_workers: DataLoader worker processes.
+        cache_dir: shard folder; default ``runs/cache/<hash of the config>``. An existing folder
+            made with another config is never overwritten: that is an error.
+        max_train_bytes, max_val_bytes: caps on the UTF-8 bytes of text per split (keep CPU runs
+            small; required for ``"hf"``, whose streams may be endless).
+        val_fraction: share of documents held out for validation.
+        seed: seeds the training windows' offsets.
+    """
+
+    def __init__(
+        self,
+        source: Literal["stdlib", "files", "jsonl", "shards", "hf"] = "stdlib",
+        paths: list[str] | None = None,
+        text_field: str = "text",
+        tokenizer: str = "byte",
+        seq_len: int = 256,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        max_train_bytes: int | None = None,
+        max_val_bytes: int | None = None,
+        val_fraction: float = 0.05,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if source not in ("stdlib", "files", "jsonl", "shards", "hf"):
+            raise ValueError(f"unknown source {source!r}; use 'stdlib', 'files', 'jsonl', 'shards' or 'hf'")
+        if source != "stdlib" and not paths:
+            raise ValueError(f"source={source!r} needs paths")
+        if source == "hf" and (max_train_bytes is None or max_val_bytes is None):
+            raise ValueError("source='hf' streams may be endless: set max_train_bytes and max_val_bytes")
+        for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"TextDataModule: {name} must be a positive int, got {value!r}")
+        self.save_hyperparameters()
+        self.source, self.paths, self.text_field = source, list(paths or []), text_field
+        self.seq_len, self.batch_size, self.num_workers, self.seed = seq_len, batch_size, num_workers, seed
+        self.max_bytes = {"train": max_train_bytes, "val": max_val_bytes}
+        self.val_fraction = val_fraction
+        self.tokenizer: Tokenizer = load_tokenizer(tokenizer)
+        if source == "shards":
+            self.cache_dir = Path(self.paths[0])
+            self.check_shard_tokenizer()
+        else:
+            self.cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_ROOT / config_hash(self.cache_config())
+        self.tokens: dict[str, np.ndarray] = {}
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def check_shard_tokenizer(self) -> None:
+        written_with = read_shard_info(self.cache_dir, "train").tokenizer
+        if written_with != self.tokenizer.name:
+            raise ValueError(
+                f"the shards in {self.cache_dir} were written with tokenizer {written_with!r}, not "
+                f"{self.tokenizer.name!r}; pass that tokenizer (prepare scripts save BPE ones as tokenizer.json)"
+            )
+
+    def cache_config(self) -> dict[str, Any]:
+        """Everything that decides the shards' content; its hash names the default cache folder."""
+        return {
+            "format": SHARD_FORMAT,
+            "source": self.source,
+            "paths": self.paths,
+            "inputs": source_fingerprint(self.source, self.paths),
+            "text_field": self.text_field,
+            "tokenizer": self.tokenizer.name,
+            "val_fraction": self.val_fraction,
+            "max_bytes": self.max_bytes,
+        }
+
+    def prepare_data(self) -> None:
+        """Tokenise the source into ``cache_dir``, unless it already holds these shards."""
+        if self.source == "shards":
+            return
+
+        def build(folder: Path) -> None:
+            documents = source_documents(self.source, self.paths, self.text_field)
+            write_shards(split_documents(documents, self.val_fraction), self.tokenizer, folder, self.max_bytes)
+
+        build_shard_dir(self.cache_dir, self.cache_config(), build)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not (self.cache_dir / "train.json").is_file():
+            raise FileNotFoundError(f"no shards in {self.cache_dir}: call prepare_data() before setup()")
+        for split in ("train", "val"):
+            self.tokens[split], info = open_shard(self.cache_dir, split)
+            if info.num_tokens < self.seq_len + 1:
+                raise ValueError(
+                    f"the {split} split in {self.cache_dir} has {info.num_tokens} tokens, fewer than seq_len + 1 = "
+                    f"{self.seq_len + 1}: give more text, a larger cap, or a larger val_fraction"
+                )
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = TokenWindowDataset(self.tokens["train"], self.seq_len)
+        return self.loader(dataset, RandomWindowSampler(dataset, self.seed), drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        dataset = TokenWindowDataset(self.tokens["val"], self.seq_len)
+        return self.loader(dataset, ContiguousWindowSampler(dataset), drop_last=False)
+
+    def loader(self, dataset: TokenWindowDataset, sampler: Sampler[int], drop_last: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def bytes_per_token(self, split: str = "val") -> float:
+        """UTF-8 bytes of text per token in ``split``: bits per byte = bits per token / this."""
+        info = read_shard_info(self.cache_dir, split)
+        return info.num_bytes / info.num_tokens
+
+    def unigram_bits_per_byte(self, split: str = "train") -> float:
+        """Bits per byte of ``split`` under the train split's unigram distribution (add-one smoothed).
+
+        On ``"train"`` this is (up to the smoothing) the entropy of the train unigram distribution: the baseline a
+        language model must beat; on ``"val"`` it is that model's score on held-out text.
+        """
+        counts = np.bincount(self.tokens["train"], minlength=self.vocab_size).astype(np.float64) + 1
+        log2_p = np.log2(counts / counts.sum())
+        split_counts = np.bincount(self.tokens[split], minlength=self.vocab_size)
+        bits = -(split_counts * log2_p).sum()
+        return float(bits / read_shard_info(self.cache_dir, split).num_bytes)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode("utf-8")).hexdigest()[:16]
