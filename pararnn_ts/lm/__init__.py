@@ -1,7 +1,10 @@
-"""Language modelling: tokenisers, text corpora, token shards and the data module that serves them."""
+"""Language modelling: tokenisers, text corpora, token shards, the data module that serves them, and the
+LightningModule that trains on them. Generation: :mod:`pararnn_ts.lm.generate` (kept out of this
+namespace so that ``python -m pararnn_ts.lm.generate`` runs it cleanly)."""
 
 from .corpus import hf_documents, read_jsonl, read_text_files, split_of, stdlib_documents, stdlib_files
 from .datamodule import TextDataModule
+from .module import CausalLM
 from .shards import (
     ContiguousWindowSampler,
     RandomWindowSampler,
@@ -16,6 +19,7 @@ from .tokenizers import BPETokenizer, ByteTokenizer, load_tokenizer
 __all__ = [
     "BPETokenizer",
     "ByteTokenizer",
+    "CausalLM",
     "ContiguousWindowSampler",
     "RandomWindowSampler",
     "ShardInfo",

@@ -498,9 +498,7 @@ def lstm_backward_kernel(
         # μ_t = J_tᵀ (g_t + μ_{t+1}): transition Jᵀ = [[j00, j10], [j01, j11]].
         x_c = g_c + tl.where(rows == 0, mu_c[None, :], 0.0)
         x_h = g_h + tl.where(rows == 0, mu_h[None, :], 0.0)
-        m_c, m_h = _block_scan(
-            j00, j10, j01, j11, j00 * x_c + j10 * x_h, j01 * x_c + j11 * x_h, rows, LOG2_T, TL_SCAN
-        )
+        m_c, m_h = _block_scan(j00, j10, j01, j11, j00 * x_c + j10 * x_h, j01 * x_c + j11 * x_h, rows, LOG2_T, TL_SCAN)
         lam_c = tl.where(mask, g_c + _shift(m_c, mu_c, rows), 0.0)
         lam_h = tl.where(mask, g_h + _shift(m_h, mu_h, rows), 0.0)
         last = tl.minimum(end, CHUNK_T) - 1

@@ -66,9 +66,7 @@ def _launch(name: str, B: int, D: int, device: torch.device, tuning: dict) -> tu
     return k, (B, -(-D // cfg["BLOCK_D"])), cfg
 
 
-def gru_forward(
-    u: Tensor, A: Tensor, h0: Tensor, tol: float, max_iters: int, **tuning
-) -> tuple[Tensor, Tensor | None]:
+def gru_forward(u: Tensor, A: Tensor, h0: Tensor, tol: float, max_iters: int, **tuning) -> tuple[Tensor, Tensor | None]:
     """``u`` ``(B, T, 3, D)``, ``A`` ``(3, D)``, ``h0`` ``(B, D)`` → ``h`` ``(B, T, D)``, stats ``(2,)``.
 
     ``stats = [worst normalised residual, most Newton updates]`` over all tiles and chunks.

@@ -1,0 +1,111 @@
+"""Text generation: the prompt in one parallel forward, then one :meth:`LanguageModel.step` per new token.
+
+python -m pararnn_ts.lm.generate --ckpt runs/tiny_paragru/version_0/checkpoints/last.ckpt --prompt "def "
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..nn import LanguageModel
+from .module import CausalLM
+from .tokenizers import Tokenizer, load_tokenizer
+
+
+def sample(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> Tensor:
+    """One token per row of ``logits`` ``(B, V)`` → ``(B,)``; ``temperature=0`` is greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_tokens(
+    model: LanguageModel,
+    prompt: Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> Tensor:
+    """``prompt`` ``(B, T)`` token ids, ``T ≥ 1`` → ``(B, max_new_tokens)`` sampled continuations.
+
+    The prompt goes through one parallel forward; each new token then costs one ``step`` (constant
+    memory per token for the RNN and SSM mixers). Sampling draws from a generator seeded with ``seed``.
+    """
+    if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1):
+        raise ValueError(
+            f"generate: need max_new_tokens >= 0, temperature >= 0 and top_k >= 1 or None, "
+            f"got {max_new_tokens}, {temperature}, {top_k}"
+        )
+    if prompt.dim() != 2 or prompt.shape[1] < 1:
+        raise ValueError(f"generate: prompt must be (batch, time) with time >= 1, got {tuple(prompt.shape)}")
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(prompt.device).manual_seed(seed)
+    logits, state = model(prompt, return_state=True)
+    logits = logits[:, -1]
+    new = []
+    for i in range(max_new_tokens):
+        new.append(sample(logits, temperature, top_k, generator))
+        if i + 1 < max_new_tokens:
+            logits, state = model.step(new[-1], state)
+    model.train(was_training)
+    return torch.stack(new, dim=1) if new else prompt.new_empty(prompt.shape[0], 0)
+
+
+def generate(
+    model: CausalLM | LanguageModel,
+    tokenizer: Tokenizer,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int = 0,
+) -> str:
+    """The text of ``max_new_tokens`` tokens sampled after ``prompt`` (the prompt itself not included).
+
+    An empty prompt starts from the tokenizer's end-of-text token.
+    """
+    lm = model.model if isinstance(model, CausalLM) else model
+    ids = tokenizer.encode(prompt) or ([] if tokenizer.eos_id is None else [tokenizer.eos_id])
+    if not ids:
+        raise ValueError("generate: empty prompt and the tokenizer has no end-of-text token to start from")
+    prompt_ids = torch.tensor([ids], device=lm.embedding.weight.device)
+    new = generate_tokens(lm, prompt_ids, max_new_tokens, temperature, top_k, seed)
+    return tokenizer.decode(new[0].tolist())
+
+
+def load_checkpoint(path: str, tokenizer: str | None = None) -> tuple[CausalLM, Tokenizer]:
+    """The :class:`CausalLM` of a Lightning checkpoint, on CPU, and its tokenizer: ``tokenizer`` if
+    given, else the one its data module was configured with (``"byte"`` if it recorded none)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    spec = tokenizer or checkpoint.get("datamodule_hyper_parameters", {}).get("tokenizer", "byte")
+    return CausalLM.load_from_checkpoint(path, map_location="cpu"), load_tokenizer(spec)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Generate text from a CausalLM checkpoint.")
+    parser.add_argument("--ckpt", required=True, help="a checkpoint written by `pararnn-ts fit`")
+    parser.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
+    parser.add_argument("--max-new-tokens", type=int, default=200)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tokenizer", default=None, help="'byte' or a BPE JSON file (default: the checkpoint's)")
+    opts = parser.parse_args(args)
+    model, tokenizer = load_checkpoint(opts.ckpt, opts.tokenizer)
+    text = generate(model, tokenizer, opts.prompt, opts.max_new_tokens, opts.temperature, opts.top_k, opts.seed)
+    print(opts.prompt + text)
+
+
+if __name__ == "__main__":
+    main()

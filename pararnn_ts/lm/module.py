@@ -1,0 +1,193 @@
+"""``CausalLM``: the paper's language-model recipe as a LightningModule (AdamW, warmup + cosine, z-loss)."""
+
+from __future__ import annotations
+
+import math
+import time
+from functools import partial
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from ..nn import MIXERS, LanguageModel
+from ..nn.backbone import MixerName
+
+#: names of parameters never decayed whatever their shape: the cells' recurrent diagonals and input bias
+#: (``A``, ``C``, ``b``, all 2-D) and Mamba2's ``A_log``, ``dt_bias``, ``D``
+NO_DECAY_NAMES = frozenset({"A", "C", "b", "A_log", "dt_bias", "D"})
+EVAL_SPLITS = ("val", "test")
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """LR factor at optimizer step ``step`` (0-based): linear ``1/warmup .. 1``, then cosine to ``min_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def decays(name: str, p: Tensor) -> bool:
+    """Whether parameter ``name`` gets weight decay: weights of 2 or more dimensions, but not :data:`NO_DECAY_NAMES`."""
+    return p.dim() >= 2 and name.rsplit(".", 1)[-1] not in NO_DECAY_NAMES
+
+
+def lm_losses(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean cross-entropy and mean squared log-partition ``logsumexp(logits)²`` (the z-loss), in float32.
+
+    ``logits`` ``(B, T, V)``, ``targets`` ``(B, T)`` → two scalars.
+    """
+    logits = logits.float()
+    lse = logits.logsumexp(-1)
+    target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (lse - target_logits).mean(), lse.pow(2).mean()
+
+
+class CausalLM(pl.LightningModule):
+    """Next-token prediction with a :class:`~pararnn_ts.nn.LanguageModel` (built in :meth:`configure_model`).
+
+    The objective is ``cross-entropy + z_loss · mean(logsumexp(logits)²)``. Logged: ``train/loss``
+    (cross-entropy), ``train/z_loss``, ``train/ppl``, ``train/bpb``, ``train/tokens_per_s`` every step,
+    and ``val/loss``, ``val/ppl``, ``val/bpb`` over the whole validation set (token-weighted
+    means, synchronised across processes). Bits per byte = loss / ln 2 / bytes per token.
+
+    Args:
+        vocab_size, dim, num_layers, mixer, num_heads, mlp_ratio, tie_embeddings: of the
+            :class:`~pararnn_ts.nn.LanguageModel`.
+        mixer_kwargs: passed to the mixer (ParaRNN: ``mode``, ``max_norm``, ``hidden``, ...).
+        lr: peak learning rate of AdamW.
+        weight_decay: decoupled weight decay, applied to matrices only (see :func:`decays`).
+        betas: of AdamW.
+        warmup_fraction: share of ``trainer.estimated_stepping_batches`` spent in linear warmup.
+        min_lr_ratio: the cosine schedule ends at ``min_lr_ratio · lr``.
+        z_loss: weight of the z-loss (paper: 1e-4; 5e-6 at 7B).
+        bytes_per_token: text bytes per token, for bits per byte; ``None``: the data module's
+            ``bytes_per_token("val")`` if it has one, else bits per byte are not logged.
+
+    Batches are ``{"inputs": (B, T) int64, "targets": (B, T) int64}``.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        dim: int = 128,
+        num_layers: int = 4,
+        mixer: MixerName = "paragru",
+        num_heads: int = 1,
+        mlp_ratio: float = 8 / 3,
+        tie_embeddings: bool = True,
+        mixer_kwargs: dict[str, Any] | None = None,
+        lr: float = 3e-3,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_fraction: float = 0.1,
+        min_lr_ratio: float = 0.0,
+        z_loss: float = 1e-4,
+        bytes_per_token: float | None = None,
+    ) -> None:
+        super().__init__()
+        if mixer not in MIXERS:
+            raise ValueError(f"CausalLM: mixer={mixer!r} is not one of {MIXERS}")
+        if not 0 <= warmup_fraction <= 1 or not 0 <= min_lr_ratio <= 1:
+            raise ValueError(
+                f"CausalLM: warmup_fraction and min_lr_ratio must lie in [0, 1], got {warmup_fraction}, {min_lr_ratio}"
+            )
+        if bytes_per_token is not None and not bytes_per_token > 0:
+            raise ValueError(f"CausalLM: bytes_per_token must be > 0, got {bytes_per_token}")
+        self.save_hyperparameters()
+        self.model: LanguageModel | None = None
+        self.bytes_per_token = bytes_per_token
+        self.eval_loss = nn.ModuleDict({split: MeanMetric() for split in EVAL_SPLITS})
+        self._last_step_end: float | None = None
+
+    def configure_model(self) -> None:
+        """Build the backbone (once) and give it the DCLM init, also when the strategy builds it on ``meta``."""
+        if self.model is not None:
+            return
+        hp = self.hparams
+        self.model = LanguageModel(
+            hp.vocab_size,
+            hp.dim,
+            hp.num_layers,
+            hp.mixer,
+            hp.num_heads,
+            hp.mlp_ratio,
+            tie_embeddings=hp.tie_embeddings,
+            **(hp.mixer_kwargs or {}),
+        )
+        self.model.reset_parameters()
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.bytes_per_token is None and hasattr(datamodule, "bytes_per_token"):
+            self.bytes_per_token = datamodule.bytes_per_token("val")
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """``tokens`` ``(B, T)`` → logits ``(B, T, vocab_size)``."""
+        return self.model(tokens)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        ce, z = lm_losses(self(batch["inputs"]), batch["targets"])
+        self.log_dict(self._rates("train", ce.detach()), prog_bar=True)
+        self.log("train/z_loss", z.detach())
+        return ce + self.hparams.z_loss * z
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Tensor], batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_step_end is not None:
+            tokens = batch["inputs"].numel() * self.trainer.world_size
+            self.log("train/tokens_per_s", tokens / (now - self._last_step_end))
+        self._last_step_end = now
+
+    def on_validation_start(self) -> None:
+        self._last_step_end = None  # steps/s measures training only
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_eval("val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_eval("test")
+
+    def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
+        ce, _ = lm_losses(self(batch["inputs"]), batch["targets"])
+        self.eval_loss[split].update(ce, weight=batch["targets"].numel())
+
+    def _log_eval(self, split: str) -> None:
+        metric = self.eval_loss[split]
+        self.log_dict(self._rates(split, metric.compute()), prog_bar=True)
+        metric.reset()
+
+    def _rates(self, split: str, loss: Tensor) -> dict[str, Tensor]:
+        """Loss in nats per token, perplexity and (when bytes per token are known) bits per byte."""
+        rates = {f"{split}/loss": loss, f"{split}/ppl": loss.exp()}
+        if self.bytes_per_token is not None:
+            rates[f"{split}/bpb"] = loss / math.log(2) / self.bytes_per_token
+        return rates
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Two AdamW groups: matrices with ``weight_decay``, everything else (norms, biases, diagonals) without."""
+        named = list(self.model.named_parameters())
+        return [
+            {"params": [p for n, p in named if decays(n, p)], "weight_decay": self.hparams.weight_decay},
+            {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=hp.lr, betas=tuple(hp.betas))
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("CausalLM: the LR schedule needs a finite length: set trainer.max_steps (or max_epochs)")
+        total = max(1, int(total))
+        warmup = max(1, round(hp.warmup_fraction * total)) if hp.warmup_fraction > 0 else 0
+        schedule = partial(warmup_cosine, total_steps=total, warmup_steps=warmup, min_ratio=hp.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,202 @@
+"""``CausalLM``: training, resume, optimizer groups, schedule, z-loss, generation and two-process DDP."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from pararnn_ts.lm import ByteTokenizer, CausalLM, TextDataModule
+from pararnn_ts.lm.corpus import stdlib_root
+from pararnn_ts.lm.generate import generate, generate_tokens, main
+from pararnn_ts.lm.module import decays, lm_losses, warmup_cosine
+from pararnn_ts.nn import MIXERS, LanguageModel
+
+HERE = Path(__file__).resolve().parent
+TINY = {"dim": 32, "num_layers": 2, "num_heads": 2}
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory) -> Path:
+    """Shards of the standard library's json package (byte tokens), written once for this module."""
+    folder = tmp_path_factory.mktemp("lm_module") / "shards"
+    make_data(folder).prepare_data()
+    return folder
+
+
+def make_data(cache_dir: Path) -> TextDataModule:
+    paths = [str(stdlib_root() / "json" / "*.py")]
+    return TextDataModule("files", paths, seq_len=32, batch_size=8, cache_dir=str(cache_dir), val_fraction=0.2)
+
+
+def make_model(**kwargs) -> CausalLM:
+    return CausalLM(ByteTokenizer().vocab_size, **{**TINY, "mixer_kwargs": {"mode": "sequential"}, **kwargs})
+
+
+class Record(pl.Callback):
+    """The objective and the learning rate of every training step."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.lrs: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(outputs["loss"].item())
+
+
+def fit(model: CausalLM, shard_dir: Path, max_steps: int, callbacks=(), ckpt_path=None, **trainer_kwargs) -> Record:
+    pl.seed_everything(0)
+    record = Record()
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_steps=max_steps,
+        callbacks=[record, *callbacks],
+        logger=False,
+        enable_checkpointing=bool(callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        **trainer_kwargs,
+    )
+    trainer.fit(model, datamodule=make_data(shard_dir), ckpt_path=ckpt_path)
+    return record
+
+
+def test_training_reduces_the_loss_with_warmup_then_cosine_decay(shard_dir):
+    model = make_model(lr=1e-2, warmup_fraction=0.2)
+    record = fit(model, shard_dir, max_steps=30, limit_val_batches=2, val_check_interval=15)
+    assert sum(record.losses[-5:]) / 5 < sum(record.losses[:5]) / 5 - 1.0
+    peak = record.lrs.index(max(record.lrs))
+    assert peak == 5 and max(record.lrs) == pytest.approx(1e-2)
+    assert all(a < b for a, b in zip(record.lrs[:peak], record.lrs[1 : peak + 1], strict=True))
+    assert all(a >= b for a, b in zip(record.lrs[peak:], record.lrs[peak + 1 :], strict=False))
+    assert record.lrs[-1] < 0.01 * record.lrs[peak]
+    assert model.bytes_per_token == pytest.approx(make_data(shard_dir).bytes_per_token("val"))
+    assert 0 < model.trainer.callback_metrics["val/bpb"] < 8
+
+
+def test_resume_from_a_checkpoint_continues_with_identical_losses(shard_dir, tmp_path):
+    steps = 4  # one epoch (limit_train_batches), so the resumed run starts the next epoch's windows
+    every = ModelCheckpoint(tmp_path, every_n_train_steps=steps, save_top_k=-1)
+    straight = fit(make_model(), shard_dir, 2 * steps, [every], limit_train_batches=steps, limit_val_batches=0)
+    (ckpt,) = [p for p in tmp_path.glob("*.ckpt") if f"step={steps}" in p.name]
+    resumed = fit(make_model(), shard_dir, 2 * steps, [], ckpt, limit_train_batches=steps, limit_val_batches=0)
+    assert resumed.losses == pytest.approx(straight.losses[steps:], rel=1e-6)
+    assert resumed.lrs == pytest.approx(straight.lrs[steps:], rel=1e-6)
+
+
+@pytest.mark.parametrize("mixer", ["paralstm", "mamba2"])
+def test_weight_decay_only_on_matrices_not_norms_biases_or_recurrent_diagonals(mixer):
+    model = make_model(mixer=mixer, mixer_kwargs=None)
+    model.configure_model()
+    decayed, kept = model.parameter_groups()
+    names = {id(p): n for n, p in model.model.named_parameters()}
+    decayed_names = {names[id(p)] for p in decayed["params"]}
+    kept_names = {names[id(p)] for p in kept["params"]}
+    assert decayed["weight_decay"] == model.hparams.weight_decay and kept["weight_decay"] == 0
+    assert len(decayed_names) + len(kept_names) == len(names)
+    assert "embedding.weight" in decayed_names and "blocks.0.mixer.in_proj.weight" in decayed_names
+    for name in ("norm.weight", "blocks.0.scale", "blocks.0.mixer_norm.weight", "blocks.0.mixer.conv.bias"):
+        assert name in kept_names
+    own = ("cell.A", "cell.C", "cell.b") if mixer == "paralstm" else ("A_log", "dt_bias", "D")
+    for suffix in own:
+        assert f"blocks.1.mixer.{suffix}" in kept_names
+    assert not any(decays(n, p) for n, p in model.model.named_parameters() if n.endswith(".cell.A"))
+
+
+def test_warmup_cosine_schedule():
+    factors = [warmup_cosine(s, total_steps=100, warmup_steps=10, min_ratio=0.1) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[55] == pytest.approx(0.55)
+    assert warmup_cosine(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:], strict=False))
+
+
+def test_the_objective_adds_the_z_loss():
+    torch.manual_seed(0)
+    logits, targets = 3 * torch.randn(2, 5, 11), torch.randint(0, 11, (2, 5))
+    ce, z = lm_losses(logits, targets)
+    assert ce == pytest.approx(F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item(), rel=1e-6)
+    assert z == pytest.approx(logits.logsumexp(-1).pow(2).mean().item(), rel=1e-6)
+
+    model = make_model(z_loss=0.5)
+    model.configure_model()
+    tokens = torch.randint(0, 257, (2, 9))
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
+    with pytest.warns(UserWarning, match="self.log"):  # no trainer attached: logging is skipped
+        objective = model.training_step(batch, 0)
+    ce, z = lm_losses(model(batch["inputs"]), batch["targets"])
+    assert objective.item() == pytest.approx((ce + 0.5 * z).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("mixer", MIXERS)
+def test_step_decoding_logits_equal_the_parallel_forward(mixer):
+    torch.manual_seed(0)
+    model = LanguageModel(257, **TINY, mixer=mixer).eval()
+    tokens = torch.randint(0, 257, (2, 12))
+    with torch.no_grad():
+        full = model(tokens)
+        logits, state = model(tokens[:, :5], return_state=True)
+        stepped = [logits]
+        for t in range(5, 12):
+            step_logits, state = model.step(tokens[:, t], state)
+            stepped.append(step_logits[:, None])
+    torch.testing.assert_close(torch.cat(stepped, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_generate_makes_the_requested_tokens_deterministically():
+    torch.manual_seed(0)
+    model = LanguageModel(257, **TINY)
+    prompt = torch.randint(0, 256, (2, 4))
+    new = generate_tokens(model, prompt, 10, temperature=1.0, top_k=20, seed=3)
+    assert new.shape == (2, 10) and new.dtype == torch.int64
+    assert torch.equal(new, generate_tokens(model, prompt, 10, temperature=1.0, top_k=20, seed=3))
+    assert not torch.equal(new, generate_tokens(model, prompt, 10, temperature=1.0, top_k=20, seed=4))
+
+    greedy = generate_tokens(model, prompt, 6, temperature=0)
+    sequence = prompt
+    with torch.no_grad():
+        for _ in range(6):  # the reference: re-run the whole sequence for every token
+            sequence = torch.cat([sequence, model(sequence)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(greedy, sequence[:, 4:])
+
+    tokenizer = ByteTokenizer()
+    text = generate(model, tokenizer, "def f(", 8, temperature=0)
+    new = generate_tokens(model, torch.tensor([list(b"def f(")]), 8, temperature=0)
+    assert text == tokenizer.decode(new[0].tolist())
+
+
+def test_generate_from_a_checkpoint_on_the_command_line(shard_dir, tmp_path, capsys):
+    fit(make_model(), shard_dir, 1, [ModelCheckpoint(tmp_path, save_last=True)], limit_val_batches=0)
+    main(["--ckpt", str(tmp_path / "last.ckpt"), "--prompt", "import ", "--max-new-tokens", "5", "--temperature", "0"])
+    assert capsys.readouterr().out.startswith("import ")
+
+
+def test_two_process_ddp_agrees_with_one_process(tmp_path):
+    """``strategy="ddp"`` relaunches its script, so the fits run in fresh processes (see lm_ddp_fit.py)."""
+    runs = {}
+    for devices in (1, 2):
+        out = tmp_path / f"devices{devices}.pt"
+        done = subprocess.run(
+            [sys.executable, str(HERE / "lm_ddp_fit.py"), str(devices), str(out)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[devices] = torch.load(out)
+    assert runs[2]["losses"] == pytest.approx(runs[1]["losses"], rel=1e-5)
+    assert all(math.isfinite(loss) for loss in runs[2]["losses"])
+    for name, weight in runs[1]["state_dict"].items():
+        torch.testing.assert_close(runs[2]["state_dict"][name], weight, atol=1e-5, rtol=1e-4)
