@@ -37,7 +37,7 @@ def inputs(cell, T: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return u, h0
 
 
-def backend_or_skip(name: str) -> None:
+def require_backend(name: str) -> None:
     reason = unavailable_reason(name, torch.device("cuda"))
     if reason is not None:
         pytest.fail(f"{name} backend cannot run on this GPU: {reason}")
@@ -51,7 +51,7 @@ def max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("kernel", ["gru", "lstm"])
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_forward_full_size_matches_float64_loop(backend, kernel, T):
-    backend_or_skip(backend)
+    require_backend(backend)
     cell = make(kernel, seed=T)
     u, h0 = inputs(cell, T, seed=T + 1)
     weights = cell.fused_weights()
@@ -75,7 +75,7 @@ def test_forward_full_size_matches_float64_loop(backend, kernel, T):
 @pytest.mark.parametrize("kernel", ["gru", "lstm"])
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_gradients_full_size_match_float64_adjoint(backend, kernel):
-    backend_or_skip(backend)
+    require_backend(backend)
     T = 8192
     cell = make(kernel, seed=7)
     u, h0 = inputs(cell, T, seed=8)

@@ -164,14 +164,14 @@ class ParaCell(nn.Module):
         """Solve for all states ``(B, T, *S)`` given ``u`` ``(B, T, *U)`` and ``h0`` ``(B, *S)``."""
         with self._solve_precision(u) as dtype:
             mode, backend = self.resolve_backend(u.device, dtype, mode)
-            u32, h0_32 = u.to(dtype), h0.to(dtype)
+            h0 = h0.to(dtype)
             if mode == "fused":
-                h = self._fused_solve(backend, u, h0_32, dtype)
+                h = self._fused_solve(backend, u, h0, dtype)
             elif mode == "sequential":
-                h = sequential_solve(self, u32, h0_32)
+                h = sequential_solve(self, u.to(dtype), h0)
                 self.last_stats = SolverStats("sequential")
             else:
-                h, self.last_stats = parallel_solve(self, u32, h0_32, self.resolve_chunk_size(u))
+                h, self.last_stats = parallel_solve(self, u.to(dtype), h0, self.resolve_chunk_size(u))
         return self._output_dtype(h, u)
 
     def resolve_backend(
@@ -181,19 +181,18 @@ class ParaCell(nn.Module):
         mode = mode or self.mode
         if mode not in MODES:
             raise ValueError(f"mode={mode!r} is not one of {MODES}")
-        if mode in ("auto", "fused"):
-            backend, why = self._fused_backend_for(device, dtype)
-            if backend is not None:
-                return "fused", backend
-            if mode == "fused":
-                fallback = "parallel" if device.type == "cuda" else "sequential"
-                fused_ops.warn_once(
-                    (type(self).__name__, why),
-                    f'{type(self).__name__}: mode="fused" cannot run here ({why}); using mode="{fallback}"',
-                )
-        if mode in ("auto", "fused"):
-            return ("parallel" if device.type == "cuda" else "sequential"), "pytorch"
-        return mode, "pytorch"
+        if mode not in ("auto", "fused"):
+            return mode, "pytorch"
+        backend, why = self._fused_backend_for(device, dtype)
+        if backend is not None:
+            return "fused", backend
+        pytorch_mode = "parallel" if device.type == "cuda" else "sequential"
+        if mode == "fused":
+            fused_ops.warn_once(
+                (type(self).__name__, why),
+                f'{type(self).__name__}: mode="fused" cannot run here ({why}); using mode="{pytorch_mode}"',
+            )
+        return pytorch_mode, "pytorch"
 
     def _fused_backend_for(self, device: torch.device, dtype: torch.dtype) -> tuple[str | None, str]:
         if self.fused_kernel is None:

@@ -25,33 +25,36 @@ from .sources import kernel_source_dir
 
 NAME = "cuda"
 
-_ready: dict[int, ModuleType] = {}  # device index -> built extension
-
 
 def unavailable_reason(device: torch.device) -> str | None:
     """``None`` when the kernels can run on ``device`` (building them on first call), else why not."""
     try:
-        device = torch.device(device)
-        if device.type != "cuda":
-            return f"the cuda backend runs on CUDA devices only, not {device.type}"
-        if torch.version.cuda is None:
-            return "this torch is a CPU-only build: install a CUDA build of torch"
-        if not torch.cuda.is_available():
-            return "torch sees no CUDA device"
-        from torch.utils import cpp_extension
-
-        home = cpp_extension.CUDA_HOME
-        if home is None or not os.path.exists(os.path.join(home, "bin", "nvcc")):
-            return (
-                f"nvcc not found: install the CUDA toolkit matching torch.version.cuda ({torch.version.cuda}) "
-                "and put nvcc on PATH or set CUDA_HOME"
-            )
-        if not cpp_extension.is_ninja_available():
-            return "ninja not found: pip install ninja (torch builds C++ extensions with it)"
-        built = _load(_capability(device))
-        return built if isinstance(built, str) else None
+        return _reason(torch.device(device))
     except Exception as error:  # never raise: report instead
         return f"cuda backend check failed: {type(error).__name__}: {error}"
+
+
+@functools.cache
+def _reason(device: torch.device) -> str | None:
+    """:func:`unavailable_reason`, once per device: it probes the toolkit (a ``ninja`` subprocess)."""
+    if device.type != "cuda":
+        return f"the cuda backend runs on CUDA devices only, not {device.type}"
+    if torch.version.cuda is None:
+        return "this torch is a CPU-only build: install a CUDA build of torch"
+    if not torch.cuda.is_available():
+        return "torch sees no CUDA device"
+    from torch.utils import cpp_extension
+
+    home = cpp_extension.CUDA_HOME
+    if home is None or not os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return (
+            f"nvcc not found: install the CUDA toolkit matching torch.version.cuda ({torch.version.cuda}) "
+            "and put nvcc on PATH or set CUDA_HOME"
+        )
+    if not cpp_extension.is_ninja_available():
+        return "ninja not found: pip install ninja (torch builds C++ extensions with it)"
+    built = _load(_capability(device))
+    return built if isinstance(built, str) else None
 
 
 def _capability(device: torch.device) -> tuple[int, int]:
@@ -85,13 +88,10 @@ def _load(capability: tuple[int, int]) -> ModuleType | str:
 
 def _extension(device: torch.device) -> ModuleType:
     """The extension for ``device``; raises ``RuntimeError`` with the reason when it cannot run there."""
-    extension = _ready.get(device.index)
-    if extension is None:
-        reason = unavailable_reason(device)
-        if reason is not None:
-            raise RuntimeError(f"pararnn_ts cuda backend unavailable: {reason}")
-        extension = _ready[device.index] = _load(_capability(device))
-    return extension
+    reason = unavailable_reason(device)
+    if reason is not None:
+        raise RuntimeError(f"pararnn_ts cuda backend unavailable: {reason}")
+    return _load(_capability(device))
 
 
 def gru_forward(
