@@ -8,6 +8,7 @@ import math
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.cell import ParaCell
@@ -98,6 +99,10 @@ class HeadwiseGatedCell(ParaCell):
     def project(self, x: Tensor) -> Tensor:
         """``x`` ``(..., input_size)`` → ``u`` ``(..., gates, hidden_size)``."""
         h = self.num_heads
+        if h == 1:  # one dense block: a single GEMM straight into the (gates, hidden) layout, no permute
+            gates, out = self.B.shape[1:3]
+            bias = None if self.b is None else self.b.flatten()
+            return F.linear(x, self.B.reshape(gates * out, -1), bias).unflatten(-1, (gates, out))
         u = torch.einsum("...ni,ngoi->...gno", x.unflatten(-1, (h, -1)), self.B).flatten(-2)
         return u if self.b is None else u + self.b
 
