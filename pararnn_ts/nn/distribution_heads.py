@@ -1,0 +1,351 @@
+"""Distribution heads: features ``(..., F)`` → a distribution over ``(...)`` with loss, cdf, icdf and samples.
+
+Every head is ``head(features, scale) -> ForecastDistribution``. ``scale`` ``(...)`` (or broadcastable,
+e.g. ``(B, 1)`` for features ``(B, H, F)``) is the series' mean scale: the head works in scaled units
+and the distribution it returns is in the data's units (GluonTS's convention: location and spread are
+multiplied by the scale; for the negative binomial the mean is, the shape is not).
+
+The returned object offers what a forecaster needs from its marginals:
+
+- ``loss(target)``: negative log-likelihood per element (pinball loss for :class:`QuantileHead`);
+- ``mean``, ``sample(shape)`` ``→ (*shape, ...)``;
+- ``cdf(y)``, ``icdf(u)`` and ``pit(y)`` (probability integral transform; randomised for counts),
+  which a copula uses. Where torch has no cdf/icdf (Student-t, negative binomial) they come from
+  :mod:`scipy.stats` on detached values, without gradient: copulas are fitted on detached PITs
+  (the two-stage "inference functions for margins" method), so none is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from torch import Tensor, nn
+from torch.distributions import Distribution, NegativeBinomial, Normal, StudentT
+
+DEFAULT_QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+
+
+def clamp_unit(u: Tensor) -> Tensor:
+    """``u`` clamped into the open unit interval, so that icdf stays finite."""
+    eps = torch.finfo(u.dtype).eps
+    return u.clamp(eps, 1 - eps)
+
+
+def _from_numpy(values: np.ndarray, like: Tensor) -> Tensor:
+    return torch.as_tensor(values, dtype=like.dtype, device=like.device)
+
+
+def _numpy(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy()
+
+
+class ForecastDistribution:
+    """Marginal distributions of a batch (e.g. ``(B, H)``: series × horizon steps), in the data's units."""
+
+    #: whether values are counts (then :meth:`pit` is randomised)
+    discrete: bool = False
+
+    @property
+    def args(self) -> dict[str, Tensor]:
+        """The distribution's parameters, each of the batch shape (``(..., K)`` for quantiles)."""
+        raise NotImplementedError
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        raise NotImplementedError
+
+    @property
+    def mean(self) -> Tensor:
+        raise NotImplementedError
+
+    def loss(self, target: Tensor) -> Tensor:
+        """Per-element training loss of ``target`` (batch shape) → batch shape."""
+        raise NotImplementedError
+
+    def cdf(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def icdf(self, u: Tensor) -> Tensor:
+        """Quantile function; ``u`` ``(*sample, *batch)`` with levels in (0, 1) → values of that shape."""
+        raise NotImplementedError
+
+    def sample(self, shape: Sequence[int] = ()) -> Tensor:
+        """``(*shape, *batch)`` samples."""
+        u = torch.rand(*shape, *self.batch_shape, dtype=self.mean.dtype, device=self.mean.device)
+        return self.icdf(u)
+
+    def pit(self, y: Tensor) -> Tensor:
+        """Probability integral transform ``F(y)`` in (0, 1), detached; uniform when ``y`` follows this
+        distribution. Counts use the randomised PIT ``F(y−1) + V (F(y) − F(y−1))``, ``V ~ U(0, 1)``."""
+        with torch.no_grad():
+            if not self.discrete:
+                return clamp_unit(self.cdf(y))
+            lower = torch.where(y >= 1, self.cdf(y - 1), torch.zeros_like(y))
+            upper = self.cdf(y)
+            return clamp_unit(lower + torch.rand_like(y) * (upper - lower))
+
+
+class TorchForecastDistribution(ForecastDistribution):
+    """A :class:`torch.distributions.Distribution` with cdf/icdf from scipy where torch has none.
+
+    Args:
+        distribution: the torch distribution (its log-likelihood, mean and samples are used).
+        args: its parameters by name (for inspection and tests).
+        scipy_frozen: builds the frozen :mod:`scipy.stats` distribution for cdf/icdf
+            (``None``: torch's own ``cdf``/``icdf``).
+        discrete: whether values are counts.
+    """
+
+    def __init__(
+        self,
+        distribution: Distribution,
+        args: dict[str, Tensor],
+        scipy_frozen: Callable[[], Any] | None = None,
+        discrete: bool = False,
+    ) -> None:
+        self.distribution = distribution
+        self._args = args
+        self._scipy_frozen = scipy_frozen
+        self.discrete = discrete
+
+    @property
+    def args(self) -> dict[str, Tensor]:
+        return self._args
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.distribution.batch_shape
+
+    @property
+    def mean(self) -> Tensor:
+        return self.distribution.mean
+
+    def loss(self, target: Tensor) -> Tensor:
+        return -self.distribution.log_prob(target)
+
+    def cdf(self, y: Tensor) -> Tensor:
+        if self._scipy_frozen is None:
+            return self.distribution.cdf(y)
+        return _from_numpy(self._scipy_frozen().cdf(_numpy(y)), y)
+
+    def icdf(self, u: Tensor) -> Tensor:
+        u = clamp_unit(u)
+        if self._scipy_frozen is None:
+            return self.distribution.icdf(u)
+        return _from_numpy(self._scipy_frozen().ppf(_numpy(u)), u)
+
+    def sample(self, shape: Sequence[int] = ()) -> Tensor:
+        return self.distribution.sample(torch.Size(shape))
+
+
+class QuantileForecast(ForecastDistribution):
+    """The distribution whose quantile function interpolates ``quantiles`` linearly between ``levels``.
+
+    The first and last segments are extended with their slopes to levels 0 and 1, so the
+    distribution is a proper one (piecewise-uniform density on a bounded support): ``cdf``,
+    ``icdf``, ``mean`` and ``sample`` are exact for it.
+
+    Args:
+        levels: ``(K,)`` increasing levels in (0, 1), ``K >= 2``.
+        quantiles: ``(..., K)`` increasing values along the last dimension, in the data's units.
+        scale: broadcastable to the batch shape; the pinball loss is computed in units of ``scale``.
+    """
+
+    def __init__(self, levels: Tensor, quantiles: Tensor, scale: Tensor) -> None:
+        self.levels = levels
+        self.quantiles = quantiles
+        self.scale = scale
+        slope_lo = (quantiles[..., 1] - quantiles[..., 0]) / (levels[1] - levels[0])
+        slope_hi = (quantiles[..., -1] - quantiles[..., -2]) / (levels[-1] - levels[-2])
+        lo = quantiles[..., 0] - levels[0] * slope_lo
+        hi = quantiles[..., -1] + (1 - levels[-1]) * slope_hi
+        #: the knots of the quantile function: levels (K + 2,) and values (..., K + 2)
+        self.knot_levels = torch.cat([levels.new_zeros(1), levels, levels.new_ones(1)])
+        self.knot_values = torch.cat([lo.unsqueeze(-1), quantiles, hi.unsqueeze(-1)], dim=-1)
+
+    @property
+    def args(self) -> dict[str, Tensor]:
+        return {"quantiles": self.quantiles}
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return self.quantiles.shape[:-1]
+
+    @property
+    def mean(self) -> Tensor:
+        widths = self.knot_levels.diff()
+        mids = (self.knot_values[..., 1:] + self.knot_values[..., :-1]) / 2
+        return (mids * widths).sum(-1)
+
+    def loss(self, target: Tensor) -> Tensor:
+        """Pinball loss averaged over the levels, in units of the scale: ``mean_k ρ_τk((y − q_k) / scale)``."""
+        error = (target.unsqueeze(-1) - self.quantiles) / self.scale.unsqueeze(-1)
+        return torch.maximum(self.levels * error, (self.levels - 1) * error).mean(-1)
+
+    def icdf(self, u: Tensor) -> Tensor:
+        u = u.clamp(0, 1)
+        right = torch.searchsorted(self.knot_levels, u.contiguous(), right=True).clamp(1, len(self.knot_levels) - 1)
+        values = self.knot_values.expand(*u.shape, -1)
+        v0, v1 = values.gather(-1, (right - 1).unsqueeze(-1)), values.gather(-1, right.unsqueeze(-1))
+        t0, t1 = self.knot_levels[right - 1], self.knot_levels[right]
+        return (v0.squeeze(-1) + (u - t0) / (t1 - t0) * (v1 - v0).squeeze(-1)).to(u.dtype)
+
+    def cdf(self, y: Tensor) -> Tensor:
+        values = self.knot_values.expand(*y.shape, -1).contiguous()
+        right = torch.searchsorted(values, y.unsqueeze(-1).contiguous(), right=True).clamp(1, values.shape[-1] - 1)
+        v0, v1 = values.gather(-1, right - 1).squeeze(-1), values.gather(-1, right).squeeze(-1)
+        right = right.squeeze(-1)
+        t0, t1 = self.knot_levels[right - 1], self.knot_levels[right]
+        return (t0 + (y - v0) / (v1 - v0) * (t1 - t0)).clamp(0, 1)
+
+
+class DistributionHead(nn.Module):
+    """Base of the heads: a Linear from ``in_features`` to the raw arguments, then :meth:`distribution`.
+
+    Subclasses set :attr:`arg_names` (one output each) or override :attr:`num_args`.
+    """
+
+    arg_names: tuple[str, ...] = ()
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        if not isinstance(in_features, int) or in_features < 1:
+            raise ValueError(f"{type(self).__name__}: in_features must be a positive int, got {in_features!r}")
+        self.in_features = in_features
+        self.proj = nn.Linear(in_features, self.num_args)
+
+    @property
+    def num_args(self) -> int:
+        return len(self.arg_names)
+
+    #: whether :meth:`forward` takes a location ``offset`` (heads with a location parameter)
+    takes_offset = True
+
+    def forward(
+        self, features: Tensor, scale: Tensor | None = None, offset: Tensor | None = None
+    ) -> ForecastDistribution:
+        """``features`` ``(..., in_features)``, ``scale`` broadcastable to ``(...)`` → distribution over ``(...)``.
+
+        ``offset`` (broadcastable to ``(...)``, in units of the scale) is added to the location, so the
+        head learns a correction of it (e.g. of the seasonal-naive forecast).
+        """
+        raw = self.proj(features)
+        scale = torch.ones((), dtype=raw.dtype, device=raw.device) if scale is None else scale.to(raw.dtype)
+        if offset is not None and not self.takes_offset:
+            raise ValueError(f"{type(self).__name__} has no location to offset; pass offset=None")
+        offset = torch.zeros((), dtype=raw.dtype, device=raw.device) if offset is None else offset.to(raw.dtype)
+        return self.distribution(raw, scale, offset)
+
+    def distribution(self, raw: Tensor, scale: Tensor, offset: Tensor) -> ForecastDistribution:
+        """Raw outputs ``(..., num_args)``, the scale and the location offset → the distribution in the data's units."""
+        raise NotImplementedError
+
+
+def _positive(x: Tensor) -> Tensor:
+    return F.softplus(x).clamp_min(torch.finfo(x.dtype).eps)
+
+
+class StudentTHead(DistributionHead):
+    """Student-t with ``df = 2 + softplus``, ``loc · scale``, ``softplus · scale`` (finite variance)."""
+
+    arg_names = ("df", "loc", "scale")
+
+    def distribution(self, raw: Tensor, scale: Tensor, offset: Tensor) -> ForecastDistribution:
+        df_raw, loc_raw, scale_raw = raw.unbind(-1)
+        df = 2 + F.softplus(df_raw)
+        loc, sigma = (loc_raw + offset) * scale, _positive(scale_raw) * scale
+        return TorchForecastDistribution(
+            StudentT(df, loc, sigma),
+            {"df": df, "loc": loc, "scale": sigma},
+            lambda: stats.t(_numpy(df), _numpy(loc), _numpy(sigma)),
+        )
+
+
+class NormalHead(DistributionHead):
+    """Normal with ``loc · scale`` and ``softplus · scale``."""
+
+    arg_names = ("loc", "scale")
+
+    def distribution(self, raw: Tensor, scale: Tensor, offset: Tensor) -> ForecastDistribution:
+        loc_raw, scale_raw = raw.unbind(-1)
+        loc, sigma = (loc_raw + offset) * scale, _positive(scale_raw) * scale
+        return TorchForecastDistribution(Normal(loc, sigma), {"loc": loc, "scale": sigma})
+
+
+class NegativeBinomialHead(DistributionHead):
+    """Negative binomial for counts: ``total_count = softplus`` (the shape, not scaled) and
+    ``logits + log(scale)``, so the mean ``total_count · exp(logits)`` is multiplied by the scale."""
+
+    arg_names = ("total_count", "logits")
+    takes_offset = False
+
+    def distribution(self, raw: Tensor, scale: Tensor, offset: Tensor) -> ForecastDistribution:
+        count_raw, logits_raw = raw.unbind(-1)
+        total_count = _positive(count_raw)
+        logits = logits_raw + scale.log()
+        return TorchForecastDistribution(
+            NegativeBinomial(total_count, logits=logits, validate_args=False),
+            {"total_count": total_count, "logits": logits},
+            # scipy counts failures before n successes with success probability p = 1 − torch's probs
+            lambda: stats.nbinom(_numpy(total_count), _numpy(torch.sigmoid(-logits))),
+            discrete=True,
+        )
+
+
+class QuantileHead(DistributionHead):
+    """Monotone quantiles at fixed ``quantiles`` levels, trained with the pinball loss.
+
+    Raw outputs ``(r_1, ..., r_K)`` give ``q_1 = r_1`` and ``q_k = q_{k-1} + softplus(r_k) + min_gap``,
+    multiplied by the scale; see :class:`QuantileForecast` for the distribution between them.
+    """
+
+    #: smallest gap between neighbouring quantiles, in units of the scale
+    min_gap = 1e-5
+
+    def __init__(self, in_features: int, quantiles: Sequence[float] = DEFAULT_QUANTILES) -> None:
+        self.quantile_levels = check_quantiles(quantiles)
+        super().__init__(in_features)
+
+    @property
+    def num_args(self) -> int:
+        return len(self.quantile_levels)
+
+    def distribution(self, raw: Tensor, scale: Tensor, offset: Tensor) -> ForecastDistribution:
+        gaps = F.softplus(raw[..., 1:]) + self.min_gap
+        quantiles = torch.cat([raw[..., :1], raw[..., :1] + gaps.cumsum(-1)], dim=-1) + offset.unsqueeze(-1)
+        scale = scale.expand(raw.shape[:-1])
+        levels = torch.tensor(self.quantile_levels, dtype=raw.dtype, device=raw.device)
+        return QuantileForecast(levels, quantiles * scale.unsqueeze(-1), scale)
+
+
+def check_quantiles(quantiles: Sequence[float]) -> tuple[float, ...]:
+    """``quantiles`` as a tuple, or a ``ValueError`` unless they are >= 2 increasing levels in (0, 1)."""
+    levels = tuple(float(q) for q in quantiles)
+    if len(levels) < 2 or not all(0 < q < 1 for q in levels) or any(b <= a for a, b in pairwise(levels)):
+        raise ValueError(f"quantiles must be at least 2 strictly increasing levels in (0, 1), got {list(quantiles)}")
+    return levels
+
+
+DISTRIBUTION_HEADS: dict[str, type[DistributionHead]] = {
+    "student_t": StudentTHead,
+    "normal": NormalHead,
+    "negative_binomial": NegativeBinomialHead,
+    "quantile": QuantileHead,
+}
+
+
+def build_head(name: str, in_features: int, quantiles: Sequence[float] | None = None) -> DistributionHead:
+    """The head called ``name`` (a key of :data:`DISTRIBUTION_HEADS`); ``quantiles`` only for ``"quantile"``."""
+    if name not in DISTRIBUTION_HEADS:
+        raise ValueError(f"distribution={name!r} is not one of {tuple(DISTRIBUTION_HEADS)}")
+    if name == "quantile":
+        return QuantileHead(in_features, DEFAULT_QUANTILES if quantiles is None else quantiles)
+    if quantiles is not None:
+        raise ValueError(f'quantiles are only used with distribution="quantile", not {name!r}; drop quantiles')
+    return DISTRIBUTION_HEADS[name](in_features)

@@ -1,0 +1,305 @@
+"""Forecast metrics against direct formulas, and the benchmark runner end to end on a tiny JSON lines dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pararnn_ts.forecast import benchmark
+from pararnn_ts.forecast.data import JsonLinesDataset
+from pararnn_ts.forecast.metrics import score, split_windows
+
+ROOT = Path(__file__).resolve().parents[1]
+QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def pinball(y: np.ndarray, prediction: np.ndarray, q: float) -> np.ndarray:
+    """Twice the pinball loss, written by cases (GluonTS writes it as one product)."""
+    return 2 * np.where(y >= prediction, q * (y - prediction), (1 - q) * (prediction - y))
+
+
+def reference_scores(inputs: list[np.ndarray], labels: np.ndarray, quantiles: dict[float, np.ndarray], season: int):
+    """The four metrics by their textbook formulas, over the observed (non-NaN) actuals."""
+    observed = ~np.isnan(labels)
+    scale = np.array([np.mean(np.abs(x[season:] - x[:-season])) for x in inputs])[:, None]
+    y, median = labels[observed], quantiles[0.5][observed]
+    return {
+        "MASE": np.mean((np.abs(labels - quantiles[0.5]) / scale)[observed]),
+        "mean_wQL": np.mean([pinball(y, quantiles[q][observed], q).sum() / np.abs(y).sum() for q in QUANTILES]),
+        "sMAPE": np.mean(2 * np.abs(y - median) / (np.abs(y) + np.abs(median))),
+        "coverage_80": np.mean((quantiles[0.1][observed] <= y) & (y <= quantiles[0.9][observed])),
+    }
+
+
+def test_score_matches_the_formulas_on_a_hand_built_forecast():
+    from gluonts.model.forecast import QuantileForecast
+
+    rng = np.random.default_rng(0)
+    horizon, season = 4, 3
+    history = [rng.uniform(5, 15, 12), rng.uniform(50, 80, 9)]
+    labels = np.array([[10.0, 12.0, np.nan, 9.0], [60.0, 55.0, 70.0, 65.0]])
+    spread = np.linspace(-2, 2, len(QUANTILES))[:, None]
+    centres = np.array([[11.0, 11.0, 11.0, 11.0], [62.0, 58.0, 66.0, 64.0]])
+    arrays = [centres[i] + (1 + i) * 3 * spread for i in range(2)]
+    arrays[0][0, 3] = 9.0  # an actual exactly on the interval's lower edge counts as inside
+    start = pd.Period("2020-01", freq="M")
+    entries = [
+        {"start": start, "target": np.concatenate([h, y]).astype(np.float32), "item_id": str(i)}
+        for i, (h, y) in enumerate(zip(history, labels, strict=True))
+    ]
+    forecasts = [
+        QuantileForecast(a, start_date=start + len(h), forecast_keys=[str(q) for q in QUANTILES])
+        for a, h in zip(arrays, history, strict=True)
+    ]
+    got = score(forecasts, entries, horizon, season)
+    quantiles = {q: np.stack([a[k] for a in arrays]) for k, q in enumerate(QUANTILES)}
+    inputs = [h.astype(np.float32).astype(np.float64) for h in history]
+    want = reference_scores(inputs, labels.astype(np.float32).astype(np.float64), quantiles, season)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name] == pytest.approx(want[name], rel=1e-6), name
+
+
+def test_seasonal_naive_scores_match_a_direct_computation(tmp_path):
+    from gluonts.model.seasonal_naive import SeasonalNaivePredictor
+
+    data = JsonLinesDataset(synthetic_jsonl(tmp_path), "D", 7, seasonality=7).load()
+    inputs, labels = split_windows(data.test, 7)
+    forecasts = list(SeasonalNaivePredictor(prediction_length=7, season_length=7).predict(inputs))
+    got = score(forecasts, data.test, 7, 7)
+    naive = np.stack([entry["target"][-7:] for entry in inputs]).astype(np.float64)
+    history = [entry["target"].astype(np.float64) for entry in inputs]
+    want = reference_scores(history, labels, dict.fromkeys(QUANTILES, naive), 7)
+    for name in want:
+        assert got[name] == pytest.approx(want[name], rel=1e-6), name
+
+
+def test_score_refuses_mismatched_forecasts(tmp_path):
+    from gluonts.model.seasonal_naive import SeasonalNaivePredictor
+
+    data = JsonLinesDataset(synthetic_jsonl(tmp_path), "D", 7).load()
+    inputs, _ = split_windows(data.test, 7)
+    forecasts = list(SeasonalNaivePredictor(prediction_length=5, season_length=7).predict(inputs))
+    with pytest.raises(ValueError, match="not prediction_length=7"):
+        score(forecasts, data.test, 7, 7)
+    with pytest.raises(ValueError, match="3 forecasts for 4 test windows"):
+        score(forecasts[:3], data.test, 5, 7)
+
+
+def synthetic_jsonl(folder: Path, count: int = 4, length: int = 40) -> str:
+    rng = np.random.default_rng(1)
+    path = folder / "toy.jsonl"
+    with path.open("w") as file:
+        for i in range(count):
+            t = np.arange(length)
+            target = 10 + i + 3 * np.sin(2 * np.pi * t / 7) + 0.3 * rng.standard_normal(length)
+            file.write(
+                json.dumps({"start": "2022-01-03", "target": target.round(3).tolist(), "item_id": f"s{i}"}) + "\n"
+            )
+    return str(path)
+
+
+def write_config(folder: Path, seeds=(0,), models: list[dict] | None = None, datasets: list[dict] | None = None) -> str:
+    toy = {
+        "name": "toy",
+        "class_path": "pararnn_ts.forecast.data.JsonLinesDataset",
+        "init_args": {"path": synthetic_jsonl(folder), "freq": "D", "prediction_length": 7, "seasonality": 7},
+        "model_args": {"context_length": 14},
+    }
+    default_models = [
+        {"name": "SeasonalNaive", "class_path": "gluonts.model.seasonal_naive.SeasonalNaivePredictor"},
+        {
+            "name": "DeepAR",
+            "class_path": "gluonts.torch.DeepAREstimator",
+            "init_args": {"hidden_size": 4, "num_layers": 1, "lags_seq": [1, 7], "num_parallel_samples": 20},
+        },
+    ]
+    config = {
+        "benchmark": {
+            "seeds": list(seeds),
+            "threads": 1,
+            "trainer_kwargs": {"max_epochs": 1},
+            "model_args": {"batch_size": 4, "num_batches_per_epoch": 2},
+            "datasets": datasets or [toy],
+            "models": models or default_models,
+        }
+    }
+    if any(model["name"] == "DeepAR" for model in config["benchmark"]["models"]):
+        config["benchmark"]["timing_reference"] = "DeepAR"
+    path = folder / "bench.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.fixture
+def count_runs(monkeypatch):
+    """Counts the (dataset, model, seed) runs the runner trains and forecasts."""
+    calls = []
+    real = benchmark.run_one
+
+    def counted(model, dataset, data, seed, bench, quick=False):
+        calls.append((dataset.name, model.name, seed))
+        return real(model, dataset, data, seed, bench, quick=quick)
+
+    monkeypatch.setattr(benchmark, "run_one", counted)
+    return calls
+
+
+def test_runner_end_to_end_then_resume_then_refuse_then_overwrite(tmp_path, count_runs):
+    config, out = write_config(tmp_path), tmp_path / "out"
+    benchmark.main(["--config", config, "--output-dir", str(out)])
+    rows = read_csv(out / "results.csv")
+    assert [(r["dataset"], r["model"], r["seed"]) for r in rows] == [
+        ("toy", "SeasonalNaive", "0"),
+        ("toy", "DeepAR", "0"),
+    ]
+    deepar = rows[1]
+    assert deepar["epochs"] == "1" and float(deepar["epoch_s"]) > 0 and float(deepar["fit_s"]) > 0
+    assert all(np.isfinite(float(r[m])) for r in rows for m in ("MASE", "mean_wQL", "sMAPE", "coverage_80"))
+    markdown = (out / "results.md").read_text()
+    assert "## MASE" in markdown and "## epoch time relative to DeepAR" in markdown and "**" in markdown
+    assert {p.name for p in (out / "plots").iterdir()} == {"toy__SeasonalNaive.png", "toy__DeepAR.png"}
+
+    count_runs.clear()
+    benchmark.main(["--config", config, "--output-dir", str(out), "--resume", "--seeds", "0", "1"])
+    assert count_runs == [("toy", "SeasonalNaive", 1), ("toy", "DeepAR", 1)]
+    resumed = read_csv(out / "results.csv")
+    assert resumed[:2] == rows and len(resumed) == 4
+    assert "± " in (out / "results.md").read_text()
+
+    with pytest.raises(FileExistsError, match="--resume to continue"):
+        benchmark.main(["--config", config, "--output-dir", str(out)])
+    with pytest.raises(ValueError, match="pass one of them"):
+        benchmark.main(["--config", config, "--output-dir", str(out), "--resume", "--overwrite"])
+    benchmark.main(["--config", config, "--output-dir", str(out), "--overwrite", "--models", "SeasonalNaive"])
+    assert [r["model"] for r in read_csv(out / "results.csv")] == ["SeasonalNaive"]
+    assert {p.name for p in (out / "plots").iterdir()} == {"toy__SeasonalNaive.png"}
+
+
+BAD_MODELS = [
+    ({"name": "Para", "class_path": "pararnn_ts.forecast.NoSuchEstimator"}, r"model 'Para': cannot import"),
+    ({"name": "Typo", "class_path": "gluonts.torch.DeepAREstimator", "init_args": {"hiden_size": 3}}, "no argument"),
+    (
+        {"name": "Fixed", "class_path": "gluonts.torch.DeepAREstimator", "init_args": {"freq": "h"}},
+        "come from the dataset",
+    ),
+    ({"name": "Data", "class_path": "pararnn_ts.forecast.data.VicElecDataset"}, "neither a GluonTS Estimator"),
+    (
+        {"name": "Where", "class_path": "gluonts.torch.DeepAREstimator", "overrides": {"elsewhere": {}}},
+        "unknown dataset 'elsewhere'",
+    ),
+    (
+        {"name": "PatchTST", "class_path": "gluonts.torch.PatchTSTEstimator"},
+        r"(?s)model 'PatchTST' on dataset 'toy'.*patch_len.*field required",
+    ),
+]
+
+
+@pytest.mark.parametrize(("bad", "message"), BAD_MODELS, ids=[b["name"] for b, _ in BAD_MODELS])
+def test_bad_model_entries_fail_before_any_training(tmp_path, count_runs, bad, message):
+    good = {"name": "SeasonalNaive", "class_path": "gluonts.model.seasonal_naive.SeasonalNaivePredictor"}
+    config = write_config(tmp_path, models=[good, bad])
+    with pytest.raises(ValueError, match=message):
+        benchmark.main(["--config", config, "--output-dir", str(tmp_path / "out")])
+    assert count_runs == [] and not (tmp_path / "out" / "results.csv").exists()
+
+
+BAD_SETTINGS = [
+    ({"model_args": {"batch_sise": 4}}, r"benchmark.model_args: no model of the config takes \['batch_sise'\]"),
+    ({"epochs": 3}, r"unknown benchmark keys \['epochs'\]"),
+    ({"seeds": 0}, "seeds must be a non-empty list of ints"),
+    ({"threads": 0}, "threads must be a positive int"),
+    ({"timing_reference": "LSTM"}, "timing_reference 'LSTM' is not a model"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_SETTINGS, ids=[next(iter(c)) for c, _ in BAD_SETTINGS])
+def test_bad_benchmark_settings_are_refused(tmp_path, change, message):
+    path = Path(write_config(tmp_path))
+    config = yaml.safe_load(path.read_text())
+    config["benchmark"].update(change)
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=message):
+        benchmark.load_benchmark(path)
+
+
+def test_dataset_model_args_may_not_set_the_horizon(tmp_path):
+    path = Path(write_config(tmp_path))
+    config = yaml.safe_load(path.read_text())
+    config["benchmark"]["datasets"][0]["model_args"] = {"prediction_length": 3}
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=r"dataset 'toy' model_args: \['prediction_length'\] come from the dataset"):
+        benchmark.load_benchmark(path)
+
+
+def test_an_unimportable_model_can_be_filtered_out(tmp_path, count_runs):
+    models = [
+        {"name": "SeasonalNaive", "class_path": "gluonts.model.seasonal_naive.SeasonalNaivePredictor"},
+        {"name": "Para", "class_path": "pararnn_ts.forecast.NoSuchEstimator"},
+    ]
+    config = write_config(tmp_path, models=models)
+    benchmark.main(["--config", config, "--output-dir", str(tmp_path / "out"), "--models", "SeasonalNaive"])
+    assert count_runs == [("toy", "SeasonalNaive", 0)]
+    with pytest.raises(ValueError, match=r"--models \['Nope'\]: not in the config"):
+        benchmark.main(["--config", config, "--output-dir", str(tmp_path / "o2"), "--models", "Nope"])
+
+
+def test_a_bad_dataset_fails_before_any_training(tmp_path, count_runs):
+    good = yaml.safe_load(Path(write_config(tmp_path)).read_text())["benchmark"]["datasets"][0]
+    bad = {**good, "name": "bad", "init_args": {**good["init_args"], "freq": "fortnightly"}}
+    config = write_config(tmp_path, datasets=[good, bad])
+    with pytest.raises(ValueError, match=r"dataset 'bad'.*'fortnightly' is not a pandas period frequency"):
+        benchmark.main(["--config", config, "--output-dir", str(tmp_path / "out")])
+    assert count_runs == []
+
+
+def test_arguments_are_layered_and_quick_shrinks_the_budget(tmp_path):
+    models = [
+        {"name": "SeasonalNaive", "class_path": "gluonts.model.seasonal_naive.SeasonalNaivePredictor"},
+        {
+            "name": "DeepAR",
+            "class_path": "gluonts.torch.DeepAREstimator",
+            "init_args": {"trainer_kwargs": {"gradient_clip_val": 1.0}},
+            "overrides": {"toy": {"context_length": 21}},
+        },
+    ]
+    bench = benchmark.load_benchmark(write_config(tmp_path, models=models))
+    (dataset,) = bench.datasets
+    naive, deepar = bench.models
+    data = dataset.cls(**dataset.init_args).load()
+    assert benchmark.build_model(naive, dataset, data, bench).season_length == 7
+    built = benchmark.build_model(deepar, dataset, data, bench)
+    assert (built.context_length, built.prediction_length, built.freq, built.batch_size) == (21, 7, "D", 4)
+    assert built.trainer_kwargs["gradient_clip_val"] == 1.0 and built.trainer_kwargs["accelerator"] == "cpu"
+    quick = benchmark.build_model(deepar, dataset, data, bench, quick=True)
+    assert quick.trainer_kwargs["max_epochs"] == 1 and quick.num_batches_per_epoch == 2
+
+
+BENCHMARK_CONFIGS = sorted(
+    p for p in (ROOT / "experiments").rglob("*.yaml") if "benchmark" in (yaml.safe_load(p.read_text()) or {})
+)
+
+
+@pytest.mark.parametrize("path", BENCHMARK_CONFIGS, ids=[str(p.relative_to(ROOT)) for p in BENCHMARK_CONFIGS])
+def test_benchmark_configs_parse_load_and_build(path):
+    bench = benchmark.load_benchmark(path)
+    assert bench.datasets and bench.models and bench.seeds
+    for dataset in bench.datasets:
+        data = dataset.cls(**benchmark.instantiate(dataset.init_args)).load()
+        for model in bench.models:
+            benchmark.build_model(model, dataset, data, bench)
+
+
+def test_the_forecast_benchmark_config_is_found():
+    assert ROOT / "experiments" / "forecast" / "benchmark.yaml" in BENCHMARK_CONFIGS

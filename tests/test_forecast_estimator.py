@@ -1,0 +1,203 @@
+"""``ParaRNNEstimator``: GluonTS training, prediction, evaluation and serialization on tiny synthetic series."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from gluonts.dataset.split import split
+from gluonts.ev.metrics import MASE, MeanWeightedSumQuantileLoss
+from gluonts.evaluation import make_evaluation_predictions
+from gluonts.model import Predictor, evaluate_model
+
+from pararnn_ts.forecast.estimator import ParaRNNEstimator
+from pararnn_ts.forecast.lightning_module import ParaRNNLightningModule
+
+H = 4
+FREQ = "M"
+TINY = {"hidden_size": 8, "num_layers": 1, "num_parallel_samples": 16, "batch_size": 4, "mode": "sequential"}
+QUIET = {"enable_progress_bar": False, "enable_model_summary": False, "logger": False}
+
+
+def sine_series(lengths=(60, 72, 50, 6), seed: int = 0) -> list[dict]:
+    """Monthly sines with a NaN gap in each; the last series is shorter than the context."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for i, length in enumerate(lengths):
+        t = np.arange(length)
+        target = 10 + 5 * np.sin(2 * np.pi * t / 12 + i) + rng.normal(0, 0.3, length)
+        target[length // 3 : length // 3 + 2] = np.nan
+        start = pd.Period("2000-01", freq=FREQ)
+        entries.append({"start": start, "target": target.astype(np.float32), "item_id": f"s{i}"})
+    return entries
+
+
+def make_estimator(
+    tmp_path, max_epochs: int = 1, num_batches_per_epoch: int = 2, callbacks=(), **kwargs
+) -> ParaRNNEstimator:
+    trainer = {"max_epochs": max_epochs, "default_root_dir": str(tmp_path), "callbacks": list(callbacks), **QUIET}
+    return ParaRNNEstimator(
+        FREQ, H, **{**TINY, "num_batches_per_epoch": num_batches_per_epoch, "trainer_kwargs": trainer, **kwargs}
+    )
+
+
+def test_train_predict_and_evaluate(tmp_path):
+    data = sine_series()
+    train = [{**entry, "target": entry["target"][:-H]} for entry in data]
+    pl.seed_everything(0)
+    output = make_estimator(tmp_path).train_model(train, validation_data=data)
+    assert output.trainer.global_step == 2
+    assert {"train_loss", "val_loss"} <= set(output.trainer.callback_metrics)
+    assert all(math.isfinite(output.trainer.callback_metrics[key]) for key in ("train_loss", "val_loss"))
+
+    forecasts, series = make_evaluation_predictions(data, output.predictor, num_samples=32)
+    forecasts = list(forecasts)
+    assert len(forecasts) == len(data) and len(list(series)) == len(data)
+    for forecast, entry in zip(forecasts, data, strict=True):
+        assert forecast.samples.shape == (32, H)
+        assert np.isfinite(forecast.samples).all()
+        assert forecast.start_date == entry["start"] + len(entry["target"]) - H
+        assert forecast.item_id == entry["item_id"]
+
+    _, template = split(data, offset=-H)
+    metrics = evaluate_model(
+        output.predictor,
+        test_data=template.generate_instances(H),
+        metrics=[MASE(), MeanWeightedSumQuantileLoss(quantile_levels=[0.1, 0.5, 0.9])],
+        seasonality=12,
+    )
+    assert np.isfinite(metrics.to_numpy()).all()
+
+
+def month_of_year(index: pd.PeriodIndex) -> np.ndarray:
+    """GluonTS's month-of-year feature, in [-0.5, 0.5]."""
+    return (index.month - 1) / 11.0 - 0.5
+
+
+@pytest.mark.parametrize("covariates", [False, True], ids=["plain", "covariates"])
+def test_prediction_window_matches_a_hand_built_one(covariates):
+    """The last past_length steps of a series as the network reads them, built here by hand."""
+    length = 20  # shorter than past_length: left padding
+    entry = sine_series([length], seed=3)[0]
+    kwargs = {}
+    if covariates:
+        entry["feat_dynamic_real"] = np.arange(length + H, dtype=np.float32)[None] / 7
+        entry["feat_static_cat"] = np.array([2])
+        kwargs = {"num_feat_dynamic_real": 1, "num_feat_static_cat": 1, "cardinality": [3]}
+    estimator = ParaRNNEstimator(FREQ, H, **TINY, **kwargs)
+    module = estimator.create_lightning_module()
+    predictor = estimator.create_predictor(estimator.create_transformation(), module, device="cpu")
+    (window,) = predictor.input_transform.apply([entry], is_train=False)
+
+    past = module.model.past_length
+    assert past > length
+    pad = past - length
+    expected_target = np.concatenate([np.zeros(pad), np.nan_to_num(entry["target"])])
+    expected_observed = np.concatenate([np.zeros(pad), ~np.isnan(entry["target"])])
+    np.testing.assert_allclose(window["past_target"], expected_target, rtol=1e-6)
+    np.testing.assert_array_equal(window["past_observed_values"], expected_observed)
+
+    dates = pd.period_range(entry["start"], periods=length + H)
+    rows = [month_of_year(dates), np.log10(2.0 + np.arange(length + H))]
+    if covariates:
+        rows.append(entry["feat_dynamic_real"][0])
+    time_feat = np.stack(rows, axis=1)  # (T + H, F)
+    assert window["past_time_feat"].shape == (past, module.model.num_time_features)
+    np.testing.assert_allclose(window["past_time_feat"][pad:], time_feat[:length], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(window["future_time_feat"], time_feat[length:], rtol=1e-5, atol=1e-6)
+    assert window["feat_static_cat"].tolist() == ([2] if covariates else [0])
+    assert window["feat_static_real"].tolist() == [0.0]
+    assert window["forecast_start"] == entry["start"] + length
+
+    (forecast,) = predictor.predict([entry])
+    assert forecast.samples.shape == (TINY["num_parallel_samples"], H) and np.isfinite(forecast.samples).all()
+
+
+def test_serialized_predictor_gives_identical_forecasts(tmp_path):
+    data = sine_series()
+    pl.seed_everything(1)
+    predictor = make_estimator(tmp_path / "train", num_batches_per_epoch=1, distribution="normal").train(data)
+    (tmp_path / "predictor").mkdir()
+    predictor.serialize(tmp_path / "predictor")
+    loaded = Predictor.deserialize(tmp_path / "predictor")
+    assert isinstance(loaded.prediction_net, ParaRNNLightningModule)
+    assert loaded.prediction_net is not predictor.prediction_net
+
+    def samples(p: Predictor, seed: int) -> np.ndarray:
+        torch.manual_seed(seed)
+        return np.stack([forecast.samples for forecast in p.predict(data)])
+
+    original = samples(predictor, seed=5)
+    np.testing.assert_array_equal(samples(loaded, seed=5), original)
+    assert not np.array_equal(samples(loaded, seed=6), original)  # the seed, not a constant, decides the draws
+
+
+def test_cosine_schedule_follows_the_closed_form(tmp_path):
+    steps, lr = 4, 0.01
+    seen = []
+
+    class RecordLR(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    estimator = make_estimator(tmp_path, max_epochs=2, callbacks=[RecordLR()], lr=lr, lr_schedule="cosine")
+    estimator.train(sine_series())
+    assert seen == pytest.approx([lr * (1 + math.cos(math.pi * k / steps)) / 2 for k in range(steps)])
+
+
+def test_training_loader_has_a_length_and_continues_across_epochs():
+    estimator = ParaRNNEstimator(FREQ, H, **TINY, num_batches_per_epoch=3)
+    module = estimator.create_lightning_module()
+    data = estimator.create_transformation().apply(sine_series(), is_train=True)
+    loader = estimator.create_training_data_loader(data, module)
+    first, second = list(loader), list(loader)
+    assert len(loader) == 3 and len(first) == 3 and len(second) == 3
+    batch = first[0]
+    assert batch["past_target"].shape == (TINY["batch_size"], module.model.past_length)
+    assert batch["future_target"].shape == (TINY["batch_size"], H)
+    # A cyclic stream: the second epoch goes on with the next windows instead of repeating the first.
+    assert not torch.equal(first[0]["past_target"], second[0]["past_target"])
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"prediction_length": 0}, "prediction_length"),
+        ({"freq": "fortnightly"}, "freq"),
+        ({"context_length": 0}, "context_length"),
+        ({"distribution": "gamma"}, "distribution"),
+        ({"quantiles": [0.1, 0.9]}, "quantiles"),
+        ({"num_feat_static_cat": 1}, "cardinality"),
+        ({"num_feat_dynamic_real": -1}, "num_feat_dynamic_real"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"lr_schedule": "step"}, "lr_schedule"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"lags_seq": [0, 1]}, "lags_seq"),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        ParaRNNEstimator(**{"freq": FREQ, "prediction_length": H, **kwargs})
+
+
+def test_default_context_is_twice_the_horizon_with_a_minimum():
+    assert ParaRNNEstimator(FREQ, 12).context_length == 24
+    assert ParaRNNEstimator(FREQ, 2).context_length == 8
+    assert ParaRNNEstimator(FREQ, 2, context_length=3).context_length == 3
+
+
+def test_custom_time_features_reach_the_network():
+    from gluonts.time_feature import month_of_year, week_of_year
+
+    estimator = ParaRNNEstimator(FREQ, H, **TINY, time_features=[month_of_year, week_of_year])
+    module = estimator.create_lightning_module()
+    predictor = estimator.create_predictor(estimator.create_transformation(), module, device="cpu")
+    entry = sine_series([30])[0]
+    (window,) = predictor.input_transform.apply([entry], is_train=False)
+    assert window["past_time_feat"].shape[1] == module.model.num_time_features == 3  # 2 calendar + age
+    (forecast,) = predictor.predict([entry])
+    assert np.isfinite(forecast.samples).all()

@@ -1,0 +1,374 @@
+"""``ParaRNNForecastModel``: parallel = step-by-step, gradients, missing values, short series, copula, bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from pararnn_ts.forecast.module import ParaRNNForecastModel
+from pararnn_ts.nn.copula import GaussianCopula, LowRankGaussianCopula
+
+CONTEXT, HORIZON, LAGS = 6, 4, [1, 2, 3, 5]
+SEASON = 3  # shorter than the horizon: the seasonal-naive forecast wraps around
+PAST = CONTEXT + max(LAGS)
+BATCH = 3
+
+
+def make_model(**kwargs) -> ParaRNNForecastModel:
+    torch.manual_seed(0)
+    options = {
+        "freq": "D",
+        "context_length": CONTEXT,
+        "prediction_length": HORIZON,
+        "num_feat_dynamic_real": 1,
+        "num_feat_static_real": 1,
+        "num_feat_static_cat": 1,
+        "cardinality": [3],
+        "hidden_size": 12,
+        "num_layers": 2,
+        "num_heads": 2,
+        "lags_seq": LAGS,
+        "copula_rank": 2,
+        "mode": "sequential",
+        "naive_offset": kwargs.get("distribution") != "negative_binomial",
+        "seasonality": SEASON,
+        **kwargs,
+    }
+    return ParaRNNForecastModel(**options).double().eval()
+
+
+def make_batch(model: ParaRNNForecastModel, batch: int = BATCH, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    features = model.num_time_features
+    level = torch.tensor([1.0, 30.0, 500.0] * batch, dtype=torch.float64)[:batch, None]
+    return {
+        "feat_static_cat": torch.arange(batch)[:, None] % 3,
+        "feat_static_real": torch.randn(batch, 1, generator=g, dtype=torch.float64),
+        "past_time_feat": torch.randn(batch, model.past_length, features, generator=g, dtype=torch.float64),
+        "past_target": level * (1 + torch.rand(batch, model.past_length, generator=g, dtype=torch.float64)),
+        "past_observed_values": torch.ones(batch, model.past_length, dtype=torch.float64),
+        "future_time_feat": torch.randn(batch, HORIZON, features, generator=g, dtype=torch.float64),
+    }
+
+
+def with_future(model: ParaRNNForecastModel, batch: dict, seed: int = 2) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    size = batch["past_target"].shape[0]
+    level = batch["past_target"].mean(1, keepdim=True)
+    future = level * (1 + torch.rand(size, HORIZON, generator=g, dtype=torch.float64))
+    return {**batch, "future_target": future.round(), "future_observed_values": torch.ones_like(future)}
+
+
+def copy_of(model: ParaRNNForecastModel, **kwargs) -> ParaRNNForecastModel:
+    other = make_model(**kwargs)
+    other.load_state_dict(model.state_dict())
+    return other
+
+
+def step_by_step(model: ParaRNNForecastModel, batch: dict) -> tuple[dict, torch.Tensor]:
+    """The distribution's args and the copula's correlation from a Python loop over ``cell.step``."""
+    inputs, scale = model.sequence_inputs(**batch)
+    x = model.input_proj(inputs)
+    for layer in model.layers:
+        state, outputs = None, []
+        for t in range(x.shape[1]):
+            state = layer.cell.step(layer.norm(x[:, t]), state)
+            outputs.append(layer.cell.output(layer.cell.state_to_tensor(state)))
+        x = x + torch.stack(outputs, dim=1)
+    features = model.norm(x)
+    offset = seasonal_naive(batch, model.past_length) / scale if model.naive_offset else None
+    marginals = model.head(features[:, CONTEXT:], scale, offset)
+    return marginals.args, model.copula(features[:, CONTEXT - 1]).correlation
+
+
+def seasonal_naive(batch: dict, past: int) -> torch.Tensor:
+    """``(B, H)``: for each horizon step the latest past value of the same season (all observed here)."""
+    target = batch["past_target"][:, -past:]
+    columns = []
+    for k in range(1, HORIZON + 1):
+        same_season = [i for i in range(past) if (past - 1 + k - i) % SEASON == 0]
+        columns.append(target[:, max(same_season)])
+    return torch.stack(columns, dim=1)
+
+
+# ---- (a) the parallel solve equals the step-by-step recurrence ----------------------------------
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("distribution", ["student_t", "negative_binomial", "quantile"])
+def test_parallel_forward_equals_step_by_step(cell, distribution):
+    parallel = make_model(cell=cell, distribution=distribution, mode="parallel")
+    sequential = copy_of(parallel, cell=cell, distribution=distribution, mode="sequential")
+    batch = make_batch(parallel)
+    with torch.no_grad():
+        marginals, copula = parallel.distribution(**batch)
+        for layer in parallel.layers:
+            stats_ = layer.cell.last_stats
+            assert stats_.mode == "parallel" and stats_.converged and not stats_.fell_back
+        seq_marginals, seq_copula = sequential.distribution(**batch)
+        ref_args, ref_correlation = step_by_step(parallel, batch)
+    assert marginals.batch_shape == (BATCH, HORIZON)
+    for name, reference in ref_args.items():
+        torch.testing.assert_close(marginals.args[name], reference, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(seq_marginals.args[name], reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(copula.correlation, ref_correlation, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(seq_copula.correlation, ref_correlation, rtol=1e-12, atol=1e-12)
+
+
+def test_sequence_inputs_match_a_brute_force_construction():
+    model = make_model()
+    batch = make_batch(model)
+    batch["past_observed_values"][0, [0, 4, PAST - 2]] = 0  # missing values, also inside the context
+    batch["past_target"][0, [0, 4, PAST - 2]] = 0
+    inputs, scale = model.sequence_inputs(**batch)
+    target, observed = batch["past_target"], batch["past_observed_values"]
+    L, F_ = len(LAGS), model.num_time_features
+    for b in range(BATCH):
+        context = [(target[b, t].abs().item(), observed[b, t].item()) for t in range(PAST - CONTEXT, PAST)]
+        expected_scale = sum(v * o for v, o in context) / sum(o for _, o in context)
+        assert scale[b, 0].item() == pytest.approx(expected_scale, rel=1e-12)
+        for j in range(CONTEXT + HORIZON):
+            position = PAST - CONTEXT + j
+            for i, lag in enumerate(LAGS):
+                source = position - lag
+                known = source < PAST and observed[b, source].item() == 1
+                value = target[b, source].item() / expected_scale if known else 0.0
+                assert inputs[b, j, i].item() == pytest.approx(value, rel=1e-12)
+                assert inputs[b, j, L + i].item() == float(known)
+            time_feat = (
+                batch["past_time_feat"][b, position] if j < CONTEXT else batch["future_time_feat"][b, j - CONTEXT]
+            )
+            torch.testing.assert_close(inputs[b, j, 2 * L : 2 * L + F_], time_feat)
+            assert inputs[b, j, -2].item() == pytest.approx(math.log(expected_scale), rel=1e-12)
+            assert inputs[b, j, -1].item() == float(j >= CONTEXT)
+
+
+# ---- (b) gradients ------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("distribution", ["student_t", "normal", "negative_binomial", "quantile"])
+def test_gradient_reaches_every_parameter(cell, distribution):
+    model = make_model(cell=cell, distribution=distribution).train()
+    loss = model.loss(**with_future(model, make_batch(model)))
+    assert loss.shape == (BATCH,) and torch.isfinite(loss).all()
+    loss.sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+
+
+# ---- (c) missing values, (d) short series -------------------------------------------------------
+FUTURE_ONLY = ("future_target", "future_observed_values")
+
+
+def forecast_inputs(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k not in FUTURE_ONLY}
+
+
+def run(model: ParaRNNForecastModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    with torch.no_grad():
+        torch.manual_seed(5)
+        samples = model(**forecast_inputs(batch), num_parallel_samples=7)
+        torch.manual_seed(6)
+        loss = model.loss(**batch)
+        marginals, _ = model.distribution(**forecast_inputs(batch))
+    return samples, loss, marginals.args
+
+
+@pytest.mark.parametrize("distribution", ["student_t", "negative_binomial"])
+def test_unobserved_values_change_nothing(distribution):
+    model = make_model(distribution=distribution)
+    batch = with_future(model, make_batch(model))
+    hidden = [0, 3, PAST - CONTEXT + 1, PAST - 1]  # lag-only part, context, last step
+    batch["past_observed_values"][1, hidden] = 0
+    batch["future_observed_values"][2, [0, 2]] = 0
+    samples, loss, args = run(model, batch)
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["past_target"][1, hidden] = torch.tensor([1e6, float("nan"), -7.0, float("inf")], dtype=torch.float64)
+    changed["future_target"][2, [0, 2]] = torch.tensor([float("nan"), 1e9], dtype=torch.float64)
+    samples2, loss2, args2 = run(model, changed)
+    assert torch.isfinite(samples).all() and torch.isfinite(loss).all()
+    torch.testing.assert_close(samples2, samples, rtol=0, atol=0)
+    torch.testing.assert_close(loss2, loss, rtol=0, atol=0)
+    for name in args:
+        torch.testing.assert_close(args2[name], args[name], rtol=0, atol=0)
+    # and the observed values do matter
+    moved = {k: v.clone() for k, v in batch.items()}
+    moved["past_target"][1, PAST - 2] *= 3
+    assert not torch.equal(run(model, moved)[1][1], loss[1])
+
+
+def test_short_series_left_padded_works():
+    model = make_model()
+    batch = with_future(model, make_batch(model))
+    batch["past_target"][0, :-3] = 0  # three observed values
+    batch["past_observed_values"][0, :-3] = 0
+    batch["past_target"][1] = 0  # nothing observed: default scale
+    batch["past_observed_values"][1] = 0
+    loss = model.loss(**batch)
+    assert torch.isfinite(loss).all()
+    loss.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    inputs, scale = model.sequence_inputs(**forecast_inputs(batch))
+    assert scale[0, 0].item() == pytest.approx(batch["past_target"][0, -3:].abs().mean().item(), rel=1e-12)
+    assert scale[1, 0].item() == model.default_scale
+    with torch.no_grad():
+        assert torch.isfinite(model(**forecast_inputs(batch), num_parallel_samples=5)).all()
+
+
+# ---- (e) the copula -----------------------------------------------------------------------------
+def test_gaussian_copula_density_matches_scipy():
+    g = torch.Generator().manual_seed(0)
+    factor = torch.randn(2, HORIZON, 2, generator=g, dtype=torch.float64)
+    diag = torch.rand(2, HORIZON, generator=g, dtype=torch.float64) + 0.1
+    copula = GaussianCopula.from_unnormalised(factor, diag)
+    cov = factor @ factor.transpose(-1, -2) + torch.diag_embed(diag)
+    sd = cov.diagonal(dim1=-2, dim2=-1).sqrt()
+    correlation = cov / sd[..., :, None] / sd[..., None, :]
+    torch.testing.assert_close(copula.correlation, correlation)
+    u = torch.rand(2, HORIZON, generator=g, dtype=torch.float64)
+    z = stats.norm.ppf(u.numpy())
+    expected = [
+        stats.multivariate_normal(cov=correlation[b].numpy()).logpdf(z[b]) - stats.norm.logpdf(z[b]).sum()
+        for b in range(2)
+    ]
+    torch.testing.assert_close(copula.log_density(u), torch.tensor(expected, dtype=torch.float64))
+
+
+def set_copula(model: ParaRNNForecastModel, factor: torch.Tensor) -> None:
+    with torch.no_grad():
+        model.copula.base_factor.copy_(factor)
+        model.copula.factor_proj.weight.zero_()
+
+
+def sample_paths(model: ParaRNNForecastModel, batch: dict, num_samples: int) -> torch.Tensor:
+    with torch.no_grad():
+        torch.manual_seed(7)
+        return model(**forecast_inputs(batch), num_parallel_samples=num_samples)
+
+
+def spearman(samples: np.ndarray) -> np.ndarray:
+    return stats.spearmanr(samples).statistic
+
+
+def test_copula_with_zero_factor_gives_independent_steps():
+    model = make_model()
+    set_copula(model, torch.zeros(HORIZON, 2))
+    paths = sample_paths(model, make_batch(model), 4000)
+    for b in range(BATCH):
+        off_diagonal = np.corrcoef(paths[b].numpy().T)[~np.eye(HORIZON, dtype=bool)]
+        assert np.abs(off_diagonal).max() < 5 / math.sqrt(4000)
+
+
+def test_copula_rank_correlation_matches_R_and_marginals_are_unchanged():
+    model = make_model()
+    factor = torch.tensor([[2.0, 0.0], [1.5, 0.5], [0.0, 2.0], [-1.0, 1.0]], dtype=torch.float64)
+    set_copula(model, factor)
+    batch = make_batch(model)
+    num_samples = 6000
+    paths = sample_paths(model, batch, num_samples)
+    d = F.softplus(model.copula.diag_raw.detach())
+    cov = factor @ factor.T + torch.diag(d)
+    R = cov / torch.outer(cov.diagonal().sqrt(), cov.diagonal().sqrt())
+    expected_rank_corr = 6 / math.pi * torch.arcsin(R / 2)  # Spearman's rho of a Gaussian copula
+    marginals, copula = model.distribution(**forecast_inputs(batch))
+    df, loc, scale = (marginals.args[k].detach().numpy() for k in ("df", "loc", "scale"))
+    for b in range(BATCH):
+        torch.testing.assert_close(copula.correlation[b].detach(), R, rtol=1e-6, atol=1e-6)
+        rho = spearman(paths[b].numpy())
+        assert np.abs(rho - expected_rank_corr.numpy()).max() < 5 / math.sqrt(num_samples)
+        for k in range(HORIZON):  # each step's values follow the marginal (KS at the 0.1 % level)
+            u = stats.t.cdf(paths[b, :, k].numpy(), df[b, k], loc[b, k], scale[b, k])
+            assert stats.kstest(u, "uniform").statistic < 1.95 / math.sqrt(num_samples)
+
+
+def test_copula_loss_leaves_marginal_parameters_alone():
+    model = make_model().train()
+    with torch.no_grad():  # a non-zero per-series part, so the state at the forecast start matters
+        model.copula.factor_proj.weight.normal_(std=0.1)
+    terms = model.loss_terms(**with_future(model, make_batch(model)))
+    assert (terms.copula != 0).all()
+    copula_params = {id(p) for p in model.copula.parameters()}
+    others = [p for p in model.parameters() if id(p) not in copula_params]
+    grads = torch.autograd.grad(terms.copula.sum(), others, allow_unused=True, retain_graph=True)
+    assert all(g is None or (g == 0).all() for g in grads)
+    grads = torch.autograd.grad(terms.copula.sum(), list(model.copula.parameters()))
+    assert all(g.abs().sum() > 0 for g in grads)
+    grads = torch.autograd.grad(terms.marginal.sum(), list(model.copula.parameters()), allow_unused=True)
+    assert all(g is None for g in grads)
+
+
+def test_copula_skipped_for_incomplete_horizons_and_rank_zero():
+    model = make_model()
+    batch = with_future(model, make_batch(model))
+    batch["future_observed_values"][0, 1] = 0
+    terms = model.loss_terms(**batch)
+    assert terms.copula[0] == 0 and (terms.copula[1:] != 0).all()
+    independent = make_model(copula_rank=0)
+    assert independent.copula is None
+    assert independent.distribution(**forecast_inputs(batch))[1] is None
+    assert (independent.loss_terms(**batch).copula == 0).all()
+    assert sample_paths(independent, batch, 3).shape == (BATCH, 3, HORIZON)
+
+
+def test_low_rank_copula_module_interface():
+    copula = LowRankGaussianCopula(HORIZON, 3).double()
+    z = copula.sample(5, batch=2)
+    assert z.shape == (5, 2, HORIZON)
+    assert copula.loss(torch.rand(2, HORIZON, dtype=torch.float64)).shape == (2,)
+    with pytest.raises(ValueError, match="rank"):
+        LowRankGaussianCopula(HORIZON, 0)
+
+
+# ---- the GluonTS interface and (f) bad inputs ---------------------------------------------------
+def test_describe_inputs_and_dummy_static_features():
+    model = make_model(num_feat_static_cat=0, cardinality=[1], num_feat_static_real=0, freq="QE")
+    assert model.num_time_features == 1 + 1 + 1  # one calendar feature, age, one dynamic real
+    spec = model.describe_inputs(batch_size=2)
+    zeros = spec.zeros()
+    assert tuple(zeros["past_target"].shape) == (2, model.past_length)
+    assert tuple(zeros["feat_static_cat"].shape) == (2, 1) and zeros["feat_static_cat"].dtype == torch.long
+    batch = {k: (v.double() if v.is_floating_point() else v) for k, v in zeros.items()}
+    assert model(**batch, num_parallel_samples=4).shape == (2, 4, HORIZON)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"prediction_length": 0}, "prediction_length"),
+        ({"context_length": 0}, "context_length"),
+        ({"context_length": -3}, "context_length"),
+        ({"cell": "rnn"}, "cell"),
+        ({"distribution": "gamma"}, "distribution"),
+        ({"lags_seq": [0, 1]}, "lags_seq"),
+        ({"cardinality": [3, 4]}, "cardinality"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"copula_rank": -1}, "copula_rank"),
+        ({"quantiles": [0.1, 0.9]}, "quantiles"),
+    ],
+)
+def test_bad_arguments_raise_naming_them(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        make_model(**kwargs)
+
+
+def test_nan_in_observed_inputs_raises():
+    model = make_model()
+    batch = with_future(model, make_batch(model))
+    bad = {**batch, "past_target": batch["past_target"].clone()}
+    bad["past_target"][0, -1] = float("nan")
+    with pytest.raises(ValueError, match="past_target"):
+        model(**forecast_inputs(bad))
+    bad = {**batch, "future_target": batch["future_target"].clone()}
+    bad["future_target"][1, 0] = float("nan")
+    with pytest.raises(ValueError, match="future_target"):
+        model.loss(**bad)
+    bad = {**batch, "future_time_feat": batch["future_time_feat"].clone()}
+    bad["future_time_feat"][0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="time_feat"):
+        model(**forecast_inputs(bad))
+    with pytest.raises(ValueError, match="past_target"):
+        model(**forecast_inputs({**batch, "past_target": batch["past_target"][:, 1:]}))
+    with pytest.raises(ValueError, match="num_parallel_samples"):
+        model(**forecast_inputs(batch), num_parallel_samples=0)
