@@ -3,7 +3,7 @@ LightningModule that trains on them. Generation: :mod:`pararnn_ts.lm.generate` (
 namespace so that ``python -m pararnn_ts.lm.generate`` runs it cleanly)."""
 
 from .corpus import hf_documents, read_jsonl, read_text_files, split_of, stdlib_documents, stdlib_files
-from .datamodule import TextDataModule
+from .datamodule import ResumableDataLoader, TextDataModule
 from .module import CausalLM
 from .shards import (
     ContiguousWindowSampler,
@@ -22,6 +22,7 @@ __all__ = [
     "CausalLM",
     "ContiguousWindowSampler",
     "RandomWindowSampler",
+    "ResumableDataLoader",
     "ShardInfo",
     "TextDataModule",
     "TokenWindowDataset",

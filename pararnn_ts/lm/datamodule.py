@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +13,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
 from .corpus import source_documents, source_fingerprint, split_documents
+from .generate import check_sampling
 from .shards import (
     SHARD_FORMAT,
     ContiguousWindowSampler,
@@ -34,8 +36,10 @@ class TextDataModule(pl.LightningDataModule):
     ``prepare_data`` reads the source once, splits it by document (a hash of each document's key,
     see :func:`pararnn_ts.lm.corpus.split_of`), tokenises it and writes memmapped shards to
     ``cache_dir``; later runs with the same config reuse them. Training draws windows at random
-    offsets (new ones every epoch, fixed by ``seed``); validation reads the held-out documents in
-    contiguous, non-overlapping windows.
+    offsets (new ones every epoch, fixed by ``seed``; a run resumed mid-epoch picks up at the same
+    batch, see :class:`ResumableDataLoader`); validation reads the held-out documents in contiguous,
+    non-overlapping windows. ``predict`` generates text after each of ``predict_prompts``
+    (``pararnn-ts predict -c <config> --ckpt_path <checkpoint>``, see :meth:`predict_dataloader`).
 
     Args:
         source: ``"stdlib"`` (the Python standard library's source, no download), ``"files"``
@@ -54,7 +58,10 @@ class TextDataModule(pl.LightningDataModule):
         max_train_bytes, max_val_bytes: caps on the UTF-8 bytes of text per split (keep CPU runs
             small; required for ``"hf"``, whose streams may be endless).
         val_fraction: share of documents held out for validation.
-        seed: seeds the training windows' offsets.
+        seed: seeds the training windows' offsets and the sampling of generated text.
+        predict_prompts: texts to continue in ``predict``; ``None``: one empty prompt (a new document).
+        max_new_tokens, temperature, top_k: sampling of generated text (:func:`pararnn_ts.lm.generate.generate`;
+            ``temperature=0`` is greedy).
     """
 
     def __init__(
@@ -71,6 +78,10 @@ class TextDataModule(pl.LightningDataModule):
         max_val_bytes: int | None = None,
         val_fraction: float = 0.05,
         seed: int = 0,
+        predict_prompts: list[str] | None = None,
+        max_new_tokens: int = 200,
+        temperature: float = 0.8,
+        top_k: int | None = None,
     ) -> None:
         super().__init__()
         if source not in ("stdlib", "files", "jsonl", "shards", "hf"):
@@ -82,11 +93,14 @@ class TextDataModule(pl.LightningDataModule):
         for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"TextDataModule: {name} must be a positive int, got {value!r}")
+        check_sampling(max_new_tokens, temperature, top_k)
         self.save_hyperparameters()
         self.source, self.paths, self.text_field = source, list(paths or []), text_field
         self.seq_len, self.batch_size, self.num_workers, self.seed = seq_len, batch_size, num_workers, seed
         self.max_bytes = {"train": max_train_bytes, "val": max_val_bytes}
         self.val_fraction = val_fraction
+        self.predict_prompts = [""] if predict_prompts is None else list(predict_prompts)
+        self.sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "seed": seed}
         self.tokenizer: Tokenizer = load_tokenizer(tokenizer)
         if source == "shards":
             self.cache_dir = Path(self.paths[0])
@@ -144,14 +158,21 @@ class TextDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = TokenWindowDataset(self.tokens["train"], self.seq_len)
-        return self.loader(dataset, RandomWindowSampler(dataset, self.seed), drop_last=True)
+        return self.loader(dataset, RandomWindowSampler(dataset, self.seed), drop_last=True, cls=ResumableDataLoader)
 
     def val_dataloader(self) -> DataLoader:
         dataset = TokenWindowDataset(self.tokens["val"], self.seq_len)
         return self.loader(dataset, ContiguousWindowSampler(dataset), drop_last=False)
 
-    def loader(self, dataset: TokenWindowDataset, sampler: Sampler[int], drop_last: bool) -> DataLoader:
-        return DataLoader(
+    def predict_dataloader(self) -> DataLoader:
+        """One item per prompt: ``{"prompt", "max_new_tokens", "temperature", "top_k", "seed"}``, the arguments
+        of :func:`pararnn_ts.lm.generate.generate` besides model and tokenizer (``CausalLM.predict_step``)."""
+        return DataLoader([{"prompt": prompt, **self.sampling} for prompt in self.predict_prompts], batch_size=None)
+
+    def loader(
+        self, dataset: TokenWindowDataset, sampler: Sampler[int], drop_last: bool, cls: type[DataLoader] = DataLoader
+    ) -> DataLoader:
+        return cls(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -165,17 +186,68 @@ class TextDataModule(pl.LightningDataModule):
         info = read_shard_info(self.cache_dir, split)
         return info.num_bytes / info.num_tokens
 
-    def unigram_bits_per_byte(self, split: str = "train") -> float:
+    def unigram_bits_per_byte(self, split: str = "train", num_windows: int | None = None) -> float:
         """Bits per byte of ``split`` under the train split's unigram distribution (add-one smoothed).
 
         On ``"train"`` this is (up to the smoothing) the entropy of the train unigram distribution: the baseline a
-        language model must beat; on ``"val"`` it is that model's score on held-out text.
+        language model must beat; on ``"val"`` it is that model's score on held-out text. ``num_windows``: score
+        only the targets of the first ``num_windows`` contiguous windows (what a validation capped by
+        ``limit_val_batches`` reads), at the split's bytes per token as :class:`~pararnn_ts.lm.CausalLM` does.
         """
         counts = np.bincount(self.tokens["train"], minlength=self.vocab_size).astype(np.float64) + 1
         log2_p = np.log2(counts / counts.sum())
-        split_counts = np.bincount(self.tokens[split], minlength=self.vocab_size)
-        bits = -(split_counts * log2_p).sum()
-        return float(bits / read_shard_info(self.cache_dir, split).num_bytes)
+        if num_windows is None:
+            scored, num_bytes = self.tokens[split], read_shard_info(self.cache_dir, split).num_bytes
+        else:
+            if not isinstance(num_windows, int) or num_windows < 1:
+                raise ValueError(f"unigram_bits_per_byte: num_windows must be an int >= 1 or None, got {num_windows!r}")
+            scored = self.tokens[split][1 : 1 + num_windows * self.seq_len]
+            num_bytes = len(scored) * self.bytes_per_token(split)
+        bits = -(np.bincount(scored, minlength=self.vocab_size) * log2_p).sum()
+        return float(bits / num_bytes)
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` whose place within an epoch survives a checkpoint, so a run resumed mid-epoch
+    sees the same batches as one never interrupted.
+
+    Lightning saves :meth:`state_dict` in its checkpoints (for every training loader that has one) and
+    hands it back to :meth:`load_state_dict` on resume; the next pass over the loader then skips the
+    batches already served, provided it is the same epoch (the sampler's ``epoch``, which Lightning
+    sets before each epoch). Skipped batches are loaded and dropped: cheap for memmapped windows.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.position = {"epoch": self.epoch, "batches": 0}
+        self.resume_at: dict[str, int] | None = None
+
+    @property
+    def epoch(self) -> int:
+        return getattr(self.sampler, "epoch", 0)
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        return self._served(batches)
+
+    def _served(self, batches: Iterator[Any]) -> Iterator[Any]:
+        # A generator: it starts on the first ``next``, after Lightning has set the sampler's epoch.
+        skip = 0
+        if self.resume_at is not None and self.resume_at["epoch"] == self.epoch:
+            skip = self.resume_at["batches"]
+        self.resume_at = None
+        self.position = {"epoch": self.epoch, "batches": 0}
+        for batch in batches:
+            self.position["batches"] += 1
+            if self.position["batches"] > skip:
+                yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """``{"epoch", "batches"}``: the epoch of the current pass and the batches it has served."""
+        return dict(self.position)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.resume_at = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
 
 def config_hash(config: dict[str, Any]) -> str:

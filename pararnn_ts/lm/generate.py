@@ -1,19 +1,36 @@
 """Text generation: the prompt in one parallel forward, then one :meth:`LanguageModel.step` per new token.
 
 python -m pararnn_ts.lm.generate --ckpt runs/tiny_paragru/version_0/checkpoints/last.ckpt --prompt "def "
+
+or through Lightning's ``predict`` (``CausalLM.predict_step``; prompts and sampling are the data module's):
+
+pararnn-ts predict -c experiments/lm/tiny_paragru.yaml --ckpt_path <that last.ckpt> \
+    --data.init_args.predict_prompts='["def ", "import "]' --data.init_args.temperature=0.5
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..nn import LanguageModel
-from .module import CausalLM
 from .tokenizers import Tokenizer, load_tokenizer
+
+if TYPE_CHECKING:  # module.py imports this file (CausalLM.predict_step generates text)
+    from .module import CausalLM
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
+    """Raise ``ValueError`` unless ``max_new_tokens >= 0``, ``temperature >= 0`` and ``top_k`` is ``None`` or >= 1."""
+    if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1):
+        raise ValueError(
+            f"generate: need max_new_tokens >= 0, temperature >= 0 and top_k >= 1 or None, "
+            f"got {max_new_tokens}, {temperature}, {top_k}"
+        )
 
 
 def sample(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> Tensor:
@@ -41,11 +58,7 @@ def generate_tokens(
     The prompt goes through one parallel forward; each new token then costs one ``step`` (constant
     memory per token for the RNN and SSM mixers). Sampling draws from a generator seeded with ``seed``.
     """
-    if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1):
-        raise ValueError(
-            f"generate: need max_new_tokens >= 0, temperature >= 0 and top_k >= 1 or None, "
-            f"got {max_new_tokens}, {temperature}, {top_k}"
-        )
+    check_sampling(max_new_tokens, temperature, top_k)
     if prompt.dim() != 2 or prompt.shape[1] < 1:
         raise ValueError(f"generate: prompt must be (batch, time) with time >= 1, got {tuple(prompt.shape)}")
     was_training = model.training
@@ -75,7 +88,7 @@ def generate(
 
     An empty prompt starts from the tokenizer's end-of-text token.
     """
-    lm = model.model if isinstance(model, CausalLM) else model
+    lm = model if isinstance(model, LanguageModel) else model.model
     ids = tokenizer.encode(prompt) or ([] if tokenizer.eos_id is None else [tokenizer.eos_id])
     if not ids:
         raise ValueError("generate: empty prompt and the tokenizer has no end-of-text token to start from")
@@ -87,6 +100,8 @@ def generate(
 def load_checkpoint(path: str, tokenizer: str | None = None) -> tuple[CausalLM, Tokenizer]:
     """The :class:`CausalLM` of a Lightning checkpoint, on CPU, and its tokenizer: ``tokenizer`` if
     given, else the one its data module was configured with (``"byte"`` if it recorded none)."""
+    from .module import CausalLM  # not at the top: module.py imports this file
+
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     spec = tokenizer or checkpoint.get("datamodule_hyper_parameters", {}).get("tokenizer", "byte")
     return CausalLM.load_from_checkpoint(path, map_location="cpu"), load_tokenizer(spec)

@@ -14,6 +14,8 @@ from torchmetrics import MeanMetric
 
 from ..nn import MIXERS, LanguageModel
 from ..nn.backbone import MixerName
+from .generate import generate
+from .tokenizers import Tokenizer
 
 #: names of parameters never decayed whatever their shape: the cells' recurrent diagonals and input bias
 #: (``A``, ``C``, ``b``, all 2-D) and Mamba2's ``A_log``, ``dt_bias``, ``D``
@@ -52,6 +54,7 @@ class CausalLM(pl.LightningModule):
     (cross-entropy), ``train/z_loss``, ``train/ppl``, ``train/bpb``, ``train/tokens_per_s`` every step,
     and ``val/loss``, ``val/ppl``, ``val/bpb`` over the whole validation set (token-weighted
     means, synchronised across processes). Bits per byte = loss / ln 2 / bytes per token.
+    ``predict`` generates text (:meth:`predict_step`, with the data module's tokenizer).
 
     Args:
         vocab_size, dim, num_layers, mixer, num_heads, mlp_ratio, tie_embeddings: of the
@@ -101,6 +104,7 @@ class CausalLM(pl.LightningModule):
         self.bytes_per_token = bytes_per_token
         self.eval_loss = nn.ModuleDict({split: MeanMetric() for split in EVAL_SPLITS})
         self._last_step_end: float | None = None
+        self.tokenizer: Tokenizer | None = None
 
     def configure_model(self) -> None:
         """Build the backbone (once) and give it the DCLM init, also when the strategy builds it on ``meta``."""
@@ -123,6 +127,7 @@ class CausalLM(pl.LightningModule):
         datamodule = getattr(self.trainer, "datamodule", None)
         if self.bytes_per_token is None and hasattr(datamodule, "bytes_per_token"):
             self.bytes_per_token = datamodule.bytes_per_token("val")
+        self.tokenizer = getattr(datamodule, "tokenizer", None)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """``tokens`` ``(B, T)`` → logits ``(B, T, vocab_size)``."""
@@ -155,6 +160,15 @@ class CausalLM(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str:
+        """Prints and returns ``prompt`` + its sampled continuation; ``batch`` holds the ``prompt`` and the
+        sampling settings of :func:`~pararnn_ts.lm.generate.generate` (see ``TextDataModule.predict_dataloader``)."""
+        if self.tokenizer is None:
+            raise RuntimeError("CausalLM.predict_step needs a tokenizer: predict with a data module that has one")
+        text = batch["prompt"] + generate(self.model, self.tokenizer, **batch)
+        self.print(f"--- sample {batch_idx} ---\n{text}")
+        return text
 
     def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         ce, _ = lm_losses(self(batch["inputs"]), batch["targets"])

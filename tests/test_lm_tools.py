@@ -1,0 +1,157 @@
+"""LM tools: the tiny-results script (quick mode), the throughput benchmark's pieces, and text generation through
+``pararnn-ts predict``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pararnn_ts.cli import main as cli_main
+from pararnn_ts.lm import ByteTokenizer, TextDataModule
+from pararnn_ts.lm.corpus import stdlib_root
+from pararnn_ts.nn import LanguageModel
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments" / "lm"))
+sys.path.insert(0, str(ROOT / "experiments" / "bench"))
+import lm_throughput  # noqa: E402
+import tiny_results  # noqa: E402
+
+TINY_GRU = ROOT / "experiments" / "lm" / "tiny_paragru.yaml"
+
+
+def small(cache_dir: Path) -> list[str]:
+    """Overrides that shrink a tiny config: the json package's source, windows of 32, a 1-layer width-32 model."""
+    return [
+        "--data.init_args.source=files",
+        f"--data.init_args.paths=[{stdlib_root() / 'json' / '*.py'}]",
+        "--data.init_args.val_fraction=0.2",
+        "--data.init_args.seq_len=32",
+        "--data.init_args.batch_size=4",
+        f"--data.init_args.cache_dir={cache_dir}",
+        "--model.init_args.dim=32",
+        "--model.init_args.num_layers=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+
+
+@pytest.fixture(autouse=True)
+def bare_argv(monkeypatch, tmp_path):
+    """The CLI must not read pytest's arguments; runs and caches go to ``tmp_path``."""
+    monkeypatch.setattr(sys, "argv", ["pararnn-ts"])
+    monkeypatch.chdir(tmp_path)
+
+
+def metrics_column(run: Path, key: str) -> list[float]:
+    with open(run / "metrics.csv") as f:
+        return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
+
+
+def unigram_reference(cache_dir: Path, num_targets: int) -> float:
+    """Bits per byte of the first ``num_targets`` validation targets under add-one-smoothed train frequencies."""
+    info = {s: json.loads((cache_dir / f"{s}.json").read_text()) for s in ("train", "val")}
+    tokens = {s: np.fromfile(cache_dir / f"{s}.bin", dtype=info[s]["dtype"]).tolist() for s in info}
+    counts, total = Counter(tokens["train"]), len(tokens["train"]) + 257
+    targets = tokens["val"][1 : 1 + num_targets]
+    bits = -sum(math.log2((counts[t] + 1) / total) for t in targets)
+    return bits / (len(targets) * info["val"]["num_bytes"] / info["val"]["num_tokens"])
+
+
+def test_tiny_results_quick_mode_trains_then_tabulates_and_collects_again(tmp_path, capsys):
+    # one of the four architectures: each is a `pararnn-ts fit` subprocess, seconds of imports alone
+    options = ["--quick", "--architectures", "paragru", "--root", str(tmp_path / "runs")]
+    (row,) = tiny_results.main([*options, "--", *small(tmp_path / "cache")])
+    report = json.loads((tmp_path / "runs" / "tiny_results.json").read_text())
+    assert report["rows"] == [row] and row["architecture"] == "paragru"
+    run = Path(row["run"])
+    assert run == tmp_path / "runs" / "paragru" / "version_0" and (run / "run.json").is_file()
+    model = LanguageModel(257, 32, 1, "paragru", 2, 2.667)
+    assert row["params"] == sum(p.numel() for p in model.parameters())
+    assert row["train_steps"] == row["max_steps"] == 3 and row["tokens_per_step"] == 4 * 32
+    assert row["tokens_per_s"] == statistics.median(metrics_column(run, "train/tokens_per_s")) > 0
+    assert row["val_bpb"] == metrics_column(run, "val/bpb")[-1]
+    assert row["val_tokens"] == 2 * 4 * 32  # the quick mode validates 2 batches of 4 windows
+    assert row["unigram_val_bpb"] == pytest.approx(unigram_reference(tmp_path / "cache", 2 * 4 * 32), rel=1e-9)
+    assert row["wall_s"] > 0
+    markdown = (tmp_path / "runs" / "tiny_results.md").read_text()
+    assert "| paragru | 0.03M | 3 | 128 |" in markdown and markdown in capsys.readouterr().out
+
+    assert tiny_results.main(["--collect-only", *options]) == [row]
+
+
+def test_unknown_architecture_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        tiny_results.main(["--architectures", "rwkv"])
+    assert "rwkv" in capsys.readouterr().err
+
+
+def test_throughput_widths_give_the_closest_parameter_counts():
+    dims = lm_throughput.equal_size_dims(list(lm_throughput.ARCHITECTURES), 32, 2, 2, tolerance=0.05)
+    target = sum(p.numel() for p in LanguageModel(257, 32, 2, "paragru", 2, 2.667, mode="sequential").parameters())
+    assert dims["paragru"] == (32, target)
+    for arch, (dim, params) in dims.items():
+        spec = lm_throughput.ARCHITECTURES[arch]
+        built = LanguageModel(257, dim, 2, arch, spec["num_heads"], 2.667, **spec["mixer_kwargs"])
+        assert params == sum(p.numel() for p in built.parameters()) and abs(params / target - 1) <= 0.05
+    # brute force over every valid width: none is closer for Mamba2
+    counts, mamba2 = {}, lm_throughput.ARCHITECTURES["mamba2"]["mixer_kwargs"]
+    for d in range(2, 66, 2):
+        counts[d] = sum(p.numel() for p in LanguageModel(257, d, 2, "mamba2", 4, 2.667, **mamba2).parameters())
+    assert min(abs(c - target) for c in counts.values()) == abs(dims["mamba2"][1] - target)
+    with pytest.raises(ValueError, match="tolerance"):
+        lm_throughput.equal_size_dims(["mamba2"], 32, 2, 64, tolerance=0.01)
+
+
+def test_throughput_measures_a_training_step():
+    timing = lm_throughput.parse_args(["--warmup-s", "0", "--min-time-s", "0", "--repeats", "2"])
+    row = lm_throughput.measure("paragru", 16, 1, 32, 2, torch.device("cpu"), timing)
+    assert row["calls"] == 2 and row["tokens_per_s"] == pytest.approx(2 * 32 / row["time_s"])
+    assert row["peak_mib"] >= 0 and row["solver"].startswith(("fused", "sequential", "parallel"))
+    model = lm_throughput.build("transformer", 16, 1)
+    lm_throughput.training_step(model, 2, 8, torch.device("cpu"))()
+    assert all(p.grad is None for p in model.parameters())  # the step clears what its backward wrote
+    table = lm_throughput.table([row], {"paragru": 1234})
+    assert "| paragru | 0.00M | 32 | 2 |" in table
+
+
+def test_predict_generates_text_from_a_checkpoint(tmp_path, capsys):
+    config = ["-c", str(TINY_GRU), *small(tmp_path / "cache"), f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    budget = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1"]
+    cli_main(["fit", *config, *budget])
+    ckpt = tmp_path / "tiny_paragru" / "version_0" / "checkpoints" / "last.ckpt"
+    prompts = ["def ", "import json\n"]
+    settings = [f"--data.init_args.predict_prompts={json.dumps(prompts)}", "--data.init_args.temperature=0"]
+    capsys.readouterr()
+    cli_main(["predict", *config, "--ckpt_path", str(ckpt), *settings, "--data.init_args.max_new_tokens=8"])
+    out = capsys.readouterr().out
+
+    checkpoint = torch.load(ckpt, map_location="cpu", weights_only=False)
+    hp = checkpoint["hyper_parameters"]
+    reference = LanguageModel(
+        257, hp["dim"], hp["num_layers"], "paragru", hp["num_heads"], hp["mlp_ratio"], **hp["mixer_kwargs"]
+    )
+    reference.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
+    tokenizer = ByteTokenizer()
+    for i, prompt in enumerate(prompts):
+        sequence = torch.tensor([tokenizer.encode(prompt)])
+        with torch.no_grad():
+            for _ in range(8):  # greedy, re-running the whole sequence for every token
+                sequence = torch.cat([sequence, reference(sequence)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        assert f"--- sample {i} ---\n{tokenizer.decode(sequence[0].tolist())}\n" in out
+
+
+def test_bad_sampling_settings_are_refused():
+    with pytest.raises(ValueError, match="temperature"):
+        TextDataModule(temperature=-1.0)
+    with pytest.raises(ValueError, match="top_k"):
+        TextDataModule(top_k=0)
