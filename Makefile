@@ -1,4 +1,4 @@
-# The README's two commands: `make demo` (main job) and `make test` (test suite).
+# The README's two commands: `make demo` (main job: the forecasting quickstart) and `make test` (test suite).
 # Both create .venv on first use with the CPU build of PyTorch; override TORCH to change that,
 # e.g. `make test TORCH='torch>=2.10'` on a machine with a CUDA toolkit.
 PYTHON ?= python3
@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
 
-.PHONY: demo test lint bench
+.PHONY: demo parity test lint bench
 
 $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ $(READY): pyproject.toml
 	touch $@
 
 demo: $(READY)
+	$(BIN)/pararnn-ts fit -c experiments/forecast/quickstart.yaml
+
+parity: $(READY)
 	$(BIN)/pararnn-ts fit -c experiments/synthetic/parity_paragru.yaml
 
 lint: $(READY)
