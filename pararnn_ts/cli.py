@@ -1,4 +1,5 @@
-"""The ``pararnn-ts`` command: Lightning's CLI (``fit``, ``validate``, ``test``, ``predict``).
+"""The ``pararnn-ts`` command: Lightning's CLI (``fit``, ``validate``, ``test``, ``predict``) and a few verbs of
+our own (:data:`VERBS`: ``pararnn-ts benchmark --help`` and so on).
 
     pararnn-ts fit -c experiments/synthetic/parity_paragru.yaml
     pararnn-ts fit -c experiments/synthetic/parity_paragru.yaml --model.init_args.lr=0.01 --print_config
@@ -11,7 +12,9 @@ printed (skip it with ``--trainer.limit_test_batches=0``).
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
@@ -25,6 +28,17 @@ import pararnn_ts.synthetic  # noqa: F401
 
 #: the seed of a run unless the config or ``--seed_everything`` says otherwise
 DEFAULT_SEED = 0
+
+#: verbs beside Lightning's: name → (module whose ``main(argv)`` runs it, what it does); imported on use
+VERBS = {
+    "benchmark": (
+        "pararnn_ts.forecast.benchmark",
+        "forecasts of datasets × models × seeds, scored into CSV and Markdown",
+    ),
+    "world-eval": ("pararnn_ts.world.evaluate", "open-loop k-step errors of a world model against baselines"),
+    "plan": ("pararnn_ts.world.mpc", "model-predictive control in a real Gymnasium env with a learned world model"),
+    "generate": ("pararnn_ts.lm.generate", "text from a language-model checkpoint, one step() per token"),
+}
 
 
 class ParaRNNCLI(LightningCLI):
@@ -76,7 +90,8 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI
         subclass_mode_data=True,
         parser_kwargs={
             "parser_mode": "omegaconf",
-            "description": "Train and evaluate ParaRNN models.",
+            "description": "Train and evaluate ParaRNN models. Other verbs: "
+            + "; ".join(f"{verb} ({purpose})" for verb, (_, purpose) in VERBS.items()),
             "allow_abbrev": False,  # a typo such as --trainer.max_step must not pass for max_steps
         },
         seed_everything_default=DEFAULT_SEED,
@@ -90,7 +105,11 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``pararnn-ts``; ``args`` defaults to ``sys.argv[1:]``."""
-    lightning_cli(args)
+    argv = sys.argv[1:] if args is None else args
+    if argv and argv[0] in VERBS:
+        importlib.import_module(VERBS[argv[0]][0]).main(argv[1:])
+    else:
+        lightning_cli(args)
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ import pytest
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
-from pararnn_ts.cli import lightning_cli, main
+from pararnn_ts.cli import VERBS, lightning_cli, main
 
 ROOT = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted((ROOT / "experiments").rglob("*.yaml"))
+# Benchmark runner settings (a top-level ``benchmark:`` key) are not CLI configs; their runners' tests parse them.
+EXPERIMENTS = sorted(p for p in (ROOT / "experiments").rglob("*.yaml") if "benchmark" not in yaml.safe_load(p.open()))
 # Paper-scale configs need GPUs, data and a tokenizer file the user supplies: parsed, not instantiated
 # (tests/test_lm_paper_configs.py checks their sections against the classes' signatures).
 RUNNABLE_HERE = [p for p in EXPERIMENTS if "paper" not in p.relative_to(ROOT).parts]
@@ -51,6 +52,14 @@ def read_metrics(version_dir: Path) -> dict[str, list[str]]:
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("verb", sorted(VERBS))
+def test_our_verbs_are_dispatched_to_their_modules(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([verb, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage" in capsys.readouterr().out
 
 
 def test_there_are_experiment_configs():

@@ -1,0 +1,24 @@
+"""World models: Gymnasium trajectories, action-conditioned ParaRNN dynamics (one parallel solve per imagined
+rollout), baselines and k-step evaluation, the learned model as a ``gymnasium.Env``, and CEM/MPPI planning.
+Needs the ``world`` extra."""
+
+from .baselines import MLPEnsemble, persistence, torch_gru_model
+from .collect import Trajectories, collect, encode_actions
+from .datamodule import TrajectoryDataModule
+from .evaluate import k_step_errors
+from .model import DynamicsModel, Prediction
+from .module import WorldModelModule
+
+__all__ = [
+    "DynamicsModel",
+    "MLPEnsemble",
+    "Prediction",
+    "Trajectories",
+    "TrajectoryDataModule",
+    "WorldModelModule",
+    "collect",
+    "encode_actions",
+    "k_step_errors",
+    "persistence",
+    "torch_gru_model",
+]

@@ -1,0 +1,319 @@
+"""Open-loop k-step errors of dynamics models, and the ParaRNN-vs-baselines comparison.
+
+    python -m pararnn_ts.world.evaluate --env Pendulum-v1 --steps 10000 --out experiments/world/results/
+
+trains the ParaRNN dynamics model, a sequential ``nn.GRU`` model with the same heads and losses,
+and a PETS-style MLP ensemble on the same transitions (random policy), scores them and the
+persistence baseline with :func:`k_step_errors` on the held-out test episodes, and writes
+``kstep_<env>.md`` (table), ``kstep_<env>.json`` (numbers, settings, wall times) and
+``rollout_<env>.png`` (predicted vs real trajectories).
+
+:func:`k_step_errors` is the metric: for windows of every held-out episode, a model sees a context
+of ``C`` observations and the ``C-1`` actions between them, gets the next ``H = max(ks)`` actions
+and predicts ``o_C .. o_{C+H-1}`` open loop; the error at ``k`` is the mean over windows and
+dimensions of ``(ô_{C-1+k} − o_{C-1+k})² / var_d``, ``var_d`` the per-dimension variance of the
+observations (1 = as bad as predicting the mean).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .collect import Episode
+from .model import Prediction
+
+#: ``(context_obs (B, C, O), context_actions (B, C-1, A), plan (B, H, A))`` → ``(B, H, O)`` or a Prediction
+Predictor = Callable[[Tensor, Tensor, Tensor], Tensor | Prediction]
+DEFAULT_KS = (1, 5, 10, 25, 50)
+
+
+def evaluation_windows(episodes: Sequence[Episode], context: int, horizon: int, stride: int) -> dict[str, np.ndarray]:
+    """Every ``stride``-th window of every episode with at least one step to predict after the context.
+
+    Returns float32 ``context_obs`` ``(W, C, O)``, ``context_actions`` ``(W, C-1, A)``, ``plan``
+    ``(W, H, A)``, ``target`` ``(W, H, O)`` (``o_C .. o_{C+H-1}``; zeros past the episode's end) and
+    ``valid`` ``(W,)`` int: how many of the ``H`` targets lie inside the episode.
+    """
+    rows: dict[str, list[np.ndarray]] = {k: [] for k in ("context_obs", "context_actions", "plan", "target", "valid")}
+    for e in episodes:
+        steps, obs_dim, action_dim = len(e.obs), e.obs.shape[1], e.action.shape[1]
+        for start in range(0, steps - context + 1, stride):
+            first = start + context - 1  # the step whose action is plan[0]
+            valid = min(horizon, steps - first)
+            plan = np.zeros((horizon, action_dim), np.float32)
+            plan[:valid] = e.action[first : first + valid]
+            target = np.zeros((horizon, obs_dim), np.float32)
+            target[:valid] = e.next_obs[first : first + valid]
+            rows["context_obs"].append(e.obs[start : start + context])
+            rows["context_actions"].append(e.action[start:first])
+            rows["plan"].append(plan)
+            rows["target"].append(target)
+            rows["valid"].append(np.asarray(valid))
+    if not rows["valid"]:
+        raise ValueError(
+            f"no episode has more than context - 1 = {context - 1} steps; lower context or use longer episodes"
+        )
+    return {k: np.stack(v).astype(np.int64 if k == "valid" else np.float32) for k, v in rows.items()}
+
+
+@torch.no_grad()
+def k_step_errors(
+    predict_fn: Predictor,
+    episodes: Sequence[Episode],
+    ks: Sequence[int] = DEFAULT_KS,
+    context: int = 16,
+    stride: int = 5,
+    obs_var: np.ndarray | Tensor | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[int, float]:
+    """Normalised open-loop ``k``-step MSE of ``predict_fn`` on ``episodes`` (see the module docstring).
+
+    Args:
+        predict_fn: the model's open-loop predictor (``DynamicsModel.imagine``, a baseline's).
+        episodes: held-out episodes (actions in model units).
+        ks: horizons to report; windows predict ``max(ks)`` steps.
+        context: observations ``C >= 1`` the model sees before predicting.
+        stride: steps between windows' starts.
+        obs_var: ``(O,)`` per-dimension variances to normalise by; default the variance of the
+            observations of ``episodes``.
+        batch_size: windows per call of ``predict_fn``.
+        device, dtype: of the tensors handed to ``predict_fn``.
+
+    Returns:
+        ``{k: error}``; NaN for a ``k`` that no window reaches (episodes too short).
+    """
+    if context < 1 or stride < 1 or not ks or min(ks) < 1:
+        raise ValueError(f"k_step_errors: context, stride and every k must be >= 1, got {context}, {stride}, {ks}")
+    horizon = max(ks)
+    windows = evaluation_windows(episodes, context, horizon, stride)
+    if obs_var is None:
+        obs_var = np.concatenate([e.obs for e in episodes]).astype(np.float64).var(axis=0)
+    var = torch.as_tensor(np.asarray(obs_var), dtype=torch.float64).clamp_min(1e-12)
+    sums = torch.zeros(horizon, dtype=torch.float64)
+    counts = torch.zeros(horizon, dtype=torch.float64)
+    for start in range(0, len(windows["valid"]), batch_size):
+        batch = {k: torch.from_numpy(v[start : start + batch_size]) for k, v in windows.items()}
+        inputs = (batch[k].to(device, dtype) for k in ("context_obs", "context_actions", "plan"))
+        pred = predict_fn(*inputs)
+        pred = (pred.obs if isinstance(pred, Prediction) else pred).detach().to("cpu", torch.float64)
+        inside = torch.arange(horizon) < batch["valid"][:, None]  # (W, H)
+        error = ((pred - batch["target"].double()) ** 2 / var).mean(-1)
+        sums += torch.where(inside, error, 0.0).sum(0)
+        counts += inside.sum(0)
+    return {k: (sums[k - 1] / counts[k - 1]).item() if counts[k - 1] else math.nan for k in ks}
+
+
+# ---- the comparison -------------------------------------------------------------------------
+def train_world_model(datamodule: Any, max_epochs: int, seed: int = 0, **module_kwargs: Any) -> tuple[Any, float]:
+    """Fit a :class:`~pararnn_ts.world.module.WorldModelModule` on ``datamodule``; keep the epoch with the
+    lowest validation loss. Returns the module (eval mode) and the fit's wall time in seconds."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from .module import WorldModelModule  # here, not at the top: the module imports this file's metric
+
+    pl.seed_everything(seed, verbose=False)
+    module = WorldModelModule(**module_kwargs)
+    with tempfile.TemporaryDirectory() as folder:
+        best = ModelCheckpoint(dirpath=folder, monitor="val/loss", mode="min", save_top_k=1)
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_epochs=max_epochs,
+            callbacks=[best],
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            gradient_clip_val=1.0,
+        )
+        start = time.perf_counter()
+        trainer.fit(module, datamodule=datamodule)
+        seconds = time.perf_counter() - start
+        module = WorldModelModule.load_from_checkpoint(best.best_model_path, map_location="cpu")
+    return module.eval(), seconds
+
+
+def compare_models(
+    datamodule: Any,
+    out_dir: str | Path,
+    epochs: int = 20,
+    mlp_epochs: int = 50,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    cell: str = "gru",
+    lr: float = 3e-3,
+    open_loop_weight: float = 10.0,
+    ks: Sequence[int] = DEFAULT_KS,
+    context: int = 16,
+    stride: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train the ParaRNN model, the ``nn.GRU`` model and the MLP ensemble on ``datamodule``'s training
+    episodes (choosing epochs on its validation episodes), score them and persistence on its test
+    episodes, and write the table, JSON and plot to ``out_dir``. Returns what the JSON holds."""
+    from .baselines import MLPEnsemble, fit_mlp_ensemble, persistence
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    datamodule.setup("fit")
+    env = datamodule.env_id
+    test = datamodule.episodes("test")
+    obs_var = datamodule.stats["obs_std"].astype(np.float64) ** 2
+    common = {"hidden_size": hidden_size, "num_layers": num_layers, "lr": lr, "open_loop_weight": open_loop_weight}
+    common |= {"eval_ks": tuple(ks), "learn_termination": bool(datamodule.data.terminated.any())}
+    common |= {"eval_context": context, "eval_stride": stride}
+    predictors: dict[str, Predictor] = {"persistence": persistence}
+    seconds, parameters = {"persistence": 0.0}, {"persistence": 0}
+    names = {"gru": "ParaGRU", "lstm": "ParaLSTM"}
+    for name, kind in ((names[cell], cell), ("nn.GRU", "torch_gru")):
+        predictors[name], seconds[name] = train_world_model(datamodule, epochs, seed, cell=kind, **common)
+        parameters[name] = sum(p.numel() for p in predictors[name].parameters())
+    torch.manual_seed(seed)
+    ensemble = MLPEnsemble(datamodule.obs_dim, datamodule.action_dim)
+    ensemble.set_normalizer(datamodule.stats)
+    start = time.perf_counter()
+    fit_mlp_ensemble(ensemble, datamodule.episodes("train"), datamodule.episodes("val"), epochs=mlp_epochs, seed=seed)
+    seconds["MLP ensemble"] = time.perf_counter() - start
+    parameters["MLP ensemble"] = sum(p.numel() for p in ensemble.parameters())
+    predictors["MLP ensemble"] = ensemble.rollout
+
+    errors = {name: k_step_errors(fn, test, ks, context, stride, obs_var) for name, fn in predictors.items()}
+    settings = {"cell": cell, "hidden_size": hidden_size, "num_layers": num_layers, "epochs": epochs, "lr": lr}
+    settings |= {"open_loop_weight": open_loop_weight, "mlp_epochs": mlp_epochs, "window": datamodule.window}
+    settings |= {"context": context, "stride": stride, "seed": seed}
+    results = {
+        "env_id": env,
+        "num_steps": len(datamodule.data),
+        "episodes": {split: len(ids) for split, ids in datamodule.split_ids.items()},
+        "settings": settings,
+        "metric": "open-loop k-step MSE / per-dimension variance of the training observations, test episodes",
+        "errors": {name: {str(k): v for k, v in e.items()} for name, e in errors.items()},
+        "train_seconds": seconds,
+        "parameters": parameters,
+    }
+    stem = env.replace("/", "_")
+    (out_dir / f"kstep_{stem}.json").write_text(json.dumps(results, indent=2))
+    (out_dir / f"kstep_{stem}.md").write_text(markdown_table(results, ks))
+    plot_rollout(out_dir / f"rollout_{stem}.png", test[0], predictors, context, max(ks), env)
+    return results
+
+
+def markdown_table(results: dict[str, Any], ks: Sequence[int]) -> str:
+    """The k-step errors of ``results`` (from :func:`compare_models`) as a Markdown table."""
+    lines = [
+        f"# {results['env_id']}: open-loop k-step normalised MSE (test episodes)",
+        "",
+        f"{results['num_steps']} random-policy steps; episodes {results['episodes']}; context "
+        f"{results['settings']['context']} observations. Error = MSE / per-dimension variance (lower is better).",
+        "",
+        "| model | " + " | ".join(f"k={k}" for k in ks) + " | parameters | train s |",
+        "|---|" + "---:|" * (len(ks) + 2),
+    ]
+    for name, errors in results["errors"].items():
+        cells = " | ".join(f"{errors[str(k)]:.4f}" for k in ks)
+        size, seconds = results["parameters"][name], results["train_seconds"][name]
+        lines.append(f"| {name} | {cells} | {size} | {seconds:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_rollout(
+    path: Path, episode: Episode, predictors: dict[str, Predictor], context: int, horizon: int, title: str
+) -> None:
+    """Real vs predicted observations of ``episode`` after its first ``context`` steps, one panel per dimension."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    horizon = min(horizon, len(episode.obs) - context + 1)
+    window = evaluation_windows([episode], context, horizon, stride=len(episode.obs))
+    inputs = [torch.from_numpy(window[k][:1]) for k in ("context_obs", "context_actions", "plan")]
+    real = np.concatenate([episode.obs[:context], episode.next_obs[context - 1 : context - 1 + horizon]])
+    dims = real.shape[1]
+    fig, axes = plt.subplots(dims, 1, figsize=(8, 2.2 * dims), sharex=True, squeeze=False)
+    steps = np.arange(len(real))
+    for d, ax in enumerate(axes[:, 0]):
+        ax.plot(steps, real[:, d], color="black", lw=2, label="real")
+        for name, fn in predictors.items():
+            with torch.no_grad():
+                pred = fn(*inputs)
+            pred = (pred.obs if isinstance(pred, Prediction) else pred)[0].numpy()
+            ax.plot(steps[context:], pred[:, d], lw=1.2, label=name)
+        ax.axvline(context - 1, color="grey", ls="--", lw=0.8)
+        ax.set_ylabel(f"obs[{d}]")
+    axes[0, 0].set_title(f"{title}: open-loop predictions after {context} observed steps")
+    axes[0, 0].legend(fontsize=7, ncol=len(predictors) + 1)
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """``python -m pararnn_ts.world.evaluate --env Pendulum-v1 --steps 10000 --out results/``."""
+    from .datamodule import TrajectoryDataModule
+
+    parser = argparse.ArgumentParser(description="Train ParaRNN and baseline dynamics models; compare k-step errors.")
+    parser.add_argument("--env", default="Pendulum-v1", help="Gymnasium env id")
+    parser.add_argument("--steps", type=int, default=10_000, help="random-policy transitions to collect")
+    parser.add_argument("--data", default=None, help="trajectory .npz to read (or to write the collection to)")
+    parser.add_argument("--out", default="experiments/world/results", help="folder for the table, JSON and plot")
+    parser.add_argument("--cell", choices=("gru", "lstm"), default="gru")
+    parser.add_argument("--hidden-size", type=int, default=64)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of the recurrent models")
+    parser.add_argument("--mlp-epochs", type=int, default=50, help="epochs of the MLP ensemble")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--open-loop-weight", type=float, default=10.0)
+    parser.add_argument("--window", type=int, default=80, help="training window (>= context + max k to train k steps)")
+    parser.add_argument("--train-stride", type=int, default=4, help="steps between training windows")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--context", type=int, default=16)
+    parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    datamodule = TrajectoryDataModule(
+        args.env,
+        args.data,
+        args.steps,
+        args.seed,
+        window=args.window,
+        stride=args.train_stride,
+        batch_size=args.batch_size,
+    )
+    start = time.perf_counter()
+    results = compare_models(
+        datamodule,
+        args.out,
+        epochs=args.epochs,
+        mlp_epochs=args.mlp_epochs,
+        hidden_size=args.hidden_size,
+        num_layers=args.num_layers,
+        cell=args.cell,
+        lr=args.lr,
+        open_loop_weight=args.open_loop_weight,
+        ks=args.ks,
+        context=args.context,
+        seed=args.seed,
+    )
+    results["wall_seconds"] = time.perf_counter() - start
+    stem = results["env_id"].replace("/", "_")
+    (Path(args.out) / f"kstep_{stem}.json").write_text(json.dumps(results, indent=2))
+    print(markdown_table(results, args.ks) + f"\nwall time {results['wall_seconds']:.0f} s")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Many imagined episodes at once: ``ImaginedVectorEnv`` (closed loop) and ``rollout`` (N plans, one solve)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+from torch import Tensor, nn
+
+from .env import ImaginedEpisodes, Outcome, model_like
+
+
+@torch.no_grad()
+def rollout(
+    model: nn.Module,
+    history_obs: Tensor,
+    plans: Tensor,
+    history_actions: Tensor | None = None,
+    outcome: Outcome | None = None,
+) -> Tensor:
+    """Returns ``(N,)`` of ``N`` plans from one real history, all imagined in ONE parallel solve.
+
+    The history is solved once (``model.encode``, batch 1), its state repeated for the ``N``
+    candidates, and the candidates imagined together (``model.imagine_from_state``): the same
+    predictions as ``model.imagine`` on the history repeated ``N`` times, without solving it ``N`` times.
+
+    Args:
+        model: a dynamics model (:class:`~pararnn_ts.world.model.DynamicsModel` interface).
+        history_obs: the real observations so far, ``(C, O)`` (or ``(O,)`` for one).
+        plans: candidate action sequences as model vectors ``(N, H, A)`` (Discrete: one-hot).
+        history_actions: the ``C − 1`` actions between them, ``(C-1, A)``; ``None`` when ``C = 1``.
+        outcome: rewards and terminations (default: the model's learned heads).
+
+    A plan's return is its expected return under the predicted terminations,
+    ``Σ_t r_t · Π_{k<t} (1 − p_k)`` with ``p_k`` the probability that the episode ends after step
+    ``k``: nothing is earned after a certain termination (``termination_fn``, or ``p = 1``), so then
+    it is the return of the plan's episode in :class:`~pararnn_ts.world.env.WorldModelEnv`; the
+    learned head's probabilities weigh every reward by the chance of getting there (the env's 0.5
+    threshold would hide every risk below it from the planner).
+    """
+    like = model_like(model)
+    outcome = outcome or Outcome()
+    n, action_features = plans.shape[0], plans.shape[-1]
+    history_obs = torch.as_tensor(history_obs, dtype=like.dtype, device=like.device)
+    history_obs = history_obs[None] if history_obs.dim() == 1 else history_obs
+    if history_actions is None:
+        history_actions = like.new_zeros(0, action_features)
+    history_actions = torch.as_tensor(history_actions, dtype=like.dtype, device=like.device)
+    if plans.dim() != 3 or history_obs.dim() != 2 or history_actions.shape != (len(history_obs) - 1, action_features):
+        raise ValueError(
+            f"rollout: plans must be (N, H, A), history_obs (C, O) and history_actions (C-1, A), got "
+            f"{tuple(plans.shape)}, {tuple(history_obs.shape)} and {tuple(history_actions.shape)}"
+        )
+    plans = plans.to(like)
+    state = model.repeat_state(model.encode(history_obs[None, :-1], history_actions[None]), n)
+    last_obs = history_obs[-1].expand(n, -1)
+    pred = model.imagine_from_state(state, last_obs, plans)
+    obs = torch.cat([last_obs[:, None], pred.obs[:, :-1]], dim=1)
+    reward, ends = outcome(obs, plans, pred, pred.obs)
+    alive_before = torch.cat([torch.ones_like(ends[:, :1]), (1 - ends[:, :-1]).cumprod(1)], dim=1)
+    return (reward * alive_before).sum(1)
+
+
+class ImaginedVectorEnv(VectorEnv):
+    """``num_envs`` episodes of :class:`~pararnn_ts.world.env.WorldModelEnv` stepped as one batch.
+
+    Arguments after ``num_envs`` are those of :class:`~pararnn_ts.world.env.WorldModelEnv`.
+    Observations ``(n, O)``, rewards ``(n,)`` float64, terminations/truncations ``(n,)`` bool.
+    Episodes that end are reset on the next step (``AutoresetMode.NEXT_STEP``, Gymnasium's default):
+    that step ignores their action and returns their new start observation, reward 0 and no end flags.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
+
+    def __init__(self, model: nn.Module, num_envs: int, env: str | gym.Env | None = None, **kwargs: Any) -> None:
+        self.episodes = ImaginedEpisodes(model, num_envs, env, **kwargs)
+        self.num_envs, self.model = num_envs, model
+        self.single_observation_space = self.episodes.observation_space
+        self.single_action_space = self.episodes.action_space
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self._steps = np.zeros(num_envs, dtype=np.int64)
+        self._ended = np.zeros(num_envs, dtype=bool)
+        self._started = False
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._restart(np.arange(self.num_envs))
+        self._started = True
+        return self.episodes.to_obs(self.episodes.last_obs), {}
+
+    def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+        if not self._started:
+            raise RuntimeError("ImaginedVectorEnv.step called before reset()")
+        vectors = self.episodes.encode(actions)
+        if vectors.dim() != 2 or vectors.shape[0] != self.num_envs:
+            raise ValueError(f"actions must hold one action per env ({self.num_envs}), got shape {np.shape(actions)}")
+        stepping = (~self._ended).nonzero()[0]
+        self._restart(self._ended.nonzero()[0])
+        rewards = np.zeros(self.num_envs)
+        terminations = np.zeros(self.num_envs, dtype=bool)
+        truncations = np.zeros(self.num_envs, dtype=bool)
+        if len(stepping):
+            rows = torch.as_tensor(stepping, device=vectors.device)
+            out = self.episodes.step(rows, vectors[rows], self.np_random)
+            rewards[stepping] = out.reward.cpu().numpy()
+            terminations[stepping] = out.terminated.cpu().numpy()
+            self._steps[stepping] += 1
+            if self.episodes.max_episode_steps is not None:
+                truncations[stepping] = self._steps[stepping] >= self.episodes.max_episode_steps
+        self._ended = terminations | truncations
+        return self.episodes.to_obs(self.episodes.last_obs), rewards, terminations, truncations, {}
+
+    def _restart(self, rows: np.ndarray) -> None:
+        """Draw new real starts for episodes ``rows`` (all starts have ``context`` steps) and observe them."""
+        self._steps[rows] = 0
+        self._ended[rows] = False
+        if len(rows):
+            starts = [self.episodes.starts.draw(self.np_random) for _ in rows]
+            history_obs, history_actions = (np.stack(part) for part in zip(*starts, strict=True))
+            self.episodes.restart(torch.as_tensor(rows, device=self.episodes.like.device), history_obs, history_actions)

@@ -1,0 +1,220 @@
+"""World-model data: Gymnasium collection (Box and Discrete, autoreset, terminated vs truncated),
+the trajectory file format, and the data module's episode splits, windows and statistics."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from pararnn_ts.world.collect import (
+    Trajectories,
+    action_dim,
+    collect,
+    encode_actions,
+    space_from_dict,
+    space_to_dict,
+)
+from pararnn_ts.world.datamodule import TrajectoryDataModule, normalizer_stats, window_starts
+
+
+@pytest.fixture(scope="module")
+def pendulum() -> Trajectories:
+    return collect("Pendulum-v1", 450, seed=3, num_envs=2)
+
+
+@pytest.fixture(scope="module")
+def cartpole() -> Trajectories:
+    return collect("CartPole-v1", 300, seed=5, num_envs=3)
+
+
+def replay(data: Trajectories, env_id: str, seed: int) -> None:
+    """Step one env by hand with the recorded actions (single-env collection) and compare every field."""
+    env = gym.make(env_id)
+    obs, _ = env.reset(seed=seed)
+    for i in range(len(data)):
+        if i and data.episode[i] != data.episode[i - 1]:
+            obs, _ = env.reset()
+        np.testing.assert_allclose(data.obs[i], obs, rtol=0, atol=1e-6)
+        obs, reward, terminated, truncated, _ = env.step(data.action[i])
+        np.testing.assert_allclose(data.next_obs[i], obs, rtol=0, atol=1e-6)
+        assert data.reward[i] == pytest.approx(reward, abs=1e-5)
+        assert (data.terminated[i], data.truncated[i]) == (terminated, truncated)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", ["Pendulum-v1", "CartPole-v1"])
+def test_single_env_collection_equals_a_hand_written_loop(env_id):
+    replay(collect(env_id, 260, seed=11, num_envs=1), env_id, seed=11)
+
+
+def test_box_collection_truncates_pendulum_at_200_steps(pendulum):
+    assert pendulum.obs.shape == pendulum.next_obs.shape == (450, 3)
+    assert pendulum.action.shape == (450, 1) and pendulum.action.dtype == np.float32
+    assert not pendulum.terminated.any()
+    episodes = pendulum.episodes()
+    assert [len(e.obs) for e in episodes] == [200, 200, 25, 25]  # two finished, two cut by the step budget
+    for e in episodes[:2]:
+        assert e.truncated[-1] and not e.truncated[:-1].any()
+    for e in episodes:
+        np.testing.assert_array_equal(e.obs[1:], e.next_obs[:-1])  # the autoreset step is never recorded
+        assert abs(e.obs[0, 2]) <= 1  # a fresh reset: Pendulum starts with |θdot| <= 1
+    assert pendulum.meta["env_seeds"] == [3, 4] and pendulum.meta["policy"] == "random"
+
+
+def test_discrete_collection_stores_raw_actions_and_terminations(cartpole):
+    assert cartpole.action.shape == (300,) and cartpole.action.dtype == np.int64
+    assert cartpole.action_dim == 2
+    assert cartpole.terminated.any() and not cartpole.truncated.any()  # random play falls long before 500 steps
+    finished = 0
+    for e in cartpole.episodes():
+        np.testing.assert_array_equal(e.obs[1:], e.next_obs[:-1])
+        assert not e.terminated[:-1].any()
+        finished += int(e.terminated[-1])
+    assert finished == cartpole.terminated.sum() >= 3
+    one_hot = cartpole.episodes([0])[0].action
+    np.testing.assert_array_equal(one_hot, np.eye(2, dtype=np.float32)[cartpole.action[cartpole.episode == 0]])
+
+
+def test_a_given_batched_policy_drives_the_envs():
+    def push_right(obs: np.ndarray) -> np.ndarray:
+        assert obs.shape == (2, 4)
+        return np.ones(len(obs), dtype=np.int64)
+
+    data = collect("CartPole-v1", 60, seed=0, num_envs=2, policy=push_right)
+    assert (data.action == 1).all() and data.meta["policy"] == "push_right"
+    # pushing right only tips the pole over within a few dozen steps
+    assert data.terminated.sum() >= 2
+
+
+def test_encode_actions_and_spaces_round_trip():
+    discrete = gym.spaces.Discrete(3, start=-1)
+    np.testing.assert_array_equal(encode_actions(discrete, np.array([-1, 1, 0])), np.eye(3)[[0, 2, 1]])
+    with pytest.raises(ValueError, match="outside"):
+        encode_actions(discrete, np.array([2]))
+    box = gym.spaces.Box(-2.0, 2.0, (2,), np.float32)
+    assert action_dim(box) == 2 and action_dim(discrete) == 3
+    for space in (discrete, box):
+        assert space_from_dict(space_to_dict(space)) == space
+
+
+def test_save_load_round_trip(pendulum, tmp_path):
+    path = pendulum.save(tmp_path / "sub" / "pendulum.npz")
+    assert path.is_file() and path.with_suffix(".json").is_file()
+    loaded = Trajectories.load(path)
+    for name in ("obs", "action", "reward", "next_obs", "terminated", "truncated", "episode"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(pendulum, name))
+        assert getattr(loaded, name).dtype == getattr(pendulum, name).dtype
+    assert loaded.meta == pendulum.meta
+    assert loaded.action_space == gym.spaces.Box(-2.0, 2.0, (1,), np.float32)
+    path.with_suffix(".json").unlink()
+    with pytest.raises(FileNotFoundError, match="sidecar"):
+        Trajectories.load(path)
+
+
+def test_bad_env_id_and_unsupported_spaces_are_clear_errors():
+    with pytest.raises(ValueError, match="pprint_registry"):
+        collect("NoSuchEnv-v0", 10)
+    with pytest.raises(ValueError, match="Discrete observation space.*Box"):
+        collect("FrozenLake-v1", 10)
+    with pytest.raises(ValueError, match="num_steps"):
+        collect("Pendulum-v1", 0)
+
+
+# ---- the data module ------------------------------------------------------------------------
+def labelled(lengths: list[int]) -> Trajectories:
+    """Synthetic transitions whose observation is ``[episode, t, t²]``: every row says where it came from."""
+    episode = np.concatenate([np.full(n, i) for i, n in enumerate(lengths)])
+    t = np.concatenate([np.arange(n) for n in lengths]).astype(np.float32)
+    obs = np.stack([episode.astype(np.float32), t, t**2], axis=1)
+    meta = {
+        "env_id": "Labelled-v0",
+        "observation_space": space_to_dict(gym.spaces.Box(-np.inf, np.inf, (3,), np.float32)),
+        "action_space": space_to_dict(gym.spaces.Discrete(2)),
+    }
+    return Trajectories(
+        obs=obs,
+        action=(t.astype(np.int64) % 2),
+        reward=t.copy(),
+        next_obs=np.stack([episode.astype(np.float32), t + 1, (t + 1) ** 2], axis=1),
+        terminated=np.concatenate([np.arange(n) == n - 1 for n in lengths]),
+        truncated=np.zeros(len(t), bool),
+        episode=episode.astype(np.int64),
+        meta=meta,
+    )
+
+
+def test_window_starts_cover_every_step():
+    assert window_starts(5, 8, 2) == [0]
+    assert window_starts(8, 8, 2) == [0]
+    assert window_starts(13, 8, 2) == [0, 2, 4, 5]
+    assert window_starts(12, 4, 4) == [0, 4, 8]
+
+
+def test_windows_never_cross_episode_boundaries():
+    lengths = [3, 17, 9, 30, 8, 12, 25, 5, 20, 14]
+    dm = TrajectoryDataModule.from_trajectories(labelled(lengths), window=8, stride=3, batch_size=4, seed=1)
+    dm.setup("fit")
+    for split in ("train", "val", "test"):
+        covered = set()
+        for item in dm.dataset(split):
+            valid = item["mask"].bool()
+            n = int(valid.sum())
+            assert valid[:n].all() and not valid[n:].any()  # padding only at the end
+            ep, t = item["obs"][:n, 0], item["obs"][:n, 1]
+            assert (ep == ep[0]).all()  # one episode per window
+            assert torch.equal(t, t[0] + torch.arange(n, dtype=t.dtype))  # consecutive steps
+            assert n == min(8, lengths[int(ep[0])] - int(t[0]))
+            assert (item["obs"][n:] == 0).all() and (item["terminated"][n:] == 0).all()
+            covered |= {(int(ep[0]), int(s)) for s in t}
+        expected = {(int(e), s) for e in dm.split_ids[split] for s in range(lengths[int(e)])}
+        assert covered == expected
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["obs"].shape == (4, 8, 3) and batch["action"].shape == (4, 8, 2) and batch["mask"].shape == (4, 8)
+
+
+def test_episode_split_and_train_only_statistics():
+    data = labelled([10 + 3 * i for i in range(10)])
+    dm = TrajectoryDataModule.from_trajectories(data, val_fraction=0.2, test_fraction=0.1, seed=0)
+    dm.setup()
+    ids = {split: set(map(int, v)) for split, v in dm.split_ids.items()}
+    assert (len(ids["val"]), len(ids["test"]), len(ids["train"])) == (2, 1, 7)
+    assert ids["val"] | ids["test"] | ids["train"] == set(range(10))
+    assert not (ids["val"] & ids["test"] or ids["val"] & ids["train"] or ids["test"] & ids["train"])
+
+    train = np.isin(data.episode, sorted(ids["train"]))
+    np.testing.assert_allclose(dm.stats["obs_mean"], data.obs[train].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(dm.stats["obs_std"], data.obs[train].std(0), rtol=1e-5)
+    delta = data.next_obs[train] - data.obs[train]
+    np.testing.assert_allclose(dm.stats["delta_mean"], delta.mean(0), rtol=1e-6)
+    assert dm.stats["delta_std"][1] == 1.0  # constant delta of t: std 0 becomes 1
+    assert dm.stats["reward_std"] == pytest.approx(data.reward[train].std(), rel=1e-5)
+    np.testing.assert_allclose(dm.stats["action_mean"], np.eye(2)[data.action[train]].mean(0), rtol=1e-6)
+    all_stats = normalizer_stats(data.episodes())
+    assert not np.allclose(all_stats["obs_mean"], dm.stats["obs_mean"])  # held-out episodes are not used
+
+
+def test_too_few_episodes_to_split_is_a_clear_error():
+    dm = TrajectoryDataModule.from_trajectories(labelled([10, 10]), val_fraction=0.1, test_fraction=0.1)
+    with pytest.raises(ValueError, match="at least one training episode"):
+        dm.setup()
+
+
+def test_collects_to_a_file_once_and_checks_the_env_id(tmp_path):
+    path = tmp_path / "cartpole.npz"
+    dm = TrajectoryDataModule("CartPole-v1", str(path), num_steps=200, num_envs=2, window=16)
+    dm.prepare_data()
+    assert path.is_file()
+    dm.setup()
+    assert dm.obs_dim == 4 and dm.action_dim == 2 and len(dm.data) == 200
+    before = path.stat().st_mtime_ns
+    again = TrajectoryDataModule(path=str(path), window=16)
+    again.prepare_data()
+    again.setup()
+    assert path.stat().st_mtime_ns == before
+    np.testing.assert_array_equal(again.data.obs, dm.data.obs)
+    with pytest.raises(ValueError, match="holds 'CartPole-v1'"):
+        TrajectoryDataModule("Pendulum-v1", str(path)).setup()
+    with pytest.raises(ValueError, match="env_id.*path"):
+        TrajectoryDataModule()

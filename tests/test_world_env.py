@@ -1,0 +1,280 @@
+"""``WorldModelEnv``, ``ImaginedVectorEnv`` and ``rollout`` against the parallel ``DynamicsModel.imagine``."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+from gymnasium.utils.env_checker import check_env
+
+from pararnn_ts.world.env import Outcome, WorldModelEnv
+from pararnn_ts.world.model import NORMALIZER, DynamicsModel
+from pararnn_ts.world.vector_env import ImaginedVectorEnv, rollout
+
+PENDULUM = {"obs_dim": 3, "action_dim": 1}
+CARTPOLE = {"obs_dim": 4, "action_dim": 2}
+#: observations unbounded and float64, so what the env returns is the model's prediction exactly
+FREE_OBS = spaces.Box(-np.inf, np.inf, (3,), dtype=np.float64)
+PENDULUM_ACTIONS = spaces.Box(-2.0, 2.0, (1,), dtype=np.float32)
+
+
+def make_model(
+    obs_dim: int, action_dim: int, cell: str = "gru", dtype=torch.float64, seed: int = 0, **kwargs
+) -> DynamicsModel:
+    """A small model with random heads and normaliser, so every input and head matters."""
+    torch.manual_seed(seed)
+    model = DynamicsModel(obs_dim, action_dim, cell=cell, hidden_size=12, num_layers=2, num_heads=2, **kwargs)
+    g = torch.Generator().manual_seed(seed)
+    shapes = {"obs": (obs_dim,), "action": (action_dim,), "scalar": ()}
+    stats = {
+        name: torch.rand(shapes[kind], generator=g) + 0.5 if name.endswith("std") else torch.randn(shapes[kind])
+        for name, kind in NORMALIZER.items()
+    }
+    model.set_normalizer(stats)
+    return model.to(dtype).eval()
+
+
+def real_history(env_id: str, steps: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Observations ``(steps + 1, O)`` and the random actions ``(steps, ...)`` of a real episode."""
+    env = gym.make(env_id)
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    history_obs, history_actions = [obs], []
+    for _ in range(steps):
+        history_actions.append(env.action_space.sample())
+        history_obs.append(env.step(history_actions[-1])[0])
+    return np.stack(history_obs).astype(np.float64), np.array(history_actions)
+
+
+def imagine(model: DynamicsModel, history_obs, history_actions, plans: torch.Tensor):
+    """``model.imagine`` of ``plans`` ``(N, H, A)`` from one history ``(C, O)``, ``(C-1, A)`` repeated ``N`` times."""
+    n = len(plans)
+    obs = torch.as_tensor(history_obs).expand(n, -1, -1)
+    actions = torch.as_tensor(history_actions, dtype=torch.float64).expand(n, -1, -1)
+    with torch.no_grad():
+        return model.imagine(obs, actions, plans)
+
+
+#: what check_env says of the real envs' own spaces (Pendulum's torque range, CartPole's unbounded velocities)
+REAL_SPACE_WARNINGS = [
+    "ignore:.*symmetric and normalized space:UserWarning",
+    "ignore:.*observation space (minimum|maximum) value is:UserWarning",
+]
+
+
+# ---- Gymnasium API --------------------------------------------------------------------------------
+@pytest.mark.filterwarnings(*REAL_SPACE_WARNINGS)
+@pytest.mark.parametrize("sample", [False, True])
+def test_check_env_box(sample: bool) -> None:
+    env = WorldModelEnv(make_model(**PENDULUM, dtype=torch.float32), "Pendulum-v1", sample=sample)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    assert obs.dtype == np.float32 and obs in env.observation_space
+    assert env.max_episode_steps == 200  # read from the real env's spec
+
+
+@pytest.mark.filterwarnings(*REAL_SPACE_WARNINGS)
+def test_check_env_discrete() -> None:
+    env = WorldModelEnv(make_model(**CARTPOLE, dtype=torch.float32), "CartPole-v1", context=3)
+    check_env(env, skip_render_check=True)
+
+
+def test_seeded_resets_repeat_and_draw_from_start_states() -> None:
+    starts = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
+    env = WorldModelEnv(
+        make_model(**PENDULUM), observation_space=FREE_OBS, action_space=PENDULUM_ACTIONS, start_states=starts
+    )
+    drawn = {tuple(env.reset(seed=seed)[0]) for seed in range(20)}
+    assert drawn == {tuple(row) for row in starts}
+    first = [env.reset(seed=7)[0], env.step(np.array([0.5], dtype=np.float32))[0]]
+    again = [env.reset(seed=7)[0], env.step(np.array([0.5], dtype=np.float32))[0]]
+    np.testing.assert_array_equal(np.stack(first), np.stack(again))
+
+
+# ---- closed loop equals the parallel open loop ----------------------------------------------------
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_stepping_the_env_equals_parallel_imagine(cell: str) -> None:
+    """Stepping with a plan's actions gives ``model.imagine``'s observations and learned rewards."""
+    model = make_model(**PENDULUM, cell=cell)
+    history_obs, history_actions = real_history("Pendulum-v1", steps=4)
+    plan = torch.rand(1, 12, 1, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 4 - 2
+    env = WorldModelEnv(model, observation_space=FREE_OBS, action_space=PENDULUM_ACTIONS, start_states=history_obs)
+    obs, _ = env.reset(seed=0, options={"history_obs": history_obs, "history_actions": history_actions})
+    np.testing.assert_array_equal(obs, history_obs[-1])
+    steps = [env.step(a.numpy()) for a in plan[0]]
+    pred = imagine(model, history_obs, history_actions, plan)
+    torch.testing.assert_close(torch.as_tensor(np.stack([s[0] for s in steps])), pred.obs[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.tensor([s[1] for s in steps], dtype=torch.float64), pred.reward[0])
+    np.testing.assert_allclose(np.stack([s[4]["obs_std"] for s in steps]), pred.obs_std[0].numpy(), rtol=1e-12)
+
+
+def test_discrete_actions_are_one_hot_for_the_model() -> None:
+    model = make_model(**CARTPOLE)
+    history_obs, _ = real_history("CartPole-v1", steps=0)
+    actions = [1, 0, 0, 1, 1]
+    env = WorldModelEnv(model, "CartPole-v1", observation_space=spaces.Box(-np.inf, np.inf, (4,), np.float64))
+    env.reset(options={"history_obs": history_obs})
+    stepped = np.stack([env.step(a)[0] for a in actions])
+    plan = torch.nn.functional.one_hot(torch.tensor(actions), 2).double()[None]
+    np.testing.assert_allclose(stepped, imagine(model, history_obs, np.zeros((0, 2)), plan).obs[0].numpy(), rtol=1e-12)
+    with pytest.raises(ValueError, match="Discrete"):
+        env.step(2)
+
+
+def test_vector_env_equals_parallel_imagine_per_row() -> None:
+    """Rows started from different real states, stepped together, each equal their own ``imagine``."""
+    model = make_model(**PENDULUM, cell="lstm", learn_termination=False)  # no autoreset inside the plans
+    starts, _ = real_history("Pendulum-v1", steps=5, seed=3)
+    envs = ImaginedVectorEnv(model, 4, observation_space=FREE_OBS, action_space=PENDULUM_ACTIONS, start_states=starts)
+    obs, _ = envs.reset(seed=0)
+    plans = torch.rand(4, 6, 1, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 4 - 2
+    stepped = np.stack([envs.step(plans[:, t].numpy())[0] for t in range(6)], axis=1)
+    with torch.no_grad():
+        expected = model.imagine(torch.as_tensor(obs)[:, None], torch.zeros(4, 0, 1, dtype=torch.float64), plans)
+    np.testing.assert_allclose(stepped, expected.obs.numpy(), rtol=1e-12)
+
+
+# ---- terminated and truncated ---------------------------------------------------------------------
+def test_terminated_and_truncated_are_kept_apart() -> None:
+    model = make_model(**PENDULUM)
+    env = WorldModelEnv(
+        model,
+        observation_space=FREE_OBS,
+        action_space=PENDULUM_ACTIONS,
+        start_states=np.zeros((1, 3)),
+        termination_fn=lambda obs, action, next_obs: action[..., 0] > 1.5,
+        max_episode_steps=3,
+    )
+    env.reset(seed=0)
+    assert env.step(np.array([0.0]))[2:4] == (False, False)
+    assert env.step(np.array([1.9]))[2:4] == (True, False)  # terminated by the MDP, not the clock
+    assert env.step(np.array([0.0]))[2:4] == (False, True)  # the time limit
+    env.reset(seed=0)
+    assert [env.step(np.array([0.0]))[3] for _ in range(3)] == [False, False, True]
+
+
+@pytest.mark.parametrize(("bias", "terminated"), [(4.0, True), (-4.0, False)])
+def test_learned_termination_uses_the_half_probability_threshold(bias: float, terminated: bool) -> None:
+    model = make_model(**PENDULUM)
+    with torch.no_grad():
+        model.termination_head.weight.zero_()
+        model.termination_head.bias.fill_(bias)
+    env = WorldModelEnv(model, "Pendulum-v1")
+    env.reset(seed=0)
+    assert env.step(np.array([0.0], dtype=np.float32))[2] is terminated
+
+
+def test_vector_env_autoresets_on_the_next_step() -> None:
+    model = make_model(**PENDULUM)
+    starts = np.array([[1.0, 0.0, 0.0]])
+    envs = ImaginedVectorEnv(
+        model,
+        3,
+        observation_space=FREE_OBS,
+        action_space=PENDULUM_ACTIONS,
+        start_states=starts,
+        termination_fn=lambda obs, action, next_obs: action[..., 0] > 1.5,
+        max_episode_steps=2,
+    )
+    envs.reset(seed=0)
+    _, _, terminated, truncated, _ = envs.step(np.array([[0.0], [1.9], [0.0]]))
+    assert terminated.tolist() == [False, True, False] and not truncated.any()
+    obs, rewards, terminated, truncated, _ = envs.step(np.array([[0.0], [1.9], [0.0]]))
+    np.testing.assert_array_equal(obs[1], starts[0])  # row 1 restarted, its action ignored
+    assert (
+        rewards[1] == 0 and terminated.tolist() == [False, False, False] and truncated.tolist() == [True, False, True]
+    )
+    obs, _, terminated, truncated, _ = envs.step(np.array([[0.0], [0.0], [0.0]]))
+    np.testing.assert_array_equal(obs[[0, 2]], np.repeat(starts, 2, axis=0))
+    assert not terminated.any() and not truncated.any()
+
+
+# ---- scoring plans --------------------------------------------------------------------------------
+def test_rollout_equals_separate_env_rollouts() -> None:
+    """N plans scored by one solve = N episodes of the env, nothing earned after a termination."""
+    model = make_model(**PENDULUM, learn_termination=False)
+    history_obs, history_actions = real_history("Pendulum-v1", steps=3, seed=5)
+    plans = torch.rand(6, 8, 1, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 3 - 1.5
+    plans[:3, 2] = 1.9  # with terminates(), these end at their third step
+
+    def terminates(obs, action, next_obs):
+        return action[..., 0] > 1.8
+
+    returns = rollout(model, history_obs, plans, torch.as_tensor(history_actions, dtype=torch.float64))
+    env = WorldModelEnv(model, observation_space=FREE_OBS, action_space=PENDULUM_ACTIONS, start_states=history_obs)
+    ended = WorldModelEnv(
+        model,
+        observation_space=FREE_OBS,
+        action_space=PENDULUM_ACTIONS,
+        start_states=history_obs,
+        termination_fn=terminates,
+    )
+    ended_returns = rollout(
+        model,
+        history_obs,
+        plans,
+        torch.as_tensor(history_actions, dtype=torch.float64),
+        Outcome(termination_fn=terminates),
+    )
+    for i, plan in enumerate(plans):
+        for world, expected in ((env, returns[i]), (ended, ended_returns[i])):
+            world.reset(options={"history_obs": history_obs, "history_actions": history_actions})
+            total = 0.0
+            for action in plan:
+                _, reward, terminated, _, _ = world.step(action.numpy())
+                total += reward
+                if terminated:
+                    break
+            assert total == pytest.approx(expected.item(), rel=1e-12, abs=1e-12)
+    assert not torch.allclose(returns[:3], ended_returns[:3]) and torch.allclose(returns[3:], ended_returns[3:])
+
+
+def test_rollout_weighs_rewards_by_the_learned_survival_probability() -> None:
+    """With the termination head, a plan scores ``Σ_t r_t Π_{k<t} (1 − p_k)``, summed here step by step."""
+    model = make_model(**PENDULUM)
+    history_obs, history_actions = real_history("Pendulum-v1", steps=2, seed=6)
+    plans = torch.rand(3, 5, 1, generator=torch.Generator().manual_seed(8), dtype=torch.float64) * 4 - 2
+    actions = torch.as_tensor(history_actions, dtype=torch.float64)
+    pred = imagine(model, history_obs, history_actions, plans)
+    assert ((pred.terminated > 0.05) & (pred.terminated < 0.95)).any()  # uncertain steps: the weighting matters
+    for i in range(3):
+        expected, survival = 0.0, 1.0
+        for t in range(5):
+            expected += survival * pred.reward[i, t].item()
+            survival *= 1 - pred.terminated[i, t].item()
+        assert rollout(model, history_obs, plans[i : i + 1], actions).item() == pytest.approx(expected, rel=1e-12)
+
+
+# ---- errors ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("env_id", "dims", "match"),
+    [
+        ("Pendulum-v1", {"obs_dim": 4, "action_dim": 1}, "observation features"),
+        ("Pendulum-v1", {"obs_dim": 3, "action_dim": 2}, "action features"),
+        ("CartPole-v1", {"obs_dim": 4, "action_dim": 1}, "one-hot Discrete"),
+    ],
+)
+def test_mismatched_spaces_are_refused(env_id: str, dims: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        WorldModelEnv(make_model(**dims), env_id)
+    with pytest.raises(ValueError, match=match):
+        ImaginedVectorEnv(make_model(**dims), 2, env_id)
+
+
+def test_bad_use_is_refused() -> None:
+    model = make_model(**PENDULUM)
+    with pytest.raises(ValueError, match="start_states"):
+        WorldModelEnv(model, observation_space=FREE_OBS, action_space=PENDULUM_ACTIONS)
+    with pytest.raises(ValueError, match=r"start_states must be real observations of shape \(N, 3\)"):
+        WorldModelEnv(model, "Pendulum-v1", start_states=np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="context=2 needs a real env"):
+        WorldModelEnv(model, "Pendulum-v1", start_states=np.zeros((2, 3)), context=2)
+    with pytest.raises(ValueError, match="Box"):
+        WorldModelEnv(model, observation_space=spaces.Discrete(3), action_space=PENDULUM_ACTIONS)
+    env = WorldModelEnv(model, "Pendulum-v1")
+    with pytest.raises(RuntimeError, match="before reset"):
+        env.step(np.zeros(1))
+    with pytest.raises(ValueError, match="C - 1 actions"):
+        env.reset(options={"history_obs": np.zeros((3, 3)), "history_actions": np.zeros((1, 1))})
