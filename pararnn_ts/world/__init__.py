@@ -5,11 +5,20 @@ Needs the ``world`` extra."""
 from .baselines import MLPEnsemble, persistence, torch_gru_model
 from .collect import Trajectories, collect, encode_actions
 from .datamodule import TrajectoryDataModule
+from .env import Outcome, WorldModelEnv
 from .evaluate import k_step_errors
 from .model import DynamicsModel, Prediction
 from .module import WorldModelModule
+from .planners import CEMPlanner, MPPIPlanner
+from .vector_env import ImaginedVectorEnv, rollout
 
 __all__ = [
+    "CEMPlanner",
+    "ImaginedVectorEnv",
+    "MPPIPlanner",
+    "Outcome",
+    "WorldModelEnv",
+    "rollout",
     "DynamicsModel",
     "MLPEnsemble",
     "Prediction",
