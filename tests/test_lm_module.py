@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lm_training import Record
+from lm_training import fit as train
 
 from pararnn_ts.lm import ByteTokenizer, CausalLM, TextDataModule
 from pararnn_ts.lm.corpus import stdlib_root
@@ -40,36 +41,8 @@ def make_model(**kwargs) -> CausalLM:
     return CausalLM(ByteTokenizer().vocab_size, **{**TINY, "mixer_kwargs": {"mode": "sequential"}, **kwargs})
 
 
-class Record(pl.Callback):
-    """The objective and the learning rate of every training step."""
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-        self.lrs: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(outputs["loss"].item())
-
-
 def fit(model: CausalLM, shard_dir: Path, max_steps: int, callbacks=(), ckpt_path=None, **trainer_kwargs) -> Record:
-    pl.seed_everything(0)
-    record = Record()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=max_steps,
-        callbacks=[record, *callbacks],
-        logger=False,
-        enable_checkpointing=bool(callbacks),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        **trainer_kwargs,
-    )
-    trainer.fit(model, datamodule=make_data(shard_dir), ckpt_path=ckpt_path)
-    return record
+    return train(model, make_data(shard_dir), max_steps, callbacks, ckpt_path, **trainer_kwargs)
 
 
 def test_training_reduces_the_loss_with_warmup_then_cosine_decay(shard_dir):

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lm_training import Record
+from lm_training import fit as train
 
 from pararnn_ts.lm import ByteTokenizer, CausalLM, RandomWindowSampler, TextDataModule, TokenWindowDataset
 from pararnn_ts.lm.corpus import stdlib_root
@@ -21,40 +22,11 @@ def make_data(cache_dir: Path) -> TextDataModule:
     return TextDataModule("files", paths, seq_len=32, batch_size=8, cache_dir=str(cache_dir), val_fraction=0.2)
 
 
-class Record(pl.Callback):
-    """Per training step: the objective, the learning rate, and the first window of the batch."""
-
-    def __init__(self) -> None:
-        self.losses: list[float] = []
-        self.lrs: list[float] = []
-        self.windows: list[list[int]] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
-        self.windows.append(batch["inputs"][0].tolist())
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.losses.append(outputs["loss"].item())
-
-
 def fit(shard_dir: Path, callbacks=(), ckpt_path: Path | None = None) -> Record:
-    pl.seed_everything(0)
-    record = Record()
     model = CausalLM(ByteTokenizer().vocab_size, dim=32, num_layers=2, num_heads=2, mixer_kwargs={"mode": "sequential"})
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=STEPS,
-        limit_train_batches=EPOCH,
-        limit_val_batches=0,
-        callbacks=[record, *callbacks],
-        logger=False,
-        enable_checkpointing=bool(callbacks),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
+    return train(
+        model, make_data(shard_dir), STEPS, callbacks, ckpt_path, limit_train_batches=EPOCH, limit_val_batches=0
     )
-    trainer.fit(model, datamodule=make_data(shard_dir), ckpt_path=ckpt_path)
-    return record
 
 
 @pytest.fixture(scope="module")
