@@ -40,11 +40,12 @@ from gluonts.transform import (
     VstackFeatures,
 )
 
+from ..nn.distribution_heads import DISTRIBUTION_HEADS
 from .lightning_module import LR_SCHEDULES, MODEL_INPUT_NAMES, ForecastTrainingModule, ParaRNNLightningModule
 
 PREDICTION_INPUT_NAMES = list(MODEL_INPUT_NAMES)
 TRAINING_INPUT_NAMES = [*PREDICTION_INPUT_NAMES, "future_target", "future_observed_values"]
-DISTRIBUTIONS = ("student_t", "normal", "negative_binomial", "quantile")
+DISTRIBUTIONS = tuple(DISTRIBUTION_HEADS)
 SPLITTER_MODES = ("training", "validation", "test")
 #: the shortest default context: ``max(2 * prediction_length, MIN_CONTEXT_LENGTH)``
 MIN_CONTEXT_LENGTH = 8
