@@ -187,6 +187,21 @@ def test_runner_end_to_end_then_resume_then_refuse_then_overwrite(tmp_path, coun
     assert {p.name for p in (out / "plots").iterdir()} == {"toy__SeasonalNaive.png"}
 
 
+def test_validation_split_runs_are_labelled_and_kept_apart_from_test_runs(tmp_path, count_runs):
+    config, out = write_config(tmp_path), tmp_path / "out"
+    only = ["--config", config, "--output-dir", str(out), "--models", "SeasonalNaive"]
+    benchmark.main([*only, "--split", "validation"])
+    assert "split validation" in (out / "results.md").read_text()
+    benchmark.main([*only, "--resume"])
+    rows = read_csv(out / "results.csv")
+    assert [(r["dataset"], r["model"]) for r in rows] == [("toy_validation", "SeasonalNaive"), ("toy", "SeasonalNaive")]
+    assert rows[0]["MASE"] != rows[1]["MASE"]  # other windows: the 7 steps before the test windows
+    assert {p.name for p in (out / "plots").iterdir()} == {
+        "toy_validation__SeasonalNaive.png",
+        "toy__SeasonalNaive.png",
+    }
+
+
 BAD_MODELS = [
     ({"name": "Para", "class_path": "pararnn_ts.forecast.NoSuchEstimator"}, r"model 'Para': cannot import"),
     ({"name": "Typo", "class_path": "gluonts.torch.DeepAREstimator", "init_args": {"hiden_size": 3}}, "no argument"),

@@ -14,6 +14,7 @@ from pararnn_ts.forecast.data import (
     JsonLinesDataset,
     VicElecDataset,
     validate,
+    validation_split,
     write_json_lines,
 )
 
@@ -199,3 +200,26 @@ def test_validate_refuses_a_test_window_no_longer_than_the_horizon():
         validate(ForecastData("tiny", "M", 3, train, []))
     with pytest.raises(ValueError, match=r"train series 's' has an empty"):
         validate(ForecastData("tiny", "M", 3, [{**train[0], "target": np.ones(0)}], train))
+
+
+def test_validation_split_cuts_the_training_split_like_the_test_split(tmp_path):
+    features = [[float(i) for i in range(30)]]
+    records = [series(30, "long", feat_dynamic_real=features), series(14, "short", feat_dynamic_real=features[:1])]
+    records[1]["feat_dynamic_real"] = [[float(i) for i in range(14)]]
+    data = JsonLinesDataset(write_lines(tmp_path / "toy.jsonl", records), "D", 4, test_windows=2).load()
+    assert [len(e["target"]) for e in data.train] == [22, 6]
+    held_out = validation_split(data)
+    assert held_out.name == "toy_validation" and held_out.prediction_length == 4
+    # the long series' validation windows end where its training part ends; the short one (6 < 2 · 4 + 1
+    # steps) stays whole in training and gets no window
+    assert [len(e["target"]) for e in held_out.train] == [14, 6]
+    assert [(e["item_id"], len(e["target"])) for e in held_out.test] == [("long", 18), ("long", 22)]
+    np.testing.assert_array_equal(held_out.test[-1]["target"], data.train[0]["target"])
+    np.testing.assert_array_equal(held_out.test[0]["feat_dynamic_real"], np.asarray(features, np.float32)[:, :18])
+    assert held_out.train[1] is data.train[1] and len(data.train[0]["target"]) == 22  # the input is not changed
+
+
+def test_validation_split_needs_one_series_long_enough(tmp_path):
+    data = JsonLinesDataset(write_lines(tmp_path / "toy.jsonl", [series(6, "a")]), "D", 4).load()
+    with pytest.raises(ValueError, match="no training series has the 5 steps"):
+        validation_split(data)

@@ -218,6 +218,47 @@ def test_short_series_left_padded_works():
 
 
 # ---- (e) the copula -----------------------------------------------------------------------------
+@pytest.mark.parametrize("distribution", ["student_t", "negative_binomial", "quantile"])
+def test_context_loss_scores_each_observed_context_step_on_its_own_value(distribution):
+    model = make_model(distribution=distribution, context_loss_weight=0.5)
+    batch = with_future(model, make_batch(model))
+    batch["past_observed_values"][1, -2] = 0  # a missing context value (and an input lag) drops out
+    batch["past_target"][1, -2] = float("nan")
+    torch.manual_seed(3)  # the count head's copula term draws randomised PITs
+    terms = model.loss_terms(**batch)
+    with torch.no_grad():
+        inputs, scale = model.sequence_inputs(**forecast_inputs(batch))
+        features = model.encode(inputs)
+    target, observed = batch["past_target"][:, -PAST:], batch["past_observed_values"][:, -PAST:]
+    expected = torch.zeros(BATCH, dtype=torch.float64)
+    for b in range(BATCH):
+        for j in range(CONTEXT):
+            p = PAST - CONTEXT + j  # context step j predicts the past step p
+            if not observed[b, p]:
+                continue
+            offset = target[b, p - SEASON : p - SEASON + 1] / scale[b] if model.naive_offset else None
+            marginal = model.head(features[b, j : j + 1], scale[b], offset)
+            expected[b] += marginal.loss(target[b, p : p + 1]).sum() / CONTEXT
+    torch.testing.assert_close(terms.context.detach(), expected)
+    torch.manual_seed(3)
+    torch.testing.assert_close(model.loss(**batch), terms.marginal + terms.copula + 0.5 * terms.context)
+    without = copy_of(model, distribution=distribution, context_loss_weight=0.0)
+    assert (without.loss_terms(**batch).context == 0).all()
+    torch.manual_seed(3)
+    torch.testing.assert_close(without.loss(**batch), terms.marginal + terms.copula)
+
+
+def test_context_step_inputs_never_see_the_value_they_predict():
+    model = make_model(scaling=False)  # mean scaling reads the whole context, as in DeepAR
+    batch = make_batch(model)
+    past_target = batch["past_target"].clone().requires_grad_()
+    inputs, _ = model.sequence_inputs(**{**forecast_inputs(batch), "past_target": past_target})
+    for j in range(CONTEXT):
+        (grad,) = torch.autograd.grad(inputs[:, j].sum(), past_target, retain_graph=True)
+        p = PAST - CONTEXT + j
+        assert (grad[:, p:] == 0).all() and (grad[:, p - 1] != 0).all()
+
+
 def test_gaussian_copula_density_matches_scipy():
     g = torch.Generator().manual_seed(0)
     factor = torch.randn(2, HORIZON, 2, generator=g, dtype=torch.float64)
@@ -346,6 +387,7 @@ def test_describe_inputs_and_dummy_static_features():
         ({"dropout": 1.0}, "dropout"),
         ({"copula_rank": -1}, "copula_rank"),
         ({"quantiles": [0.1, 0.9]}, "quantiles"),
+        ({"context_loss_weight": -1.0}, "context_loss_weight"),
     ],
 )
 def test_bad_arguments_raise_naming_them(kwargs, argument):

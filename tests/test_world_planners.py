@@ -10,7 +10,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from pararnn_ts.world.model import DynamicsModel, Prediction
-from pararnn_ts.world.mpc import KNOWN_REWARDS, append, parse_args, play_episode
+from pararnn_ts.world.mpc import KNOWN_REWARDS, parse_args, play_episode
 from pararnn_ts.world.planners import CEMPlanner, MPPIPlanner
 
 PLANNERS = {"cem": CEMPlanner, "mppi": MPPIPlanner}
@@ -183,7 +183,7 @@ def test_planner_episodes_are_recorded_and_appended_as_new_episodes() -> None:
     assert len(first.data) == 4 and first.total == pytest.approx(float(first.data.reward.sum()), rel=1e-6)
     np.testing.assert_array_equal(first.data.next_obs[:-1], first.data.obs[1:])  # one real trajectory
     np.testing.assert_array_equal(first.data.obs[0], env.reset(seed=0)[0])
-    both = append(first.data, second.data)
+    both = first.data.followed_by(second.data)
     assert both.episode.tolist() == [0, 0, 0, 0, 1, 1, 1]
     np.testing.assert_array_equal(both.action[4:], second.data.action)
 

@@ -48,7 +48,7 @@ import torch
 import yaml
 from lightning.pytorch import Callback, seed_everything
 
-from .data import ForecastData, ForecastDataset, seasonality_of
+from .data import ForecastData, ForecastDataset, seasonality_of, validation_split
 from .metrics import METRICS, score, split_windows
 
 #: set from the data, never by the config
@@ -122,6 +122,9 @@ class Benchmark:
     timing_reference: str | None = None
     plot_series: int = 4
     threads: int | None = None
+    #: ``"test"``: the official split; ``"validation"``: its training part cut the same way
+    #: (:func:`~pararnn_ts.forecast.data.validation_split`), to choose settings without looking at test
+    split: str = "test"
 
 
 class EpochTimer(Callback):
@@ -481,7 +484,8 @@ def describe(bench: Benchmark, quick: bool) -> str:
     model_args = {**bench.model_args, **(QUICK_MODEL_ARGS if quick else {})}
     return (
         f"# Forecast benchmark{' (--quick smoke run)' if quick else ''}\n\n"
-        f"seeds {bench.seeds}; torch threads {torch.get_num_threads()}; max_epochs {trainer.get('max_epochs')}; "
+        f"split {bench.split}; seeds {bench.seeds}; torch threads {torch.get_num_threads()}; "
+        f"max_epochs {trainer.get('max_epochs')}; "
         f"model_args {model_args}; per-dataset model_args "
         + "; ".join(f"{d.name} {d.model_args}" for d in bench.datasets if d.model_args)
     )
@@ -550,28 +554,33 @@ def run_benchmark(
     loaded = {}
     for dataset in bench.datasets:
         try:
-            loaded[dataset.name] = dataset.cls(**instantiate(dataset.init_args)).load()
+            data = dataset.cls(**instantiate(dataset.init_args)).load()
+            loaded[dataset.name] = validation_split(data) if bench.split == "validation" else data
         except (TypeError, ValueError) as error:
             raise ValueError(f"dataset {dataset.name!r}: {error}") from error
     for dataset in bench.datasets:  # everything constructible before the first run trains
         for model in bench.models:
             build_model(model, dataset, loaded[dataset.name], bench, quick=quick)
+    # rows name the split, so a validation run never counts as (or resumes) a test run
+    label = {d.name: d.name if bench.split == "test" else f"{d.name}_{bench.split}" for d in bench.datasets}
     rows = list(done or [])
     finished = {(row["dataset"], row["model"], row["seed"]) for row in rows}
     todo = [(d, m, s) for d in bench.datasets for m in bench.models for s in bench.seeds]
-    todo = [(d, m, s) for d, m, s in todo if (d.name, m.name, s) not in finished]
+    todo = [(d, m, s) for d, m, s in todo if (label[d.name], m.name, s) not in finished]
     print(f"{len(todo)} runs to do, {len(finished)} finished runs kept", flush=True)
     for index, (dataset, model, seed) in enumerate(todo, 1):
         data = loaded[dataset.name]
         row, forecasts = run_one(model, dataset, data, seed, bench, quick=quick)
+        row["dataset"] = label[dataset.name]
         rows.append(row)
         write_rows(rows, out / "results.csv")
         (out / "results.md").write_text(markdown_tables(rows, bench.timing_reference, describe(bench, quick)))
         print(f"[{index}/{len(todo)}] {row_line(row)}", flush=True)
         if seed == bench.seeds[0]:
             inputs, labels = split_windows(data.test, data.prediction_length)
-            plot_path = out / "plots" / f"{dataset.name}__{model.name}.png"
-            plot_forecasts(inputs, labels, forecasts, plot_path, f"{model.name} on {dataset.name}", bench.plot_series)
+            name = label[dataset.name]
+            plot_path = out / "plots" / f"{name}__{model.name}.png"
+            plot_forecasts(inputs, labels, forecasts, plot_path, f"{model.name} on {name}", bench.plot_series)
     return rows
 
 
@@ -590,6 +599,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick",
         action="store_true",
         help="smoke run: 1 epoch of 2 batches per deep model, first seed only (unless --seeds)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("test", "validation"),
+        default="test",
+        help="score on the official test windows, or on the same windows cut from the end of the training split "
+        "(training then ends before them): for choosing settings without looking at test",
     )
     parser.add_argument("--resume", action="store_true", help="keep finished runs of the output dir's results.csv")
     parser.add_argument("--overwrite", action="store_true", help="replace the output dir's results and plots")
@@ -628,6 +644,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     elif args.quick:
         bench.seeds = bench.seeds[:1]
     bench.threads = args.threads or bench.threads
+    bench.split = args.split
     out = Path(args.output_dir)
     done = prepare_output(out, args.resume, args.overwrite)
     with run_settings(bench.threads, args.verbose):

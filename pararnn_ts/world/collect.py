@@ -157,6 +157,13 @@ class Trajectories:
     def episode_ids(self) -> np.ndarray:
         return np.unique(self.episode)
 
+    def followed_by(self, more: Trajectories) -> Trajectories:
+        """These episodes, then ``more``'s (renumbered to follow); this metadata with the new step count."""
+        offset = int(self.episode.max()) + 1 if len(self) else 0
+        arrays = {name: np.concatenate([getattr(self, name), getattr(more, name)]) for name in ARRAYS}
+        arrays["episode"] = np.concatenate([self.episode, more.episode + offset])
+        return Trajectories(**arrays, meta={**self.meta, "num_steps": len(self) + len(more), "policy": "mixed"})
+
     def episodes(self, ids: np.ndarray | list[int] | None = None) -> list[Episode]:
         """The episodes ``ids`` (default: all, in order), actions encoded for the model."""
         ids = self.episode_ids if ids is None else ids

@@ -219,17 +219,6 @@ def _trajectories(rows: list[tuple], env: gym.Env, planner: SamplingPlanner) -> 
     )
 
 
-_ARRAYS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
-
-
-def append(data: Trajectories, more: Trajectories) -> Trajectories:
-    """``data`` followed by ``more``'s episodes (renumbered after ``data``'s); ``data``'s metadata."""
-    offset = int(data.episode.max()) + 1 if len(data) else 0
-    arrays = {name: np.concatenate([getattr(data, name), getattr(more, name)]) for name in _ARRAYS}
-    arrays["episode"] = np.concatenate([data.episode, more.episode + offset])
-    return Trajectories(**arrays, meta={**data.meta, "num_steps": len(data) + len(more), "policy": "mixed"})
-
-
 # ---- training ---------------------------------------------------------------------------------
 def train(module: WorldModelModule, data: Trajectories, settings: MPCSettings) -> pl.Trainer:
     """Fit ``module`` on all of ``data`` for ``settings.train_steps`` steps (no validation); returns the trainer."""
@@ -292,7 +281,7 @@ def learn(settings: MPCSettings, env: gym.Env) -> Learned:
         while len(data) - start < settings.round_steps and len(data) < settings.budget_steps:
             seed = settings.seed * 10_000 + sum(len(r["episode_returns"]) for r in rounds) + len(returns) + 1
             episode = play_episode(env, planner, seed, settings.context, settings.budget_steps - len(data))
-            data = append(data, episode.data)
+            data = data.followed_by(episode.data)
             returns.append(episode.total)
         t2 = time.perf_counter()
         rounds.append(
