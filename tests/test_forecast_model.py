@@ -340,6 +340,28 @@ def test_copula_loss_leaves_marginal_parameters_alone():
     assert all(g is None for g in grads)
 
 
+@pytest.mark.parametrize("copula_rank", [2, 0])
+@pytest.mark.parametrize("distribution", ["student_t", "negative_binomial", "quantile"])
+def test_quantile_grid_samples_are_exact_quantiles_in_the_copulas_order(distribution, copula_rank):
+    grid = make_model(distribution=distribution, copula_rank=copula_rank)
+    if copula_rank:
+        set_copula(grid, torch.tensor([[2.0, 0.0], [1.5, 0.5], [0.0, 2.0], [-1.0, 1.0]], dtype=torch.float64))
+    random = copy_of(grid, distribution=distribution, copula_rank=copula_rank, quantile_grid_samples=False)
+    batch, num_samples = make_batch(grid), 50
+    paths, draws = sample_paths(grid, batch, num_samples), sample_paths(random, batch, num_samples)
+    with torch.no_grad():
+        marginals, _ = grid.distribution(**forecast_inputs(batch))
+        levels = (torch.arange(num_samples, dtype=torch.float64) + 0.5) / num_samples
+        quantiles = marginals.icdf(levels[:, None, None].expand(-1, BATCH, HORIZON)).permute(1, 0, 2)
+    torch.testing.assert_close(paths.sort(dim=1).values, quantiles)
+    # same seed, same z: both are increasing in z_k, so no two paths are in opposite orders in the two
+    def order(x: torch.Tensor) -> torch.Tensor:  # (B, S, H) → (B, S, S, H) signs of the pairwise differences
+        return torch.sign(x[:, :, None] - x[:, None])
+
+    assert not (order(paths) * order(draws) < 0).any()
+    assert (order(paths) != 0).float().mean() > 0.5  # and the grid does order most pairs
+
+
 def test_copula_skipped_for_incomplete_horizons_and_rank_zero():
     model = make_model()
     batch = with_future(model, make_batch(model))

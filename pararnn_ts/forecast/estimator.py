@@ -134,8 +134,9 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         cell, hidden_size, num_layers, num_heads, dropout, copula_rank, lags_seq, scaling, mode: of the network.
         distribution: ``"student_t"``, ``"normal"``, ``"negative_binomial"`` or ``"quantile"``.
         quantiles: levels of the ``"quantile"`` head (only with it).
-        naive_offset, seasonality, context_loss_weight: of the network (the seasonal-naive location offset,
-            its season length, and the weight of the context steps' one-step-ahead loss).
+        naive_offset, seasonality, context_loss_weight, quantile_grid_samples: of the network (the
+            seasonal-naive location offset, its season length, the weight of the context steps'
+            one-step-ahead loss, and quantile-grid sample paths).
         num_feat_dynamic_real, num_feat_static_real, num_feat_static_cat, cardinality, embedding_dimension:
             covariates in the data (``cardinality``: one count per categorical feature).
         time_features: calendar features (default: GluonTS's for ``freq``).
@@ -185,6 +186,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         naive_offset: bool | None = None,
         seasonality: int | None = None,
         context_loss_weight: float = 1.0,
+        quantile_grid_samples: bool = True,
     ) -> None:
         super().__init__(trainer_kwargs={"max_epochs": 100, "gradient_clip_val": 10.0, **(trainer_kwargs or {})})
         default_time_features = frequency_time_features(freq)
@@ -240,6 +242,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         self.embedding_dimension = embedding_dimension
         self.lags_seq, self.scaling, self.mode = lags_seq, scaling, mode
         self.naive_offset, self.seasonality, self.context_loss_weight = naive_offset, seasonality, context_loss_weight
+        self.quantile_grid_samples = quantile_grid_samples
         self.time_features = default_time_features if time_features is None else time_features
         self.extra_time_features = len(self.time_features) - len(default_time_features)
         if num_feat_dynamic_real + self.extra_time_features < 0:
@@ -283,6 +286,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             "naive_offset": self.naive_offset,
             "seasonality": self.seasonality,
             "context_loss_weight": self.context_loss_weight,
+            "quantile_grid_samples": self.quantile_grid_samples,
         }
 
     def create_transformation(self) -> Transformation:

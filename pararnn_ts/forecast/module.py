@@ -95,6 +95,9 @@ class ParaRNNForecastModel(nn.Module):
         quantiles: levels of the quantile head (``distribution="quantile"`` only).
         copula_rank: rank of the horizon copula's factor; 0: independent horizon steps.
         num_parallel_samples: sample paths :meth:`forward` draws by default.
+        quantile_grid_samples: each horizon step's samples are its marginal's quantiles on an even grid,
+            paired across steps by the copula's ranks (:func:`~pararnn_ts.nn.copula.sample_paths`), so
+            metrics read from samples (median, quantiles) carry no Monte Carlo noise; ``False``: random draws.
         mode: solver mode of the cells (``"auto"``, ``"sequential"``, ``"parallel"``, ``"fused"``).
         default_scale: scale of series whose observed context is all zero or missing.
         naive_offset: the head's location is an offset from the seasonal-naive forecast (the last
@@ -141,6 +144,7 @@ class ParaRNNForecastModel(nn.Module):
         naive_offset: bool | None = None,
         seasonality: int | None = None,
         context_loss_weight: float = 1.0,
+        quantile_grid_samples: bool = True,
     ) -> None:
         super().__init__()
         _check_ints(
@@ -183,6 +187,7 @@ class ParaRNNForecastModel(nn.Module):
         self.default_scale = default_scale
         self.num_parallel_samples = num_parallel_samples
         self.context_loss_weight = context_loss_weight
+        self.quantile_grid_samples = quantile_grid_samples
         self.num_time_features = len(time_features_from_frequency_str(freq)) + 1 + num_feat_dynamic_real
         self.past_length = context_length + max(self.lags_seq)
 
@@ -256,7 +261,7 @@ class ParaRNNForecastModel(nn.Module):
         marginals, copula = self.distribution(
             feat_static_cat, feat_static_real, past_time_feat, past_target, past_observed_values, future_time_feat
         )
-        return sample_paths(marginals, copula, num_samples).transpose(0, 1)
+        return sample_paths(marginals, copula, num_samples, self.quantile_grid_samples).transpose(0, 1)
 
     def distribution(
         self,

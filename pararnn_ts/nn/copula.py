@@ -132,9 +132,22 @@ class LowRankGaussianCopula(nn.Module):
         return f"horizon={self.horizon}, rank={self.rank}, in_features={self.in_features}"
 
 
-def sample_paths(marginals: ForecastDistribution, copula: GaussianCopula | None, num_samples: int) -> Tensor:
-    """``(num_samples, B, H)`` paths: ``y_k = F_k⁻¹(Φ(z_k))`` with ``z`` from ``copula``; independent steps
-    when ``copula`` is ``None``. ``marginals`` has batch shape ``(B, H)``."""
-    if copula is None:
-        return marginals.sample((num_samples,))
-    return marginals.icdf(torch.special.ndtr(copula.sample(num_samples)))
+def sample_paths(
+    marginals: ForecastDistribution, copula: GaussianCopula | None, num_samples: int, quantile_grid: bool = True
+) -> Tensor:
+    """``(num_samples, B, H)`` paths from the marginals (batch shape ``(B, H)``) tied by ``copula``.
+
+    ``z`` comes from ``copula`` (independent standard normals when it is ``None``). With ``quantile_grid``
+    (ensemble copula coupling with equidistant quantiles) step ``k``'s ``S`` samples are exactly its
+    marginal's quantiles ``F_k⁻¹((i + ½) / S)``, ``i < S``, handed to the paths in the order of the ranks of
+    ``z_k``: the dependence across steps is the copula's (the paths' ranks are ``z``'s) and the samples'
+    empirical quantiles carry no Monte Carlo noise (the median of 100 samples is the median). Without it,
+    ``y_k = F_k⁻¹(Φ(z_k))``: independent Monte Carlo draws.
+    """
+    shape = (num_samples, *marginals.batch_shape)
+    like = marginals.mean
+    z = torch.randn(shape, dtype=like.dtype, device=like.device) if copula is None else copula.sample(num_samples)
+    if not quantile_grid:
+        return marginals.icdf(torch.special.ndtr(z))
+    ranks = z.argsort(dim=0).argsort(dim=0)
+    return marginals.icdf((ranks.to(like.dtype) + 0.5) / num_samples)
