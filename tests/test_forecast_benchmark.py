@@ -195,6 +195,9 @@ def test_validation_split_runs_are_labelled_and_kept_apart_from_test_runs(tmp_pa
     benchmark.main([*only, "--resume"])
     rows = read_csv(out / "results.csv")
     assert [(r["dataset"], r["model"]) for r in rows] == [("toy_validation", "SeasonalNaive"), ("toy", "SeasonalNaive")]
+    (out / "results.md").unlink()
+    benchmark.main([*only, "--resume"])  # nothing to run: the tables are written from the kept rows
+    assert "| toy_validation |" in (out / "results.md").read_text() and len(count_runs) == 2
     assert rows[0]["MASE"] != rows[1]["MASE"]  # other windows: the 7 steps before the test windows
     assert {p.name for p in (out / "plots").iterdir()} == {
         "toy_validation__SeasonalNaive.png",

@@ -354,6 +354,7 @@ def test_quantile_grid_samples_are_exact_quantiles_in_the_copulas_order(distribu
         levels = (torch.arange(num_samples, dtype=torch.float64) + 0.5) / num_samples
         quantiles = marginals.icdf(levels[:, None, None].expand(-1, BATCH, HORIZON)).permute(1, 0, 2)
     torch.testing.assert_close(paths.sort(dim=1).values, quantiles)
+
     # same seed, same z: both are increasing in z_k, so no two paths are in opposite orders in the two
     def order(x: torch.Tensor) -> torch.Tensor:  # (B, S, H) → (B, S, S, H) signs of the pairwise differences
         return torch.sign(x[:, :, None] - x[:, None])

@@ -2,6 +2,7 @@
 
     pararnn-ts benchmark --config experiments/forecast/benchmark.yaml --output-dir runs/forecast_benchmark
     python -m pararnn_ts.forecast.benchmark --config experiments/forecast/benchmark.yaml --quick --models DeepAR
+    pararnn-ts benchmark --config experiments/forecast/validation.yaml --split validation --output-dir runs/val
 
 The config's top-level ``benchmark:`` mapping holds::
 
@@ -21,8 +22,10 @@ Each model gets, where its signature takes them: ``freq``, ``prediction_length``
 dataset's ``model_args``, its own ``init_args`` and its ``overrides`` for the dataset (later ones win). An
 ``init_args`` value that is a ``{class_path, init_args}`` mapping is built too (e.g. ``distr_output``).
 Every entry is checked (classes importable, arguments known, data valid, models constructible) before
-any training starts. Results go to ``results.csv`` (one row per run, written as runs finish),
-``results.md`` (mean ± std over seeds, best per dataset in bold) and ``plots/<dataset>__<model>.png``.
+any training starts. ``--split validation`` scores windows cut from the training split instead of the
+test windows (:func:`~pararnn_ts.forecast.data.validation_split`), to choose settings. Results go to
+``results.csv`` (one row per run, written as runs finish), ``results.md`` (mean ± std over seeds, best per
+dataset in bold) and ``plots/<dataset>__<model>.png``.
 """
 
 from __future__ import annotations
@@ -573,15 +576,22 @@ def run_benchmark(
         row, forecasts = run_one(model, dataset, data, seed, bench, quick=quick)
         row["dataset"] = label[dataset.name]
         rows.append(row)
-        write_rows(rows, out / "results.csv")
-        (out / "results.md").write_text(markdown_tables(rows, bench.timing_reference, describe(bench, quick)))
+        save_results(rows, out, bench, quick)
         print(f"[{index}/{len(todo)}] {row_line(row)}", flush=True)
         if seed == bench.seeds[0]:
             inputs, labels = split_windows(data.test, data.prediction_length)
             name = label[dataset.name]
             plot_path = out / "plots" / f"{name}__{model.name}.png"
             plot_forecasts(inputs, labels, forecasts, plot_path, f"{model.name} on {name}", bench.plot_series)
+    if rows and not todo:  # nothing ran: the tables still follow the kept rows (and the current code)
+        save_results(rows, out, bench, quick)
     return rows
+
+
+def save_results(rows: list[dict[str, Any]], out: Path, bench: Benchmark, quick: bool) -> None:
+    """``results.csv`` and ``results.md`` of ``rows`` in ``out``."""
+    write_rows(rows, out / "results.csv")
+    (out / "results.md").write_text(markdown_tables(rows, bench.timing_reference, describe(bench, quick)))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
