@@ -242,6 +242,11 @@ def test_context_loss_scores_each_observed_context_step_on_its_own_value(distrib
     torch.testing.assert_close(terms.context.detach(), expected)
     torch.manual_seed(3)
     torch.testing.assert_close(model.loss(**batch), terms.marginal + terms.copula + 0.5 * terms.context)
+    longer = {**batch}  # a longer past is cut to its last past_length steps
+    for name in ("past_target", "past_observed_values", "past_time_feat"):
+        longer[name] = torch.cat([torch.ones_like(batch[name][:, :3]), batch[name]], dim=1)
+    torch.manual_seed(3)
+    torch.testing.assert_close(model.loss_terms(**longer).context, terms.context)
     without = copy_of(model, distribution=distribution, context_loss_weight=0.0)
     assert (without.loss_terms(**batch).context == 0).all()
     torch.manual_seed(3)

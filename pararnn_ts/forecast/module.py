@@ -292,14 +292,14 @@ class ParaRNNForecastModel(nn.Module):
         self, features: Tensor, past_target: Tensor, past_observed_values: Tensor, scale: Tensor
     ) -> Tensor:
         """The head's loss on the context steps ``(B,)``: step ``t`` predicts ``y_t`` (observed steps only), / ``C``."""
-        context, past = self.context_length, self.past_length
+        context = self.context_length
         offset = None
         if self.naive_offset:
             offset = self.past_values(past_target, past_observed_values, self.context_naive_index) / scale
         marginals = self.head(features[:, :context], scale, offset)
         weights = past_observed_values[:, -context:].to(scale.dtype)
-        target = torch.where(weights > 0, past_target[:, past - context :].to(scale.dtype), 0)
-        return torch.where(weights > 0, marginals.loss(target) * weights, 0).sum(-1) / context
+        target = torch.where(weights > 0, past_target[:, -context:].to(scale.dtype), 0)
+        return _observed_loss(marginals, target, weights) / context
 
     def loss(
         self,
@@ -356,7 +356,7 @@ class ParaRNNForecastModel(nn.Module):
         )
         features = self.encode(inputs)
         marginals, copula = self.forecast(features, past_target, past_observed_values, scale)
-        marginal = torch.where(weights > 0, marginals.loss(target) * weights, 0).sum(-1) / horizon
+        marginal = _observed_loss(marginals, target, weights) / horizon
         context = torch.zeros_like(marginal)
         if self.context_loss_weight:
             context = self.context_loss(features, past_target, past_observed_values, scale)
@@ -483,6 +483,11 @@ def _check_ints(**values: tuple[int, int]) -> None:
     for name, (value, minimum) in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _observed_loss(marginals: ForecastDistribution, target: Tensor, weights: Tensor) -> Tensor:
+    """``Σ_t weights_t · loss_t(target_t)`` over the steps with ``weights > 0``: ``(B, T)`` → ``(B,)``."""
+    return torch.where(weights > 0, marginals.loss(target) * weights, 0).sum(-1)
 
 
 def _check_finite(x: Tensor, name: str) -> Tensor:
