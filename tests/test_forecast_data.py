@@ -204,15 +204,18 @@ def test_validate_refuses_a_test_window_no_longer_than_the_horizon():
 
 def test_validation_split_cuts_the_training_split_like_the_test_split(tmp_path):
     features = [[float(i) for i in range(30)]]
-    records = [series(30, "long", feat_dynamic_real=features), series(14, "short", feat_dynamic_real=features[:1])]
-    records[1]["feat_dynamic_real"] = [[float(i) for i in range(14)]]
+    records = [
+        series(30, "long", feat_dynamic_real=features),
+        series(14, "short", feat_dynamic_real=[[float(i) for i in range(14)]]),
+        {**series(30, "late", feat_dynamic_real=features), "target": [None] * 16 + [1.0] * 14},
+    ]
     data = JsonLinesDataset(write_lines(tmp_path / "toy.jsonl", records), "D", 4, test_windows=2).load()
-    assert [len(e["target"]) for e in data.train] == [22, 6]
+    assert [len(e["target"]) for e in data.train] == [22, 6, 22]
     held_out = validation_split(data)
     assert held_out.name == "toy_validation" and held_out.prediction_length == 4
     # the long series' validation windows end where its training part ends; the short one (6 < 2 · 4 + 1
-    # steps) stays whole in training and gets no window
-    assert [len(e["target"]) for e in held_out.train] == [14, 6]
+    # steps) and the late one (nothing observed before its windows) stay whole in training without windows
+    assert [len(e["target"]) for e in held_out.train] == [14, 6, 22]
     assert [(e["item_id"], len(e["target"])) for e in held_out.test] == [("long", 18), ("long", 22)]
     np.testing.assert_array_equal(held_out.test[-1]["target"], data.train[0]["target"])
     np.testing.assert_array_equal(held_out.test[0]["feat_dynamic_real"], np.asarray(features, np.float32)[:, :18])

@@ -188,15 +188,13 @@ def validation_split(data: ForecastData) -> ForecastData:
     needed = windows * data.prediction_length + 1
     train, test = [], []
     for series in data.train:
-        if len(series["target"]) < needed:
-            train.append(series)
-            continue
-        series_train, series_test = rolling_split(series, data.prediction_length, windows)
-        if not np.isfinite(series_train["target"]).any():
-            train.append(series)
-            continue
-        train.append(series_train)
-        test.extend(series_test)
+        if len(series["target"]) >= needed:
+            series_train, series_test = rolling_split(series, data.prediction_length, windows)
+            if np.isfinite(series_train["target"]).any():
+                train.append(series_train)
+                test.extend(series_test)
+                continue
+        train.append(series)
     if not test:
         raise ValueError(
             f"{data.name}: no training series has the {needed} steps a validation split needs "
