@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
+from pararnn_ts.forecast.lightning_module import ForecastTrainingModule
 from pararnn_ts.forecast.module import ParaRNNForecastModel
 from pararnn_ts.nn.copula import GaussianCopula, LowRankGaussianCopula
 
@@ -251,6 +252,19 @@ def test_context_loss_scores_each_observed_context_step_on_its_own_value(distrib
     assert (without.loss_terms(**batch).context == 0).all()
     torch.manual_seed(3)
     torch.testing.assert_close(without.loss(**batch), terms.marginal + terms.copula)
+
+
+def test_training_logs_the_full_loss_and_validation_the_forecasts_own(monkeypatch):
+    module = ForecastTrainingModule()
+    module.model = make_model(context_loss_weight=0.5)
+    batch = with_future(module.model, make_batch(module.model))
+    logged = {}
+    monkeypatch.setattr(module, "log", lambda name, value, **_: logged.__setitem__(name, value))
+    train, val = module.training_step(batch, 0), module.validation_step(batch, 0)
+    terms = module.model.loss_terms(**batch)
+    torch.testing.assert_close(train, (terms.marginal + terms.copula + 0.5 * terms.context).mean())
+    torch.testing.assert_close(val, (terms.marginal + terms.copula).mean())
+    assert logged["train_loss"] is train and logged["val_loss"] is val
 
 
 def test_context_step_inputs_never_see_the_value_they_predict():

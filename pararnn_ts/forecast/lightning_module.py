@@ -18,7 +18,7 @@ from gluonts.itertools import select
 from gluonts.torch.model.lightning_util import has_validation_loop
 from torch import Tensor
 
-from .module import ParaRNNForecastModel
+from .module import ForecastLoss, ParaRNNForecastModel
 
 LR_SCHEDULES = ("plateau", "cosine", "none")
 #: the batch entries the network's ``forward`` reads (GluonTS's DeepAR inputs)
@@ -36,8 +36,10 @@ class ForecastTrainingModule(pl.LightningModule):
     """Training and validation on GluonTS batches, AdamW and an optional LR schedule; subclasses set ``self.model``.
 
     Batches are dicts of the network's inputs (:data:`MODEL_INPUT_NAMES`) plus ``future_target`` and
-    ``future_observed_values`` ``(B, H)``; the loss is the batch mean of the network's per-series
-    loss. Logged per epoch: ``train_loss`` and ``val_loss``.
+    ``future_observed_values`` ``(B, H)``. Logged per epoch: ``train_loss``, the batch mean of the network's
+    training loss (:meth:`~pararnn_ts.forecast.module.ParaRNNForecastModel.loss`, context term included), and
+    ``val_loss``, that of the forecast's own loss (horizon marginals + copula, without the context term), so
+    that checkpoints and the plateau schedule follow forecast quality.
 
     Args:
         lr, weight_decay: of AdamW.
@@ -61,23 +63,24 @@ class ForecastTrainingModule(pl.LightningModule):
         """The network's forward: sample paths ``(B, num_parallel_samples, H)`` (what the predictor calls)."""
         return self.model(*args, **kwargs)
 
-    def batch_loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """Mean over the batch of the network's per-series loss."""
-        return self.model.loss(
+    def batch_terms(self, batch: dict[str, Tensor]) -> ForecastLoss:
+        """The network's per-series loss terms ``(B,)`` on ``batch``."""
+        return self.model.loss_terms(
             **select(MODEL_INPUT_NAMES, batch),
             future_target=batch["future_target"],
             future_observed_values=batch["future_observed_values"],
-        ).mean()
+        )
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.batch_loss(batch)
+        loss = self.model.training_loss(self.batch_terms(batch)).mean()
         self.log(
             "train_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch["future_target"])
         )
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = self.batch_loss(batch)
+        terms = self.batch_terms(batch)
+        loss = (terms.marginal + terms.copula).mean()
         self.log("val_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch["future_target"]))
         return loss
 

@@ -324,6 +324,10 @@ class ParaRNNForecastModel(nn.Module):
             future_target,
             future_observed_values,
         )
+        return self.training_loss(terms)
+
+    def training_loss(self, terms: ForecastLoss) -> Tensor:
+        """``marginal + copula + context_loss_weight · context`` of :meth:`loss_terms`' ``terms``, ``(B,)``."""
         return terms.marginal + terms.copula + self.context_loss_weight * terms.context
 
     def loss_terms(
