@@ -23,7 +23,6 @@ import contextlib
 import importlib.util
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import peak_memory
 import torch
 
 from pararnn_ts import ParaGRU, ParaLSTM
@@ -139,17 +139,9 @@ def measure(name: str, B: int, T: int, D: int, passes: str, device: torch.device
     row = {"case": name, "T": T, "passes": passes, "floor_bytes": floor_bytes(name, B, T, D, passes)}
     try:
         call, cell = build(name, B, T, D, device, passes)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            base = _rss_mib()
+        base = peak_memory.start(device)
         first = _timed(call, device)
-        if device.type == "cuda":
-            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+        peak = peak_memory.peak_mib(device, base)
         if first > 2.0:  # slow cases: fewer calls, the spread is small relative to the time
             warmup, repeats = 1, min(repeats, 2)
         # Warm up for at least `warmup` calls and WARMUP_S seconds: on CPU the first calls of a process
@@ -182,11 +174,6 @@ def _timed(call: Callable[[], None], device: torch.device) -> float:
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def bandwidth(device: torch.device, mib: int) -> float:

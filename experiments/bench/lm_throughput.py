@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,9 +30,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import peak_memory
 import torch
 import torch.nn.functional as F
-from kernel_bench import _rss_mib, _timed  # same timing and RSS conventions as the kernel benchmark
+from kernel_bench import _timed  # same timing conventions as the kernel benchmark
 
 from pararnn_ts.nn import LanguageModel
 
@@ -116,12 +116,7 @@ def measure(
     """One case in this process: median step time, tokens/s, first call, peak memory (MiB), solver."""
     row: dict[str, Any] = {"arch": arch, "dim": dim, "layers": layers, "T": T, "batch": batch}
     try:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            base = _rss_mib()
+        base = peak_memory.start(device)
         torch.manual_seed(0)
         model = build(arch, dim, layers, device)
         step = training_step(model, batch, T, device)
@@ -132,10 +127,7 @@ def measure(
         times: list[float] = []
         while len(times) < timing.repeats or sum(times) < timing.min_time_s:
             times.append(_timed(step, device))
-        if device.type == "cuda":
-            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+        peak = peak_memory.peak_mib(device, base)
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:
         return {**row, "error": f"out of memory: {str(error).splitlines()[0][:120]}"}
     except RuntimeError as error:  # recorded; the other cases still run

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import peak_memory
 import torch
 
 from pararnn_ts import ParaGRU, ParaLSTM
@@ -36,11 +36,6 @@ DEFAULT_OUT = Path(__file__).parent / "results" / "solver_cpu.json"
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def measure(
@@ -63,18 +58,11 @@ def measure(
             rnn.zero_grad(set_to_none=True)
         _sync(dev)
 
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_mib()
+    base = peak_memory.start(dev)
     start = time.perf_counter()
     call()
     first = time.perf_counter() - start
-    if dev.type == "cuda":
-        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    peak = peak_memory.peak_mib(dev, base)
     for _ in range(warmup - 1):
         call()
     times = []

@@ -1,0 +1,38 @@
+"""Peak memory of one benchmark case, measured the same way by every script here.
+
+On CUDA: the growth of ``torch.cuda.max_memory_allocated`` over what was allocated when the case
+started. On CPU: the growth of the process's peak RSS over its RSS when the case started (the
+scripts run each CPU case in a fresh process, so the peak is the case's own).
+
+    base = peak_memory.start(device)
+    ...                                # the calls to measure
+    mib = peak_memory.peak_mib(device, base)
+"""
+
+from __future__ import annotations
+
+import resource
+
+import torch
+
+
+def rss_mib() -> float:
+    """The process's current resident set size in MiB (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def start(device: torch.device) -> float:
+    """Reset CUDA's peak counter; the baseline :func:`peak_mib` subtracts (bytes on CUDA, MiB of RSS on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
+    return rss_mib()
+
+
+def peak_mib(device: torch.device, base: float) -> float:
+    """Peak memory in MiB since :func:`start` returned ``base``."""
+    if device.type == "cuda":
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
