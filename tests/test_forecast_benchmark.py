@@ -304,6 +304,26 @@ def test_arguments_are_layered_and_quick_shrinks_the_budget(tmp_path):
     assert quick.trainer_kwargs["max_epochs"] == 1 and quick.num_batches_per_epoch == 2
 
 
+def test_a_config_can_start_from_a_base_config(tmp_path):
+    base = Path(write_config(tmp_path, seeds=(0, 1)))
+    (tmp_path / "variants").mkdir()
+    child = tmp_path / "variants" / "child.yaml"
+    deepar = yaml.safe_load(base.read_text())["benchmark"]["models"][1:]
+    child.write_text(yaml.safe_dump({"benchmark": {"base": "../bench.yaml", "seeds": [3], "models": deepar}}))
+    bench = benchmark.load_benchmark(child)
+    assert bench.seeds == [3] and [m.name for m in bench.models] == ["DeepAR"]
+    assert [d.name for d in bench.datasets] == ["toy"] and bench.model_args["batch_size"] == 4  # from the base
+    child.write_text(yaml.safe_dump({"benchmark": {"base": "bench.yaml"}}))
+    with pytest.raises(ValueError, match=r"base 'bench.yaml' is not a file \(a base path is relative"):
+        benchmark.load_benchmark(child)
+    config = yaml.safe_load(base.read_text())
+    config["benchmark"]["base"] = "variants/child.yaml"
+    base.write_text(yaml.safe_dump(config))
+    child.write_text(yaml.safe_dump({"benchmark": {"base": "../bench.yaml"}}))
+    with pytest.raises(ValueError, match="leads back to a config"):
+        benchmark.load_benchmark(child)
+
+
 BENCHMARK_CONFIGS = sorted(
     p for p in (ROOT / "experiments").rglob("*.yaml") if "benchmark" in (yaml.safe_load(p.read_text()) or {})
 )

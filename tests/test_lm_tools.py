@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments" / "lm"))
 sys.path.insert(0, str(ROOT / "experiments" / "bench"))
 import lm_throughput  # noqa: E402
+import peak_memory  # noqa: E402
 import tiny_results  # noqa: E402
 
 TINY_GRU = ROOT / "experiments" / "lm" / "tiny_paragru.yaml"
@@ -122,6 +123,15 @@ def test_throughput_measures_a_training_step():
     assert all(p.grad is None for p in model.parameters())  # the step clears what its backward wrote
     table = lm_throughput.table([row], {"paragru": 1234})
     assert "| paragru | 0.00M | 32 | 2 |" in table
+
+
+def test_a_failed_case_becomes_a_row_that_says_why():
+    row = {"model": "paragru", "seq_len": 32}
+    oom = peak_memory.failed_row(row, torch.cuda.OutOfMemoryError("CUDA out of memory.\nTried to allocate 2 GiB"))
+    assert oom == {**row, "error": "out of memory: CUDA out of memory."}
+    assert peak_memory.failed_row(row, MemoryError())["error"] == "out of memory: MemoryError"
+    assert peak_memory.failed_row(row, RuntimeError("cuDNN error: bad size"))["error"] == "cuDNN error: bad size"
+    assert "error" not in row
 
 
 def test_predict_generates_text_from_a_checkpoint(tmp_path, capsys):

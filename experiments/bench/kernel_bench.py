@@ -151,10 +151,8 @@ def measure(name: str, B: int, T: int, D: int, passes: str, device: torch.device
             spent += _timed(call, device)
             calls += 1
         times = [_timed(call, device) for _ in range(repeats)]
-    except (torch.cuda.OutOfMemoryError, MemoryError) as error:
-        return {**row, "error": f"out of memory: {str(error).splitlines()[0][:120]}"}
-    except RuntimeError as error:  # e.g. cuDNN refusing a size: recorded, the other cases still run
-        return {**row, "error": str(error).splitlines()[0][:120]}
+    except (RuntimeError, MemoryError) as error:  # OOM, or e.g. cuDNN refusing a size
+        return peak_memory.failed_row(row, error)
     stats = getattr(cell, "last_stats", None)
     row.update(time_s=statistics.median(times), first_call_s=first, peak_mib=peak)
     if stats is not None:

@@ -128,10 +128,8 @@ def measure(
         while len(times) < timing.repeats or sum(times) < timing.min_time_s:
             times.append(_timed(step, device))
         peak = peak_memory.peak_mib(device, base)
-    except (torch.cuda.OutOfMemoryError, MemoryError) as error:
-        return {**row, "error": f"out of memory: {str(error).splitlines()[0][:120]}"}
-    except RuntimeError as error:  # recorded; the other cases still run
-        return {**row, "error": str(error).splitlines()[0][:120]}
+    except (RuntimeError, MemoryError) as error:  # OOM, or e.g. cuDNN refusing a size
+        return peak_memory.failed_row(row, error)
     median = statistics.median(times)
     row.update(time_s=median, tokens_per_s=batch * T / median, first_call_s=first, calls=len(times), peak_mib=peak)
     stats = getattr(getattr(model.blocks[0].mixer, "cell", None), "last_stats", None)

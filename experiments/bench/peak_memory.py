@@ -7,6 +7,9 @@ scripts run each CPU case in a fresh process, so the peak is the case's own).
     base = peak_memory.start(device)
     ...                                # the calls to measure
     mib = peak_memory.peak_mib(device, base)
+
+A case that fails (out of memory, or a backend refusing a size) becomes a result row through
+:func:`failed_row`, so the other cases still run.
 """
 
 from __future__ import annotations
@@ -36,3 +39,11 @@ def peak_mib(device: torch.device, base: float) -> float:
     if device.type == "cuda":
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+
+
+def failed_row(row: dict, error: BaseException) -> dict:
+    """``row`` with an ``error`` column: the first line of ``error``, marked when memory ran out."""
+    message = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        message = f"out of memory: {message}"
+    return {**row, "error": message}

@@ -10,6 +10,8 @@ The config's top-level ``benchmark:`` mapping holds::
     trainer_kwargs: {max_epochs: 20, ...}   # every estimator's Lightning Trainer
     model_args: {batch_size: 32, ...}      # given to every model whose signature takes them
     timing_reference: DeepAR               # optional: epoch times are also reported relative to it
+    base: benchmark.yaml                   # optional: start from that config's mapping (path relative
+                                           # to this file); the keys given here replace its keys
     datasets:                              # ForecastDataset specs
       - {name: tourism_monthly, class_path: pararnn_ts.forecast.data.FCompDataset,
          init_args: {collection: tourism, subset: monthly}, model_args: {context_length: 48}}
@@ -224,12 +226,26 @@ def entries_of(config: dict[str, Any], key: str, allowed: set[str], keep: list[s
     return entries
 
 
-def load_benchmark(path: str | Path, datasets: list[str] | None = None, models: list[str] | None = None) -> Benchmark:
-    """Read and check a benchmark config; ``datasets``/``models`` keep only the named entries."""
-    raw = yaml.safe_load(Path(path).read_text())
+def read_config(path: Path, inside: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The ``benchmark:`` mapping of ``path``, on top of its ``base`` config's mapping when it names one."""
+    raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict) or not isinstance(raw.get("benchmark"), dict):
         raise ValueError(f"{path}: a benchmark config holds a top-level 'benchmark:' mapping")
-    config = raw["benchmark"]
+    config = dict(raw["benchmark"])
+    base = config.pop("base", None)
+    if base is None:
+        return config
+    base_path = (path.parent / str(base)).resolve()
+    if base_path in inside + (path.resolve(),):
+        raise ValueError(f"{path}: base {base!r} leads back to a config that names it as base")
+    if not base_path.is_file():
+        raise ValueError(f"{path}: base {base!r} is not a file (a base path is relative to the config's folder)")
+    return {**read_config(base_path, inside + (path.resolve(),)), **config}
+
+
+def load_benchmark(path: str | Path, datasets: list[str] | None = None, models: list[str] | None = None) -> Benchmark:
+    """Read and check a benchmark config; ``datasets``/``models`` keep only the named entries."""
+    config = read_config(Path(path))
     unknown = set(config) - CONFIG_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown benchmark keys {sorted(unknown)}; allowed {sorted(CONFIG_KEYS)}")
