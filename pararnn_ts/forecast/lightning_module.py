@@ -79,8 +79,7 @@ class ForecastTrainingModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        terms = self.batch_terms(batch)
-        loss = (terms.marginal + terms.copula).mean()
+        loss = self.batch_terms(batch).forecast.mean()
         self.log("val_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch["future_target"]))
         return loss
 

@@ -49,6 +49,11 @@ class ForecastLoss(NamedTuple):
     #: (0 when ``context_loss_weight`` is 0)
     context: Tensor
 
+    @property
+    def forecast(self) -> Tensor:
+        """The forecast's own loss ``marginal + copula`` ``(B,)``: the training loss without the context term."""
+        return self.marginal + self.copula
+
 
 def mean_scale(target: Tensor, observed: Tensor, default_scale: float = 1.0, minimum_scale: float = 1e-10) -> Tensor:
     """Mean absolute observed value per series, ``(B, T)`` → ``(B, 1)``.
@@ -328,7 +333,7 @@ class ParaRNNForecastModel(nn.Module):
 
     def training_loss(self, terms: ForecastLoss) -> Tensor:
         """``marginal + copula + context_loss_weight · context`` of :meth:`loss_terms`' ``terms``, ``(B,)``."""
-        return terms.marginal + terms.copula + self.context_loss_weight * terms.context
+        return terms.forecast + self.context_loss_weight * terms.context
 
     def loss_terms(
         self,
