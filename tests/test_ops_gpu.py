@@ -61,8 +61,9 @@ def test_forward_full_size_matches_float64_loop(backend, kernel, T):
         torch.full((B, T, *cell.state_shape), float("nan"), device="cuda")
         h, stats = fused_solve(backend, kernel, u, h0, weights, tol=32 * torch.finfo(torch.float32).eps, max_iters=12)
         assert torch.isfinite(h).all(), "kernel left outputs unwritten or produced NaN"
-        residual, iterations = stats.tolist()
-        assert residual <= 32 * torch.finfo(torch.float32).eps and iterations <= 12
+        if stats is not None:  # None: the exact sequential kernel ran (Triton's choice at this size)
+            residual, iterations = stats.tolist()
+            assert residual <= 32 * torch.finfo(torch.float32).eps and iterations <= 12
         ref = torch.empty_like(h)
         cell64 = cell.double()
         state = h0.double()

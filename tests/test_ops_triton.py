@@ -7,6 +7,7 @@ the ``gpu`` cases run the full sizes on CUDA.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -76,29 +77,66 @@ def fused_vs_sequential(name, B, T, D, u_dtype=torch.float32, seed=0, max_iters=
 
 
 def check(errors, stats, max_iters=12, rtol=RTOL):
+    """Errors below ``rtol``; Newton stats converged (``None``: the exact sequential kernel ran)."""
+    assert max(errors.values()) < rtol, errors
+    if stats is None:
+        return
     assert stats.shape == (2,) and stats.dtype == torch.float32
     residual, iterations = stats.tolist()
     assert residual <= TOL32 and 0 <= iterations <= max_iters, stats
-    assert max(errors.values()) < rtol, errors
+
+
+ALGORITHMS = ["newton", "sequential"]
+
+
+SIZES = [(1, 1), (3, 17), (1, 1000), (3, 4097)]
+# The interpreter takes ~100 s per cell for 4097 sequential steps: there, T = 4097 is left to the GPU tests.
+SEQUENTIAL_SIZES = SIZES if torch.cuda.is_available() else SIZES[:3]
 
 
 @pytest.mark.parametrize("name", ["paragru", "paralstm"])
-@pytest.mark.parametrize(("B", "T"), [(1, 1), (3, 17), (1, 1000), (3, 4097)])
-def test_fused_matches_sequential(name, B, T):
-    check(*fused_vs_sequential(name, B, T, 45))
+@pytest.mark.parametrize(
+    ("B", "T", "algorithm"), [(*s, "newton") for s in SIZES] + [(*s, "sequential") for s in SEQUENTIAL_SIZES]
+)
+def test_fused_matches_sequential(name, B, T, algorithm):
+    errors, stats = fused_vs_sequential(name, B, T, 45, algorithm=algorithm)
+    assert (stats is None) == (algorithm == "sequential")
+    check(errors, stats)
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_sequential_kernel_ragged_channel_blocks(name):
+    """Several channel blocks, the last one ragged (D = 45 over blocks of 16)."""
+    check(*fused_vs_sequential(name, 3, 17, 45, seed=3, algorithm="sequential", block_d=16, stages=2))
+
+
+def test_algorithm_choice():
+    chains = triton_fused.SEQUENTIAL_MIN_CHAINS
+    assert triton_fused.choose_algorithm(1, chains) == "sequential"
+    assert triton_fused.choose_algorithm(1, chains - 1) == "newton"
+    assert triton_fused.choose_algorithm(64, 1024, "newton") == "newton"
+    assert triton_fused.choose_algorithm(1, 8, "sequential") == "sequential"
+    with pytest.raises(ValueError, match="algorithm='scan' is not one of"):
+        triton_fused.choose_algorithm(1, 8, "scan")
+    u, A, h0 = (torch.zeros(shape, device=DEVICE) for shape in ((1, 4, 3, 8), (3, 8), (1, 8)))
+    with pytest.raises(ValueError, match="stages must be >= 1"):
+        triton_fused.gru_forward(u, A, h0, TOL32, 12, algorithm="sequential", stages=0)
+    with pytest.raises(TypeError, match="chunk_t"):
+        triton_fused.gru_forward(u, A, h0, TOL32, 12, algorithm="sequential", chunk_t=8)
 
 
 @pytest.mark.parametrize("tl_scan", [False, True])
 @pytest.mark.parametrize("name", ["paragru", "paralstm"])
 def test_fused_small_tiles_both_scans(name, tl_scan):
     """Chunk carries, a ragged channel block, and both in-tile scans (associative_scan and doubling)."""
-    check(*fused_vs_sequential(name, 3, 17, 45, seed=3, tl_scan=tl_scan, **SMALL_TILES))
+    check(*fused_vs_sequential(name, 3, 17, 45, seed=3, tl_scan=tl_scan, algorithm="newton", **SMALL_TILES))
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("u_dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["paragru", "paralstm"])
-def test_fused_reads_half_precision_inputs(name, u_dtype):
-    check(*fused_vs_sequential(name, 3, 300, 45, u_dtype=u_dtype, seed=5))
+def test_fused_reads_half_precision_inputs(name, u_dtype, algorithm):
+    check(*fused_vs_sequential(name, 3, 300, 45, u_dtype=u_dtype, seed=5, algorithm=algorithm))
 
 
 @pytest.mark.parametrize("name", ["paragru", "paralstm"])
@@ -109,6 +147,7 @@ def test_fused_reports_non_convergence(name):
     h0 = torch.zeros(2, *cell.state_shape, device=DEVICE)
     weights = [4 * cell.A.detach()] + ([4 * cell.C.detach()] if name == "paralstm" else [])
     forward = triton_fused.lstm_forward if name == "paralstm" else triton_fused.gru_forward
+    forward = functools.partial(forward, algorithm="newton")
     _, stats = forward(u, *weights, h0, TOL32, 1)
     residual, iterations = stats.tolist()
     assert residual > TOL32 and iterations == 1
@@ -196,7 +235,19 @@ def test_fused_full_size_gpu(name, T, u_dtype, tl_scan):
         pytest.skip("the doubling scan is checked once per cell")
     # Newton may need more than the default 12 updates on some 128-step chunks of this size (seen: 16 for
     # T = 8192, in the kernel and in the core solver alike); allow 40 so a converged solve is checked.
-    check(*fused_vs_sequential(name, 16, T, 1024, u_dtype, seed=T, max_iters=40, tl_scan=tl_scan), max_iters=40)
+    errors, stats = fused_vs_sequential(
+        name, 16, T, 1024, u_dtype, seed=T, max_iters=40, tl_scan=tl_scan, algorithm="newton"
+    )
+    check(errors, stats, max_iters=40)
+
+
+@pytest.mark.parametrize("T", [1, 4097, 8192])
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+@pytest.mark.parametrize("u_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.gpu
+@needs_gpu
+def test_sequential_full_size_gpu(name, T, u_dtype):
+    check(*fused_vs_sequential(name, 16, T, 1024, u_dtype, seed=T, algorithm="sequential"))
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -169,7 +169,7 @@ class ParaCell(nn.Module):
                 h = self._fused_solve(backend, u, h0, dtype)
             elif mode == "sequential":
                 h = sequential_solve(self, u.to(dtype), h0)
-                self.last_stats = SolverStats("sequential")
+                self.last_stats = SolverStats("sequential", algorithm="sequential")
             else:
                 h, self.last_stats = parallel_solve(self, u.to(dtype), h0, self.resolve_chunk_size(u))
         return self._output_dtype(h, u)
@@ -209,10 +209,10 @@ class ParaCell(nn.Module):
         tol = self.resolved_tol(dtype)
         h, raw = fused_ops.fused_solve(backend, self.fused_kernel, u_k, h0, weights, tol, self.max_iters)
         if raw is None:
-            self.last_stats = SolverStats("fused", backend=backend)
+            self.last_stats = SolverStats("fused", backend=backend, algorithm="sequential")
             return h
         residual, iterations = raw.tolist()
-        stats = SolverStats("fused", backend, int(iterations), residual, converged=residual <= tol)
+        stats = SolverStats("fused", backend, iterations=int(iterations), residual=residual, converged=residual <= tol)
         self.last_stats = stats
         return h if keep_iterate(self, stats, u_k) else sequential_solve(self, u.to(dtype), h0)
 

@@ -26,6 +26,8 @@ class SolverStats:
         mode: the path that ran (``"sequential"``, ``"parallel"`` or ``"fused"``).
         backend: what computed it: ``"pytorch"`` for the sequential and parallel modes, else the
             fused backend (``"cpu"``, ``"triton"`` or ``"cuda"``).
+        algorithm: ``"newton"`` or ``"sequential"`` (the exact loop: the sequential mode, the fused CPU
+            kernel, or the Triton sequential kernels, which Triton picks when ``B·D`` fills the GPU).
         iterations: Newton updates applied (0 for the sequential loop).
         residual: final ``max_t ‖h_t − f(h_{t-1}, u_t)‖_∞ / max(1, ‖h‖_∞)`` of the Newton iterate.
         converged: whether that residual reached ``tol``.
@@ -37,6 +39,7 @@ class SolverStats:
 
     mode: str
     backend: str = "pytorch"
+    algorithm: str = "newton"
     iterations: int = 0
     residual: float = 0.0
     converged: bool = True
@@ -54,6 +57,7 @@ class SolverStats:
         return SolverStats(
             mode=parts[0].mode,
             backend=parts[0].backend,
+            algorithm=parts[0].algorithm,
             iterations=max(p.iterations for p in parts),
             residual=max(p.residual for p in parts),
             converged=all(p.converged for p in parts),

@@ -8,9 +8,14 @@ walks the chunks from the end, recomputes the Jacobians from ``h`` and ``u`` and
 use, so this module imports without Triton). Runs on CUDA devices, and on CPU tensors under
 ``TRITON_INTERPRET=1`` (slow; for tests).
 
+Every op also has an exact *sequential* kernel: one lane per (batch row, channel), time stepped in a
+loop, the next steps' loads kept in flight. When there are enough independent chains ``B·D`` to fill
+the GPU, one evaluation of ``f`` per step beats Newton's 3-4 passes (forward) and the adjoint is one
+multiply-add per step (backward). ``algorithm="auto"`` (the default) picks by :func:`choose_algorithm`.
+
 Every op takes keyword-only tuning arguments ``block_d``, ``chunk_t``, ``num_warps`` (powers of
-two) and ``tl_scan``; ``None`` uses the defaults of
-:func:`pararnn_ts.ops._triton_kernels.launch_config`.
+two) and ``tl_scan`` (Newton), ``block_d``, ``stages``, ``num_warps`` (sequential); ``None`` uses
+the defaults of :func:`pararnn_ts.ops._triton_kernels.launch_config` and ``sequential_config``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,12 @@ import torch
 from torch import Tensor
 
 NAME = "triton"
+ALGORITHMS = ("auto", "newton", "sequential")
+#: fewest independent chains ``B·D`` for which ``algorithm="auto"`` runs the sequential kernels. On an H100
+#: (T = 512 and 8192) Newton was faster up to 4096 chains (e.g. B=4, D=1024) and the loop from 16384 on
+SEQUENTIAL_MIN_CHAINS = 8192
+#: what an op's ``algorithm=None`` means (set ``"newton"`` or ``"sequential"`` to hold every call to one)
+default_algorithm = "auto"
 
 
 @functools.cache
@@ -60,24 +71,44 @@ def _kernels():
     return _triton_kernels
 
 
+def choose_algorithm(B: int, D: int, algorithm: str | None = None) -> str:
+    """``"newton"`` or ``"sequential"`` for ``B`` rows of ``D`` channels; ``None``/``"auto"``: by ``B·D``."""
+    algorithm = algorithm or default_algorithm
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm={algorithm!r} is not one of {ALGORITHMS}")
+    if algorithm != "auto":
+        return algorithm
+    return "sequential" if B * D >= SEQUENTIAL_MIN_CHAINS else "newton"
+
+
 def _launch(name: str, B: int, D: int, device: torch.device, tuning: dict) -> tuple[object, tuple[int, int], dict]:
     k = _kernels()
-    cfg = k.launch_config(name, device.type == "cuda", **tuning)
-    return k, (B, -(-D // cfg["BLOCK_D"])), cfg
+    on_gpu = device.type == "cuda"
+    if choose_algorithm(B, D, tuning.pop("algorithm", None)) == "sequential":
+        cfg = k.sequential_config(name, on_gpu, **tuning)
+        name = name.replace("_", "_sequential_", 1)
+    else:
+        cfg = k.launch_config(name, on_gpu, **tuning)
+    kernel = getattr(k, f"{name}_kernel")
+    return kernel, (B, -(-D // cfg["BLOCK_D"])), cfg
 
 
 def gru_forward(u: Tensor, A: Tensor, h0: Tensor, tol: float, max_iters: int, **tuning) -> tuple[Tensor, Tensor | None]:
-    """``u`` ``(B, T, 3, D)``, ``A`` ``(3, D)``, ``h0`` ``(B, D)`` → ``h`` ``(B, T, D)``, stats ``(2,)``.
+    """``u`` ``(B, T, 3, D)``, ``A`` ``(3, D)``, ``h0`` ``(B, D)`` → ``h`` ``(B, T, D)``, stats ``(2,)`` or ``None``.
 
-    ``stats = [worst normalised residual, most Newton updates]`` over all tiles and chunks.
+    ``stats = [worst normalised residual, most Newton updates]`` over all tiles and chunks; ``None``
+    when the exact sequential kernel ran.
     """
     B, T, _, D = u.shape
     h = torch.empty(B, T, D, device=u.device, dtype=torch.float32)
     if T == 0 or B == 0 or D == 0:
         return h, torch.zeros(2, device=u.device, dtype=torch.float32)
-    k, grid, cfg = _launch("gru_forward", B, D, u.device, tuning)
+    kernel, grid, cfg = _launch("gru_forward", B, D, u.device, tuning)
+    if "STAGES" in cfg:
+        kernel[grid](u, A, h0, h, T, D, **cfg)
+        return h, None
     stats = torch.empty(grid[0] * grid[1], 2, device=u.device, dtype=torch.float32)
-    k.gru_forward_kernel[grid](u, A, h0, h, stats, T, D, float(tol), int(max_iters), **cfg)
+    kernel[grid](u, A, h0, h, stats, T, D, float(tol), int(max_iters), **cfg)
     return h, stats.amax(0)
 
 
@@ -89,10 +120,10 @@ def gru_backward(
     grad_u = torch.empty(B, T, 3, D, device=u.device, dtype=torch.float32)
     if T == 0 or B == 0 or D == 0:
         return grad_u, torch.zeros(3, D, device=u.device), torch.zeros(B, D, device=u.device)
-    k, grid, cfg = _launch("gru_backward", B, D, u.device, tuning)
+    kernel, grid, cfg = _launch("gru_backward", B, D, u.device, tuning)
     grad_A = torch.empty(B, 3, D, device=u.device, dtype=torch.float32)
     grad_h0 = torch.empty(B, D, device=u.device, dtype=torch.float32)
-    k.gru_backward_kernel[grid](grad_h, u, A, h0, h, grad_u, grad_A, grad_h0, T, D, **cfg)
+    kernel[grid](grad_h, u, A, h0, h, grad_u, grad_A, grad_h0, T, D, **cfg)
     return grad_u, grad_A.sum(0), grad_h0
 
 
@@ -107,9 +138,12 @@ def lstm_forward(
     h = torch.empty(B, T, D, 2, device=u.device, dtype=torch.float32)
     if T == 0 or B == 0 or D == 0:
         return h, torch.zeros(2, device=u.device, dtype=torch.float32)
-    k, grid, cfg = _launch("lstm_forward", B, D, u.device, tuning)
+    kernel, grid, cfg = _launch("lstm_forward", B, D, u.device, tuning)
+    if "STAGES" in cfg:
+        kernel[grid](u, A, C, h0, h, T, D, **cfg)
+        return h, None
     stats = torch.empty(grid[0] * grid[1], 2, device=u.device, dtype=torch.float32)
-    k.lstm_forward_kernel[grid](u, A, C, h0, h, stats, T, D, float(tol), int(max_iters), **cfg)
+    kernel[grid](u, A, C, h0, h, stats, T, D, float(tol), int(max_iters), **cfg)
     return h, stats.amax(0)
 
 
@@ -123,9 +157,9 @@ def lstm_backward(
     if T == 0 or B == 0 or D == 0:
         zeros = functools.partial(torch.zeros, device=u.device, dtype=torch.float32)
         return grad_u, zeros(3, D), zeros(2, D), zeros(B, D, 2)
-    k, grid, cfg = _launch("lstm_backward", B, D, u.device, tuning)
+    kernel, grid, cfg = _launch("lstm_backward", B, D, u.device, tuning)
     grad_A = torch.empty(B, 3, D, device=u.device, dtype=torch.float32)
     grad_C = torch.empty(B, 2, D, device=u.device, dtype=torch.float32)
     grad_h0 = torch.empty(B, D, 2, device=u.device, dtype=torch.float32)
-    k.lstm_backward_kernel[grid](grad_h, u, A, C, h0, h, grad_u, grad_A, grad_C, grad_h0, T, D, **cfg)
+    kernel[grid](grad_h, u, A, C, h0, h, grad_u, grad_A, grad_C, grad_h0, T, D, **cfg)
     return grad_u, grad_A.sum(0), grad_C.sum(0), grad_h0
