@@ -2,15 +2,20 @@
 
 For ParaGRU and ParaLSTM it times ``cell.solve(u, h0)`` (forward) and the same plus backward to
 ``u``, ``h0`` and the weights, for the modes ``sequential``, ``parallel`` and ``fused`` (each
-fused backend that can run), next to ``torch.nn.GRU`` / ``torch.nn.LSTM`` of the same hidden size
-(oneDNN on CPU, cuDNN on GPU; they also do their input and dense recurrent matmuls) and, on GPU,
-the peer linear-scan kernels ``accelerated-scan`` and flash-linear-attention's HGRN when installed.
+fused backend that can run; on GPU also ``fused-triton-newton``, Triton held to its Newton kernels
+where its own choice for the size is the sequential ones), next to ``torch.nn.GRU`` /
+``torch.nn.LSTM`` of the same hidden size (oneDNN on CPU, cuDNN on GPU; they also do their input
+and dense recurrent matmuls) and, on GPU, the peer linear-scan kernels ``accelerated-scan`` and
+flash-linear-attention's HGRN when installed.
 
 The floor is the fewest bytes a kernel must move (``u`` read once, ``h`` written once; backward:
 ``u``, ``h``, ``∂L/∂h`` read once, ``∂L/∂u`` written once) over the memory bandwidth measured in
 the same run by a large copy. Times are medians after warm-up calls (at least ``--warmup`` calls
-and one second); peak memory is the growth of
-peak RSS over the first call (CPU, one subprocess per case) or ``max_memory_allocated`` (CUDA).
+and one second). On CUDA each timed repeat is a burst of back-to-back calls (about ``BURST_S``)
+divided by its length, the steady state of a training loop whose host runs ahead of the GPU; the
+median of single synchronised calls, which also counts the host's launch overhead, is kept as
+``latency_s`` ("1 call" in the table). Peak memory is the growth of peak RSS over the first call
+(CPU, one subprocess per case) or ``max_memory_allocated`` (CUDA).
 
     python experiments/bench/kernel_bench.py                          # CPU, the issue's sizes
     python experiments/bench/kernel_bench.py --device cuda --batch 16 --hidden 1024 --T 512 2048 8192 65536
@@ -40,6 +45,7 @@ RESULTS = Path(__file__).parent / "results"
 CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
 STATE = {"gru": 1, "lstm": 2}  # state values per channel
 WARMUP_S = 1.0  # least seconds of warm-up calls per case
+BURST_S = 0.02  # on CUDA, each timed repeat is a burst of back-to-back calls lasting about this long
 PEERS = ("accelerated-scan-warp", "accelerated-scan-triton", "fla-hgrn-chunk", "fla-hgrn-recurrent")
 
 
@@ -58,6 +64,8 @@ def case_names(cell: str, device: torch.device, modes: list[str], peers: list[st
         for backend in ("cpu", "triton", "cuda"):
             if (device.type == "cpu") == (backend == "cpu") and unavailable_reason(backend, device) is None:
                 names.append(f"{cell}/fused-{backend}")
+                if backend == "triton":
+                    names.append(f"{cell}/fused-triton-newton")
     names.append(f"{cell}/nn.{cell.upper()}")
     if device.type == "cuda" and cell == "gru":
         names += [f"peer/{p}" for p in peers if importlib.util.find_spec(_peer_module(p)) is not None]
@@ -90,12 +98,22 @@ def build(name: str, B: int, T: int, D: int, device: torch.device, passes: str) 
         x = torch.randn(B, T, D, device=device, requires_grad=train)
         return _call(lambda: rnn(x)[0], train, [x, *rnn.parameters()]), None
     mode, _, backend = variant.partition("-")
+    backend, _, algorithm = backend.partition("-")
+    _hold_triton_algorithm(algorithm)
     cell = CELLS[cell_name](D, D, num_heads=4, mode=mode, fused_backend=backend or "auto").to(device)
     with torch.no_grad():
         u = cell.project(torch.randn(B, T, D, device=device))
     u.requires_grad_(train)
     h0 = torch.zeros(B, *cell.state_shape, device=device, requires_grad=train)
     return _call(lambda: cell.solve(u, h0), train, [u, h0, *cell.parameters()]), cell
+
+
+def _hold_triton_algorithm(algorithm: str) -> None:
+    """Hold Triton's ops to ``algorithm`` for the next case (``""``: their own choice by size)."""
+    if importlib.util.find_spec("triton") is not None:
+        from pararnn_ts.ops import triton_fused
+
+        triton_fused.default_algorithm = algorithm or "auto"
 
 
 def _call(forward: Callable[[], torch.Tensor], train: bool, leaves: list[torch.Tensor]) -> Callable[[], None]:
@@ -151,24 +169,32 @@ def measure(name: str, B: int, T: int, D: int, passes: str, device: torch.device
             spent += _timed(call, device)
             calls += 1
         times = [_timed(call, device) for _ in range(repeats)]
+        latency = statistics.median(times)
+        if device.type == "cuda":  # steady state: back-to-back calls, as a training loop issues them
+            burst = max(1, min(200, round(BURST_S / latency)))
+            times = [_timed(call, device, burst) for _ in range(repeats)]
     except (RuntimeError, MemoryError) as error:  # OOM, or e.g. cuDNN refusing a size
         return peak_memory.failed_row(row, error)
     stats = getattr(cell, "last_stats", None)
-    row.update(time_s=statistics.median(times), first_call_s=first, peak_mib=peak)
+    row.update(time_s=statistics.median(times), latency_s=latency, first_call_s=first, peak_mib=peak)
     if stats is not None:
         row.update(mode=stats.mode, backend=stats.backend, iterations=stats.iterations, residual=stats.residual)
+        row.update(algorithm=stats.algorithm)
         row.update(fell_back=stats.fell_back)
     return row
 
 
-def _timed(call: Callable[[], None], device: torch.device) -> float:
+def _timed(call: Callable[[], None], device: torch.device, calls: int = 1) -> float:
+    """Seconds per call of ``calls`` back-to-back calls (CUDA: between two events, so the host may run
+    ahead of the GPU as in a training loop; a single call also counts its launch overhead)."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        call()
+        for _ in range(calls):
+            call()
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) / 1e3
+        return start.elapsed_time(end) / 1e3 / calls
     start = time.perf_counter()
     call()
     return time.perf_counter() - start
@@ -194,9 +220,9 @@ def run_case(args: argparse.Namespace, name: str, T: int, passes: str) -> dict:
 
 def table(rows: list[dict], bw: float) -> str:
     lines = [
-        "| case | T | fwd (ms) | fwd+bwd (ms) | fwd GB/s | fwd+bwd GB/s | fwd+bwd / floor | peak fwd+bwd (MiB) "
-        "| Newton its | backend |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| case | T | fwd (ms) | fwd+bwd (ms) | fwd 1 call (ms) | fwd GB/s | fwd+bwd GB/s | fwd+bwd / floor "
+        "| peak fwd+bwd (MiB) | Newton its | mode/backend/algorithm |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     index = {(r["case"], r["T"], r["passes"]): r for r in rows}
     for name, T in dict.fromkeys((r["case"], r["T"]) for r in rows):
@@ -204,12 +230,13 @@ def table(rows: list[dict], bw: float) -> str:
         cells = []
         for r in (f, fb):
             cells.append(f"{1e3 * r['time_s']:.2f}" if "time_s" in r else r.get("error", "-")[:30])
+        cells.append(f"{1e3 * f['latency_s']:.2f}" if "latency_s" in f else "-")
         for r in (f, fb):
             cells.append(f"{r['floor_bytes'] / r['time_s'] / 1e9:.1f}" if "time_s" in r else "-")
         cells.append(f"{fb['time_s'] * bw / fb['floor_bytes']:.2f}" if "time_s" in fb else "-")
         cells.append(f"{fb['peak_mib']:.0f}" if "peak_mib" in fb else "-")
         cells.append(str(f.get("iterations", "-")))
-        cells.append(f"{f.get('mode', '-')}/{f.get('backend', '-')}")
+        cells.append(f"{f.get('mode', '-')}/{f.get('backend', '-')}/{f.get('algorithm', '-')}")
         lines.append(f"| {name} | {T} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -1,0 +1,91 @@
+"""Triton kernel tuning on a GPU, in one call: the sequential kernels' tiles and pipeline depth, the
+Newton-vs-sequential crossover in the number of chains ``B·D``, and the cost of a whole ``cell.solve``
+against its kernel. Prints one JSON line per measurement and writes them all to ``--out``/tune.json.
+
+    python experiments/bench/triton_tuning.py --out DIR [--sections sequential crossover solve]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from pathlib import Path
+
+import torch
+from triton.testing import do_bench
+
+from pararnn_ts import ParaGRU, ParaLSTM
+from pararnn_ts.ops import triton_fused as tf
+
+CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
+
+
+def bench(fn) -> float:
+    return do_bench(fn, warmup=25, rep=150, return_mode="median")
+
+
+def problem(name: str, B: int, T: int, D: int):
+    """A cell's fused weights, ``u``, ``h0``, the forward's ``h`` and a random ``∂L/∂h``."""
+    torch.manual_seed(0)
+    cell = CELLS[name](D, D, num_heads=1).cuda()
+    with torch.no_grad():
+        u = cell.project(torch.randn(B, T, D, device="cuda")).contiguous()
+    h0 = 0.5 * torch.randn(B, *cell.state_shape, device="cuda")
+    w = tuple(x.detach().contiguous() for x in cell.fused_weights())
+    h, _ = getattr(tf, f"{name}_forward")(u, *w, h0, 1e-6, 12, algorithm="newton")
+    return cell, w, u, h0, h, torch.randn_like(h)
+
+
+def timings(name: str, w, u, h0, h, g, **tuning) -> tuple[float, float]:
+    fwd, bwd = getattr(tf, f"{name}_forward"), getattr(tf, f"{name}_backward")
+    return bench(lambda: fwd(u, *w, h0, 1e-6, 12, **tuning)), bench(lambda: bwd(g, u, *w, h0, h, **tuning))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sections", nargs="+", default=["sequential", "crossover", "solve"])
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list = []
+
+    def log(**row) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        (args.out / "tune.json").write_text(json.dumps(rows, indent=1))
+
+    if "sequential" in args.sections:
+        for name in CELLS:
+            cell, w, u, h0, h, g = problem(name, 16, 8192, 1024)
+            for bd, nw in ((32, 1), (64, 2), (128, 4), (64, 1)):
+                for stages in (4, 8, 12, 16):
+                    tune = dict(algorithm="sequential", block_d=bd, num_warps=nw, stages=stages)
+                    try:
+                        f, b = timings(name, w, u, h0, h, g, **tune)
+                        log(section="sequential", cell=name, T=8192, tile=[bd, nw, stages], fwd_ms=f, bwd_ms=b)
+                    except Exception as e:  # a config that does not compile or fit
+                        log(section="sequential", cell=name, tile=[bd, nw, stages], error=str(e)[:200])
+            del u, h, g
+    if "crossover" in args.sections:
+        for name in CELLS:
+            for B, D in ((1, 256), (1, 1024), (4, 1024), (16, 256), (16, 1024), (64, 1024)):
+                for T in (512, 8192):
+                    cell, w, u, h0, h, g = problem(name, B, T, D)
+                    for algorithm in ("newton", "sequential"):
+                        f, b = timings(name, w, u, h0, h, g, algorithm=algorithm)
+                        log(section="crossover", cell=name, B=B, D=D, T=T, algorithm=algorithm, fwd_ms=f, bwd_ms=b)
+    if "solve" in args.sections:
+        for name in CELLS:
+            for T in (512, 2048):
+                cell, w, u, h0, h, g = problem(name, 16, T, 1024)
+                cell.mode = "fused"
+                with torch.no_grad():
+                    solve = bench(functools.partial(cell.solve, u, h0))
+                algo = cell.last_stats.algorithm
+                kernel = bench(functools.partial(getattr(tf, f"{name}_forward"), u, *w, h0, 1e-6, 12))
+                log(section="solve", cell=name, T=T, solve_ms=solve, kernel_ms=kernel, algorithm=algo)
+
+
+if __name__ == "__main__":
+    main()
