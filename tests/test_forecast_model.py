@@ -149,7 +149,7 @@ def test_sequence_inputs_match_a_brute_force_construction():
 
 # ---- (b) gradients ------------------------------------------------------------------------------
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-@pytest.mark.parametrize("distribution", ["student_t", "normal", "negative_binomial", "quantile"])
+@pytest.mark.parametrize("distribution", ["student_t", "normal", "johnson_su", "negative_binomial", "quantile"])
 def test_gradient_reaches_every_parameter(cell, distribution):
     model = make_model(cell=cell, distribution=distribution).train()
     loss = model.loss(**with_future(model, make_batch(model)))
@@ -219,7 +219,7 @@ def test_short_series_left_padded_works():
 
 
 # ---- (e) the copula -----------------------------------------------------------------------------
-@pytest.mark.parametrize("distribution", ["student_t", "negative_binomial", "quantile"])
+@pytest.mark.parametrize("distribution", ["student_t", "johnson_su", "negative_binomial", "quantile"])
 def test_context_loss_scores_each_observed_context_step_on_its_own_value(distribution):
     model = make_model(distribution=distribution, context_loss_weight=0.5)
     batch = with_future(model, make_batch(model))
@@ -360,7 +360,7 @@ def test_copula_loss_leaves_marginal_parameters_alone():
 
 
 @pytest.mark.parametrize("copula_rank", [2, 0])
-@pytest.mark.parametrize("distribution", ["student_t", "negative_binomial", "quantile"])
+@pytest.mark.parametrize("distribution", ["student_t", "johnson_su", "negative_binomial", "quantile"])
 def test_quantile_grid_samples_are_exact_quantiles_in_the_copulas_order(distribution, copula_rank):
     grid = make_model(distribution=distribution, copula_rank=copula_rank)
     if copula_rank:

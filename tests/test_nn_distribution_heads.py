@@ -13,6 +13,7 @@ from torch.distributions import AffineTransform, Normal, StudentT, TransformedDi
 
 from pararnn_ts.nn.distribution_heads import (
     DEFAULT_QUANTILES,
+    JohnsonSUHead,
     NegativeBinomialHead,
     NormalHead,
     QuantileHead,
@@ -68,6 +69,27 @@ def test_normal_likelihood_is_the_affinely_scaled_normal():
     y = reference.sample((2,))
     torch.testing.assert_close(dist.loss(y), -reference.log_prob(y))
     torch.testing.assert_close(dist.mean, loc_raw * scale)
+
+
+def test_johnson_su_likelihood_cdf_quantiles_and_mean_match_scipy():
+    head = make_head(JohnsonSUHead)
+    with torch.no_grad():
+        head.proj.bias[0] = -1.5  # a clear skew, so a sign error in gamma shows
+    features, scale = head_inputs()
+    dist = head(features, scale)
+    gamma, delta_raw, loc_raw, scale_raw = raw_outputs(head, features)
+    delta = 0.3 + F.softplus(delta_raw)
+    frozen = stats.johnsonsu(
+        gamma.numpy(), delta.numpy(), (loc_raw * scale).numpy(), (F.softplus(scale_raw) * scale).numpy()
+    )
+    y = torch.as_tensor(frozen.rvs(size=(2, BATCH, HORIZON), random_state=0))
+    torch.testing.assert_close(dist.loss(y), torch.as_tensor(-frozen.logpdf(y.numpy())))
+    torch.testing.assert_close(dist.cdf(y), torch.as_tensor(frozen.cdf(y.numpy())))
+    u = torch.rand(2, BATCH, HORIZON, dtype=torch.float64)
+    torch.testing.assert_close(dist.icdf(u), torch.as_tensor(frozen.ppf(u.numpy())))
+    torch.testing.assert_close(dist.mean, torch.as_tensor(frozen.mean()))
+    assert (dist.args["delta"] > 0.3).all()
+    assert (dist.mean > dist.icdf(torch.full_like(u[0], 0.5))).all()  # gamma < 0: right-skewed, mean > median
 
 
 def test_negative_binomial_likelihood_matches_scipy_with_the_mean_scaled():
@@ -136,7 +158,7 @@ def test_quantile_distribution_interpolates_its_knots():
     torch.testing.assert_close(dist.mean, numeric_mean, rtol=1e-6, atol=1e-9)
 
 
-CONTINUOUS_HEADS = [StudentTHead, NormalHead, QuantileHead]
+CONTINUOUS_HEADS = [StudentTHead, NormalHead, JohnsonSUHead, QuantileHead]
 ALL_HEADS = [*CONTINUOUS_HEADS, NegativeBinomialHead]
 
 

@@ -66,7 +66,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
         dropout: float = 0.1,
         context_length: int | None = None,
         context_length_multiple: float = 2.0,
-        distribution: Literal["student_t", "normal", "negative_binomial", "quantile"] = "student_t",
+        distribution: Literal["student_t", "normal", "johnson_su", "negative_binomial", "quantile"] = "student_t",
         copula_rank: int = 4,
         lr: float = 1e-3,
         weight_decay: float = 1e-8,

@@ -132,7 +132,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         context_length: steps the network reads before the horizon (default
             :func:`default_context_length`); lags reach ``max(lags_seq)`` further back.
         cell, hidden_size, num_layers, num_heads, dropout, copula_rank, lags_seq, scaling, mode: of the network.
-        distribution: ``"student_t"``, ``"normal"``, ``"negative_binomial"`` or ``"quantile"``.
+        distribution: ``"student_t"``, ``"normal"``, ``"johnson_su"``, ``"negative_binomial"`` or ``"quantile"``.
         quantiles: levels of the ``"quantile"`` head (only with it).
         naive_offset, seasonality, context_loss_weight, quantile_grid_samples: of the network (the
             seasonal-naive location offset, its season length, the weight of the context steps'

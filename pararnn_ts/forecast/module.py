@@ -96,7 +96,7 @@ class ParaRNNForecastModel(nn.Module):
         dropout: on each layer's output, training only.
         lags_seq: lags of the target fed as inputs; default ``get_lags_for_frequency(freq)``.
         scaling: mean scaling of the target over the context (else scale 1); ``log(scale)`` is an input.
-        distribution: ``"student_t"``, ``"normal"``, ``"negative_binomial"`` or ``"quantile"``.
+        distribution: ``"student_t"``, ``"normal"``, ``"johnson_su"``, ``"negative_binomial"`` or ``"quantile"``.
         quantiles: levels of the quantile head (``distribution="quantile"`` only).
         copula_rank: rank of the horizon copula's factor; 0: independent horizon steps.
         num_parallel_samples: sample paths :meth:`forward` draws by default.
