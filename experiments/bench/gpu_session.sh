@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Everything one GPU lease checks, in one call: the fused-kernel tests at full size, then the kernel
-# benchmark at the GPU sizes. Run from the repository root; logs and results go to $OUT.
-#   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh [tests|bench|all]
+# Everything one GPU lease checks: the fused-kernel tests at full size, the kernel benchmark at the issue's
+# GPU sizes, and the Triton tuning sweeps (tiles, Newton vs sequential, solve vs kernel). Run from the
+# repository root; logs and results go to $OUT. Give each part its own device call (10 minutes at most):
+# on an H100 the benchmark took about 6 minutes, the tuning sweeps about 5, the tests more than 4.
+#   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh [tests|bench|tune|all]
 set -uo pipefail
 OUT=${OUT:-/tmp/pararnn_gpu}
 WHAT=${1:-all}
@@ -21,8 +23,12 @@ if [[ $WHAT == tests || $WHAT == all ]]; then
 fi
 if [[ $WHAT == bench || $WHAT == all ]]; then
     python3 experiments/bench/kernel_bench.py --device cuda --batch 16 --hidden 1024 --T 512 2048 8192 65536 \
-        --max-sequential-T 8192 --reference-T 512 --repeats 10 --out "$OUT/kernels_cuda.json" 2>"$OUT/bench.err" \
+        --max-sequential-T 8192 --reference-T 512 --out "$OUT/kernels_cuda.json" 2>"$OUT/bench.err" \
         | tee "$OUT/bench.log"
     status=$((status || PIPESTATUS[0]))
+fi
+if [[ $WHAT == tune || $WHAT == all ]]; then
+    python3 experiments/bench/triton_tuning.py --out "$OUT" > "$OUT/tune.log" 2>&1
+    status=$((status || $?))
 fi
 exit $status
