@@ -9,12 +9,13 @@ The returned object offers what a forecaster needs from its marginals:
 
 - ``loss(target)``: negative log-likelihood per element (pinball loss for :class:`QuantileHead`);
 - ``mean``, ``sample(shape)`` ``→ (*shape, ...)``;
-- a skewed choice for positive, right-skewed data: Johnson's S_U (``"johnson_su"``), whose multi-step
-  marginals can lean the way a sampled autoregressive model's mixtures do;
 - ``cdf(y)``, ``icdf(u)`` and ``pit(y)`` (probability integral transform; randomised for counts),
   which a copula uses. Where torch has no cdf/icdf (Student-t, negative binomial) they come from
   :mod:`scipy.stats` on detached values, without gradient: copulas are fitted on detached PITs
   (the two-stage "inference functions for margins" method), so none is needed.
+
+Besides the symmetric Student-t and Normal, Johnson's S_U (``"johnson_su"``) is a skewed choice for
+right-skewed data, whose multi-step marginals can lean the way a sampled autoregressive model's do.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from torch import Tensor, nn
 from torch.distributions import Distribution, NegativeBinomial, Normal, StudentT
 
 DEFAULT_QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+_SQRT2 = 2**0.5
+_LOG_2PI = float(np.log(2 * np.pi))
 
 
 def clamp_unit(u: Tensor) -> Tensor:
@@ -242,10 +245,6 @@ class JohnsonSUForecast(ForecastDistribution):
     def icdf(self, u: Tensor) -> Tensor:
         z = _SQRT2 * torch.erfinv(2 * clamp_unit(u) - 1)
         return self.loc + self.scale * torch.sinh((z - self.gamma) / self.delta)
-
-
-_SQRT2 = 2**0.5
-_LOG_2PI = float(np.log(2 * np.pi))
 
 
 class DistributionHead(nn.Module):
