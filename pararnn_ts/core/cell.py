@@ -32,7 +32,8 @@ class ParaCell(nn.Module):
     Args:
         mode: ``"sequential"`` (plain loop, autograd through it), ``"parallel"`` (Newton + scans,
             adjoint backward), ``"fused"`` (a native kernel of :mod:`pararnn_ts.ops`: the fused
-            sequential C++ kernel on CPU, fused Newton kernels on GPU) or ``"auto"`` (fused where
+            sequential C++ kernel on CPU; on GPU fused Newton kernels, or Triton's fused sequential
+            ones when batch × channels fill the GPU, see ``last_stats.algorithm``) or ``"auto"`` (fused where
             the cell has a kernel and a backend can run it, else parallel on GPU and sequential on
             CPU). ``"fused"`` where no kernel can run warns once and runs what ``"auto"`` would.
         tol: Newton stops when ``max_t ‖r_t‖_∞ ≤ tol · max(1, ‖h‖_∞)``; default 32 ε of the
