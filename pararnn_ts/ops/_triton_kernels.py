@@ -84,6 +84,35 @@ def _lstm_step(c, h, uf, uz, uo, af, az, ao, pf, po):
     return cn, o * tc, j00, j01, j10, j11
 
 
+@triton.jit
+def _gru_linearised(hp, uz, ur, uc, az, ar, ac):
+    """``(z, r, c, J)`` of the step from ``hp``: the gates and ``J = ∂f/∂h`` (for the adjoint passes)."""
+    z, r, c = _gru_gates(hp, uz, ur, uc, az, ar, ac)
+    dr = r * (1.0 - r) * ar
+    J = (1.0 - z) + z * (1.0 - z) * az * (c - hp) + z * (1.0 - c * c) * ac * (r + hp * dr)
+    return z, r, c, J
+
+
+@triton.jit
+def _gru_gate_grads(lam, hp, z, r, c, ac):
+    """``∂L/∂u`` of a ParaGRU step, ``(gz, gr, gc)``, from its adjoint ``λ`` and its gates."""
+    gz = lam * (c - hp) * z * (1.0 - z)
+    gc = lam * z * (1.0 - c * c)
+    gr = gc * ac * hp * r * (1.0 - r)
+    return gz, gr, gc
+
+
+@triton.jit
+def _lstm_gate_grads(lam_c, lam_h, cp, f, z, o, tc, df, do, po):
+    """``∂L/∂u`` of a ParaLSTM step, ``(pre_f, pre_z, pre_o)``, from its adjoint ``(λ_c, λ_h)``, the
+    previous cell state ``cp`` and the outputs of :func:`_lstm_linearised`."""
+    pre_o = lam_h * tc * do
+    g_cn = lam_c + lam_h * o * (1.0 - tc * tc) + pre_o * po
+    pre_f = g_cn * (cp - z) * df
+    pre_z = g_cn * (1.0 - f) * (1.0 - z * z)
+    return pre_f, pre_z, pre_o
+
+
 # ---- tile helpers -------------------------------------------------------------------------------
 @triton.jit
 def _shift(x, first, rows):
@@ -387,15 +416,11 @@ def gru_backward_kernel(
         h_edge = tl.load(h_ptr + (pid_b * T + tl.maximum(t_edge, 0)).to(tl.int64) * D + d, mask=dmask, other=0.0)
         h_edge = tl.where(t_edge >= 0, h_edge, h0)
         hp = _state_before(h, h_edge, h0, rows, tl.minimum(rows + 1, CHUNK_T - 1), (t == 0)[:, None], CHUNK_T)
-        z, r, c = _gru_gates(hp, uz, ur, uc, az, ar, ac)
-        dr = r * (1.0 - r) * ar
-        J = (1.0 - z) + z * (1.0 - z) * az * (c - hp) + z * (1.0 - c * c) * ac * (r + hp * dr)
+        z, r, c, J = _gru_linearised(hp, uz, ur, uc, az, ar, ac)
         m = _diag_scan(J, J * (g + tl.where(rows == 0, mu[None, :], 0.0)), rows, LOG2_T, TL_SCAN)
         lam = tl.where(mask, g + _shift(m, mu, rows), 0.0)
         mu = _row(m, rows, tl.minimum(end, CHUNK_T) - 1)
-        gz = lam * (c - hp) * z * (1.0 - z)
-        gc = lam * z * (1.0 - c * c)
-        gr = gc * ac * hp * r * (1.0 - r)
+        gz, gr, gc = _gru_gate_grads(lam, hp, z, r, c, ac)
         _store_gates(gu_ptr, u_off, D, mask, gz, gr, gc)
         acc_z += tl.sum(gz * hp, axis=0)
         acc_r += tl.sum(gr * hp, axis=0)
@@ -504,10 +529,7 @@ def lstm_backward_kernel(
         last = tl.minimum(end, CHUNK_T) - 1
         mu_c = _row(m_c, rows, last)
         mu_h = _row(m_h, rows, last)
-        pre_o = lam_h * tc * do
-        g_cn = lam_c + lam_h * o * (1.0 - tc * tc) + pre_o * po
-        pre_f = g_cn * (cp - z) * df
-        pre_z = g_cn * (1.0 - f) * (1.0 - z * z)
+        pre_f, pre_z, pre_o = _lstm_gate_grads(lam_c, lam_h, cp, f, z, o, tc, df, do, po)
         _store_gates(gu_ptr, u_off, D, mask, pre_f, pre_z, pre_o)
         acc_f += tl.sum(pre_f * hp, axis=0)
         acc_z += tl.sum(pre_z * hp, axis=0)
@@ -588,14 +610,10 @@ def _gru_adjoint_step(g_ptr, u_ptr, h_ptr, gu_ptr, base, t, D, d, dmask, h0, mu,
     g = tl.load(g_ptr + bt * D + d, mask=dmask, other=0.0)
     hp = tl.load(h_ptr + (bt - (t > 0).to(tl.int64)) * D + d, mask=dmask, other=0.0)  # h_{t-1}; row t at t=0
     hp = tl.where(t > 0, hp, h0)
-    z, r, c = _gru_gates(hp, uz, ur, uc, az, ar, ac)
+    z, r, c, J = _gru_linearised(hp, uz, ur, uc, az, ar, ac)
     lam = g + mu
-    dr = r * (1.0 - r) * ar
-    gz = lam * (c - hp) * z * (1.0 - z)
-    gc = lam * z * (1.0 - c * c)
-    gr = gc * ac * hp * r * (1.0 - r)
+    gz, gr, gc = _gru_gate_grads(lam, hp, z, r, c, ac)
     _store_gates(gu_ptr, 3 * bt * D + d, D, dmask, gz, gr, gc)
-    J = (1.0 - z) + z * (1.0 - z) * az * (c - hp) + z * (1.0 - c * c) * ac * (r + hp * dr)
     return J * lam, gz * hp, gr * hp, gc * hp * r
 
 
@@ -676,10 +694,7 @@ def _lstm_adjoint_step(g_ptr, u_ptr, h_ptr, gu_ptr, base, t, D, d, dmask, c0, h0
     f, z, cn, o, tc, df, do, j00, j01, j10, j11 = _lstm_linearised(cp, hp, uf, uz, uo, af, az, ao, pf, po)
     lam_c = g_c + mu_c
     lam_h = g_h + mu_h
-    pre_o = lam_h * tc * do
-    g_cn = lam_c + lam_h * o * (1.0 - tc * tc) + pre_o * po
-    pre_f = g_cn * (cp - z) * df
-    pre_z = g_cn * (1.0 - f) * (1.0 - z * z)
+    pre_f, pre_z, pre_o = _lstm_gate_grads(lam_c, lam_h, cp, f, z, o, tc, df, do, po)
     _store_gates(gu_ptr, 3 * bt * D + d, D, dmask, pre_f, pre_z, pre_o)
     mu_c = j00 * lam_c + j10 * lam_h
     mu_h = j01 * lam_c + j11 * lam_h
