@@ -121,22 +121,26 @@ def test_bad_backend_names_are_rejected():
 @pytest.mark.parametrize("name", ["paragru", "paralstm"])
 def test_fused_cell_matches_sequential_with_clipping_and_all_parameter_grads(name, backend):
     """End to end through the cell: projection, norm clipping of A and C, the fused kernel, every gradient."""
-    dtype = torch.float64 if backend == "cpu" else torch.float32  # the interpreter computes in float32
+    dtype = torch.float64 if backend == "cpu" else torch.float32  # the Triton kernels compute in float32
+    # Triton: on the GPU where there is one, else on CPU tensors in the interpreter (see conftest)
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     cls = ParaGRU if name == "paragru" else ParaLSTM
-    fused = cls(6, 15, num_heads=3, max_norm=0.3, mode="fused", fused_backend=backend).to(dtype)
+    fused = cls(6, 15, num_heads=3, max_norm=0.3, mode="fused", fused_backend=backend).to(device, dtype)
     with torch.no_grad():
         fused.A.uniform_(-0.9, 0.9)  # rows with norm above max_norm: the clipping is active
     reference = copy.deepcopy(fused)
     reference.mode = "sequential"
-    x = torch.randn(2, 37, 6, dtype=dtype)
+    x = torch.randn(2, 37, 6, dtype=dtype, device=device)
     outs = []
     for cell in (fused, reference):
         xi = x.clone().requires_grad_()
         y, _ = cell(xi)
-        g = torch.autograd.grad((y * torch.linspace(-1, 1, y.shape[-1], dtype=dtype)).sum(), [xi, *cell.parameters()])
+        weights = torch.linspace(-1, 1, y.shape[-1], dtype=dtype, device=device)
+        g = torch.autograd.grad((y * weights).sum(), [xi, *cell.parameters()])
         outs.append((y, *g))
     assert (fused.last_stats.mode, fused.last_stats.backend) == ("fused", backend)
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     for got, ref in zip(*outs, strict=True):
         assert rel_err(ref, got) < tol
+

@@ -13,8 +13,8 @@
 #include <ATen/ops/empty.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstdint>
+#include <cstring>
 #include <tuple>
 
 #if defined(__linux__)
@@ -22,6 +22,15 @@
 #endif
 
 namespace pararnn_cpu {
+
+// Reinterpret the bits of x: std::bit_cast needs C++20, and some PyTorch/compiler pairs build as C++17.
+template <typename To, typename From>
+inline To bits_as(From x) {
+  static_assert(sizeof(To) == sizeof(From), "bits_as needs same-size types");
+  To y;
+  std::memcpy(&y, &x, sizeof(To));
+  return y;
+}
 
 template <typename T>
 struct Math;
@@ -45,7 +54,7 @@ struct Math<float> {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     p = p * (r * r) + r + 1.0f;
-    const float scale = std::bit_cast<float>(std::bit_cast<int32_t>(t) << 23);
+    const float scale = bits_as<float>(bits_as<int32_t>(t) << 23);
     return p * scale;
   }
 };
@@ -74,7 +83,7 @@ struct Math<double> {
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
     p = p * (r * r) + r + 1.0;
-    const double scale = std::bit_cast<double>(std::bit_cast<int64_t>(t) << 52);
+    const double scale = bits_as<double>(bits_as<int64_t>(t) << 52);
     return p * scale;
   }
 };
