@@ -144,3 +144,18 @@ def test_fused_cell_matches_sequential_with_clipping_and_all_parameter_grads(nam
     for got, ref in zip(*outs, strict=True):
         assert rel_err(ref, got) < tol
 
+
+@pytest.mark.parametrize("kernel", ["gru", "lstm"])
+def test_solve_without_a_graph_matches_the_autograd_path(kernel):
+    """With nothing to differentiate, ``fused_solve`` calls the kernel directly: same ``h``, same stats."""
+    torch.manual_seed(0)
+    cell = (ParaGRU if kernel == "gru" else ParaLSTM)(4, 13, num_heads=1, max_norm=0.4).double()
+    u = cell.project(torch.randn(3, 21, 4, dtype=torch.float64)).detach()
+    h0 = 0.5 * torch.randn(3, *cell.state_shape, dtype=torch.float64)
+    weights = tuple(w.detach() for w in cell.fused_weights())
+    with torch.no_grad():
+        h_plain, stats_plain = fused_ops.fused_solve("cpu", kernel, u, h0, weights, 1e-10, 12)
+    h_graph, stats_graph = fused_ops.fused_solve("cpu", kernel, u.requires_grad_(), h0, weights, 1e-10, 12)
+    assert h_graph.grad_fn is not None and h_plain.grad_fn is None
+    torch.testing.assert_close(h_plain, h_graph.detach(), rtol=0, atol=0)
+    assert (stats_plain is None) == (stats_graph is None)

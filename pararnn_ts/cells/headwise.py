@@ -126,5 +126,6 @@ def check_head_sizes(owner: str, num_heads: int, **sizes: int) -> None:
 
 
 def _clip_rows(p: Tensor, max_norm: float) -> Tensor:
-    norm = p.norm(dim=-1, keepdim=True)
-    return p * (max_norm / norm.clamp_min(max_norm))
+    # one op (``torch.renorm`` scales rows above ``max_norm`` by max_norm / (norm + 1e-7)): on GPU the
+    # 4-op form cost more host time per call than a T=512 fused kernel runs
+    return torch.renorm(p.reshape(-1, p.shape[-1]), 2, 0, max_norm).view_as(p)

@@ -78,9 +78,17 @@ def fused_solve(
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r} is not one of {KERNELS}")
+    module = backend_module(backend)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (u, h0, *weights))):
+        # no graph to record: skip the autograd Function's own host cost (a T=512 GPU solve is host-bound)
+        return getattr(module, f"{kernel}_forward")(*_contiguous(u, *weights, h0), tol, max_iters)
     stats_out: list = []
-    h = FusedSolve.apply(backend_module(backend), kernel, tol, max_iters, stats_out, u, h0, *weights)
+    h = FusedSolve.apply(module, kernel, tol, max_iters, stats_out, u, h0, *weights)
     return h, stats_out[0]
+
+
+def _contiguous(*tensors: Tensor) -> tuple[Tensor, ...]:
+    return tuple(t.contiguous() for t in tensors)
 
 
 class FusedSolve(torch.autograd.Function):
@@ -88,8 +96,7 @@ class FusedSolve(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, module, kernel, tol, max_iters, stats_out, u, h0, *weights):
-        u, h0 = u.contiguous(), h0.contiguous()
-        weights = tuple(w.contiguous() for w in weights)
+        u, h0, *weights = _contiguous(u, h0, *weights)
         h, stats = getattr(module, f"{kernel}_forward")(u, *weights, h0, tol, max_iters)
         stats_out.append(stats)
         ctx.module, ctx.kernel = module, kernel

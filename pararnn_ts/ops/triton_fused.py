@@ -82,15 +82,21 @@ def choose_algorithm(B: int, D: int, algorithm: str | None = None) -> str:
 
 
 def _launch(name: str, B: int, D: int, device: torch.device, tuning: dict) -> tuple[object, tuple[int, int], dict]:
+    algorithm = choose_algorithm(B, D, tuning.pop("algorithm", None))
+    kernel, cfg = _kernel_config(name, algorithm, device.type == "cuda", tuple(sorted(tuning.items())))
+    return kernel, (B, -(-D // cfg["BLOCK_D"])), cfg
+
+
+@functools.lru_cache(maxsize=256)
+def _kernel_config(name: str, algorithm: str, on_gpu: bool, tuning: tuple) -> tuple[object, dict]:
+    """The kernel and meta-parameters of op ``name`` (cached: a short GPU solve is host-bound)."""
     k = _kernels()
-    on_gpu = device.type == "cuda"
-    if choose_algorithm(B, D, tuning.pop("algorithm", None)) == "sequential":
-        cfg = k.sequential_config(name, on_gpu, **tuning)
+    if algorithm == "sequential":
+        cfg = k.sequential_config(name, on_gpu, **dict(tuning))
         name = name.replace("_", "_sequential_", 1)
     else:
-        cfg = k.launch_config(name, on_gpu, **tuning)
-    kernel = getattr(k, f"{name}_kernel")
-    return kernel, (B, -(-D // cfg["BLOCK_D"])), cfg
+        cfg = k.launch_config(name, on_gpu, **dict(tuning))
+    return getattr(k, f"{name}_kernel"), cfg
 
 
 def gru_forward(u: Tensor, A: Tensor, h0: Tensor, tol: float, max_iters: int, **tuning) -> tuple[Tensor, Tensor | None]:
