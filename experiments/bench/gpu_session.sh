@@ -2,7 +2,8 @@
 # Everything one GPU lease checks: the fused-kernel tests at full size, the kernel benchmark at the issue's
 # GPU sizes, and the Triton tuning sweeps (tiles, Newton vs sequential, solve vs kernel). Run from the
 # repository root; logs and results go to $OUT. Give each part its own device call (10 minutes at most):
-# on an H100 the benchmark took about 6 minutes, the tuning sweeps about 5, the tests more than 4.
+# on an H100 the tests took about 7 minutes (430 s), the benchmark about 4.5 (ParaGRU with the peers 185 s,
+# ParaLSTM 83 s) and the tuning sweeps about 5.
 #   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh [tests|bench|tune|all]
 set -uo pipefail
 OUT=${OUT:-/tmp/pararnn_gpu}
