@@ -177,11 +177,23 @@ def test_training_loader_has_a_length_and_continues_across_epochs():
         ({"lr_schedule": "step"}, "lr_schedule"),
         ({"dropout": 1.0}, "dropout"),
         ({"lags_seq": [0, 1]}, "lags_seq"),
+        ({"loss_weighting": "size"}, r"loss_weighting='size' is not one of \('uniform', 'scale'\)"),
+        ({"loss_weighting": "scale", "scaling": False}, "loss_weighting='scale'.*scaling"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ParaRNNEstimator(**{"freq": FREQ, "prediction_length": H, **kwargs})
+
+
+def test_loss_weighting_reaches_the_network_and_its_hyperparameters(tmp_path):
+    assert ParaRNNEstimator(FREQ, H).model_kwargs()["loss_weighting"] == "uniform"
+    estimator = make_estimator(tmp_path, loss_weighting="scale")
+    module = estimator.create_lightning_module()
+    assert module.model.loss_weighting == "scale"
+    assert module.hparams["model_kwargs"]["loss_weighting"] == "scale"  # what checkpoints and predictors restore
+    predictor = estimator.train(sine_series())
+    assert predictor.prediction_net.model.loss_weighting == "scale"
 
 
 def test_default_context_is_twice_the_horizon_with_a_minimum():

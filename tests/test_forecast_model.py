@@ -267,6 +267,59 @@ def test_training_logs_the_full_loss_and_validation_the_forecasts_own(monkeypatc
     assert logged["train_loss"] is train and logged["val_loss"] is val
 
 
+def two_series_of_scales_1_and_3(model: ParaRNNForecastModel) -> dict[str, torch.Tensor]:
+    """Two series whose context means (the mean scales) are 1 and 3; their lag-only steps differ."""
+    batch = make_batch(model, batch=2)
+    batch["past_target"][:, -CONTEXT:] = torch.tensor([[1.0], [3.0]], dtype=torch.float64)
+    return with_future(model, batch)
+
+
+def test_scale_weighting_multiplies_each_series_loss_by_its_scale_over_the_batch_mean(monkeypatch):
+    uniform = make_model(context_loss_weight=0.5)
+    scaled = copy_of(uniform, context_loss_weight=0.5, loss_weighting="scale")
+    batch = two_series_of_scales_1_and_3(uniform)
+    terms = uniform.loss_terms(**batch)
+    torch.testing.assert_close(terms.scale, torch.tensor([1.0, 3.0], dtype=torch.float64))
+    # scales 1 and 3, batch mean 2: weights 0.5 and 1.5 on the whole uniform per-series loss, context included
+    per_series = terms.marginal + terms.copula + 0.5 * terms.context
+    weights = torch.tensor([0.5, 1.5], dtype=torch.float64)
+    assert not torch.allclose(per_series * weights, per_series)  # the test can tell the two apart
+    torch.testing.assert_close(scaled.loss(**batch), weights * per_series)
+    # the training step averages the weighted losses over the batch; validation stays unweighted
+    module = ForecastTrainingModule()
+    module.model = scaled
+    monkeypatch.setattr(module, "log", lambda *_, **__: None)
+    torch.testing.assert_close(module.training_step(batch, 0), (weights * per_series).mean())
+    torch.testing.assert_close(module.validation_step(batch, 0), (terms.marginal + terms.copula).mean())
+    # the weights are constants: no gradient flows through the scale into past_target
+    past_target = batch["past_target"].clone().requires_grad_()
+    (got,) = torch.autograd.grad(scaled.loss(**{**batch, "past_target": past_target}).sum(), past_target)
+    unweighted = uniform.loss(**{**batch, "past_target": past_target})
+    (expected,) = torch.autograd.grad((weights * unweighted).sum(), past_target)
+    torch.testing.assert_close(got, expected)
+
+
+def test_default_loss_weighting_is_uniform_and_unchanged():
+    model = make_model(context_loss_weight=0.5)
+    assert model.loss_weighting == "uniform"
+    batch = with_future(model, make_batch(model))  # scales about 1.5, 45 and 750: weighting would show
+    terms = model.loss_terms(**batch)
+    assert torch.equal(model.loss(**batch), terms.marginal + terms.copula + 0.5 * terms.context)
+    assert torch.equal(
+        copy_of(model, context_loss_weight=0.5, loss_weighting="uniform").loss(**batch), model.loss(**batch)
+    )
+    assert torch.equal(model.loss_weights(terms.scale), torch.ones(BATCH, dtype=torch.float64))
+    scaled = copy_of(model, context_loss_weight=0.5, loss_weighting="scale")
+    assert not torch.allclose(scaled.loss(**batch), model.loss(**batch))
+
+
+def test_bad_loss_weighting_raises_naming_it_and_the_choices():
+    with pytest.raises(ValueError, match=r"loss_weighting='size' is not one of \('uniform', 'scale'\)"):
+        make_model(loss_weighting="size")
+    with pytest.raises(ValueError, match="loss_weighting='scale'.*scaling=True"):
+        make_model(loss_weighting="scale", scaling=False)
+
+
 def test_context_step_inputs_never_see_the_value_they_predict():
     model = make_model(scaling=False)  # mean scaling reads the whole context, as in DeepAR
     batch = make_batch(model)
@@ -430,6 +483,7 @@ def test_describe_inputs_and_dummy_static_features():
         ({"copula_rank": -1}, "copula_rank"),
         ({"quantiles": [0.1, 0.9]}, "quantiles"),
         ({"context_loss_weight": -1.0}, "context_loss_weight"),
+        ({"loss_weighting": "observed"}, "loss_weighting"),
     ],
 )
 def test_bad_arguments_raise_naming_them(kwargs, argument):

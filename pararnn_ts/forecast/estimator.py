@@ -42,6 +42,7 @@ from gluonts.transform import (
 
 from ..nn.distribution_heads import DISTRIBUTION_HEADS
 from .lightning_module import LR_SCHEDULES, MODEL_INPUT_NAMES, ForecastTrainingModule, ParaRNNLightningModule
+from .module import LOSS_WEIGHTINGS
 
 PREDICTION_INPUT_NAMES = list(MODEL_INPUT_NAMES)
 TRAINING_INPUT_NAMES = [*PREDICTION_INPUT_NAMES, "future_target", "future_observed_values"]
@@ -134,9 +135,10 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         cell, hidden_size, num_layers, num_heads, dropout, copula_rank, lags_seq, scaling, mode: of the network.
         distribution: ``"student_t"``, ``"normal"``, ``"johnson_su"``, ``"negative_binomial"`` or ``"quantile"``.
         quantiles: levels of the ``"quantile"`` head (only with it).
-        naive_offset, seasonality, context_loss_weight, quantile_grid_samples: of the network (the
-            seasonal-naive location offset, its season length, the weight of the context steps'
-            one-step-ahead loss, and quantile-grid sample paths).
+        naive_offset, seasonality, context_loss_weight, quantile_grid_samples, loss_weighting: of the network
+            (the seasonal-naive location offset, its season length, the weight of the context steps'
+            one-step-ahead loss, quantile-grid sample paths, and ``"uniform"`` or ``"scale"``: series weighted
+            equally in the training loss, or by their mean scale, as in wQL).
         num_feat_dynamic_real, num_feat_static_real, num_feat_static_cat, cardinality, embedding_dimension:
             covariates in the data (``cardinality``: one count per categorical feature).
         time_features: calendar features (default: GluonTS's for ``freq``).
@@ -187,6 +189,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         seasonality: int | None = None,
         context_loss_weight: float = 1.0,
         quantile_grid_samples: bool = True,
+        loss_weighting: str = "uniform",
     ) -> None:
         super().__init__(trainer_kwargs={"max_epochs": 100, "gradient_clip_val": 10.0, **(trainer_kwargs or {})})
         default_time_features = frequency_time_features(freq)
@@ -210,6 +213,10 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             raise ValueError(f"ParaRNNEstimator: lr_schedule={lr_schedule!r} is not one of {LR_SCHEDULES}")
         if not 0 <= dropout < 1:
             raise ValueError(f"ParaRNNEstimator: dropout must lie in [0, 1), got {dropout}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"ParaRNNEstimator: loss_weighting={loss_weighting!r} is not one of {LOSS_WEIGHTINGS}")
+        if loss_weighting == "scale" and not scaling:
+            raise ValueError("ParaRNNEstimator: loss_weighting='scale' weights series by their mean scale: set scaling")
         counts = {
             "context_loss_weight": context_loss_weight,
             "weight_decay": weight_decay,
@@ -242,7 +249,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         self.embedding_dimension = embedding_dimension
         self.lags_seq, self.scaling, self.mode = lags_seq, scaling, mode
         self.naive_offset, self.seasonality, self.context_loss_weight = naive_offset, seasonality, context_loss_weight
-        self.quantile_grid_samples = quantile_grid_samples
+        self.quantile_grid_samples, self.loss_weighting = quantile_grid_samples, loss_weighting
         self.time_features = default_time_features if time_features is None else time_features
         self.extra_time_features = len(self.time_features) - len(default_time_features)
         if num_feat_dynamic_real + self.extra_time_features < 0:
@@ -287,6 +294,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             "seasonality": self.seasonality,
             "context_loss_weight": self.context_loss_weight,
             "quantile_grid_samples": self.quantile_grid_samples,
+            "loss_weighting": self.loss_weighting,
         }
 
     def create_transformation(self) -> Transformation:

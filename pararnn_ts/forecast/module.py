@@ -35,10 +35,13 @@ from ..nn.distribution_heads import DISTRIBUTION_HEADS, ForecastDistribution, bu
 from ..nn.norms import RMSNorm
 
 RNN_CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
+#: how :meth:`ParaRNNForecastModel.training_loss` weights the series of a batch (see ``loss_weighting``)
+LOSS_WEIGHTINGS = ("uniform", "scale")
 
 
 class ForecastLoss(NamedTuple):
-    """Per-series loss terms ``(B,)``; the training loss is ``marginal + copula + context_loss_weight · context``."""
+    """Per-series loss terms ``(B,)``; the training loss is ``marginal + copula + context_loss_weight · context``
+    (times ``scale / mean(scale)`` with ``loss_weighting="scale"``)."""
 
     #: observed-weighted sum over the horizon of the marginal loss (NLL or pinball), divided by ``H``
     marginal: Tensor
@@ -48,6 +51,8 @@ class ForecastLoss(NamedTuple):
     #: the same marginal loss on the context steps' one-step-ahead predictions, divided by ``C``
     #: (0 when ``context_loss_weight`` is 0)
     context: Tensor
+    #: the series' mean scale over the context (detached; 1 without ``scaling``)
+    scale: Tensor
 
     @property
     def forecast(self) -> Tensor:
@@ -114,6 +119,10 @@ class ParaRNNForecastModel(nn.Module):
             context step ``t`` predicts ``y_t`` from its inputs (lags of ``t`` only) with the horizon's head,
             which gives the network ``C`` more targets per window; 0 trains on the horizon only. The default 1
             was chosen on validation windows cut from the training data (``experiments/forecast/validation.yaml``).
+        loss_weighting: how the batch's series weigh in the training loss (:meth:`training_loss`): ``"uniform"``,
+            each the same; ``"scale"``, each by its mean scale over the batch mean (detached), so that large
+            series count as much as in wQL, which sums errors in the data's units (needs ``scaling``).
+            Validation losses and :attr:`ForecastLoss.forecast` are never weighted.
 
     Inputs (GluonTS names; ``P = past_length``, ``F = num_time_features``): ``feat_static_cat``
     ``(B, n_cat)`` long, ``feat_static_real`` ``(B, n_real)``, ``past_time_feat`` ``(B, P, F)``,
@@ -150,6 +159,7 @@ class ParaRNNForecastModel(nn.Module):
         seasonality: int | None = None,
         context_loss_weight: float = 1.0,
         quantile_grid_samples: bool = True,
+        loss_weighting: str = "uniform",
     ) -> None:
         super().__init__()
         _check_ints(
@@ -174,6 +184,10 @@ class ParaRNNForecastModel(nn.Module):
             raise ValueError(f"context_loss_weight must be >= 0, got {context_loss_weight}")
         if not default_scale > 0:
             raise ValueError(f"default_scale must be > 0, got {default_scale}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting={loss_weighting!r} is not one of {LOSS_WEIGHTINGS}")
+        if loss_weighting == "scale" and not scaling:
+            raise ValueError("loss_weighting='scale' weights series by their mean scale: it needs scaling=True")
         if naive_offset is None:
             naive_offset = DISTRIBUTION_HEADS[distribution].takes_offset
         if naive_offset and not DISTRIBUTION_HEADS[distribution].takes_offset:
@@ -192,6 +206,7 @@ class ParaRNNForecastModel(nn.Module):
         self.default_scale = default_scale
         self.num_parallel_samples = num_parallel_samples
         self.context_loss_weight = context_loss_weight
+        self.loss_weighting = loss_weighting
         self.quantile_grid_samples = quantile_grid_samples
         self.num_time_features = len(time_features_from_frequency_str(freq)) + 1 + num_feat_dynamic_real
         self.past_length = context_length + max(self.lags_seq)
@@ -317,8 +332,8 @@ class ParaRNNForecastModel(nn.Module):
         future_target: Tensor,
         future_observed_values: Tensor,
     ) -> Tensor:
-        """Per-series training loss ``(B,)``:
-        ``marginal + copula + context_loss_weight · context``, see :meth:`loss_terms`."""
+        """Per-series training loss ``(B,)``: ``marginal + copula + context_loss_weight · context``, see
+        :meth:`loss_terms` (weighted by :meth:`loss_weights`)."""
         terms = self.loss_terms(
             feat_static_cat,
             feat_static_real,
@@ -332,8 +347,20 @@ class ParaRNNForecastModel(nn.Module):
         return self.training_loss(terms)
 
     def training_loss(self, terms: ForecastLoss) -> Tensor:
-        """``marginal + copula + context_loss_weight · context`` of :meth:`loss_terms`' ``terms``, ``(B,)``."""
-        return terms.forecast + self.context_loss_weight * terms.context
+        """``marginal + copula + context_loss_weight · context`` of :meth:`loss_terms`' ``terms``, ``(B,)``,
+        times :meth:`loss_weights` with ``loss_weighting="scale"``."""
+        loss = terms.forecast + self.context_loss_weight * terms.context
+        if self.loss_weighting == "scale":
+            loss = loss * self.loss_weights(terms.scale)
+        return loss
+
+    def loss_weights(self, scale: Tensor) -> Tensor:
+        """Per-series weights ``(B,)`` of the training loss from the scales ``(B,)``: ones with ``"uniform"``,
+        ``scale / mean(scale)`` (detached, so the batch mean is 1) with ``"scale"``."""
+        if self.loss_weighting == "uniform":
+            return torch.ones_like(scale)
+        scale = scale.detach()
+        return scale / scale.mean()
 
     def loss_terms(
         self,
@@ -346,7 +373,7 @@ class ParaRNNForecastModel(nn.Module):
         future_target: Tensor,
         future_observed_values: Tensor,
     ) -> ForecastLoss:
-        """The marginal and copula losses per series (see :class:`ForecastLoss`)."""
+        """The marginal, copula and context losses and the scale per series (see :class:`ForecastLoss`)."""
         horizon = self.prediction_length
         dtype = self.input_proj.weight.dtype
         if tuple(future_target.shape) != (past_target.shape[0], horizon):
@@ -369,11 +396,12 @@ class ParaRNNForecastModel(nn.Module):
         context = torch.zeros_like(marginal)
         if self.context_loss_weight:
             context = self.context_loss(features, past_target, past_observed_values, scale)
+        series_scale = scale.detach().squeeze(-1)
         if copula is None:
-            return ForecastLoss(marginal, torch.zeros_like(marginal), context)
+            return ForecastLoss(marginal, torch.zeros_like(marginal), context, series_scale)
         complete = (weights > 0).all(-1)
         copula_loss = torch.where(complete, copula.loss(marginals.pit(target)), 0) / horizon
-        return ForecastLoss(marginal, copula_loss, context)
+        return ForecastLoss(marginal, copula_loss, context, series_scale)
 
     # ---- the network -----------------------------------------------------------------------------
     def sequence_inputs(
