@@ -121,6 +121,8 @@ def test_algorithm_choice():
     u, A, h0 = (torch.zeros(shape, device=DEVICE) for shape in ((1, 4, 3, 8), (3, 8), (1, 8)))
     with pytest.raises(ValueError, match="stages must be >= 1"):
         triton_fused.gru_forward(u, A, h0, TOL32, 12, algorithm="sequential", stages=0)
+    with pytest.raises(ValueError, match="unroll must be >= 1"):
+        triton_fused.gru_forward(u, A, h0, TOL32, 12, algorithm="sequential", unroll=0)
     with pytest.raises(TypeError, match="chunk_t"):
         triton_fused.gru_forward(u, A, h0, TOL32, 12, algorithm="sequential", chunk_t=8)
 

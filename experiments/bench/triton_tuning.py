@@ -1,8 +1,8 @@
-"""Triton kernel tuning on a GPU, in one call: the sequential kernels' tiles and pipeline depth, the
-Newton-vs-sequential crossover in the number of chains ``B·D``, and the cost of a whole ``cell.solve``
+"""Triton kernel tuning on a GPU, in one call: the sequential kernels' tiles, pipeline depth and loop
+unrolling, the Newton-vs-sequential crossover in the number of chains ``B·D``, and the cost of a whole ``cell.solve``
 against its kernel. Prints one JSON line per measurement and writes them all to ``--out``/tune.json.
 
-    python experiments/bench/triton_tuning.py --out DIR [--sections sequential crossover solve]
+    python experiments/bench/triton_tuning.py --out DIR [--sections sequential unroll crossover solve]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def timings(name: str, w, u, h0, h, g, **tuning) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--sections", nargs="+", default=["sequential", "crossover", "solve"])
+    p.add_argument("--sections", nargs="+", default=["sequential", "unroll", "crossover", "solve"])
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list = []
@@ -59,14 +59,22 @@ def main() -> None:
         for name in CELLS:
             cell, w, u, h0, h, g = problem(name, 16, 8192, 1024)
             for bd, nw in ((32, 1), (64, 2), (128, 4), (64, 1)):
-                for stages in (4, 8, 12, 16):
-                    tune = dict(algorithm="sequential", block_d=bd, num_warps=nw, stages=stages)
+                for stages, unroll in ((4, 2), (8, 1), (8, 2), (12, 2), (16, 2)):
+                    tune = dict(algorithm="sequential", block_d=bd, num_warps=nw, stages=stages, unroll=unroll)
                     try:
                         f, b = timings(name, w, u, h0, h, g, **tune)
-                        log(section="sequential", cell=name, T=8192, tile=[bd, nw, stages], fwd_ms=f, bwd_ms=b)
+                        log(section="sequential", cell=name, T=8192, tile=[bd, nw, stages, unroll], fwd_ms=f, bwd_ms=b)
                     except Exception as e:  # a config that does not compile or fit
-                        log(section="sequential", cell=name, tile=[bd, nw, stages], error=str(e)[:200])
+                        log(section="sequential", cell=name, tile=[bd, nw, stages, unroll], error=str(e)[:200])
             del u, h, g
+    if "unroll" in args.sections:
+        for T in (8192, 65536):
+            for name in CELLS:
+                cell, w, u, h0, h, g = problem(name, 16, T, 1024)
+                for unroll in (1, 2):
+                    f, b = timings(name, w, u, h0, h, g, algorithm="sequential", unroll=unroll)
+                    log(section="unroll", cell=name, T=T, unroll=unroll, fwd_ms=f, bwd_ms=b)
+                del u, h, g
     if "crossover" in args.sections:
         for name in CELLS:
             for B, D in ((1, 256), (1, 1024), (4, 1024), (16, 256), (16, 1024), (64, 1024)):

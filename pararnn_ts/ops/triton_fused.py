@@ -14,7 +14,7 @@ the GPU, one evaluation of ``f`` per step beats Newton's 3-4 passes (forward) an
 multiply-add per step (backward). ``algorithm="auto"`` (the default) picks by :func:`choose_algorithm`.
 
 Every op takes keyword-only tuning arguments ``block_d``, ``chunk_t``, ``num_warps`` (powers of
-two) and ``tl_scan`` (Newton), ``block_d``, ``stages``, ``num_warps`` (sequential); ``None`` uses
+two) and ``tl_scan`` (Newton), ``block_d``, ``stages``, ``num_warps``, ``unroll`` (sequential); ``None`` uses
 the defaults of :func:`pararnn_ts.ops._triton_kernels.launch_config` and ``sequential_config``.
 """
 
