@@ -809,6 +809,12 @@ GPU_SEQUENTIAL = {"gru": (64, 8, 2, 2), "lstm": (64, 12, 2, 2)}
 INTERPRETER_TILE = (64, 1024)
 
 
+def _check_powers_of_two(**values: int) -> None:
+    for name, value in values.items():
+        if value < 1 or value & (value - 1):
+            raise ValueError(f"{name} must be a power of two, got {value}")
+
+
 def launch_config(
     kernel: str,
     on_gpu: bool,
@@ -824,9 +830,7 @@ def launch_config(
     """
     bd, ct, nw = GPU_TILES[kernel] if on_gpu else (*INTERPRETER_TILE, 4)
     bd, ct, nw = block_d or bd, chunk_t or ct, num_warps or nw
-    for name, value in (("block_d", bd), ("chunk_t", ct), ("num_warps", nw)):
-        if value < 1 or value & (value - 1):
-            raise ValueError(f"{name} must be a power of two, got {value}")
+    _check_powers_of_two(block_d=bd, chunk_t=ct, num_warps=nw)
     return {
         "BLOCK_D": bd,
         "CHUNK_T": ct,
@@ -848,9 +852,7 @@ def sequential_config(
     bd, st, nw, ur = GPU_SEQUENTIAL[kernel.split("_")[0]] if on_gpu else (INTERPRETER_TILE[0], 1, 4, 1)
     chosen = ((block_d, bd), (stages, st), (num_warps, nw), (unroll, ur))
     bd, st, nw, ur = (default if value is None else value for value, default in chosen)
-    for name, value in (("block_d", bd), ("num_warps", nw)):
-        if value < 1 or value & (value - 1):
-            raise ValueError(f"{name} must be a power of two, got {value}")
+    _check_powers_of_two(block_d=bd, num_warps=nw)
     for name, value in (("stages", st), ("unroll", ur)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
