@@ -145,6 +145,28 @@ def test_fused_cell_matches_sequential_with_clipping_and_all_parameter_grads(nam
         assert rel_err(ref, got) < tol
 
 
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_fused_cell_without_a_graph_clips_like_the_sequential_mode(name, backend):
+    """Under ``no_grad`` the fused solve gets the raw weights and ``max_norm`` (Triton clips in its kernel,
+    the others before it): the same states as the sequential mode with its own clipping."""
+    device = "cuda" if backend == "triton" and torch.cuda.is_available() else "cpu"
+    torch.manual_seed(1)
+    cls = ParaGRU if name == "paragru" else ParaLSTM
+    fused = cls(6, 15, num_heads=3, max_norm=0.3, mode="fused", fused_backend=backend).to(device)
+    with torch.no_grad():
+        for p in fused.recurrent_parameters():
+            p.uniform_(-0.9, 0.9)  # rows with norm above max_norm: the clipping is active
+    reference = copy.deepcopy(fused)
+    reference.mode = "sequential"
+    x = torch.randn(2, 37, 6, device=device)
+    with torch.no_grad():
+        y, _ = fused(x)
+        want, _ = reference(x)
+    assert (fused.last_stats.mode, fused.last_stats.backend) == ("fused", backend)
+    assert rel_err(want, y) < 1e-5
+
+
 @pytest.mark.parametrize("kernel", ["gru", "lstm"])
 def test_solve_without_a_graph_matches_the_autograd_path(kernel):
     """With nothing to differentiate, ``fused_solve`` calls the kernel directly: same ``h``, same stats."""

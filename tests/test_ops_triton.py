@@ -127,6 +127,33 @@ def test_algorithm_choice():
         triton_fused.gru_forward(u, A, h0, TOL32, 12, algorithm="sequential", chunk_t=8)
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_forward_clips_weight_rows_like_torch(name, algorithm):
+    """``max_norm`` in the kernel = ``torch.renorm`` first: rows above it scaled down, rows below kept.
+
+    D = 600 spans two blocks of the kernel's norm loop (512); rows 0 and 2 (LSTM: and C's row 1) are
+    long, the others short, so both branches of the clip run in one call.
+    """
+    torch.manual_seed(5)
+    D, max_norm = 600, 0.5
+    rows = 3 + (2 if name == "paralstm" else 0)
+    scale = torch.tensor([4.0, 0.5, 3.0, 0.5, 2.0][:rows], device=DEVICE)[:, None]
+    raw = torch.randn(rows, D, device=DEVICE) / D**0.5 * scale  # row norms about 4, 0.5, 3, 0.5, 2
+    norms = raw.norm(dim=1)
+    assert ((norms > max_norm) & (norms > 1.5)).any() and (norms < max_norm).any()
+    weights = (raw[:3], raw[3:]) if name == "paralstm" else (raw,)
+    u = torch.randn(2, 5, 3, D, device=DEVICE)
+    h0 = 0.5 * torch.randn(2, D, *((2,) if name == "paralstm" else ()), device=DEVICE)
+    forward = getattr(triton_fused, f"{'lstm' if name == 'paralstm' else 'gru'}_forward")
+    h, _ = forward(u, *weights, h0, TOL32, 12, max_norm=max_norm, algorithm=algorithm)
+    clipped = tuple(torch.renorm(w, 2, 0, max_norm) for w in weights)
+    want, _ = forward(u, *clipped, h0, TOL32, 12, algorithm=algorithm)
+    unclipped, _ = forward(u, *weights, h0, TOL32, 12, algorithm=algorithm)
+    assert rel_err(want.double(), h.double()) < 1e-5
+    assert rel_err(want.double(), unclipped.double()) > 1e-2  # the clip mattered
+
+
 @pytest.mark.parametrize("tl_scan", [False, True])
 @pytest.mark.parametrize("name", ["paragru", "paralstm"])
 def test_fused_small_tiles_both_scans(name, tl_scan):

@@ -1,8 +1,10 @@
 """Triton kernel tuning on a GPU, in one call: the sequential kernels' tiles, pipeline depth and loop
-unrolling, the Newton-vs-sequential crossover in the number of chains ``B·D``, and the cost of a whole ``cell.solve``
-against its kernel. Prints one JSON line per measurement and writes them all to ``--out``/tune.json.
+unrolling, the Newton-vs-sequential crossover in the number of chains ``B·D``, the cost of a whole ``cell.solve``
+against its kernel, and (``host``) a no-grad ``cell.solve`` in back-to-back calls with the weights' norm clip in
+the kernel or as a separate ``torch.renorm``. Prints one JSON line per measurement and writes them all to
+``--out``/tune.json.
 
-    python experiments/bench/triton_tuning.py --out DIR [--sections sequential unroll crossover solve]
+    python experiments/bench/triton_tuning.py --out DIR [--sections sequential unroll crossover solve host]
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -23,6 +26,17 @@ CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
 
 def bench(fn) -> float:
     return do_bench(fn, warmup=25, rep=150, return_mode="median")
+
+
+def burst_ms(fn, calls: int = 300) -> float:
+    """Milliseconds per call over ``calls`` back-to-back calls (host-bound calls: the host's time per call)."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / calls * 1e3
 
 
 def problem(name: str, B: int, T: int, D: int):
@@ -45,7 +59,7 @@ def timings(name: str, w, u, h0, h, g, **tuning) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--sections", nargs="+", default=["sequential", "unroll", "crossover", "solve"])
+    p.add_argument("--sections", nargs="+", default=["sequential", "unroll", "crossover", "solve", "host"])
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list = []
@@ -93,6 +107,25 @@ def main() -> None:
                 algo = cell.last_stats.algorithm
                 kernel = bench(functools.partial(getattr(tf, f"{name}_forward"), u, *w, h0, 1e-6, 12))
                 log(section="solve", cell=name, T=T, solve_ms=solve, kernel_ms=kernel, algorithm=algo)
+    if "host" in args.sections:
+        for name in CELLS:
+            cell, w, u, h0, h, g = problem(name, 16, 512, 1024)
+            cell.mode = "fused"
+            kernel = bench(functools.partial(getattr(tf, f"{name}_forward"), u, *w, h0, 1e-6, 12))
+            row = {}
+            for in_kernel in (False, True, False, True):  # twice each, interleaved: the host's speed drifts
+                tf.CLIPS_WEIGHTS = in_kernel
+                with torch.no_grad():
+                    row.setdefault(in_kernel, []).append(burst_ms(functools.partial(cell.solve, u, h0)))
+            tf.CLIPS_WEIGHTS = True
+            log(
+                section="host",
+                cell=name,
+                T=512,
+                kernel_ms=kernel,
+                solve_clip_renorm_ms=row[False],
+                solve_clip_in_kernel_ms=row[True],
+            )
 
 
 if __name__ == "__main__":

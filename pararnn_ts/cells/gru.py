@@ -28,9 +28,6 @@ class ParaGRU(HeadwiseGatedCell):
     gates = 3
     fused_kernel = "gru"
 
-    def fused_weights(self) -> tuple[Tensor]:
-        return (self.clipped(self.A),)
-
     def _gates(self, h: Tensor, u: Tensor) -> tuple[Tensor, ...]:
         a_z, a_r, a_c = self.clipped(self.A)
         u_z, u_r, u_c = u.unbind(-2)

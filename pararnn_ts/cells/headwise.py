@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.cell import ParaCell
+from ..ops.fused import clip_rows
 
 RecurrentInit = Literal["paper", "normal", "zeros"]
 RECURRENT_INITS = ("paper", "normal", "zeros")
@@ -86,11 +87,15 @@ class HeadwiseGatedCell(ParaCell):
                 return
             p.normal_(0, 1 / math.sqrt(self.hidden_size))
             if self.recurrent_init == "paper":
-                p.copy_(_clip_rows(p, 0.5))
+                p.copy_(clip_rows(p, 0.5))
+
+    def fused_weights(self, clip: bool = True) -> tuple[Tensor, ...]:
+        """:meth:`recurrent_parameters`, clipped unless ``clip=False``."""
+        return tuple(self.clipped(p) if clip else p for p in self.recurrent_parameters())
 
     def clipped(self, p: Tensor) -> Tensor:
         """``p`` with each row's norm clipped to ``max_norm`` (differentiable)."""
-        return p if self.max_norm is None else _clip_rows(p, self.max_norm)
+        return p if self.max_norm is None else clip_rows(p, self.max_norm)
 
     @property
     def state_shape(self) -> tuple[int, ...]:
@@ -123,9 +128,3 @@ def check_head_sizes(owner: str, num_heads: int, **sizes: int) -> None:
         raise ValueError(
             f"{owner}: {listed} must all be divisible by num_heads={num_heads}; change num_heads or the sizes"
         )
-
-
-def _clip_rows(p: Tensor, max_norm: float) -> Tensor:
-    # one op (``torch.renorm`` scales rows above ``max_norm`` by max_norm / (norm + 1e-7)): on GPU the
-    # 4-op form cost more host time per call than a T=512 fused kernel runs
-    return torch.renorm(p.reshape(-1, p.shape[-1]), 2, 0, max_norm).view_as(p)

@@ -33,9 +33,6 @@ class ParaLSTM(HeadwiseGatedCell):
     peepholes = 2
     fused_kernel = "lstm"
 
-    def fused_weights(self) -> tuple[Tensor, Tensor]:
-        return self.clipped(self.A), self.clipped(self.C)
-
     @property
     def state_shape(self) -> tuple[int, ...]:
         return (self.hidden_size, 2)

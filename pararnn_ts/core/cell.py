@@ -61,6 +61,8 @@ class ParaCell(nn.Module):
     input_size: int | None = None
     #: the kernel of :mod:`pararnn_ts.ops` computing this recurrence (``None``: no fused kernel)
     fused_kernel: str | None = None
+    #: the rows of every fused weight are norm-clipped to this in each solve (``None``: not clipped)
+    max_norm: float | None = None
 
     def __init__(
         self,
@@ -114,8 +116,9 @@ class ParaCell(nn.Module):
         """``(f(h_prev, u), ∂f/∂h_prev)`` in the layout of :attr:`structure`; forward-mode AD by default."""
         return self.structure.jacobian_from_jvp(lambda h: self.recurrence(h, u), h_prev)
 
-    def fused_weights(self) -> tuple[Tensor, ...]:
-        """The tensors :attr:`fused_kernel` takes besides ``u`` and ``h0`` (differentiable)."""
+    def fused_weights(self, clip: bool = True) -> tuple[Tensor, ...]:
+        """The tensors :attr:`fused_kernel` takes besides ``u`` and ``h0`` (differentiable); ``clip=False``:
+        before their rows are norm-clipped to :attr:`max_norm` (the fused solve clips them itself)."""
         raise NotImplementedError(f"{type(self).__name__} has no fused kernel")
 
     @property
@@ -165,7 +168,7 @@ class ParaCell(nn.Module):
         """Solve for all states ``(B, T, *S)`` given ``u`` ``(B, T, *U)`` and ``h0`` ``(B, *S)``."""
         with self._solve_precision(u) as dtype:
             mode, backend = self.resolve_backend(u.device, dtype, mode)
-            h0 = h0.to(dtype)
+            h0 = _cast(h0, dtype)
             if mode == "fused":
                 h = self._fused_solve(backend, u, h0, dtype)
             elif mode == "sequential":
@@ -205,10 +208,11 @@ class ParaCell(nn.Module):
     def _fused_solve(self, backend: str, u: Tensor, h0: Tensor, dtype: torch.dtype) -> Tensor:
         # GPU kernels read bf16/fp16 inputs as they are; the CPU kernel computes in the solve dtype.
         keep = u.device.type != "cpu" and u.dtype in (torch.bfloat16, torch.float16)
-        u_k = u if keep else u.to(dtype)
-        weights = tuple(w.to(dtype) for w in self.fused_weights())
+        u_k = u if keep else _cast(u, dtype)
+        weights = tuple(_cast(w, dtype) for w in self.fused_weights(clip=False))
         tol = self.resolved_tol(dtype)
-        h, raw = fused_ops.fused_solve(backend, self.fused_kernel, u_k, h0, weights, tol, self.max_iters)
+        kernel = self.fused_kernel
+        h, raw = fused_ops.fused_solve(backend, kernel, u_k, h0, weights, tol, self.max_iters, self.max_norm)
         if raw is None:
             self.last_stats = SolverStats("fused", backend=backend, algorithm="sequential")
             return h
@@ -244,7 +248,7 @@ class ParaCell(nn.Module):
     @staticmethod
     def _output_dtype(h: Tensor, u: Tensor) -> Tensor:
         # Under autocast the float32 result stays float32; otherwise return the input's dtype.
-        return h if torch.is_autocast_enabled(u.device.type) else h.to(u.dtype)
+        return h if torch.is_autocast_enabled(u.device.type) else _cast(h, u.dtype)
 
     def _initial_state(self, state: Any, x: Tensor) -> Tensor:
         batch = x.shape[0]
@@ -277,3 +281,8 @@ class ParaCell(nn.Module):
             )
         if x.is_floating_point() and not torch.isfinite(x).all():
             raise ValueError(f"{type(self).__name__}: {name} contains NaN or inf; clean or mask the input first")
+
+
+def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """``t.to(dtype)`` without the call when it is already ``dtype`` (a short GPU solve is host-bound)."""
+    return t if t.dtype == dtype else t.to(dtype)

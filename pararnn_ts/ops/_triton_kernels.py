@@ -27,6 +27,8 @@ import triton
 import triton.language as tl
 
 INF = tl.constexpr(float("inf"))
+#: elements per step of the loop that sums a weight row's squares for in-kernel norm clipping
+NORM_BLOCK = tl.constexpr(512)
 
 
 # ---- elementwise maths --------------------------------------------------------------------------
@@ -290,6 +292,40 @@ def _load_rows3(ptr, D, d, dmask):
 
 
 @triton.jit
+def _row_scale(ptr, D, max_norm):
+    """``torch.renorm``'s factor for the row ``ptr[0:D]``: ``max_norm / (‖row‖ + 1e-7)`` if
+    ``‖row‖ > max_norm``, else 1."""
+    sq = tl.zeros([NORM_BLOCK], tl.float32)
+    start = 0
+    while start < D:
+        k = start + tl.arange(0, NORM_BLOCK)
+        x = tl.load(ptr + k, mask=k < D, other=0.0)
+        sq += x * x
+        start += NORM_BLOCK
+    norm = tl.sqrt(tl.sum(sq, 0))
+    return tl.where(norm > max_norm, max_norm / (norm + 1e-7), 1.0)
+
+
+@triton.jit
+def _clip_rows2(ptr, D, max_norm, x0, x1, CLIP: tl.constexpr):
+    """``x0``, ``x1`` (rows 0, 1 of ``ptr`` at some channels) scaled as their whole rows' norm clip
+    to ``max_norm`` would scale them; unchanged unless ``CLIP``."""
+    if CLIP:
+        x0 = x0 * _row_scale(ptr, D, max_norm)
+        x1 = x1 * _row_scale(ptr + D, D, max_norm)
+    return x0, x1
+
+
+@triton.jit
+def _clip_rows3(ptr, D, max_norm, x0, x1, x2, CLIP: tl.constexpr):
+    """:func:`_clip_rows2` for rows 0, 1, 2."""
+    x0, x1 = _clip_rows2(ptr, D, max_norm, x0, x1, CLIP)
+    if CLIP:
+        x2 = x2 * _row_scale(ptr + 2 * D, D, max_norm)
+    return x0, x1, x2
+
+
+@triton.jit
 def _zeros2(BLOCK_D: tl.constexpr):
     """Two zeroed ``[BLOCK_D]`` float32 accumulators."""
     return tl.zeros([BLOCK_D], tl.float32), tl.zeros([BLOCK_D], tl.float32)
@@ -361,12 +397,14 @@ def _gru_residual(h, carry, rows, mask, uz, ur, uc, az, ar, ac):
 
 @triton.jit
 def gru_forward_kernel(
-    u_ptr, a_ptr, h0_ptr, h_ptr, stats_ptr, T, D, tol, max_iters,
-    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr,
+    u_ptr, a_ptr, h0_ptr, h_ptr, stats_ptr, T, D, tol, max_iters, max_norm,
+    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr, CLIP: tl.constexpr,
 ):  # fmt: skip
-    """Newton per chunk; writes ``h`` and ``stats[pid] = (worst residual, most updates)``."""
+    """Newton per chunk; writes ``h`` and ``stats[pid] = (worst residual, most updates)``. With ``CLIP``
+    the rows of ``A`` are norm-clipped to ``max_norm`` first."""
     pid_b, pid_d, d, dmask, i, rows = _program_tile(D, CHUNK_T, BLOCK_D)
     az, ar, ac = _load_rows3(a_ptr, D, d, dmask)
+    az, ar, ac = _clip_rows3(a_ptr, D, max_norm, az, ar, ac, CLIP)
     carry = tl.load(h0_ptr + pid_b * D + d, mask=dmask, other=0.0)
     worst, most, t0 = _newton_counters()
     while t0 < T:
@@ -447,14 +485,17 @@ def _lstm_residual(c, h, carry_c, carry_h, rows, mask, uf, uz, uo, af, az, ao, p
 
 @triton.jit
 def lstm_forward_kernel(
-    u_ptr, a_ptr, c_ptr, h0_ptr, h_ptr, stats_ptr, T, D, tol, max_iters,
-    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr,
+    u_ptr, a_ptr, c_ptr, h0_ptr, h_ptr, stats_ptr, T, D, tol, max_iters, max_norm,
+    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr, CLIP: tl.constexpr,
 ):  # fmt: skip
-    """Newton per chunk on the state ``[c, h]``; writes ``h`` ``(B, T, D, 2)`` and the stats."""
+    """Newton per chunk on the state ``[c, h]``; writes ``h`` ``(B, T, D, 2)`` and the stats (``CLIP``: as
+    :func:`gru_forward_kernel`, for the rows of ``A`` and ``C``)."""
     pid_b, pid_d, d, dmask, i, rows = _program_tile(D, CHUNK_T, BLOCK_D)
     kk = tl.arange(0, 2)[None, None, :]
     af, az, ao = _load_rows3(a_ptr, D, d, dmask)
     pf, po = _load_rows2(c_ptr, D, d, dmask)
+    af, az, ao = _clip_rows3(a_ptr, D, max_norm, af, az, ao, CLIP)
+    pf, po = _clip_rows2(c_ptr, D, max_norm, pf, po, CLIP)
     carry_c, carry_h = _load_pair(h0_ptr, pid_b, D, d, dmask)
     worst, most, t0 = _newton_counters()
     while t0 < T:
@@ -583,12 +624,14 @@ def _gru_sequential_step(u_ptr, h_ptr, bt, D, d, dmask, h, az, ar, ac):
 
 @triton.jit
 def gru_sequential_forward_kernel(
-    u_ptr, a_ptr, h0_ptr, h_ptr, T, D,
-    BLOCK_D: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, INTERPRET: tl.constexpr,
+    u_ptr, a_ptr, h0_ptr, h_ptr, T, D, max_norm,
+    BLOCK_D: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, INTERPRET: tl.constexpr, CLIP: tl.constexpr,
 ):  # fmt: skip
-    """The exact loop ``h_t = f(h_{t-1}, u_t)``, one program per (batch row, ``BLOCK_D`` channels)."""
+    """The exact loop ``h_t = f(h_{t-1}, u_t)``, one program per (batch row, ``BLOCK_D`` channels)
+    (``CLIP``: see :func:`gru_forward_kernel`)."""
     pid_b, d, dmask = _lane_channels(D, BLOCK_D)
     az, ar, ac = _vector_rows3(a_ptr, D, d, dmask, BLOCK_D)
+    az, ar, ac = _clip_rows3(a_ptr, D, max_norm, az, ar, ac, CLIP)
     h = tl.load(h0_ptr + pid_b * D + d, mask=dmask, other=0.0)
     base = (pid_b * T).to(tl.int64)
     if INTERPRET:
@@ -660,12 +703,14 @@ def _lstm_sequential_step(u_ptr, h_ptr, bt, D, d, dmask, c, h, af, az, ao, pf, p
 
 @triton.jit
 def lstm_sequential_forward_kernel(
-    u_ptr, a_ptr, c_ptr, h0_ptr, h_ptr, T, D,
-    BLOCK_D: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, INTERPRET: tl.constexpr,
+    u_ptr, a_ptr, c_ptr, h0_ptr, h_ptr, T, D, max_norm,
+    BLOCK_D: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, INTERPRET: tl.constexpr, CLIP: tl.constexpr,
 ):  # fmt: skip
     """The exact ParaLSTM loop on the state ``[c, h]`` (see :func:`gru_sequential_forward_kernel`)."""
     pid_b, d, dmask = _lane_channels(D, BLOCK_D)
     af, az, ao, pf, po = _lstm_vector_weights(a_ptr, c_ptr, D, d, dmask, BLOCK_D)
+    af, az, ao = _clip_rows3(a_ptr, D, max_norm, af, az, ao, CLIP)
+    pf, po = _clip_rows2(c_ptr, D, max_norm, pf, po, CLIP)
     c, h = _load_pair(h0_ptr, pid_b, D, d, dmask)
     base = (pid_b * T).to(tl.int64)
     if INTERPRET:

@@ -4,11 +4,14 @@ A backend is a module of this package (``cpu``, ``triton_fused``, ``cuda``) with
 ``<kernel>_forward(u, *weights, h0, tol, max_iters) -> (h, stats)`` and
 ``<kernel>_backward(grad_h, u, *weights, h0, h) -> (grad_u, *grad_weights, grad_h0)`` for each
 kernel it implements (``"gru"``: weights ``(A,)``; ``"lstm"``: weights ``(A, C)``), plus
-``unavailable_reason(device) -> str | None``. ``kernels/README.md`` states the layouts.
+``unavailable_reason(device) -> str | None``. A module that sets ``CLIPS_WEIGHTS = True`` also takes
+``max_norm=`` in its forwards and norm-clips the weights' rows in the kernel (used when no graph is
+recorded). ``kernels/README.md`` states the layouts.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 from types import ModuleType
@@ -33,6 +36,12 @@ def backend_module(name: str) -> ModuleType:
     """The module implementing backend ``name`` (imported on first use)."""
     if name not in _MODULES:
         raise ValueError(f"backend={name!r} is not one of {BACKENDS}")
+    return _import_backend(name)
+
+
+@functools.cache
+def _import_backend(name: str) -> ModuleType:
+    # cached: ``import_module`` costs microseconds per call, twice per solve (selection and run)
     return importlib.import_module(f"{__package__}.{_MODULES[name]}")
 
 
@@ -70,21 +79,47 @@ def warn_once(key: tuple[str, str], message: str) -> None:
 
 
 def fused_solve(
-    backend: str, kernel: str, u: Tensor, h0: Tensor, weights: tuple[Tensor, ...], tol: float, max_iters: int
+    backend: str,
+    kernel: str,
+    u: Tensor,
+    h0: Tensor,
+    weights: tuple[Tensor, ...],
+    tol: float,
+    max_iters: int,
+    max_norm: float | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Run ``kernel`` on ``backend``: ``(h, stats)``, differentiable in ``u``, ``h0`` and ``weights``.
 
+    ``max_norm``: the rows of every weight are first norm-clipped to it (:func:`clip_rows`); ``None``: not.
     ``stats`` is ``None`` for exact (sequential) kernels, else ``[residual, iterations]`` (float32).
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel={kernel!r} is not one of {KERNELS}")
     module = backend_module(backend)
+    forward = getattr(module, f"{kernel}_forward")
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (u, h0, *weights))):
-        # no graph to record: skip the autograd Function's own host cost (a T=512 GPU solve is host-bound)
-        return getattr(module, f"{kernel}_forward")(*_contiguous(u, *weights, h0), tol, max_iters)
+        # no graph to record: skip the autograd Function's own host cost, and let a backend that can clip
+        # in its kernel do so (a T=512 GPU solve is host-bound: every launch saved counts)
+        if max_norm is not None and getattr(module, "CLIPS_WEIGHTS", False):
+            return forward(*_contiguous(u, *weights, h0), tol, max_iters, max_norm=max_norm)
+        return forward(*_contiguous(u, *_clipped(weights, max_norm), h0), tol, max_iters)
+    weights = _clipped(weights, max_norm)
     stats_out: list = []
     h = FusedSolve.apply(module, kernel, tol, max_iters, stats_out, u, h0, *weights)
     return h, stats_out[0]
+
+
+def clip_rows(p: Tensor, max_norm: float) -> Tensor:
+    """``p`` ``(..., n)`` with each length-``n`` row scaled to norm ``max_norm`` if longer (differentiable).
+
+    One ``torch.renorm`` (rows above ``max_norm`` times ``max_norm / (norm + 1e-7)``): on GPU the 4-op form
+    cost more host time per call than a T=512 fused kernel runs.
+    """
+    return torch.renorm(p.reshape(-1, p.shape[-1]), 2, 0, max_norm).view_as(p)
+
+
+def _clipped(weights: tuple[Tensor, ...], max_norm: float | None) -> tuple[Tensor, ...]:
+    return weights if max_norm is None else tuple(clip_rows(w, max_norm) for w in weights)
 
 
 def _contiguous(*tensors: Tensor) -> tuple[Tensor, ...]:

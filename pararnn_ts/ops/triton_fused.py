@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 
 NAME = "triton"
+#: the forward ops norm-clip the weights' rows themselves (``max_norm``), saving the separate clip's launches
+CLIPS_WEIGHTS = True
 ALGORITHMS = ("auto", "newton", "sequential")
 #: fewest independent chains ``B·D`` for which ``algorithm="auto"`` runs the sequential kernels. On an H100
 #: (T = 512 and 8192) Newton was faster up to 4096 chains (e.g. B=4, D=1024) and the loop from 16384 on
@@ -99,23 +101,32 @@ def _kernel_config(name: str, algorithm: str, on_gpu: bool, tuning: tuple) -> tu
     return getattr(k, f"{name}_kernel"), cfg
 
 
-def gru_forward(u: Tensor, A: Tensor, h0: Tensor, tol: float, max_iters: int, **tuning) -> tuple[Tensor, Tensor | None]:
+def gru_forward(
+    u: Tensor, A: Tensor, h0: Tensor, tol: float, max_iters: int, max_norm: float | None = None, **tuning
+) -> tuple[Tensor, Tensor | None]:
     """``u`` ``(B, T, 3, D)``, ``A`` ``(3, D)``, ``h0`` ``(B, D)`` → ``h`` ``(B, T, D)``, stats ``(2,)`` or ``None``.
 
     ``stats = [worst normalised residual, most Newton updates]`` over all tiles and chunks; ``None``
-    when the exact sequential kernel ran.
+    when the exact sequential kernel ran. ``max_norm``: the kernel clips each row of ``A`` to this norm
+    first (as ``torch.renorm``; forward only, the backward takes the clipped weights).
     """
     B, T, _, D = u.shape
     h = torch.empty(B, T, D, device=u.device, dtype=torch.float32)
     if T == 0 or B == 0 or D == 0:
         return h, torch.zeros(2, device=u.device, dtype=torch.float32)
     kernel, grid, cfg = _launch("gru_forward", B, D, u.device, tuning)
+    clip = _clip_args(max_norm)
     if "STAGES" in cfg:
-        kernel[grid](u, A, h0, h, T, D, **cfg)
+        kernel[grid](u, A, h0, h, T, D, clip[0], CLIP=clip[1], **cfg)
         return h, None
     stats = torch.empty(grid[0] * grid[1], 2, device=u.device, dtype=torch.float32)
-    kernel[grid](u, A, h0, h, stats, T, D, float(tol), int(max_iters), **cfg)
+    kernel[grid](u, A, h0, h, stats, T, D, float(tol), int(max_iters), clip[0], CLIP=clip[1], **cfg)
     return h, stats.amax(0)
+
+
+def _clip_args(max_norm: float | None) -> tuple[float, bool]:
+    """The forward kernels' ``(max_norm, CLIP)``."""
+    return (0.0, False) if max_norm is None else (float(max_norm), True)
 
 
 def gru_backward(
@@ -134,22 +145,24 @@ def gru_backward(
 
 
 def lstm_forward(
-    u: Tensor, A: Tensor, C: Tensor, h0: Tensor, tol: float, max_iters: int, **tuning
+    u: Tensor, A: Tensor, C: Tensor, h0: Tensor, tol: float, max_iters: int, max_norm: float | None = None, **tuning
 ) -> tuple[Tensor, Tensor | None]:
     """``u`` ``(B, T, 3, D)``, ``A`` ``(3, D)``, ``C`` ``(2, D)``, ``h0`` ``(B, D, 2)`` → ``h`` ``(B, T, D, 2)``, stats.
 
-    ``h[..., 0]`` is ``c``, ``h[..., 1]`` is ``h``; stats as in :func:`gru_forward`.
+    ``h[..., 0]`` is ``c``, ``h[..., 1]`` is ``h``; stats and ``max_norm`` (rows of ``A`` and ``C``) as in
+    :func:`gru_forward`.
     """
     B, T, _, D = u.shape
     h = torch.empty(B, T, D, 2, device=u.device, dtype=torch.float32)
     if T == 0 or B == 0 or D == 0:
         return h, torch.zeros(2, device=u.device, dtype=torch.float32)
     kernel, grid, cfg = _launch("lstm_forward", B, D, u.device, tuning)
+    clip = _clip_args(max_norm)
     if "STAGES" in cfg:
-        kernel[grid](u, A, C, h0, h, T, D, **cfg)
+        kernel[grid](u, A, C, h0, h, T, D, clip[0], CLIP=clip[1], **cfg)
         return h, None
     stats = torch.empty(grid[0] * grid[1], 2, device=u.device, dtype=torch.float32)
-    kernel[grid](u, A, C, h0, h, stats, T, D, float(tol), int(max_iters), **cfg)
+    kernel[grid](u, A, C, h0, h, stats, T, D, float(tol), int(max_iters), clip[0], CLIP=clip[1], **cfg)
     return h, stats.amax(0)
 
 
