@@ -178,6 +178,7 @@ def test_training_loader_has_a_length_and_continues_across_epochs():
         ({"dropout": 1.0}, "dropout"),
         ({"lags_seq": [0, 1]}, "lags_seq"),
         ({"loss_weighting": "size"}, r"loss_weighting='size' is not one of \('uniform', 'scale'\)"),
+        ({"naive_drift": "linear"}, r"naive_drift='linear' is not one of"),
         ({"loss_weighting": "scale", "scaling": False}, "loss_weighting='scale'.*scaling"),
     ],
 )

@@ -254,6 +254,54 @@ def test_context_loss_scores_each_observed_context_step_on_its_own_value(distrib
     torch.testing.assert_close(without.loss(**batch), terms.marginal + terms.copula)
 
 
+def level_change(target: torch.Tensor, observed: torch.Tensor, end: int) -> torch.Tensor:
+    """``(B,)``: mean of the observed values in ``[end - m, end)`` minus that of ``[end - 2m, end - m)``, by loops."""
+    out = []
+    for b in range(target.shape[0]):
+        new = [target[b, i].item() for i in range(end - SEASON, end) if i >= 0 and observed[b, i]]
+        old = [target[b, i].item() for i in range(end - 2 * SEASON, end - SEASON) if i >= 0 and observed[b, i]]
+        usable = end - 2 * SEASON >= 0 and new and old
+        out.append(sum(new) / len(new) - sum(old) / len(old) if usable else 0.0)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_naive_drift_adds_the_last_change_in_level_times_the_seasons_ahead_and_its_weight():
+    assert make_model(naive_drift="full").drift_weight.item() == 1
+    assert make_model().drift_weight is None  # off by default
+    model = make_model(naive_drift="learned", context_loss_weight=1.0)
+    assert model.drift_weight.item() == 0 and model.drift_weight.requires_grad  # untrained: no drift
+    with torch.no_grad():
+        model.drift_weight.fill_(0.7)
+    batch = with_future(model, make_batch(model))
+    target, observed = batch["past_target"], batch["past_observed_values"]
+    target[0, [PAST - 5, PAST - 4]], observed[0, [PAST - 5, PAST - 4]] = float("nan"), 0  # gaps in a window
+    target[1, PAST - 6 : PAST - 3], observed[1, PAST - 6 : PAST - 3] = float("nan"), 0  # a whole window missing
+    target[2, PAST - 3 :] += 200.0  # a jump in level: the drift matters
+    with torch.no_grad():
+        marginals, _ = model.distribution(**forecast_inputs(batch))
+        inputs, scale = model.sequence_inputs(**forecast_inputs(batch))
+        features = model.encode(inputs)
+        terms = model.loss_terms(**batch)
+    drift = level_change(target, observed, PAST)
+    assert drift[1] == 0 and drift[2] > 100
+    seasons = torch.ceil(torch.arange(1, HORIZON + 1, dtype=torch.float64) / SEASON)
+    offset = (seasonal_naive(batch, PAST) + 0.7 * seasons * drift[:, None]) / scale
+    for name, value in model.head(features[:, CONTEXT:], scale, offset).args.items():
+        torch.testing.assert_close(marginals.args[name], value)
+    expected = torch.zeros(BATCH, dtype=torch.float64)  # the context steps' offsets drift the same way
+    known = torch.where(observed > 0, target, 0)  # a missing naive value counts as 0, as in the model
+    for j in range(CONTEXT):
+        p = PAST - CONTEXT + j
+        context_offset = (known[:, p - SEASON] + 0.7 * level_change(target, observed, p))[:, None] / scale
+        marginal = model.head(features[:, j : j + 1], scale, context_offset)
+        expected += torch.where(observed[:, p] > 0, marginal.loss(known[:, p : p + 1]).sum(-1), 0) / CONTEXT
+    torch.testing.assert_close(terms.context, expected)
+    with pytest.raises(ValueError, match="naive_drift='full' .* needs naive_offset=True"):
+        make_model(naive_drift="full", naive_offset=False)
+    with pytest.raises(ValueError, match="naive_drift='linear' is not one of"):
+        make_model(naive_drift="linear")
+
+
 def test_training_logs_the_full_loss_and_validation_the_forecasts_own(monkeypatch):
     module = ForecastTrainingModule()
     module.model = make_model(context_loss_weight=0.5)

@@ -42,7 +42,7 @@ from gluonts.transform import (
 
 from ..nn.distribution_heads import DISTRIBUTION_HEADS
 from .lightning_module import LR_SCHEDULES, MODEL_INPUT_NAMES, ForecastTrainingModule, ParaRNNLightningModule
-from .module import LOSS_WEIGHTINGS
+from .module import LOSS_WEIGHTINGS, NAIVE_DRIFTS
 
 PREDICTION_INPUT_NAMES = list(MODEL_INPUT_NAMES)
 TRAINING_INPUT_NAMES = [*PREDICTION_INPUT_NAMES, "future_target", "future_observed_values"]
@@ -135,8 +135,8 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         cell, hidden_size, num_layers, num_heads, dropout, copula_rank, lags_seq, scaling, mode: of the network.
         distribution: ``"student_t"``, ``"normal"``, ``"johnson_su"``, ``"negative_binomial"`` or ``"quantile"``.
         quantiles: levels of the ``"quantile"`` head (only with it).
-        naive_offset, seasonality, context_loss_weight, quantile_grid_samples, loss_weighting: of the network
-            (the seasonal-naive location offset, its season length, the weight of the context steps'
+        naive_offset, naive_drift, seasonality, context_loss_weight, quantile_grid_samples, loss_weighting: of the
+            network (the seasonal-naive location offset, its drift, its season length, the weight of the context steps'
             one-step-ahead loss, quantile-grid sample paths, and ``"uniform"`` or ``"scale"``: series weighted
             equally in the training loss, or by their mean scale, as in wQL).
         num_feat_dynamic_real, num_feat_static_real, num_feat_static_cat, cardinality, embedding_dimension:
@@ -186,6 +186,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         validation_sampler: InstanceSampler | None = None,
         mode: str = "auto",
         naive_offset: bool | None = None,
+        naive_drift: str | None = None,
         seasonality: int | None = None,
         context_loss_weight: float = 1.0,
         quantile_grid_samples: bool = True,
@@ -215,6 +216,8 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             raise ValueError(f"ParaRNNEstimator: dropout must lie in [0, 1), got {dropout}")
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"ParaRNNEstimator: loss_weighting={loss_weighting!r} is not one of {LOSS_WEIGHTINGS}")
+        if naive_drift not in NAIVE_DRIFTS:
+            raise ValueError(f"ParaRNNEstimator: naive_drift={naive_drift!r} is not one of {NAIVE_DRIFTS}")
         if loss_weighting == "scale" and not scaling:
             raise ValueError("ParaRNNEstimator: loss_weighting='scale' weights series by their mean scale: set scaling")
         counts = {
@@ -249,6 +252,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         self.embedding_dimension = embedding_dimension
         self.lags_seq, self.scaling, self.mode = lags_seq, scaling, mode
         self.naive_offset, self.seasonality, self.context_loss_weight = naive_offset, seasonality, context_loss_weight
+        self.naive_drift = naive_drift
         self.quantile_grid_samples, self.loss_weighting = quantile_grid_samples, loss_weighting
         self.time_features = default_time_features if time_features is None else time_features
         self.extra_time_features = len(self.time_features) - len(default_time_features)
@@ -291,6 +295,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             "num_parallel_samples": self.num_parallel_samples,
             "mode": self.mode,
             "naive_offset": self.naive_offset,
+            "naive_drift": self.naive_drift,
             "seasonality": self.seasonality,
             "context_loss_weight": self.context_loss_weight,
             "quantile_grid_samples": self.quantile_grid_samples,

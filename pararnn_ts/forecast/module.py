@@ -37,6 +37,7 @@ from ..nn.norms import RMSNorm
 RNN_CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
 #: how :meth:`ParaRNNForecastModel.training_loss` weights the series of a batch (see ``loss_weighting``)
 LOSS_WEIGHTINGS = ("uniform", "scale")
+NAIVE_DRIFTS = (None, "learned", "full")
 
 
 class ForecastLoss(NamedTuple):
@@ -115,6 +116,11 @@ class ParaRNNForecastModel(nn.Module):
             forecasts like seasonal naive and training learns the correction; ``None``: whenever the head
             has a location (all but ``"negative_binomial"``).
         seasonality: the season length of ``naive_offset``; default ``gluonts.time_feature.get_seasonality(freq)``.
+        naive_drift: ``"full"`` or ``"learned"``: the seasonal-naive offset also carries the last change in
+            level: a step ``n`` seasons ahead of its naive value adds ``α n`` times the mean of the last ``m``
+            observed values minus the mean of the ``m`` before them (0 where either window has no observed
+            value), with ``α`` (``drift_weight``) 1, or learned from 0 (untrained, the network forecasts as
+            without the drift); ``None`` (default): no drift.
         context_loss_weight: weight of the context steps' loss in training (see :class:`ForecastLoss`): every
             context step ``t`` predicts ``y_t`` from its inputs (lags of ``t`` only) with the horizon's head,
             which gives the network ``C`` more targets per window; 0 trains on the horizon only. The default 1
@@ -156,6 +162,7 @@ class ParaRNNForecastModel(nn.Module):
         mode: Mode = "auto",
         default_scale: float = 1.0,
         naive_offset: bool | None = None,
+        naive_drift: str | None = None,
         seasonality: int | None = None,
         context_loss_weight: float = 1.0,
         quantile_grid_samples: bool = True,
@@ -192,6 +199,10 @@ class ParaRNNForecastModel(nn.Module):
             naive_offset = DISTRIBUTION_HEADS[distribution].takes_offset
         if naive_offset and not DISTRIBUTION_HEADS[distribution].takes_offset:
             raise ValueError(f"naive_offset=True needs a head with a location; set it False for {distribution!r}")
+        if naive_drift not in NAIVE_DRIFTS:
+            raise ValueError(f"naive_drift={naive_drift!r} is not one of {NAIVE_DRIFTS}")
+        if naive_drift and not naive_offset:
+            raise ValueError(f"naive_drift={naive_drift!r} moves the seasonal-naive offset: it needs naive_offset=True")
         self.freq = freq
         self.context_length = context_length
         self.prediction_length = prediction_length
@@ -217,11 +228,20 @@ class ParaRNNForecastModel(nn.Module):
         self.register_buffer("lag_index", lag_index.clamp(max=self.past_length - 1), persistent=False)
         self.register_buffer("lag_in_past", lag_index < self.past_length, persistent=False)
         self.naive_offset = naive_offset
+        self.naive_drift = naive_drift
+        if naive_drift == "learned":
+            self.drift_weight = nn.Parameter(torch.zeros(()))
+        elif naive_drift == "full":
+            self.register_buffer("drift_weight", torch.ones(()))
+        else:
+            self.drift_weight = None
         # the past step holding the seasonal-naive forecast (seasonality m) of each horizon step, (H,): the
         # last observed season, P - 1 + k - m·ceil(k/m) for step k = 1..H (m = 1: the last value); and of
         # each context step p = P - C .. P - 1, (C,): p - m (negative: none)
         season = get_seasonality(freq) if seasonality is None else seasonality
+        self.season = season
         steps = torch.arange(1, prediction_length + 1)
+        self.register_buffer("seasons_ahead", torch.ceil(steps / season), persistent=False)
         self.register_buffer(
             "naive_index", self.past_length - 1 + steps - season * torch.ceil(steps / season).long(), persistent=False
         )
@@ -304,6 +324,10 @@ class ParaRNNForecastModel(nn.Module):
         """:meth:`distribution` from :meth:`encode`'s ``features`` ``(B, C + H, hidden)`` and the scale ``(B, 1)``."""
         context = self.context_length
         offset = self.seasonal_naive(past_target, past_observed_values, scale) if self.naive_offset else None
+        if self.naive_drift:
+            ends = torch.full((1,), self.past_length, device=past_target.device)
+            drift = self.level_change(past_target, past_observed_values, ends) / scale
+            offset = offset + self.drift_weight * self.seasons_ahead * drift
         marginals = self.head(features[:, context:], scale, offset)
         copula = None if self.copula is None else self.copula(features[:, context - 1])
         return marginals, copula
@@ -316,6 +340,9 @@ class ParaRNNForecastModel(nn.Module):
         offset = None
         if self.naive_offset:
             offset = self.past_values(past_target, past_observed_values, self.context_naive_index) / scale
+        if self.naive_drift:
+            ends = self.context_naive_index + self.season  # context step p: the windows end before p
+            offset = offset + self.drift_weight * self.level_change(past_target, past_observed_values, ends) / scale
         marginals = self.head(features[:, :context], scale, offset)
         weights = past_observed_values[:, -context:].to(scale.dtype)
         target = torch.where(weights > 0, past_target[:, -context:].to(scale.dtype), 0)
@@ -450,6 +477,24 @@ class ParaRNNForecastModel(nn.Module):
     def seasonal_naive(self, past_target: Tensor, past_observed_values: Tensor, scale: Tensor) -> Tensor:
         """The seasonal-naive forecast ``(B, H)`` in units of ``scale``; 0 where that past value is missing."""
         return self.past_values(past_target, past_observed_values, self.naive_index) / scale
+
+    def level_change(self, past_target: Tensor, past_observed_values: Tensor, ends: Tensor) -> Tensor:
+        """Mean of the observed values in ``[e - m, e)`` minus the mean in ``[e - 2m, e - m)`` for each end
+        ``e`` of ``ends`` ``(K,)`` (positions in the last ``P`` steps) → ``(B, K)``; 0 where a window is empty
+        or starts before the past."""
+        past, m = self.past_length, self.season
+        observed = (past_observed_values[:, -past:] > 0).to(self.input_proj.weight.dtype)
+        value = torch.where(observed > 0, past_target[:, -past:].to(observed.dtype), 0)
+        zero = observed.new_zeros(observed.shape[0], 1)
+        sums, counts = torch.cat([zero, value.cumsum(1)], 1), torch.cat([zero, observed.cumsum(1)], 1)
+
+        def window(start: Tensor) -> tuple[Tensor, Tensor]:
+            i, j = start.clamp_min(0), (start + m).clamp_min(0)
+            return sums[:, j] - sums[:, i], counts[:, j] - counts[:, i]
+
+        (new, n_new), (old, n_old) = window(ends - m), window(ends - 2 * m)
+        valid = (n_new > 0) & (n_old > 0) & (ends - 2 * m >= 0)
+        return torch.where(valid, new / n_new.clamp_min(1) - old / n_old.clamp_min(1), 0)
 
     def past_values(self, past_target: Tensor, past_observed_values: Tensor, index: Tensor) -> Tensor:
         """``past_target``'s last ``P`` steps at ``index`` ``(K,)`` → ``(B, K)``; 0 where missing or ``index < 0``."""
