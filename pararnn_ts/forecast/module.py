@@ -243,7 +243,7 @@ class ParaRNNForecastModel(nn.Module):
         steps = torch.arange(1, prediction_length + 1)
         self.register_buffer("seasons_ahead", torch.ceil(steps / season), persistent=False)
         self.register_buffer(
-            "naive_index", self.past_length - 1 + steps - season * torch.ceil(steps / season).long(), persistent=False
+            "naive_index", self.past_length - 1 + steps - season * self.seasons_ahead.long(), persistent=False
         )
         self.register_buffer(
             "context_naive_index",

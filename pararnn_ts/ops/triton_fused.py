@@ -115,12 +115,12 @@ def gru_forward(
     if T == 0 or B == 0 or D == 0:
         return h, torch.zeros(2, device=u.device, dtype=torch.float32)
     kernel, grid, cfg = _launch("gru_forward", B, D, u.device, tuning)
-    clip = _clip_args(max_norm)
+    max_norm, clip = _clip_args(max_norm)
     if "STAGES" in cfg:
-        kernel[grid](u, A, h0, h, T, D, clip[0], CLIP=clip[1], **cfg)
+        kernel[grid](u, A, h0, h, T, D, max_norm, CLIP=clip, **cfg)
         return h, None
     stats = torch.empty(grid[0] * grid[1], 2, device=u.device, dtype=torch.float32)
-    kernel[grid](u, A, h0, h, stats, T, D, float(tol), int(max_iters), clip[0], CLIP=clip[1], **cfg)
+    kernel[grid](u, A, h0, h, stats, T, D, float(tol), int(max_iters), max_norm, CLIP=clip, **cfg)
     return h, stats.amax(0)
 
 
@@ -157,12 +157,12 @@ def lstm_forward(
     if T == 0 or B == 0 or D == 0:
         return h, torch.zeros(2, device=u.device, dtype=torch.float32)
     kernel, grid, cfg = _launch("lstm_forward", B, D, u.device, tuning)
-    clip = _clip_args(max_norm)
+    max_norm, clip = _clip_args(max_norm)
     if "STAGES" in cfg:
-        kernel[grid](u, A, C, h0, h, T, D, clip[0], CLIP=clip[1], **cfg)
+        kernel[grid](u, A, C, h0, h, T, D, max_norm, CLIP=clip, **cfg)
         return h, None
     stats = torch.empty(grid[0] * grid[1], 2, device=u.device, dtype=torch.float32)
-    kernel[grid](u, A, C, h0, h, stats, T, D, float(tol), int(max_iters), clip[0], CLIP=clip[1], **cfg)
+    kernel[grid](u, A, C, h0, h, stats, T, D, float(tol), int(max_iters), max_norm, CLIP=clip, **cfg)
     return h, stats.amax(0)
 
 
