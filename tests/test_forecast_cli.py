@@ -164,6 +164,62 @@ def tiny_forecaster(sizes: dict) -> ParaRNNForecaster:
     return model
 
 
+#: ParaRNNEstimator's arguments that the CLI takes from the data or the data module, not from the model
+DATA_ARGUMENTS = {
+    "freq",
+    "prediction_length",
+    "num_feat_dynamic_real",
+    "num_feat_static_real",
+    "num_feat_static_cat",
+    "cardinality",
+    "embedding_dimension",
+    "time_features",
+    "batch_size",
+    "num_batches_per_epoch",
+    "trainer_kwargs",
+    "train_sampler",
+    "validation_sampler",
+}
+
+
+def test_every_model_option_of_the_estimator_is_a_cli_option():
+    import inspect
+
+    from pararnn_ts.forecast.estimator import ParaRNNEstimator
+
+    estimator_options = set(inspect.signature(ParaRNNEstimator.__init__).parameters) - {"self"} - DATA_ARGUMENTS
+    assert estimator_options <= set(inspect.signature(ParaRNNForecaster.__init__).parameters)
+
+
+def test_cli_options_reach_the_network():
+    sizes = {"freq": "M", "prediction_length": H, "num_feat_dynamic_real": 0, "cardinality": []}
+    options = {
+        "lags_seq": [1, 2, 12],
+        "scaling": False,
+        "naive_offset": True,
+        "naive_drift": "learned",
+        "seasonality": 6,
+        "quantile_grid_samples": False,
+        "context_loss_weight": 0.5,
+        "ema_decay": 0.9,
+    }
+    model = ParaRNNForecaster(hidden_size=8, num_layers=1, mode="sequential", **options)
+    model.build(sizes)
+    network = model.model
+    assert network.lags_seq == options["lags_seq"] and network.season == options["seasonality"]
+    assert (network.scaling, network.naive_offset, network.naive_drift) == (False, True, "learned")
+    assert network.quantile_grid_samples is False and network.context_loss_weight == 0.5
+    assert model.averaged is not None and model.ema_decay == 0.9
+    quantile = ParaRNNForecaster(hidden_size=8, distribution="quantile", quantiles=[0.25, 0.5, 0.75])
+    quantile.build(sizes)
+    assert quantile.estimator.model_kwargs()["quantiles"] == [0.25, 0.5, 0.75]
+    weighted = ParaRNNForecaster(hidden_size=8, loss_weighting="scale")
+    weighted.build(sizes)
+    assert weighted.model.loss_weighting == "scale"
+    with pytest.raises(ValueError, match="ema_decay"):
+        ParaRNNForecaster(ema_decay=1.5)
+
+
 def test_checkpoint_of_other_data_is_refused():
     sizes = {"freq": "M", "prediction_length": H, "num_feat_dynamic_real": 0, "cardinality": []}
     model = tiny_forecaster(sizes)

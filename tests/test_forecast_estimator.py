@@ -149,6 +149,58 @@ def test_cosine_schedule_follows_the_closed_form(tmp_path):
     assert seen == pytest.approx([lr * (1 + math.cos(math.pi * k / steps)) / 2 for k in range(steps)])
 
 
+def test_ema_weights_average_every_step_and_forecast_after_training(tmp_path):
+    decay, snapshots = 0.6, []
+
+    class RecordWeights(pl.Callback):
+        def on_train_start(self, trainer, pl_module):
+            snapshots.append([p.detach().clone() for p in pl_module.model.parameters()])
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            snapshots.append([p.detach().clone() for p in pl_module.model.parameters()])
+
+    estimator = make_estimator(
+        tmp_path, max_epochs=1, num_batches_per_epoch=3, callbacks=[RecordWeights()], ema_decay=decay
+    )
+    predictor = estimator.train(sine_series())
+    module = predictor.prediction_net
+    assert len(snapshots) == 4  # the initial weights and those after each of the 3 steps
+    expected = snapshots[0]
+    for step in snapshots[1:]:
+        expected = [decay * average + (1 - decay) * current for average, current in zip(expected, step, strict=True)]
+    averaged = list(module.averaged.parameters())
+    assert len(averaged) == len(expected)
+    for got, want in zip(averaged, expected, strict=True):
+        torch.testing.assert_close(got, want)
+    assert any(not torch.equal(got, now) for got, now in zip(averaged, snapshots[-1], strict=True))
+
+    # Out of training mode the module runs the average: the forecast equals the averaged network's own.
+    module.eval()
+    inputs = first_prediction_batch(estimator, module)
+    torch.manual_seed(3)
+    from_module = module(**inputs)
+    torch.manual_seed(3)
+    torch.testing.assert_close(from_module, module.averaged(**inputs))
+    torch.manual_seed(3)
+    assert not torch.allclose(from_module, module.model(**inputs))
+
+    # Serialization keeps both networks.
+    predictor.serialize(tmp_path)
+    loaded = Predictor.deserialize(tmp_path).prediction_net
+    assert loaded.ema_decay == decay
+    for got, want in zip(loaded.state_dict().values(), module.state_dict().values(), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def first_prediction_batch(estimator: ParaRNNEstimator, module: ParaRNNLightningModule) -> dict[str, torch.Tensor]:
+    """The network's inputs for the series of :func:`sine_series`, cut as the predictor cuts them."""
+    transform = estimator.create_transformation() + estimator._create_instance_splitter(module, "test")
+    entries = list(transform.apply(sine_series(), is_train=False))
+    names = ("feat_static_cat", "feat_static_real", "past_time_feat", "past_target", "past_observed_values")
+    batch = {name: torch.as_tensor(np.stack([entry[name] for entry in entries])) for name in names}
+    return {**batch, "future_time_feat": torch.as_tensor(np.stack([entry["future_time_feat"] for entry in entries]))}
+
+
 def test_training_loader_has_a_length_and_continues_across_epochs():
     estimator = ParaRNNEstimator(FREQ, H, **TINY, num_batches_per_epoch=3)
     module = estimator.create_lightning_module()
@@ -180,6 +232,8 @@ def test_training_loader_has_a_length_and_continues_across_epochs():
         ({"loss_weighting": "size"}, r"loss_weighting='size' is not one of \('uniform', 'scale'\)"),
         ({"naive_drift": "linear"}, r"naive_drift='linear' is not one of"),
         ({"loss_weighting": "scale", "scaling": False}, "loss_weighting='scale'.*scaling"),
+        ({"ema_decay": 1.0}, "ema_decay must be None"),
+        ({"ema_decay": 0.0}, "ema_decay must be None"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(kwargs, name):

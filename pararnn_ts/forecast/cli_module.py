@@ -50,11 +50,13 @@ class ParaRNNForecaster(ForecastTrainingModule):
     """A ParaRNN probabilistic forecaster for the Lightning CLI (network built from the data's sizes).
 
     Args:
-        cell, hidden_size, num_layers, num_heads, dropout, distribution, copula_rank, num_parallel_samples,
-            mode, context_loss_weight: of :class:`~pararnn_ts.forecast.module.ParaRNNForecastModel`.
+        cell, hidden_size, num_layers, num_heads, dropout, distribution, quantiles, copula_rank, lags_seq,
+            scaling, num_parallel_samples, mode, naive_offset, naive_drift, seasonality, context_loss_weight,
+            quantile_grid_samples, loss_weighting: as in :class:`~pararnn_ts.forecast.estimator.ParaRNNEstimator`
+            (``lags_seq`` and ``seasonality`` default to the data's frequency).
         context_length: steps read before the horizon; ``None``: ``ceil(context_length_multiple · H)``.
         context_length_multiple: context in horizons when ``context_length`` is not given.
-        lr, weight_decay, lr_schedule, patience: see :class:`ForecastTrainingModule`.
+        lr, weight_decay, lr_schedule, patience, ema_decay: see :class:`ForecastTrainingModule`.
     """
 
     def __init__(
@@ -67,22 +69,32 @@ class ParaRNNForecaster(ForecastTrainingModule):
         context_length: int | None = None,
         context_length_multiple: float = 2.0,
         distribution: Literal["student_t", "normal", "johnson_su", "negative_binomial", "quantile"] = "student_t",
+        quantiles: list[float] | None = None,
         copula_rank: int = 4,
+        lags_seq: list[int] | None = None,
+        scaling: bool = True,
         lr: float = 1e-3,
         weight_decay: float = 1e-8,
         lr_schedule: Literal["plateau", "cosine", "none"] = "cosine",
         patience: int = 10,
+        ema_decay: float | None = None,
         num_parallel_samples: int = 100,
         mode: Mode = "auto",
+        naive_offset: bool | None = None,
+        naive_drift: Literal["full", "learned"] | None = None,
+        seasonality: int | None = None,
         context_loss_weight: float = 1.0,
+        quantile_grid_samples: bool = True,
+        loss_weighting: Literal["uniform", "scale"] = "uniform",
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule, patience=patience)
+        super().__init__(
+            lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule, patience=patience, ema_decay=ema_decay
+        )
         if context_length is not None and context_length < 1:
             raise ValueError(f"ParaRNNForecaster: context_length must be >= 1 (or None), got {context_length}")
         if not context_length_multiple > 0:
             raise ValueError(f"ParaRNNForecaster: context_length_multiple must be > 0, got {context_length_multiple}")
         self.save_hyperparameters()
-        self.model: ParaRNNForecastModel | None = None
         self.estimator: ParaRNNEstimator | None = None
         self.transformation: Transformation | None = None
         self.data_sizes: dict[str, Any] | None = None
@@ -118,7 +130,10 @@ class ParaRNNForecaster(ForecastTrainingModule):
             num_heads=hp.num_heads,
             dropout=hp.dropout,
             distribution=hp.distribution,
+            quantiles=hp.quantiles,
             copula_rank=hp.copula_rank,
+            lags_seq=hp.lags_seq,
+            scaling=hp.scaling,
             num_feat_dynamic_real=sizes["num_feat_dynamic_real"],
             num_feat_static_cat=len(sizes["cardinality"]),
             cardinality=sizes["cardinality"] or None,
@@ -126,11 +141,17 @@ class ParaRNNForecaster(ForecastTrainingModule):
             weight_decay=hp.weight_decay,
             lr_schedule=hp.lr_schedule,
             patience=hp.patience,
+            ema_decay=hp.ema_decay,
             num_parallel_samples=hp.num_parallel_samples,
             mode=hp.mode,
+            naive_offset=hp.naive_offset,
+            naive_drift=hp.naive_drift,
+            seasonality=hp.seasonality,
             context_loss_weight=hp.context_loss_weight,
+            quantile_grid_samples=hp.quantile_grid_samples,
+            loss_weighting=hp.loss_weighting,
         )
-        self.model = ParaRNNForecastModel(**self.estimator.model_kwargs())
+        self.set_model(ParaRNNForecastModel(**self.estimator.model_kwargs()))
         self.transformation = self.estimator.create_transformation()
         self.data_sizes = dict(sizes)
 

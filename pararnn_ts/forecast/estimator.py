@@ -41,7 +41,13 @@ from gluonts.transform import (
 )
 
 from ..nn.distribution_heads import DISTRIBUTION_HEADS
-from .lightning_module import LR_SCHEDULES, MODEL_INPUT_NAMES, ForecastTrainingModule, ParaRNNLightningModule
+from .lightning_module import (
+    LR_SCHEDULES,
+    MODEL_INPUT_NAMES,
+    ForecastTrainingModule,
+    ParaRNNLightningModule,
+    check_ema_decay,
+)
 from .module import LOSS_WEIGHTINGS, NAIVE_DRIFTS
 
 PREDICTION_INPUT_NAMES = list(MODEL_INPUT_NAMES)
@@ -142,7 +148,8 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         num_feat_dynamic_real, num_feat_static_real, num_feat_static_cat, cardinality, embedding_dimension:
             covariates in the data (``cardinality``: one count per categorical feature).
         time_features: calendar features (default: GluonTS's for ``freq``).
-        lr, weight_decay: of AdamW. lr_schedule, patience: see
+        lr, weight_decay: of AdamW. lr_schedule, patience, ema_decay (a moving average of the weights, which
+            then forecasts; ``None``: the last weights): see
             :class:`~pararnn_ts.forecast.lightning_module.ForecastTrainingModule`.
         batch_size: windows per training batch (and series per prediction batch).
         num_batches_per_epoch: training batches per epoch.
@@ -178,6 +185,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         weight_decay: float = 1e-8,
         lr_schedule: str = "plateau",
         patience: int = 10,
+        ema_decay: float | None = 0.995,
         batch_size: int = 32,
         num_batches_per_epoch: int = 50,
         num_parallel_samples: int = 100,
@@ -214,6 +222,10 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             raise ValueError(f"ParaRNNEstimator: lr_schedule={lr_schedule!r} is not one of {LR_SCHEDULES}")
         if not 0 <= dropout < 1:
             raise ValueError(f"ParaRNNEstimator: dropout must lie in [0, 1), got {dropout}")
+        try:
+            check_ema_decay(ema_decay)
+        except ValueError as error:
+            raise ValueError(f"ParaRNNEstimator: {error}") from None
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"ParaRNNEstimator: loss_weighting={loss_weighting!r} is not one of {LOSS_WEIGHTINGS}")
         if naive_drift not in NAIVE_DRIFTS:
@@ -262,6 +274,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
                 f"of freq={freq!r}, got {len(self.time_features)} time_features"
             )
         self.lr, self.weight_decay, self.lr_schedule, self.patience = lr, weight_decay, lr_schedule, patience
+        self.ema_decay = ema_decay
         self.batch_size, self.num_batches_per_epoch = batch_size, num_batches_per_epoch
         self.num_parallel_samples = num_parallel_samples
         self.train_sampler = train_sampler or ExpectedNumInstanceSampler(
@@ -387,6 +400,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             weight_decay=self.weight_decay,
             lr_schedule=self.lr_schedule,
             patience=self.patience,
+            ema_decay=self.ema_decay,
         )
 
     def create_predictor(

@@ -8,6 +8,7 @@ and the Lightning CLI's :class:`~pararnn_ts.forecast.cli_module.ParaRNNForecaste
 
 # No ``from __future__ import annotations``: GluonTS's ``@validated()`` reads the annotations at runtime.
 
+import copy
 import math
 from typing import Any
 
@@ -33,7 +34,9 @@ MODEL_INPUT_NAMES = (
 
 
 class ForecastTrainingModule(pl.LightningModule):
-    """Training and validation on GluonTS batches, AdamW and an optional LR schedule; subclasses set ``self.model``.
+    """Training and validation on GluonTS batches, AdamW, an optional LR schedule and weight EMA.
+
+    Subclasses give the network to :meth:`set_model`.
 
     Batches are dicts of the network's inputs (:data:`MODEL_INPUT_NAMES`) plus ``future_target`` and
     ``future_observed_values`` ``(B, H)``. Logged per epoch: ``train_loss``, the batch mean of the network's
@@ -47,25 +50,57 @@ class ForecastTrainingModule(pl.LightningModule):
             ``val_loss``, or ``train_loss`` without validation), ``"cosine"`` (cosine decay to 0 over
             ``trainer.estimated_stepping_batches``, stepped every batch) or ``"none"``.
         patience: of ``"plateau"``.
+        ema_decay: ``None`` (off) or the decay ``β`` of an exponential moving average of the weights,
+            ``θ̄ ← β θ̄ + (1 − β) θ`` after every optimizer step, started from the initial weights. Out of
+            training mode (validation, prediction) the module runs the averaged copy ``self.averaged``;
+            checkpoints hold both.
     """
 
     model: ParaRNNForecastModel | None
+    averaged: ParaRNNForecastModel | None
 
-    def __init__(self, lr: float = 1e-3, weight_decay: float = 1e-8, lr_schedule: str = "plateau", patience: int = 10):
+    def __init__(
+        self,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-8,
+        lr_schedule: str = "plateau",
+        patience: int = 10,
+        ema_decay: float | None = None,
+    ):
         super().__init__()
         if not lr > 0 or weight_decay < 0:
             raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={lr_schedule!r} is not one of {LR_SCHEDULES}")
+        check_ema_decay(ema_decay)
         self.lr, self.weight_decay, self.lr_schedule, self.patience = lr, weight_decay, lr_schedule, patience
+        self.ema_decay = ema_decay
+        self.model = self.averaged = None
+
+    def set_model(self, model: ParaRNNForecastModel) -> None:
+        """Train ``model``; with ``ema_decay``, also keep its moving average (a frozen copy, for now equal)."""
+        self.model = model
+        if self.ema_decay is not None:
+            self.averaged = copy.deepcopy(model).requires_grad_(False)
+
+    @property
+    def network(self) -> ParaRNNForecastModel:
+        """The network that runs now: the averaged copy out of training mode (when there is one), else the model."""
+        return self.model if self.training or self.averaged is None else self.averaged
 
     def forward(self, *args: Tensor, **kwargs: Any) -> Tensor:
         """The network's forward: sample paths ``(B, num_parallel_samples, H)`` (what the predictor calls)."""
-        return self.model(*args, **kwargs)
+        return self.network(*args, **kwargs)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.averaged is not None:
+            with torch.no_grad():
+                for average, current in zip(self.averaged.parameters(), self.model.parameters(), strict=True):
+                    average.lerp_(current, 1.0 - self.ema_decay)
 
     def batch_terms(self, batch: dict[str, Tensor]) -> ForecastLoss:
-        """The network's per-series loss terms ``(B,)`` on ``batch``."""
-        return self.model.loss_terms(
+        """The running network's per-series loss terms ``(B,)`` on ``batch``."""
+        return self.network.loss_terms(
             **select(MODEL_INPUT_NAMES, batch),
             future_target=batch["future_target"],
             future_observed_values=batch["future_observed_values"],
@@ -106,7 +141,7 @@ class ParaRNNLightningModule(ForecastTrainingModule):
     Args:
         model_kwargs: the network's arguments (:meth:`ParaRNNEstimator.model_kwargs
             <pararnn_ts.forecast.estimator.ParaRNNEstimator.model_kwargs>`).
-        lr, weight_decay, lr_schedule, patience: see :class:`ForecastTrainingModule`.
+        lr, weight_decay, lr_schedule, patience, ema_decay: see :class:`ForecastTrainingModule`.
     """
 
     @validated()
@@ -117,7 +152,16 @@ class ParaRNNLightningModule(ForecastTrainingModule):
         weight_decay: float = 1e-8,
         lr_schedule: str = "plateau",
         patience: int = 10,
+        ema_decay: float | None = None,
     ) -> None:
-        super().__init__(lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule, patience=patience)
+        super().__init__(
+            lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule, patience=patience, ema_decay=ema_decay
+        )
         self.save_hyperparameters()
-        self.model = ParaRNNForecastModel(**model_kwargs)
+        self.set_model(ParaRNNForecastModel(**model_kwargs))
+
+
+def check_ema_decay(ema_decay: float | None) -> None:
+    """``ema_decay`` is ``None`` or lies in ``(0, 1)``; else a ``ValueError`` that says so."""
+    if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be None (no weight average) or lie in (0, 1), e.g. 0.99; got {ema_decay}")
