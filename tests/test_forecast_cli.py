@@ -31,6 +31,7 @@ TINY = [
     "--model.init_args.num_layers=1",
     "--model.init_args.num_parallel_samples=20",
     "--model.init_args.mode=sequential",
+    "--model.init_args.ema_decay=0.9",  # checkpoints, resume and reload then carry the averaged network too
 ]
 
 
@@ -143,6 +144,7 @@ def test_resume_continues_training_with_the_same_network(first_run, tmp_path, mo
         }
     )
     shapes = {name: tensor.shape for name, tensor in first["state_dict"].items()}
+    assert any(name.startswith("averaged.") for name in shapes)  # the weight average is saved and resumed too
     assert {name: tensor.shape for name, tensor in resumed["state_dict"].items()} == shapes
     assert any(not torch.equal(first["state_dict"][n], resumed["state_dict"][n]) for n in shapes)  # it trained
 

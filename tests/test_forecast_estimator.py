@@ -37,9 +37,10 @@ def sine_series(lengths=(60, 72, 50, 6), seed: int = 0) -> list[dict]:
 
 
 def make_estimator(
-    tmp_path, max_epochs: int = 1, num_batches_per_epoch: int = 2, callbacks=(), **kwargs
+    tmp_path, max_epochs: int = 1, num_batches_per_epoch: int = 2, callbacks=(), trainer_kwargs=None, **kwargs
 ) -> ParaRNNEstimator:
     trainer = {"max_epochs": max_epochs, "default_root_dir": str(tmp_path), "callbacks": list(callbacks), **QUIET}
+    trainer.update(trainer_kwargs or {})
     return ParaRNNEstimator(
         FREQ, H, **{**TINY, "num_batches_per_epoch": num_batches_per_epoch, "trainer_kwargs": trainer, **kwargs}
     )
@@ -159,11 +160,18 @@ def test_ema_weights_average_every_step_and_forecast_after_training(tmp_path):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             snapshots.append([p.detach().clone() for p in pl_module.model.parameters()])
 
+    # 6 batches, gradients accumulated over 2: 3 optimizer steps, and the weights change only at the 2nd, 4th, 6th.
     estimator = make_estimator(
-        tmp_path, max_epochs=1, num_batches_per_epoch=3, callbacks=[RecordWeights()], ema_decay=decay
+        tmp_path,
+        max_epochs=1,
+        num_batches_per_epoch=6,
+        callbacks=[RecordWeights()],
+        ema_decay=decay,
+        trainer_kwargs={"accumulate_grad_batches": 2},
     )
     predictor = estimator.train(sine_series())
     module = predictor.prediction_net
+    snapshots = snapshots[:1] + snapshots[2::2]
     assert len(snapshots) == 4  # the initial weights and those after each of the 3 steps
     expected = snapshots[0]
     for step in snapshots[1:]:

@@ -92,7 +92,9 @@ class ForecastTrainingModule(pl.LightningModule):
         """The network's forward: sample paths ``(B, num_parallel_samples, H)`` (what the predictor calls)."""
         return self.network(*args, **kwargs)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """Lightning's step (once per ``accumulate_grad_batches`` batches), then the moving average's update."""
+        super().optimizer_step(*args, **kwargs)
         if self.averaged is not None:
             with torch.no_grad():
                 for average, current in zip(self.averaged.parameters(), self.model.parameters(), strict=True):
