@@ -160,3 +160,15 @@ def test_failed_build_is_reported_once(monkeypatch):
         assert cpu.unavailable_reason(torch.device("cpu")) == reason
     with pytest.raises(RuntimeError, match="unavailable"):
         cpu.gru_forward(torch.zeros(1, 1, 3, 2), torch.zeros(3, 2), torch.zeros(1, 2), 0.0, 0)
+
+
+def test_each_checkout_builds_its_own_extension(tmp_path):
+    """Two installs side by side must not share (and rebuild over) one torch build folder."""
+    from pararnn_ts.ops.sources import checkout_tag, kernel_source_dir
+
+    here = kernel_source_dir("cpu")
+    other = tmp_path / "other_checkout" / "kernels" / "cpu"
+    other.mkdir(parents=True)
+    assert checkout_tag(here) == checkout_tag(here / ".." / "cpu")  # the same folder, however it is written
+    assert checkout_tag(other) != checkout_tag(here)
+    assert cpu.extension_name().endswith(f"_{checkout_tag(here)}")

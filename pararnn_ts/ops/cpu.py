@@ -1,8 +1,9 @@
 """CPU backend: fused *sequential* ParaGRU / ParaLSTM kernels in C++ (``kernels/cpu``).
 
-Built on first use with :func:`torch.utils.cpp_extension.load` as ``pararnn_ts_cpu_<cpu tag>`` and
-cached by torch (in ``$TORCH_EXTENSIONS_DIR`` when set); the tag keeps one build per CPU type, since
-code built with ``-march=native`` may crash on another CPU sharing the cache. The kernels are exact
+Built on first use with :func:`torch.utils.cpp_extension.load` as ``pararnn_ts_cpu_<cpu tag>_<checkout tag>``
+and cached by torch (in ``$TORCH_EXTENSIONS_DIR`` when set); the CPU tag keeps one build per CPU type, since
+code built with ``-march=native`` may crash on another CPU sharing the cache, and the checkout tag one per
+install (:func:`~pararnn_ts.ops.sources.checkout_tag`). The kernels are exact
 (no Newton), so ``stats`` is ``None``. Shapes and layouts: ``kernels/README.md``; tensors are float32
 or float64, contiguous.
 """
@@ -20,7 +21,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from .sources import kernel_source_dir
+from .sources import checkout_tag, kernel_source_dir
 
 NAME = "cpu"
 
@@ -40,14 +41,15 @@ def compiler_flags() -> list[str]:
 
 
 def extension_name() -> str:
-    """``pararnn_ts_cpu_<tag>``, the tag a hash of this CPU's model and instruction-set flags."""
+    """``pararnn_ts_cpu_<cpu>_<checkout>``: hashes of this CPU's model and flags, and of the sources' folder."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             lines = {line for line in cpuinfo if line.startswith(("model name", "flags", "Features", "CPU part"))}
     except OSError:
         lines = set()
     text = "".join(sorted(lines)) or f"{platform.machine()} {platform.processor()}"
-    return f"pararnn_ts_cpu_{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+    cpu = hashlib.sha1(text.encode()).hexdigest()[:8]
+    return f"pararnn_ts_cpu_{cpu}_{checkout_tag(kernel_source_dir('cpu'))}"
 
 
 def _build() -> ModuleType:

@@ -21,7 +21,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
-from .sources import kernel_source_dir
+from .sources import checkout_tag, kernel_source_dir
 
 NAME = "cuda"
 
@@ -72,7 +72,7 @@ def _load(capability: tuple[int, int]) -> ModuleType | str:
     sources = [str(folder / "bindings.cpp")] + sorted(str(path) for path in folder.glob("*.cu"))
     try:
         return cpp_extension.load(
-            name=f"pararnn_ts_cuda_sm{arch}",
+            name=f"pararnn_ts_cuda_sm{arch}_{checkout_tag(folder)}",
             sources=sources,
             extra_cflags=["-O3"],
             extra_cuda_cflags=["-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-lineinfo"],

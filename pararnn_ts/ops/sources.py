@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -21,3 +22,12 @@ def kernel_source_dir(kind: str) -> Path:
         f"pararnn_ts: no kernel sources for {kind!r} next to {_PACKAGE}; reinstall pararnn-ts "
         "(the wheel carries them in pararnn_ts/_kernels)"
     )
+
+
+def checkout_tag(folder: Path) -> str:
+    """8 hex digits naming ``folder``'s install: checkouts built side by side then get their own build folders.
+
+    ``torch.utils.cpp_extension.load`` builds in a cache folder named after the extension; a name shared by two
+    checkouts makes each one's first use rebuild over the other's.
+    """
+    return hashlib.sha1(str(folder.resolve()).encode()).hexdigest()[:8]
