@@ -14,7 +14,7 @@ from gluonts.ev.metrics import MASE, MeanWeightedSumQuantileLoss
 from gluonts.evaluation import make_evaluation_predictions
 from gluonts.model import Predictor, evaluate_model
 
-from pararnn_ts.forecast.estimator import ParaRNNEstimator
+from pararnn_ts.forecast.estimator import PREDICTION_INPUT_NAMES, ParaRNNEstimator
 from pararnn_ts.forecast.lightning_module import ParaRNNLightningModule
 
 H = 4
@@ -204,9 +204,7 @@ def first_prediction_batch(estimator: ParaRNNEstimator, module: ParaRNNLightning
     """The network's inputs for the series of :func:`sine_series`, cut as the predictor cuts them."""
     transform = estimator.create_transformation() + estimator._create_instance_splitter(module, "test")
     entries = list(transform.apply(sine_series(), is_train=False))
-    names = ("feat_static_cat", "feat_static_real", "past_time_feat", "past_target", "past_observed_values")
-    batch = {name: torch.as_tensor(np.stack([entry[name] for entry in entries])) for name in names}
-    return {**batch, "future_time_feat": torch.as_tensor(np.stack([entry["future_time_feat"] for entry in entries]))}
+    return {name: torch.as_tensor(np.stack([entry[name] for entry in entries])) for name in PREDICTION_INPUT_NAMES}
 
 
 def test_training_loader_has_a_length_and_continues_across_epochs():

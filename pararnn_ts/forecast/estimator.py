@@ -222,10 +222,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             raise ValueError(f"ParaRNNEstimator: lr_schedule={lr_schedule!r} is not one of {LR_SCHEDULES}")
         if not 0 <= dropout < 1:
             raise ValueError(f"ParaRNNEstimator: dropout must lie in [0, 1), got {dropout}")
-        try:
-            check_ema_decay(ema_decay)
-        except ValueError as error:
-            raise ValueError(f"ParaRNNEstimator: {error}") from None
+        check_ema_decay(ema_decay, owner="ParaRNNEstimator: ")
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"ParaRNNEstimator: loss_weighting={loss_weighting!r} is not one of {LOSS_WEIGHTINGS}")
         if naive_drift not in NAIVE_DRIFTS:

@@ -163,7 +163,9 @@ class ParaRNNLightningModule(ForecastTrainingModule):
         self.set_model(ParaRNNForecastModel(**model_kwargs))
 
 
-def check_ema_decay(ema_decay: float | None) -> None:
-    """``ema_decay`` is ``None`` or lies in ``(0, 1)``; else a ``ValueError`` that says so."""
+def check_ema_decay(ema_decay: float | None, owner: str = "") -> None:
+    """``ema_decay`` is ``None`` or lies in ``(0, 1)``; else a ``ValueError`` that says so, prefixed by ``owner``."""
     if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-        raise ValueError(f"ema_decay must be None (no weight average) or lie in (0, 1), e.g. 0.99; got {ema_decay}")
+        raise ValueError(
+            f"{owner}ema_decay must be None (no weight average) or lie in (0, 1), e.g. 0.99; got {ema_decay}"
+        )
