@@ -148,9 +148,9 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         num_feat_dynamic_real, num_feat_static_real, num_feat_static_cat, cardinality, embedding_dimension:
             covariates in the data (``cardinality``: one count per categorical feature).
         time_features: calendar features (default: GluonTS's for ``freq``).
-        lr, weight_decay: of AdamW. lr_schedule, patience, ema_decay (a moving average of the weights, which
-            then forecasts; ``None``: the last weights): see
-            :class:`~pararnn_ts.forecast.lightning_module.ForecastTrainingModule`.
+        lr, weight_decay: of AdamW (``lr`` 1e-2 by default, chosen on the validation split). lr_schedule,
+            patience, ema_decay (a moving average of the weights, which then forecasts; ``None``: the last
+            weights): see :class:`~pararnn_ts.forecast.lightning_module.ForecastTrainingModule`.
         batch_size: windows per training batch (and series per prediction batch).
         num_batches_per_epoch: training batches per epoch.
         num_parallel_samples: sample paths per forecast.
@@ -181,7 +181,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         lags_seq: list[int] | None = None,
         time_features: list[TimeFeature] | None = None,
         scaling: bool = True,
-        lr: float = 1e-3,
+        lr: float = 1e-2,
         weight_decay: float = 1e-8,
         lr_schedule: str = "plateau",
         patience: int = 10,
