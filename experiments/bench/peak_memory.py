@@ -38,7 +38,9 @@ def peak_mib(device: torch.device, base: float) -> float:
     """Peak memory in MiB since :func:`start` returned ``base``."""
     if device.type == "cuda":
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    # Linux updates ru_maxrss lazily, so it can lag the current RSS; the peak since start is at least both, and base
+    recorded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return max(recorded, rss_mib(), base) - base
 
 
 def failed_row(row: dict, error: BaseException) -> dict:
