@@ -173,9 +173,12 @@ def test_ema_weights_average_every_step_and_forecast_after_training(tmp_path):
     module = predictor.prediction_net
     snapshots = snapshots[:1] + snapshots[2::2]
     assert len(snapshots) == 4  # the initial weights and those after each of the 3 steps
-    expected = snapshots[0]
+    # Adam-style bias correction: a zero-started average over the trained weights, over its total weight
+    total = 1 - decay ** len(snapshots[1:])
+    expected = [torch.zeros_like(p) for p in snapshots[0]]
     for step in snapshots[1:]:
         expected = [decay * average + (1 - decay) * current for average, current in zip(expected, step, strict=True)]
+    expected = [average / total for average in expected]
     averaged = list(module.averaged.parameters())
     assert len(averaged) == len(expected)
     for got, want in zip(averaged, expected, strict=True):

@@ -51,9 +51,9 @@ class ForecastTrainingModule(pl.LightningModule):
             ``trainer.estimated_stepping_batches``, stepped every batch) or ``"none"``.
         patience: of ``"plateau"``.
         ema_decay: ``None`` (off) or the decay ``β`` of an exponential moving average of the weights,
-            ``θ̄ ← β θ̄ + (1 − β) θ`` after every optimizer step, started from the initial weights. Out of
-            training mode (validation, prediction) the module runs the averaged copy ``self.averaged``;
-            checkpoints hold both.
+            bias-corrected as in Adam: after optimizer step ``t``, ``θ̄_t = Σ_{s≤t} β^{t−s} (1 − β) θ_s / (1 − β^t)``,
+            so the initial weights get no share however few the steps. Out of training mode (validation,
+            prediction) the module runs the averaged copy ``self.averaged``; checkpoints hold both.
     """
 
     model: ParaRNNForecastModel | None
@@ -96,9 +96,18 @@ class ForecastTrainingModule(pl.LightningModule):
         """Lightning's step (once per ``accumulate_grad_batches`` batches), then the moving average's update."""
         super().optimizer_step(*args, **kwargs)
         if self.averaged is not None:
-            with torch.no_grad():
-                for average, current in zip(self.averaged.parameters(), self.model.parameters(), strict=True):
-                    average.lerp_(current, 1.0 - self.ema_decay)
+            self.update_average(self.trainer.global_step + 1)  # Lightning counts this step once the hook returns
+
+    @torch.no_grad()
+    def update_average(self, step: int) -> None:
+        """Fold the weights after optimizer step ``step`` (1, 2, ...) into the bias-corrected average: the step
+        moves ``θ̄`` towards ``θ`` by ``(1 − β) / (1 − β^step)``, 1 at the first step."""
+        if step < 1:
+            raise ValueError(f"update_average: step counts optimizer steps from 1, got {step}")
+        beta = self.ema_decay
+        weight = (1.0 - beta) / (1.0 - beta**step)
+        for average, current in zip(self.averaged.parameters(), self.model.parameters(), strict=True):
+            average.lerp_(current, weight)
 
     def batch_terms(self, batch: dict[str, Tensor]) -> ForecastLoss:
         """The running network's per-series loss terms ``(B,)`` on ``batch``."""
