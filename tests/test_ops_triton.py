@@ -127,6 +127,32 @@ def test_algorithm_choice():
         triton_fused.gru_forward(u, A, h0, TOL32, 12, algorithm="sequential", chunk_t=8)
 
 
+def test_fast_math_is_refused_where_it_cannot_run():
+    k = triton_fused._kernels()
+    assert k.sequential_config("gru_forward", True, fast_math=True)["FAST_MATH"] is True
+    assert k.sequential_config("lstm_forward", True)["FAST_MATH"] is False
+    assert "FAST_MATH" not in k.sequential_config("gru_backward", True)
+    with pytest.raises(ValueError, match="forward kernels only"):
+        k.sequential_config("lstm_backward", True, fast_math=True)
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        k.sequential_config("gru_forward", False, fast_math=True)
+    u, A, h0 = (torch.zeros(shape, device=DEVICE) for shape in ((1, 4, 3, 8), (3, 8), (1, 8)))
+    with pytest.raises(ValueError, match="sequential kernels only"):
+        triton_fused.gru_forward(u, A, h0, TOL32, 12, algorithm="newton", fast_math=True)
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_fast_math_module_switch(name, monkeypatch):
+    """``triton_fused.fast_math = True``: on a GPU the sequential forward uses the approximate tanh (outputs
+    and gradients still near the float64 twin, but not those of the exact kernel); the interpreter, which
+    has no twin of that instruction, stays exact."""
+    exact, _ = fused_vs_sequential(name, 3, 300, 45, seed=5, algorithm="sequential")
+    monkeypatch.setattr(triton_fused, "fast_math", True)
+    fast, stats = fused_vs_sequential(name, 3, 300, 45, seed=5, algorithm="sequential")
+    check(fast, stats, rtol=1e-3)
+    assert (fast == exact) == (not torch.cuda.is_available()), (fast, exact)
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("name", ["paragru", "paralstm"])
 def test_forward_clips_weight_rows_like_torch(name, algorithm):

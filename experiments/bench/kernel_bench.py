@@ -3,7 +3,8 @@
 For ParaGRU and ParaLSTM it times ``cell.solve(u, h0)`` (forward) and the same plus backward to
 ``u``, ``h0`` and the weights, for the modes ``sequential``, ``parallel`` and ``fused`` (each
 fused backend that can run; on GPU also ``fused-triton-newton``, Triton held to its Newton kernels
-where its own choice for the size is the sequential ones), next to ``torch.nn.GRU`` /
+where its own choice for the size is the sequential ones, and ``fused-triton-fast``, its own choice
+with ``fast_math``), next to ``torch.nn.GRU`` /
 ``torch.nn.LSTM`` of the same hidden size (oneDNN on CPU, cuDNN on GPU; they also do their input
 and dense recurrent matmuls) and, on GPU, the peer linear-scan kernels ``accelerated-scan`` and
 flash-linear-attention's HGRN when installed.
@@ -66,6 +67,8 @@ def case_names(cell: str, device: torch.device, modes: list[str], peers: list[st
                 names.append(f"{cell}/fused-{backend}")
                 if backend == "triton":
                     names.append(f"{cell}/fused-triton-newton")
+                    if device.type == "cuda":
+                        names.append(f"{cell}/fused-triton-fast")
     names.append(f"{cell}/nn.{cell.upper()}")
     if device.type == "cuda" and cell == "gru":
         names += [f"peer/{p}" for p in peers if importlib.util.find_spec(_peer_module(p)) is not None]
@@ -99,7 +102,7 @@ def build(name: str, B: int, T: int, D: int, device: torch.device, passes: str) 
         return _call(lambda: rnn(x)[0], train, [x, *rnn.parameters()]), None
     mode, _, backend = variant.partition("-")
     backend, _, algorithm = backend.partition("-")
-    _hold_triton_algorithm(algorithm)
+    _hold_triton(algorithm)
     cell = CELLS[cell_name](D, D, num_heads=4, mode=mode, fused_backend=backend or "auto").to(device)
     with torch.no_grad():
         u = cell.project(torch.randn(B, T, D, device=device))
@@ -108,12 +111,14 @@ def build(name: str, B: int, T: int, D: int, device: torch.device, passes: str) 
     return _call(lambda: cell.solve(u, h0), train, [u, h0, *cell.parameters()]), cell
 
 
-def _hold_triton_algorithm(algorithm: str) -> None:
-    """Hold Triton's ops to ``algorithm`` for the next case (``""``: their own choice by size)."""
+def _hold_triton(variant: str) -> None:
+    """Set Triton's ops for the next case: ``""`` their own choice by size, ``"newton"`` held to Newton,
+    ``"fast"`` their own choice with ``fast_math``."""
     if importlib.util.find_spec("triton") is not None:
         from pararnn_ts.ops import triton_fused
 
-        triton_fused.default_algorithm = algorithm or "auto"
+        triton_fused.default_algorithm = "newton" if variant == "newton" else "auto"
+        triton_fused.fast_math = variant == "fast"
 
 
 def _call(forward: Callable[[], torch.Tensor], train: bool, leaves: list[torch.Tensor]) -> Callable[[], None]:

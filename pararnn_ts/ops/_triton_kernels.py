@@ -41,10 +41,34 @@ def _tanh(x):
 
 
 @triton.jit
-def _gru_gates(h, uz, ur, uc, az, ar, ac):
-    z = tl.sigmoid(az * h + uz)
-    r = tl.sigmoid(ar * h + ur)
-    c = _tanh(ac * (h * r) + uc)
+def _tanh_approx(x):
+    # the GPU's one-instruction tanh (PTX tanh.approx.f32, relative error ~2^-11); no interpreter twin
+    return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _tanh_of(x, FAST: tl.constexpr):
+    """``tanh``: exact to ~1 ulp of 1, or (``FAST``) the GPU's approximate instruction."""
+    if FAST:
+        return _tanh_approx(x)
+    else:
+        return _tanh(x)
+
+
+@triton.jit
+def _sigmoid_of(x, FAST: tl.constexpr):
+    """``σ(x)``; ``FAST``: ``(1 + tanh(x/2)) / 2`` with the GPU's approximate ``tanh``."""
+    if FAST:
+        return 0.5 + 0.5 * _tanh_approx(0.5 * x)
+    else:
+        return tl.sigmoid(x)
+
+
+@triton.jit
+def _gru_gates(h, uz, ur, uc, az, ar, ac, FAST: tl.constexpr = False):
+    z = _sigmoid_of(az * h + uz, FAST)
+    r = _sigmoid_of(ar * h + ur, FAST)
+    c = _tanh_of(ac * (h * r) + uc, FAST)
     return z, r, c
 
 
@@ -59,12 +83,12 @@ def _gru_step(h, uz, ur, uc, az, ar, ac):
 
 
 @triton.jit
-def _lstm_gates(c, h, uf, uz, uo, af, az, ao, pf, po):
-    f = tl.sigmoid(af * h + uf + pf * c)
-    z = _tanh(az * h + uz)
+def _lstm_gates(c, h, uf, uz, uo, af, az, ao, pf, po, FAST: tl.constexpr = False):
+    f = _sigmoid_of(af * h + uf + pf * c, FAST)
+    z = _tanh_of(az * h + uz, FAST)
     cn = f * c + (1.0 - f) * z
-    o = tl.sigmoid(ao * h + uo + po * cn)
-    return f, z, cn, o, _tanh(cn)
+    o = _sigmoid_of(ao * h + uo + po * cn, FAST)
+    return f, z, cn, o, _tanh_of(cn, FAST)
 
 
 @triton.jit
@@ -613,10 +637,10 @@ def _lstm_vector_weights(a_ptr, c_ptr, D, d, dmask, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _gru_sequential_step(u_ptr, h_ptr, bt, D, d, dmask, h, az, ar, ac):
+def _gru_sequential_step(u_ptr, h_ptr, bt, D, d, dmask, h, az, ar, ac, FAST: tl.constexpr):
     """``h_t = f(h_{t-1}, u_t)`` at row ``bt = b·T + t``, stored; returns ``h_t`` ``[BLOCK_D]``."""
     uz, ur, uc = _load_gates(u_ptr, 3 * bt * D + d, D, dmask)
-    z, r, c = _gru_gates(h, uz, ur, uc, az, ar, ac)
+    z, r, c = _gru_gates(h, uz, ur, uc, az, ar, ac, FAST)
     h = h + z * (c - h)
     tl.store(h_ptr + bt * D + d, h, mask=dmask)
     return h
@@ -626,9 +650,11 @@ def _gru_sequential_step(u_ptr, h_ptr, bt, D, d, dmask, h, az, ar, ac):
 def gru_sequential_forward_kernel(
     u_ptr, a_ptr, h0_ptr, h_ptr, T, D, max_norm,
     BLOCK_D: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, INTERPRET: tl.constexpr, CLIP: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):  # fmt: skip
     """The exact loop ``h_t = f(h_{t-1}, u_t)``, one program per (batch row, ``BLOCK_D`` channels)
-    (``CLIP``: see :func:`gru_forward_kernel`)."""
+    (``CLIP``: see :func:`gru_forward_kernel`; ``FAST_MATH``: every σ and tanh by the GPU's approximate
+    ``tanh``, GPU only)."""
     pid_b, d, dmask = _lane_channels(D, BLOCK_D)
     az, ar, ac = _vector_rows3(a_ptr, D, d, dmask, BLOCK_D)
     az, ar, ac = _clip_rows3(a_ptr, D, max_norm, az, ar, ac, CLIP)
@@ -637,11 +663,11 @@ def gru_sequential_forward_kernel(
     if INTERPRET:
         t = 0
         while t < T:
-            h = _gru_sequential_step(u_ptr, h_ptr, base + t, D, d, dmask, h, az, ar, ac)
+            h = _gru_sequential_step(u_ptr, h_ptr, base + t, D, d, dmask, h, az, ar, ac, FAST_MATH)
             t += 1
     else:
         for t in tl.range(0, T, num_stages=STAGES, loop_unroll_factor=UNROLL):
-            h = _gru_sequential_step(u_ptr, h_ptr, base + t, D, d, dmask, h, az, ar, ac)
+            h = _gru_sequential_step(u_ptr, h_ptr, base + t, D, d, dmask, h, az, ar, ac, FAST_MATH)
 
 
 @triton.jit
@@ -691,10 +717,10 @@ def gru_sequential_backward_kernel(
 
 
 @triton.jit
-def _lstm_sequential_step(u_ptr, h_ptr, bt, D, d, dmask, c, h, af, az, ao, pf, po):
+def _lstm_sequential_step(u_ptr, h_ptr, bt, D, d, dmask, c, h, af, az, ao, pf, po, FAST: tl.constexpr):
     """``[c_t, h_t] = f([c, h]_{t-1}, u_t)`` at row ``bt``, stored interleaved; returns ``(c_t, h_t)``."""
     uf, uz, uo = _load_gates(u_ptr, 3 * bt * D + d, D, dmask)
-    _, _, c, o, tc = _lstm_gates(c, h, uf, uz, uo, af, az, ao, pf, po)
+    _, _, c, o, tc = _lstm_gates(c, h, uf, uz, uo, af, az, ao, pf, po, FAST)
     h = o * tc
     kk = tl.arange(0, 2)[None, :]
     tl.store(h_ptr + (bt * D + d)[:, None] * 2 + kk, tl.join(c, h), mask=dmask[:, None] & (kk < 2))
@@ -705,6 +731,7 @@ def _lstm_sequential_step(u_ptr, h_ptr, bt, D, d, dmask, c, h, af, az, ao, pf, p
 def lstm_sequential_forward_kernel(
     u_ptr, a_ptr, c_ptr, h0_ptr, h_ptr, T, D, max_norm,
     BLOCK_D: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, INTERPRET: tl.constexpr, CLIP: tl.constexpr,
+    FAST_MATH: tl.constexpr,
 ):  # fmt: skip
     """The exact ParaLSTM loop on the state ``[c, h]`` (see :func:`gru_sequential_forward_kernel`)."""
     pid_b, d, dmask = _lane_channels(D, BLOCK_D)
@@ -716,11 +743,11 @@ def lstm_sequential_forward_kernel(
     if INTERPRET:
         t = 0
         while t < T:
-            c, h = _lstm_sequential_step(u_ptr, h_ptr, base + t, D, d, dmask, c, h, af, az, ao, pf, po)
+            c, h = _lstm_sequential_step(u_ptr, h_ptr, base + t, D, d, dmask, c, h, af, az, ao, pf, po, FAST_MATH)
             t += 1
     else:
         for t in tl.range(0, T, num_stages=STAGES, loop_unroll_factor=UNROLL):
-            c, h = _lstm_sequential_step(u_ptr, h_ptr, base + t, D, d, dmask, c, h, af, az, ao, pf, po)
+            c, h = _lstm_sequential_step(u_ptr, h_ptr, base + t, D, d, dmask, c, h, af, az, ao, pf, po, FAST_MATH)
 
 
 @triton.jit
@@ -892,8 +919,12 @@ def sequential_config(
     stages: int | None = None,
     num_warps: int | None = None,
     unroll: int | None = None,
+    fast_math: bool = False,
 ) -> dict:
-    """Meta-parameters of the sequential twin of ``kernel`` (``"gru_forward"``, ..., ``"lstm_backward"``)."""
+    """Meta-parameters of the sequential twin of ``kernel`` (``"gru_forward"``, ..., ``"lstm_backward"``).
+
+    ``fast_math`` (forward kernels, GPU only): every σ and tanh by the GPU's approximate ``tanh``.
+    """
     bd, st, nw, ur = GPU_SEQUENTIAL[kernel.split("_")[0]] if on_gpu else (INTERPRETER_TILE[0], 1, 4, 1)
     chosen = ((block_d, bd), (stages, st), (num_warps, nw), (unroll, ur))
     bd, st, nw, ur = (default if value is None else value for value, default in chosen)
@@ -901,4 +932,14 @@ def sequential_config(
     for name, value in (("stages", st), ("unroll", ur)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    return {"BLOCK_D": bd, "STAGES": st, "UNROLL": ur, "INTERPRET": not on_gpu, "num_warps": nw}
+    cfg = {"BLOCK_D": bd, "STAGES": st, "UNROLL": ur, "INTERPRET": not on_gpu, "num_warps": nw}
+    if kernel.endswith("_forward"):
+        cfg["FAST_MATH"] = bool(fast_math)
+    if fast_math and not kernel.endswith("_forward"):
+        raise ValueError(f"fast_math applies to the forward kernels only, not {kernel!r} (the adjoint stays exact)")
+    if fast_math and not on_gpu:
+        raise ValueError(
+            "fast_math=True needs a CUDA GPU: its tanh.approx.f32 instruction has no twin under "
+            "TRITON_INTERPRET=1; leave it False on CPU"
+        )
+    return cfg

@@ -14,8 +14,15 @@ the GPU, one evaluation of ``f`` per step beats Newton's 3-4 passes (forward) an
 multiply-add per step (backward). ``algorithm="auto"`` (the default) picks by :func:`choose_algorithm`.
 
 Every op takes keyword-only tuning arguments ``block_d``, ``chunk_t``, ``num_warps`` (powers of
-two) and ``tl_scan`` (Newton), ``block_d``, ``stages``, ``num_warps``, ``unroll`` (sequential); ``None`` uses
-the defaults of :func:`pararnn_ts.ops._triton_kernels.launch_config` and ``sequential_config``.
+two) and ``tl_scan`` (Newton), ``block_d``, ``stages``, ``num_warps``, ``unroll`` (sequential), ``fast_math``
+(sequential forward); ``None`` uses the defaults of :func:`pararnn_ts.ops._triton_kernels.launch_config`
+and ``sequential_config``.
+
+The exact sequential forward is bound by the latency of its chain of exact ``exp`` and divisions per
+step, not by memory. ``fast_math = True`` (module switch, off by default) has the sequential forward
+kernels compute every σ and tanh with the GPU's one-instruction approximate ``tanh``: on an H100 at
+B=16, D=1024 the ParaGRU forward runs about 1.6x faster, near the copy floor, and ``h`` moves by about
+1e-5. The adjoint backward stays exact (it linearises the exact cell around the ``h`` it is given).
 """
 
 from __future__ import annotations
@@ -35,6 +42,8 @@ ALGORITHMS = ("auto", "newton", "sequential")
 SEQUENTIAL_MIN_CHAINS = 8192
 #: what an op's ``algorithm=None`` means (set ``"newton"`` or ``"sequential"`` to hold every call to one)
 default_algorithm = "auto"
+#: what a sequential forward's ``fast_math`` defaults to: ``True`` lets it use the GPU's approximate tanh
+fast_math = False
 
 
 @functools.cache
@@ -85,6 +94,10 @@ def choose_algorithm(B: int, D: int, algorithm: str | None = None) -> str:
 
 def _launch(name: str, B: int, D: int, device: torch.device, tuning: dict) -> tuple[object, tuple[int, int], dict]:
     algorithm = choose_algorithm(B, D, tuning.pop("algorithm", None))
+    if algorithm == "newton" and tuning.pop("fast_math", False):
+        raise ValueError("fast_math applies to the sequential kernels only: pass algorithm='sequential'")
+    if algorithm == "sequential" and name.endswith("_forward"):
+        tuning.setdefault("fast_math", fast_math and device.type == "cuda")
     kernel, cfg = _kernel_config(name, algorithm, device.type == "cuda", tuple(sorted(tuning.items())))
     return kernel, (B, -(-D // cfg["BLOCK_D"])), cfg
 
