@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Everything one GPU lease checks: the fused-kernel tests at full size, the kernel benchmark at the issue's
-# GPU sizes, and the Triton tuning sweeps (tiles, Newton vs sequential, solve vs kernel). Run from the
-# repository root; logs and results go to $OUT. Give each part its own device call (10 minutes at most):
-# on an H100 the tests took about 7 minutes (430 s), the benchmark about 4.5 (ParaGRU with the peers 185 s,
-# ParaLSTM 83 s) and the tuning sweeps about 5.
-#   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh [tests|bench|tune|all]
+# GPU sizes, and the Triton tuning sweeps (tiles, Newton vs sequential, solve vs kernel, what bounds the
+# sequential forward). Run from the repository root; logs and results go to $OUT. Give each part its own
+# device call (10 minutes at most). On an H100 (session 11) the tests took about 7 minutes (410 s), the
+# ParaGRU benchmark with the peers over 6 (it was stopped at 420 s), the ParaLSTM one about 3, the tuning
+# sweeps about 5.
+#   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh [tests|bench-gru|bench-lstm|tune|all]
 set -uo pipefail
 OUT=${OUT:-/tmp/pararnn_gpu}
 WHAT=${1:-all}
@@ -22,14 +23,19 @@ if [[ $WHAT == tests || $WHAT == all ]]; then
         tests/test_core_dispatch.py 2>&1 | tee "$OUT/tests.log" | tail -40
     status=${PIPESTATUS[0]}
 fi
-if [[ $WHAT == bench || $WHAT == all ]]; then
-    python3 experiments/bench/kernel_bench.py --device cuda --batch 16 --hidden 1024 --T 512 2048 8192 65536 \
-        --max-sequential-T 8192 --reference-T 512 --out "$OUT/kernels_cuda.json" 2>"$OUT/bench.err" \
-        | tee "$OUT/bench.log"
-    status=$((status || PIPESTATUS[0]))
-fi
+for cell in gru lstm; do
+    if [[ $WHAT == bench-$cell || $WHAT == all ]]; then
+        python3 experiments/bench/kernel_bench.py --device cuda --cells $cell --batch 16 --hidden 1024 \
+            --T 512 2048 8192 65536 --max-sequential-T 8192 --reference-T 512 --out "$OUT/kernels_cuda_$cell.json" \
+            2>"$OUT/bench_$cell.err" | tee "$OUT/bench_$cell.log"
+        status=$((status || PIPESTATUS[0]))
+    fi
+done
 if [[ $WHAT == tune || $WHAT == all ]]; then
     python3 experiments/bench/triton_tuning.py --out "$OUT" > "$OUT/tune.log" 2>&1
+    status=$((status || $?))
+    python3 experiments/bench/triton_sequential_bound.py --out "$OUT/triton_sequential_bound_cuda.json" \
+        > "$OUT/bound.log" 2>&1
     status=$((status || $?))
 fi
 exit $status
