@@ -21,8 +21,9 @@ and ``sequential_config``.
 The exact sequential forward is bound by the latency of its chain of exact ``exp`` and divisions per
 step, not by memory. ``fast_math = True`` (module switch, off by default) has the sequential forward
 kernels compute every σ and tanh with the GPU's one-instruction approximate ``tanh``: on an H100 at
-B=16, D=1024 the ParaGRU forward runs about 1.6x faster, near the copy floor, and ``h`` moves by about
-1e-5. The adjoint backward stays exact (it linearises the exact cell around the ``h`` it is given).
+B=16, D=1024, T=65536 the forward runs 1.56x (ParaGRU) and 1.42x (ParaLSTM) faster, near the copy
+floor, and ``h`` moves by about 2e-5. The adjoint backward stays exact (it linearises the exact cell
+around the ``h`` it is given).
 """
 
 from __future__ import annotations
