@@ -932,14 +932,13 @@ def sequential_config(
     for name, value in (("stages", st), ("unroll", ur)):
         if value < 1:
             raise ValueError(f"{name} must be >= 1, got {value}")
-    cfg = {"BLOCK_D": bd, "STAGES": st, "UNROLL": ur, "INTERPRET": not on_gpu, "num_warps": nw}
-    if kernel.endswith("_forward"):
-        cfg["FAST_MATH"] = bool(fast_math)
-    if fast_math and not kernel.endswith("_forward"):
+    forward = kernel.endswith("_forward")
+    if fast_math and not forward:
         raise ValueError(f"fast_math applies to the forward kernels only, not {kernel!r} (the adjoint stays exact)")
     if fast_math and not on_gpu:
         raise ValueError(
             "fast_math=True needs a CUDA GPU: its tanh.approx.f32 instruction has no twin under "
             "TRITON_INTERPRET=1; leave it False on CPU"
         )
-    return cfg
+    cfg = {"BLOCK_D": bd, "STAGES": st, "UNROLL": ur, "INTERPRET": not on_gpu, "num_warps": nw}
+    return {**cfg, "FAST_MATH": bool(fast_math)} if forward else cfg
