@@ -13,6 +13,7 @@ from gluonts.dataset.split import split
 from gluonts.ev.metrics import MASE, MeanWeightedSumQuantileLoss
 from gluonts.evaluation import make_evaluation_predictions
 from gluonts.model import Predictor, evaluate_model
+from torch.utils.data import DataLoader
 
 from pararnn_ts.forecast.estimator import PREDICTION_INPUT_NAMES, ParaRNNEstimator
 from pararnn_ts.forecast.lightning_module import ParaRNNLightningModule
@@ -277,3 +278,33 @@ def test_custom_time_features_reach_the_network():
     assert window["past_time_feat"].shape[1] == module.model.num_time_features == 3  # 2 calendar + age
     (forecast,) = predictor.predict([entry])
     assert np.isfinite(forecast.samples).all()
+
+
+def test_resumed_training_ends_with_the_uninterrupted_weight_average(tmp_path):
+    """Stop after one epoch and resume from the checkpoint: model, average and step count as if never stopped."""
+    estimator = make_estimator(tmp_path, dropout=0.0, ema_decay=0.7)
+    data = estimator.create_transformation().apply(sine_series(), is_train=True)
+    pl.seed_everything(0)
+    batches = list(estimator.create_training_data_loader(data, estimator.create_lightning_module()))
+    assert len(batches) == 2
+
+    def fit(epochs: int, ckpt_path=None, callbacks=()) -> ParaRNNLightningModule:
+        torch.manual_seed(1)  # the same initial weights each time; a resume then loads its checkpoint's
+        module = estimator.create_lightning_module()
+        trainer = pl.Trainer(max_epochs=epochs, default_root_dir=str(tmp_path), callbacks=list(callbacks), **QUIET)
+        trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None), ckpt_path=ckpt_path)
+        assert trainer.global_step == 2 * epochs
+        return module
+
+    straight = fit(3)
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    stopped = fit(1, callbacks=[checkpoint])
+    resumed = fit(3, ckpt_path=checkpoint.last_model_path)
+    for name, want in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], want, msg=name)
+
+    # the comparison has a point: the average moved on after the checkpoint, and differs from the weights
+    def differ(first: torch.nn.Module, second: torch.nn.Module) -> bool:
+        return any(not torch.allclose(a, b) for a, b in zip(first.parameters(), second.parameters(), strict=True))
+
+    assert differ(stopped.averaged, resumed.averaged) and differ(resumed.averaged, resumed.model)
