@@ -176,8 +176,7 @@ def measure(name: str, B: int, T: int, D: int, passes: str, device: torch.device
         times = [_timed(call, device) for _ in range(repeats)]
         latency = statistics.median(times)
         if device.type == "cuda":  # steady state: back-to-back calls, as a training loop issues them
-            burst = max(1, min(200, round(BURST_S / latency)))
-            times = [_timed(call, device, burst) for _ in range(repeats)]
+            times = [_timed(call, device, _burst_length(latency)) for _ in range(repeats)]
     except (RuntimeError, MemoryError) as error:  # OOM, or e.g. cuDNN refusing a size
         return peak_memory.failed_row(row, error)
     stats = getattr(cell, "last_stats", None)
@@ -205,6 +204,11 @@ def _timed(call: Callable[[], None], device: torch.device, calls: int = 1) -> fl
     return time.perf_counter() - start
 
 
+def _burst_length(latency: float) -> int:
+    """Back-to-back calls (1 to 200) that last about ``BURST_S`` when one call takes ``latency`` seconds."""
+    return max(1, min(200, round(BURST_S / latency)))
+
+
 def bandwidth(device: torch.device, mib: int) -> float:
     """Copy bandwidth in bytes/s (bytes read + written) of a ``mib`` MiB array, median of 5 after a warm-up; on
     CUDA each repeat is a burst of back-to-back copies, timed as the cases are."""
@@ -215,7 +219,7 @@ def bandwidth(device: torch.device, mib: int) -> float:
         dst.copy_(src)
 
     single = min(_timed(copy, device) for _ in range(3))
-    burst = max(1, min(200, round(BURST_S / single))) if device.type == "cuda" else 1
+    burst = _burst_length(single) if device.type == "cuda" else 1
     times = [_timed(copy, device, burst) for _ in range(5)]
     return 2 * src.numel() * 4 / statistics.median(times)
 
