@@ -200,8 +200,9 @@ def _timed(call: Callable[[], None], device: torch.device, calls: int = 1) -> fl
         end.synchronize()
         return start.elapsed_time(end) / 1e3 / calls
     start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - start) / calls
 
 
 def _burst_length(latency: float) -> int:
