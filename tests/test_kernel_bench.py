@@ -1,0 +1,90 @@
+"""The kernel benchmark's pieces (``experiments/bench/kernel_bench.py``): the bytes-moved floor, the burst
+length, the CPU timer, the table's ratios, and one tiny CPU run end to end."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pararnn_ts import ParaGRU, ParaLSTM
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments" / "bench"))
+import kernel_bench  # noqa: E402
+
+
+@pytest.mark.parametrize(("cell", "cls"), [("gru", ParaGRU), ("lstm", ParaLSTM)])
+def test_floor_counts_each_array_the_solve_reads_and_writes_once(cell, cls):
+    B, T, D = 3, 7, 8
+    rnn = cls(D, D, num_heads=4, mode="sequential")
+    u = rnn.project(torch.randn(B, T, D))
+    h = rnn.solve(u, torch.zeros(B, *rnn.state_shape))
+    h = h[0] if isinstance(h, tuple) else h
+    forward = 4 * (u.numel() + h.numel())  # read u, write h
+    backward = 4 * (2 * u.numel() + 2 * h.numel())  # read u, h, dL/dh; write dL/du
+    assert kernel_bench.floor_bytes(f"{cell}/fused-cpu", B, T, D, "fwd") == forward
+    assert kernel_bench.floor_bytes(f"{cell}/sequential", B, T, D, "fwd+bwd") == forward + backward
+
+
+def test_floor_of_a_linear_scan_peer():
+    B, T, D = 2, 5, 3
+    n = B * T * D
+    assert kernel_bench.floor_bytes("peer/fla-hgrn-chunk", B, T, D, "fwd") == 4 * 3 * n  # read a, b; write x
+    assert kernel_bench.floor_bytes("peer/fla-hgrn-chunk", B, T, D, "fwd+bwd") == 4 * (3 + 5) * n
+
+
+def test_burst_length_lasts_about_the_burst_and_stays_in_bounds():
+    burst = kernel_bench.BURST_S
+    assert kernel_bench._burst_length(burst / 7) == 7
+    assert kernel_bench._burst_length(10 * burst) == 1
+    assert kernel_bench._burst_length(burst / 1e6) == 200
+
+
+def test_cpu_timer_makes_every_call_and_divides_by_them(monkeypatch):
+    clock = [0.0]  # a fake clock that each call advances by 2 s
+
+    def call() -> None:
+        clock[0] += 2.0
+
+    monkeypatch.setattr(kernel_bench.time, "perf_counter", lambda: clock[0])
+    assert kernel_bench._timed(call, torch.device("cpu"), calls=5) == 2.0
+    assert clock[0] == 10.0
+
+
+def test_table_and_speedups_are_ratios_of_the_rows():
+    bw, floor = 1e9, 4_000_000  # 1 GB/s; a case at the floor takes 4 ms
+    rows = [
+        {"case": "gru/sequential", "T": 16, "passes": "fwd", "floor_bytes": floor, "time_s": 0.040},
+        {"case": "gru/sequential", "T": 16, "passes": "fwd+bwd", "floor_bytes": floor, "time_s": 0.120},
+        {"case": "gru/fused-cpu", "T": 16, "passes": "fwd", "floor_bytes": floor, "time_s": 0.004, "latency_s": 0.005},
+        {"case": "gru/fused-cpu", "T": 16, "passes": "fwd+bwd", "floor_bytes": floor, "time_s": 0.008},
+    ]
+    lines = kernel_bench.table(rows, bw).splitlines()
+    fused = next(line for line in lines if line.startswith("| gru/fused-cpu |")).split(" | ")
+    assert fused[2:6] == ["4.00", "8.00", "5.00", "1.0"]  # fwd, fwd+bwd, 1 call (ms); fwd GB/s
+    assert fused[7] == "2.00"  # fwd+bwd / floor
+    sequential = next(line for line in lines if line.startswith("| gru/sequential |")).split(" | ")
+    assert sequential[7] == "30.00"
+    speed = kernel_bench.speedups(rows, 16)
+    assert speed == [
+        "gru/fused-cpu fwd at T=16 is faster than: 10.00× gru/sequential",
+        "gru/fused-cpu fwd+bwd at T=16 is faster than: 15.00× gru/sequential",
+    ]
+
+
+def test_a_tiny_cpu_run_writes_every_case_and_the_machine(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "kernels.json"
+    args = ["--cells", "gru", "--modes", "sequential", "--T", "17", "--batch", "1", "--hidden", "8"]
+    monkeypatch.setattr(sys, "argv", ["kernel_bench.py", *args, "--warmup", "1", "--repeats", "1", "--out", str(out)])
+    kernel_bench.main()
+    report = json.loads(out.read_text())
+    cases = {(r["case"], r["passes"]) for r in report["rows"]}
+    assert cases == {(c, p) for c in ("gru/sequential", "gru/nn.GRU") for p in ("fwd", "fwd+bwd")}
+    assert all(r["time_s"] > 0 and r["floor_bytes"] > 0 for r in report["rows"])
+    assert report["machine"]["copy_bandwidth_GBps"] > 0 and report["machine"]["hidden"] == 8
+    printed = capsys.readouterr().out
+    assert "| gru/sequential | 17 |" in printed and "| gru/nn.GRU | 17 |" in printed
