@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -220,6 +221,18 @@ def test_cli_options_reach_the_network():
     assert weighted.model.loss_weighting == "scale"
     with pytest.raises(ValueError, match="ema_decay"):
         ParaRNNForecaster(ema_decay=1.5)
+
+
+def test_forecaster_defaults_are_the_estimators():
+    """Every option the CLI forecaster shares with ``ParaRNNEstimator`` defaults to the estimator's value."""
+    from pararnn_ts.forecast.estimator import ParaRNNEstimator
+
+    ours = inspect.signature(ParaRNNForecaster).parameters
+    theirs = inspect.signature(ParaRNNEstimator).parameters
+    shared = sorted(set(ours) & set(theirs))
+    assert {"lr", "lr_schedule", "ema_decay", "hidden_size", "distribution"} <= set(shared)
+    differing = {name: (ours[name].default, theirs[name].default) for name in shared}
+    assert {k: v for k, v in differing.items() if v[0] != v[1]} == {}
 
 
 def test_checkpoint_of_other_data_is_refused():

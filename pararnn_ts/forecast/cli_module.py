@@ -56,7 +56,8 @@ class ParaRNNForecaster(ForecastTrainingModule):
             (``lags_seq`` and ``seasonality`` default to the data's frequency).
         context_length: steps read before the horizon; ``None``: ``ceil(context_length_multiple · H)``.
         context_length_multiple: context in horizons when ``context_length`` is not given.
-        lr, weight_decay, lr_schedule, patience, ema_decay: see :class:`ForecastTrainingModule`.
+        lr, weight_decay, lr_schedule, patience, ema_decay: see :class:`ForecastTrainingModule`; the defaults
+            are the estimator's (chosen on the validation split: ``experiments/forecast/validation.yaml``).
     """
 
     def __init__(
@@ -73,11 +74,11 @@ class ParaRNNForecaster(ForecastTrainingModule):
         copula_rank: int = 4,
         lags_seq: list[int] | None = None,
         scaling: bool = True,
-        lr: float = 1e-3,
+        lr: float = 1e-2,
         weight_decay: float = 1e-8,
-        lr_schedule: Literal["plateau", "cosine", "none"] = "cosine",
+        lr_schedule: Literal["plateau", "cosine", "none"] = "plateau",
         patience: int = 10,
-        ema_decay: float | None = None,
+        ema_decay: float | None = 0.995,
         num_parallel_samples: int = 100,
         mode: Mode = "auto",
         naive_offset: bool | None = None,
