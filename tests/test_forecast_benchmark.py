@@ -205,6 +205,27 @@ def test_validation_split_runs_are_labelled_and_kept_apart_from_test_runs(tmp_pa
     }
 
 
+def test_a_model_runs_only_on_the_datasets_it_names(tmp_path, count_runs):
+    data = {"path": synthetic_jsonl(tmp_path), "freq": "D", "prediction_length": 7, "seasonality": 7}
+    datasets = [
+        {"name": name, "class_path": "pararnn_ts.forecast.data.JsonLinesDataset", "init_args": data}
+        for name in ("toy", "toy2")
+    ]
+    naive = "gluonts.model.seasonal_naive.SeasonalNaivePredictor"
+    models = [{"name": "Naive", "class_path": naive}, {"name": "Only2", "class_path": naive, "datasets": ["toy2"]}]
+    config, out = Path(write_config(tmp_path, models=models, datasets=datasets)), tmp_path / "out"
+    settings = yaml.safe_load(config.read_text())
+    del settings["benchmark"]["model_args"]  # no model here trains
+    config.write_text(yaml.safe_dump(settings))
+    benchmark.main(["--config", str(config), "--output-dir", str(out)])
+    assert count_runs == [("toy", "Naive", 0), ("toy2", "Naive", 0), ("toy2", "Only2", 0)]
+    count_runs.clear()
+    benchmark.main(["--config", str(config), "--output-dir", str(out), "--resume"])
+    assert count_runs == []
+    toy_row = next(line for line in (out / "results.md").read_text().splitlines() if line.startswith("| toy |"))
+    assert toy_row.count("|") == 4  # dataset, Naive, and Only2's empty cell
+
+
 BAD_MODELS = [
     ({"name": "Para", "class_path": "pararnn_ts.forecast.NoSuchEstimator"}, r"model 'Para': cannot import"),
     ({"name": "Typo", "class_path": "gluonts.torch.DeepAREstimator", "init_args": {"hiden_size": 3}}, "no argument"),
@@ -217,6 +238,11 @@ BAD_MODELS = [
         {"name": "Where", "class_path": "gluonts.torch.DeepAREstimator", "overrides": {"elsewhere": {}}},
         "unknown dataset 'elsewhere'",
     ),
+    (
+        {"name": "Only", "class_path": "gluonts.torch.DeepAREstimator", "datasets": ["toy", "elsewhere"]},
+        r"datasets names unknown datasets \['elsewhere'\]",
+    ),
+    ({"name": "OnlyNone", "class_path": "gluonts.torch.DeepAREstimator", "datasets": "toy"}, "non-empty list"),
     (
         {"name": "PatchTST", "class_path": "gluonts.torch.PatchTSTEstimator"},
         r"(?s)model 'PatchTST' on dataset 'toy'.*patch_len.*field required",

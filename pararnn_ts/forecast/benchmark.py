@@ -17,7 +17,7 @@ The config's top-level ``benchmark:`` mapping holds::
          init_args: {collection: tourism, subset: monthly}, model_args: {context_length: 48}}
     models:                                # any GluonTS Estimator, or a Predictor that needs no training
       - {name: DeepAR, class_path: gluonts.torch.DeepAREstimator, init_args: {...},
-         overrides: {vic_elec: {...}}}
+         overrides: {vic_elec: {...}}, datasets: [vic_elec]}   # datasets: optional, default all
 
 Each model gets, where its signature takes them: ``freq``, ``prediction_length``, ``season_length``,
 ``num_feat_dynamic_real``, ``cardinality``/``num_feat_static_cat`` from the data, then ``model_args``, the
@@ -101,12 +101,17 @@ class DatasetSpec:
 
 @dataclass
 class ModelSpec:
-    """A ``models:`` entry; ``overrides`` maps a dataset name to init args for that dataset only."""
+    """A ``models:`` entry; ``overrides`` maps a dataset name to init args for that dataset only, and
+    ``datasets`` names the only datasets it runs on (``None``: all)."""
 
     name: str
     cls: type
     init_args: dict[str, Any]
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    datasets: list[str] | None = None
+
+    def runs_on(self, dataset: str) -> bool:
+        return self.datasets is None or dataset in self.datasets
 
     @property
     def trains(self) -> bool:
@@ -260,7 +265,7 @@ def load_benchmark(path: str | Path, datasets: list[str] | None = None, models: 
             DatasetSpec(entry["name"], cls, entry.get("init_args") or {}, entry.get("model_args") or {})
         )
     model_specs = []
-    for entry in entries_of(config, "models", {"name", "class_path", "init_args", "overrides"}, models):
+    for entry in entries_of(config, "models", {"name", "class_path", "init_args", "overrides", "datasets"}, models):
         model_specs.append(model_spec(entry, [d.name for d in dataset_specs], all_datasets=config["datasets"]))
     shared = config.get("model_args") or {}
     classes = importable_classes(config["models"])
@@ -305,7 +310,15 @@ def model_spec(entry: dict[str, Any], dataset_names: list[str], all_datasets: li
         if dataset not in known:
             raise ValueError(f"{where}: overrides for unknown dataset {dataset!r}; the config has {known}")
         check_args(cls, args, f"{where} overrides[{dataset!r}]", INJECTED)
-    return ModelSpec(entry["name"], cls, init_args, {k: v for k, v in overrides.items() if k in dataset_names})
+    only = entry.get("datasets")
+    if only is not None:
+        if not isinstance(only, list) or not only or not all(isinstance(d, str) for d in only):
+            raise ValueError(f"{where}: datasets must be a non-empty list of dataset names, got {only!r}")
+        unknown = [d for d in only if d not in known]
+        if unknown:
+            raise ValueError(f"{where}: datasets names unknown datasets {unknown}; the config has {known}")
+    overrides = {k: v for k, v in overrides.items() if k in dataset_names}
+    return ModelSpec(entry["name"], cls, init_args, overrides, only)
 
 
 def importable_classes(entries: list[dict[str, Any]]) -> list[type] | None:
@@ -579,12 +592,13 @@ def run_benchmark(
             raise ValueError(f"dataset {dataset.name!r}: {error}") from error
     for dataset in bench.datasets:  # everything constructible before the first run trains
         for model in bench.models:
-            build_model(model, dataset, loaded[dataset.name], bench, quick=quick)
+            if model.runs_on(dataset.name):
+                build_model(model, dataset, loaded[dataset.name], bench, quick=quick)
     # rows name the split, so a validation run never counts as (or resumes) a test run
     label = {d.name: d.name if bench.split == "test" else f"{d.name}_{bench.split}" for d in bench.datasets}
     rows = list(done or [])
     finished = {(row["dataset"], row["model"], row["seed"]) for row in rows}
-    todo = [(d, m, s) for d in bench.datasets for m in bench.models for s in bench.seeds]
+    todo = [(d, m, s) for d in bench.datasets for m in bench.models if m.runs_on(d.name) for s in bench.seeds]
     todo = [(d, m, s) for d, m, s in todo if (label[d.name], m.name, s) not in finished]
     print(f"{len(todo)} runs to do, {len(finished)} finished runs kept", flush=True)
     for index, (dataset, model, seed) in enumerate(todo, 1):
