@@ -22,6 +22,7 @@ from conftest import INPUT_SIZE, make_cell, rel_err
 from pararnn_ts import ParaGRU, ParaLSTM
 from pararnn_ts.core import Block, Diagonal, linear_scan
 from pararnn_ts.core.autograd import sequential_solve
+from pararnn_ts.ops import fused as fused_ops
 from pararnn_ts.ops import triton_fused, triton_scan
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -153,22 +154,27 @@ def test_fast_math_module_switch(name, monkeypatch):
     assert (fast == exact) == (not torch.cuda.is_available()), (fast, exact)
 
 
+def clip_test_weights(name, D, max_norm, seed):
+    """Raw weight rows (LSTM: ``A`` then ``C``) with norms about 4, 0.3, 3, 0.3, 2: clipped and kept ones."""
+    torch.manual_seed(seed)
+    rows = 3 + (2 if name == "paralstm" else 0)
+    scale = torch.tensor([4.0, 0.3, 3.0, 0.3, 2.0][:rows], device=DEVICE, dtype=torch.float64)[:, None]
+    raw = torch.randn(rows, D, device=DEVICE, dtype=torch.float64) / D**0.5 * scale
+    norms = raw.norm(dim=1)
+    assert ((norms > max_norm) & (norms > 1.5)).any() and (norms < max_norm).any()
+    return (raw[:3], raw[3:]) if name == "paralstm" else (raw,)
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("name", ["paragru", "paralstm"])
 def test_forward_clips_weight_rows_like_torch(name, algorithm):
     """``max_norm`` in the kernel = ``torch.renorm`` first: rows above it scaled down, rows below kept.
 
-    D = 600 spans two blocks of the kernel's norm loop (512); rows 0 and 2 (LSTM: and C's row 1) are
-    long, the others short, so both branches of the clip run in one call.
+    D = 600 spans two blocks of the kernel's norm loop (512); some rows are clipped, others kept
+    (:func:`clip_test_weights`), so both branches of the clip run in one call.
     """
-    torch.manual_seed(5)
     D, max_norm = 600, 0.5
-    rows = 3 + (2 if name == "paralstm" else 0)
-    scale = torch.tensor([4.0, 0.5, 3.0, 0.5, 2.0][:rows], device=DEVICE)[:, None]
-    raw = torch.randn(rows, D, device=DEVICE) / D**0.5 * scale  # row norms about 4, 0.5, 3, 0.5, 2
-    norms = raw.norm(dim=1)
-    assert ((norms > max_norm) & (norms > 1.5)).any() and (norms < max_norm).any()
-    weights = (raw[:3], raw[3:]) if name == "paralstm" else (raw,)
+    weights = tuple(w.float() for w in clip_test_weights(name, D, max_norm, seed=5))
     u = torch.randn(2, 5, 3, D, device=DEVICE)
     h0 = 0.5 * torch.randn(2, D, *((2,) if name == "paralstm" else ()), device=DEVICE)
     forward = getattr(triton_fused, f"{'lstm' if name == 'paralstm' else 'gru'}_forward")
@@ -178,6 +184,45 @@ def test_forward_clips_weight_rows_like_torch(name, algorithm):
     unclipped, _ = forward(u, *weights, h0, TOL32, 12, algorithm=algorithm)
     assert rel_err(want.double(), h.double()) < 1e-5
     assert rel_err(want.double(), unclipped.double()) > 1e-2  # the clip mattered
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_solve_with_clip_in_kernel_matches_torch_twin(name, algorithm, monkeypatch):
+    """Recording a graph, ``fused_solve`` hands the raw weights and ``max_norm`` to the Triton kernels (forward
+    clip, backward clip and the clip's chain rule in ``clip_rows_backward_kernel``): outputs and every gradient,
+    the raw weights' included, equal the float64 autograd twin of a cell that clips with ``torch.renorm``.
+
+    D = 600 spans two blocks of the kernels' norm loops; some rows are clipped, others kept.
+    """
+    monkeypatch.setattr(triton_fused, "default_algorithm", algorithm)
+    D, max_norm, B, T = 600, 0.5, 3, 7
+    cls = ParaLSTM if name == "paralstm" else ParaGRU
+    cell = cls(INPUT_SIZE, D, num_heads=1, max_norm=max_norm).double().to(DEVICE)
+    raw = clip_test_weights(name, D, max_norm, seed=6)
+    with torch.no_grad():
+        for p, w in zip(cell.recurrent_parameters(), raw, strict=True):
+            p.copy_(w)
+    g = torch.Generator(device=DEVICE).manual_seed(7)
+    u = torch.randn(B, T, 3, D, generator=g, device=DEVICE, dtype=torch.float64)
+    h0 = 0.5 * torch.randn(B, *cell.state_shape, generator=g, device=DEVICE, dtype=torch.float64)
+    w = torch.randn(B, T, *cell.state_shape, generator=g, device=DEVICE, dtype=torch.float64)
+    u64, h064 = u.clone().requires_grad_(), h0.clone().requires_grad_()
+    want = sequential_solve(cell, u64, h064)
+    want_grads = torch.autograd.grad((want * w).sum(), [u64, h064, *cell.recurrent_parameters()])
+
+    leaves = [t.float().requires_grad_() for t in (u, h0, *raw)]
+    h, _ = fused_ops.fused_solve(
+        "triton", cell.fused_kernel, leaves[0], leaves[1], tuple(leaves[2:]), TOL32, 12, max_norm
+    )
+    grads = torch.autograd.grad((h * w.float()).sum(), leaves)
+    assert rel_err(want.detach(), h.double()) < RTOL
+    for key, a, b in zip(["u", "h0", "A", "C"], want_grads, grads, strict=False):
+        assert b.dtype == torch.float32 and b.shape == a.shape, key
+        assert rel_err(a, b.double()) < RTOL, key
+    cell.max_norm = None  # the clip mattered: the raw weights' gradients without it differ
+    unclipped = torch.autograd.grad((sequential_solve(cell, u64, h064) * w).sum(), cell.A)[0]
+    assert rel_err(want_grads[2], unclipped) > 1e-2
 
 
 @pytest.mark.parametrize("tl_scan", [False, True])

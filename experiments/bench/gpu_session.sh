@@ -2,9 +2,9 @@
 # Everything one GPU lease checks: the fused-kernel tests at full size, the kernel benchmark at the issue's
 # GPU sizes, and the Triton tuning sweeps (tiles, Newton vs sequential, solve vs kernel, what bounds the
 # sequential forward). Run from the repository root; logs and results go to $OUT. Give each part its own
-# device call (10 minutes at most). On an H100 (session 11) the tests took about 7 minutes (410 s), the
-# ParaGRU benchmark with the peers over 6 (it was stopped at 420 s), the ParaLSTM one about 3, the tuning
-# sweeps about 5.
+# device call (10 minutes at most). On an H100 (session 14) the tests took 9 minutes (522 s), the ParaGRU
+# benchmark with the peers about 4 (252 s), the ParaLSTM one about 4; bench-gru and bench-lstm fit in one call.
+# The tuning sweeps took about 5 (session 11).
 #   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh [tests|bench-gru|bench-lstm|tune|all]
 set -uo pipefail
 OUT=${OUT:-/tmp/pararnn_gpu}

@@ -316,17 +316,33 @@ def _load_rows3(ptr, D, d, dmask):
 
 
 @triton.jit
-def _row_scale(ptr, D, max_norm):
-    """``torch.renorm``'s factor for the row ``ptr[0:D]``: ``max_norm / (‖row‖ + 1e-7)`` if
-    ``‖row‖ > max_norm``, else 1."""
-    sq = tl.zeros([NORM_BLOCK], tl.float32)
+def _row_dot(x_ptr, y_ptr, D, NB, stride):
+    """``x[0:D] · Σ_b y[b·stride : b·stride + D]`` (``b < NB``); ``‖x‖²`` when ``y_ptr`` is ``x_ptr`` and ``NB`` 1."""
+    acc = tl.zeros([NORM_BLOCK], tl.float32)
     start = 0
     while start < D:
         k = start + tl.arange(0, NORM_BLOCK)
-        x = tl.load(ptr + k, mask=k < D, other=0.0)
-        sq += x * x
+        acc += tl.load(x_ptr + k, mask=k < D, other=0.0) * _batch_sum(y_ptr, NB, stride, k, k < D)
         start += NORM_BLOCK
-    norm = tl.sqrt(tl.sum(sq, 0))
+    return tl.sum(acc, 0)
+
+
+@triton.jit
+def _batch_sum(ptr, NB, stride, k, kmask):
+    """``Σ_b ptr[b·stride + k]`` for ``b < NB``."""
+    total = tl.zeros([NORM_BLOCK], tl.float32)
+    b = 0
+    while b < NB:
+        total += tl.load(ptr + b * stride + k, mask=kmask, other=0.0)
+        b += 1
+    return total
+
+
+@triton.jit
+def _row_scale(ptr, D, max_norm):
+    """``torch.renorm``'s factor for the row ``ptr[0:D]``: ``max_norm / (‖row‖ + 1e-7)`` if
+    ``‖row‖ > max_norm``, else 1."""
+    norm = tl.sqrt(_row_dot(ptr, ptr, D, 1, 0))
     return tl.where(norm > max_norm, max_norm / (norm + 1e-7), 1.0)
 
 
@@ -451,16 +467,18 @@ def gru_forward_kernel(
 
 @triton.jit
 def gru_backward_kernel(
-    g_ptr, u_ptr, a_ptr, h0_ptr, h_ptr, gu_ptr, ga_ptr, gh0_ptr, T, D,
-    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr,
+    g_ptr, u_ptr, a_ptr, h0_ptr, h_ptr, gu_ptr, ga_ptr, gh0_ptr, T, D, max_norm,
+    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr, CLIP: tl.constexpr,
 ):  # fmt: skip
-    """Adjoint scan by chunks from the end; ``ga`` gets per-batch partial sums ``(B, 3, D)``.
+    """Adjoint scan by chunks from the end; ``ga`` gets per-batch partial sums ``(B, 3, D)`` (with ``CLIP``:
+    the gradient of the clipped rows, see :func:`clip_rows_backward_kernel`).
 
     With ``μ_t = J_tᵀ λ_t``: ``μ_t = J_tᵀ (g_t + μ_{t+1})`` (a scan whose transition is the row's
     own Jacobian) and ``λ_t = g_t + μ_{t+1}``; ``grad_h0 = μ_0``.
     """
     pid_b, _, d, dmask, i, rows = _program_tile(D, CHUNK_T, BLOCK_D)
     az, ar, ac = _load_rows3(a_ptr, D, d, dmask)
+    az, ar, ac = _clip_rows3(a_ptr, D, max_norm, az, ar, ac, CLIP)
     h0 = tl.load(h0_ptr + pid_b * D + d, mask=dmask, other=0.0)
     mu = tl.zeros([BLOCK_D], tl.float32)
     acc_z, acc_r, acc_c = _zeros3(BLOCK_D)
@@ -551,8 +569,8 @@ def lstm_forward_kernel(
 
 @triton.jit
 def lstm_backward_kernel(
-    g_ptr, u_ptr, a_ptr, c_ptr, h0_ptr, h_ptr, gu_ptr, ga_ptr, gc_ptr, gh0_ptr, T, D,
-    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr,
+    g_ptr, u_ptr, a_ptr, c_ptr, h0_ptr, h_ptr, gu_ptr, ga_ptr, gc_ptr, gh0_ptr, T, D, max_norm,
+    CHUNK_T: tl.constexpr, BLOCK_D: tl.constexpr, LOG2_T: tl.constexpr, TL_SCAN: tl.constexpr, CLIP: tl.constexpr,
 ):  # fmt: skip
     """Adjoint scan by chunks from the end (see :func:`gru_backward_kernel`) with 2×2 blocks.
 
@@ -562,6 +580,8 @@ def lstm_backward_kernel(
     kk = tl.arange(0, 2)[None, None, :]
     af, az, ao = _load_rows3(a_ptr, D, d, dmask)
     pf, po = _load_rows2(c_ptr, D, d, dmask)
+    af, az, ao = _clip_rows3(a_ptr, D, max_norm, af, az, ao, CLIP)
+    pf, po = _clip_rows2(c_ptr, D, max_norm, pf, po, CLIP)
     c0, h0 = _load_pair(h0_ptr, pid_b, D, d, dmask)
     mu_c, mu_h = _zeros2(BLOCK_D)
     acc_f, acc_z, acc_o = _zeros3(BLOCK_D)
@@ -688,12 +708,14 @@ def _gru_adjoint_step(g_ptr, u_ptr, h_ptr, gu_ptr, base, t, D, d, dmask, h0, mu,
 
 @triton.jit
 def gru_sequential_backward_kernel(
-    g_ptr, u_ptr, a_ptr, h0_ptr, h_ptr, gu_ptr, ga_ptr, gh0_ptr, T, D,
-    BLOCK_D: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, INTERPRET: tl.constexpr,
+    g_ptr, u_ptr, a_ptr, h0_ptr, h_ptr, gu_ptr, ga_ptr, gh0_ptr, T, D, max_norm,
+    BLOCK_D: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, INTERPRET: tl.constexpr, CLIP: tl.constexpr,
 ):  # fmt: skip
-    """The adjoint ``λ_t = g_t + μ_{t+1}``, ``μ_t = J_t λ_t`` stepped from ``t = T - 1`` down to 0."""
+    """The adjoint ``λ_t = g_t + μ_{t+1}``, ``μ_t = J_t λ_t`` stepped from ``t = T - 1`` down to 0 (``CLIP``:
+    see :func:`gru_backward_kernel`)."""
     pid_b, d, dmask = _lane_channels(D, BLOCK_D)
     az, ar, ac = _vector_rows3(a_ptr, D, d, dmask, BLOCK_D)
+    az, ar, ac = _clip_rows3(a_ptr, D, max_norm, az, ar, ac, CLIP)
     h0 = tl.load(h0_ptr + pid_b * D + d, mask=dmask, other=0.0)
     mu = tl.zeros([BLOCK_D], tl.float32)
     acc_z, acc_r, acc_c = _zeros3(BLOCK_D)
@@ -775,12 +797,14 @@ def _lstm_adjoint_step(g_ptr, u_ptr, h_ptr, gu_ptr, base, t, D, d, dmask, c0, h0
 
 @triton.jit
 def lstm_sequential_backward_kernel(
-    g_ptr, u_ptr, a_ptr, c_ptr, h0_ptr, h_ptr, gu_ptr, ga_ptr, gc_ptr, gh0_ptr, T, D,
-    BLOCK_D: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, INTERPRET: tl.constexpr,
+    g_ptr, u_ptr, a_ptr, c_ptr, h0_ptr, h_ptr, gu_ptr, ga_ptr, gc_ptr, gh0_ptr, T, D, max_norm,
+    BLOCK_D: tl.constexpr, STAGES: tl.constexpr, UNROLL: tl.constexpr, INTERPRET: tl.constexpr, CLIP: tl.constexpr,
 ):  # fmt: skip
     """The ParaLSTM adjoint stepped from the end (see :func:`gru_sequential_backward_kernel`)."""
     pid_b, d, dmask = _lane_channels(D, BLOCK_D)
     af, az, ao, pf, po = _lstm_vector_weights(a_ptr, c_ptr, D, d, dmask, BLOCK_D)
+    af, az, ao = _clip_rows3(a_ptr, D, max_norm, af, az, ao, CLIP)
+    pf, po = _clip_rows2(c_ptr, D, max_norm, pf, po, CLIP)
     c0, h0 = _load_pair(h0_ptr, pid_b, D, d, dmask)
     mu_c, mu_h = _zeros2(BLOCK_D)
     acc_f, acc_z, acc_o = _zeros3(BLOCK_D)
@@ -804,6 +828,30 @@ def lstm_sequential_backward_kernel(
     tl.store(gh0_ptr + (pid_b * D + d) * 2 + 1, mu_h, mask=dmask)
     _store_rows3(ga_ptr + pid_b * 3 * D, D, d, dmask, acc_f, acc_z, acc_o)
     _store_rows2(gc_ptr + pid_b * 2 * D, D, d, dmask, acc_pf, acc_po)
+
+
+# ---- weight-row clip, backward ------------------------------------------------------------------
+@triton.jit
+def clip_rows_backward_kernel(w_ptr, g_ptr, out_ptr, NB, R, D, max_norm):
+    """``out[r]`` ``(R, D)``: the gradient of the rows ``w[r]`` ``(R, D)`` before ``torch.renorm``'s clip to
+    ``max_norm``, given per-batch partials ``g`` ``(NB, R, D)`` of the gradient after it; one program per row.
+
+    With ``n = ‖w_r‖``, ``s = max_norm / (n + 1e-7)`` and ``ĝ = Σ_b g[b, r]``: ``s ĝ − s (w_r·ĝ) w_r / (n (n + 1e-7))``
+    where ``n > max_norm``, else ``ĝ``.
+    """
+    row = tl.program_id(0)
+    w_row, g_row = w_ptr + row * D, g_ptr + row * D
+    norm = tl.sqrt(_row_dot(w_row, w_row, D, 1, 0))
+    clipped = norm > max_norm
+    scale = tl.where(clipped, max_norm / (norm + 1e-7), 1.0)
+    coef = tl.where(clipped, scale * _row_dot(w_row, g_row, D, NB, R * D) / (norm * (norm + 1e-7)), 0.0)
+    start = 0
+    while start < D:
+        k = start + tl.arange(0, NORM_BLOCK)
+        w = tl.load(w_row + k, mask=k < D, other=0.0)
+        g = _batch_sum(g_row, NB, R * D, k, k < D)
+        tl.store(out_ptr + row * D + k, scale * g - coef * w, mask=k < D)
+        start += NORM_BLOCK
 
 
 # ---- standalone linear scans --------------------------------------------------------------------

@@ -5,8 +5,8 @@ A backend is a module of this package (``cpu``, ``triton_fused``, ``cuda``) with
 ``<kernel>_backward(grad_h, u, *weights, h0, h) -> (grad_u, *grad_weights, grad_h0)`` for each
 kernel it implements (``"gru"``: weights ``(A,)``; ``"lstm"``: weights ``(A, C)``), plus
 ``unavailable_reason(device) -> str | None``. A module that sets ``CLIPS_WEIGHTS = True`` also takes
-``max_norm=`` in its forwards and norm-clips the weights' rows in the kernel (used when no graph is
-recorded). ``kernels/README.md`` states the layouts.
+``max_norm=`` in its forwards and backwards: its kernels norm-clip the weights' rows themselves, and
+its backwards return the gradients of the unclipped weights. ``kernels/README.md`` states the layouts.
 """
 
 from __future__ import annotations
@@ -97,15 +97,16 @@ def fused_solve(
         raise ValueError(f"kernel={kernel!r} is not one of {KERNELS}")
     module = backend_module(backend)
     forward = getattr(module, f"{kernel}_forward")
+    # a backend that clips in its kernels takes the raw weights (and, recording, returns their gradients):
+    # on a GPU the clip's own autograd ops cost more host time than a T=512 solve runs
+    in_kernel = max_norm if getattr(module, "CLIPS_WEIGHTS", False) else None
+    if in_kernel is None:
+        weights = _clipped(weights, max_norm)
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (u, h0, *weights))):
-        # no graph to record: skip the autograd Function's own host cost, and let a backend that can clip
-        # in its kernel do so (a T=512 GPU solve is host-bound: every launch saved counts)
-        if max_norm is not None and getattr(module, "CLIPS_WEIGHTS", False):
-            return forward(*_contiguous(u, *weights, h0), tol, max_iters, max_norm=max_norm)
-        return forward(*_contiguous(u, *_clipped(weights, max_norm), h0), tol, max_iters)
-    weights = _clipped(weights, max_norm)
+        clip = {} if in_kernel is None else {"max_norm": in_kernel}
+        return forward(*_contiguous(u, *weights, h0), tol, max_iters, **clip)
     stats_out: list = []
-    h = FusedSolve.apply(module, kernel, tol, max_iters, stats_out, u, h0, *weights)
+    h = FusedSolve.apply(module, kernel, tol, max_iters, in_kernel, stats_out, u, h0, *weights)
     return h, stats_out[0]
 
 
@@ -127,12 +128,14 @@ def _contiguous(*tensors: Tensor) -> tuple[Tensor, ...]:
 
 
 class FusedSolve(torch.autograd.Function):
-    """``h = FusedSolve.apply(module, kernel, tol, max_iters, stats_out, u, h0, *weights)``."""
+    """``h = FusedSolve.apply(module, kernel, tol, max_iters, max_norm, stats_out, u, h0, *weights)``;
+    ``max_norm``: clipped in the kernels (``None``: the weights are used as given)."""
 
     @staticmethod
-    def forward(ctx, module, kernel, tol, max_iters, stats_out, u, h0, *weights):
+    def forward(ctx, module, kernel, tol, max_iters, max_norm, stats_out, u, h0, *weights):
         u, h0, *weights = _contiguous(u, h0, *weights)
-        h, stats = getattr(module, f"{kernel}_forward")(u, *weights, h0, tol, max_iters)
+        ctx.clip = {} if max_norm is None else {"max_norm": max_norm}
+        h, stats = getattr(module, f"{kernel}_forward")(u, *weights, h0, tol, max_iters, **ctx.clip)
         stats_out.append(stats)
         ctx.module, ctx.kernel = module, kernel
         ctx.save_for_backward(u, h0, h, *weights)
@@ -142,7 +145,7 @@ class FusedSolve(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_h):
         u, h0, h, *weights = ctx.saved_tensors
-        grads = getattr(ctx.module, f"{ctx.kernel}_backward")(grad_h.contiguous().to(h.dtype), u, *weights, h0, h)
-        grad_u, *grad_weights, grad_h0 = grads
+        backward = getattr(ctx.module, f"{ctx.kernel}_backward")
+        grad_u, *grad_weights, grad_h0 = backward(grad_h.contiguous().to(h.dtype), u, *weights, h0, h, **ctx.clip)
         grad_weights = (g.to(w.dtype) for g, w in zip(grad_weights, weights, strict=True))
-        return (None,) * 5 + (grad_u.to(u.dtype), grad_h0.to(h0.dtype), *grad_weights)
+        return (None,) * 6 + (grad_u.to(u.dtype), grad_h0.to(h0.dtype), *grad_weights)

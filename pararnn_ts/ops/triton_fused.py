@@ -35,7 +35,8 @@ import torch
 from torch import Tensor
 
 NAME = "triton"
-#: the forward ops norm-clip the weights' rows themselves (``max_norm``), saving the separate clip's launches
+#: the ops norm-clip the weights' rows themselves (``max_norm``; the backwards return the raw weights' gradients),
+#: saving the clip's own launches and autograd ops
 CLIPS_WEIGHTS = True
 ALGORITHMS = ("auto", "newton", "sequential")
 #: fewest independent chains ``B·D`` for which ``algorithm="auto"`` runs the sequential kernels. On an H100
@@ -144,9 +145,13 @@ def _clip_args(max_norm: float | None) -> tuple[float, bool]:
 
 
 def gru_backward(
-    grad_h: Tensor, u: Tensor, A: Tensor, h0: Tensor, h: Tensor, **tuning
+    grad_h: Tensor, u: Tensor, A: Tensor, h0: Tensor, h: Tensor, max_norm: float | None = None, **tuning
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``grad_h``, ``h`` ``(B, T, D)`` → ``grad_u`` ``(B, T, 3, D)``, ``grad_A`` ``(3, D)``, ``grad_h0`` ``(B, D)``."""
+    """``grad_h``, ``h`` ``(B, T, D)`` → ``grad_u`` ``(B, T, 3, D)``, ``grad_A`` ``(3, D)``, ``grad_h0`` ``(B, D)``.
+
+    ``max_norm``: as in :func:`gru_forward` (the forward ran with the same), and ``grad_A`` is then the
+    gradient of the unclipped ``A``.
+    """
     B, T, _, D = u.shape
     grad_u = torch.empty(B, T, 3, D, device=u.device, dtype=torch.float32)
     if T == 0 or B == 0 or D == 0:
@@ -154,8 +159,19 @@ def gru_backward(
     kernel, grid, cfg = _launch("gru_backward", B, D, u.device, tuning)
     grad_A = torch.empty(B, 3, D, device=u.device, dtype=torch.float32)
     grad_h0 = torch.empty(B, D, device=u.device, dtype=torch.float32)
-    kernel[grid](grad_h, u, A, h0, h, grad_u, grad_A, grad_h0, T, D, **cfg)
-    return grad_u, grad_A.sum(0), grad_h0
+    max_norm, clip = _clip_args(max_norm)
+    kernel[grid](grad_h, u, A, h0, h, grad_u, grad_A, grad_h0, T, D, max_norm, CLIP=clip, **cfg)
+    return grad_u, _weight_grad(A, grad_A, max_norm, clip), grad_h0
+
+
+def _weight_grad(weight: Tensor, partials: Tensor, max_norm: float, clip: bool) -> Tensor:
+    """The gradient of ``weight`` ``(R, D)`` from a backward kernel's per-batch ``partials`` ``(B, R, D)`` (of the
+    clipped rows when ``clip``): their sum, or with ``clip`` its chain rule through the clip (one launch)."""
+    if not clip:
+        return partials.sum(0)
+    out = torch.empty_like(weight, dtype=torch.float32)
+    _kernels().clip_rows_backward_kernel[(weight.shape[0],)](weight, partials, out, *partials.shape, max_norm)
+    return out
 
 
 def lstm_forward(
@@ -181,10 +197,10 @@ def lstm_forward(
 
 
 def lstm_backward(
-    grad_h: Tensor, u: Tensor, A: Tensor, C: Tensor, h0: Tensor, h: Tensor, **tuning
+    grad_h: Tensor, u: Tensor, A: Tensor, C: Tensor, h0: Tensor, h: Tensor, max_norm: float | None = None, **tuning
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``grad_h``, ``h`` ``(B, T, D, 2)`` → ``grad_u`` ``(B, T, 3, D)``, ``grad_A`` ``(3, D)``, ``grad_C`` ``(2, D)``,
-    ``grad_h0`` ``(B, D, 2)``."""
+    ``grad_h0`` ``(B, D, 2)``; ``max_norm`` as in :func:`gru_backward`."""
     B, T, _, D = u.shape
     grad_u = torch.empty(B, T, 3, D, device=u.device, dtype=torch.float32)
     if T == 0 or B == 0 or D == 0:
@@ -194,5 +210,6 @@ def lstm_backward(
     grad_A = torch.empty(B, 3, D, device=u.device, dtype=torch.float32)
     grad_C = torch.empty(B, 2, D, device=u.device, dtype=torch.float32)
     grad_h0 = torch.empty(B, D, 2, device=u.device, dtype=torch.float32)
-    kernel[grid](grad_h, u, A, C, h0, h, grad_u, grad_A, grad_C, grad_h0, T, D, **cfg)
-    return grad_u, grad_A.sum(0), grad_C.sum(0), grad_h0
+    max_norm, clip = _clip_args(max_norm)
+    kernel[grid](grad_h, u, A, C, h0, h, grad_u, grad_A, grad_C, grad_h0, T, D, max_norm, CLIP=clip, **cfg)
+    return grad_u, _weight_grad(A, grad_A, max_norm, clip), _weight_grad(C, grad_C, max_norm, clip), grad_h0
