@@ -244,6 +244,30 @@ def test_checkpoint_of_other_data_is_refused():
         ParaRNNForecaster().on_load_checkpoint({})
 
 
+def test_data_module_context_length_is_the_forecasters_default():
+    """The data module's ``context_length`` reaches the network unless the model sets its own, and a checkpoint
+    rebuilds the network with it (no data needed)."""
+    entries = level_series()
+    data = ForecastData("levels", "M", H, train=entries, test=entries)
+    datamodule = ForecastDataModule(InMemory(data), context_length=11)
+    datamodule.setup("fit")
+    contexts = {}
+    for own in (None, 7):
+        model = ParaRNNForecaster(hidden_size=8, num_layers=1, mode="sequential", context_length=own)
+        model._trainer = SimpleNamespace(datamodule=datamodule)
+        model.configure_model()
+        contexts[own] = model.model.context_length
+        checkpoint = {}
+        model.on_save_checkpoint(checkpoint)
+        reloaded = ParaRNNForecaster(hidden_size=8, num_layers=1, mode="sequential", context_length=own)
+        reloaded.on_load_checkpoint(checkpoint)
+        assert reloaded.model.context_length == contexts[own]
+    assert contexts == {None: 11, 7: 7}
+    assert tiny_forecaster(data_sizes(data)).model.context_length == 2 * H  # no hint: the multiple of H
+    with pytest.raises(ValueError, match="context_length must be >= 1"):
+        ForecastDataModule(InMemory(data), context_length=0)
+
+
 def test_holdout_windows_cut_the_last_horizons():
     lengths, horizon, windows = (10, 5, 3), 2, 2
     entries = [

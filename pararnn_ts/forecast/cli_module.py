@@ -36,14 +36,16 @@ PLOT_FILE = "forecasts.png"
 PLOTTED_SERIES = 4
 
 
-def data_sizes(data: ForecastData) -> dict[str, Any]:
-    """What the network's shape depends on in the data: frequency, horizon, covariate counts."""
-    return {
+def data_sizes(data: ForecastData, context_length: int | None = None) -> dict[str, Any]:
+    """What the network depends on in the data: frequency, horizon, covariate counts, and the data module's
+    ``context_length`` when it sets one (absent otherwise, so earlier checkpoints still match)."""
+    sizes = {
         "freq": data.freq,
         "prediction_length": data.prediction_length,
         "num_feat_dynamic_real": data.num_feat_dynamic_real,
         "cardinality": list(data.cardinality),
     }
+    return sizes if context_length is None else {**sizes, "context_length": context_length}
 
 
 class ParaRNNForecaster(ForecastTrainingModule):
@@ -54,7 +56,8 @@ class ParaRNNForecaster(ForecastTrainingModule):
             scaling, num_parallel_samples, mode, naive_offset, naive_drift, seasonality, context_loss_weight,
             quantile_grid_samples, loss_weighting: as in :class:`~pararnn_ts.forecast.estimator.ParaRNNEstimator`
             (``lags_seq`` and ``seasonality`` default to the data's frequency).
-        context_length: steps read before the horizon; ``None``: ``ceil(context_length_multiple · H)``.
+        context_length: steps read before the horizon; ``None``: the data module's ``context_length`` if it
+            sets one, else ``ceil(context_length_multiple · H)``.
         context_length_multiple: context in horizons when ``context_length`` is not given.
         lr, weight_decay, lr_schedule, patience, ema_decay: see :class:`ForecastTrainingModule`; the defaults
             are the estimator's (chosen on the validation split: ``experiments/forecast/validation.yaml``).
@@ -115,7 +118,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
                 "ParaRNNForecaster builds its network from the data: train it with a ForecastDataModule "
                 "(data: class_path: pararnn_ts.forecast.datamodule.ForecastDataModule)"
             )
-        self.build(data_sizes(data))
+        self.build(data_sizes(data, getattr(self.trainer.datamodule, "context_length", None)))
 
     def build(self, sizes: dict[str, Any]) -> None:
         """Make the network, the transformation and the instance splitters for data of ``sizes``."""
@@ -124,7 +127,9 @@ class ParaRNNForecaster(ForecastTrainingModule):
         self.estimator = ParaRNNEstimator(
             freq=sizes["freq"],
             prediction_length=horizon,
-            context_length=hp.context_length or math.ceil(hp.context_length_multiple * horizon),
+            context_length=hp.context_length
+            or sizes.get("context_length")
+            or math.ceil(hp.context_length_multiple * horizon),
             cell=hp.cell,
             hidden_size=hp.hidden_size,
             num_layers=hp.num_layers,

@@ -106,6 +106,9 @@ class ForecastDataModule(pl.LightningDataModule):
         num_batches_per_epoch: training batches per epoch (windows are drawn at random from an endless stream).
         num_workers: DataLoader processes making training batches (0: in the main process).
         validation_windows: horizons held out at the end of each training series (0: no validation).
+        context_length: the context a forecaster reads on this data unless its own ``context_length`` is set
+            (the dataset's usual setting, as the benchmark's per-dataset ``model_args``); ``None``: the
+            forecaster's multiple of the horizon.
     """
 
     def __init__(
@@ -115,6 +118,7 @@ class ForecastDataModule(pl.LightningDataModule):
         num_batches_per_epoch: int = 50,
         num_workers: int = 0,
         validation_windows: int = 1,
+        context_length: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(dataset, ForecastDataset):
@@ -125,7 +129,9 @@ class ForecastDataModule(pl.LightningDataModule):
         for name, value in (("num_workers", num_workers), ("validation_windows", validation_windows)):
             if value < 0:
                 raise ValueError(f"ForecastDataModule: {name} must be >= 0, got {value}")
-        self.dataset = dataset
+        if context_length is not None and context_length < 1:
+            raise ValueError(f"ForecastDataModule: context_length must be >= 1 (or None), got {context_length}")
+        self.dataset, self.context_length = dataset, context_length
         self.batch_size, self.num_batches_per_epoch = batch_size, num_batches_per_epoch
         self.num_workers, self.validation_windows = num_workers, validation_windows
         self.data: ForecastData | None = None
