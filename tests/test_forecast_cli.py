@@ -235,6 +235,18 @@ def test_forecaster_defaults_are_the_estimators():
     assert {k: v for k, v in differing.items() if v[0] != v[1]} == {}
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_model_fragments_spell_out_the_defaults(cell):
+    """``models/forecast_para<cell>.yaml`` (every shipped forecasting config's ``model:``) sets each option it names
+    to the forecaster's default, its cell aside: the configs train with the settings chosen on validation."""
+    fragment = yaml.safe_load((ROOT / "models" / f"forecast_para{cell}.yaml").read_text())
+    assert fragment["class_path"].endswith("ParaRNNForecaster") and fragment["init_args"]["cell"] == cell
+    defaults = inspect.signature(ParaRNNForecaster).parameters
+    named = {key: value for key, value in fragment["init_args"].items() if key != "cell"}
+    assert {"lr", "lr_schedule", "ema_decay"} <= set(named)
+    assert {key: value for key, value in named.items() if value != defaults[key].default} == {}
+
+
 def test_checkpoint_of_other_data_is_refused():
     sizes = {"freq": "M", "prediction_length": H, "num_feat_dynamic_real": 0, "cardinality": []}
     model = tiny_forecaster(sizes)
