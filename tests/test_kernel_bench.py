@@ -35,6 +35,12 @@ def test_floor_of_a_linear_scan_peer():
     n = B * T * D
     assert kernel_bench.floor_bytes("peer/fla-hgrn-chunk", B, T, D, "fwd") == 4 * 3 * n  # read a, b; write x
     assert kernel_bench.floor_bytes("peer/fla-hgrn-chunk", B, T, D, "fwd+bwd") == 4 * (3 + 5) * n
+    # the wide peer moves as many bytes as a ParaGRU forward+backward of the same D (12 arrays to a scan's 8)
+    D = 4
+    wide = kernel_bench.floor_bytes("peer/accelerated-scan-triton-wide", B, T, D, "fwd+bwd")
+    assert wide == kernel_bench.floor_bytes("gru/fused-triton", B, T, D, "fwd+bwd") == 4 * 12 * B * T * D
+    assert kernel_bench.peer_width("peer/accelerated-scan-triton-wide", D) == 6
+    assert kernel_bench.peer_width("peer/accelerated-scan-triton", D) == D
 
 
 def test_burst_length_lasts_about_the_burst_and_stays_in_bounds():

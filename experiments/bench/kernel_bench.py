@@ -7,7 +7,8 @@ where its own choice for the size is the sequential ones, and ``fused-triton-fas
 with ``fast_math``), next to ``torch.nn.GRU`` /
 ``torch.nn.LSTM`` of the same hidden size (oneDNN on CPU, cuDNN on GPU; they also do their input
 and dense recurrent matmuls) and, on GPU, the peer linear-scan kernels ``accelerated-scan`` and
-flash-linear-attention's HGRN when installed.
+flash-linear-attention's HGRN when installed (``accelerated-scan-triton-wide``: the same scan over
+``WIDE`` times the channels, as many bytes as a ParaGRU forward+backward).
 
 The floor is the fewest bytes a kernel must move (``u`` read once, ``h`` written once; backward:
 ``u``, ``h``, ``∂L/∂h`` read once, ``∂L/∂u`` written once) over the memory bandwidth measured in
@@ -47,7 +48,16 @@ CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
 STATE = {"gru": 1, "lstm": 2}  # state values per channel
 WARMUP_S = 1.0  # least seconds of warm-up calls per case
 BURST_S = 0.02  # on CUDA, each timed repeat is a burst of back-to-back calls lasting about this long
-PEERS = ("accelerated-scan-warp", "accelerated-scan-triton", "fla-hgrn-chunk", "fla-hgrn-recurrent")
+PEERS = (
+    "accelerated-scan-warp",
+    "accelerated-scan-triton",
+    "accelerated-scan-triton-wide",
+    "fla-hgrn-chunk",
+    "fla-hgrn-recurrent",
+)
+#: a ``-wide`` peer scans WIDE × D channels: a linear scan's forward+backward moves 8 arrays of its width where a
+#: ParaGRU's moves 12, so this is the peer of the same size in bytes (the plain peers are the same size in D)
+WIDE = 1.5
 
 
 def sync(device: torch.device) -> None:
@@ -82,7 +92,7 @@ def _peer_module(peer: str) -> str:
 def floor_bytes(name: str, B: int, T: int, D: int, passes: str) -> int:
     """Fewest bytes moved by the case's forward (and backward), float32."""
     if name.startswith("peer/"):  # x_t = a_t x_{t-1} + b_t: read a, b, write x; back: read a, x, g, write 2
-        fwd, bwd = 3, 5
+        fwd, bwd, D = 3, 5, peer_width(name, D)
     else:
         s = STATE[name.split("/")[0]]
         fwd, bwd = 3 + s, 3 + 2 * s + 3  # u, h | u, h, ∂h, ∂u
@@ -142,7 +152,13 @@ def _call(forward: Callable[[], torch.Tensor], train: bool, leaves: list[torch.T
     return run_train
 
 
+def peer_width(peer: str, D: int) -> int:
+    """Channels the peer ``peer`` scans for a case of hidden size ``D``: ``D``, or ``WIDE · D`` for a ``-wide`` one."""
+    return round(WIDE * D) if peer.endswith("-wide") else D
+
+
 def _peer_call(peer: str, B: int, T: int, D: int, device: torch.device, train: bool) -> Callable[[], None]:
+    D = peer_width(peer, D)
     a = torch.rand(B, T, D, device=device).mul_(0.5).add_(0.45)
     b = torch.randn(B, T, D, device=device)
     if peer.startswith("accelerated-scan"):
