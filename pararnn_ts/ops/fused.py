@@ -99,14 +99,14 @@ def fused_solve(
     forward = getattr(module, f"{kernel}_forward")
     # a backend that clips in its kernels takes the raw weights (and, recording, returns their gradients):
     # on a GPU the clip's own autograd ops cost more host time than a T=512 solve runs
-    in_kernel = max_norm if getattr(module, "CLIPS_WEIGHTS", False) else None
-    if in_kernel is None:
+    in_kernel = max_norm is not None and getattr(module, "CLIPS_WEIGHTS", False)
+    clip = {"max_norm": max_norm} if in_kernel else {}
+    if not in_kernel:
         weights = _clipped(weights, max_norm)
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (u, h0, *weights))):
-        clip = {} if in_kernel is None else {"max_norm": in_kernel}
         return forward(*_contiguous(u, *weights, h0), tol, max_iters, **clip)
     stats_out: list = []
-    h = FusedSolve.apply(module, kernel, tol, max_iters, in_kernel, stats_out, u, h0, *weights)
+    h = FusedSolve.apply(module, kernel, tol, max_iters, clip, stats_out, u, h0, *weights)
     return h, stats_out[0]
 
 
@@ -128,13 +128,13 @@ def _contiguous(*tensors: Tensor) -> tuple[Tensor, ...]:
 
 
 class FusedSolve(torch.autograd.Function):
-    """``h = FusedSolve.apply(module, kernel, tol, max_iters, max_norm, stats_out, u, h0, *weights)``;
-    ``max_norm``: clipped in the kernels (``None``: the weights are used as given)."""
+    """``h = FusedSolve.apply(module, kernel, tol, max_iters, clip, stats_out, u, h0, *weights)``;
+    ``clip``: ``{"max_norm": m}`` to clip the weights in the kernels, ``{}`` to use them as given."""
 
     @staticmethod
-    def forward(ctx, module, kernel, tol, max_iters, max_norm, stats_out, u, h0, *weights):
+    def forward(ctx, module, kernel, tol, max_iters, clip, stats_out, u, h0, *weights):
         u, h0, *weights = _contiguous(u, h0, *weights)
-        ctx.clip = {} if max_norm is None else {"max_norm": max_norm}
+        ctx.clip = clip
         h, stats = getattr(module, f"{kernel}_forward")(u, *weights, h0, tol, max_iters, **ctx.clip)
         stats_out.append(stats)
         ctx.module, ctx.kernel = module, kernel
