@@ -13,7 +13,7 @@ import yaml
 
 from pararnn_ts.forecast import benchmark
 from pararnn_ts.forecast.data import JsonLinesDataset
-from pararnn_ts.forecast.metrics import score, split_windows
+from pararnn_ts.forecast.metrics import score, split_windows, window_quantile_losses
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -37,7 +37,9 @@ def reference_scores(inputs: list[np.ndarray], labels: np.ndarray, quantiles: di
     }
 
 
-def test_score_matches_the_formulas_on_a_hand_built_forecast():
+def hand_built_forecasts():
+    """Two windows of quantile forecasts (one actual missing, one on the interval's edge): ``(forecasts, entries,
+    horizon, season, history, labels, quantiles)``, ``quantiles`` ``{q: (2, horizon)}``."""
     from gluonts.model.forecast import QuantileForecast
 
     rng = np.random.default_rng(0)
@@ -57,13 +59,31 @@ def test_score_matches_the_formulas_on_a_hand_built_forecast():
         QuantileForecast(a, start_date=start + len(h), forecast_keys=[str(q) for q in QUANTILES])
         for a, h in zip(arrays, history, strict=True)
     ]
-    got = score(forecasts, entries, horizon, season)
     quantiles = {q: np.stack([a[k] for a in arrays]) for k, q in enumerate(QUANTILES)}
+    return forecasts, entries, horizon, season, history, labels, quantiles
+
+
+def test_score_matches_the_formulas_on_a_hand_built_forecast():
+    forecasts, entries, horizon, season, history, labels, quantiles = hand_built_forecasts()
+    got = score(forecasts, entries, horizon, season)
     inputs = [h.astype(np.float32).astype(np.float64) for h in history]
     want = reference_scores(inputs, labels.astype(np.float32).astype(np.float64), quantiles, season)
     assert got.keys() == want.keys()
     for name in want:
         assert got[name] == pytest.approx(want[name], rel=1e-6), name
+
+
+def test_window_losses_are_each_windows_share_of_mean_wql():
+    forecasts, entries, horizon, season, _, labels, quantiles = hand_built_forecasts()
+    loss, size = window_quantile_losses(forecasts, entries, horizon)
+    labels = labels.astype(np.float32).astype(np.float64)
+    for window in range(2):
+        observed = ~np.isnan(labels[window])
+        y = labels[window][observed]
+        want = np.mean([pinball(y, quantiles[q][window][observed], q).sum() for q in QUANTILES])
+        assert loss[window] == pytest.approx(want, rel=1e-6)
+        assert size[window] == pytest.approx(np.abs(y).sum(), rel=1e-6)
+    assert loss.sum() / size.sum() == pytest.approx(score(forecasts, entries, horizon, season)["mean_wQL"], rel=1e-6)
 
 
 def test_seasonal_naive_scores_match_a_direct_computation(tmp_path):
@@ -132,6 +152,7 @@ def write_config(folder: Path, seeds=(0,), models: list[dict] | None = None, dat
     }
     if any(model["name"] == "DeepAR" for model in config["benchmark"]["models"]):
         config["benchmark"]["timing_reference"] = "DeepAR"
+        config["benchmark"]["paired_reference"] = "DeepAR"
     path = folder / "bench.yaml"
     path.write_text(yaml.safe_dump(config))
     return str(path)
@@ -169,13 +190,21 @@ def test_runner_end_to_end_then_resume_then_refuse_then_overwrite(tmp_path, coun
     assert all(np.isfinite(float(r[m])) for r in rows for m in ("MASE", "mean_wQL", "sMAPE", "coverage_80"))
     markdown = (out / "results.md").read_text()
     assert "## MASE" in markdown and "## epoch time relative to DeepAR" in markdown and "**" in markdown
+    assert "## mean_wQL minus DeepAR's, paired" in markdown and "toy (4 windows; largest" in markdown
     assert {p.name for p in (out / "plots").iterdir()} == {"toy__SeasonalNaive.png", "toy__DeepAR.png"}
+    windows = read_csv(out / "window_losses.csv")
+    for row in rows:  # each run's windows add up to its mean_wQL
+        own = [w for w in windows if (w["model"], w["seed"]) == (row["model"], row["seed"])]
+        assert [int(w["window"]) for w in own] == [0, 1, 2, 3]
+        wql = sum(float(w["loss"]) for w in own) / sum(float(w["size"]) for w in own)
+        assert wql == pytest.approx(float(row["mean_wQL"]), rel=1e-6)
 
     count_runs.clear()
     benchmark.main(["--config", config, "--output-dir", str(out), "--resume", "--seeds", "0", "1"])
     assert count_runs == [("toy", "SeasonalNaive", 1), ("toy", "DeepAR", 1)]
     resumed = read_csv(out / "results.csv")
     assert resumed[:2] == rows and len(resumed) == 4
+    assert read_csv(out / "window_losses.csv")[:8] == windows and len(read_csv(out / "window_losses.csv")) == 16
     assert "± " in (out / "results.md").read_text()
 
     with pytest.raises(FileExistsError, match="--resume to continue"):
@@ -184,6 +213,7 @@ def test_runner_end_to_end_then_resume_then_refuse_then_overwrite(tmp_path, coun
         benchmark.main(["--config", config, "--output-dir", str(out), "--resume", "--overwrite"])
     benchmark.main(["--config", config, "--output-dir", str(out), "--overwrite", "--models", "SeasonalNaive"])
     assert [r["model"] for r in read_csv(out / "results.csv")] == ["SeasonalNaive"]
+    assert {w["model"] for w in read_csv(out / "window_losses.csv")} == {"SeasonalNaive"}
     assert {p.name for p in (out / "plots").iterdir()} == {"toy__SeasonalNaive.png"}
 
 
@@ -265,6 +295,7 @@ BAD_SETTINGS = [
     ({"seeds": 0}, "seeds must be a non-empty list of ints"),
     ({"threads": 0}, "threads must be a positive int"),
     ({"timing_reference": "LSTM"}, "timing_reference 'LSTM' is not a model"),
+    ({"paired_reference": "LSTM"}, "paired_reference 'LSTM' is not a model"),
 ]
 
 

@@ -10,6 +10,7 @@ The config's top-level ``benchmark:`` mapping holds::
     trainer_kwargs: {max_epochs: 20, ...}   # every estimator's Lightning Trainer
     model_args: {batch_size: 32, ...}      # given to every model whose signature takes them
     timing_reference: DeepAR               # optional: epoch times are also reported relative to it
+    paired_reference: DeepAR               # optional: mean_wQL differences to it, paired over test windows
     base: benchmark.yaml                   # optional: start from that config's mapping (path relative
                                            # to this file); the keys given here replace its keys
     datasets:                              # ForecastDataset specs
@@ -27,14 +28,15 @@ Every entry is checked (classes importable, arguments known, data valid, models 
 any training starts. ``--split validation`` scores windows cut from the training split instead of the
 test windows (:func:`~pararnn_ts.forecast.data.validation_split`), to choose settings. Results go to
 ``results.csv`` (one row per run, written as runs finish), ``results.md`` (mean ± std over seeds, best per
-dataset in bold) and ``plots/<dataset>__<model>.png``.
+dataset in bold; with ``paired_reference``, each model's ``mean_wQL`` minus the reference's with an interval
+from resampling the test windows, see :mod:`~pararnn_ts.forecast.paired`), ``window_losses.csv`` (each
+run's share of ``mean_wQL`` per test window) and ``plots/<dataset>__<model>.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import importlib
 import inspect
 import logging
@@ -53,8 +55,10 @@ import torch
 import yaml
 from lightning.pytorch import Callback, seed_everything
 
+from . import csv_rows
 from .data import ForecastData, ForecastDataset, seasonality_of, validation_split
-from .metrics import METRICS, score, split_windows
+from .metrics import METRICS, score, split_windows, window_quantile_losses
+from .paired import paired_cells, read_window_rows, window_rows, write_window_rows
 
 #: set from the data, never by the config
 INJECTED = ("freq", "prediction_length")
@@ -74,6 +78,7 @@ CONFIG_KEYS = {
     "trainer_kwargs",
     "model_args",
     "timing_reference",
+    "paired_reference",
     "plot_series",
     "datasets",
     "models",
@@ -135,6 +140,8 @@ class Benchmark:
     #: ``"test"``: the official split; ``"validation"``: its training part cut the same way
     #: (:func:`~pararnn_ts.forecast.data.validation_split`), to choose settings without looking at test
     split: str = "test"
+    #: the model ``results.md`` compares every other model's ``mean_wQL`` with, window by window
+    paired_reference: str | None = None
 
 
 class EpochTimer(Callback):
@@ -279,18 +286,19 @@ def load_benchmark(path: str | Path, datasets: list[str] | None = None, models: 
     threads = config.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"{path}: benchmark.threads must be a positive int (torch intra-op threads), got {threads!r}")
-    reference = config.get("timing_reference")
-    if reference is not None and reference not in [m["name"] for m in config["models"]]:
-        raise ValueError(f"{path}: timing_reference {reference!r} is not a model of the config")
+    for key in ("timing_reference", "paired_reference"):
+        if config.get(key) is not None and config[key] not in [m["name"] for m in config["models"]]:
+            raise ValueError(f"{path}: {key} {config[key]!r} is not a model of the config")
     return Benchmark(
         dataset_specs,
         model_specs,
         seeds,
         config.get("trainer_kwargs") or {},
         shared,
-        reference,
+        config.get("timing_reference"),
         int(config.get("plot_series", 4)),
         threads,
+        paired_reference=config.get("paired_reference"),
     )
 
 
@@ -421,21 +429,11 @@ def run_one(
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    with path.open() as file:
-        rows = list(csv.DictReader(file))
-    for row in rows:
-        for key in ("seed", "epochs", "threads"):
-            row[key] = int(row[key])
-        for key in (*METRICS, "fit_s", "epoch_s", "predict_s"):
-            row[key] = float(row[key])
-    return rows
+    return csv_rows.read_rows(path, ("seed", "epochs", "threads"), (*METRICS, "fit_s", "epoch_s", "predict_s"))
 
 
 def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    csv_rows.write_rows(rows, path, COLUMNS)
 
 
 def summarise(values: list[float]) -> tuple[float, float]:
@@ -471,9 +469,17 @@ TABLE_TITLES = {
 }
 
 
-def markdown_tables(rows: list[dict[str, Any]], reference: str | None = None, header: str = "") -> str:
+def markdown_tables(
+    rows: list[dict[str, Any]],
+    reference: str | None = None,
+    header: str = "",
+    windows: list[dict[str, Any]] | None = None,
+    paired_reference: str | None = None,
+) -> str:
     """Mean ± std over seeds, one table per metric (datasets × models), the best per dataset in bold; with
-    ``reference``, also each model's epoch time divided by the reference model's on the same dataset."""
+    ``reference``, also each model's epoch time divided by the reference model's on the same dataset; with
+    ``paired_reference``, also each model's ``mean_wQL`` minus that model's, paired over the ``windows`` rows
+    (:func:`~pararnn_ts.forecast.paired.paired_cells`)."""
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     models = list(dict.fromkeys(row["model"] for row in rows))
     trained = [model for model in models if any(row["model"] == model and row["epochs"] > 0 for row in rows)]
@@ -507,6 +513,14 @@ def markdown_tables(rows: list[dict[str, Any]], reference: str | None = None, he
         lines += metric_table(column)
     if reference in trained:
         lines += table(f"epoch time relative to {reference} (same run; < 1 is faster)", datasets, trained, ratio)
+    paired = paired_cells(windows or [], paired_reference) if paired_reference else {}
+    if paired:
+        title = (
+            f"mean_wQL minus {paired_reference}'s, paired over the scored windows (mean over seeds [95% bootstrap "
+            "interval from resampling the windows]; < 0: lower than the reference)"
+        )
+        labels, compared = list(dict.fromkeys(d for d, _ in paired)), list(dict.fromkeys(m for _, m in paired))
+        lines += table(title, labels, compared, lambda label, model: paired.get((label, model), "—"))
     return "\n".join(lines)
 
 
@@ -553,8 +567,8 @@ def plot_forecasts(
     plt.close(figure)
 
 
-def prepare_output(out: Path, resume: bool, overwrite: bool) -> list[dict[str, Any]]:
-    """Make ``out`` ready; return the rows of finished runs to keep (``resume``) or none."""
+def prepare_output(out: Path, resume: bool, overwrite: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Make ``out`` ready; return the result and window-loss rows of finished runs to keep (``resume``) or none."""
     if resume and overwrite:
         raise ValueError("--resume keeps earlier results and --overwrite deletes them: pass one of them")
     csv_path = out / "results.csv"
@@ -564,11 +578,13 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> list[dict[str, A
             "or another --output-dir"
         )
     if overwrite:
-        for name in ("results.csv", "results.md"):
+        for name in ("results.csv", "results.md", "window_losses.csv"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "plots", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    return read_rows(csv_path) if resume and csv_path.exists() else []
+    if not (resume and csv_path.exists()):
+        return [], []
+    return read_rows(csv_path), read_window_rows(out / "window_losses.csv")
 
 
 def row_line(row: dict[str, Any]) -> str:
@@ -580,9 +596,15 @@ def row_line(row: dict[str, Any]) -> str:
 
 
 def run_benchmark(
-    bench: Benchmark, out: Path, quick: bool = False, done: list[dict[str, Any]] | None = None
+    bench: Benchmark,
+    out: Path,
+    quick: bool = False,
+    done: list[dict[str, Any]] | None = None,
+    done_windows: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Check every (dataset, model), then run the missing (dataset, model, seed) triples; return all rows."""
+    """Check every (dataset, model), then run the missing (dataset, model, seed) triples; return all rows.
+
+    ``done`` and ``done_windows``: the result and window-loss rows of finished runs (kept, not rerun)."""
     loaded = {}
     for dataset in bench.datasets:
         try:
@@ -596,7 +618,7 @@ def run_benchmark(
                 build_model(model, dataset, loaded[dataset.name], bench, quick=quick)
     # rows name the split, so a validation run never counts as (or resumes) a test run
     label = {d.name: d.name if bench.split == "test" else f"{d.name}_{bench.split}" for d in bench.datasets}
-    rows = list(done or [])
+    rows, windows = list(done or []), list(done_windows or [])
     finished = {(row["dataset"], row["model"], row["seed"]) for row in rows}
     todo = [(d, m, s) for d in bench.datasets for m in bench.models if m.runs_on(d.name) for s in bench.seeds]
     todo = [(d, m, s) for d, m, s in todo if (label[d.name], m.name, s) not in finished]
@@ -606,7 +628,10 @@ def run_benchmark(
         row, forecasts = run_one(model, dataset, data, seed, bench, quick=quick)
         row["dataset"] = label[dataset.name]
         rows.append(row)
-        save_results(rows, out, bench, quick)
+        windows += window_rows(
+            row["dataset"], model.name, seed, *window_quantile_losses(forecasts, data.test, data.prediction_length)
+        )
+        save_results(rows, windows, out, bench, quick)
         print(f"[{index}/{len(todo)}] {row_line(row)}", flush=True)
         if seed == bench.seeds[0]:
             inputs, labels = split_windows(data.test, data.prediction_length)
@@ -614,14 +639,22 @@ def run_benchmark(
             plot_path = out / "plots" / f"{name}__{model.name}.png"
             plot_forecasts(inputs, labels, forecasts, plot_path, f"{model.name} on {name}", bench.plot_series)
     if rows and not todo:  # nothing ran: the tables still follow the kept rows (and the current code)
-        save_results(rows, out, bench, quick)
+        save_results(rows, windows, out, bench, quick)
     return rows
 
 
-def save_results(rows: list[dict[str, Any]], out: Path, bench: Benchmark, quick: bool) -> None:
-    """``results.csv`` and ``results.md`` of ``rows`` in ``out``."""
+def save_results(
+    rows: list[dict[str, Any]], windows: list[dict[str, Any]], out: Path, bench: Benchmark, quick: bool
+) -> None:
+    """``results.csv``, ``window_losses.csv`` and ``results.md`` of ``rows`` and ``windows`` in ``out``."""
     write_rows(rows, out / "results.csv")
-    (out / "results.md").write_text(markdown_tables(rows, bench.timing_reference, describe(bench, quick)))
+    if windows:  # none for results kept from before window losses were recorded
+        write_window_rows(windows, out / "window_losses.csv")
+    (out / "results.md").write_text(results_markdown(rows, windows, bench, quick))
+
+
+def results_markdown(rows: list[dict[str, Any]], windows: list[dict[str, Any]], bench: Benchmark, quick: bool) -> str:
+    return markdown_tables(rows, bench.timing_reference, describe(bench, quick), windows, bench.paired_reference)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -686,11 +719,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     bench.threads = args.threads or bench.threads
     bench.split = args.split
     out = Path(args.output_dir)
-    done = prepare_output(out, args.resume, args.overwrite)
+    done, done_windows = prepare_output(out, args.resume, args.overwrite)
     with run_settings(bench.threads, args.verbose):
-        rows = run_benchmark(bench, out, quick=args.quick, done=done)
-        print(markdown_tables(rows, bench.timing_reference, describe(bench, args.quick)))
-    print(f"results: {out / 'results.csv'}, {out / 'results.md'}, plots in {out / 'plots'}")
+        rows = run_benchmark(bench, out, quick=args.quick, done=done, done_windows=done_windows)
+        print(results_markdown(rows, read_window_rows(out / "window_losses.csv"), bench, args.quick))
+    print(
+        f"results: {out / 'results.csv'}, {out / 'results.md'}, {out / 'window_losses.csv'}, plots in {out / 'plots'}"
+    )
     return rows
 
 

@@ -89,3 +89,26 @@ def score(
         "coverage_80": DirectMetric(name="coverage_80", stat=interval_coverage, aggregate=Mean(axis=None)),
     }
     return {name: float(metric.update(data).get()) for name, metric in metrics.items()}
+
+
+def window_quantile_losses(
+    forecasts: Sequence[Any],
+    test_entries: Sequence[dict[str, Any]],
+    prediction_length: int,
+    quantiles: Sequence[float] = DEFAULT_QUANTILES,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each test window's share of ``mean_wQL``: its quantile loss and its ``Σ |y|``, both ``(N,)``.
+
+    The loss is ``Σ_h 2|y − ŷ_q|·|1{y ≤ ŷ_q} − q|`` averaged over ``q`` (missing actuals left out), so
+    ``loss.sum() / size.sum()`` is :func:`score`'s ``mean_wQL``
+    (:func:`~pararnn_ts.forecast.paired.paired_difference` resamples them).
+    """
+    _, labels = split_windows(test_entries, prediction_length)
+    observed = np.isfinite(labels)
+    actual = np.where(observed, labels, 0.0)
+    loss = np.zeros(len(labels))
+    for q in quantiles:
+        predicted = np.stack([np.asarray(forecast.quantile(q), dtype=np.float64) for forecast in forecasts])
+        pinball = 2 * np.abs(actual - predicted) * np.abs((actual <= predicted) - q)
+        loss += np.where(observed, pinball, 0.0).sum(axis=1) / len(quantiles)
+    return loss, np.abs(actual).sum(axis=1)
