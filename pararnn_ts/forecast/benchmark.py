@@ -601,8 +601,9 @@ def run_benchmark(
     quick: bool = False,
     done: list[dict[str, Any]] | None = None,
     done_windows: list[dict[str, Any]] | None = None,
-) -> list[dict[str, Any]]:
-    """Check every (dataset, model), then run the missing (dataset, model, seed) triples; return all rows.
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Check every (dataset, model), then run the missing (dataset, model, seed) triples; return all result
+    and window-loss rows.
 
     ``done`` and ``done_windows``: the result and window-loss rows of finished runs (kept, not rerun)."""
     loaded = {}
@@ -640,7 +641,7 @@ def run_benchmark(
             plot_forecasts(inputs, labels, forecasts, plot_path, f"{model.name} on {name}", bench.plot_series)
     if rows and not todo:  # nothing ran: the tables still follow the kept rows (and the current code)
         save_results(rows, windows, out, bench, quick)
-    return rows
+    return rows, windows
 
 
 def save_results(
@@ -721,8 +722,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out = Path(args.output_dir)
     done, done_windows = prepare_output(out, args.resume, args.overwrite)
     with run_settings(bench.threads, args.verbose):
-        rows = run_benchmark(bench, out, quick=args.quick, done=done, done_windows=done_windows)
-        print(results_markdown(rows, read_window_rows(out / "window_losses.csv"), bench, args.quick))
+        rows, windows = run_benchmark(bench, out, quick=args.quick, done=done, done_windows=done_windows)
+        print(results_markdown(rows, windows, bench, args.quick))
     print(
         f"results: {out / 'results.csv'}, {out / 'results.md'}, {out / 'window_losses.csv'}, plots in {out / 'plots'}"
     )
