@@ -201,6 +201,7 @@ def test_cli_options_reach_the_network():
         "scaling": False,
         "naive_offset": True,
         "naive_drift": "learned",
+        "naive_gate": False,  # on by default
         "seasonality": 6,
         "quantile_grid_samples": False,
         "context_loss_weight": 0.5,
@@ -211,6 +212,7 @@ def test_cli_options_reach_the_network():
     network = model.model
     assert network.lags_seq == options["lags_seq"] and network.season == options["seasonality"]
     assert (network.scaling, network.naive_offset, network.naive_drift) == (False, True, "learned")
+    assert network.naive_gate is None
     assert network.quantile_grid_samples is False and network.context_loss_weight == 0.5
     assert model.averaged is not None and model.ema_decay == 0.9
     quantile = ParaRNNForecaster(hidden_size=8, distribution="quantile", quantiles=[0.25, 0.5, 0.75])

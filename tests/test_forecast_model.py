@@ -83,6 +83,9 @@ def step_by_step(model: ParaRNNForecastModel, batch: dict) -> tuple[dict, torch.
         x = x + torch.stack(outputs, dim=1)
     features = model.norm(x)
     offset = seasonal_naive(batch, model.past_length) / scale if model.naive_offset else None
+    if model.naive_gate is not None:  # the last value's weight, from each horizon step's features
+        weight = torch.sigmoid(features[:, CONTEXT:] @ model.naive_gate.weight[0] + model.naive_gate.bias)
+        offset = (1 - weight) * offset + weight * batch["past_target"][:, -1:] / scale
     marginals = model.head(features[:, CONTEXT:], scale, offset)
     return marginals.args, model.copula(features[:, CONTEXT - 1]).correlation
 
@@ -268,7 +271,7 @@ def level_change(target: torch.Tensor, observed: torch.Tensor, end: int) -> torc
 def test_naive_drift_adds_the_last_change_in_level_times_the_seasons_ahead_and_its_weight():
     assert make_model(naive_drift="full").drift_weight.item() == 1
     assert make_model().drift_weight is None  # off by default
-    model = make_model(naive_drift="learned", context_loss_weight=1.0)
+    model = make_model(naive_drift="learned", context_loss_weight=1.0, naive_gate=False)
     assert model.drift_weight.item() == 0 and model.drift_weight.requires_grad  # untrained: no drift
     with torch.no_grad():
         model.drift_weight.fill_(0.7)
@@ -300,6 +303,54 @@ def test_naive_drift_adds_the_last_change_in_level_times_the_seasons_ahead_and_i
         make_model(naive_drift="full", naive_offset=False)
     with pytest.raises(ValueError, match="naive_drift='linear' is not one of"):
         make_model(naive_drift="linear")
+
+
+def last_observed_before(target: torch.Tensor, observed: torch.Tensor, end: int) -> torch.Tensor:
+    """``(B,)``: the latest observed value before ``end``, by loops; 0 where there is none."""
+    out = []
+    for b in range(target.shape[0]):
+        seen = [target[b, i].item() for i in range(end) if observed[b, i]]
+        out.append(seen[-1] if seen else 0.0)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_naive_gate_mixes_the_drifted_naive_offset_with_the_last_observed_value_on_horizon_steps():
+    assert make_model().naive_gate is not None  # on by default with the naive offset, off without it
+    assert make_model(naive_offset=False).naive_gate is None and make_model(naive_gate=False).naive_gate is None
+    model = make_model(naive_drift="full", naive_gate=True, context_loss_weight=1.0)
+    gate = model.naive_gate
+    assert (gate.weight == 0).all() and 0 < torch.sigmoid(gate.bias).item() < 0.003  # untrained: naive offset
+    with torch.no_grad():  # a gate that differs per series and step
+        gate.weight.copy_(torch.randn(gate.weight.shape, generator=torch.Generator().manual_seed(5)))
+        gate.bias.fill_(0.3)
+    batch = with_future(model, make_batch(model))
+    target, observed = batch["past_target"], batch["past_observed_values"]
+    target[0, PAST - 2 :], observed[0, PAST - 2 :] = float("nan"), 0  # the last value is 3 steps back
+    target[1, : PAST - 3 : 2], observed[1, : PAST - 3 : 2] = float("nan"), 0  # gaps inside the context
+    target[2, PAST - 3 :] -= 400.0  # a fall in level: naive and last value differ
+    with torch.no_grad():
+        marginals, _ = model.distribution(**forecast_inputs(batch))
+        inputs, scale = model.sequence_inputs(**forecast_inputs(batch))
+        features = model.encode(inputs)
+        terms = model.loss_terms(**batch)
+        drifted = make_model(naive_drift="full", context_loss_weight=1.0, naive_gate=False)
+        drifted.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("naive_gate.")})
+        without_gate = drifted.loss_terms(**batch)
+    weight = torch.sigmoid(features[:, CONTEXT:] @ gate.weight[0] + gate.bias)  # (B, H)
+    assert weight.std() > 0.05
+    known = torch.where(observed > 0, target, 0)
+    seasons = torch.ceil(torch.arange(1, HORIZON + 1, dtype=torch.float64) / SEASON)
+    naive = seasonal_naive({"past_target": known}, PAST) + seasons * level_change(target, observed, PAST)[:, None]
+    last = last_observed_before(target, observed, PAST)[:, None]
+    assert last[0, 0] == target[0, PAST - 3]
+    offset = ((1 - weight) * naive + weight * last) / scale
+    for name, value in model.head(features[:, CONTEXT:], scale, offset).args.items():
+        torch.testing.assert_close(marginals.args[name], value)
+    torch.testing.assert_close(terms.context, without_gate.context)  # the context steps keep the naive offset
+    model.loss(**batch).sum().backward()
+    assert gate.weight.grad.abs().sum() > 0 and gate.bias.grad.abs() > 0
+    with pytest.raises(ValueError, match="naive_gate=True .* needs naive_offset=True"):
+        make_model(naive_gate=True, naive_offset=False)
 
 
 def test_training_logs_the_full_loss_and_validation_the_forecasts_own(monkeypatch):

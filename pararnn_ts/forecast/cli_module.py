@@ -53,9 +53,10 @@ class ParaRNNForecaster(ForecastTrainingModule):
 
     Args:
         cell, hidden_size, num_layers, num_heads, dropout, distribution, quantiles, copula_rank, lags_seq,
-            scaling, num_parallel_samples, mode, naive_offset, naive_drift, seasonality, context_loss_weight,
-            quantile_grid_samples, loss_weighting: as in :class:`~pararnn_ts.forecast.estimator.ParaRNNEstimator`
-            (``lags_seq`` and ``seasonality`` default to the data's frequency).
+            scaling, num_parallel_samples, mode, naive_offset, naive_drift, naive_gate, seasonality,
+            context_loss_weight, quantile_grid_samples, loss_weighting: as in
+            :class:`~pararnn_ts.forecast.estimator.ParaRNNEstimator` (``lags_seq`` and ``seasonality`` default to the
+            data's frequency).
         context_length: steps read before the horizon; ``None``: the data module's ``context_length`` if it
             sets one, else ``ceil(context_length_multiple · H)``.
         context_length_multiple: context in horizons when ``context_length`` is not given.
@@ -86,6 +87,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
         mode: Mode = "auto",
         naive_offset: bool | None = None,
         naive_drift: Literal["full", "learned"] | None = None,
+        naive_gate: bool | None = None,
         seasonality: int | None = None,
         context_loss_weight: float = 1.0,
         quantile_grid_samples: bool = True,
@@ -152,6 +154,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
             mode=hp.mode,
             naive_offset=hp.naive_offset,
             naive_drift=hp.naive_drift,
+            naive_gate=hp.naive_gate,
             seasonality=hp.seasonality,
             context_loss_weight=hp.context_loss_weight,
             quantile_grid_samples=hp.quantile_grid_samples,

@@ -141,10 +141,11 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         cell, hidden_size, num_layers, num_heads, dropout, copula_rank, lags_seq, scaling, mode: of the network.
         distribution: ``"student_t"``, ``"normal"``, ``"johnson_su"``, ``"negative_binomial"`` or ``"quantile"``.
         quantiles: levels of the ``"quantile"`` head (only with it).
-        naive_offset, naive_drift, seasonality, context_loss_weight, quantile_grid_samples, loss_weighting: of the
-            network (the seasonal-naive location offset, its drift, its season length, the weight of the context steps'
-            one-step-ahead loss, quantile-grid sample paths, and ``"uniform"`` or ``"scale"``: series weighted
-            equally in the training loss, or by their mean scale, as in wQL).
+        naive_offset, naive_drift, naive_gate, seasonality, context_loss_weight, quantile_grid_samples,
+            loss_weighting: of the network (the seasonal-naive location offset, its drift, its gated mix with the
+            last value, its season length, the weight of the context steps' one-step-ahead loss, quantile-grid
+            sample paths, and ``"uniform"`` or ``"scale"``: series weighted equally in the training loss, or by
+            their mean scale, as in wQL).
         num_feat_dynamic_real, num_feat_static_real, num_feat_static_cat, cardinality, embedding_dimension:
             covariates in the data (``cardinality``: one count per categorical feature).
         time_features: calendar features (default: GluonTS's for ``freq``).
@@ -195,6 +196,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         mode: str = "auto",
         naive_offset: bool | None = None,
         naive_drift: str | None = None,
+        naive_gate: bool | None = None,
         seasonality: int | None = None,
         context_loss_weight: float = 1.0,
         quantile_grid_samples: bool = True,
@@ -261,7 +263,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         self.embedding_dimension = embedding_dimension
         self.lags_seq, self.scaling, self.mode = lags_seq, scaling, mode
         self.naive_offset, self.seasonality, self.context_loss_weight = naive_offset, seasonality, context_loss_weight
-        self.naive_drift = naive_drift
+        self.naive_drift, self.naive_gate = naive_drift, naive_gate
         self.quantile_grid_samples, self.loss_weighting = quantile_grid_samples, loss_weighting
         self.time_features = default_time_features if time_features is None else time_features
         self.extra_time_features = len(self.time_features) - len(default_time_features)
@@ -306,6 +308,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             "mode": self.mode,
             "naive_offset": self.naive_offset,
             "naive_drift": self.naive_drift,
+            "naive_gate": self.naive_gate,
             "seasonality": self.seasonality,
             "context_loss_weight": self.context_loss_weight,
             "quantile_grid_samples": self.quantile_grid_samples,

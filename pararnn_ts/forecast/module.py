@@ -38,6 +38,8 @@ RNN_CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
 #: how :meth:`ParaRNNForecastModel.training_loss` weights the series of a batch (see ``loss_weighting``)
 LOSS_WEIGHTINGS = ("uniform", "scale")
 NAIVE_DRIFTS = (None, "learned", "full")
+#: the initial bias of ``naive_gate``: the last value's weight is ``sigmoid(−6) ≈ 0.0025`` before training
+NAIVE_GATE_BIAS = -6.0
 
 
 class ForecastLoss(NamedTuple):
@@ -121,6 +123,14 @@ class ParaRNNForecastModel(nn.Module):
             observed values minus the mean of the ``m`` before them (0 where either window has no observed
             value), with ``α`` (``drift_weight``) 1, or learned from 0 (untrained, the network forecasts as
             without the drift); ``None`` (default): no drift.
+        naive_gate: each horizon step's offset becomes ``(1 − λ) · o + λ · y_last``, a mix of the seasonal-naive
+            offset ``o`` (with its drift) and the last observed value, with ``λ = sigmoid(w · f + b)`` read from
+            the step's features ``f`` (``w = 0`` and ``b = −6`` at init, so ``λ ≈ 0.0025``: an untrained network
+            forecasts as without the gate). A series whose level moved within the last season can then follow
+            its recent level instead of last season's. The context steps keep ``o``: their last value is one
+            step old, and would teach the gate to trust it more than a step ``k`` ahead can. Needs
+            ``naive_offset``; ``None`` (default): whenever ``naive_offset`` is on (chosen on the validation windows
+            of ``experiments/forecast/validation.yaml``).
         context_loss_weight: weight of the context steps' loss in training (see :class:`ForecastLoss`): every
             context step ``t`` predicts ``y_t`` from its inputs (lags of ``t`` only) with the horizon's head,
             which gives the network ``C`` more targets per window; 0 trains on the horizon only. The default 1
@@ -163,6 +173,7 @@ class ParaRNNForecastModel(nn.Module):
         default_scale: float = 1.0,
         naive_offset: bool | None = None,
         naive_drift: str | None = None,
+        naive_gate: bool | None = None,
         seasonality: int | None = None,
         context_loss_weight: float = 1.0,
         quantile_grid_samples: bool = True,
@@ -203,6 +214,12 @@ class ParaRNNForecastModel(nn.Module):
             raise ValueError(f"naive_drift={naive_drift!r} is not one of {NAIVE_DRIFTS}")
         if naive_drift and not naive_offset:
             raise ValueError(f"naive_drift={naive_drift!r} moves the seasonal-naive offset: it needs naive_offset=True")
+        if naive_gate is None:
+            naive_gate = naive_offset
+        if naive_gate and not naive_offset:
+            raise ValueError(
+                "naive_gate=True mixes the seasonal-naive offset with the last value: it needs naive_offset=True"
+            )
         self.freq = freq
         self.context_length = context_length
         self.prediction_length = prediction_length
@@ -235,6 +252,10 @@ class ParaRNNForecastModel(nn.Module):
             self.register_buffer("drift_weight", torch.ones(()))
         else:
             self.drift_weight = None
+        self.naive_gate = nn.Linear(hidden_size, 1) if naive_gate else None
+        if self.naive_gate is not None:
+            nn.init.zeros_(self.naive_gate.weight)
+            nn.init.constant_(self.naive_gate.bias, NAIVE_GATE_BIAS)
         # the past step holding the seasonal-naive forecast (seasonality m) of each horizon step, (H,): the
         # last observed season, P - 1 + k - m·ceil(k/m) for step k = 1..H (m = 1: the last value); and of
         # each context step p = P - C .. P - 1, (C,): p - m (negative: none)
@@ -328,6 +349,9 @@ class ParaRNNForecastModel(nn.Module):
             ends = torch.full((1,), self.past_length, device=past_target.device)
             drift = self.level_change(past_target, past_observed_values, ends) / scale
             offset = offset + self.drift_weight * self.seasons_ahead * drift
+        if self.naive_gate is not None:
+            last = self.last_observed(past_target, past_observed_values) / scale
+            offset = self.gated(offset, features[:, context:], last)
         marginals = self.head(features[:, context:], scale, offset)
         copula = None if self.copula is None else self.copula(features[:, context - 1])
         return marginals, copula
@@ -477,6 +501,21 @@ class ParaRNNForecastModel(nn.Module):
     def seasonal_naive(self, past_target: Tensor, past_observed_values: Tensor, scale: Tensor) -> Tensor:
         """The seasonal-naive forecast ``(B, H)`` in units of ``scale``; 0 where that past value is missing."""
         return self.past_values(past_target, past_observed_values, self.naive_index) / scale
+
+    def gated(self, naive: Tensor, features: Tensor, last: Tensor) -> Tensor:
+        """``(1 − λ) · naive + λ · last`` ``(B, H)``, the last value's weight ``λ = sigmoid(naive_gate(features))``
+        read from the horizon steps' ``features`` ``(B, H, hidden)``; ``last`` ``(B, 1)``."""
+        weight = torch.sigmoid(self.naive_gate(features).squeeze(-1))
+        return (1 - weight) * naive + weight * last
+
+    def last_observed(self, past_target: Tensor, past_observed_values: Tensor) -> Tensor:
+        """The last observed value of the last ``P`` steps ``(B, 1)``; 0 where there is none."""
+        past = self.past_length
+        observed = past_observed_values[:, -past:] > 0
+        positions = torch.arange(past, device=observed.device).expand_as(observed)
+        latest = torch.where(observed, positions, -1).amax(1, keepdim=True)
+        value = past_target[:, -past:].to(self.input_proj.weight.dtype).gather(1, latest.clamp_min(0))
+        return torch.where(latest >= 0, value, 0)
 
     def level_change(self, past_target: Tensor, past_observed_values: Tensor, ends: Tensor) -> Tensor:
         """Mean of the observed values in ``[e - m, e)`` minus the mean in ``[e - 2m, e - m)`` for each end
