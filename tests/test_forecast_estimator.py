@@ -241,6 +241,7 @@ def test_training_loader_has_a_length_and_continues_across_epochs():
         ({"lags_seq": [0, 1]}, "lags_seq"),
         ({"loss_weighting": "size"}, r"loss_weighting='size' is not one of \('uniform', 'scale'\)"),
         ({"naive_drift": "linear"}, r"naive_drift='linear' is not one of"),
+        ({"naive_gate": ["last", "mean"]}, r"ParaRNNEstimator: naive_gate=\['last', 'mean'\]: give a bool or a list"),
         ({"loss_weighting": "scale", "scaling": False}, "loss_weighting='scale'.*scaling"),
         ({"ema_decay": 1.0}, "ema_decay must be None"),
         ({"ema_decay": 0.0}, "ema_decay must be None"),

@@ -353,6 +353,60 @@ def test_naive_gate_mixes_the_drifted_naive_offset_with_the_last_observed_value_
         make_model(naive_gate=True, naive_offset=False)
 
 
+def last_season_mean(target: torch.Tensor, observed: torch.Tensor, end: int) -> torch.Tensor:
+    """``(B,)``: the mean of the observed values in ``[end - m, end)``, by loops; the last value where none."""
+    last = last_observed_before(target, observed, end)
+    out = []
+    for b in range(target.shape[0]):
+        seen = [target[b, i].item() for i in range(end - SEASON, end) if observed[b, i]]
+        out.append(sum(seen) / len(seen) if seen else last[b].item())
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("terms", [["last", "level"], ["level"], ("level", "last")])
+def test_naive_gate_with_the_level_mixes_in_the_last_seasons_mean_by_a_softmax(terms):
+    model = make_model(naive_gate=terms, context_loss_weight=1.0)
+    gate = model.naive_gate
+    assert model.gate_terms == tuple(terms) and gate.out_features == len(terms)
+    assert (gate.weight == 0).all() and (gate.bias == -6).all()
+    with torch.no_grad():
+        gate.weight.copy_(torch.randn(gate.weight.shape, generator=torch.Generator().manual_seed(7)))
+        gate.bias.copy_(torch.linspace(-0.5, 0.5, len(terms)))
+    batch = with_future(model, make_batch(model))
+    target, observed = batch["past_target"], batch["past_observed_values"]
+    target[0, PAST - SEASON :], observed[0, PAST - SEASON :] = float("nan"), 0  # no value in the last season
+    target[1, PAST - 2], observed[1, PAST - 2] = float("nan"), 0  # a gap inside it
+    target[2, PAST - 1] += 900.0  # a spike: last value, level and naive all differ
+    with torch.no_grad():
+        marginals, _ = model.distribution(**forecast_inputs(batch))
+        inputs, scale = model.sequence_inputs(**forecast_inputs(batch))
+        features = model.encode(inputs)
+    known = torch.where(observed > 0, target, 0)
+    values = {
+        "last": last_observed_before(target, observed, PAST),
+        "level": last_season_mean(target, observed, PAST),
+    }
+    assert values["level"][0] == values["last"][0] == target[0, PAST - SEASON - 1]
+    assert values["level"][1] == (target[1, PAST - 3] + target[1, PAST - 1]) / 2
+    weight, bias = gate.weight.detach(), gate.bias.detach()
+    logits = [features[:, CONTEXT:] @ weight[j] + bias[j] for j in range(len(terms))]  # (B, H) each
+    total = 1 + sum(torch.exp(z) for z in logits)
+    offset = seasonal_naive({"past_target": known}, PAST) / total
+    for term, z in zip(terms, logits, strict=True):
+        offset = offset + torch.exp(z) / total * values[term][:, None]
+    assert min(float((torch.exp(z) / total).std()) for z in logits) > 0.02  # the weights vary by series and step
+    for name, value in model.head(features[:, CONTEXT:], scale, offset / scale).args.items():
+        torch.testing.assert_close(marginals.args[name], value)
+    model.loss(**batch).sum().backward()
+    assert (gate.weight.grad.abs().sum(1) > 0).all() and (gate.bias.grad.abs() > 0).all()
+
+
+@pytest.mark.parametrize("bad", [["mean"], [], ["last", "last"], "level, last"])
+def test_naive_gate_rejects_unknown_empty_or_repeated_terms(bad):
+    with pytest.raises(ValueError, match="naive_gate=.*a bool or a list of distinct terms from \\('last', 'level'\\)"):
+        make_model(naive_gate=bad)
+
+
 def test_training_logs_the_full_loss_and_validation_the_forecasts_own(monkeypatch):
     module = ForecastTrainingModule()
     module.model = make_model(context_loss_weight=0.5)

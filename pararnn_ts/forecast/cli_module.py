@@ -87,7 +87,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
         mode: Mode = "auto",
         naive_offset: bool | None = None,
         naive_drift: Literal["full", "learned"] | None = None,
-        naive_gate: bool | None = None,
+        naive_gate: bool | list[str] | None = None,
         seasonality: int | None = None,
         context_loss_weight: float = 1.0,
         quantile_grid_samples: bool = True,

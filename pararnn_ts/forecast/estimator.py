@@ -48,7 +48,7 @@ from .lightning_module import (
     ParaRNNLightningModule,
     check_ema_decay,
 )
-from .module import LOSS_WEIGHTINGS, NAIVE_DRIFTS
+from .module import LOSS_WEIGHTINGS, NAIVE_DRIFTS, gate_terms
 
 PREDICTION_INPUT_NAMES = list(MODEL_INPUT_NAMES)
 TRAINING_INPUT_NAMES = [*PREDICTION_INPUT_NAMES, "future_target", "future_observed_values"]
@@ -143,9 +143,9 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         quantiles: levels of the ``"quantile"`` head (only with it).
         naive_offset, naive_drift, naive_gate, seasonality, context_loss_weight, quantile_grid_samples,
             loss_weighting: of the network (the seasonal-naive location offset, its drift, its gated mix with the
-            last value, its season length, the weight of the context steps' one-step-ahead loss, quantile-grid
-            sample paths, and ``"uniform"`` or ``"scale"``: series weighted equally in the training loss, or by
-            their mean scale, as in wQL).
+            last value and, with ``naive_gate=["last", "level"]``, the last season's mean, its season length, the
+            weight of the context steps' one-step-ahead loss, quantile-grid sample paths, and ``"uniform"`` or
+            ``"scale"``: series weighted equally in the training loss, or by their mean scale, as in wQL).
         num_feat_dynamic_real, num_feat_static_real, num_feat_static_cat, cardinality, embedding_dimension:
             covariates in the data (``cardinality``: one count per categorical feature).
         time_features: calendar features (default: GluonTS's for ``freq``).
@@ -196,7 +196,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         mode: str = "auto",
         naive_offset: bool | None = None,
         naive_drift: str | None = None,
-        naive_gate: bool | None = None,
+        naive_gate: bool | list[str] | None = None,
         seasonality: int | None = None,
         context_loss_weight: float = 1.0,
         quantile_grid_samples: bool = True,
@@ -229,6 +229,11 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             raise ValueError(f"ParaRNNEstimator: loss_weighting={loss_weighting!r} is not one of {LOSS_WEIGHTINGS}")
         if naive_drift not in NAIVE_DRIFTS:
             raise ValueError(f"ParaRNNEstimator: naive_drift={naive_drift!r} is not one of {NAIVE_DRIFTS}")
+        if naive_gate is not None:
+            try:
+                gate_terms(naive_gate)
+            except ValueError as error:
+                raise ValueError(f"ParaRNNEstimator: {error}") from None
         if loss_weighting == "scale" and not scaling:
             raise ValueError("ParaRNNEstimator: loss_weighting='scale' weights series by their mean scale: set scaling")
         counts = {

@@ -38,8 +38,10 @@ RNN_CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
 #: how :meth:`ParaRNNForecastModel.training_loss` weights the series of a batch (see ``loss_weighting``)
 LOSS_WEIGHTINGS = ("uniform", "scale")
 NAIVE_DRIFTS = (None, "learned", "full")
-#: the initial bias of ``naive_gate``: the last value's weight is ``sigmoid(−6) ≈ 0.0025`` before training
+#: the initial bias of ``naive_gate``: each mixed-in term's weight is ``≈ e^−6 ≈ 0.0025`` before training
 NAIVE_GATE_BIAS = -6.0
+#: what ``naive_gate`` can mix into the seasonal-naive offset: the last observed value, the last season's mean
+NAIVE_GATE_TERMS = ("last", "level")
 
 
 class ForecastLoss(NamedTuple):
@@ -123,14 +125,17 @@ class ParaRNNForecastModel(nn.Module):
             observed values minus the mean of the ``m`` before them (0 where either window has no observed
             value), with ``α`` (``drift_weight``) 1, or learned from 0 (untrained, the network forecasts as
             without the drift); ``None`` (default): no drift.
-        naive_gate: each horizon step's offset becomes ``(1 − λ) · o + λ · y_last``, a mix of the seasonal-naive
-            offset ``o`` (with its drift) and the last observed value, with ``λ = sigmoid(w · f + b)`` read from
-            the step's features ``f`` (``w = 0`` and ``b = −6`` at init, so ``λ ≈ 0.0025``: an untrained network
-            forecasts as without the gate). A series whose level moved within the last season can then follow
-            its recent level instead of last season's. The context steps keep ``o``: their last value is one
-            step old, and would teach the gate to trust it more than a step ``k`` ahead can. Needs
-            ``naive_offset``; ``None`` (default): whenever ``naive_offset`` is on (chosen on the validation windows
-            of ``experiments/forecast/validation.yaml``).
+        naive_gate: the terms each horizon step mixes into its offset, from :data:`NAIVE_GATE_TERMS`: ``"last"``,
+            the last observed value, and ``"level"``, the mean of the last season's observed values (the last
+            value where the season has none). The offset becomes ``λ_0 · o + Σ_j λ_j · term_j``, with ``o`` the
+            seasonal-naive offset (with its drift) and ``λ = softmax(0, W f + b)`` read from the step's features
+            ``f`` (``W = 0`` and ``b = −6`` at init, so each ``λ_j ≈ 0.0025``: an untrained network forecasts as
+            without the gate); with one term, ``λ_1 = sigmoid(w · f + b)``. A series whose level moved within the
+            last season can then follow its recent level, and a noisy one its mean, instead of last season's
+            values. The context steps keep ``o``: their last value is one step old, and would teach the gate to
+            trust it more than a step ``k`` ahead can. ``True`` means ``["last"]``, ``False`` none. Needs
+            ``naive_offset``; ``None`` (default): ``["last"]`` whenever ``naive_offset`` is on (chosen on the
+            validation windows of ``experiments/forecast/validation.yaml``).
         context_loss_weight: weight of the context steps' loss in training (see :class:`ForecastLoss`): every
             context step ``t`` predicts ``y_t`` from its inputs (lags of ``t`` only) with the horizon's head,
             which gives the network ``C`` more targets per window; 0 trains on the horizon only. The default 1
@@ -173,7 +178,7 @@ class ParaRNNForecastModel(nn.Module):
         default_scale: float = 1.0,
         naive_offset: bool | None = None,
         naive_drift: str | None = None,
-        naive_gate: bool | None = None,
+        naive_gate: bool | Sequence[str] | None = None,
         seasonality: int | None = None,
         context_loss_weight: float = 1.0,
         quantile_grid_samples: bool = True,
@@ -214,11 +219,10 @@ class ParaRNNForecastModel(nn.Module):
             raise ValueError(f"naive_drift={naive_drift!r} is not one of {NAIVE_DRIFTS}")
         if naive_drift and not naive_offset:
             raise ValueError(f"naive_drift={naive_drift!r} moves the seasonal-naive offset: it needs naive_offset=True")
-        if naive_gate is None:
-            naive_gate = naive_offset
-        if naive_gate and not naive_offset:
+        terms = gate_terms(naive_offset if naive_gate is None else naive_gate)
+        if terms and not naive_offset:
             raise ValueError(
-                "naive_gate=True mixes the seasonal-naive offset with the last value: it needs naive_offset=True"
+                f"naive_gate={naive_gate!r} mixes terms into the seasonal-naive offset: it needs naive_offset=True"
             )
         self.freq = freq
         self.context_length = context_length
@@ -252,7 +256,8 @@ class ParaRNNForecastModel(nn.Module):
             self.register_buffer("drift_weight", torch.ones(()))
         else:
             self.drift_weight = None
-        self.naive_gate = nn.Linear(hidden_size, 1) if naive_gate else None
+        self.gate_terms = terms
+        self.naive_gate = nn.Linear(hidden_size, len(terms)) if terms else None
         if self.naive_gate is not None:
             nn.init.zeros_(self.naive_gate.weight)
             nn.init.constant_(self.naive_gate.bias, NAIVE_GATE_BIAS)
@@ -350,8 +355,8 @@ class ParaRNNForecastModel(nn.Module):
             drift = self.level_change(past_target, past_observed_values, ends) / scale
             offset = offset + self.drift_weight * self.seasons_ahead * drift
         if self.naive_gate is not None:
-            last = self.last_observed(past_target, past_observed_values) / scale
-            offset = self.gated(offset, features[:, context:], last)
+            terms = self.gate_values(past_target, past_observed_values) / scale
+            offset = self.gated(offset, features[:, context:], terms)
         marginals = self.head(features[:, context:], scale, offset)
         copula = None if self.copula is None else self.copula(features[:, context - 1])
         return marginals, copula
@@ -502,11 +507,22 @@ class ParaRNNForecastModel(nn.Module):
         """The seasonal-naive forecast ``(B, H)`` in units of ``scale``; 0 where that past value is missing."""
         return self.past_values(past_target, past_observed_values, self.naive_index) / scale
 
-    def gated(self, naive: Tensor, features: Tensor, last: Tensor) -> Tensor:
-        """``(1 − λ) · naive + λ · last`` ``(B, H)``, the last value's weight ``λ = sigmoid(naive_gate(features))``
-        read from the horizon steps' ``features`` ``(B, H, hidden)``; ``last`` ``(B, 1)``."""
-        weight = torch.sigmoid(self.naive_gate(features).squeeze(-1))
-        return (1 - weight) * naive + weight * last
+    def gated(self, naive: Tensor, features: Tensor, terms: Tensor) -> Tensor:
+        """``λ_0 · naive + Σ_j λ_j · terms_j`` ``(B, H)``, the weights ``λ = softmax(0, naive_gate(features))``
+        read from the horizon steps' ``features`` ``(B, H, hidden)``; ``terms`` ``(B, J)``, one per gate term."""
+        logits = self.naive_gate(features)
+        weights = torch.softmax(torch.cat([torch.zeros_like(logits[..., :1]), logits], -1), -1)
+        return weights[..., 0] * naive + (weights[..., 1:] * terms[:, None, :]).sum(-1)
+
+    def gate_values(self, past_target: Tensor, past_observed_values: Tensor) -> Tensor:
+        """The values of :attr:`gate_terms` ``(B, J)``, in the data's units."""
+        last = self.last_observed(past_target, past_observed_values)
+        values = {"last": last}
+        if "level" in self.gate_terms:
+            start = torch.full((1,), self.past_length - self.season, device=past_target.device)
+            mean, count = self.season_mean(past_target, past_observed_values, start)
+            values["level"] = torch.where(count > 0, mean, last)
+        return torch.cat([values[term] for term in self.gate_terms], 1)
 
     def last_observed(self, past_target: Tensor, past_observed_values: Tensor) -> Tensor:
         """The last observed value of the last ``P`` steps ``(B, 1)``; 0 where there is none."""
@@ -521,19 +537,22 @@ class ParaRNNForecastModel(nn.Module):
         """Mean of the observed values in ``[e - m, e)`` minus the mean in ``[e - 2m, e - m)`` for each end
         ``e`` of ``ends`` ``(K,)`` (positions in the last ``P`` steps) → ``(B, K)``; 0 where a window is empty
         or starts before the past."""
-        past, m = self.past_length, self.season
+        m = self.season
+        new, n_new = self.season_mean(past_target, past_observed_values, ends - m)
+        old, n_old = self.season_mean(past_target, past_observed_values, ends - 2 * m)
+        return torch.where((n_new > 0) & (n_old > 0) & (ends - 2 * m >= 0), new - old, 0)
+
+    def season_mean(self, past_target: Tensor, past_observed_values: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean of the observed values in ``[s, s + m)`` for each start ``s`` of ``starts`` ``(K,)`` (positions in
+        the last ``P`` steps, the part before 0 left out) and their count, both ``(B, K)``; mean 0 where none."""
+        past = self.past_length
         observed = (past_observed_values[:, -past:] > 0).to(self.input_proj.weight.dtype)
         value = torch.where(observed > 0, past_target[:, -past:].to(observed.dtype), 0)
         zero = observed.new_zeros(observed.shape[0], 1)
         sums, counts = torch.cat([zero, value.cumsum(1)], 1), torch.cat([zero, observed.cumsum(1)], 1)
-
-        def window(start: Tensor) -> tuple[Tensor, Tensor]:
-            i, j = start.clamp_min(0), (start + m).clamp_min(0)
-            return sums[:, j] - sums[:, i], counts[:, j] - counts[:, i]
-
-        (new, n_new), (old, n_old) = window(ends - m), window(ends - 2 * m)
-        valid = (n_new > 0) & (n_old > 0) & (ends - 2 * m >= 0)
-        return torch.where(valid, new / n_new.clamp_min(1) - old / n_old.clamp_min(1), 0)
+        i, j = starts.clamp_min(0), (starts + self.season).clamp_min(0)
+        count = counts[:, j] - counts[:, i]
+        return (sums[:, j] - sums[:, i]) / count.clamp_min(1), count
 
     def past_values(self, past_target: Tensor, past_observed_values: Tensor, index: Tensor) -> Tensor:
         """``past_target``'s last ``P`` steps at ``index`` ``(K,)`` → ``(B, K)``; 0 where missing or ``index < 0``."""
@@ -624,6 +643,19 @@ def _observed_only(target: Tensor, observed: Tensor, name: str, observed_name: s
             f"{name} has NaN or inf where {observed_name} is 1; mark missing values unobserved (0) in {observed_name}"
         )
     return torch.where(observed, target, 0)
+
+
+def gate_terms(naive_gate: bool | Sequence[str]) -> tuple[str, ...]:
+    """``naive_gate`` as a tuple of :data:`NAIVE_GATE_TERMS` (``True``: ``("last",)``; ``False``: empty)."""
+    if isinstance(naive_gate, bool):
+        return ("last",) if naive_gate else ()
+    terms = () if isinstance(naive_gate, str) else tuple(naive_gate)
+    if not terms or len(set(terms)) != len(terms) or not set(terms) <= set(NAIVE_GATE_TERMS):
+        raise ValueError(
+            f"naive_gate={naive_gate!r}: give a bool or a list of distinct terms from {NAIVE_GATE_TERMS}, "
+            "e.g. ['last', 'level']"
+        )
+    return terms
 
 
 def _check_lags(lags_seq: Sequence[int]) -> list[int]:
