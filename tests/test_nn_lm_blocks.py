@@ -180,6 +180,31 @@ def test_rms_norms():
     torch.testing.assert_close(norm(x), expected)
     torch.testing.assert_close(gated(x, gate), RMSNorm(4)(x) * torch.nn.functional.silu(gate))
     assert norm(x.bfloat16()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match=r"x must be \(\.\.\., 4\)"):
+        norm(torch.randn(3, 1))
+
+
+def _rms_norm_twin(x, weight, eps):
+    wide = x.to(torch.promote_types(x.dtype, torch.float32))
+    return (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps) * weight.to(wide.dtype)).to(x.dtype)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 17, 7), (2, 63, 33)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_rms_norm_equals_its_formula_with_gradients(shape, dtype):
+    torch.manual_seed(0)
+    norm = RMSNorm(shape[-1], eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+    x = (3 * torch.randn(shape)).to(dtype).requires_grad_()
+    grad = torch.randn(shape).to(dtype)
+    got = norm(x)
+    expected = _rms_norm_twin(x, norm.weight, norm.eps)
+    tol = {"rtol": 1e-2, "atol": 1e-2} if dtype == torch.bfloat16 else {}
+    torch.testing.assert_close(got, expected, **tol)
+    got_grads = torch.autograd.grad(got, (x, norm.weight), grad)
+    for a, b in zip(got_grads, torch.autograd.grad(expected, (x, norm.weight), grad), strict=True):
+        torch.testing.assert_close(a, b, **tol)
 
 
 def test_swiglu_shapes():

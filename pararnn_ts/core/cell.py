@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from ..ops import fused as fused_ops
 from .autograd import keep_iterate, parallel_solve, sequential_solve
+from .checks import all_finite
 from .newton import SolverStats, default_tol
 from .structure import Diagonal, Structure
 
@@ -262,7 +263,7 @@ class ParaCell(nn.Module):
                 f"{type(self).__name__}: state has shape {tuple(h0.shape)}, expected {expected} "
                 "(batch, *state_shape); pass None to start from zeros"
             )
-        if self.check_inputs and not torch.isfinite(h0).all():
+        if self.check_inputs and not all_finite(h0):
             raise ValueError(f"{type(self).__name__}: state contains NaN or inf")
         return h0
 
@@ -279,7 +280,7 @@ class ParaCell(nn.Module):
                 f"{type(self).__name__}: {name} has {x.shape[-1]} features in its last dimension, "
                 f"expected input_size={self.input_size}"
             )
-        if x.is_floating_point() and not torch.isfinite(x).all():
+        if not all_finite(x):
             raise ValueError(f"{type(self).__name__}: {name} contains NaN or inf; clean or mask the input first")
 
 

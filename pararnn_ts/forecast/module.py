@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from ..cells import ParaGRU, ParaLSTM
 from ..core.cell import Mode
+from ..core.checks import all_finite
 from ..nn.copula import GaussianCopula, LowRankGaussianCopula, sample_paths
 from ..nn.distribution_heads import DISTRIBUTION_HEADS, ForecastDistribution, build_head
 from ..nn.norms import RMSNorm
@@ -631,18 +632,19 @@ def _observed_loss(marginals: ForecastDistribution, target: Tensor, weights: Ten
 
 
 def _check_finite(x: Tensor, name: str) -> Tensor:
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError(f"{name} contains NaN or inf; fill missing covariates before forecasting")
     return x
 
 
 def _observed_only(target: Tensor, observed: Tensor, name: str, observed_name: str) -> Tensor:
     """``target`` with unobserved entries set to 0; a ``ValueError`` if an observed entry is NaN or inf."""
-    if not torch.isfinite(target[observed]).all():
+    filled = torch.where(observed, target, 0)
+    if not all_finite(filled):
         raise ValueError(
             f"{name} has NaN or inf where {observed_name} is 1; mark missing values unobserved (0) in {observed_name}"
         )
-    return torch.where(observed, target, 0)
+    return filled
 
 
 def gate_terms(naive_gate: bool | Sequence[str]) -> tuple[str, ...]:
