@@ -538,9 +538,9 @@ class ParaRNNForecastModel(nn.Module):
         """Mean of the observed values in ``[e - m, e)`` minus the mean in ``[e - 2m, e - m)`` for each end
         ``e`` of ``ends`` ``(K,)`` (positions in the last ``P`` steps) → ``(B, K)``; 0 where a window is empty
         or starts before the past."""
-        m = self.season
-        new, n_new = self.season_mean(past_target, past_observed_values, ends - m)
-        old, n_old = self.season_mean(past_target, past_observed_values, ends - 2 * m)
+        m, k = self.season, ends.numel()
+        means, counts = self.season_mean(past_target, past_observed_values, torch.cat([ends - m, ends - 2 * m]))
+        (new, old), (n_new, n_old) = means.split(k, 1), counts.split(k, 1)  # one cumulative sum for both windows
         return torch.where((n_new > 0) & (n_old > 0) & (ends - 2 * m >= 0), new - old, 0)
 
     def season_mean(self, past_target: Tensor, past_observed_values: Tensor, starts: Tensor) -> tuple[Tensor, Tensor]:
