@@ -13,7 +13,7 @@ $(READY): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q '$(TORCH)'
-	$(BIN)/pip install -q -e '.[dev,triton,lm,hf,forecast,world]'
+	$(BIN)/pip install -q -e '.[dev,triton,lm,hf,forecast,world,bench]'
 	touch $@
 
 demo: $(READY)

@@ -94,3 +94,43 @@ def test_a_tiny_cpu_run_writes_every_case_and_the_machine(tmp_path, monkeypatch,
     assert report["machine"]["copy_bandwidth_GBps"] > 0 and report["machine"]["hidden"] == 8
     printed = capsys.readouterr().out
     assert "| gru/sequential | 17 |" in printed and "| gru/nn.GRU | 17 |" in printed
+
+
+def test_cases_are_selected_by_glob_and_a_glob_matching_none_is_an_error():
+    names = ["gru/sequential", "gru/fused-triton", "gru/fused-triton-fast", "peer/accelerated-scan-triton-wide"]
+    assert kernel_bench.select_cases(names, ["*"]) == names
+    picked = kernel_bench.select_cases(names, ["peer/*", "gru/fused-triton"])
+    assert picked == ["gru/fused-triton", "peer/accelerated-scan-triton-wide"]  # in the order of the cases
+    with pytest.raises(SystemExit, match=r"--cases 'peer/fla\*' matches none .* gru/sequential"):
+        kernel_bench.select_cases(names, ["peer/*", "peer/fla*"])
+
+
+def test_a_run_with_cases_times_only_those(tmp_path, monkeypatch):
+    out = tmp_path / "kernels.json"
+    args = ["--cells", "gru", "--modes", "sequential", "--T", "5", "--batch", "1", "--hidden", "4", "--cases", "*/nn.*"]
+    monkeypatch.setattr(sys, "argv", ["kernel_bench.py", *args, "--warmup", "1", "--repeats", "1", "--out", str(out)])
+    kernel_bench.main()
+    assert {r["case"] for r in json.loads(out.read_text())["rows"]} == {"gru/nn.GRU"}
+
+
+def test_the_accelerated_scan_peer_computes_the_linear_scan_and_its_gradients():
+    """The peer's Triton scan (in the interpreter without a GPU) against the loop ``x_t = a_t x_{t-1} + b_t``."""
+    import accelerated_scan  # noqa: F401  (a plain import: `make test` installs the bench extra, so it must not skip)
+
+    torch.manual_seed(0)
+    B, T, D = 2, 16, 3
+    a, b = torch.rand(B, T, D) * 0.5 + 0.45, torch.randn(B, T, D)
+    forward, (gates, tokens) = kernel_bench.peer_scan("accelerated-scan-triton", a, b, train=True)
+    x = forward()
+    a64, b64 = (t.double().requires_grad_() for t in (a, b))
+    ref, prev = [], torch.zeros(B, D, dtype=torch.float64)
+    for t in range(T):
+        prev = a64[:, t] * prev + b64[:, t]
+        ref.append(prev)
+    ref = torch.stack(ref, 1)
+    g = torch.randn(B, T, D, dtype=torch.float64)
+    torch.testing.assert_close(x.transpose(1, 2).double(), ref, rtol=1e-5, atol=1e-5)
+    x.backward(g.transpose(1, 2).float())
+    ref.backward(g)
+    torch.testing.assert_close(gates.grad.transpose(1, 2).double(), a64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tokens.grad.transpose(1, 2).double(), b64.grad, rtol=1e-5, atol=1e-5)

@@ -4,8 +4,13 @@
 # sequential forward). Run from the repository root; logs and results go to $OUT. Give each part its own
 # device call (10 minutes at most). On an H100 (session 14) the tests took 9 minutes (522 s), the ParaGRU
 # benchmark with the peers about 4 (252 s), the ParaLSTM one about 4; bench-gru and bench-lstm fit in one call.
-# The tuning sweeps took about 5 (session 11).
-#   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh [tests|bench-gru|bench-lstm|tune|all]
+# The tuning sweeps took about 5 (session 11). `remaining` measures only what session 14's lease left open:
+# the wide accelerated-scan peer (a linear scan over 1.5 D channels, as many bytes as a ParaGRU) next to our
+# ParaGRU and the plain peer in the same run, and a rerun of the ParaLSTM Newton rows (their T=512 outlier).
+#   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh [tests|bench-gru|bench-lstm|remaining|tune|all]
+# The device has no network: the peers travel as wheels in .whl (ignored by git), made here with
+#   pip download --no-deps --only-binary :all: -d .whl accelerated-scan fla-core einops
+# and named in the device call's `carry` (".whl").
 set -uo pipefail
 OUT=${OUT:-/tmp/pararnn_gpu}
 WHAT=${1:-all}
@@ -31,6 +36,13 @@ for cell in gru lstm; do
         status=$((status || PIPESTATUS[0]))
     fi
 done
+if [[ $WHAT == remaining ]]; then
+    python3 experiments/bench/kernel_bench.py --device cuda --cells gru lstm --modes fused --batch 16 --hidden 1024 \
+        --T 512 2048 8192 65536 --reference-T 65536 --out "$OUT/kernels_cuda_remaining.json" \
+        --cases 'gru/fused-triton' 'gru/fused-triton-fast' 'peer/accelerated-scan-triton*' 'lstm/fused-triton-newton' \
+        2>"$OUT/bench_remaining.err" | tee "$OUT/bench_remaining.log"
+    status=$((status || PIPESTATUS[0]))
+fi
 if [[ $WHAT == tune || $WHAT == all ]]; then
     python3 experiments/bench/triton_tuning.py --out "$OUT" > "$OUT/tune.log" 2>&1
     status=$((status || $?))

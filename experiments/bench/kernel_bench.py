@@ -21,12 +21,14 @@ median of single synchronised calls, which also counts the host's launch overhea
 
     python experiments/bench/kernel_bench.py                          # CPU, the issue's sizes
     python experiments/bench/kernel_bench.py --device cuda --batch 16 --hidden 1024 --T 512 2048 8192 65536
+    python experiments/bench/kernel_bench.py --device cuda ... --cases 'gru/fused-triton*' 'peer/*'   # some cases
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import importlib.util
 import json
 import platform
@@ -87,6 +89,14 @@ def case_names(cell: str, device: torch.device, modes: list[str], peers: list[st
 
 def _peer_module(peer: str) -> str:
     return "accelerated_scan" if peer.startswith("accelerated-scan") else "fla"
+
+
+def select_cases(names: list[str], patterns: list[str]) -> list[str]:
+    """The ``names`` that match any of the globs ``patterns``; an error names a glob that matches none."""
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise SystemExit(f"--cases {pattern!r} matches none of the cases that can run here: {', '.join(names)}")
+    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
 
 
 def floor_bytes(name: str, B: int, T: int, D: int, passes: str) -> int:
@@ -161,16 +171,26 @@ def _peer_call(peer: str, B: int, T: int, D: int, device: torch.device, train: b
     D = peer_width(peer, D)
     a = torch.rand(B, T, D, device=device).mul_(0.5).add_(0.45)
     b = torch.randn(B, T, D, device=device)
+    forward, leaves = peer_scan(peer, a, b, train)
+    return _call(forward, train, leaves)
+
+
+def peer_scan(
+    peer: str, a: torch.Tensor, b: torch.Tensor, train: bool = False
+) -> tuple[Callable[[], torch.Tensor], list[torch.Tensor]]:
+    """The peer's scan ``x_t = a_t x_{t-1} + b_t`` of ``a, b`` ``(B, T, D)`` as a call, its inputs laid out
+    as the peer takes them (outside the call, so it is not timed), and those inputs (the leaves). The call
+    returns ``x`` in the peer's layout: ``(B, D, T)`` for accelerated-scan, ``(B, T, D)`` for fla."""
     if peer.startswith("accelerated-scan"):
         module = "warp" if peer.endswith("warp") else "scalar"  # warp: CUDA C++ built at import
         scan = importlib.import_module(f"accelerated_scan.{module}").scan
         gates, tokens = (t.transpose(1, 2).contiguous().requires_grad_(train) for t in (a, b))
-        return _call(lambda: scan(gates, tokens), train, [gates, tokens])
+        return lambda: scan(gates, tokens), [gates, tokens]
     from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
 
     fn = chunk_hgrn if peer == "fla-hgrn-chunk" else fused_recurrent_hgrn
     x, g = b.requires_grad_(train), a.log().requires_grad_(train)
-    return _call(lambda: fn(x, g)[0], train, [x, g])
+    return lambda: fn(x, g)[0], [x, g]
 
 
 def measure(name: str, B: int, T: int, D: int, passes: str, device: torch.device, warmup: int, repeats: int) -> dict:
@@ -306,6 +326,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--peers", nargs="*", default=list(PEERS), help="GPU peer kernels to include")
+    p.add_argument("--cases", nargs="+", default=["*"], help="only the cases matching these globs, e.g. 'peer/*'")
     p.add_argument("--max-sequential-T", type=int, default=None, help="skip the sequential loop above this T")
     p.add_argument("--reference-T", type=int, default=None, help="T of the speed-up lines (default 4096)")
     p.add_argument("--out", type=Path, default=None, help="results file (default results/kernels_<device>.json)")
@@ -319,17 +340,17 @@ def main() -> None:
     out = args.out or RESULTS / f"kernels_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
-    for cell in args.cells:
-        for name in case_names(cell, device, args.modes, args.peers):
-            for T in args.T:
-                if name.endswith("/sequential") and args.max_sequential_T and T > args.max_sequential_T:
-                    continue
-                for passes in ("fwd", "fwd+bwd"):
-                    rows.append(run_case(args, name, T, passes))
-                    r = rows[-1]
-                    shown = f"{1e3 * r['time_s']:.2f} ms" if "time_s" in r else r["error"]
-                    print(f"  {name} T={T} {passes}: {shown}", file=sys.stderr, flush=True)
-                    out.write_text(json.dumps({"machine": None, "rows": rows}, indent=2) + "\n")  # partial
+    names = [name for cell in args.cells for name in case_names(cell, device, args.modes, args.peers)]
+    for name in select_cases(names, args.cases):
+        for T in args.T:
+            if name.endswith("/sequential") and args.max_sequential_T and T > args.max_sequential_T:
+                continue
+            for passes in ("fwd", "fwd+bwd"):
+                rows.append(run_case(args, name, T, passes))
+                r = rows[-1]
+                shown = f"{1e3 * r['time_s']:.2f} ms" if "time_s" in r else r["error"]
+                print(f"  {name} T={T} {passes}: {shown}", file=sys.stderr, flush=True)
+                out.write_text(json.dumps({"machine": None, "rows": rows}, indent=2) + "\n")  # partial
     # After the cases: a child process inherits its parent's peak RSS at fork.
     bw = bandwidth(device, 1024 if device.type == "cuda" else 256)
     cpu = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
