@@ -6,7 +6,8 @@
 # benchmark with the peers about 4 (252 s), the ParaLSTM one about 4; bench-gru and bench-lstm fit in one call.
 # The tuning sweeps took about 5 (session 11). `remaining` measures only what session 14's lease left open:
 # the wide accelerated-scan peer (a linear scan over 1.5 D channels, as many bytes as a ParaGRU) next to our
-# ParaGRU and the plain peer in the same run, and a rerun of the ParaLSTM Newton rows (their T=512 outlier).
+# ParaGRU and the plain peer in the same run, a rerun of the ParaLSTM Newton rows (their T=512 outlier), and the
+# Newton kernels' tiles at B=4 (triton_compile_check.py: the ParaLSTM backward's tile spills under Triton 3.9).
 #   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh [tests|bench-gru|bench-lstm|remaining|tune|all]
 # The device has no network: the peers travel as wheels in .whl (ignored by git), made here with
 #   pip download --no-deps --only-binary :all: -d .whl accelerated-scan fla-core einops
@@ -42,6 +43,8 @@ if [[ $WHAT == remaining ]]; then
         --cases 'gru/fused-triton' 'gru/fused-triton-fast' 'peer/accelerated-scan-triton*' 'lstm/fused-triton-newton' \
         2>"$OUT/bench_remaining.err" | tee "$OUT/bench_remaining.log"
     status=$((status || PIPESTATUS[0]))
+    python3 experiments/bench/triton_tuning.py --out "$OUT/newton_tiles" --sections newton-tiles > "$OUT/newton_tiles.log" 2>&1
+    status=$((status || $?))
 fi
 if [[ $WHAT == tune || $WHAT == all ]]; then
     python3 experiments/bench/triton_tuning.py --out "$OUT" > "$OUT/tune.log" 2>&1

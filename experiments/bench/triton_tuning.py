@@ -1,10 +1,11 @@
 """Triton kernel tuning on a GPU, in one call: the sequential kernels' tiles, pipeline depth and loop
 unrolling, the Newton-vs-sequential crossover in the number of chains ``B·D``, the cost of a whole ``cell.solve``
 against its kernel, and (``host``) a no-grad ``cell.solve`` in back-to-back calls with the weights' norm clip in
-the kernel or as a separate ``torch.renorm``. Prints one JSON line per measurement and writes them all to
+the kernel or as a separate ``torch.renorm``, and (``newton-tiles``) the Newton kernels' tiles where ``auto`` runs
+them. Prints one JSON line per measurement and writes them all to
 ``--out``/tune.json.
 
-    python experiments/bench/triton_tuning.py --out DIR [--sections sequential unroll crossover solve host]
+    python experiments/bench/triton_tuning.py --out DIR [--sections sequential newton-tiles unroll crossover solve host]
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pararnn_ts import ParaGRU, ParaLSTM
 from pararnn_ts.ops import triton_fused as tf
 
 CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
+SECTIONS = ("sequential", "newton-tiles", "unroll", "crossover", "solve", "host")
 
 
 def bench(fn) -> float:
@@ -59,7 +61,7 @@ def timings(name: str, w, u, h0, h, g, **tuning) -> tuple[float, float]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--sections", nargs="+", default=["sequential", "unroll", "crossover", "solve", "host"])
+    p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list = []
@@ -80,6 +82,17 @@ def main() -> None:
                         log(section="sequential", cell=name, T=8192, tile=[bd, nw, stages, unroll], fwd_ms=f, bwd_ms=b)
                     except Exception as e:  # a config that does not compile or fit
                         log(section="sequential", cell=name, tile=[bd, nw, stages, unroll], error=str(e)[:200])
+            del u, h, g
+    if "newton-tiles" in args.sections:  # where algorithm="auto" runs Newton (B·D < 8192); defaults included
+        for name in CELLS:
+            cell, w, u, h0, h, g = problem(name, 4, 8192, 1024)
+            for bd, ct, nw in ((8, 32, 2), (8, 64, 2), (8, 128, 2), (16, 64, 2), (16, 64, 4), (16, 128, 4)):
+                tune = dict(algorithm="newton", block_d=bd, chunk_t=ct, num_warps=nw)
+                try:
+                    f, b = timings(name, w, u, h0, h, g, **tune)
+                    log(section="newton-tiles", cell=name, B=4, T=8192, tile=[bd, ct, nw], fwd_ms=f, bwd_ms=b)
+                except Exception as e:  # a config that does not compile or fit
+                    log(section="newton-tiles", cell=name, tile=[bd, ct, nw], error=str(e)[:200])
             del u, h, g
     if "unroll" in args.sections:
         for T in (8192, 65536):

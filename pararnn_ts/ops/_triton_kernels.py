@@ -927,6 +927,10 @@ GPU_TILES = {
 GPU_SEQUENTIAL = {"gru": (64, 8, 2, 2), "lstm": (64, 12, 2, 2)}
 #: (BLOCK_D, CHUNK_T) under TRITON_INTERPRET=1: big tiles, since the interpreter's cost is per op
 INTERPRETER_TILE = (64, 1024)
+#: compiler options of every launch: contract a * b + c into one FMA, as the kernels were tuned and tested
+#: (Triton 3.10 turns this off by default: separate roundings, and a longer chain of dependent instructions per
+#: step of the sequential kernels, whose forward is bound by that chain's latency)
+COMPILER_OPTIONS = {"enable_fp_fusion": True}
 
 
 def _check_powers_of_two(**values: int) -> None:
@@ -957,6 +961,7 @@ def launch_config(
         "LOG2_T": ct.bit_length() - 1,
         "TL_SCAN": on_gpu if tl_scan is None else bool(tl_scan),
         "num_warps": nw,
+        **COMPILER_OPTIONS,
     }
 
 
@@ -988,5 +993,5 @@ def sequential_config(
             "fast_math=True needs a CUDA GPU: its tanh.approx.f32 instruction has no twin under "
             "TRITON_INTERPRET=1; leave it False on CPU"
         )
-    cfg = {"BLOCK_D": bd, "STAGES": st, "UNROLL": ur, "INTERPRET": not on_gpu, "num_warps": nw}
+    cfg = {"BLOCK_D": bd, "STAGES": st, "UNROLL": ur, "INTERPRET": not on_gpu, "num_warps": nw, **COMPILER_OPTIONS}
     return {**cfg, "FAST_MATH": bool(fast_math)} if forward else cfg

@@ -170,7 +170,10 @@ def _weight_grad(weight: Tensor, partials: Tensor, max_norm: float, clip: bool) 
     if not clip:
         return partials.sum(0)
     out = torch.empty_like(weight, dtype=torch.float32)
-    _kernels().clip_rows_backward_kernel[(weight.shape[0],)](weight, partials, out, *partials.shape, max_norm)
+    k = _kernels()
+    k.clip_rows_backward_kernel[(weight.shape[0],)](
+        weight, partials, out, *partials.shape, max_norm, **k.COMPILER_OPTIONS
+    )
     return out
 
 
