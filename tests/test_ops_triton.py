@@ -7,6 +7,7 @@ the ``gpu`` cases run the full sizes on CUDA.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 
@@ -21,6 +22,7 @@ from conftest import INPUT_SIZE, make_cell, rel_err
 
 from pararnn_ts import ParaGRU, ParaLSTM
 from pararnn_ts.core import Block, Diagonal, linear_scan
+from pararnn_ts.core import cell as cell_module
 from pararnn_ts.core.autograd import sequential_solve
 from pararnn_ts.ops import fused as fused_ops
 from pararnn_ts.ops import triton_fused, triton_scan
@@ -258,6 +260,40 @@ def test_fused_reports_non_convergence(name):
     h, stats = forward(u, *weights, h0, TOL32, 12)
     assert not torch.isfinite(stats[0]), "a NaN input must show as a NaN/inf residual"
     assert torch.isnan(h[1, 40, 7]).all()
+
+
+@pytest.mark.parametrize("grad", [True, False])
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_newton_that_does_not_converge_is_recomputed_by_the_sequential_kernels(name, grad, monkeypatch):
+    """``fallback="sequential"`` on the Triton backend: the trajectory (and, recording, every gradient) equals the
+    float64 loop's, and comes from the Triton sequential kernels, not from the PyTorch loop."""
+    monkeypatch.setattr(triton_fused, "default_algorithm", "newton")
+    ref_cell = make_cell(name, torch.float64, seed=2, hidden=45).to(DEVICE)
+    cell = copy.deepcopy(ref_cell).float()
+    cell.mode, cell.fused_backend, cell.max_iters = "fused", "triton", 1  # one update cannot converge here
+    g = torch.Generator(device=DEVICE).manual_seed(4)
+    u = torch.randn(2, 40, 3, 45, generator=g, device=DEVICE)
+    h0 = 0.5 * torch.randn(2, *cell.state_shape, generator=g, device=DEVICE)
+    w = torch.randn(2, 40, *cell.state_shape, generator=g, device=DEVICE)
+    leaves = [t.clone().requires_grad_(grad) for t in (u, h0)]
+    launched = []
+    sequential = triton_fused.EXACT_OPTIONS["algorithm"]
+    real_choose = triton_fused.choose_algorithm
+    monkeypatch.setattr(triton_fused, "choose_algorithm", lambda *a: launched.append(real_choose(*a)) or launched[-1])
+    monkeypatch.setattr(cell_module, "sequential_solve", lambda *a: pytest.fail("the PyTorch loop ran"))
+    h = cell.solve(*leaves)
+    stats = cell.last_stats
+    assert stats.backend == "triton" and not stats.converged and stats.iterations == 1 and stats.fell_back
+    assert launched == ["newton", sequential]  # the Newton attempt, then the exact kernels
+    u64, h064 = u.double().requires_grad_(), h0.double().requires_grad_()
+    want = sequential_solve(ref_cell, u64, h064)
+    assert rel_err(want.detach(), h.double()) < RTOL
+    if grad:
+        params = list(ref_cell.recurrent_parameters())
+        want_grads = torch.autograd.grad((want * w.double()).sum(), [u64, h064, *params])
+        grads = torch.autograd.grad((h * w).sum(), [*leaves, *cell.recurrent_parameters()])
+        for key, a, b in zip(["u", "h0", "A", "C"], want_grads, grads, strict=False):
+            assert rel_err(a, b.double()) < RTOL, key
 
 
 def test_unavailable_reason():

@@ -45,7 +45,7 @@ def keep_iterate(cell: ParaCell, stats: SolverStats, u: Tensor) -> bool:
     """Apply the cell's ``fallback`` policy to a Newton solve of ``u`` ``(B, T, ...)``.
 
     Returns ``True`` when the iterate is to be used (converged, or ``fallback="warn"``); ``False``
-    (with ``stats.fell_back`` set) when the caller must recompute with the sequential loop; raises
+    (with ``stats.fell_back`` set) when the caller must recompute the trajectory exactly; raises
     :class:`NewtonConvergenceError` for ``fallback="raise"``.
     """
     if stats.converged:

@@ -220,7 +220,11 @@ class ParaCell(nn.Module):
         residual, iterations = raw.tolist()
         stats = SolverStats("fused", backend, iterations=int(iterations), residual=residual, converged=residual <= tol)
         self.last_stats = stats
-        return h if keep_iterate(self, stats, u_k) else sequential_solve(self, u.to(dtype), h0)
+        if keep_iterate(self, stats, u_k):
+            return h
+        if not fused_ops.has_exact_kernels(backend):
+            return sequential_solve(self, u.to(dtype), h0)
+        return fused_ops.fused_solve(backend, kernel, u_k, h0, weights, tol, self.max_iters, self.max_norm, True)[0]
 
     def resolve_chunk_size(self, u: Tensor) -> int | None:
         """Steps per chunk of the parallel solve of ``u`` ``(B, T, ...)``; ``None``: the whole sequence."""

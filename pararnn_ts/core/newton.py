@@ -31,7 +31,8 @@ class SolverStats:
         iterations: Newton updates applied (0 for the sequential loop).
         residual: final ``max_t ‖h_t − f(h_{t-1}, u_t)‖_∞ / max(1, ‖h‖_∞)`` of the Newton iterate.
         converged: whether that residual reached ``tol``.
-        fell_back: whether the returned trajectory came from the sequential fallback.
+        fell_back: whether the returned trajectory was recomputed exactly after Newton did not converge (by
+            the sequential loop, or in ``fused`` mode by the backend's sequential kernels where it has them).
         chunks: time chunks solved one after the other (``iterations`` and ``residual`` are then
             the worst over chunks, ``fell_back`` is true if any chunk fell back).
         total_iterations: Newton updates summed over chunks (the work done).

@@ -6,7 +6,10 @@ A backend is a module of this package (``cpu``, ``triton_fused``, ``cuda``) with
 kernel it implements (``"gru"``: weights ``(A,)``; ``"lstm"``: weights ``(A, C)``), plus
 ``unavailable_reason(device) -> str | None``. A module that sets ``CLIPS_WEIGHTS = True`` also takes
 ``max_norm=`` in its forwards and backwards: its kernels norm-clip the weights' rows themselves, and
-its backwards return the gradients of the unclipped weights. ``kernels/README.md`` states the layouts.
+its backwards return the gradients of the unclipped weights. A module with Newton kernels may set
+``EXACT_OPTIONS``, the keywords that make its forwards exact (the sequential recurrence): a Newton solve
+that did not converge is recomputed with them instead of the PyTorch loop. ``kernels/README.md`` states
+the layouts.
 """
 
 from __future__ import annotations
@@ -87,10 +90,12 @@ def fused_solve(
     tol: float,
     max_iters: int,
     max_norm: float | None = None,
+    exact: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     """Run ``kernel`` on ``backend``: ``(h, stats)``, differentiable in ``u``, ``h0`` and ``weights``.
 
     ``max_norm``: the rows of every weight are first norm-clipped to it (:func:`clip_rows`); ``None``: not.
+    ``exact``: run the forward with the backend's ``EXACT_OPTIONS`` (see :func:`has_exact_kernels`).
     ``stats`` is ``None`` for exact (sequential) kernels, else ``[residual, iterations]`` (float32).
     """
     if kernel not in KERNELS:
@@ -103,11 +108,17 @@ def fused_solve(
     clip = {"max_norm": max_norm} if in_kernel else {}
     if not in_kernel:
         weights = _clipped(weights, max_norm)
+    options = module.EXACT_OPTIONS if exact else {}
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (u, h0, *weights))):
-        return forward(*_contiguous(u, *weights, h0), tol, max_iters, **clip)
+        return forward(*_contiguous(u, *weights, h0), tol, max_iters, **clip, **options)
     stats_out: list = []
-    h = FusedSolve.apply(module, kernel, tol, max_iters, clip, stats_out, u, h0, *weights)
+    h = FusedSolve.apply(module, kernel, tol, max_iters, clip, options, stats_out, u, h0, *weights)
     return h, stats_out[0]
+
+
+def has_exact_kernels(backend: str) -> bool:
+    """Whether ``backend``'s forwards can be made exact (``EXACT_OPTIONS``): Triton's sequential kernels."""
+    return hasattr(backend_module(backend), "EXACT_OPTIONS")
 
 
 def clip_rows(p: Tensor, max_norm: float) -> Tensor:
@@ -128,14 +139,15 @@ def _contiguous(*tensors: Tensor) -> tuple[Tensor, ...]:
 
 
 class FusedSolve(torch.autograd.Function):
-    """``h = FusedSolve.apply(module, kernel, tol, max_iters, clip, stats_out, u, h0, *weights)``;
-    ``clip``: ``{"max_norm": m}`` to clip the weights in the kernels, ``{}`` to use them as given."""
+    """``h = FusedSolve.apply(module, kernel, tol, max_iters, clip, options, stats_out, u, h0, *weights)``;
+    ``clip``: ``{"max_norm": m}`` to clip the weights in the kernels, ``{}`` to use them as given;
+    ``options``: further keywords of the forward (``EXACT_OPTIONS`` or ``{}``)."""
 
     @staticmethod
-    def forward(ctx, module, kernel, tol, max_iters, clip, stats_out, u, h0, *weights):
+    def forward(ctx, module, kernel, tol, max_iters, clip, options, stats_out, u, h0, *weights):
         u, h0, *weights = _contiguous(u, h0, *weights)
         ctx.clip = clip
-        h, stats = getattr(module, f"{kernel}_forward")(u, *weights, h0, tol, max_iters, **ctx.clip)
+        h, stats = getattr(module, f"{kernel}_forward")(u, *weights, h0, tol, max_iters, **ctx.clip, **options)
         stats_out.append(stats)
         ctx.module, ctx.kernel = module, kernel
         ctx.save_for_backward(u, h0, h, *weights)
@@ -148,4 +160,4 @@ class FusedSolve(torch.autograd.Function):
         backward = getattr(ctx.module, f"{ctx.kernel}_backward")
         grad_u, *grad_weights, grad_h0 = backward(grad_h.contiguous().to(h.dtype), u, *weights, h0, h, **ctx.clip)
         grad_weights = (g.to(w.dtype) for g, w in zip(grad_weights, weights, strict=True))
-        return (None,) * 6 + (grad_u.to(u.dtype), grad_h0.to(h0.dtype), *grad_weights)
+        return (None,) * 7 + (grad_u.to(u.dtype), grad_h0.to(h0.dtype), *grad_weights)

@@ -46,6 +46,10 @@ SEQUENTIAL_MIN_CHAINS = 8192
 default_algorithm = "auto"
 #: what a sequential forward's ``fast_math`` defaults to: ``True`` lets it use the GPU's approximate tanh
 fast_math = False
+#: what makes a forward exact: a Newton solve that did not converge is recomputed by the sequential kernels
+#: (exact, fast_math aside), not by the PyTorch loop: on an H100 at B=16, D=1024, T=512 the loop took 122 ms
+#: and the sequential kernels 0.09 ms (kernel benchmark, session 14)
+EXACT_OPTIONS = {"algorithm": "sequential"}
 
 
 @functools.cache
