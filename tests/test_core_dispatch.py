@@ -78,6 +78,13 @@ def test_fused_newton_stats_follow_the_fallback_policy(fake, fallback):
     assert any("did not converge" in str(w.message) for w in caught) == (fallback == "warn")
 
 
+def test_exact_solve_needs_a_backend_with_exact_kernels(fake):
+    fake(residual=0.0)
+    u, A, h0 = torch.zeros(1, 4, 3, 5), torch.zeros(3, 5), torch.zeros(1, 5)
+    with pytest.raises(ValueError, match="the fake backend has no exact kernels"):
+        fused_ops.fused_solve("fake", "gru", u, h0, (A,), 1e-6, 12, exact=True)
+
+
 def test_fused_without_a_kernel_warns_once_and_runs_the_pytorch_mode(monkeypatch):
     monkeypatch.setattr(fused_ops, "_warned", set())
     cell = make_cell("oscillator", torch.float64, mode="fused")

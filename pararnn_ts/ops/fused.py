@@ -108,6 +108,8 @@ def fused_solve(
     clip = {"max_norm": max_norm} if in_kernel else {}
     if not in_kernel:
         weights = _clipped(weights, max_norm)
+    if exact and not has_exact_kernels(backend):
+        raise ValueError(f"exact=True: the {backend} backend has no exact kernels (no EXACT_OPTIONS)")
     options = module.EXACT_OPTIONS if exact else {}
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (u, h0, *weights))):
         return forward(*_contiguous(u, *weights, h0), tol, max_iters, **clip, **options)
