@@ -8,7 +8,8 @@
 # the wide accelerated-scan peer (a linear scan over 1.5 D channels, as many bytes as a ParaGRU) next to our
 # ParaGRU and the plain peer in the same run, a rerun of the ParaLSTM Newton rows (their T=512 outlier), and the
 # Newton kernels' tiles at B=4 (triton_compile_check.py: the ParaLSTM backward's tile spills under Triton 3.9).
-#   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh [tests|bench-gru|bench-lstm|remaining|tune|all]
+# `lm` times the language models' training step (lm_throughput.py) at width 1024 × 24 layers, not run yet.
+#   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh [tests|bench-gru|bench-lstm|remaining|lm|tune|all]
 # The device has no network: the peers travel as wheels in .whl (ignored by git), made here with
 #   pip download --no-deps --only-binary :all: -d .whl accelerated-scan fla-core einops
 # and named in the device call's `carry` (".whl").
@@ -44,6 +45,11 @@ if [[ $WHAT == remaining ]]; then
         2>"$OUT/bench_remaining.err" | tee "$OUT/bench_remaining.log"
     status=$((status || PIPESTATUS[0]))
     python3 experiments/bench/triton_tuning.py --out "$OUT/newton_tiles" --sections newton-tiles > "$OUT/newton_tiles.log" 2>&1
+    status=$((status || $?))
+fi
+if [[ $WHAT == lm ]]; then  # the LM's GPU step times (README: not measured yet), the paper's 400M-scale width
+    python3 experiments/bench/lm_throughput.py --device cuda --dim 1024 --layers 24 --tokens-per-step 65536 \
+        --out "$OUT/lm_throughput_cuda.json" > "$OUT/lm.log" 2>&1
     status=$((status || $?))
 fi
 if [[ $WHAT == tune || $WHAT == all ]]; then
