@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pararnn_ts import ParaGRU, ParaLSTM
+from pararnn_ts.core import Diagonal, linear_scan
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments" / "bench"))
@@ -114,7 +115,7 @@ def test_a_run_with_cases_times_only_those(tmp_path, monkeypatch):
 
 
 def test_the_accelerated_scan_peer_computes_the_linear_scan_and_its_gradients():
-    """The peer's Triton scan (in the interpreter without a GPU) against the loop ``x_t = a_t x_{t-1} + b_t``."""
+    """The peer's Triton scan (in the interpreter without a GPU) against ``x_t = a_t x_{t-1} + b_t`` in float64."""
     import accelerated_scan  # noqa: F401  (a plain import: `make test` installs the bench extra, so it must not skip)
 
     torch.manual_seed(0)
@@ -123,11 +124,7 @@ def test_the_accelerated_scan_peer_computes_the_linear_scan_and_its_gradients():
     forward, (gates, tokens) = kernel_bench.peer_scan("accelerated-scan-triton", a, b, train=True)
     x = forward()
     a64, b64 = (t.double().requires_grad_() for t in (a, b))
-    ref, prev = [], torch.zeros(B, D, dtype=torch.float64)
-    for t in range(T):
-        prev = a64[:, t] * prev + b64[:, t]
-        ref.append(prev)
-    ref = torch.stack(ref, 1)
+    ref = linear_scan(a64, b64, Diagonal())
     g = torch.randn(B, T, D, dtype=torch.float64)
     torch.testing.assert_close(x.transpose(1, 2).double(), ref, rtol=1e-5, atol=1e-5)
     x.backward(g.transpose(1, 2).float())

@@ -20,11 +20,18 @@ SCRIPT = ROOT / "experiments" / "bench" / "triton_compile_check.py"
 SUBSET = ["*/fp32/clip", "gru_forward/*/bf16/noclip", "*_scan/bf16/reverse", "clip_rows_backward"]
 
 
+def run_check(*args: str, interpret: bool = False) -> subprocess.CompletedProcess:
+    """The check with ``args`` in a fresh process, without ``TRITON_INTERPRET`` unless ``interpret``."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
+    command = [sys.executable, str(SCRIPT), *args]
+    return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
 def test_every_kernel_compiles_for_sm90_with_fma_and_the_approximate_tanh_only_under_fast_math(tmp_path):
     out = tmp_path / "compile.json"
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    command = [sys.executable, str(SCRIPT), "--arch", "90", "--out", str(out), "--only", *SUBSET]
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    done = run_check("--arch", "90", "--out", str(out), "--only", *SUBSET)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
     kernels = {name for name in dir(_triton_kernels) if name.endswith("_kernel")}
@@ -36,14 +43,10 @@ def test_every_kernel_compiles_for_sm90_with_fma_and_the_approximate_tanh_only_u
 
 
 def test_a_glob_matching_no_launch_is_an_error(tmp_path):
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    command = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "x.json"), "--only", "no_such_kernel*"]
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = run_check("--out", str(tmp_path / "x.json"), "--only", "no_such_kernel*")
     assert done.returncode != 0 and "--only ['no_such_kernel*'] matches no launch" in done.stderr
 
 
 def test_the_check_refuses_to_run_under_the_interpreter(tmp_path):
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    command = [sys.executable, str(SCRIPT), "--out", str(tmp_path / "x.json")]
-    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    done = run_check("--out", str(tmp_path / "x.json"), interpret=True)
     assert done.returncode != 0 and "unset it" in done.stderr
