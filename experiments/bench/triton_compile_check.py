@@ -88,7 +88,9 @@ def launches() -> Iterator[Launch]:
 
 def _launch(label: str, kernel: object, dtype: str, cfg: dict) -> Launch:
     """Split a launch's keyword arguments into the kernel's constexprs and the compiler's options."""
-    options = {key: cfg[key] for key in ("num_warps", "num_stages", "enable_fp_fusion") if key in cfg}
+    from pararnn_ts.ops._triton_kernels import COMPILER_OPTIONS
+
+    options = {key: cfg[key] for key in ("num_warps", *COMPILER_OPTIONS) if key in cfg}
     constexprs = {key: value for key, value in cfg.items() if key not in options}
     return Launch(label, kernel, dtype, constexprs, options)
 
