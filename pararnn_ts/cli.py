@@ -42,10 +42,17 @@ VERBS = {
 
 
 class ParaRNNCLI(LightningCLI):
-    """LightningCLI that refuses to reuse a run's folder, and evaluates the test split after ``fit``."""
+    """LightningCLI that refuses to reuse a run's folder, evaluates the test split after ``fit``, and refuses to
+    ``test`` or ``predict`` without a checkpoint (the config alone builds untrained weights)."""
 
     def before_fit(self) -> None:
         refuse_used_log_dir(self.trainer)
+
+    def before_test(self) -> None:
+        require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
+
+    def before_predict(self) -> None:
+        require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
 
     def after_fit(self) -> None:
         if can_test(self.model, self.datamodule) and not self.trainer.interrupted:
@@ -68,6 +75,15 @@ def refuse_used_log_dir(trainer: Trainer) -> None:
                 "--trainer.logger.init_args.version (each run then gets a new version_N folder), or pass "
                 "another --trainer.default_root_dir; or delete that folder"
             )
+
+
+def require_checkpoint(ckpt_path: str | None, verb: str) -> None:
+    """Raise ``ValueError`` if ``verb`` would run the untrained weights a config builds (no ``ckpt_path``)."""
+    if ckpt_path is None:
+        raise ValueError(
+            f"pararnn-ts {verb} runs a trained model: pass its checkpoint, e.g. "
+            "--ckpt_path runs/<name>/version_N/checkpoints/last.ckpt (fit writes it)"
+        )
 
 
 def can_test(model: LightningModule, datamodule: LightningDataModule | None) -> bool:

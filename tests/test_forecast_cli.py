@@ -19,6 +19,7 @@ from pararnn_ts.cli import main
 from pararnn_ts.forecast.cli_module import CHECKPOINT_KEY, METRICS_FILE, PLOT_FILE, ParaRNNForecaster, data_sizes
 from pararnn_ts.forecast.data import ForecastData, ForecastDataset, JsonLinesDataset, write_json_lines
 from pararnn_ts.forecast.datamodule import ForecastDataModule, holdout_windows
+from pararnn_ts.forecast.predictions import FORECASTS_FILE, SAMPLES_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 H = 4
@@ -340,3 +341,114 @@ def test_datamodule_refuses_bad_arguments(tmp_path):
     datamodule = ForecastDataModule(spec, validation_windows=20)
     with pytest.raises(ValueError, match="lower validation_windows"):
         datamodule.setup("fit")
+
+
+def run_predict(config: Path, folder: Path, *extra: str) -> Path:
+    """``pararnn-ts predict`` of the first run's last checkpoint in ``folder``; returns the new version folder."""
+    checkpoint = config.parent / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    before = set((folder / "runs" / "lightning_logs").glob("version_*"))
+    capture_stdout(lambda: main(["predict", "-c", str(config), *TINY, f"--ckpt_path={checkpoint}", *extra]))
+    (version,) = set((folder / "runs" / "lightning_logs").glob("version_*")) - before
+    return version
+
+
+def direct_medians(config: Path, histories: list[dict]) -> np.ndarray:
+    """Each history's median forecast ``(N, H)`` from the checkpoint's GluonTS predictor (deterministic: the
+    samples lie on each step's quantile grid)."""
+    checkpoint = config.parent / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    predictor = ParaRNNForecaster.load_from_checkpoint(checkpoint).predictor()
+    return np.stack([forecast.quantile(0.5) for forecast in predictor.predict(histories)])
+
+
+def test_predict_forecasts_past_each_series_end_and_writes_them(first_run, monkeypatch):
+    config, _, _ = first_run
+    monkeypatch.chdir(config.parent)
+    version = run_predict(config, config.parent)
+    table = pd.read_csv(version / FORECASTS_FILE)
+    series = level_series()
+    assert len(table) == len(series) * H and "actual" not in table
+    for entry, (item, rows) in zip(series, table.groupby("item_id", sort=False), strict=True):
+        after_end = entry["start"] + len(entry["target"])  # the period after the series' last value
+        assert item == entry["item_id"]
+        assert rows["step"].tolist() == list(range(1, H + 1))
+        expected = pd.period_range(after_end, periods=H).to_timestamp()
+        assert pd.to_datetime(rows["timestamp"]).tolist() == expected.tolist()
+        assert (pd.to_datetime(rows["forecast_start"]) == expected[0]).all()
+    quantiles = table[[f"q{q / 10:g}" for q in range(1, 10)]].to_numpy()
+    assert np.isfinite(quantiles).all() and (np.diff(quantiles, axis=1) >= 0).all()
+    medians = table["q0.5"].to_numpy().reshape(len(series), H)
+    np.testing.assert_allclose(medians, direct_medians(config, series), rtol=1e-5)
+    saved = np.load(version / SAMPLES_FILE)
+    assert saved["samples"].shape == (len(series), 20, H)
+    assert saved["item_id"].tolist() == [entry["item_id"] for entry in series]
+    # the table summarises the saved paths: their mean, and medians that are among them (GluonTS's quantile)
+    np.testing.assert_allclose(saved["samples"].mean(1), table["mean"].to_numpy().reshape(-1, H), rtol=1e-5)
+    assert np.isclose(saved["samples"], medians[:, None], rtol=1e-6).any(1).all()
+    assert (version / PLOT_FILE).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_of_the_test_split_forecasts_the_test_windows_beside_their_actual_values(first_run, monkeypatch):
+    config, _, _ = first_run
+    monkeypatch.chdir(config.parent)
+    version = run_predict(config, config.parent, "--data.init_args.predict_split=test")
+    table = pd.read_csv(version / FORECASTS_FILE)
+    windows = level_series()  # one test window per series: its last H values
+    actual = np.stack([entry["target"][-H:] for entry in windows]).astype(np.float64)
+    np.testing.assert_allclose(table["actual"].to_numpy().reshape(len(windows), H), actual, rtol=1e-6)
+    histories = [{**entry, "target": entry["target"][:-H]} for entry in windows]
+    np.testing.assert_allclose(
+        table["q0.5"].to_numpy().reshape(len(windows), H), direct_medians(config, histories), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("verb", ["test", "predict"])
+def test_test_and_predict_refuse_to_run_untrained_weights(first_run, monkeypatch, verb):
+    config, _, _ = first_run
+    monkeypatch.chdir(config.parent)
+    before = sorted((config.parent / "runs" / "lightning_logs").glob("version_*"))
+    with pytest.raises(ValueError, match="--ckpt_path"):
+        main([verb, "-c", str(config), *TINY])
+    assert sorted((config.parent / "runs" / "lightning_logs").glob("version_*")) == before  # nothing was written
+
+
+def test_predict_items_follow_predict_split():
+    horizon = 2
+    entries = [  # two windows of series "a" (lengths 6 and 8), one of "b", and two entries without an item_id
+        {"start": pd.Period("2000-01", freq="M"), "target": np.arange(n, dtype=np.float32), "item_id": item}
+        for n, item in ((6, "a"), (8, "a"), (5, "b"))
+    ] + [{"start": pd.Period("2000-01", freq="M"), "target": np.ones(n, dtype=np.float32)} for n in (4, 3)]
+    data = ForecastData("windows", "M", horizon, train=entries, test=entries)
+    future = ForecastDataModule(InMemory(data), batch_size=3)
+    future.setup("predict")
+    assert [len(batch) for batch in future.predict_dataloader()] == [3, 1]
+    items = future.predict_items()
+    assert [len(item.history["target"]) for item in items] == [8, 5, 4, 3]  # each series' longest entry
+    assert all(item.actual is None for item in items)
+    test = ForecastDataModule(InMemory(data), predict_split="test")
+    test.setup("predict")
+    items = test.predict_items()
+    assert [len(item.history["target"]) for item in items] == [4, 6, 3, 2, 1]
+    assert [item.actual.tolist() for item in items[:3]] == [[4, 5], [6, 7], [3, 4]]
+    with pytest.raises(ValueError, match="predict_split"):
+        ForecastDataModule(InMemory(data), predict_split="past")
+
+
+def test_predicting_past_the_end_of_covariates_is_refused():
+    entries = [
+        {
+            "start": pd.Period("2000-01", freq="M"),
+            "target": np.arange(9, dtype=np.float32),
+            "feat_dynamic_real": np.zeros((1, 9), dtype=np.float32),
+            "item_id": "a",
+        }
+    ]
+    data = ForecastData("covariates", "M", 2, train=entries, test=entries, num_feat_dynamic_real=1)
+    datamodule = ForecastDataModule(InMemory(data))
+    with pytest.raises(ValueError, match="predict_split=test"):
+        datamodule.setup("predict")  # before the run writes its folder
+    datamodule.setup("fit")  # other stages need no predict_split
+    with pytest.raises(ValueError, match="predict_split=test"):
+        datamodule.predict_items()
+    datamodule.predict_split = "test"
+    (item,) = datamodule.predict_items()
+    assert item.history["feat_dynamic_real"].shape == (1, 9)  # the covariates cover the forecast steps

@@ -6,7 +6,10 @@ data: :meth:`~ParaRNNForecaster.configure_model` builds the network from ``train
 ``load_from_checkpoint`` and ``--ckpt_path`` rebuild the same network. The test loop forecasts
 the official test windows, scores them with :func:`pararnn_ts.forecast.metrics.score`, logs
 ``test_MASE``, ``test_mean_wQL``, ``test_sMAPE``, ``test_coverage_80``, prints them as a Markdown
-table and writes ``test_metrics.json`` and ``forecasts.png`` to the trainer's log folder.
+table and writes ``test_metrics.json`` and ``forecasts.png`` to the trainer's log folder. The predict loop
+forecasts the data module's :class:`~pararnn_ts.forecast.datamodule.PredictItem` s (past each series' end, or
+the test windows) and writes ``forecasts.csv``, ``forecast_samples.npz`` (see
+:mod:`pararnn_ts.forecast.predictions`) and ``forecasts.png`` there.
 """
 
 from __future__ import annotations
@@ -24,10 +27,12 @@ from gluonts.transform import InstanceSplitter, Transformation
 
 from ..core.cell import Mode
 from .data import ForecastData, seasonality_of
+from .datamodule import PredictItem
 from .estimator import ParaRNNEstimator
 from .lightning_module import ForecastTrainingModule
 from .metrics import score, split_windows
 from .module import ParaRNNForecastModel
+from .predictions import write_forecasts
 
 #: the checkpoint entry holding :func:`data_sizes`
 CHECKPOINT_KEY = "forecast_data_sizes"
@@ -106,6 +111,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
         self.data_sizes: dict[str, Any] | None = None
         self.test_forecasts: list[Forecast] = []
         self.test_entries: list[dict[str, Any]] = []
+        self.predicted: list[tuple[PredictItem, Forecast]] = []
 
     def configure_model(self) -> None:
         """Build the network (once) from the sizes of ``trainer.datamodule.data``.
@@ -207,14 +213,50 @@ class ParaRNNForecaster(ForecastTrainingModule):
         }
         self.log_dict(metrics)
         if self.trainer.is_global_zero:
-            folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = self.output_folder()
             (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
             plot_forecasts(self.test_forecasts, self.test_entries, horizon, folder / PLOT_FILE)
             name = getattr(data, "name", "test")
             table = markdown_table(metrics, title=name)
             print(f"\n{table}\n\nwrote {folder / METRICS_FILE} and {folder / PLOT_FILE}")
         self._test_predictor = None
+
+    def on_predict_epoch_start(self) -> None:
+        self.predicted = []
+        self._predict_predictor = self.predictor()
+
+    def predict_step(self, batch: list[PredictItem], batch_idx: int) -> list[Forecast]:
+        """Forecast the ``H`` steps after each item's ``history`` in ``batch`` (``PredictItem`` s)."""
+        forecasts = list(self._predict_predictor.predict([item.history for item in batch]))
+        self.predicted.extend(zip(batch, forecasts, strict=True))
+        return forecasts
+
+    def on_predict_epoch_end(self) -> None:
+        if self.trainer.is_global_zero and self.predicted:
+            items, forecasts = zip(*self.predicted, strict=True)
+            known = all(item.actual is not None for item in items)
+            folder = self.output_folder()
+            table, samples = write_forecasts(forecasts, folder, [item.actual for item in items] if known else None)
+            shown = [plotted_entry(item) for item in items]
+            plot_forecasts(list(forecasts), shown, self.data_sizes["prediction_length"], folder / PLOT_FILE)
+            print(
+                f"\nwrote {len(forecasts)} forecasts to {table}, their sample paths to {samples}, a plot to "
+                f"{folder / PLOT_FILE}"
+            )
+        self._predict_predictor = None
+
+    def output_folder(self) -> Path:
+        """The trainer's log folder (its root folder without a logger), created if needed."""
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+
+def plotted_entry(item: PredictItem) -> dict[str, Any]:
+    """``item.history`` with its ``actual`` values appended, when known, for :func:`plot_forecasts` to show."""
+    if item.actual is None:
+        return item.history
+    return {**item.history, "target": np.concatenate([item.history["target"], item.actual])}
 
 
 def markdown_table(metrics: dict[str, float], title: str = "metric") -> str:

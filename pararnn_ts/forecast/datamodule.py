@@ -8,8 +8,8 @@ them (:class:`~pararnn_ts.forecast.cli_module.ParaRNNForecaster` provides ``tran
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 import lightning.pytorch as pl
 import numpy as np
@@ -20,8 +20,11 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .data import ForecastData, ForecastDataset
 from .estimator import training_batches, validation_batches
+from .metrics import split_windows
 
 Entry = dict[str, Any]
+Item = TypeVar("Item")
+PredictSplit = Literal["future", "test"]
 
 
 def holdout_windows(entries: list[Entry], prediction_length: int, windows: int) -> tuple[list[Entry], list[Entry]]:
@@ -78,17 +81,37 @@ class WorkerTrainingBatches(IterableDataset):
         return self.num_batches_per_epoch
 
 
-class EntryBatches:
-    """Entries in lists of ``batch_size``: sized and iterable, but no list (Lightning reads a list as many loaders)."""
+class EntryBatches(Generic[Item]):
+    """Items (data entries) in lists of ``batch_size``: sized and iterable, but no list (Lightning reads a list
+    as many loaders)."""
 
-    def __init__(self, entries: list[Entry], batch_size: int) -> None:
+    def __init__(self, entries: Sequence[Item], batch_size: int) -> None:
         self.entries, self.batch_size = entries, batch_size
 
-    def __iter__(self) -> Iterator[list[Entry]]:
-        return (self.entries[i : i + self.batch_size] for i in range(0, len(self.entries), self.batch_size))
+    def __iter__(self) -> Iterator[list[Item]]:
+        return (list(self.entries[i : i + self.batch_size]) for i in range(0, len(self.entries), self.batch_size))
 
     def __len__(self) -> int:
         return -(-len(self.entries) // self.batch_size)
+
+
+class PredictItem(NamedTuple):
+    """What ``predict`` forecasts: the ``prediction_length`` steps after ``history``'s target (its covariates
+    cover them), and their ``actual`` values ``(H,)`` where the data holds them (``None`` past the data's end)."""
+
+    history: Entry
+    actual: np.ndarray | None
+
+
+def series_histories(entries: list[Entry]) -> list[Entry]:
+    """Each series' whole history: of the entries sharing an ``item_id``, the longest (entries without one
+    stand alone), in order of first appearance."""
+    longest: dict[Any, Entry] = {}
+    for index, entry in enumerate(entries):
+        key = entry.get("item_id", ("#", index))
+        if key not in longest or len(entry["target"]) >= len(longest[key]["target"]):
+            longest[key] = entry
+    return list(longest.values())
 
 
 class ForecastDataModule(pl.LightningDataModule):
@@ -98,7 +121,7 @@ class ForecastDataModule(pl.LightningDataModule):
     Validation holds out the last ``validation_windows`` horizons of each training series
     (:func:`holdout_windows`); training sees what comes before them. The test split is the
     dataset's official one, served as lists of ``batch_size`` raw test entries for the module's
-    test step to forecast and score.
+    test step to forecast and score. ``predict`` serves lists of :class:`PredictItem`.
 
     Args:
         dataset: the dataset spec, e.g. ``FCompDataset("tourism", "quarterly")``.
@@ -109,6 +132,9 @@ class ForecastDataModule(pl.LightningDataModule):
         context_length: the context a forecaster reads on this data unless its own ``context_length`` is set
             (the dataset's usual setting, as the benchmark's per-dataset ``model_args``); ``None``: the
             forecaster's multiple of the horizon.
+        predict_split: what ``pararnn-ts predict`` forecasts: ``"future"``, the ``prediction_length`` steps after
+            each series' end (its longest test entry; data with dynamic covariates cannot, as they end with the
+            series); ``"test"``, the official test windows, as the test step scores them.
     """
 
     def __init__(
@@ -119,6 +145,7 @@ class ForecastDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         validation_windows: int = 1,
         context_length: int | None = None,
+        predict_split: PredictSplit = "future",
     ) -> None:
         super().__init__()
         if not isinstance(dataset, ForecastDataset):
@@ -131,7 +158,9 @@ class ForecastDataModule(pl.LightningDataModule):
                 raise ValueError(f"ForecastDataModule: {name} must be >= 0, got {value}")
         if context_length is not None and context_length < 1:
             raise ValueError(f"ForecastDataModule: context_length must be >= 1 (or None), got {context_length}")
-        self.dataset, self.context_length = dataset, context_length
+        if predict_split not in ("future", "test"):
+            raise ValueError(f'ForecastDataModule: predict_split must be "future" or "test", got {predict_split!r}')
+        self.dataset, self.context_length, self.predict_split = dataset, context_length, predict_split
         self.batch_size, self.num_batches_per_epoch = batch_size, num_batches_per_epoch
         self.num_workers, self.validation_windows = num_workers, validation_windows
         self.data: ForecastData | None = None
@@ -139,8 +168,13 @@ class ForecastDataModule(pl.LightningDataModule):
         self.val_entries: list[Entry] = []
 
     def setup(self, stage: str | None = None) -> None:
-        if self.data is not None:
-            return
+        if self.data is None:
+            self.load()
+        if stage == "predict":
+            self.predict_items()  # refuses a predict_split the data cannot serve before the run writes anything
+
+    def load(self) -> None:
+        """Load the data and cut the training and validation entries."""
         self.data = self.dataset.load()
         self.train_entries, self.val_entries = holdout_windows(
             self.data.train, self.data.prediction_length, self.validation_windows
@@ -179,5 +213,24 @@ class ForecastDataModule(pl.LightningDataModule):
         data = list(module.transformation.apply(self.val_entries, is_train=True))
         return validation_batches(data, module.instance_splitter("validation"), self.batch_size)
 
-    def test_dataloader(self) -> EntryBatches:
+    def test_dataloader(self) -> EntryBatches[Entry]:
         return EntryBatches(self.data.test, self.batch_size)
+
+    def predict_dataloader(self) -> EntryBatches[PredictItem]:
+        return EntryBatches(self.predict_items(), self.batch_size)
+
+    def predict_items(self) -> list[PredictItem]:
+        """The forecasts ``predict`` makes, as ``predict_split`` says (the data must be set up)."""
+        data, horizon = self.data, self.data.prediction_length
+        if self.predict_split == "test":
+            histories, actuals = split_windows(data.test, horizon)
+            return [PredictItem(history, actual) for history, actual in zip(histories, actuals, strict=True)]
+        if data.num_feat_dynamic_real:
+            raise ValueError(
+                f"{data.name} has {data.num_feat_dynamic_real} dynamic covariates, which end where its series end, "
+                "so the steps after them cannot be forecast here: predict the test windows instead "
+                "(--data.init_args.predict_split=test), or call ParaRNNForecaster.load_from_checkpoint(path)"
+                ".predictor().predict(entries) with entries whose feat_dynamic_real reaches prediction_length steps "
+                "past the target"
+            )
+        return [PredictItem(history, None) for history in series_histories(data.test)]

@@ -1,0 +1,78 @@
+"""Forecasts as files: a long table of quantiles per step and the sample paths behind it.
+
+    frame = forecast_frame(forecasts, actuals)        # one row per forecast and step
+    write_forecasts(forecasts, folder, actuals)       # folder/forecasts.csv and folder/forecast_samples.npz
+
+``forecasts.csv`` has the columns ``item_id``, ``forecast_start``, ``step`` (1 … H), ``timestamp`` (the start of
+the step's period), ``mean``, ``q0.1`` … ``q0.9`` and, when the actual values are known, ``actual`` (empty
+where missing). ``forecast_samples.npz`` holds ``samples`` ``(N, S, H)`` float32 with ``item_id`` and
+``forecast_start`` ``(N,)``, in the table's order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from gluonts.model.forecast import SampleForecast
+
+from .metrics import DEFAULT_QUANTILES
+
+FORECASTS_FILE = "forecasts.csv"
+SAMPLES_FILE = "forecast_samples.npz"
+
+
+def forecast_frame(
+    forecasts: Sequence[SampleForecast],
+    actuals: Sequence[np.ndarray] | None = None,
+    quantiles: Sequence[float] = DEFAULT_QUANTILES,
+) -> pd.DataFrame:
+    """One row per forecast and step (see the module docstring); ``actuals``: ``(H,)`` per forecast, or ``None``."""
+    if actuals is not None and len(actuals) != len(forecasts):
+        raise ValueError(
+            f"forecast_frame: {len(actuals)} actuals for {len(forecasts)} forecasts; give one per forecast"
+        )
+    frames = []
+    for number, forecast in enumerate(forecasts):
+        timestamps = forecast.index.to_timestamp()
+        columns = {
+            "item_id": forecast.item_id if forecast.item_id is not None else str(number),
+            "forecast_start": timestamps[0],
+            "step": np.arange(1, len(timestamps) + 1),
+            "timestamp": timestamps,
+            "mean": forecast.mean,
+        }
+        columns.update({f"q{q:g}": forecast.quantile(q) for q in quantiles})
+        if actuals is not None:
+            actual = np.asarray(actuals[number], dtype=np.float64)
+            if actual.shape != (len(timestamps),):
+                raise ValueError(
+                    f"forecast_frame: actuals[{number}] has shape {actual.shape}, expected ({len(timestamps)},), "
+                    "one value per forecast step"
+                )
+            columns["actual"] = actual
+        frames.append(pd.DataFrame(columns))
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_forecasts(
+    forecasts: Sequence[SampleForecast], folder: str | Path, actuals: Sequence[np.ndarray] | None = None
+) -> tuple[Path, Path]:
+    """Write :func:`forecast_frame` to ``folder/forecasts.csv`` and the samples to ``folder/forecast_samples.npz``."""
+    if not forecasts:
+        raise ValueError("write_forecasts: no forecasts to write")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table, samples = folder / FORECASTS_FILE, folder / SAMPLES_FILE
+    frame = forecast_frame(forecasts, actuals)
+    frame.to_csv(table, index=False)
+    first_steps = frame[frame["step"] == 1]
+    np.savez_compressed(
+        samples,
+        samples=np.stack([np.asarray(forecast.samples, dtype=np.float32) for forecast in forecasts]),
+        item_id=first_steps["item_id"].to_numpy(dtype=str),  # fixed-width strings: loadable without pickle
+        forecast_start=first_steps["forecast_start"].astype(str).to_numpy(dtype=str),
+    )
+    return table, samples
