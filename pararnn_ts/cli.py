@@ -53,6 +53,12 @@ class ParaRNNCLI(LightningCLI):
 
     def before_predict(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
+        if not can_predict(self.model, self.datamodule):
+            raise ValueError(
+                f"pararnn-ts predict: {type(self.datamodule).__name__} serves nothing to predict (it has no "
+                "predict_dataloader; the forecasting and language-model data modules do); score this model with "
+                "pararnn-ts test instead"
+            )
 
     def after_fit(self) -> None:
         if can_test(self.model, self.datamodule) and not self.trainer.interrupted:
@@ -84,6 +90,13 @@ def require_checkpoint(ckpt_path: str | None, verb: str) -> None:
             f"pararnn-ts {verb} runs a trained model: pass its checkpoint, e.g. "
             "--ckpt_path runs/<name>/version_N/checkpoints/last.ckpt (fit writes it)"
         )
+
+
+def can_predict(model: LightningModule, datamodule: LightningDataModule | None) -> bool:
+    """Whether ``model`` or ``datamodule`` serves a predict split."""
+    return is_overridden("predict_dataloader", model, LightningModule) or (
+        datamodule is not None and is_overridden("predict_dataloader", datamodule, LightningDataModule)
+    )
 
 
 def can_test(model: LightningModule, datamodule: LightningDataModule | None) -> bool:

@@ -152,6 +152,19 @@ def test_rerun_gets_a_new_folder_and_never_overwrites(tmp_path, monkeypatch):
     assert snapshot(tmp_path / "runs" / "parity_paragru" / "fixed") == before
 
 
+def test_test_and_predict_need_a_checkpoint_and_predict_a_predict_split(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(PARITY_GRU), *TINY])
+    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("*.ckpt")
+    for verb in ("test", "predict"):
+        with pytest.raises(ValueError, match="--ckpt_path"):
+            main([verb, "-c", str(PARITY_GRU), *TINY])
+    with pytest.raises(ValueError, match="ParityDataModule serves nothing to predict"):
+        main(["predict", "-c", str(PARITY_GRU), *TINY, f"--ckpt_path={checkpoint}"])
+    main(["test", "-c", str(PARITY_GRU), *TINY, f"--ckpt_path={checkpoint}"])
+    assert read_metrics(tmp_path / "runs" / "parity_paragru" / "version_1")["test_acc"]
+
+
 def test_short_class_names_resolve_in_a_fresh_process(tmp_path):
     """The command itself imports every shipped class, so configs may name them without modules."""
     args = ["fit", "--model=SequenceTagger", "--model.cell=GatedLinearRNN", "--model.cell.input_size=4"]
