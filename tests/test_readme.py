@@ -56,3 +56,23 @@ def test_forecasting_example_runs_and_its_predictor_loads_back(tmp_path, monkeyp
     (first, *_) = loaded.predict(inputs[:1])
     assert first.samples.shape == (100, horizon) and np.isfinite(first.samples).all()
     assert len(namespace["forecasts"]) == len(inputs)
+
+
+def test_csv_data_example_loads_a_file_with_its_columns(tmp_path):
+    import yaml
+
+    from pararnn_ts.forecast.csv_data import CsvDataset
+
+    (config,) = [b for b in re.findall(r"^```yaml\n(.*?)^```", README, flags=re.S | re.M) if "CsvDataset" in b]
+    dataset = yaml.safe_load(config)["data"]["init_args"]["dataset"]
+    assert dataset["class_path"] == f"{CsvDataset.__module__}.{CsvDataset.__name__}"
+    days = list(np.datetime_as_string(np.arange("2024-01-01", "2024-03-01", dtype="datetime64[D]")))
+    rows = [
+        f"{day},{store},{10.0 + i},{i % 2},{region}"
+        for store, region in (("s1", "north"), ("s2", "south"))
+        for i, day in enumerate(days)
+    ]
+    (tmp_path / "sales.csv").write_text("date,store,sales,promo,region\n" + "\n".join(rows) + "\n")
+    args = {**dataset["init_args"], "path": str(tmp_path / dataset["init_args"]["path"])}
+    data = CsvDataset(**args).load()
+    assert [entry["item_id"] for entry in data.test] == ["s1", "s2"] and data.cardinality == [2]

