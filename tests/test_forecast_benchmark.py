@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pararnn_ts.forecast import benchmark
+from pararnn_ts.forecast import benchmark, benchmark_config
 from pararnn_ts.forecast.data import JsonLinesDataset
 from pararnn_ts.forecast.metrics import score, split_windows, window_quantile_losses
 
@@ -306,7 +306,7 @@ def test_bad_benchmark_settings_are_refused(tmp_path, change, message):
     config["benchmark"].update(change)
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match=message):
-        benchmark.load_benchmark(path)
+        benchmark_config.load_benchmark(path)
 
 
 def test_dataset_model_args_may_not_set_the_horizon(tmp_path):
@@ -315,7 +315,7 @@ def test_dataset_model_args_may_not_set_the_horizon(tmp_path):
     config["benchmark"]["datasets"][0]["model_args"] = {"prediction_length": 3}
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match=r"dataset 'toy' model_args: \['prediction_length'\] come from the dataset"):
-        benchmark.load_benchmark(path)
+        benchmark_config.load_benchmark(path)
 
 
 def test_an_unimportable_model_can_be_filtered_out(tmp_path, count_runs):
@@ -349,7 +349,7 @@ def test_arguments_are_layered_and_quick_shrinks_the_budget(tmp_path):
             "overrides": {"toy": {"context_length": 21}},
         },
     ]
-    bench = benchmark.load_benchmark(write_config(tmp_path, models=models))
+    bench = benchmark_config.load_benchmark(write_config(tmp_path, models=models))
     (dataset,) = bench.datasets
     naive, deepar = bench.models
     data = dataset.cls(**dataset.init_args).load()
@@ -367,18 +367,18 @@ def test_a_config_can_start_from_a_base_config(tmp_path):
     child = tmp_path / "variants" / "child.yaml"
     deepar = yaml.safe_load(base.read_text())["benchmark"]["models"][1:]
     child.write_text(yaml.safe_dump({"benchmark": {"base": "../bench.yaml", "seeds": [3], "models": deepar}}))
-    bench = benchmark.load_benchmark(child)
+    bench = benchmark_config.load_benchmark(child)
     assert bench.seeds == [3] and [m.name for m in bench.models] == ["DeepAR"]
     assert [d.name for d in bench.datasets] == ["toy"] and bench.model_args["batch_size"] == 4  # from the base
     child.write_text(yaml.safe_dump({"benchmark": {"base": "bench.yaml"}}))
     with pytest.raises(ValueError, match=r"base 'bench.yaml' is not a file \(a base path is relative"):
-        benchmark.load_benchmark(child)
+        benchmark_config.load_benchmark(child)
     config = yaml.safe_load(base.read_text())
     config["benchmark"]["base"] = "variants/child.yaml"
     base.write_text(yaml.safe_dump(config))
     child.write_text(yaml.safe_dump({"benchmark": {"base": "../bench.yaml"}}))
     with pytest.raises(ValueError, match="leads back to a config"):
-        benchmark.load_benchmark(child)
+        benchmark_config.load_benchmark(child)
 
 
 BENCHMARK_CONFIGS = sorted(
@@ -388,10 +388,10 @@ BENCHMARK_CONFIGS = sorted(
 
 @pytest.mark.parametrize("path", BENCHMARK_CONFIGS, ids=[str(p.relative_to(ROOT)) for p in BENCHMARK_CONFIGS])
 def test_benchmark_configs_parse_load_and_build(path):
-    bench = benchmark.load_benchmark(path)
+    bench = benchmark_config.load_benchmark(path)
     assert bench.datasets and bench.models and bench.seeds
     for dataset in bench.datasets:
-        data = dataset.cls(**benchmark.instantiate(dataset.init_args)).load()
+        data = dataset.cls(**benchmark_config.instantiate(dataset.init_args)).load()
         for model in bench.models:
             benchmark.build_model(model, dataset, data, bench)
 

@@ -1,0 +1,150 @@
+"""The benchmark's report: Markdown tables of mean ± std over seeds, the header that says how they ran, plots."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .benchmark_config import QUICK_MODEL_ARGS, QUICK_TRAINER, TRAINER_DEFAULTS, Benchmark
+from .metrics import METRICS
+from .paired import paired_cells
+
+TIMINGS = ("epoch_s", "fit_s")
+TABLE_TITLES = {
+    "MASE": "MASE (lower is better)",
+    "mean_wQL": "mean_wQL (mean weighted quantile loss over q = 0.1…0.9, lower is better)",
+    "sMAPE": "sMAPE (fraction, lower is better)",
+    "coverage_80": "coverage_80 (share of actuals inside the 10–90% interval, best = closest to 0.8)",
+    "epoch_s": "epoch_s (seconds per training epoch, trained models only)",
+    "fit_s": "fit_s (seconds to train, trained models only)",
+}
+
+
+def summarise(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) over seeds."""
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else 0.0
+
+
+def best_of(column: str, means: dict[str, float]) -> str | None:
+    """The model with the best mean: the lowest, or for ``coverage_80`` the closest to 0.8."""
+    finite = {name: value for name, value in means.items() if math.isfinite(value)}
+    if not finite:
+        return None
+    return min(finite, key=lambda name: abs(finite[name] - 0.8) if column == "coverage_80" else finite[name])
+
+
+def table(title: str, datasets: list[str], models: list[str], text_of: Callable[[str, str], str]) -> list[str]:
+    """A Markdown table, datasets × models, of ``text_of(dataset, model)``."""
+    lines = [f"## {title}", "", "| dataset | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    lines += [
+        "| " + " | ".join([dataset] + [text_of(dataset, model) for model in models]) + " |" for dataset in datasets
+    ]
+    return lines + [""]
+
+
+def markdown_tables(
+    rows: list[dict[str, Any]],
+    reference: str | None = None,
+    header: str = "",
+    windows: list[dict[str, Any]] | None = None,
+    paired_reference: str | None = None,
+) -> str:
+    """Mean ± std over seeds, one table per metric (datasets × models), the best per dataset in bold; with
+    ``reference``, also each model's epoch time divided by the reference model's on the same dataset; with
+    ``paired_reference``, also each model's ``mean_wQL`` minus that model's, paired over the ``windows`` rows
+    (:func:`~pararnn_ts.forecast.paired.paired_cells`)."""
+    datasets = list(dict.fromkeys(row["dataset"] for row in rows))
+    models = list(dict.fromkeys(row["model"] for row in rows))
+    trained = [model for model in models if any(row["model"] == model and row["epochs"] > 0 for row in rows)]
+    stats: dict[tuple[str, str, str], tuple[float, float, int]] = {}
+    for dataset in datasets:
+        for model in models:
+            runs = [row for row in rows if (row["dataset"], row["model"]) == (dataset, model)]
+            for column in (*METRICS, *TIMINGS) if runs else ():
+                stats[column, dataset, model] = (*summarise([row[column] for row in runs]), len(runs))
+
+    def metric_table(column: str) -> list[str]:
+        shown = trained if column in TIMINGS else models
+        digits = 2 if column in TIMINGS else 3
+
+        def text_of(dataset: str, model: str) -> str:
+            if (column, dataset, model) not in stats:
+                return "—"
+            mean, std, runs = stats[column, dataset, model]
+            means = {m: stats[column, dataset, m][0] for m in shown if (column, dataset, m) in stats}
+            text = f"{mean:.{digits}f} ± {std:.{digits}f}" if runs > 1 else f"{mean:.{digits}f}"
+            return f"**{text}**" if best_of(column, means) == model else text
+
+        return table(TABLE_TITLES[column], datasets, shown, text_of)
+
+    def ratio(dataset: str, model: str) -> str:
+        base, own = stats.get(("epoch_s", dataset, reference)), stats.get(("epoch_s", dataset, model))
+        return "—" if base is None or own is None else f"{own[0] / base[0]:.2f}"
+
+    lines = [header, ""] if header else []
+    for column in (*METRICS, *TIMINGS):
+        lines += metric_table(column)
+    if reference in trained:
+        lines += table(f"epoch time relative to {reference} (same run; < 1 is faster)", datasets, trained, ratio)
+    paired = paired_cells(windows or [], paired_reference) if paired_reference else {}
+    if paired:
+        title = (
+            f"mean_wQL minus {paired_reference}'s, paired over the scored windows (mean over seeds [95% bootstrap "
+            "interval from resampling the windows]; < 0: lower than the reference)"
+        )
+        labels, compared = list(dict.fromkeys(d for d, _ in paired)), list(dict.fromkeys(m for _, m in paired))
+        lines += table(title, labels, compared, lambda label, model: paired.get((label, model), "—"))
+    return "\n".join(lines)
+
+
+def describe(bench: Benchmark, quick: bool) -> str:
+    """The results' header: what budget and machine settings produced them."""
+    trainer = {**TRAINER_DEFAULTS, **bench.trainer_kwargs, **(QUICK_TRAINER if quick else {})}
+    model_args = {**bench.model_args, **(QUICK_MODEL_ARGS if quick else {})}
+    return (
+        f"# Forecast benchmark{' (--quick smoke run)' if quick else ''}\n\n"
+        f"split {bench.split}; seeds {bench.seeds}; torch threads {torch.get_num_threads()}; "
+        f"max_epochs {trainer.get('max_epochs')}; "
+        f"model_args {model_args}; per-dataset model_args "
+        + "; ".join(f"{d.name} {d.model_args}" for d in bench.datasets if d.model_args)
+    )
+
+
+def results_markdown(rows: list[dict[str, Any]], windows: list[dict[str, Any]], bench: Benchmark, quick: bool) -> str:
+    return markdown_tables(rows, bench.timing_reference, describe(bench, quick), windows, bench.paired_reference)
+
+
+def plot_forecasts(
+    inputs: list[dict[str, Any]], labels: np.ndarray, forecasts: list[Any], path: Path, title: str, series: int = 4
+) -> None:
+    """The first ``series`` test windows: recent history, actuals, median and 80% band of the forecast."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    count = min(series, len(forecasts))
+    figure, axes = plt.subplots(count, 1, figsize=(9, 2.4 * count), squeeze=False)
+    for ax, entry, label, forecast in zip(axes[:, 0], inputs[:count], labels[:count], forecasts[:count], strict=True):
+        horizon = len(label)
+        history = np.asarray(entry["target"])[-3 * horizon :]
+        past = np.arange(-len(history), 0)
+        future = np.arange(horizon)
+        ax.plot(past, history, color="black", lw=1)
+        ax.plot(future, label, color="black", lw=1, ls="--", label="actual")
+        ax.plot(future, forecast.quantile(0.5), color="C0", lw=1.2, label="median")
+        ax.fill_between(future, forecast.quantile(0.1), forecast.quantile(0.9), color="C0", alpha=0.3, label="80%")
+        ax.set_title(f"{entry['item_id']} from {forecast.start_date}", fontsize=9)
+    axes[0, 0].legend(loc="upper left", fontsize=8)
+    axes[-1, 0].set_xlabel("steps (0 = first forecast step)")
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
