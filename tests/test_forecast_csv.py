@@ -158,6 +158,12 @@ def test_bad_files_give_errors_that_name_the_rows_and_the_fix(tmp_path, rows, kw
         CsvDataset(str(path), "D", 2, test_windows=2, **kwargs).load()
 
 
+def test_a_freq_finer_than_the_data_is_warned_about(tmp_path):
+    path = write_rows(tmp_path / "daily.csv", daily("a", 9))
+    with pytest.warns(UserWarning, match=r"series 'a' has rows for only 9 of its 193 steps of freq='h'"):
+        CsvDataset(str(path), "h", 2).load()
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match=r"\['time'\] are named for more than one role"):
         CsvDataset("x.csv", "D", 2, timestamp_column="time", feat_dynamic_real_columns=["time"])

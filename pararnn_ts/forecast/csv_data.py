@@ -16,6 +16,7 @@ timestamps are taken in UTC.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -138,6 +139,12 @@ class CsvDataset(SeriesFile):
         grid = pd.period_range(rows.index[0], rows.index[-1], freq=self.freq)
         rows = rows.reindex(grid)
         gaps = grid[rows[self.timestamp_column].isna().to_numpy()]
+        if len(gaps) > len(grid) / 2:
+            warnings.warn(
+                f"{where} has rows for only {len(grid) - len(gaps)} of its {len(grid)} steps of freq={self.freq!r}; "
+                "the others are missing values. Is freq finer than the data's?",
+                stacklevel=2,
+            )
         if len(gaps) and self.covariate_columns:
             raise ValueError(
                 f"{where} has no row for {', '.join(map(str, gaps[:3]))}{'…' if len(gaps) > 3 else ''}: its target is "
