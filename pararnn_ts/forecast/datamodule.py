@@ -171,7 +171,7 @@ class ForecastDataModule(pl.LightningDataModule):
         if self.data is None:
             self.load()
         if stage == "predict":
-            self.predict_items()  # refuses a predict_split the data cannot serve before the run writes anything
+            self.check_predict_split()  # before the run writes anything
 
     def load(self) -> None:
         """Load the data and cut the training and validation entries."""
@@ -221,11 +221,18 @@ class ForecastDataModule(pl.LightningDataModule):
 
     def predict_items(self) -> list[PredictItem]:
         """The forecasts ``predict`` makes, as ``predict_split`` says (the data must be set up)."""
-        data, horizon = self.data, self.data.prediction_length
+        self.check_predict_split()
+        data = self.data
         if self.predict_split == "test":
-            histories, actuals = split_windows(data.test, horizon)
+            histories, actuals = split_windows(data.test, data.prediction_length)
             return [PredictItem(history, actual) for history, actual in zip(histories, actuals, strict=True)]
-        if data.num_feat_dynamic_real:
+        return [PredictItem(history, None) for history in series_histories(data.test)]
+
+    def check_predict_split(self) -> None:
+        """Raise ``ValueError`` if the data cannot serve ``predict_split``: ``"future"`` needs covariates past
+        the series' ends, which no dataset here holds."""
+        data = self.data
+        if self.predict_split == "future" and data.num_feat_dynamic_real:
             raise ValueError(
                 f"{data.name} has {data.num_feat_dynamic_real} dynamic covariates, which end where its series end, "
                 "so the steps after them cannot be forecast here: predict the test windows instead "
@@ -233,4 +240,3 @@ class ForecastDataModule(pl.LightningDataModule):
                 ".predictor().predict(entries) with entries whose feat_dynamic_real reaches prediction_length steps "
                 "past the target"
             )
-        return [PredictItem(history, None) for history in series_histories(data.test)]
