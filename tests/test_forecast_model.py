@@ -588,6 +588,18 @@ def test_quantile_grid_samples_are_exact_quantiles_in_the_copulas_order(distribu
     assert (order(paths) != 0).float().mean() > 0.5  # and the grid does order most pairs
 
 
+@pytest.mark.parametrize("quantile_grid_samples", [True, False])
+def test_nonnegative_pred_samples_clip_the_same_paths_at_zero(quantile_grid_samples):
+    plain = make_model(quantile_grid_samples=quantile_grid_samples)
+    with torch.no_grad():
+        plain.head.proj.bias.fill_(-3.0)  # locations far below the data: many samples fall below zero
+    clipped = copy_of(plain, quantile_grid_samples=quantile_grid_samples, nonnegative_pred_samples=True)
+    batch = make_batch(plain)
+    paths, kept = sample_paths(plain, batch, 40), sample_paths(clipped, batch, 40)
+    assert (paths < 0).any() and (kept >= 0).all()
+    torch.testing.assert_close(kept, paths.clamp_min(0), rtol=0, atol=0)
+
+
 def test_copula_skipped_for_incomplete_horizons_and_rank_zero():
     model = make_model()
     batch = with_future(model, make_batch(model))

@@ -59,7 +59,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
     Args:
         cell, hidden_size, num_layers, num_heads, dropout, distribution, quantiles, copula_rank, lags_seq,
             scaling, num_parallel_samples, mode, naive_offset, naive_drift, naive_gate, seasonality,
-            context_loss_weight, quantile_grid_samples, loss_weighting: as in
+            context_loss_weight, quantile_grid_samples, loss_weighting, nonnegative_pred_samples: as in
             :class:`~pararnn_ts.forecast.estimator.ParaRNNEstimator` (``lags_seq`` and ``seasonality`` default to the
             data's frequency).
         context_length: steps read before the horizon; ``None``: the data module's ``context_length`` if it
@@ -97,6 +97,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
         context_loss_weight: float = 1.0,
         quantile_grid_samples: bool = True,
         loss_weighting: Literal["uniform", "scale"] = "uniform",
+        nonnegative_pred_samples: bool = False,
     ) -> None:
         super().__init__(
             lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule, patience=patience, ema_decay=ema_decay
@@ -165,6 +166,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
             context_loss_weight=hp.context_loss_weight,
             quantile_grid_samples=hp.quantile_grid_samples,
             loss_weighting=hp.loss_weighting,
+            nonnegative_pred_samples=hp.nonnegative_pred_samples,
         )
         self.set_model(ParaRNNForecastModel(**self.estimator.model_kwargs()))
         self.transformation = self.estimator.create_transformation()

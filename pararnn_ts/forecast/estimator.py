@@ -146,6 +146,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             last value and, with ``naive_gate=["last", "level"]``, the last season's mean, its season length, the
             weight of the context steps' one-step-ahead loss, quantile-grid sample paths, and ``"uniform"`` or
             ``"scale"``: series weighted equally in the training loss, or by their mean scale, as in wQL).
+        nonnegative_pred_samples: clip the forecast's sample paths at 0 (data that cannot be negative).
         num_feat_dynamic_real, num_feat_static_real, num_feat_static_cat, cardinality, embedding_dimension:
             covariates in the data (``cardinality``: one count per categorical feature).
         time_features: calendar features (default: GluonTS's for ``freq``).
@@ -201,6 +202,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         context_loss_weight: float = 1.0,
         quantile_grid_samples: bool = True,
         loss_weighting: str = "uniform",
+        nonnegative_pred_samples: bool = False,
     ) -> None:
         super().__init__(trainer_kwargs={"max_epochs": 100, "gradient_clip_val": 10.0, **(trainer_kwargs or {})})
         default_time_features = frequency_time_features(freq)
@@ -270,6 +272,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         self.naive_offset, self.seasonality, self.context_loss_weight = naive_offset, seasonality, context_loss_weight
         self.naive_drift, self.naive_gate = naive_drift, naive_gate
         self.quantile_grid_samples, self.loss_weighting = quantile_grid_samples, loss_weighting
+        self.nonnegative_pred_samples = nonnegative_pred_samples
         self.time_features = default_time_features if time_features is None else time_features
         self.extra_time_features = len(self.time_features) - len(default_time_features)
         if num_feat_dynamic_real + self.extra_time_features < 0:
@@ -318,6 +321,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             "context_loss_weight": self.context_loss_weight,
             "quantile_grid_samples": self.quantile_grid_samples,
             "loss_weighting": self.loss_weighting,
+            "nonnegative_pred_samples": self.nonnegative_pred_samples,
         }
 
     def create_transformation(self) -> Transformation:

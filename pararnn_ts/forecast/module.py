@@ -114,6 +114,8 @@ class ParaRNNForecastModel(nn.Module):
         quantile_grid_samples: each horizon step's samples are its marginal's quantiles on an even grid,
             paired across steps by the copula's ranks (:func:`~pararnn_ts.nn.copula.sample_paths`), so
             metrics read from samples (median, quantiles) carry no Monte Carlo noise; ``False``: random draws.
+        nonnegative_pred_samples: clip sample paths at 0 (for data that cannot be negative, e.g. counts); the
+            quantiles of the clipped paths are the marginals' quantiles clipped at 0.
         mode: solver mode of the cells (``"auto"``, ``"sequential"``, ``"parallel"``, ``"fused"``).
         default_scale: scale of series whose observed context is all zero or missing.
         naive_offset: the head's location is an offset from the seasonal-naive forecast (the last
@@ -184,6 +186,7 @@ class ParaRNNForecastModel(nn.Module):
         context_loss_weight: float = 1.0,
         quantile_grid_samples: bool = True,
         loss_weighting: str = "uniform",
+        nonnegative_pred_samples: bool = False,
     ) -> None:
         super().__init__()
         _check_ints(
@@ -241,6 +244,7 @@ class ParaRNNForecastModel(nn.Module):
         self.context_loss_weight = context_loss_weight
         self.loss_weighting = loss_weighting
         self.quantile_grid_samples = quantile_grid_samples
+        self.nonnegative_pred_samples = nonnegative_pred_samples
         self.num_time_features = len(time_features_from_frequency_str(freq)) + 1 + num_feat_dynamic_real
         self.past_length = context_length + max(self.lags_seq)
 
@@ -328,7 +332,8 @@ class ParaRNNForecastModel(nn.Module):
         marginals, copula = self.distribution(
             feat_static_cat, feat_static_real, past_time_feat, past_target, past_observed_values, future_time_feat
         )
-        return sample_paths(marginals, copula, num_samples, self.quantile_grid_samples).transpose(0, 1)
+        paths = sample_paths(marginals, copula, num_samples, self.quantile_grid_samples).transpose(0, 1)
+        return paths.clamp_min(0) if self.nonnegative_pred_samples else paths
 
     def distribution(
         self,
