@@ -46,10 +46,11 @@ from .benchmark_config import (
     load_benchmark,
     parameters,
 )
-from .benchmark_report import plot_forecasts, results_markdown
+from .benchmark_report import results_markdown
 from .data import ForecastData, seasonality_of, validation_split
 from .metrics import METRICS, score, split_windows, window_quantile_losses
 from .paired import read_window_rows, window_rows, write_window_rows
+from .plots import plot_forecasts
 
 #: library warnings repeated on every batch or run, silenced unless ``--verbose``
 QUIET_WARNINGS = (
@@ -232,7 +233,14 @@ def run_benchmark(
             inputs, labels = split_windows(data.test, data.prediction_length)
             name = label[dataset.name]
             plot_path = out / "plots" / f"{name}__{model.name}.png"
-            plot_forecasts(inputs, labels, forecasts, plot_path, f"{model.name} on {name}", bench.plot_series)
+            plot_forecasts(
+                inputs,
+                forecasts,
+                plot_path,
+                actuals=labels,
+                title=f"{model.name} on {name}",
+                num_series=bench.plot_series,
+            )
     if rows and not todo:  # nothing ran: the tables still follow the kept rows (and the current code)
         save_results(rows, windows, out, bench, quick)
     return rows, windows

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,33 +117,3 @@ def describe(bench: Benchmark, quick: bool) -> str:
 
 def results_markdown(rows: list[dict[str, Any]], windows: list[dict[str, Any]], bench: Benchmark, quick: bool) -> str:
     return markdown_tables(rows, bench.timing_reference, describe(bench, quick), windows, bench.paired_reference)
-
-
-def plot_forecasts(
-    inputs: list[dict[str, Any]], labels: np.ndarray, forecasts: list[Any], path: Path, title: str, series: int = 4
-) -> None:
-    """The first ``series`` test windows: recent history, actuals, median and 80% band of the forecast."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    count = min(series, len(forecasts))
-    figure, axes = plt.subplots(count, 1, figsize=(9, 2.4 * count), squeeze=False)
-    for ax, entry, label, forecast in zip(axes[:, 0], inputs[:count], labels[:count], forecasts[:count], strict=True):
-        horizon = len(label)
-        history = np.asarray(entry["target"])[-3 * horizon :]
-        past = np.arange(-len(history), 0)
-        future = np.arange(horizon)
-        ax.plot(past, history, color="black", lw=1)
-        ax.plot(future, label, color="black", lw=1, ls="--", label="actual")
-        ax.plot(future, forecast.quantile(0.5), color="C0", lw=1.2, label="median")
-        ax.fill_between(future, forecast.quantile(0.1), forecast.quantile(0.9), color="C0", alpha=0.3, label="80%")
-        ax.set_title(f"{entry['item_id']} from {forecast.start_date}", fontsize=9)
-    axes[0, 0].legend(loc="upper left", fontsize=8)
-    axes[-1, 0].set_xlabel("steps (0 = first forecast step)")
-    figure.suptitle(title)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=90)
-    plt.close(figure)

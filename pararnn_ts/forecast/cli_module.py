@@ -19,8 +19,6 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-import pandas as pd
 from gluonts.model.forecast import Forecast
 from gluonts.torch.model.predictor import PyTorchPredictor
 from gluonts.transform import InstanceSplitter, Transformation
@@ -32,13 +30,13 @@ from .estimator import ParaRNNEstimator
 from .lightning_module import ForecastTrainingModule
 from .metrics import score, split_windows
 from .module import ParaRNNForecastModel
+from .plots import plot_forecasts
 from .predictions import write_forecasts
 
 #: the checkpoint entry holding :func:`data_sizes`
 CHECKPOINT_KEY = "forecast_data_sizes"
 METRICS_FILE = "test_metrics.json"
 PLOT_FILE = "forecasts.png"
-PLOTTED_SERIES = 4
 
 
 def data_sizes(data: ForecastData, context_length: int | None = None) -> dict[str, Any]:
@@ -217,7 +215,8 @@ class ParaRNNForecaster(ForecastTrainingModule):
         if self.trainer.is_global_zero:
             folder = self.output_folder()
             (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-            plot_forecasts(self.test_forecasts, self.test_entries, horizon, folder / PLOT_FILE)
+            inputs, actuals = split_windows(self.test_entries, horizon)
+            plot_forecasts(inputs, self.test_forecasts, folder / PLOT_FILE, actuals=actuals)
             name = getattr(data, "name", "test")
             table = markdown_table(metrics, title=name)
             print(f"\n{table}\n\nwrote {folder / METRICS_FILE} and {folder / PLOT_FILE}")
@@ -238,9 +237,9 @@ class ParaRNNForecaster(ForecastTrainingModule):
             items, forecasts = zip(*self.predicted, strict=True)
             known = all(item.actual is not None for item in items)
             folder = self.output_folder()
-            table, samples = write_forecasts(forecasts, folder, [item.actual for item in items] if known else None)
-            shown = [plotted_entry(item) for item in items]
-            plot_forecasts(list(forecasts), shown, self.data_sizes["prediction_length"], folder / PLOT_FILE)
+            actuals = [item.actual for item in items] if known else None
+            table, samples = write_forecasts(forecasts, folder, actuals)
+            plot_forecasts([item.history for item in items], forecasts, folder / PLOT_FILE, actuals=actuals)
             print(
                 f"\nwrote {len(forecasts)} forecasts to {table}, their sample paths to {samples}, a plot to "
                 f"{folder / PLOT_FILE}"
@@ -254,42 +253,8 @@ class ParaRNNForecaster(ForecastTrainingModule):
         return folder
 
 
-def plotted_entry(item: PredictItem) -> dict[str, Any]:
-    """``item.history`` with its ``actual`` values appended, when known, for :func:`plot_forecasts` to show."""
-    if item.actual is None:
-        return item.history
-    return {**item.history, "target": np.concatenate([item.history["target"], item.actual])}
-
-
 def markdown_table(metrics: dict[str, float], title: str = "metric") -> str:
     """``| title | value |`` rows of ``metrics`` (4 significant digits)."""
     rows = [f"| {title} | value |", "|---|---|"]
     rows += [f"| {name} | {value:.4g} |" for name, value in metrics.items()]
     return "\n".join(rows)
-
-
-def plot_forecasts(
-    forecasts: list[Forecast],
-    entries: list[dict[str, Any]],
-    prediction_length: int,
-    path: Path,
-    num_series: int = PLOTTED_SERIES,
-) -> None:
-    """Plot the first ``num_series`` test entries: history, truth, median forecast and its 80% band (10%-90%)."""
-    from matplotlib.figure import Figure  # no pyplot: renders with Agg whatever the session's backend
-
-    shown = min(num_series, len(forecasts))
-    fig = Figure(figsize=(8, 2.2 * shown))
-    axes = fig.subplots(shown, 1, squeeze=False)
-    for ax, forecast, entry in zip(axes[:, 0], forecasts, entries, strict=False):
-        target = np.asarray(entry["target"], dtype=float)
-        history = min(len(target), 4 * prediction_length)
-        index = pd.period_range(entry["start"], periods=len(target)).to_timestamp()[-history:]
-        ax.plot(index, target[-history:], color="black", linewidth=1, label="observed")
-        future = forecast.index.to_timestamp()
-        ax.fill_between(future, forecast.quantile(0.1), forecast.quantile(0.9), alpha=0.3, label="80% interval")
-        ax.plot(future, forecast.quantile(0.5), label="median")
-        ax.set_title(f"{entry.get('item_id', '')}: forecast from {forecast.start_date}", fontsize=9)
-    axes[0, 0].legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
