@@ -43,7 +43,11 @@ VERBS = {
 
 class ParaRNNCLI(LightningCLI):
     """LightningCLI that refuses to reuse a run's folder, evaluates the test split after ``fit``, and refuses to
-    ``test`` or ``predict`` without a checkpoint (the config alone builds untrained weights)."""
+    ``test`` or ``predict`` without a checkpoint (the config alone builds untrained weights).
+
+    Before ``predict`` it calls the data module's ``check_predict_split()``, if it has one, so that a predict
+    split the data cannot serve is refused before anything is written.
+    """
 
     def before_fit(self) -> None:
         refuse_used_log_dir(self.trainer)
@@ -59,6 +63,9 @@ class ParaRNNCLI(LightningCLI):
                 "predict_dataloader; the forecasting and language-model data modules do); score this model with "
                 "pararnn-ts test instead"
             )
+        check = getattr(self.datamodule, "check_predict_split", None)
+        if callable(check):  # refuse now: once the trainer runs, its logger has made the run's folder
+            check()
 
     def after_fit(self) -> None:
         if can_test(self.model, self.datamodule) and not self.trainer.interrupted:

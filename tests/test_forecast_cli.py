@@ -411,6 +411,18 @@ def test_test_and_predict_refuse_to_run_untrained_weights(first_run, monkeypatch
     assert sorted((config.parent / "runs" / "lightning_logs").glob("version_*")) == before  # nothing was written
 
 
+def test_predict_past_the_covariates_is_refused_before_the_run_writes_its_folder(first_run, monkeypatch):
+    config, version_dir, _ = first_run
+    monkeypatch.chdir(config.parent)
+    with_covariates = [{**entry, "feat_dynamic_real": np.ones((1, len(entry["target"])))} for entry in level_series()]
+    path = write_json_lines(with_covariates, config.parent / "covariates.jsonl")
+    before = sorted((config.parent / "runs" / "lightning_logs").glob("version_*"))
+    data_path = f"--data.init_args.dataset.init_args.path={path}"
+    with pytest.raises(ValueError, match="predict_split=test"):
+        main(["predict", "-c", str(config), *TINY, data_path, f"--ckpt_path={version_dir / 'checkpoints/last.ckpt'}"])
+    assert sorted((config.parent / "runs" / "lightning_logs").glob("version_*")) == before  # nothing was written
+
+
 def test_predict_items_follow_predict_split():
     horizon = 2
     entries = [  # two windows of series "a" (lengths 6 and 8), one of "b", and two entries without an item_id

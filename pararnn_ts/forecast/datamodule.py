@@ -171,7 +171,7 @@ class ForecastDataModule(pl.LightningDataModule):
         if self.data is None:
             self.load()
         if stage == "predict":
-            self.check_predict_split()  # before the run writes anything
+            self.check_predict_split()  # before any batch (pararnn-ts predict calls it before the run starts)
 
     def load(self) -> None:
         """Load the data and cut the training and validation entries."""
@@ -230,7 +230,9 @@ class ForecastDataModule(pl.LightningDataModule):
 
     def check_predict_split(self) -> None:
         """Raise ``ValueError`` if the data cannot serve ``predict_split``: ``"future"`` needs covariates past
-        the series' ends, which no dataset here holds."""
+        the series' ends, which no dataset here holds. Loads the data if it is not loaded yet."""
+        if self.data is None:
+            self.load()
         data = self.data
         if self.predict_split == "future" and data.num_feat_dynamic_real:
             raise ValueError(
