@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import pickle
+import shutil
 import sys
+from pathlib import Path
 
+import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -46,8 +50,31 @@ class ParaRNNCLI(LightningCLI):
     ``test`` or ``predict`` without a checkpoint (the config alone builds untrained weights).
 
     Before ``predict`` it calls the data module's ``check_predict_split()``, if it has one, so that a predict
-    split the data cannot serve is refused before anything is written.
+    split the data cannot serve is refused before anything is written. A ``--ckpt_path`` of another model class
+    than the config's is refused, and a run that fails before writing more than its ``config.yaml`` leaves no
+    run folder behind.
     """
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning replaces the config's model by the class the checkpoint's hyperparameters name: a checkpoint
+        # of another class would fail later, with that class's complaints about this config
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            model = self.config[subcommand].get("model")
+            configured = model.get("class_path") if hasattr(model, "get") else None
+            refuse_other_model_class(self.config[subcommand].get("ckpt_path"), configured)
+        super()._parse_ckpt_path()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        # a run that fails before writing more than its config.yaml (bad env id, wrong checkpoint) leaves no
+        # version_N folder behind: the next run then takes its number
+        created = new_log_folder(self.trainer)
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException:
+            if self.trainer.is_global_zero:
+                drop_unused_folder(created, self.save_config_kwargs.get("config_filename", "config.yaml"))
+            raise
 
     def before_fit(self) -> None:
         refuse_used_log_dir(self.trainer)
@@ -72,6 +99,22 @@ class ParaRNNCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule)
 
 
+def new_log_folder(trainer: Trainer) -> Path | None:
+    """The outermost folder of ``trainer.log_dir`` that does not exist yet (``runs/<name>/`` on a first run, else
+    ``version_N/``), or ``None`` without a logger or when the log folder exists already."""
+    if trainer.logger is None or not trainer.log_dir:
+        return None
+    folder = Path(trainer.log_dir).absolute()
+    return next((path for path in [*reversed(folder.parents), folder] if not path.exists()), None)
+
+
+def drop_unused_folder(folder: Path | None, config_file: str) -> None:
+    """Delete ``folder`` if it holds no file but the ``config_file`` (``config.yaml``) Lightning saves at the start."""
+    if folder is not None and folder.is_dir():
+        if all(path.is_dir() or path.name == config_file for path in folder.rglob("*")):
+            shutil.rmtree(folder)
+
+
 def refuse_used_log_dir(trainer: Trainer) -> None:
     """Raise ``FileExistsError`` if the run would save its config where an earlier run saved one.
 
@@ -85,17 +128,35 @@ def refuse_used_log_dir(trainer: Trainer) -> None:
         if get_filesystem(path).isfile(path):
             raise FileExistsError(
                 f"{path} belongs to an earlier run; to keep its results, log this run elsewhere: drop a fixed "
-                "--trainer.logger.init_args.version (each run then gets a new version_N folder), or pass "
-                "another --trainer.default_root_dir; or delete that folder"
+                "--trainer.logger.init_args.version (each run then gets a new version_N folder), or pass another "
+                "--trainer.logger.init_args.save_dir (--trainer.default_root_dir without a logger); or delete "
+                "that folder"
             )
+
+
+def refuse_other_model_class(ckpt_path: str | None, configured: str | None) -> None:
+    """Raise ``ValueError`` if the checkpoint at ``ckpt_path`` was written by another model class than the
+    config's ``configured`` class path (as recorded by the CLI that trained it)."""
+    if not (ckpt_path and configured and os.path.isfile(ckpt_path)):
+        return
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, pickle.UnpicklingError):  # not a torch zip file: Lightning's loading will say so
+        return
+    trained = checkpoint.get("hyper_parameters", {}).get("_class_path")
+    if trained is not None and trained != configured:
+        raise ValueError(
+            f"--ckpt_path {ckpt_path} holds a {trained} checkpoint, but the config's model is {configured}: pass a "
+            "checkpoint that this config's fit wrote, or the config of the checkpoint's model"
+        )
 
 
 def require_checkpoint(ckpt_path: str | None, verb: str) -> None:
     """Raise ``ValueError`` if ``verb`` would run the untrained weights a config builds (no ``ckpt_path``)."""
     if ckpt_path is None:
         raise ValueError(
-            f"pararnn-ts {verb} runs a trained model: pass its checkpoint, e.g. "
-            "--ckpt_path runs/<name>/version_N/checkpoints/last.ckpt (fit writes it)"
+            f"pararnn-ts {verb} runs a trained model: pass a checkpoint that fit wrote, e.g. "
+            "--ckpt_path runs/<name>/version_N/checkpoints/last.ckpt (or the epoch=…ckpt file there)"
         )
 
 

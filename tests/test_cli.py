@@ -165,6 +165,40 @@ def test_test_and_predict_need_a_checkpoint_and_predict_a_predict_split(tmp_path
     assert read_metrics(tmp_path / "runs" / "parity_paragru" / "version_1")["test_acc"]
 
 
+def test_a_run_that_fails_before_writing_results_leaves_no_folder(tmp_path, monkeypatch):
+    from pararnn_ts.synthetic import ParityDataModule, SequenceTagger
+
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs" / "parity_paragru"
+    with monkeypatch.context() as patch:
+        patch.setattr(ParityDataModule, "setup", lambda self, stage=None: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            main(["fit", "-c", str(PARITY_GRU), *TINY])
+        assert not (tmp_path / "runs").exists()  # runs/ and runs/parity_paragru/ were this run's too
+    main(["fit", "-c", str(PARITY_GRU), *TINY])
+    kept = snapshot(runs)
+    with monkeypatch.context() as patch:
+        patch.setattr(ParityDataModule, "setup", lambda self, stage=None: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            main(["fit", "-c", str(PARITY_GRU), *TINY])
+    assert snapshot(runs) == kept and sorted(p.name for p in runs.iterdir()) == ["version_0"]
+    with monkeypatch.context() as patch:  # a run that logged before failing keeps its folder
+        patch.setattr(SequenceTagger, "test_step", lambda self, batch, batch_idx: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            main(["fit", "-c", str(PARITY_GRU), *TINY])
+    assert "metrics.csv" in snapshot(runs / "version_1")
+
+
+def test_a_checkpoint_of_another_model_class_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(PARITY_GRU), *TINY])
+    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("*.ckpt")
+    world = ROOT / "experiments" / "world" / "pendulum.yaml"
+    with pytest.raises(ValueError, match=r"holds a \S*SequenceTagger checkpoint, but the config's model is \S*World"):
+        main(["test", "-c", str(world), f"--ckpt_path={checkpoint}"])
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["parity_paragru"]
+
+
 def test_short_class_names_resolve_in_a_fresh_process(tmp_path):
     """The command itself imports every shipped class, so configs may name them without modules."""
     args = ["fit", "--model=SequenceTagger", "--model.cell=GatedLinearRNN", "--model.cell.input_size=4"]
