@@ -81,6 +81,11 @@ class ParaRNNCLI(LightningCLI):
 
     def before_test(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
+        if not can_test(self.model, self.datamodule):
+            raise ValueError(
+                f"pararnn-ts test: {type(self.model).__name__} with {type(self.datamodule).__name__} has no test split "
+                "(no test_dataloader) or no test_step; score this model with pararnn-ts validate instead"
+            )
 
     def before_predict(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
@@ -168,12 +173,11 @@ def can_predict(model: LightningModule, datamodule: LightningDataModule | None) 
 
 
 def can_test(model: LightningModule, datamodule: LightningDataModule | None) -> bool:
-    """Whether ``datamodule`` has a test split and ``model`` a ``test_step``."""
-    return (
-        datamodule is not None
-        and is_overridden("test_dataloader", datamodule, LightningDataModule)
-        and is_overridden("test_step", model, LightningModule)
+    """Whether ``model`` or ``datamodule`` has a test split and ``model`` a ``test_step``."""
+    has_split = is_overridden("test_dataloader", model, LightningModule) or (
+        datamodule is not None and is_overridden("test_dataloader", datamodule, LightningDataModule)
     )
+    return has_split and is_overridden("test_step", model, LightningModule)
 
 
 def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI:

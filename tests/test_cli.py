@@ -165,6 +165,18 @@ def test_test_and_predict_need_a_checkpoint_and_predict_a_predict_split(tmp_path
     assert read_metrics(tmp_path / "runs" / "parity_paragru" / "version_1")["test_acc"]
 
 
+def test_test_without_a_test_split_is_refused_before_the_run(tmp_path, monkeypatch):
+    from pararnn_ts.synthetic import ParityDataModule
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(PARITY_GRU), *TINY, "--trainer.limit_test_batches=0"])
+    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("*.ckpt")
+    monkeypatch.setattr(ParityDataModule, "test_dataloader", LightningDataModule.test_dataloader)
+    with pytest.raises(ValueError, match="no test split .* pararnn-ts validate"):
+        main(["test", "-c", str(PARITY_GRU), *TINY, f"--ckpt_path={checkpoint}"])
+    assert [p.name for p in (tmp_path / "runs" / "parity_paragru").iterdir()] == ["version_0"]
+
+
 def test_a_run_that_fails_before_writing_results_leaves_no_folder(tmp_path, monkeypatch):
     from pararnn_ts.synthetic import ParityDataModule, SequenceTagger
 
