@@ -1,12 +1,17 @@
-"""Open-loop k-step errors of dynamics models, and the ParaRNN-vs-baselines comparison.
+"""Open-loop k-step errors of dynamics models, and the ParaRNN-vs-baselines comparison: pararnn-ts world-eval.
 
-    python -m pararnn_ts.world.evaluate --env Pendulum-v1 --steps 10000 --out experiments/world/results/
+    pararnn-ts world-eval --env Pendulum-v1 --steps 10000          # writes runs/world_eval/
+    pararnn-ts world-eval --checkpoint runs/world_pendulum/version_0/checkpoints/CKPT.ckpt --models persistence pararnn
+    pararnn-ts world-eval --env Pendulum-v1 --steps 10000 --out experiments/world/results --overwrite
 
-trains the ParaRNN dynamics model, a sequential ``nn.GRU`` model with the same heads and losses,
-and a PETS-style MLP ensemble on the same transitions (random policy), scores them and the
-persistence baseline with :func:`k_step_errors` on the held-out test episodes, and writes
-``kstep_<env>.md`` (table), ``kstep_<env>.json`` (numbers, settings, wall times) and
-``rollout_<env>.png`` (predicted vs real trajectories).
+(the last one regenerates the committed results) trains the ParaRNN dynamics model, a sequential ``nn.GRU``
+model with the same heads and losses, and a PETS-style MLP ensemble on the same transitions (random
+policy), or reads the ParaRNN model from a ``pararnn-ts fit -c experiments/world/...`` checkpoint
+(``--checkpoint``, its env by default; ``--models`` picks the rows), scores them and the persistence
+baseline with :func:`k_step_errors` on the held-out test episodes, printing a line per model, and writes
+``kstep_<env>.md`` (table), ``kstep_<env>.json`` (numbers, settings, wall times; ``null`` for a ``k`` no
+window reaches) and ``rollout_<env>.png`` (predicted vs real trajectories of the longest test episode) to
+``--out``; files of an earlier run are replaced only with ``--overwrite``.
 
 :func:`k_step_errors` is the metric: for windows of every held-out episode, a model sees a context
 of ``C`` observations and the ``C-1`` actions between them, gets the next ``H = max(ks)`` actions
@@ -24,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -117,6 +122,166 @@ def k_step_errors(
 
 
 # ---- the comparison -------------------------------------------------------------------------
+#: rows of the comparison (``--models``) and what each is
+MODELS = {
+    "persistence": "every prediction is the last observation",
+    "pararnn": "ParaGRU / ParaLSTM dynamics model, trained here or read from --checkpoint",
+    "torch_gru": "sequential nn.GRU model with the same heads and losses",
+    "mlp": "PETS-style MLP ensemble",
+}
+#: table names of the recurrent models by ``WorldModelModule`` cell
+CELL_NAMES = {"gru": "ParaGRU", "lstm": "ParaLSTM", "torch_gru": "nn.GRU"}
+
+
+class Row(NamedTuple):
+    """A scored model: its table name, predictor, training seconds (``None``: read, not trained) and size."""
+
+    name: str
+    predict: Predictor
+    seconds: float | None
+    parameters: int
+
+
+def refuse_to_overwrite(paths: dict[Path, str], overwrite: bool) -> None:
+    """Raise ``FileExistsError`` for the first of ``paths`` that exists, unless ``overwrite``.
+
+    ``paths`` maps each file a verb would write to the flag that chose it (``"--out"``, ...).
+    """
+    for path, flag in paths.items():
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass --overwrite to replace it, or another {flag}")
+
+
+def output_paths(out_dir: str | Path, env: str) -> dict[str, Path]:
+    """The ``json``, ``md`` and ``png`` files :func:`compare_models` writes for ``env`` in ``out_dir``."""
+    out_dir, stem = Path(out_dir), env.replace("/", "_")
+    return {
+        "json": out_dir / f"kstep_{stem}.json",
+        "md": out_dir / f"kstep_{stem}.md",
+        "png": out_dir / f"rollout_{stem}.png",
+    }
+
+
+def check_episode_lengths(test: Sequence[Episode], every: Sequence[Episode], context: int) -> None:
+    """Refuse a ``context`` that no test episode can serve (``context`` observations and one step to predict)."""
+    longest = max((len(e.obs) for e in test), default=0)
+    if longest < context:
+        overall = max((len(e.obs) for e in every), default=0)
+        raise ValueError(
+            f"--context {context} needs test episodes of at least {context} steps ({context} observations and one "
+            f"to predict), but the longest test episode has {longest} steps (the longest of all episodes "
+            f"{overall}); lower --context"
+        )
+
+
+def compare_models(
+    datamodule: Any,
+    out_dir: str | Path,
+    models: Sequence[str] = tuple(MODELS),
+    checkpoint: str | Path | None = None,
+    epochs: int = 20,
+    mlp_epochs: int = 50,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    cell: str = "gru",
+    lr: float = 3e-3,
+    open_loop_weight: float = 10.0,
+    ks: Sequence[int] = DEFAULT_KS,
+    context: int = 16,
+    stride: int = 5,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Score ``models`` (keys of :data:`MODELS`) on ``datamodule``'s test episodes and write the table, JSON and
+    plot to ``out_dir`` (:func:`output_paths`; existing files only with ``overwrite``). Models are trained on its
+    training episodes (epochs chosen on its validation episodes); the ParaRNN one is read from ``checkpoint``
+    when given. Prints a line as each model starts and ends. Returns what the JSON holds."""
+    if not models or not set(models) <= set(MODELS):
+        raise ValueError(f"--models {list(models)}: choose among {list(MODELS)}")
+    models = list(dict.fromkeys(models))  # each row once
+    if checkpoint is not None and "pararnn" not in models:
+        raise ValueError(f"--checkpoint {checkpoint} is scored as the pararnn row; add pararnn to --models")
+    if context < 1 or stride < 1 or not ks or min(ks) < 1:
+        raise ValueError(f"--context, --stride and every --ks must be >= 1, got {context}, {stride}, {list(ks)}")
+    paths = output_paths(out_dir, datamodule.env_id)
+    refuse_to_overwrite(dict.fromkeys(paths.values(), "--out"), overwrite)
+    start = time.perf_counter()
+    datamodule.setup("fit")
+    test = datamodule.episodes("test")
+    check_episode_lengths(test, [*test, *datamodule.episodes("train"), *datamodule.episodes("val")], context)
+    common = {"hidden_size": hidden_size, "num_layers": num_layers, "lr": lr, "open_loop_weight": open_loop_weight}
+    common |= {"eval_ks": tuple(ks), "learn_termination": bool(datamodule.data.terminated.any())}
+    common |= {"eval_context": context, "eval_stride": stride, "cell": cell}
+    obs_var = datamodule.stats["obs_std"].astype(np.float64) ** 2
+    rows, errors = [], {}
+    for i, model in enumerate(models, 1):
+        print(f"[{i}/{len(models)}] {model}: {MODELS[model]} ...", flush=True)
+        row = model_row(model, datamodule, checkpoint, epochs, mlp_epochs, seed, common)
+        errors[row.name] = k_step_errors(row.predict, test, ks, context, stride, obs_var)
+        took = "read from --checkpoint" if row.seconds is None else f"{row.seconds:.0f} s"
+        scores = "  ".join(f"k={k} {_number(v, '.4f')}" for k, v in errors[row.name].items())
+        print(f"[{i}/{len(models)}] {row.name}: {took}; k-step errors {scores}", flush=True)
+        rows.append(row)
+
+    settings = {"models": list(models), "checkpoint": None if checkpoint is None else str(checkpoint)}
+    settings |= {"cell": cell, "hidden_size": hidden_size, "num_layers": num_layers, "epochs": epochs, "lr": lr}
+    settings |= {"open_loop_weight": open_loop_weight, "mlp_epochs": mlp_epochs, "window": datamodule.window}
+    settings |= {"context": context, "stride": stride, "seed": seed}
+    results = {
+        "env_id": datamodule.env_id,
+        "num_steps": len(datamodule.data),
+        "episodes": {split: len(ids) for split, ids in datamodule.split_ids.items()},
+        "settings": settings,
+        "metric": "open-loop k-step MSE / per-dimension variance of the training observations, test episodes",
+        "errors": {name: {str(k): v if math.isfinite(v) else None for k, v in e.items()} for name, e in errors.items()},
+        "train_seconds": {row.name: row.seconds for row in rows},
+        "parameters": {row.name: row.parameters for row in rows},
+        "wall_seconds": time.perf_counter() - start,
+    }
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
+    paths["json"].write_text(json.dumps(results, indent=2, allow_nan=False))
+    paths["md"].write_text(markdown_table(results, ks))
+    longest = max(test, key=lambda e: len(e.obs))
+    predictors = {row.name: row.predict for row in rows}
+    plot_rollout(paths["png"], longest, predictors, context, max(ks), datamodule.env_id)
+    return results
+
+
+def model_row(
+    model: str,
+    datamodule: Any,
+    checkpoint: str | Path | None,
+    epochs: int,
+    mlp_epochs: int,
+    seed: int,
+    module_kwargs: dict[str, Any],
+) -> Row:
+    """One row of :func:`compare_models`: ``model`` (a key of :data:`MODELS`) read or trained on ``datamodule``."""
+    from .baselines import MLPEnsemble, fit_mlp_ensemble, persistence
+    from .checkpoints import check_sizes, env_for_checkpoint, read_world_checkpoint
+
+    if model == "persistence":
+        return Row("persistence", persistence, 0.0, 0)
+    if model == "mlp":
+        torch.manual_seed(seed)
+        ensemble = MLPEnsemble(datamodule.obs_dim, datamodule.action_dim)
+        ensemble.set_normalizer(datamodule.stats)
+        start = time.perf_counter()
+        train, val = datamodule.episodes("train"), datamodule.episodes("val")
+        fit_mlp_ensemble(ensemble, train, val, epochs=mlp_epochs, seed=seed)
+        size = sum(p.numel() for p in ensemble.parameters())
+        return Row("MLP ensemble", ensemble.rollout, time.perf_counter() - start, size)
+    if model == "pararnn" and checkpoint is not None:
+        module, trained_on = read_world_checkpoint(checkpoint)
+        env_for_checkpoint(datamodule.env_id, trained_on, checkpoint)
+        check_sizes(module, datamodule.obs_dim, datamodule.action_dim, datamodule.env_id, checkpoint)
+        seconds = None
+    else:
+        kwargs = module_kwargs | ({"cell": "torch_gru"} if model == "torch_gru" else {})
+        module, seconds = train_world_model(datamodule, epochs, seed, **kwargs)
+    return Row(CELL_NAMES[module.hparams.cell], module, seconds, sum(p.numel() for p in module.parameters()))
+
+
 def train_world_model(datamodule: Any, max_epochs: int, seed: int = 0, **module_kwargs: Any) -> tuple[Any, float]:
     """Fit a :class:`~pararnn_ts.world.module.WorldModelModule` on ``datamodule``; keep the epoch with the
     lowest validation loss. Returns the module (eval mode) and the fit's wall time in seconds."""
@@ -145,73 +310,13 @@ def train_world_model(datamodule: Any, max_epochs: int, seed: int = 0, **module_
     return module.eval(), seconds
 
 
-def compare_models(
-    datamodule: Any,
-    out_dir: str | Path,
-    epochs: int = 20,
-    mlp_epochs: int = 50,
-    hidden_size: int = 64,
-    num_layers: int = 2,
-    cell: str = "gru",
-    lr: float = 3e-3,
-    open_loop_weight: float = 10.0,
-    ks: Sequence[int] = DEFAULT_KS,
-    context: int = 16,
-    stride: int = 5,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Train the ParaRNN model, the ``nn.GRU`` model and the MLP ensemble on ``datamodule``'s training
-    episodes (choosing epochs on its validation episodes), score them and persistence on its test
-    episodes, and write the table, JSON and plot to ``out_dir``. Returns what the JSON holds."""
-    from .baselines import MLPEnsemble, fit_mlp_ensemble, persistence
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    datamodule.setup("fit")
-    env = datamodule.env_id
-    test = datamodule.episodes("test")
-    obs_var = datamodule.stats["obs_std"].astype(np.float64) ** 2
-    common = {"hidden_size": hidden_size, "num_layers": num_layers, "lr": lr, "open_loop_weight": open_loop_weight}
-    common |= {"eval_ks": tuple(ks), "learn_termination": bool(datamodule.data.terminated.any())}
-    common |= {"eval_context": context, "eval_stride": stride}
-    predictors: dict[str, Predictor] = {"persistence": persistence}
-    seconds, parameters = {"persistence": 0.0}, {"persistence": 0}
-    names = {"gru": "ParaGRU", "lstm": "ParaLSTM"}
-    for name, kind in ((names[cell], cell), ("nn.GRU", "torch_gru")):
-        predictors[name], seconds[name] = train_world_model(datamodule, epochs, seed, cell=kind, **common)
-        parameters[name] = sum(p.numel() for p in predictors[name].parameters())
-    torch.manual_seed(seed)
-    ensemble = MLPEnsemble(datamodule.obs_dim, datamodule.action_dim)
-    ensemble.set_normalizer(datamodule.stats)
-    start = time.perf_counter()
-    fit_mlp_ensemble(ensemble, datamodule.episodes("train"), datamodule.episodes("val"), epochs=mlp_epochs, seed=seed)
-    seconds["MLP ensemble"] = time.perf_counter() - start
-    parameters["MLP ensemble"] = sum(p.numel() for p in ensemble.parameters())
-    predictors["MLP ensemble"] = ensemble.rollout
-
-    errors = {name: k_step_errors(fn, test, ks, context, stride, obs_var) for name, fn in predictors.items()}
-    settings = {"cell": cell, "hidden_size": hidden_size, "num_layers": num_layers, "epochs": epochs, "lr": lr}
-    settings |= {"open_loop_weight": open_loop_weight, "mlp_epochs": mlp_epochs, "window": datamodule.window}
-    settings |= {"context": context, "stride": stride, "seed": seed}
-    results = {
-        "env_id": env,
-        "num_steps": len(datamodule.data),
-        "episodes": {split: len(ids) for split, ids in datamodule.split_ids.items()},
-        "settings": settings,
-        "metric": "open-loop k-step MSE / per-dimension variance of the training observations, test episodes",
-        "errors": {name: {str(k): v for k, v in e.items()} for name, e in errors.items()},
-        "train_seconds": seconds,
-        "parameters": parameters,
-    }
-    stem = env.replace("/", "_")
-    (out_dir / f"kstep_{stem}.json").write_text(json.dumps(results, indent=2))
-    (out_dir / f"kstep_{stem}.md").write_text(markdown_table(results, ks))
-    plot_rollout(out_dir / f"rollout_{stem}.png", test[0], predictors, context, max(ks), env)
-    return results
+def _number(value: float | None, spec: str) -> str:
+    """``value`` formatted by ``spec``; ``-`` for a missing (``None`` or NaN) one."""
+    return "-" if value is None or not math.isfinite(value) else format(value, spec)
 
 
 def markdown_table(results: dict[str, Any], ks: Sequence[int]) -> str:
-    """The k-step errors of ``results`` (from :func:`compare_models`) as a Markdown table."""
+    """The k-step errors of ``results`` (from :func:`compare_models`) as a Markdown table; ``-``: no value."""
     lines = [
         f"# {results['env_id']}: open-loop k-step normalised MSE (test episodes)",
         "",
@@ -222,9 +327,9 @@ def markdown_table(results: dict[str, Any], ks: Sequence[int]) -> str:
         "|---|" + "---:|" * (len(ks) + 2),
     ]
     for name, errors in results["errors"].items():
-        cells = " | ".join(f"{errors[str(k)]:.4f}" for k in ks)
+        cells = " | ".join(_number(errors[str(k)], ".4f") for k in ks)
         size, seconds = results["parameters"][name], results["train_seconds"][name]
-        lines.append(f"| {name} | {cells} | {size} | {seconds:.0f} |")
+        lines.append(f"| {name} | {cells} | {size} | {_number(seconds, '.0f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -262,30 +367,54 @@ def plot_rollout(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """``python -m pararnn_ts.world.evaluate --env Pendulum-v1 --steps 10000 --out results/``."""
+    """``pararnn-ts world-eval``: score the models, write the table, JSON and plot, print the table."""
+    from .checkpoints import checkpoint_env, env_for_checkpoint, load_checkpoint
     from .datamodule import TrajectoryDataModule
 
-    parser = argparse.ArgumentParser(description="Train ParaRNN and baseline dynamics models; compare k-step errors.")
-    parser.add_argument("--env", default="Pendulum-v1", help="Gymnasium env id")
+    parser = argparse.ArgumentParser(
+        prog="pararnn-ts world-eval",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--env", default=None, help="Gymnasium env id; None: the --checkpoint's env, else Pendulum-v1")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="WorldModelModule .ckpt (pararnn-ts fit -c experiments/world/...) scored as the pararnn row instead of "
+        "training one; give the --steps/--seed/--data it was trained on so that its test episodes stay held out",
+    )
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=tuple(MODELS),
+        default=list(MODELS),
+        metavar="MODEL",
+        help="rows to score: " + "; ".join(f"{k} ({v})" for k, v in MODELS.items()),
+    )
     parser.add_argument("--steps", type=int, default=10_000, help="random-policy transitions to collect")
     parser.add_argument("--data", default=None, help="trajectory .npz to read (or to write the collection to)")
-    parser.add_argument("--out", default="experiments/world/results", help="folder for the table, JSON and plot")
-    parser.add_argument("--cell", choices=("gru", "lstm"), default="gru")
-    parser.add_argument("--hidden-size", type=int, default=64)
-    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--out", default="runs/world_eval", help="folder for kstep_<env>.json/.md, rollout_<env>.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace those files when --out already has them")
+    parser.add_argument("--cell", choices=("gru", "lstm"), default="gru", help="cell of the trained pararnn row")
+    parser.add_argument("--hidden-size", type=int, default=64, help="width of the recurrent models")
+    parser.add_argument("--num-layers", type=int, default=2, help="blocks of the recurrent models")
     parser.add_argument("--epochs", type=int, default=20, help="epochs of the recurrent models")
     parser.add_argument("--mlp-epochs", type=int, default=50, help="epochs of the MLP ensemble")
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--open-loop-weight", type=float, default=10.0)
+    parser.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate of the recurrent models")
+    parser.add_argument("--open-loop-weight", type=float, default=10.0, help="weight of the open-loop loss")
     parser.add_argument("--window", type=int, default=80, help="training window (>= context + max k to train k steps)")
     parser.add_argument("--train-stride", type=int, default=4, help="steps between training windows")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--context", type=int, default=16)
-    parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=32, help="training windows per batch")
+    parser.add_argument("--context", type=int, default=16, help="observations a model sees before predicting")
+    parser.add_argument("--stride", type=int, default=5, help="steps between evaluation windows")
+    parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="open-loop horizons to report")
+    parser.add_argument("--seed", type=int, default=0, help="seeds collection, the episode split and training")
     args = parser.parse_args(argv)
+    env = args.env
+    if args.checkpoint is not None:
+        env = env_for_checkpoint(env, checkpoint_env(load_checkpoint(args.checkpoint)), args.checkpoint)
     datamodule = TrajectoryDataModule(
-        args.env,
+        env or "Pendulum-v1",
         args.data,
         args.steps,
         args.seed,
@@ -293,10 +422,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         stride=args.train_stride,
         batch_size=args.batch_size,
     )
-    start = time.perf_counter()
     results = compare_models(
         datamodule,
         args.out,
+        models=args.models,
+        checkpoint=args.checkpoint,
         epochs=args.epochs,
         mlp_epochs=args.mlp_epochs,
         hidden_size=args.hidden_size,
@@ -306,11 +436,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         open_loop_weight=args.open_loop_weight,
         ks=args.ks,
         context=args.context,
+        stride=args.stride,
         seed=args.seed,
+        overwrite=args.overwrite,
     )
-    results["wall_seconds"] = time.perf_counter() - start
-    stem = results["env_id"].replace("/", "_")
-    (Path(args.out) / f"kstep_{stem}.json").write_text(json.dumps(results, indent=2))
     print(markdown_table(results, args.ks) + f"\nwall time {results['wall_seconds']:.0f} s")
     return results
 

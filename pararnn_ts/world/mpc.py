@@ -1,7 +1,11 @@
 """Model-predictive control with a learned ParaRNN world model: collect → train → plan, on a budget of real steps.
 
-    pararnn-ts plan --env Pendulum-v1 --out experiments/world/results/pendulum_mpc.json
-    python -m pararnn_ts.world.mpc --env Pendulum-v1 --checkpoint model.ckpt --eval-episodes 5 --video
+    pararnn-ts plan --env Pendulum-v1                     # writes runs/plan/Pendulum-v1_mpc.json and .png
+    pararnn-ts plan --checkpoint runs/world_pendulum/version_0/checkpoints/CKPT.ckpt --eval-episodes 5 --video
+    pararnn-ts plan --env Pendulum-v1 --out experiments/world/results/pendulum_mpc.json --overwrite
+
+(the last one regenerates the committed result; the other JSONs there add ``--env InvertedPendulum-v5``
+and ``--reward known``, see their ``settings``).
 
 The loop (PETS-style, with one ParaRNN dynamics model instead of an ensemble):
 
@@ -20,9 +24,14 @@ With ``--reward known`` the planner scores plans with the env's true reward (and
 function from :data:`KNOWN_REWARDS`, and uses the model for the dynamics only, as PETS does; the
 default ``learned`` uses the model's reward and termination heads.
 
-Writes ``--out`` (JSON: settings, per-round returns and times, evaluation returns), a plot of the
-return per round next to it (``.png``), ``--save-model`` a checkpoint, and with ``--video`` the
-first evaluation episode as a GIF (``render_mode="rgb_array"``, imageio).
+With ``--checkpoint`` (a ``pararnn-ts fit -c experiments/world/...`` or ``--save-model`` checkpoint)
+there is no collection and no training: the planner is evaluated with that model, on the env the
+checkpoint was trained on unless ``--env`` says otherwise (a different env is refused).
+
+Writes ``--out`` (JSON: settings, per-round returns and times, evaluation returns; default
+``runs/plan/<env>_mpc.json``), a plot of the return per round next to it (``.png``), ``--save-model``
+a checkpoint, and with ``--video`` the first evaluation episode as a GIF (``render_mode="rgb_array"``,
+imageio). Existing files are refused, before anything runs, unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import argparse
 import json
 import logging
 import time
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -43,9 +53,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checkpoints import check_sizes, checkpoint_env, env_for_checkpoint, load_checkpoint, read_world_checkpoint
 from .collect import Trajectories, action_dim, collect
 from .datamodule import TrajectoryDataModule
 from .env import RewardFn, TerminationFn
+from .evaluate import refuse_to_overwrite
 from .module import WorldModelModule
 from .planners import CEMPlanner, MPPIPlanner, SamplingPlanner
 
@@ -98,6 +110,20 @@ _POSITIVE = (
     "train_steps",
     "threads",
 )
+#: settings that only matter for collection and training, unused with a checkpoint
+_TRAINING = (
+    "save_model",
+    "hidden_size",
+    "num_layers",
+    "cell",
+    "train_steps",
+    "budget_steps",
+    "initial_steps",
+    "round_steps",
+    "window",
+    "batch_size",
+    "lr",
+)
 
 
 def _flag(default: Any, help: str = "") -> Any:
@@ -109,7 +135,9 @@ def _flag(default: Any, help: str = "") -> Any:
 class MPCSettings:
     """Everything the loop does; each field is a ``--flag`` of :func:`main` (``_`` → ``-``)."""
 
-    env: str = _flag("Pendulum-v1", "Gymnasium env id (Box observations; Box or Discrete actions)")
+    env: str | None = _flag(
+        None, "Gymnasium env id (Box observations; Box or Discrete actions); None: the --checkpoint's, else Pendulum-v1"
+    )
     budget_steps: int = _flag(3600, "real env steps in all, the random ones included")
     initial_steps: int = _flag(2000, "random-policy steps first (at most the budget)")
     eval_episodes: int = _flag(10, "real episodes the final planner is scored on (fresh seeds)")
@@ -131,12 +159,21 @@ class MPCSettings:
     lr: float = _flag(3e-3, "AdamW learning rate")
     seed: int = _flag(0, "seeds data collection, training, planning and (apart) the evaluation episodes")
     threads: int = _flag(1, "torch CPU threads (more oversubscribes a shared CPU)")
-    checkpoint: str | None = _flag(None, "plan with this trained WorldModelModule: no collection, no training")
+    checkpoint: str | None = _flag(
+        None, "plan with this trained WorldModelModule (its env unless --env): no collection, no training"
+    )
     save_model: str | None = _flag(None, "write the trained module's checkpoint here")
     video: bool = _flag(False, "record the first evaluation episode as a GIF next to --out")
-    out: str = _flag("experiments/world/results/mpc.json", "JSON report; the plot goes next to it (.png)")
+    out: str | None = _flag(None, "JSON report, the plot next to it (.png); None: runs/plan/<env>_mpc.json")
+    overwrite: bool = _flag(False, "replace --out, its .png / .gif and --save-model when they exist")
 
     def __post_init__(self) -> None:
+        if self.checkpoint is not None:
+            trained_on = checkpoint_env(load_checkpoint(self.checkpoint))
+            self.env = env_for_checkpoint(self.env, trained_on, self.checkpoint)
+            self._warn_unused()
+        self.env = self.env or "Pendulum-v1"
+        self.out = self.out or f"runs/plan/{self.env.replace('/', '_')}_mpc.json"
         if self.planner not in PLANNERS:
             raise ValueError(f"planner={self.planner!r} is not one of {tuple(PLANNERS)}")
         if self.reward not in ("learned", "known"):
@@ -151,6 +188,30 @@ class MPCSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_episodes < 0:
             raise ValueError(f"eval_episodes must be >= 0, got {self.eval_episodes}")
+
+    def _warn_unused(self) -> None:
+        """Warn once about the training settings given with a checkpoint (those off their defaults)."""
+        unused = [
+            f"--{f.name.replace('_', '-')}"
+            for f in fields(self)
+            if f.name in _TRAINING and getattr(self, f.name) != f.default
+        ]
+        if unused:
+            warnings.warn(
+                f"--checkpoint {self.checkpoint}: no collection or training, so {', '.join(unused)} "
+                f"{'is' if len(unused) == 1 else 'are'} ignored",
+                stacklevel=4,
+            )
+
+    def outputs(self) -> dict[Path, str]:
+        """The files the run writes, each with the flag that names it."""
+        out = Path(self.out)
+        paths = {out: "--out", out.with_suffix(".png"): "--out"}
+        if self.video and self.eval_episodes > 0:
+            paths[out.with_suffix(".gif")] = "--out"
+        if self.save_model and self.checkpoint is None:
+            paths[Path(self.save_model)] = "--save-model"
+        return paths
 
 
 PLANNERS: dict[str, type[SamplingPlanner]] = {"cem": CEMPlanner, "mppi": MPPIPlanner}
@@ -307,12 +368,18 @@ def learn(settings: MPCSettings, env: gym.Env) -> Learned:
 
 def run_mpc(settings: MPCSettings) -> dict[str, Any]:
     """Run the loop of the module docstring (or only the evaluation, with a checkpoint); returns the report."""
+    refuse_to_overwrite(settings.outputs(), settings.overwrite)
     torch.set_num_threads(settings.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banner every round
     pl.seed_everything(settings.seed, verbose=False)
     start = time.perf_counter()
     if settings.checkpoint is not None:
-        module = WorldModelModule.load_from_checkpoint(settings.checkpoint, map_location="cpu").eval()
+        module, _ = read_world_checkpoint(settings.checkpoint)
+        env = gym.make(settings.env)
+        check_sizes(
+            module, env.observation_space.shape[0], action_dim(env.action_space), settings.env, settings.checkpoint
+        )
+        env.close()
         learned = Learned(module, 0, [], None)
     else:
         learned = learn(settings, gym.make(settings.env))

@@ -1,0 +1,80 @@
+"""World-model checkpoints for the ``world-eval`` and ``plan`` verbs: the module, the env it was trained on, checks.
+
+A checkpoint written by ``pararnn-ts fit -c experiments/world/...`` (or ``plan --save-model``) holds the
+:class:`~pararnn_ts.world.module.WorldModelModule`'s hyperparameters and weights, and the data module's
+hyperparameters under ``datamodule_hyper_parameters``, whose ``env_id`` names the env it was trained on.
+"""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .module import WorldModelModule
+
+WRITTEN_BY = "written by pararnn-ts fit -c experiments/world/... or pararnn-ts plan --save-model"
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict at ``path``, refused unless it is a :class:`WorldModelModule` one."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--checkpoint {path} does not exist; give a .ckpt file ({WRITTEN_BY})")
+    try:
+        checkpoint = torch.load(path, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ValueError(f"--checkpoint {path} is not a PyTorch checkpoint ({WRITTEN_BY}): {error}") from error
+    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    if hparams is None or "state_dict" not in checkpoint:
+        raise ValueError(f"--checkpoint {path} is not a Lightning checkpoint with hyperparameters ({WRITTEN_BY})")
+    class_name = str(hparams.get("_class_path", "")).rsplit(".", 1)[-1]
+    if class_name and class_name != WorldModelModule.__name__:
+        raise ValueError(f"{path} is a {class_name} checkpoint, not a WorldModelModule one ({WRITTEN_BY})")
+    foreign = sorted(k for k in hparams if not k.startswith("_") and k not in _MODULE_ARGUMENTS)
+    if foreign:
+        raise ValueError(
+            f"{path} is not a WorldModelModule checkpoint (its hyperparameters {foreign} are not the module's; "
+            f"{WRITTEN_BY})"
+        )
+    return checkpoint
+
+
+def checkpoint_env(checkpoint: dict[str, Any]) -> str | None:
+    """The env id of the data module a checkpoint was trained with; ``None`` if it carries none."""
+    return (checkpoint.get("datamodule_hyper_parameters") or {}).get("env_id")
+
+
+def read_world_checkpoint(path: str | Path) -> tuple[WorldModelModule, str | None]:
+    """The trained module at ``path`` (CPU, eval mode) and the env id it was trained on (``None``: unknown)."""
+    env_id = checkpoint_env(load_checkpoint(path))
+    return WorldModelModule.load_from_checkpoint(path, map_location="cpu").eval(), env_id
+
+
+def env_for_checkpoint(env: str | None, trained_on: str | None, path: str | Path) -> str:
+    """``--env`` when given (it must be the checkpoint's env), else the env the checkpoint was trained on."""
+    if env is not None and trained_on is not None and env != trained_on:
+        raise ValueError(
+            f"checkpoint {path} was trained on {trained_on}; pass --env {trained_on} (or leave --env out), "
+            f"not --env {env}"
+        )
+    if env is None and trained_on is None:
+        raise ValueError(f"checkpoint {path} does not say which env it was trained on; pass --env")
+    return env or trained_on
+
+
+def check_sizes(module: WorldModelModule, obs_dim: int, action_dim: int, env: str, path: str | Path) -> None:
+    """Refuse a model whose observation / action sizes are not ``env``'s."""
+    model = (module.hparams.obs_dim, module.hparams.action_dim)
+    if model != (obs_dim, action_dim):
+        raise ValueError(
+            f"checkpoint {path} models obs_dim, action_dim = {model}, but {env} has {(obs_dim, action_dim)}; "
+            "pass the --env it was trained on"
+        )
+
+
+#: the keyword arguments of WorldModelModule, the only hyperparameters its checkpoints hold
+_MODULE_ARGUMENTS = frozenset(inspect.signature(WorldModelModule).parameters)

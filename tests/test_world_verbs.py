@@ -1,0 +1,200 @@
+"""The ``world-eval`` and ``plan`` verbs: outputs never overwritten unasked, checks before any work, checkpoints
+of ``pararnn-ts fit -c experiments/world/pendulum.yaml`` read with their env, strict JSON, progress lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from pararnn_ts.cli import main as cli_main
+from pararnn_ts.world import evaluate, mpc
+from pararnn_ts.world.baselines import persistence
+from pararnn_ts.world.datamodule import TrajectoryDataModule
+
+CONFIG = Path(__file__).parents[1] / "experiments" / "world" / "pendulum.yaml"
+#: world-eval settings small enough for a test
+TINY = ["--epochs", "1", "--mlp-epochs", "1", "--hidden-size", "4", "--num-layers", "1", "--window", "12"]
+
+
+@pytest.fixture(scope="module")
+def fit_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint as ``pararnn-ts fit -c experiments/world/pendulum.yaml`` writes it (one tiny epoch)."""
+    runs = tmp_path_factory.mktemp("runs")
+    with mock.patch.object(sys, "argv", ["pararnn-ts"]):  # the CLI reads its args only, not pytest's
+        cli_main(
+            [
+                "fit",
+                "-c",
+                str(CONFIG),
+                "--trainer.max_epochs=1",
+                "--trainer.limit_train_batches=2",
+                "--trainer.limit_val_batches=1",
+                "--trainer.limit_test_batches=0",
+                "--trainer.enable_progress_bar=false",
+                f"--trainer.logger.init_args.save_dir={runs}",
+                "--data.init_args.num_steps=1000",
+                "--model.init_args.hidden_size=4",
+                "--model.init_args.num_layers=1",
+            ]
+        )
+    (checkpoint,) = runs.glob("world_pendulum/version_0/checkpoints/*.ckpt")
+    return checkpoint
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Make collecting data or training a model fail loudly: what is checked must be checked before them."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("collection or training started")
+
+    monkeypatch.setattr(TrajectoryDataModule, "setup", fail)
+    monkeypatch.setattr(mpc, "collect", fail)
+    monkeypatch.setattr(evaluate, "train_world_model", fail)
+
+
+def foreign_checkpoint(path: Path, hparams: dict) -> Path:
+    torch.save({"state_dict": {}, "hyper_parameters": hparams}, path)
+    return path
+
+
+# ---- outputs ----------------------------------------------------------------------------------------
+def test_world_eval_refuses_existing_outputs_before_collecting(tmp_path, no_work):
+    (tmp_path / "kstep_Pendulum-v1.md").write_text("earlier run")
+    with pytest.raises(FileExistsError, match=r"kstep_Pendulum-v1\.md exists; pass --overwrite .* or another --out"):
+        evaluate.main(["--out", str(tmp_path)])
+    with pytest.raises(AssertionError, match="collection or training started"):  # --overwrite lets it run
+        evaluate.main(["--out", str(tmp_path), "--overwrite"])
+    assert (tmp_path / "kstep_Pendulum-v1.md").read_text() == "earlier run"
+
+
+def test_plan_refuses_existing_outputs_before_collecting(tmp_path, no_work):
+    out = tmp_path / "mpc.json"
+    out.with_suffix(".png").write_bytes(b"earlier plot")
+    with pytest.raises(FileExistsError, match=r"mpc\.png exists; pass --overwrite .* or another --out"):
+        mpc.main(["--out", str(out)])
+    out.with_suffix(".png").unlink()
+    (tmp_path / "model.ckpt").write_bytes(b"earlier model")
+    with pytest.raises(FileExistsError, match=r"model\.ckpt exists; .* or another --save-model"):
+        mpc.main(["--out", str(out), "--save-model", str(tmp_path / "model.ckpt")])
+    with pytest.raises(AssertionError, match="collection or training started"):
+        mpc.main(["--out", str(out), "--save-model", str(tmp_path / "model.ckpt"), "--overwrite"])
+
+
+def test_default_outputs_are_not_the_committed_results(capsys):
+    assert mpc.parse_args([]).out == "runs/plan/Pendulum-v1_mpc.json"
+    assert mpc.parse_args(["--env", "CartPole-v1"]).out == "runs/plan/CartPole-v1_mpc.json"
+    with pytest.raises(SystemExit):
+        evaluate.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: pararnn-ts world-eval")
+    for part in ("--out OUT", "(default: runs/world_eval)", "--stride STRIDE", "(default: 5)", "--overwrite"):
+        assert part in text
+    with pytest.raises(SystemExit):
+        mpc.main(["--help"])
+    assert "runs/plan/<env>_mpc.json" in capsys.readouterr().out
+
+
+# ---- world-eval runs --------------------------------------------------------------------------------
+def test_world_eval_checks_the_context_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "train_world_model", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError, match=r"--context 150 .* the longest test episode has \d+ steps"):
+        evaluate.main(["--env", "CartPole-v1", "--steps", "400", "--context", "150", "--out", str(tmp_path)])
+
+
+def test_world_eval_plots_a_long_enough_episode_prints_progress_and_writes_strict_json(tmp_path, capsys):
+    """CartPole's first test episode is shorter than the context: the plot takes the longest one."""
+    data = TrajectoryDataModule("CartPole-v1", None, 400, 0, window=12, stride=4, batch_size=32)
+    data.setup("fit")
+    test = data.episodes("test")
+    context = len(test[0].obs) + 1
+    assert context <= max(len(e.obs) for e in test)
+    argv = ["--env", "CartPole-v1", "--steps", "400", "--context", str(context), "--stride", "3", "--ks", "1", "500"]
+    results = evaluate.main([*argv, *TINY, "--models", "persistence", "--out", str(tmp_path)])
+
+    out = capsys.readouterr().out
+    assert "[1/1] persistence: every prediction is the last observation ..." in out
+    assert "[1/1] persistence: 0 s; k-step errors k=1 " in out and "k=500 -" in out
+    assert "| persistence |" in out  # the table is printed
+    assert (tmp_path / "rollout_CartPole-v1.png").is_file()
+    stored = json.loads((tmp_path / "kstep_CartPole-v1.json").read_text(), parse_constant=pytest.fail)
+    assert stored["errors"]["persistence"]["500"] is None and stored["settings"]["stride"] == 3
+    var = data.stats["obs_std"].astype(np.float64) ** 2
+    expected = evaluate.k_step_errors(persistence, test, (1,), context, stride=3, obs_var=var)
+    assert results["errors"]["persistence"]["1"] == pytest.approx(expected[1])
+    assert "| persistence | " in (tmp_path / "kstep_CartPole-v1.md").read_text()
+    assert " | - | 0 | 0 |" in (tmp_path / "kstep_CartPole-v1.md").read_text()
+
+
+def test_world_eval_trains_every_model_with_a_line_as_each_starts_and_ends(tmp_path, capsys):
+    argv = ["--steps", "600", "--context", "4", "--ks", "1", "5", "--out", str(tmp_path), *TINY]
+    results = evaluate.main(argv)
+    lines = capsys.readouterr().out.splitlines()
+    names = ("persistence", "ParaGRU", "nn.GRU", "MLP ensemble")
+    for i, (model, name) in enumerate(zip(evaluate.MODELS, names, strict=True), 1):
+        assert any(line.startswith(f"[{i}/4] {model}: ") and line.endswith("...") for line in lines)
+        assert any(line.startswith(f"[{i}/4] {name}: ") and "k-step errors k=1 " in line for line in lines)
+    assert list(results["errors"]) == ["persistence", "ParaGRU", "nn.GRU", "MLP ensemble"]
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------
+def test_fit_checkpoints_carry_their_env(fit_checkpoint):
+    from pararnn_ts.world.checkpoints import read_world_checkpoint
+
+    module, env_id = read_world_checkpoint(fit_checkpoint)
+    assert env_id == "Pendulum-v1" and module.hparams.hidden_size == 4 and not module.training
+
+
+def test_world_eval_scores_a_checkpoint_on_its_env(fit_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "train_world_model", lambda *a, **k: pytest.fail("training started"))
+    argv = ["--checkpoint", str(fit_checkpoint), "--models", "persistence", "pararnn", "--steps", "600"]
+    results = evaluate.main([*argv, "--context", "4", "--ks", "1", "5", "--out", str(tmp_path)])
+    assert results["env_id"] == "Pendulum-v1" and list(results["errors"]) == ["persistence", "ParaGRU"]
+    assert results["train_seconds"]["ParaGRU"] is None and results["settings"]["checkpoint"] == str(fit_checkpoint)
+    assert " | - |" in (tmp_path / "kstep_Pendulum-v1.md").read_text()
+    with pytest.raises(ValueError, match="scored as the pararnn row; add pararnn to --models"):
+        evaluate.main(["--checkpoint", str(fit_checkpoint), "--models", "persistence", "--out", str(tmp_path / "b")])
+
+
+def test_a_checkpoint_of_another_env_is_refused_up_front(fit_checkpoint, tmp_path, no_work):
+    match = "checkpoint .* was trained on Pendulum-v1; pass --env Pendulum-v1"
+    with pytest.raises(ValueError, match=match):
+        evaluate.main(["--checkpoint", str(fit_checkpoint), "--env", "CartPole-v1", "--out", str(tmp_path)])
+    with pytest.raises(ValueError, match=match):
+        mpc.main(["--checkpoint", str(fit_checkpoint), "--env", "CartPole-v1", "--out", str(tmp_path / "p.json")])
+
+
+def test_plan_takes_the_env_from_the_checkpoint_and_warns_about_training_flags(fit_checkpoint, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        settings = mpc.parse_args(["--checkpoint", str(fit_checkpoint), "--eval-episodes", "0"])
+    assert settings.env == "Pendulum-v1" and settings.out == "runs/plan/Pendulum-v1_mpc.json"
+    with pytest.warns(UserWarning, match=r"no collection or training, so --hidden-size, --lr are ignored") as caught:
+        mpc.parse_args(["--checkpoint", str(fit_checkpoint), "--hidden-size", "8", "--lr", "0.1"])
+    assert len([w for w in caught if "ignored" in str(w.message)]) == 1
+    out = tmp_path / "p.json"
+    report = mpc.main(["--checkpoint", str(fit_checkpoint), "--eval-episodes", "0", "--out", str(out)])
+    assert report["env"] == "Pendulum-v1" and out.is_file() and out.with_suffix(".png").is_file()
+
+
+def test_checkpoints_of_other_models_and_missing_files_are_clear_errors(tmp_path):
+    forecaster = foreign_checkpoint(
+        tmp_path / "forecaster.ckpt",
+        {"_class_path": "pararnn_ts.forecast.cli_module.ParaRNNForecaster", "context_length": 24},
+    )
+    plain = foreign_checkpoint(tmp_path / "plain.ckpt", {"context_length": 24, "hidden_size": 8})
+    match = "forecaster.ckpt is a ParaRNNForecaster checkpoint, not a WorldModelModule one .*pararnn-ts fit -c"
+    for verb in (evaluate.main, mpc.main):
+        with pytest.raises(ValueError, match=match):
+            verb(["--checkpoint", str(forecaster), "--out", str(tmp_path / "out.json")])
+        with pytest.raises(ValueError, match=r"plain.ckpt is not a WorldModelModule checkpoint .*'context_length'"):
+            verb(["--checkpoint", str(plain), "--out", str(tmp_path / "out.json")])
+        with pytest.raises(FileNotFoundError, match="--checkpoint .*missing.ckpt does not exist"):
+            verb(["--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "out.json")])
