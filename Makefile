@@ -29,5 +29,5 @@ test: lint
 	$(BIN)/pytest -q
 
 bench: $(READY)
-	$(BIN)/python experiments/bench/solver_bench.py
-	$(BIN)/python experiments/bench/kernel_bench.py
+	$(BIN)/python experiments/bench/solver_bench.py --overwrite  # runs/bench/, replaced on every make bench
+	$(BIN)/python experiments/bench/kernel_bench.py --overwrite

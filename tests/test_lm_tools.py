@@ -87,7 +87,10 @@ def test_tiny_results_quick_mode_trains_then_tabulates_and_collects_again(tmp_pa
     markdown = (tmp_path / "runs" / "tiny_results.md").read_text()
     assert "| paragru | 0.03M | 3 | 128 |" in markdown and markdown in capsys.readouterr().out
 
-    assert tiny_results.main(["--collect-only", *options]) == [row]
+    with pytest.raises(SystemExit):  # the results of the first call are not replaced without asking
+        tiny_results.main(["--collect-only", *options])
+    assert "pass --overwrite to replace them" in capsys.readouterr().err
+    assert tiny_results.main(["--collect-only", "--overwrite", *options]) == [row]
 
 
 def test_unknown_architecture_is_refused(capsys):

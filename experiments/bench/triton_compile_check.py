@@ -11,6 +11,15 @@ whether the PTX uses the approximate ``tanh`` (only ``fast_math`` launches may),
 
     python experiments/bench/triton_compile_check.py                 # every launch, sm_90
     python experiments/bench/triton_compile_check.py --only 'lstm_*' --arch 100
+
+Writes ``runs/bench/triton_compile_sm<arch>.json`` (git-ignored; ``--out`` elsewhere) and refuses, before compiling
+anything, when that file exists (``--overwrite`` replaces it). The committed
+``experiments/bench/results/triton_compile_sm90.json`` (Triton 3.9) is regenerated, with Triton 3.9 installed, by
+
+    python experiments/bench/triton_compile_check.py \\
+        --out experiments/bench/results/triton_compile_sm90.json --overwrite
+
+and ``triton_compile_sm90_triton3.6.json`` the same way with Triton 3.6 and that ``--out``.
 """
 
 from __future__ import annotations
@@ -27,7 +36,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
+from results_file import add_overwrite, results_path
+
 OPS = ("gru_forward", "gru_backward", "lstm_forward", "lstm_backward")
 SCANS = ("diagonal_scan", "block2_scan")
 #: what the ops pass for ``u`` on a GPU: float32, or bf16/fp16 as they come under autocast
@@ -142,8 +152,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", type=int, default=90, help="compute capability × 10 (90: H100, 100: B200)")
     p.add_argument("--only", nargs="+", default=["*"], help="launches matching these globs, e.g. 'gru_*/fp32/*'")
-    p.add_argument("--out", type=Path, default=None, help="results file (default results/triton_compile_sm<arch>.json)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="results file (default runs/bench/triton_compile_sm<arch>.json)"
+    )
+    add_overwrite(p)
     args = p.parse_args()
+    out = results_path(args.out, f"triton_compile_sm{args.arch}.json", args.overwrite, parser=p)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("TRITON_INTERPRET=1 is set: the kernels would not be compiled; unset it to run this check")
     import triton
@@ -155,7 +169,6 @@ def main() -> None:
     for launch in chosen:
         rows.append(compile_launch(launch, args.arch))
         print(f"  {launch.label}: {rows[-1]['registers']} registers", file=sys.stderr, flush=True)
-    out = args.out or RESULTS / f"triton_compile_sm{args.arch}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     machine = {"arch": args.arch, "triton": triton.__version__}
     out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")

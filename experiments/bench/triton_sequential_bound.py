@@ -11,9 +11,15 @@ T=8192 and 65536, timed with ``triton.testing.do_bench`` (median):
 * ``approx``: the ParaGRU step with every σ and tanh by ``tanh.approx.f32`` (what ``fast_math`` runs).
 
 Prints ms, GB/s (``u`` read once, ``h`` written once), the ratio to a 2 GiB copy's bandwidth and the
-largest ``|h - h_lib|``; writes ``results/triton_sequential_bound_cuda.json`` (or ``--out``).
+largest ``|h - h_lib|``; writes ``runs/bench/triton_sequential_bound_cuda.json`` (git-ignored; or ``--out``) and
+refuses, before timing anything, when that file exists (``--overwrite`` replaces it).
 
     python experiments/bench/triton_sequential_bound.py
+
+The committed ``experiments/bench/results/triton_sequential_bound_cuda.json`` (its ``note`` added by hand) came from
+
+    python experiments/bench/triton_sequential_bound.py \\
+        --out experiments/bench/results/triton_sequential_bound_cuda.json --overwrite
 """
 
 import argparse
@@ -26,6 +32,8 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from results_file import add_overwrite, results_path  # noqa: E402  (this script's folder)
+
 from pararnn_ts.ops import _triton_kernels as k  # noqa: E402
 from pararnn_ts.ops import triton_fused as tf  # noqa: E402
 
@@ -133,9 +141,13 @@ def sweep(T: int, bw: float, device: torch.device) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "triton_sequential_bound_cuda.json")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--out", type=Path, default=None, help="results file (default runs/bench/triton_sequential_bound_cuda.json)"
+    )
+    add_overwrite(p)
     args = p.parse_args()
+    args.out = results_path(args.out, "triton_sequential_bound_cuda.json", args.overwrite, parser=p)
     device = torch.device("cuda")
     torch.manual_seed(0)
     bw = copy_bandwidth(device)
@@ -144,6 +156,7 @@ def main() -> None:
     for T in (8192, 65536):
         rows += sweep(T, bw, device)
         torch.cuda.empty_cache()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"gpu": torch.cuda.get_device_name(), "copy_GBps": bw, "rows": rows}, indent=1))
     print(f"wrote {args.out}")
 

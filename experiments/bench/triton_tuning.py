@@ -3,9 +3,13 @@ unrolling, the Newton-vs-sequential crossover in the number of chains ``B·D``, 
 against its kernel, and (``host``) a no-grad ``cell.solve`` in back-to-back calls with the weights' norm clip in
 the kernel or as a separate ``torch.renorm``, and (``newton-tiles``) the Newton kernels' tiles where ``auto`` runs
 them. Prints one JSON line per measurement and writes them all to
-``--out``/tune.json.
+``--out``/tune.json; refuses, before timing anything, when that file exists (``--overwrite`` replaces it).
 
     python experiments/bench/triton_tuning.py --out DIR [--sections sequential newton-tiles unroll crossover solve host]
+
+The committed ``experiments/bench/results/triton_*_cuda.json`` hold these rows with a ``machine`` and ``note`` added by
+hand: ``triton_tuning_cuda.json`` the sections ``sequential crossover solve``, ``triton_host_cuda.json`` ``host``,
+``triton_unroll_cuda.json`` the calls of ``unroll`` (see each file's note).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_file import add_overwrite, refuse_existing
 from triton.testing import do_bench
 
 from pararnn_ts import ParaGRU, ParaLSTM
@@ -59,10 +64,12 @@ def timings(name: str, w, u, h0, h, g, **tuning) -> tuple[float, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--out", type=Path, required=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="folder of tune.json")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    add_overwrite(p)
     args = p.parse_args()
+    refuse_existing([args.out / "tune.json"], args.overwrite, parser=p)
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list = []
 

@@ -1,0 +1,58 @@
+"""Where a benchmark script writes its results, and its refusal to replace a results file that is already there.
+
+Every script under ``experiments/bench`` (and ``experiments/lm/tiny_results.py``) writes by default under
+``runs/bench/`` of the current folder (``runs/`` is ignored by git), never into the committed results in
+``experiments/*/results``. A run refuses, before it measures anything, when a file it would write exists, unless
+``--overwrite`` is given: regenerating a committed file is ``--out experiments/bench/results/<file> --overwrite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+#: the default folder of every benchmark's results, relative to the current folder (git-ignored)
+DEFAULT_DIR = Path("runs") / "bench"
+
+
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    """The ``--overwrite`` flag every results-writing script takes."""
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace results files that exist (without it the run refuses)"
+    )
+
+
+def refuse_existing(
+    paths: Iterable[Path],
+    overwrite: bool,
+    option: str = "--out",
+    parser: argparse.ArgumentParser | None = None,
+) -> None:
+    """Refuse when one of ``paths`` exists and ``overwrite`` is false: ``parser.error`` (exit status 2) with a
+    ``parser``, else :class:`FileExistsError`. The message names the files, ``--overwrite`` and ``option``."""
+    if overwrite:
+        return
+    existing = [str(path) for path in paths if Path(path).exists()]
+    if existing:
+        message = (
+            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
+            f"pass --overwrite to replace {'it' if len(existing) == 1 else 'them'}, or {option} elsewhere"
+        )
+        if parser is not None:
+            parser.error(message)
+        raise FileExistsError(message)
+
+
+def results_path(
+    out: Path | str | None,
+    default_name: str,
+    overwrite: bool,
+    also: Sequence[str] = (),
+    parser: argparse.ArgumentParser | None = None,
+) -> Path:
+    """The results file: ``out``, or ``runs/bench/<default_name>`` without one, after :func:`refuse_existing` of it
+    and of the files written beside it, ``also`` (suffixes replacing its own, e.g. ``(".md",)``)."""
+    path = Path(out) if out is not None else DEFAULT_DIR / default_name
+    refuse_existing([path, *(path.with_suffix(suffix) for suffix in also)], overwrite, parser=parser)
+    return path
