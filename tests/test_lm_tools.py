@@ -1,5 +1,5 @@
 """LM tools: the tiny-results script (quick mode), the throughput benchmark's pieces, and text generation through
-``pararnn-ts predict``."""
+``pararnn-ts predict`` (printed, and saved to the run's ``predictions.jsonl``)."""
 
 from __future__ import annotations
 
@@ -154,13 +154,20 @@ def test_predict_generates_text_from_a_checkpoint(tmp_path, capsys):
         257, hp["dim"], hp["num_layers"], "paragru", hp["num_heads"], hp["mlp_ratio"], **hp["mixer_kwargs"]
     )
     reference.load_state_dict({k.removeprefix("model."): v for k, v in checkpoint["state_dict"].items()})
-    tokenizer = ByteTokenizer()
+    tokenizer, texts = ByteTokenizer(), []
     for i, prompt in enumerate(prompts):
         sequence = torch.tensor([tokenizer.encode(prompt)])
         with torch.no_grad():
             for _ in range(8):  # greedy, re-running the whole sequence for every token
                 sequence = torch.cat([sequence, reference(sequence)[:, -1].argmax(-1, keepdim=True)], dim=1)
-        assert f"--- sample {i} ---\n{tokenizer.decode(sequence[0].tolist())}\n" in out
+        texts.append(tokenizer.decode(sequence[0].tolist()))
+        assert f"--- sample {i} ---\n{texts[-1]}\n" in out
+    predictions = tmp_path / "tiny_paragru" / "version_1" / "predictions.jsonl"
+    assert f"wrote 2 samples to {predictions}" in out
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    assert [record["prompt"] + record["completion"] for record in records] == texts
+    sampling = {"max_new_tokens": 8, "temperature": 0.0, "top_k": None, "seed": 0}
+    assert records[0] == {"prompt": "def ", **sampling, "completion": texts[0].removeprefix("def ")}
 
 
 def test_bad_sampling_settings_are_refused():

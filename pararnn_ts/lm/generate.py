@@ -1,8 +1,9 @@
 """Text generation: the prompt in one parallel forward, then one :meth:`LanguageModel.step` per new token.
 
-python -m pararnn_ts.lm.generate --ckpt runs/tiny_paragru/version_0/checkpoints/last.ckpt --prompt "def "
+pararnn-ts generate --ckpt runs/tiny_paragru/version_0/checkpoints/last.ckpt --prompt "def "
 
-or through Lightning's ``predict`` (``CausalLM.predict_step``; prompts and sampling are the data module's):
+(or ``python -m pararnn_ts.lm.generate ...``), or through Lightning's ``predict`` (``CausalLM.predict_step``; prompts
+and sampling are the data module's; the samples also go to ``predictions.jsonl`` in the run's log folder):
 
 pararnn-ts predict -c experiments/lm/tiny_paragru.yaml --ckpt_path <that last.ckpt> \
     --data.init_args.predict_prompts='["def ", "import "]' --data.init_args.temperature=0.5
@@ -11,17 +12,21 @@ pararnn-ts predict -c experiments/lm/tiny_paragru.yaml --ckpt_path <that last.ck
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ..nn import LanguageModel
-from .tokenizers import Tokenizer, load_tokenizer
+from .tokenizers import Tokenizer, check_vocab_size, load_tokenizer
 
 if TYPE_CHECKING:  # module.py imports this file (CausalLM.predict_step generates text)
     from .module import CausalLM
+
+WRITTEN_BY = "pararnn-ts fit -c experiments/lm/... writes those"
 
 
 def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
@@ -99,23 +104,70 @@ def generate(
 
 def load_checkpoint(path: str, tokenizer: str | None = None) -> tuple[CausalLM, Tokenizer]:
     """The :class:`CausalLM` of a Lightning checkpoint, on CPU, and its tokenizer: ``tokenizer`` if
-    given, else the one its data module was configured with (``"byte"`` if it recorded none)."""
+    given, else the one its data module was configured with (``"byte"`` if it recorded none).
+
+    Checkpoints of other model classes, and tokenizers with more tokens than the model's ``vocab_size``, are
+    refused with a ``ValueError`` before the model is built.
+    """
     from .module import CausalLM  # not at the top: module.py imports this file
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    trained = hparams.get("_class_path")
+    if trained is not None and not is_imported_subclass(trained, CausalLM):
+        raise ValueError(f"{path} is a {trained} checkpoint, not a CausalLM one ({WRITTEN_BY})")
+    if "vocab_size" not in hparams:
+        raise ValueError(f"{path} holds no CausalLM hyperparameters: not a CausalLM checkpoint ({WRITTEN_BY})")
     spec = tokenizer or checkpoint.get("datamodule_hyper_parameters", {}).get("tokenizer", "byte")
-    return CausalLM.load_from_checkpoint(path, map_location="cpu"), load_tokenizer(spec)
+    loaded = load_tokenizer(spec)
+    fix = f"{path} was trained with another one: pass that as --tokenizer, or leave --tokenizer out (the checkpoint's)"
+    check_vocab_size(loaded, hparams["vocab_size"], fix)
+    return CausalLM.load_from_checkpoint(path, map_location="cpu"), loaded
+
+
+def is_imported_subclass(class_path: str, cls: type) -> bool:
+    """Whether ``class_path`` (``"package.module.Class"``) names ``cls`` or a subclass, in a module already imported."""
+    module, _, name = class_path.rpartition(".")
+    found = getattr(sys.modules.get(module), name, None)
+    return isinstance(found, type) and issubclass(found, cls)
+
+
+def at_least(minimum: float, kind: type[int] | type[float]) -> Callable[[str], Any]:
+    """An argparse ``type``: ``kind(text)``, refused below ``minimum`` (and NaN)."""
+
+    def parse(text: str) -> int | float:
+        value = kind(text)
+        if not value >= minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
+    return parse
+
+
+def existing_file(text: str) -> str:
+    """An argparse ``type``: the path of a file that exists."""
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"no file at {text} (give a CausalLM checkpoint; {WRITTEN_BY})")
+    return text
 
 
 def main(args: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Generate text from a CausalLM checkpoint.")
-    parser.add_argument("--ckpt", required=True, help="a checkpoint written by `pararnn-ts fit`")
+    """``pararnn-ts generate``: print ``--prompt`` and its sampled continuation."""
+    parser = argparse.ArgumentParser(
+        prog="pararnn-ts generate",
+        description="Generate text from a CausalLM checkpoint.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--ckpt", required=True, type=existing_file, help="a checkpoint of `pararnn-ts fit -c experiments/lm/...`"
+    )
     parser.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
-    parser.add_argument("--max-new-tokens", type=int, default=200)
-    parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--tokenizer", default=None, help="'byte' or a BPE JSON file (default: the checkpoint's)")
+    parser.add_argument("--max-new-tokens", type=at_least(0, int), default=200, help="tokens to sample")
+    parser.add_argument("--temperature", type=at_least(0, float), default=0.8, help="0: greedy")
+    parser.add_argument("--top-k", type=at_least(1, int), default=None, help="sample among the k likeliest tokens")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the sampling")
+    parser.add_argument("--tokenizer", default=None, help="'byte' or a BPE JSON file (None: the checkpoint's)")
     opts = parser.parse_args(args)
     model, tokenizer = load_checkpoint(opts.ckpt, opts.tokenizer)
     text = generate(model, tokenizer, opts.prompt, opts.max_new_tokens, opts.temperature, opts.top_k, opts.seed)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
+import json
 import math
 import time
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -12,15 +16,29 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from ..nn import MIXERS, LanguageModel
+from ..nn import MIXERS, AttentionMixer, LanguageModel, Mamba2Mixer, ParaRNNMixer
 from ..nn.backbone import MixerName
+from ..nn.mixers import RNN_CELLS
 from .generate import generate
-from .tokenizers import Tokenizer
+from .tokenizers import Tokenizer, check_vocab_size
 
 #: names of parameters never decayed whatever their shape: the cells' recurrent diagonals and input bias
 #: (``A``, ``C``, ``b``, all 2-D) and Mamba2's ``A_log``, ``dt_bias``, ``D``
 NO_DECAY_NAMES = frozenset({"A", "C", "b", "A_log", "dt_bias", "D"})
 EVAL_SPLITS = ("val", "test")
+#: where ``predict`` writes its samples, one JSON object per line, in the trainer's log folder
+PREDICTIONS_FILE = "predictions.jsonl"
+
+#: the classes each mixer's ``mixer_kwargs`` reach (:func:`~pararnn_ts.nn.build_mixer`); ParaRNNMixer passes the
+#: keywords it does not name on to its cell
+MIXER_CLASSES: dict[str, tuple[type[nn.Module], ...]] = {
+    "paragru": (ParaRNNMixer, RNN_CELLS["gru"]),
+    "paralstm": (ParaRNNMixer, RNN_CELLS["lstm"]),
+    "transformer": (AttentionMixer,),
+    "mamba2": (Mamba2Mixer,),
+}
+#: constructor arguments that the LM backbone and ParaRNNMixer fill in themselves, never ``mixer_kwargs``
+BUILDER_ARGUMENTS = frozenset({"self", "dim", "cell", "num_heads", "input_size", "hidden_size"})
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -34,6 +52,35 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
 def decays(name: str, p: Tensor) -> bool:
     """Whether parameter ``name`` gets weight decay: weights of 2 or more dimensions, but not :data:`NO_DECAY_NAMES`."""
     return p.dim() >= 2 and name.rsplit(".", 1)[-1] not in NO_DECAY_NAMES
+
+
+def mixer_arguments(mixer: MixerName) -> list[str]:
+    """The keywords ``mixer_kwargs`` may hold for ``mixer``: those named by the ``__init__`` of its classes and
+    their bases, as far as each ``__init__`` passes ``**kwargs`` on (a cell's reach ``ParaCell``)."""
+    names: set[str] = set()
+    for cls in MIXER_CLASSES[mixer]:
+        for base in cls.__mro__[: cls.__mro__.index(nn.Module)]:
+            if "__init__" not in vars(base):
+                continue
+            parameters = inspect.signature(base.__init__).parameters.values()
+            names.update(p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+            if all(p.kind is not p.VAR_KEYWORD for p in parameters):
+                break
+    return sorted(names - BUILDER_ARGUMENTS)
+
+
+def check_mixer_kwargs(mixer: MixerName, mixer_kwargs: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the keys of ``mixer_kwargs`` that ``mixer`` does not take (typos included)."""
+    accepted = mixer_arguments(mixer)
+    unknown = sorted(set(mixer_kwargs) - set(accepted))
+    if unknown:
+        close = {key: difflib.get_close_matches(key, accepted, 1) for key in unknown}
+        hints = ", ".join(f"{match[0]!r} for {key!r}" for key, match in close.items() if match)
+        raise ValueError(
+            f"CausalLM: mixer_kwargs {unknown} are not arguments of mixer={mixer!r}"
+            + (f" (did you mean {hints}?)" if hints else "")
+            + f"; it takes {accepted}"
+        )
 
 
 def lm_losses(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
@@ -54,12 +101,14 @@ class CausalLM(pl.LightningModule):
     (cross-entropy), ``train/z_loss``, ``train/ppl``, ``train/bpb``, ``train/tokens_per_s`` every step,
     and ``val/loss``, ``val/ppl``, ``val/bpb`` over the whole validation set (token-weighted
     means, synchronised across processes). Bits per byte = loss / ln 2 / bytes per token.
-    ``predict`` generates text (:meth:`predict_step`, with the data module's tokenizer).
+    ``predict`` generates text (:meth:`predict_step`, with the data module's tokenizer) and writes it to
+    ``predictions.jsonl`` in the trainer's log folder.
 
     Args:
         vocab_size, dim, num_layers, mixer, num_heads, mlp_ratio, tie_embeddings: of the
             :class:`~pararnn_ts.nn.LanguageModel`.
-        mixer_kwargs: passed to the mixer (ParaRNN: ``mode``, ``max_norm``, ``hidden``, ...).
+        mixer_kwargs: passed to the mixer (ParaRNN: ``mode``, ``max_norm``, ``hidden``, ...); unknown keys are
+            refused here (:func:`mixer_arguments` lists the accepted ones).
         lr: peak learning rate of AdamW.
         weight_decay: decoupled weight decay, applied to matrices only (see :func:`decays`).
         betas: of AdamW.
@@ -99,12 +148,14 @@ class CausalLM(pl.LightningModule):
             )
         if bytes_per_token is not None and not bytes_per_token > 0:
             raise ValueError(f"CausalLM: bytes_per_token must be > 0, got {bytes_per_token}")
+        check_mixer_kwargs(mixer, mixer_kwargs or {})
         self.save_hyperparameters()
         self.model: LanguageModel | None = None
         self.bytes_per_token = bytes_per_token
         self.eval_loss = nn.ModuleDict({split: MeanMetric() for split in EVAL_SPLITS})
         self._last_step_end: float | None = None
         self.tokenizer: Tokenizer | None = None
+        self.predicted: list[dict[str, Any]] = []
 
     def configure_model(self) -> None:
         """Build the backbone (once) and give it the DCLM init, also when the strategy builds it on ``meta``."""
@@ -124,10 +175,14 @@ class CausalLM(pl.LightningModule):
         self.model.reset_parameters()
 
     def setup(self, stage: str) -> None:
+        """Take the data module's tokenizer (refused if its ids overflow ``vocab_size``) and bytes per token."""
         datamodule = getattr(self.trainer, "datamodule", None)
+        self.tokenizer = getattr(datamodule, "tokenizer", None)
+        if self.tokenizer is not None:
+            size = self.tokenizer.vocab_size
+            check_vocab_size(self.tokenizer, self.hparams.vocab_size, f"pass --model.init_args.vocab_size={size}")
         if self.bytes_per_token is None and hasattr(datamodule, "bytes_per_token"):
             self.bytes_per_token = datamodule.bytes_per_token("val")
-        self.tokenizer = getattr(datamodule, "tokenizer", None)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """``tokens`` ``(B, T)`` → logits ``(B, T, vocab_size)``."""
@@ -161,14 +216,29 @@ class CausalLM(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_eval("test")
 
+    def on_predict_epoch_start(self) -> None:
+        self.predicted = []
+
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> str:
         """Prints and returns ``prompt`` + its sampled continuation; ``batch`` holds the ``prompt`` and the
         sampling settings of :func:`~pararnn_ts.lm.generate.generate` (see ``TextDataModule.predict_dataloader``)."""
         if self.tokenizer is None:
             raise RuntimeError("CausalLM.predict_step needs a tokenizer: predict with a data module that has one")
-        text = batch["prompt"] + generate(self.model, self.tokenizer, **batch)
+        completion = generate(self.model, self.tokenizer, **batch)
+        self.predicted.append({**batch, "completion": completion})
+        text = batch["prompt"] + completion
         self.print(f"--- sample {batch_idx} ---\n{text}")
         return text
+
+    def on_predict_epoch_end(self) -> None:
+        """Write the samples to :data:`PREDICTIONS_FILE` in the trainer's log folder (its root folder without a
+        logger): one JSON object per line, the ``prompt``, the sampling settings and the ``completion``."""
+        if self.trainer.is_global_zero and self.predicted:
+            folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / PREDICTIONS_FILE
+            path.write_text("".join(json.dumps(record) + "\n" for record in self.predicted))
+            print(f"\nwrote {len(self.predicted)} samples to {path}")
 
     def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         ce, _ = lm_losses(self(batch["inputs"]), batch["targets"])

@@ -121,3 +121,13 @@ class BPETokenizer:
 def load_tokenizer(spec: str | Path) -> Tokenizer:
     """``"byte"`` for :class:`ByteTokenizer`, else the path of a BPE tokenizer JSON file."""
     return ByteTokenizer() if str(spec) == "byte" else BPETokenizer.from_file(spec)
+
+
+def check_vocab_size(tokenizer: Tokenizer, vocab_size: int, fix: str) -> None:
+    """Raise ``ValueError`` (ending in ``fix``) if ``tokenizer`` makes ids that a model's ``vocab_size`` embedding
+    rows cannot hold; a smaller tokenizer is fine (rows padded to a round number, as in the paper's configs)."""
+    if tokenizer.vocab_size > vocab_size:
+        raise ValueError(
+            f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} tokens, more than the model's "
+            f"vocab_size={vocab_size}: {fix}"
+        )
