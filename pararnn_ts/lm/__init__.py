@@ -1,6 +1,5 @@
 """Language modelling: tokenisers, text corpora, token shards, the data module that serves them, and the
-LightningModule that trains on them. Generation: :mod:`pararnn_ts.lm.generate` (kept out of this
-namespace so that ``python -m pararnn_ts.lm.generate`` runs it cleanly)."""
+LightningModule that trains on them. Generation: :mod:`pararnn_ts.lm.generate` (``pararnn-ts generate``)."""
 
 from .corpus import hf_documents, read_jsonl, read_text_files, split_of, stdlib_documents, stdlib_files
 from .datamodule import ResumableDataLoader, TextDataModule

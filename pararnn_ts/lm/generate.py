@@ -2,7 +2,7 @@
 
 pararnn-ts generate --ckpt runs/tiny_paragru/version_0/checkpoints/last.ckpt --prompt "def "
 
-(or ``python -m pararnn_ts.lm.generate ...``), or through Lightning's ``predict`` (``CausalLM.predict_step``; prompts
+or through Lightning's ``predict`` (``CausalLM.predict_step``; prompts
 and sampling are the data module's; the samples also go to ``predictions.jsonl`` in the run's log folder):
 
 pararnn-ts predict -c experiments/lm/tiny_paragru.yaml --ckpt_path <that last.ckpt> \
