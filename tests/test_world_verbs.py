@@ -198,3 +198,12 @@ def test_checkpoints_of_other_models_and_missing_files_are_clear_errors(tmp_path
             verb(["--checkpoint", str(plain), "--out", str(tmp_path / "out.json")])
         with pytest.raises(FileNotFoundError, match="--checkpoint .*missing.ckpt does not exist"):
             verb(["--checkpoint", str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "out.json")])
+
+
+def test_plan_report_without_rounds_or_evaluation_plots_without_warnings(tmp_path):
+    report = {"rounds": [], "random_return_mean": None, "eval": {"mean": None, "std": None, "returns": []}}
+    report |= {"env": "Pendulum-v1", "planner": "cem", "reward": "learned", "real_steps": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mpc.plot_report(report, tmp_path / "report.png")
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"

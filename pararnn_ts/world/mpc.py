@@ -462,7 +462,8 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     ax.set_title(
         f"{report['env']}: {report['planner'].upper()}, ParaRNN world model, {report['reward']} reward", fontsize=10
     )
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # nothing to label without rounds or evaluation
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
