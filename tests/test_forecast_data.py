@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -163,13 +164,20 @@ def test_json_lines_round_trip_keeps_nan_and_covariates(tmp_path):
         ([series(20, "ok"), series(4, "short")], r"series 'short' has 4 values, fewer than .* = 6"),
         (
             [series(20, "hot", feat_dynamic_real=[[1.0] * 10 + [float("nan")] * 10])],
-            r"series 'hot'.*feat_dynamic_real has NaN at time steps \[10",
+            r"series 'hot'.*feat_dynamic_real has NaN or ±inf at time steps \[10",
         ),
         (
             [series(20, "ok", feat_dynamic_real=[[1.0] * 19])],
             r"test series 'ok': feat_dynamic_real has shape \(1, 19\), expected \(1, 20\)",
         ),
         ([{"target": [1.0] * 20}], r"line 1 lacks \['start'\]"),
+        (
+            [series(20, "ok"), {**series(20, "hot"), "target": [1.0] * 7 + [float("inf")] * 13}],
+            r"'hot' has ±inf .* \[7,",
+        ),
+        ([{**series(20, "big"), "target": [1.0] * 3 + [1e39] * 17}], r"'big' has ±inf \(or a value beyond float32"),
+        ([series(20, "hot", feat_dynamic_real=[[1.0] * 12 + [float("-inf")] * 8])], r"NaN or ±inf at time steps \[12"),
+        ([series(20, "ok"), {**series(20, "typo"), "target": [1.0] * 19 + ["x"]}], r"line 2: target holds a value"),
     ],
 )
 def test_json_lines_bad_series_give_clear_errors(tmp_path, records, message):
@@ -178,7 +186,7 @@ def test_json_lines_bad_series_give_clear_errors(tmp_path, records, message):
         JsonLinesDataset(path, "D", prediction_length=5).load()
 
 
-def test_json_lines_bad_arguments(tmp_path):
+def test_json_lines_bad_arguments(tmp_path, monkeypatch):
     path = write_lines(tmp_path / "toy.jsonl", [series(20, "a")])
     with pytest.raises(ValueError, match=r"toy: prediction_length must be a positive int.*got -3"):
         JsonLinesDataset(path, "D", prediction_length=-3)
@@ -186,6 +194,10 @@ def test_json_lines_bad_arguments(tmp_path):
         JsonLinesDataset(path, "daily", prediction_length=3)
     with pytest.raises(ValueError, match="no file at"):
         JsonLinesDataset(str(tmp_path / "missing.jsonl"), "D", 3).load()
+    monkeypatch.chdir(tmp_path)
+    relative = f"no file at missing.jsonl (a relative path starts from the current folder, {tmp_path})"
+    with pytest.raises(ValueError, match=re.escape(relative)):
+        JsonLinesDataset("missing.jsonl", "D", 3).load()
 
 
 def test_validate_refuses_a_test_window_no_longer_than_the_horizon():

@@ -89,8 +89,8 @@ def validate(data: ForecastData, source_period: int | None = None) -> ForecastDa
     Refused: ``prediction_length <= 0``; a ``freq`` pandas cannot parse or that disagrees with
     ``source_period`` (the period the source states, e.g. 12 for monthly); an empty split; a series that
     is empty or all NaN; a test window with no observed value before its horizon or shorter than
-    ``prediction_length + 1``; covariates with NaN or a length other than the target's; static
-    categories outside ``cardinality``. NaN inside a target is allowed (GluonTS masks it).
+    ``prediction_length + 1``; ±inf in a target; covariates with NaN, ±inf or a length other than the target's;
+    static categories outside ``cardinality``. NaN inside a target is allowed (GluonTS masks it).
     """
     name, horizon = data.name, data.prediction_length
     check_prediction_length(name, horizon)
@@ -103,6 +103,12 @@ def validate(data: ForecastData, source_period: int | None = None) -> ForecastDa
             target = np.asarray(entry["target"])
             if target.ndim != 1 or target.size == 0:
                 raise ValueError(f"{where} has an empty or non-1-D target (shape {target.shape}); drop the series")
+            if np.isinf(target).any():
+                raise ValueError(
+                    f"{where} has ±inf (or a value beyond float32's range) at time steps "
+                    f"{np.flatnonzero(np.isinf(target))[:5].tolist()}: fix those values, or leave them empty to "
+                    "mark them missing"
+                )
             if split == "test":
                 if target.size <= horizon:
                     raise ValueError(
@@ -128,10 +134,10 @@ def check_covariates(where: str, entry: dict[str, Any], data: ForecastData) -> N
                 f"{where}: feat_dynamic_real has shape {features.shape}, expected "
                 f"({data.num_feat_dynamic_real}, {length}) (features × time, covering the target)"
             )
-        if np.isnan(features).any():
+        if not np.isfinite(features).all():
             raise ValueError(
-                f"{where}: feat_dynamic_real has NaN at time steps "
-                f"{np.flatnonzero(np.isnan(features).any(0))[:5].tolist()}…; fill them (covariates cannot be "
+                f"{where}: feat_dynamic_real has NaN or ±inf at time steps "
+                f"{np.flatnonzero(~np.isfinite(features).all(0))[:5].tolist()}…; fill them (covariates cannot be "
                 "masked) or drop the covariate"
             )
     if data.cardinality:
@@ -402,7 +408,10 @@ class SeriesFile(ForecastDataset):
 
     def require_file(self) -> None:
         if not self.path.is_file():
-            raise ValueError(f"{self.name}: no file at {self.path}; pass the path of a {self.kind} file")
+            where = (
+                "" if self.path.is_absolute() else f" (a relative path starts from the current folder, {Path.cwd()})"
+            )
+            raise ValueError(f"{self.name}: no file at {self.path}{where}; pass the path of a {self.kind} file")
 
     def split(self, series: list[dict[str, Any]], cardinality: list[int] | None = None) -> ForecastData:
         """``series`` (whole data entries) as this dataset's train and test splits, validated."""
@@ -453,11 +462,19 @@ class JsonLinesDataset(SeriesFile):
         features = record.get("feat_dynamic_real")
         return entry(
             start,
-            np.asarray(record["target"], dtype=np.float32),
+            self.numbers(record["target"], f"{where}: target"),
             str(record.get("item_id", number - 1)),
-            np.asarray(features, dtype=np.float32) if features else None,
+            self.numbers(features, f"{where}: feat_dynamic_real") if features else None,
             **extra,
         )
+
+    @staticmethod
+    def numbers(values: Any, where: str) -> np.ndarray:
+        """``values`` as float32 (``null`` and ``"NaN"`` become NaN), or ``ValueError`` naming ``where``."""
+        try:
+            return np.asarray(values, dtype=np.float32)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{where} holds a value that is not a number ({error}); use null where missing") from None
 
 
 def write_json_lines(entries: list[dict[str, Any]], path: str | Path) -> Path:
