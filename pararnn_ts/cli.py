@@ -17,7 +17,9 @@ import os
 import pickle
 import shutil
 import sys
+import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
@@ -47,7 +49,7 @@ VERBS = {
 
 class ParaRNNCLI(LightningCLI):
     """LightningCLI that refuses to reuse a run's folder, evaluates the test split after ``fit``, and refuses to
-    ``test`` or ``predict`` without a checkpoint (the config alone builds untrained weights).
+    ``validate``, ``test`` or ``predict`` without a checkpoint (the config alone builds untrained weights).
 
     Before ``predict`` it calls the data module's ``check_predict_split()``, if it has one, so that a predict
     split the data cannot serve is refused before anything is written. A ``--ckpt_path`` of another model class
@@ -56,14 +58,26 @@ class ParaRNNCLI(LightningCLI):
     """
 
     def _parse_ckpt_path(self) -> None:
-        # Lightning replaces the config's model by the class the checkpoint's hyperparameters name: a checkpoint
-        # of another class would fail later, with that class's complaints about this config
+        # Lightning replaces the config's model by the class and the arguments the checkpoint's hyperparameters
+        # name: a checkpoint of another class is refused (it would fail later, with that class's complaints about
+        # this config), and arguments of the config or command line that the checkpoint replaces are warned about
         subcommand = self.config.get("subcommand")
-        if subcommand:
-            model = self.config[subcommand].get("model")
-            configured = model.get("class_path") if hasattr(model, "get") else None
-            refuse_other_model_class(self.config[subcommand].get("ckpt_path"), configured)
+        model = self.config[subcommand].get("model") if subcommand else None
+        if not hasattr(model, "get"):
+            return super()._parse_ckpt_path()
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        refuse_other_model_class(ckpt_path, model.get("class_path"))
+        configured = init_args(model)
         super()._parse_ckpt_path()
+        restored = init_args(self.config[subcommand]["model"])
+        replaced = {key: value for key, value in configured.items() if key in restored and restored[key] != value}
+        if replaced:
+            warnings.warn(
+                f"--ckpt_path {ckpt_path} restores the model's arguments it was trained with, so these of the config "
+                "or command line are not used: "
+                + ", ".join(f"{key}={value!r} (checkpoint: {restored[key]!r})" for key, value in replaced.items()),
+                stacklevel=1,
+            )
 
     def _run_subcommand(self, subcommand: str) -> None:
         # a run that fails before writing more than its config.yaml (bad env id, wrong checkpoint) leaves no
@@ -78,6 +92,9 @@ class ParaRNNCLI(LightningCLI):
 
     def before_fit(self) -> None:
         refuse_used_log_dir(self.trainer)
+
+    def before_validate(self) -> None:
+        require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
 
     def before_test(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
@@ -137,6 +154,12 @@ def refuse_used_log_dir(trainer: Trainer) -> None:
                 "--trainer.logger.init_args.save_dir (--trainer.default_root_dir without a logger); or delete "
                 "that folder"
             )
+
+
+def init_args(model: Any) -> dict[str, Any]:
+    """The ``init_args`` of a parsed ``model:`` section, as a plain dict (empty without any)."""
+    arguments = model.get("init_args")
+    return arguments.as_dict() if hasattr(arguments, "as_dict") else dict(arguments or {})
 
 
 def refuse_other_model_class(ckpt_path: str | None, configured: str | None) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
@@ -152,11 +154,11 @@ def test_rerun_gets_a_new_folder_and_never_overwrites(tmp_path, monkeypatch):
     assert snapshot(tmp_path / "runs" / "parity_paragru" / "fixed") == before
 
 
-def test_test_and_predict_need_a_checkpoint_and_predict_a_predict_split(tmp_path, monkeypatch):
+def test_validate_test_and_predict_need_a_checkpoint_and_predict_a_predict_split(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "-c", str(PARITY_GRU), *TINY])
     (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("*.ckpt")
-    for verb in ("test", "predict"):
+    for verb in ("validate", "test", "predict"):
         with pytest.raises(ValueError, match="--ckpt_path"):
             main([verb, "-c", str(PARITY_GRU), *TINY])
     with pytest.raises(ValueError, match="ParityDataModule serves nothing to predict"):
@@ -175,6 +177,18 @@ def test_test_without_a_test_split_is_refused_before_the_run(tmp_path, monkeypat
     with pytest.raises(ValueError, match="no test split .* pararnn-ts validate"):
         main(["test", "-c", str(PARITY_GRU), *TINY, f"--ckpt_path={checkpoint}"])
     assert [p.name for p in (tmp_path / "runs" / "parity_paragru").iterdir()] == ["version_0"]
+
+
+def test_arguments_a_checkpoint_replaces_are_named_in_a_warning(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(PARITY_GRU), *TINY])
+    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("*.ckpt")
+    trained_lr = torch.load(checkpoint, weights_only=True)["hyper_parameters"]["lr"]
+    with pytest.warns(UserWarning, match=rf"not used: lr=0\.123 \(checkpoint: {trained_lr}\)$"):
+        main(["test", "-c", str(PARITY_GRU), *TINY, "--model.init_args.lr=0.123", f"--ckpt_path={checkpoint}"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*restores the model's arguments")
+        main(["test", "-c", str(PARITY_GRU), *TINY, f"--ckpt_path={checkpoint}"])
 
 
 def test_a_run_that_fails_before_writing_results_leaves_no_folder(tmp_path, monkeypatch):
