@@ -232,6 +232,8 @@ def test_training_loader_has_a_length_and_continues_across_epochs():
         ({"freq": "fortnightly"}, "freq"),
         ({"context_length": 0}, "context_length"),
         ({"distribution": "gamma"}, "distribution"),
+        ({"cell": "foo"}, r"cell='foo' is not one of \('gru', 'lstm'\)"),
+        ({"mode": "fast"}, r"mode='fast' is not one of"),
         ({"quantiles": [0.1, 0.9]}, "quantiles"),
         ({"num_feat_static_cat": 1}, "cardinality"),
         ({"num_feat_dynamic_real": -1}, "num_feat_dynamic_real"),

@@ -10,7 +10,7 @@ cuts ``past_length = context_length + max(lags_seq)`` steps of past and ``predic
 
 import itertools
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from gluonts.core.component import validated
@@ -40,6 +40,7 @@ from gluonts.transform import (
     VstackFeatures,
 )
 
+from ..core.cell import Mode
 from ..nn.distribution_heads import DISTRIBUTION_HEADS
 from .lightning_module import (
     LR_SCHEDULES,
@@ -48,7 +49,7 @@ from .lightning_module import (
     ParaRNNLightningModule,
     check_ema_decay,
 )
-from .module import LOSS_WEIGHTINGS, NAIVE_DRIFTS, gate_terms
+from .module import LOSS_WEIGHTINGS, NAIVE_DRIFTS, RNN_CELLS, gate_terms
 
 PREDICTION_INPUT_NAMES = list(MODEL_INPUT_NAMES)
 TRAINING_INPUT_NAMES = [*PREDICTION_INPUT_NAMES, "future_target", "future_observed_values"]
@@ -218,6 +219,10 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             num_parallel_samples=num_parallel_samples,
             lr=lr,
         )
+        if cell not in RNN_CELLS:
+            raise ValueError(f"ParaRNNEstimator: cell={cell!r} is not one of {tuple(RNN_CELLS)}")
+        if mode not in get_args(Mode):
+            raise ValueError(f"ParaRNNEstimator: mode={mode!r} is not one of {get_args(Mode)}")
         if distribution not in DISTRIBUTIONS:
             raise ValueError(f"ParaRNNEstimator: distribution={distribution!r} is not one of {DISTRIBUTIONS}")
         if quantiles is not None and distribution != "quantile":
