@@ -92,6 +92,7 @@ class ParaRNNCLI(LightningCLI):
 
     def before_fit(self) -> None:
         refuse_used_log_dir(self.trainer)
+        warn_if_never_validated(self.trainer)
 
     def before_validate(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
@@ -135,6 +136,18 @@ def drop_unused_folder(folder: Path | None, config_file: str) -> None:
     if folder is not None and folder.is_dir():
         if all(path.is_dir() or path.name == config_file for path in folder.rglob("*")):
             shutil.rmtree(folder)
+
+
+def warn_if_never_validated(trainer: Trainer) -> None:
+    """Warn when ``max_steps`` ends the fit before the first validation that ``val_check_interval`` (in steps)
+    asks for: no validation metric is logged and no checkpoint that monitors one is written."""
+    interval, steps = trainer.val_check_interval, trainer.max_steps
+    if isinstance(interval, int) and 0 < steps < interval and trainer.limit_val_batches != 0:
+        warnings.warn(
+            f"--trainer.max_steps={steps} ends the fit before the first validation at val_check_interval={interval} "
+            f"steps: nothing is validated; pass --trainer.val_check_interval={steps} (or fewer) to validate",
+            stacklevel=1,
+        )
 
 
 def refuse_used_log_dir(trainer: Trainer) -> None:

@@ -191,6 +191,20 @@ def test_arguments_a_checkpoint_replaces_are_named_in_a_warning(tmp_path, monkey
         main(["test", "-c", str(PARITY_GRU), *TINY, f"--ckpt_path={checkpoint}"])
 
 
+def test_a_fit_too_short_to_reach_its_first_validation_is_warned_about(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    by_steps = [*TINY, "--trainer.check_val_every_n_epoch=null"]
+    with pytest.warns(
+        UserWarning, match="max_steps=3 ends the fit before the first validation at val_check_interval=5"
+    ):
+        main(["fit", "-c", str(PARITY_GRU), *by_steps, "--trainer.val_check_interval=5"])
+    assert not read_metrics(tmp_path / "runs" / "parity_paragru" / "version_0").get("val_loss")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*before the first validation")
+        main(["fit", "-c", str(PARITY_GRU), *by_steps, "--trainer.val_check_interval=2"])
+    assert read_metrics(tmp_path / "runs" / "parity_paragru" / "version_1")["val_loss"]
+
+
 def test_a_run_that_fails_before_writing_results_leaves_no_folder(tmp_path, monkeypatch):
     from pararnn_ts.synthetic import ParityDataModule, SequenceTagger
 
