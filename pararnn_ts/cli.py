@@ -47,6 +47,14 @@ VERBS = {
 }
 
 
+#: (category, message, module) of warnings that libraries raise about their own code on every run: nothing a
+#: user of pararnn-ts can act on (GluonTS's pandas period aliases such as 'Q', and its json fallback)
+LIBRARY_NOISE = (
+    (FutureWarning, r".*is deprecated and will be removed in a future version", r"gluonts\."),
+    (UserWarning, r"Using `json`-module for json-handling", r"gluonts\.json"),
+)
+
+
 class ParaRNNCLI(LightningCLI):
     """LightningCLI that refuses to reuse a run's folder, evaluates the test split after ``fit``, and refuses to
     ``validate``, ``test`` or ``predict`` without a checkpoint (the config alone builds untrained weights).
@@ -243,6 +251,9 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``pararnn-ts``; ``args`` defaults to ``sys.argv[1:]``."""
     argv = sys.argv[1:] if args is None else args
+    if not sys.warnoptions:  # python -W or PYTHONWARNINGS shows them again
+        for category, message, module in LIBRARY_NOISE:
+            warnings.filterwarnings("ignore", message, category, module)
     if argv and argv[0] in VERBS:
         importlib.import_module(VERBS[argv[0]][0]).main(argv[1:])
     else:

@@ -205,6 +205,21 @@ def test_a_fit_too_short_to_reach_its_first_validation_is_warned_about(tmp_path,
     assert read_metrics(tmp_path / "runs" / "parity_paragru" / "version_1")["val_loss"]
 
 
+@pytest.mark.parametrize("warnoptions", [[], ["default"]])
+def test_library_deprecation_noise_is_silenced_unless_warnings_are_asked_for(monkeypatch, warnoptions):
+    monkeypatch.setattr(sys, "warnoptions", warnoptions)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SystemExit):
+            main(["fit", "--help"])
+        for module in ("gluonts.time_feature.lag", "my_project.features"):
+            warnings.warn_explicit(
+                "'Q' is deprecated and will be removed in a future version", FutureWarning, "f", 1, module
+            )
+    shown = [str(w.message) for w in caught if w.category is FutureWarning]
+    assert len(shown) == (2 if warnoptions else 1)  # the user's own code always warns
+
+
 def test_a_run_that_fails_before_writing_results_leaves_no_folder(tmp_path, monkeypatch):
     from pararnn_ts.synthetic import ParityDataModule, SequenceTagger
 
