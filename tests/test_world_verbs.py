@@ -126,6 +126,9 @@ def test_world_eval_plots_a_long_enough_episode_prints_progress_and_writes_stric
     assert (tmp_path / "rollout_CartPole-v1.png").is_file()
     stored = json.loads((tmp_path / "kstep_CartPole-v1.json").read_text(), parse_constant=pytest.fail)
     assert stored["errors"]["persistence"]["500"] is None and stored["settings"]["stride"] == 3
+    models = [line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
+    assert stored["machine"]["cpu"] == models[0].split(":", 1)[1].strip()
+    assert stored["machine"]["torch_threads"] == torch.get_num_threads() and stored["machine"]["torch"]
     var = data.stats["obs_std"].astype(np.float64) ** 2
     expected = evaluate.k_step_errors(persistence, test, (1,), context, stride=3, obs_var=var)
     assert results["errors"]["persistence"]["1"] == pytest.approx(expected[1])
@@ -182,6 +185,7 @@ def test_plan_takes_the_env_from_the_checkpoint_and_warns_about_training_flags(f
     out = tmp_path / "p.json"
     report = mpc.main(["--checkpoint", str(fit_checkpoint), "--eval-episodes", "0", "--out", str(out)])
     assert report["env"] == "Pendulum-v1" and out.is_file() and out.with_suffix(".png").is_file()
+    assert json.loads(out.read_text())["machine"]["torch_threads"] == torch.get_num_threads()
 
 
 def test_checkpoints_of_other_models_and_missing_files_are_clear_errors(tmp_path):

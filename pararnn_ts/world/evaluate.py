@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -237,6 +238,7 @@ def compare_models(
         "train_seconds": {row.name: row.seconds for row in rows},
         "parameters": {row.name: row.parameters for row in rows},
         "wall_seconds": time.perf_counter() - start,
+        "machine": machine(),
     }
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
     paths["json"].write_text(json.dumps(results, indent=2, allow_nan=False))
@@ -313,6 +315,22 @@ def train_world_model(datamodule: Any, max_epochs: int, seed: int = 0, **module_
 def _number(value: float | None, spec: str) -> str:
     """``value`` formatted by ``spec``; ``-`` for a missing (``None`` or NaN) one."""
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
+
+
+def machine() -> dict[str, Any]:
+    """What ran a result: the CPU model (``/proc/cpuinfo``), torch threads, the GPU if any, torch and Python."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
+    except OSError:
+        cpu = None
+    return {
+        "cpu": cpu or platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def markdown_table(results: dict[str, Any], ks: Sequence[int]) -> str:

@@ -57,7 +57,7 @@ from .checkpoints import check_sizes, checkpoint_env, env_for_checkpoint, load_c
 from .collect import Trajectories, action_dim, collect
 from .datamodule import TrajectoryDataModule
 from .env import RewardFn, TerminationFn
-from .evaluate import refuse_to_overwrite
+from .evaluate import machine, refuse_to_overwrite
 from .module import WorldModelModule
 from .planners import CEMPlanner, MPPIPlanner, SamplingPlanner
 
@@ -396,7 +396,7 @@ def run_mpc(settings: MPCSettings) -> dict[str, Any]:
         "rounds": learned.rounds,
         "random_return_mean": learned.random_return_mean,
         "settings": asdict(settings),
-        "torch_threads": torch.get_num_threads(),
+        "machine": machine(),
     }
 
 
