@@ -157,9 +157,17 @@ def test_fit_checkpoints_carry_their_env(fit_checkpoint):
 
 def test_world_eval_scores_a_checkpoint_on_its_env(fit_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "train_world_model", lambda *a, **k: pytest.fail("training started"))
-    argv = ["--checkpoint", str(fit_checkpoint), "--models", "persistence", "pararnn", "--steps", "600"]
-    results = evaluate.main([*argv, "--context", "4", "--ks", "1", "5", "--out", str(tmp_path)])
+    argv = ["--checkpoint", str(fit_checkpoint), "--models", "persistence", "pararnn"]
+    argv += ["--context", "4", "--ks", "1", "5"]
+    results = evaluate.main([*argv, "--out", str(tmp_path)])
     assert results["env_id"] == "Pendulum-v1" and list(results["errors"]) == ["persistence", "ParaGRU"]
+    trained = TrajectoryDataModule("Pendulum-v1", None, 1000, 0)  # the fixture's data: its split, not world-eval's
+    trained.setup("fit")
+    assert results["num_steps"] == 1000
+    assert results["episodes"] == {split: len(ids) for split, ids in trained.split_ids.items()}
+    with pytest.warns(UserWarning, match=r"other data than it was trained on: num_steps=600 \(trained: 1000\)"):
+        other = evaluate.main([*argv, "--steps", "600", "--out", str(tmp_path / "other")])
+    assert other["num_steps"] == 600
     assert results["train_seconds"]["ParaGRU"] is None and results["settings"]["checkpoint"] == str(fit_checkpoint)
     assert " | - |" in (tmp_path / "kstep_Pendulum-v1.md").read_text()
     with pytest.raises(ValueError, match="scored as the pararnn row; add pararnn to --models"):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,32 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def checkpoint_env(checkpoint: dict[str, Any]) -> str | None:
     """The env id of the data module a checkpoint was trained with; ``None`` if it carries none."""
     return (checkpoint.get("datamodule_hyper_parameters") or {}).get("env_id")
+
+
+#: the data module arguments that decide which transitions are collected and how episodes are split
+DATA_ARGUMENTS = ("path", "num_steps", "seed", "num_envs", "val_fraction", "test_fraction")
+
+
+def checkpoint_data(checkpoint: dict[str, Any], given: dict[str, Any], path: str | Path) -> dict[str, Any] | None:
+    """The data arguments (:data:`DATA_ARGUMENTS`) a checkpoint was trained with, ``None`` if it carries none.
+
+    Warns about the ``given`` ones (``None``: not given) that differ: other data or another split can put the
+    checkpoint's training episodes among the test episodes it is scored on.
+    """
+    trained = checkpoint.get("datamodule_hyper_parameters") or {}
+    data = {name: trained[name] for name in DATA_ARGUMENTS if name in trained}
+    differ = [
+        f"{name}={value!r} (trained: {data[name]!r})"
+        for name, value in given.items()
+        if value is not None and name in data and data[name] != value
+    ]
+    if differ:
+        warnings.warn(
+            f"--checkpoint {path} is scored on other data than it was trained on: {', '.join(differ)}; its test "
+            "episodes may then include episodes it was trained on",
+            stacklevel=2,
+        )
+    return data or None
 
 
 def read_world_checkpoint(path: str | Path) -> tuple[WorldModelModule, str | None]:

@@ -386,7 +386,7 @@ def plot_rollout(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``pararnn-ts world-eval``: score the models, write the table, JSON and plot, print the table."""
-    from .checkpoints import checkpoint_env, env_for_checkpoint, load_checkpoint
+    from .checkpoints import checkpoint_data, checkpoint_env, env_for_checkpoint, load_checkpoint
     from .datamodule import TrajectoryDataModule
 
     parser = argparse.ArgumentParser(
@@ -399,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--checkpoint",
         default=None,
         help="WorldModelModule .ckpt (pararnn-ts fit -c experiments/world/...) scored as the pararnn row instead of "
-        "training one; give the --steps/--seed/--data it was trained on so that its test episodes stay held out",
+        "training one, on the data and episode split it was trained with (unless --steps/--seed/--data say otherwise)",
     )
     parser.add_argument(
         "--models",
@@ -409,8 +409,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         metavar="MODEL",
         help="rows to score: " + "; ".join(f"{k} ({v})" for k, v in MODELS.items()),
     )
-    parser.add_argument("--steps", type=int, default=10_000, help="random-policy transitions to collect")
-    parser.add_argument("--data", default=None, help="trajectory .npz to read (or to write the collection to)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="random-policy transitions to collect; None: the --checkpoint's, else 10000",
+    )
+    parser.add_argument(
+        "--data", default=None, help="trajectory .npz to read (or to write the collection to); None: the --checkpoint's"
+    )
     parser.add_argument("--out", default="runs/world_eval", help="folder for kstep_<env>.json/.md, rollout_<env>.png")
     parser.add_argument("--overwrite", action="store_true", help="replace those files when --out already has them")
     parser.add_argument("--cell", choices=("gru", "lstm"), default="gru", help="cell of the trained pararnn row")
@@ -426,16 +433,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--context", type=int, default=16, help="observations a model sees before predicting")
     parser.add_argument("--stride", type=int, default=5, help="steps between evaluation windows")
     parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="open-loop horizons to report")
-    parser.add_argument("--seed", type=int, default=0, help="seeds collection, the episode split and training")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seeds collection, the episode split and training; None: the --checkpoint's, else 0",
+    )
     args = parser.parse_args(argv)
     env = args.env
+    given = {"path": args.data, "num_steps": args.steps, "seed": args.seed}
+    data = {"path": None, "num_steps": 10_000, "seed": 0}
     if args.checkpoint is not None:
-        env = env_for_checkpoint(env, checkpoint_env(load_checkpoint(args.checkpoint)), args.checkpoint)
+        checkpoint = load_checkpoint(args.checkpoint)
+        env = env_for_checkpoint(env, checkpoint_env(checkpoint), args.checkpoint)
+        data = checkpoint_data(checkpoint, given, args.checkpoint) or data
+    data |= {name: value for name, value in given.items() if value is not None}
     datamodule = TrajectoryDataModule(
         env or "Pendulum-v1",
-        args.data,
-        args.steps,
-        args.seed,
+        **data,
         window=args.window,
         stride=args.train_stride,
         batch_size=args.batch_size,
@@ -455,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ks=args.ks,
         context=args.context,
         stride=args.stride,
-        seed=args.seed,
+        seed=data["seed"],
         overwrite=args.overwrite,
     )
     print(markdown_table(results, args.ks) + f"\nwall time {results['wall_seconds']:.0f} s")
