@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from ..nn import MIXERS, AttentionMixer, LanguageModel, Mamba2Mixer, ParaRNNMixer
-from ..nn.backbone import MixerName
+from ..nn import MIXERS, LanguageModel
+from ..nn.backbone import MIXER_SPECS, MixerName
 from ..nn.mixers import RNN_CELLS
 from .generate import generate
 from .tokenizers import Tokenizer, check_vocab_size
@@ -29,14 +29,6 @@ EVAL_SPLITS = ("val", "test")
 #: where ``predict`` writes its samples, one JSON object per line, in the trainer's log folder
 PREDICTIONS_FILE = "predictions.jsonl"
 
-#: the classes each mixer's ``mixer_kwargs`` reach (:func:`~pararnn_ts.nn.build_mixer`); ParaRNNMixer passes the
-#: keywords it does not name on to its cell
-MIXER_CLASSES: dict[str, tuple[type[nn.Module], ...]] = {
-    "paragru": (ParaRNNMixer, RNN_CELLS["gru"]),
-    "paralstm": (ParaRNNMixer, RNN_CELLS["lstm"]),
-    "transformer": (AttentionMixer,),
-    "mamba2": (Mamba2Mixer,),
-}
 #: constructor arguments that the LM backbone and ParaRNNMixer fill in themselves, never ``mixer_kwargs``
 BUILDER_ARGUMENTS = frozenset({"self", "dim", "cell", "num_heads", "input_size", "hidden_size"})
 
@@ -58,7 +50,9 @@ def mixer_arguments(mixer: MixerName) -> list[str]:
     """The keywords ``mixer_kwargs`` may hold for ``mixer``: those named by the ``__init__`` of its classes and
     their bases, as far as each ``__init__`` passes ``**kwargs`` on (a cell's reach ``ParaCell``)."""
     names: set[str] = set()
-    for cls in MIXER_CLASSES[mixer]:
+    mixer_class, fixed = MIXER_SPECS[mixer]  # a ParaRNNMixer passes the keywords it does not name to its cell
+    classes = (mixer_class, RNN_CELLS[fixed["cell"]]) if "cell" in fixed else (mixer_class,)
+    for cls in classes:
         for base in cls.__mro__[: cls.__mro__.index(nn.Module)]:
             if "__init__" not in vars(base):
                 continue

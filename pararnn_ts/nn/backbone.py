@@ -14,20 +14,22 @@ from .mlp import SwiGLU
 from .norms import RMSNorm
 
 MixerName = Literal["paragru", "paralstm", "transformer", "mamba2"]
-MIXERS = ("paragru", "paralstm", "transformer", "mamba2")
+#: each mixer's class and the arguments its name fixes
+MIXER_SPECS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
+    "paragru": (ParaRNNMixer, {"cell": "gru"}),
+    "paralstm": (ParaRNNMixer, {"cell": "lstm"}),
+    "transformer": (AttentionMixer, {}),
+    "mamba2": (Mamba2Mixer, {}),
+}
+MIXERS = tuple(MIXER_SPECS)
 
 
 def build_mixer(name: MixerName, dim: int, num_heads: int, **mixer_kwargs: Any) -> nn.Module:
     """The mixer called ``name`` (one of :data:`MIXERS`) with ``mixer_kwargs`` passed to its class."""
-    if name == "paragru":
-        return ParaRNNMixer(dim, cell="gru", num_heads=num_heads, **mixer_kwargs)
-    if name == "paralstm":
-        return ParaRNNMixer(dim, cell="lstm", num_heads=num_heads, **mixer_kwargs)
-    if name == "transformer":
-        return AttentionMixer(dim, num_heads=num_heads, **mixer_kwargs)
-    if name == "mamba2":
-        return Mamba2Mixer(dim, num_heads=num_heads, **mixer_kwargs)
-    raise ValueError(f"mixer={name!r} is not one of {MIXERS}")
+    if name not in MIXER_SPECS:
+        raise ValueError(f"mixer={name!r} is not one of {MIXERS}")
+    cls, fixed = MIXER_SPECS[name]
+    return cls(dim, num_heads=num_heads, **fixed, **mixer_kwargs)
 
 
 class Block(nn.Module):
