@@ -68,7 +68,7 @@ def foreign_checkpoint(path: Path, hparams: dict) -> Path:
 # ---- outputs ----------------------------------------------------------------------------------------
 def test_world_eval_refuses_existing_outputs_before_collecting(tmp_path, no_work):
     (tmp_path / "kstep_Pendulum-v1.md").write_text("earlier run")
-    with pytest.raises(FileExistsError, match=r"kstep_Pendulum-v1\.md exists; pass --overwrite .* or another --out"):
+    with pytest.raises(FileExistsError, match=r"kstep_Pendulum-v1\.md already exists: pass --overwrite .* or --out elsewhere"):
         evaluate.main(["--out", str(tmp_path)])
     with pytest.raises(AssertionError, match="collection or training started"):  # --overwrite lets it run
         evaluate.main(["--out", str(tmp_path), "--overwrite"])
@@ -78,11 +78,11 @@ def test_world_eval_refuses_existing_outputs_before_collecting(tmp_path, no_work
 def test_plan_refuses_existing_outputs_before_collecting(tmp_path, no_work):
     out = tmp_path / "mpc.json"
     out.with_suffix(".png").write_bytes(b"earlier plot")
-    with pytest.raises(FileExistsError, match=r"mpc\.png exists; pass --overwrite .* or another --out"):
+    with pytest.raises(FileExistsError, match=r"mpc\.png already exists: pass --overwrite .* or --out elsewhere"):
         mpc.main(["--out", str(out)])
     out.with_suffix(".png").unlink()
     (tmp_path / "model.ckpt").write_bytes(b"earlier model")
-    with pytest.raises(FileExistsError, match=r"model\.ckpt exists; .* or another --save-model"):
+    with pytest.raises(FileExistsError, match=r"model\.ckpt already exists: .* or --save-model elsewhere"):
         mpc.main(["--out", str(out), "--save-model", str(tmp_path / "model.ckpt")])
     with pytest.raises(AssertionError, match="collection or training started"):
         mpc.main(["--out", str(out), "--save-model", str(tmp_path / "model.ckpt"), "--overwrite"])

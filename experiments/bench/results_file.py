@@ -12,6 +12,8 @@ import argparse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from pararnn_ts import outputs
+
 #: the default folder of every benchmark's results, relative to the current folder (git-ignored)
 DEFAULT_DIR = Path("runs") / "bench"
 
@@ -29,19 +31,13 @@ def refuse_existing(
     option: str = "--out",
     parser: argparse.ArgumentParser | None = None,
 ) -> None:
-    """Refuse when one of ``paths`` exists and ``overwrite`` is false: ``parser.error`` (exit status 2) with a
-    ``parser``, else :class:`FileExistsError`. The message names the files, ``--overwrite`` and ``option``."""
-    if overwrite:
-        return
-    existing = [str(path) for path in paths if Path(path).exists()]
-    if existing:
-        message = (
-            f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: "
-            f"pass --overwrite to replace {'it' if len(existing) == 1 else 'them'}, or {option} elsewhere"
-        )
-        if parser is not None:
-            parser.error(message)
-        raise FileExistsError(message)
+    """:func:`pararnn_ts.outputs.refuse_existing`, as ``parser.error`` (exit status 2) when given a ``parser``."""
+    try:
+        outputs.refuse_existing(paths, overwrite, option)
+    except FileExistsError as error:
+        if parser is None:
+            raise
+        parser.error(str(error))
 
 
 def results_path(

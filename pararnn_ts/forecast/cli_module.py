@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 from gluonts.model.forecast import Forecast
@@ -24,6 +23,7 @@ from gluonts.torch.model.predictor import PyTorchPredictor
 from gluonts.transform import InstanceSplitter, Transformation
 
 from ..core.cell import Mode
+from ..outputs import run_folder
 from .data import ForecastData, seasonality_of
 from .datamodule import PredictItem
 from .estimator import ParaRNNEstimator
@@ -213,7 +213,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
         }
         self.log_dict(metrics)
         if self.trainer.is_global_zero:
-            folder = self.output_folder()
+            folder = run_folder(self.trainer)
             (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
             inputs, actuals = split_windows(self.test_entries, horizon)
             plot_forecasts(inputs, self.test_forecasts, folder / PLOT_FILE, actuals=actuals)
@@ -236,7 +236,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
         if self.trainer.is_global_zero and self.predicted:
             items, forecasts = zip(*self.predicted, strict=True)
             known = all(item.actual is not None for item in items)
-            folder = self.output_folder()
+            folder = run_folder(self.trainer)
             actuals = [item.actual for item in items] if known else None
             table, samples = write_forecasts(forecasts, folder, actuals)
             plot_forecasts([item.history for item in items], forecasts, folder / PLOT_FILE, actuals=actuals)
@@ -245,12 +245,6 @@ class ParaRNNForecaster(ForecastTrainingModule):
                 f"{folder / PLOT_FILE}"
             )
         self._predict_predictor = None
-
-    def output_folder(self) -> Path:
-        """The trainer's log folder (its root folder without a logger), created if needed."""
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
 
 
 def markdown_table(metrics: dict[str, float], title: str = "metric") -> str:

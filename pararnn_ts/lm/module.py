@@ -8,7 +8,6 @@ import json
 import math
 import time
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -19,6 +18,7 @@ from torchmetrics import MeanMetric
 from ..nn import MIXERS, LanguageModel
 from ..nn.backbone import MIXER_SPECS, MixerName
 from ..nn.mixers import RNN_CELLS
+from ..outputs import run_folder
 from .generate import generate
 from .tokenizers import Tokenizer, check_vocab_size
 
@@ -228,9 +228,7 @@ class CausalLM(pl.LightningModule):
         """Write the samples to :data:`PREDICTIONS_FILE` in the trainer's log folder (its root folder without a
         logger): one JSON object per line, the ``prompt``, the sampling settings and the ``completion``."""
         if self.trainer.is_global_zero and self.predicted:
-            folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / PREDICTIONS_FILE
+            path = run_folder(self.trainer) / PREDICTIONS_FILE
             path.write_text("".join(json.dumps(record) + "\n" for record in self.predicted))
             print(f"\nwrote {len(self.predicted)} samples to {path}")
 

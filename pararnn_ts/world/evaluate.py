@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..outputs import refuse_existing
 from .collect import Episode
 from .model import Prediction
 
@@ -143,16 +144,6 @@ class Row(NamedTuple):
     parameters: int
 
 
-def refuse_to_overwrite(paths: dict[Path, str], overwrite: bool) -> None:
-    """Raise ``FileExistsError`` for the first of ``paths`` that exists, unless ``overwrite``.
-
-    ``paths`` maps each file a verb would write to the flag that chose it (``"--out"``, ...).
-    """
-    for path, flag in paths.items():
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass --overwrite to replace it, or another {flag}")
-
-
 def output_paths(out_dir: str | Path, env: str) -> dict[str, Path]:
     """The ``json``, ``md`` and ``png`` files :func:`compare_models` writes for ``env`` in ``out_dir``."""
     out_dir, stem = Path(out_dir), env.replace("/", "_")
@@ -205,7 +196,7 @@ def compare_models(
     if context < 1 or stride < 1 or not ks or min(ks) < 1:
         raise ValueError(f"--context, --stride and every --ks must be >= 1, got {context}, {stride}, {list(ks)}")
     paths = output_paths(out_dir, datamodule.env_id)
-    refuse_to_overwrite(dict.fromkeys(paths.values(), "--out"), overwrite)
+    refuse_existing(paths.values(), overwrite)
     start = time.perf_counter()
     datamodule.setup("fit")
     test = datamodule.episodes("test")

@@ -53,11 +53,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..outputs import refuse_existing
 from .checkpoints import check_sizes, checkpoint_env, env_for_checkpoint, load_checkpoint, read_world_checkpoint
 from .collect import Trajectories, action_dim, collect
 from .datamodule import TrajectoryDataModule
 from .env import RewardFn, TerminationFn
-from .evaluate import machine, refuse_to_overwrite
+from .evaluate import machine
 from .module import WorldModelModule
 from .planners import CEMPlanner, MPPIPlanner, SamplingPlanner
 
@@ -368,7 +369,7 @@ def learn(settings: MPCSettings, env: gym.Env) -> Learned:
 
 def run_mpc(settings: MPCSettings) -> dict[str, Any]:
     """Run the loop of the module docstring (or only the evaluation, with a checkpoint); returns the report."""
-    refuse_to_overwrite(settings.outputs(), settings.overwrite)
+    refuse_existing(settings.outputs(), settings.overwrite)
     torch.set_num_threads(settings.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banner every round
     pl.seed_everything(settings.seed, verbose=False)

@@ -1,0 +1,40 @@
+"""Where runs write their files, and the refusal to replace files a user already has.
+
+A leaf module (it imports nothing of ``pararnn_ts``) shared by the Lightning modules, the world verbs and the
+benchmark scripts under ``experiments/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+
+def refuse_existing(
+    paths: Mapping[Path | str, str] | Iterable[Path | str], overwrite: bool, option: str = "--out"
+) -> None:
+    """Raise :class:`FileExistsError` naming every one of ``paths`` that exists, unless ``overwrite``.
+
+    ``paths`` is the files a run would write, or a mapping from each file to the option that chose it
+    (``"--out"``, ``"--save-model"``, ...; ``option`` for all of them otherwise). The message names the files,
+    ``--overwrite`` and those options.
+    """
+    if overwrite:
+        return
+    options = dict(paths) if isinstance(paths, Mapping) else dict.fromkeys(paths, option)
+    existing = {str(path): flag for path, flag in options.items() if Path(path).exists()}
+    if existing:
+        one = len(existing) == 1
+        flags = " or ".join(dict.fromkeys(existing.values()))
+        raise FileExistsError(
+            f"{', '.join(existing)} already exist{'s' if one else ''}: "
+            f"pass --overwrite to replace {'it' if one else 'them'}, or {flags} elsewhere"
+        )
+
+
+def run_folder(trainer: Any) -> Path:
+    """A Lightning ``trainer``'s log folder (its root folder when it has no logger), created if needed."""
+    folder = Path(trainer.log_dir or trainer.default_root_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

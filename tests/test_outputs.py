@@ -1,0 +1,31 @@
+"""The shared refusal to replace existing files, and the run folder of a trainer."""
+
+from types import SimpleNamespace
+
+import pytest
+
+from pararnn_ts.outputs import refuse_existing, run_folder
+
+
+def test_refuse_existing_names_every_existing_file_and_the_options_that_chose_them(tmp_path):
+    table, model, fresh = tmp_path / "table.md", tmp_path / "model.ckpt", tmp_path / "new.json"
+    refuse_existing([table, model, fresh], overwrite=False)  # nothing there yet
+    table.write_text("mine")
+    with pytest.raises(FileExistsError, match=r"table\.md already exists: pass --overwrite to replace it, or --out "):
+        refuse_existing([table, fresh], overwrite=False)
+    model.write_text("mine")
+    paths = {table: "--out", model: "--save-model", fresh: "--out"}
+    with pytest.raises(FileExistsError) as refused:
+        refuse_existing(paths, overwrite=False)
+    assert str(refused.value) == (
+        f"{table}, {model} already exist: pass --overwrite to replace them, or --out or --save-model elsewhere"
+    )
+    refuse_existing(paths, overwrite=True)
+    assert table.read_text() == model.read_text() == "mine"  # refusing or not, nothing is touched
+
+
+def test_run_folder_is_the_log_folder_or_the_root_without_a_logger(tmp_path):
+    logged = SimpleNamespace(log_dir=str(tmp_path / "logs" / "version_0"), default_root_dir=str(tmp_path))
+    assert run_folder(logged) == tmp_path / "logs" / "version_0" and run_folder(logged).is_dir()
+    unlogged = SimpleNamespace(log_dir=None, default_root_dir=str(tmp_path / "root"))
+    assert run_folder(unlogged) == tmp_path / "root" and run_folder(unlogged).is_dir()
