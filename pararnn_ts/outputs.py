@@ -1,4 +1,4 @@
-"""Where runs write their files, and the refusal to replace files a user already has.
+"""Where runs write their files, the refusal to replace files a user already has, and what machine ran them.
 
 A leaf module (it imports nothing of ``pararnn_ts``) shared by the Lightning modules, the world verbs and the
 benchmark scripts under ``experiments/``.
@@ -6,9 +6,12 @@ benchmark scripts under ``experiments/``.
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
+
+import torch
 
 
 def refuse_existing(
@@ -38,3 +41,24 @@ def run_folder(trainer: Any) -> Path:
     folder = Path(trainer.log_dir or trainer.default_root_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``'s model name), or what :mod:`platform` knows where there is none."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
+    except OSError:
+        name = None
+    return name or platform.processor() or platform.machine()
+
+
+def machine() -> dict[str, Any]:
+    """What ran a result: the CPU model, torch threads, the GPU if any, torch and Python."""
+    return {
+        "cpu": cpu_name(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }

@@ -12,8 +12,11 @@ import pytest
 import yaml
 
 from pararnn_ts.forecast import benchmark, benchmark_config
+from pararnn_ts.forecast.benchmark_config import load_benchmark
+from pararnn_ts.forecast.benchmark_report import describe
 from pararnn_ts.forecast.data import JsonLinesDataset
 from pararnn_ts.forecast.metrics import score, split_windows, window_quantile_losses
+from pararnn_ts.outputs import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -186,6 +189,7 @@ def test_runner_end_to_end_then_resume_then_refuse_then_overwrite(tmp_path, coun
         ("toy", "DeepAR", "0"),
     ]
     deepar = rows[1]
+    assert {r["cpu"] for r in rows} == {cpu_name()} and f"cpu {cpu_name()}; torch threads 1;" in markdown_of(out)
     assert deepar["epochs"] == "1" and float(deepar["epoch_s"]) > 0 and float(deepar["fit_s"]) > 0
     assert all(np.isfinite(float(r[m])) for r in rows for m in ("MASE", "mean_wQL", "sMAPE", "coverage_80"))
     markdown = (out / "results.md").read_text()
@@ -215,6 +219,16 @@ def test_runner_end_to_end_then_resume_then_refuse_then_overwrite(tmp_path, coun
     assert [r["model"] for r in read_csv(out / "results.csv")] == ["SeasonalNaive"]
     assert {w["model"] for w in read_csv(out / "window_losses.csv")} == {"SeasonalNaive"}
     assert {p.name for p in (out / "plots").iterdir()} == {"toy__SeasonalNaive.png"}
+
+
+def markdown_of(out: Path) -> str:
+    return (out / "results.md").read_text()
+
+
+def test_the_header_names_every_machine_and_thread_count_its_rows_record(tmp_path):
+    bench = load_benchmark(write_config(tmp_path))
+    rows = [{"cpu": "CPU A", "threads": "2"}, {"threads": "1"}, {"cpu": "CPU A", "threads": "1"}]
+    assert "cpu CPU A / not recorded; torch threads 1 / 2;" in describe(bench, False, rows)
 
 
 def test_validation_split_runs_are_labelled_and_kept_apart_from_test_runs(tmp_path, count_runs):

@@ -1,10 +1,12 @@
 """The shared refusal to replace existing files, and the run folder of a trainer."""
 
+import io
+import platform
 from types import SimpleNamespace
 
 import pytest
 
-from pararnn_ts.outputs import refuse_existing, run_folder
+from pararnn_ts.outputs import cpu_name, machine, refuse_existing, run_folder
 
 
 def test_refuse_existing_names_every_existing_file_and_the_options_that_chose_them(tmp_path):
@@ -29,3 +31,18 @@ def test_run_folder_is_the_log_folder_or_the_root_without_a_logger(tmp_path):
     assert run_folder(logged) == tmp_path / "logs" / "version_0" and run_folder(logged).is_dir()
     unlogged = SimpleNamespace(log_dir=None, default_root_dir=str(tmp_path / "root"))
     assert run_folder(unlogged) == tmp_path / "root" and run_folder(unlogged).is_dir()
+
+
+def test_cpu_name_is_the_model_name_cpuinfo_gives_or_platforms_guess(monkeypatch):
+    def cpuinfo(path, *args, **kwargs):
+        assert path == "/proc/cpuinfo"
+        return io.StringIO("processor\t: 0\nmodel name\t: Example CPU @ 2.00GHz\nflags\t: fpu\n")
+
+    monkeypatch.setattr("builtins.open", cpuinfo)
+    assert cpu_name() == "Example CPU @ 2.00GHz" == machine()["cpu"]
+
+    def missing(path, *args, **kwargs):
+        raise OSError("no such file")
+
+    monkeypatch.setattr("builtins.open", missing)
+    assert cpu_name() == (platform.processor() or platform.machine())

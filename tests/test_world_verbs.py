@@ -68,7 +68,9 @@ def foreign_checkpoint(path: Path, hparams: dict) -> Path:
 # ---- outputs ----------------------------------------------------------------------------------------
 def test_world_eval_refuses_existing_outputs_before_collecting(tmp_path, no_work):
     (tmp_path / "kstep_Pendulum-v1.md").write_text("earlier run")
-    with pytest.raises(FileExistsError, match=r"kstep_Pendulum-v1\.md already exists: pass --overwrite .* or --out elsewhere"):
+    with pytest.raises(
+        FileExistsError, match=r"kstep_Pendulum-v1\.md already exists: pass --overwrite .* or --out elsewhere"
+    ):
         evaluate.main(["--out", str(tmp_path)])
     with pytest.raises(AssertionError, match="collection or training started"):  # --overwrite lets it run
         evaluate.main(["--out", str(tmp_path), "--overwrite"])

@@ -39,7 +39,6 @@ import contextlib
 import fnmatch
 import importlib.util
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -53,6 +52,7 @@ from results_file import add_overwrite, results_path
 
 from pararnn_ts import ParaGRU, ParaLSTM
 from pararnn_ts.ops import unavailable_reason
+from pararnn_ts.outputs import cpu_name
 
 CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
 STATE = {"gru": 1, "lstm": 2}  # state values per channel
@@ -362,7 +362,7 @@ def main() -> None:
                 out.write_text(json.dumps({"machine": None, "rows": rows}, indent=2) + "\n")  # partial
     # After the cases: a child process inherits its parent's peak RSS at fork.
     bw = bandwidth(device, 1024 if device.type == "cuda" else 256)
-    cpu = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    cpu = f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
     machine = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else cpu,
         "torch": torch.__version__,

@@ -30,7 +30,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from kernel_bench import _timed  # same timing conventions as the kernel benchma
 from results_file import add_overwrite, results_path
 
 from pararnn_ts.nn import LanguageModel
+from pararnn_ts.outputs import cpu_name
 
 VOCAB, MLP_RATIO = 257, 2.667  # byte-level, SwiGLU hidden as in the tiny configs (rounded up to a multiple of 64)
 #: per architecture: heads and mixer arguments (those of experiments/lm/tiny_*.yaml), and what widths must be
@@ -180,7 +180,7 @@ def table(rows: Sequence[dict[str, Any]], params: dict[str, int]) -> str:
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    cpu = f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
     return {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else cpu,
         "torch": torch.__version__,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import torch
 from results_file import add_overwrite, results_path
 
 from pararnn_ts import ParaGRU, ParaLSTM
+from pararnn_ts.outputs import cpu_name
 
 CELLS = {"paragru": ParaGRU, "paralstm": ParaLSTM}
 DEFAULT_NAME = "solver_cpu.json"  # under runs/bench/
@@ -174,7 +174,7 @@ def main() -> None:
                     rows.append(run_in_subprocess(args, cell, mode, T, passes))
                     print(f"  {cell} {mode} T={T} {passes}: {rows[-1]['time_s']:.4f} s", file=sys.stderr, flush=True)
     machine = {
-        "device": args.device if args.device != "cpu" else f"cpu ({platform.processor() or platform.machine()})",
+        "device": args.device if args.device != "cpu" else f"cpu ({cpu_name()})",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "batch": args.batch,

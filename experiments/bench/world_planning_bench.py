@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from results_file import DEFAULT_DIR, add_overwrite, refuse_existing
 from torch import Tensor
 
 from pararnn_ts.core import ParaCell
+from pararnn_ts.outputs import cpu_name
 from pararnn_ts.world.model import DynamicsModel
 
 MODES = ("auto", "parallel", "sequential")
@@ -115,8 +115,8 @@ def bench_device(args: argparse.Namespace, device: torch.device) -> dict:
                     {"way": way, "mode": mode, "time_s": seconds, "speedup": base_s / seconds, "max_abs_diff": diff}
                 )
     return {
-        "device": str(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.machine(),
+        "device": str(device) if device.type == "cuda" else f"cpu ({cpu_name()})",
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "candidates": n,

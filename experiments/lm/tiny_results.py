@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from typing import Any
 import torch
 import yaml
 from lightning.pytorch.cli import instantiate_class
+
+from pararnn_ts.outputs import machine
 
 HERE = Path(__file__).resolve().parent
 if str(HERE.parent / "bench") not in sys.path:  # the results-file helper shared with the benchmarks
@@ -161,16 +162,6 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             f"| {number(r['val_bpb'], '.3f')} | {r['unigram_val_bpb']:.3f} |"
         )
     return "\n".join(lines)
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:

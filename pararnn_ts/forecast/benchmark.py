@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from lightning.pytorch import Callback, seed_everything
 
+from ..outputs import cpu_name
 from . import csv_rows
 from .benchmark_config import (
     QUICK_MODEL_ARGS,
@@ -59,7 +60,7 @@ QUIET_WARNINGS = (
     (UserWarning, ".*no `val_dataloader`"),  # GluonTS modules define validation_step; the runner has no val split
     (Warning, r".*isinstance\(treespec, LeafSpec\)"),  # Lightning on newer torch
 )
-COLUMNS = ("dataset", "model", "seed", *METRICS, "fit_s", "epochs", "epoch_s", "predict_s", "threads")
+COLUMNS = ("dataset", "model", "seed", *METRICS, "fit_s", "epochs", "epoch_s", "predict_s", "threads", "cpu")
 
 
 class EpochTimer(Callback):
@@ -150,6 +151,7 @@ def run_one(
         "epoch_s": float(np.mean(timer.durations)) if timer.durations else math.nan,
         "predict_s": predict_s,
         "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
     }
     return row, forecasts
 

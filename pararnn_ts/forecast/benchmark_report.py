@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 
 from .benchmark_config import QUICK_MODEL_ARGS, QUICK_TRAINER, TRAINER_DEFAULTS, Benchmark
 from .metrics import METRICS
@@ -90,7 +89,8 @@ def markdown_tables(
     for column in (*METRICS, *TIMINGS):
         lines += metric_table(column)
     if reference in trained:
-        lines += table(f"epoch time relative to {reference} (same run; < 1 is faster)", datasets, trained, ratio)
+        title = f"epoch time relative to {reference} (< 1 is faster; rows kept by --resume may be from other runs)"
+        lines += table(title, datasets, trained, ratio)
     paired = paired_cells(windows or [], paired_reference) if paired_reference else {}
     if paired:
         title = (
@@ -102,18 +102,21 @@ def markdown_tables(
     return "\n".join(lines)
 
 
-def describe(bench: Benchmark, quick: bool) -> str:
-    """The results' header: what budget and machine settings produced them."""
+def describe(bench: Benchmark, quick: bool, rows: list[dict[str, Any]]) -> str:
+    """The results' header: the budget, and the machines and torch threads the ``rows`` record (a resumed
+    file may hold rows of several runs; rows from before the ``cpu`` column count as "not recorded")."""
     trainer = {**TRAINER_DEFAULTS, **bench.trainer_kwargs, **(QUICK_TRAINER if quick else {})}
     model_args = {**bench.model_args, **(QUICK_MODEL_ARGS if quick else {})}
+    cpus = sorted({row.get("cpu") or "not recorded" for row in rows})
+    threads = sorted({int(row["threads"]) for row in rows})
     return (
         f"# Forecast benchmark{' (--quick smoke run)' if quick else ''}\n\n"
-        f"split {bench.split}; seeds {bench.seeds}; torch threads {torch.get_num_threads()}; "
-        f"max_epochs {trainer.get('max_epochs')}; "
+        f"split {bench.split}; seeds {bench.seeds}; cpu {' / '.join(cpus)}; torch threads "
+        f"{' / '.join(map(str, threads))}; max_epochs {trainer.get('max_epochs')}; "
         f"model_args {model_args}; per-dataset model_args "
         + "; ".join(f"{d.name} {d.model_args}" for d in bench.datasets if d.model_args)
     )
 
 
 def results_markdown(rows: list[dict[str, Any]], windows: list[dict[str, Any]], bench: Benchmark, quick: bool) -> str:
-    return markdown_tables(rows, bench.timing_reference, describe(bench, quick), windows, bench.paired_reference)
+    return markdown_tables(rows, bench.timing_reference, describe(bench, quick, rows), windows, bench.paired_reference)

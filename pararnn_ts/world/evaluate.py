@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..outputs import refuse_existing
+from ..outputs import machine, refuse_existing
 from .collect import Episode
 from .model import Prediction
 
@@ -306,22 +305,6 @@ def train_world_model(datamodule: Any, max_epochs: int, seed: int = 0, **module_
 def _number(value: float | None, spec: str) -> str:
     """``value`` formatted by ``spec``; ``-`` for a missing (``None`` or NaN) one."""
     return "-" if value is None or not math.isfinite(value) else format(value, spec)
-
-
-def machine() -> dict[str, Any]:
-    """What ran a result: the CPU model (``/proc/cpuinfo``), torch threads, the GPU if any, torch and Python."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), None)
-    except OSError:
-        cpu = None
-    return {
-        "cpu": cpu or platform.processor() or platform.machine(),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def markdown_table(results: dict[str, Any], ks: Sequence[int]) -> str:

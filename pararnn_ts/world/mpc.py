@@ -53,12 +53,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..outputs import refuse_existing
+from ..outputs import machine, refuse_existing
 from .checkpoints import check_sizes, checkpoint_env, env_for_checkpoint, load_checkpoint, read_world_checkpoint
 from .collect import Trajectories, action_dim, collect
 from .datamodule import TrajectoryDataModule
 from .env import RewardFn, TerminationFn
-from .evaluate import machine
 from .module import WorldModelModule
 from .planners import CEMPlanner, MPPIPlanner, SamplingPlanner
 
