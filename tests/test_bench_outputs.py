@@ -11,9 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments" / "lm"))
+sys.path.insert(0, str(ROOT / "experiments" / "synthetic"))
 sys.path.insert(0, str(ROOT / "experiments" / "bench"))
 import kernel_bench  # noqa: E402
 import lm_throughput  # noqa: E402
+import parity_results  # noqa: E402
 import results_file  # noqa: E402
 import solver_bench  # noqa: E402
 import tiny_results  # noqa: E402
@@ -161,3 +163,23 @@ def test_the_triton_scripts_refuse_an_existing_file_before_any_work(tmp_path, mo
             module.main()
         assert "already exists: pass --overwrite to replace it, or --out elsewhere" in capsys.readouterr().err
     assert (tmp_path / "tune.json").read_text() == "committed"
+
+
+def test_parity_results_trains_reads_back_its_runs_and_refuses_to_rerun_over_them(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert parity_results.parse_args([])[0].out == Path("runs/bench/parity_results.json")
+    (row,) = parity_results.main(["--quick", "--models", "paragru", "--seeds", "3"])
+    run = Path(row["run"])
+    assert run == Path("runs/parity_results_quick/parity_paragru_seed3/version_0")
+    config = (run / "config.yaml").read_text()
+    assert "seed_everything: 3" in config and "seed: 3" in config and "max_steps: 3" in config
+    logged = [line.split(",") for line in (run / "metrics.csv").read_text().splitlines()]
+    column = logged[0].index("test_acc")
+    assert row["test_acc"] == float(next(line[column] for line in logged[1:] if line[column]))
+    out = Path("runs/parity_results_quick/parity_results.json")
+    assert json.loads(out.read_text())["rows"] == [row]
+    assert f"| ParaGRU (`parity_paragru.yaml`) | {100 * row['test_acc']:.1f}% |" in out.with_suffix(".md").read_text()
+    monkeypatch.setattr(parity_results, "fit", fail)
+    with pytest.raises(SystemExit):
+        parity_results.main(["--quick", "--models", "paragru", "--seeds", "3"])
+    assert "parity_results.json, " in capsys.readouterr().err
