@@ -36,13 +36,11 @@ import torch
 import yaml
 from lightning.pytorch.cli import instantiate_class
 
-from pararnn_ts.outputs import machine
-
 HERE = Path(__file__).resolve().parent
 if str(HERE.parent / "bench") not in sys.path:  # the helpers shared with the benchmarks
     sys.path.append(str(HERE.parent / "bench"))
-from fit_runs import fit, read_metrics, versions  # noqa: E402
-from results_file import add_overwrite, results_path  # noqa: E402
+from fit_runs import fit, place_outputs, read_metrics, split_overrides, versions, write_report  # noqa: E402
+from results_file import add_overwrite  # noqa: E402
 
 ARCHITECTURES = ("paragru", "paralstm", "transformer", "mamba2")
 #: the quick mode's extra overrides: validate once after its few steps, log every step
@@ -124,9 +122,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, overrides = split_overrides(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     p.add_argument("--max-steps", type=int, default=1200, help="the same for all: the LR schedule spans them")
@@ -144,10 +140,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     if args.quick:
         args.max_steps = 3
         overrides = QUICK + overrides
-    suffix = "_quick" if args.quick else ""
-    args.root = args.root or Path("runs") / f"tiny_results{suffix}"
-    out = args.out or (args.root / "tiny_results.json" if args.quick else None)
-    args.out = results_path(out, "tiny_results.json", args.overwrite, also=(".md",), parser=p)
+    place_outputs(args, "tiny_results", p)
     return args, overrides
 
 
@@ -165,12 +158,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows = [collect(run) for run in runs.values()]
     if len({r["tokens_per_step"] for r in rows}) > 1:
         print("tiny_results: warning: the runs differ in tokens per step; the budgets are not equal", file=sys.stderr)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine(), "overrides": None if args.collect_only else overrides, "rows": rows}
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    markdown = table(rows)
-    args.out.with_suffix(".md").write_text(markdown + "\n")
-    print(f"\n{markdown}\n\nwrote {args.out} and {args.out.with_suffix('.md')}")
+    write_report(args.out, rows, None if args.collect_only else overrides, table(rows))
     return rows
 
 

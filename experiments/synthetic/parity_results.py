@@ -25,13 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pararnn_ts.outputs import machine
-
 HERE = Path(__file__).resolve().parent
 if str(HERE.parent / "bench") not in sys.path:  # the helpers shared with the benchmarks
     sys.path.append(str(HERE.parent / "bench"))
-from fit_runs import fit, read_metrics  # noqa: E402
-from results_file import add_overwrite, results_path  # noqa: E402
+from fit_runs import fit, place_outputs, read_metrics, split_overrides, write_report  # noqa: E402
+from results_file import add_overwrite  # noqa: E402
 
 MODELS = {"paragru": "ParaGRU", "paralstm": "ParaLSTM", "linear": "gated linear diagonal RNN"}
 QUICK = ["--trainer.max_steps=3", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1"]
@@ -71,9 +69,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = argv[argv.index("--") + 1 :] if "--" in argv else []
-    argv = argv[: argv.index("--")] if "--" in argv else argv
+    argv, overrides = split_overrides(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
@@ -86,10 +82,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     args = p.parse_args(argv)
     if args.quick:
         overrides = QUICK + overrides
-    suffix = "_quick" if args.quick else ""
-    args.root = args.root or Path("runs") / f"parity_results{suffix}"
-    out = args.out or (args.root / "parity_results.json" if args.quick else None)
-    args.out = results_path(out, "parity_results.json", args.overwrite, also=(".md",), parser=p)
+    place_outputs(args, "parity_results", p)
     return args, overrides
 
 
@@ -101,12 +94,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             seeded = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}", *overrides]
             run = fit(HERE / f"parity_{model}.yaml", args.root, f"parity_{model}_seed{seed}", seeded, "parity_results")
             rows.append(collect(run, model, seed))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"machine": machine(), "overrides": overrides, "rows": rows}
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    markdown = table(rows)
-    args.out.with_suffix(".md").write_text(markdown + "\n")
-    print(f"\n{markdown}\n\nwrote {args.out} and {args.out.with_suffix('.md')}")
+    write_report(args.out, rows, overrides, table(rows))
     return rows
 
 
