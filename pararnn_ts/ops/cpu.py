@@ -21,6 +21,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from .build import load_extension
 from .sources import checkout_tag, kernel_source_dir
 
 NAME = "cpu"
@@ -53,16 +54,14 @@ def extension_name() -> str:
 
 
 def _build() -> ModuleType:
-    from torch.utils import cpp_extension
-
     source_dir = kernel_source_dir("cpu")
-    return cpp_extension.load(
-        name=extension_name(),
+    return load_extension(
+        extension_name(),
+        "the fused CPU kernels (about 30 s)",
         sources=[str(path) for path in sorted(source_dir.glob("*.cpp"))],
         extra_include_paths=[str(source_dir)],
         extra_cflags=compiler_flags(),
         extra_ldflags=[] if sys.platform == "win32" else ["-fopenmp"],
-        verbose=False,
     )
 
 

@@ -21,6 +21,7 @@ from types import ModuleType
 import torch
 from torch import Tensor
 
+from .build import load_extension, put_ninja_on_path
 from .sources import checkout_tag, kernel_source_dir
 
 NAME = "cuda"
@@ -51,6 +52,7 @@ def _reason(device: torch.device) -> str | None:
             f"nvcc not found: install the CUDA toolkit matching torch.version.cuda ({torch.version.cuda}) "
             "and put nvcc on PATH or set CUDA_HOME"
         )
+    put_ninja_on_path()
     if not cpp_extension.is_ninja_available():
         return "ninja not found: pip install ninja (torch builds C++ extensions with it)"
     built = _load(_capability(device))
@@ -65,19 +67,17 @@ def _capability(device: torch.device) -> tuple[int, int]:
 @functools.cache
 def _load(capability: tuple[int, int]) -> ModuleType | str:
     """The built extension for one compute capability, or why the build failed (warned once)."""
-    from torch.utils import cpp_extension
-
     arch = f"{capability[0]}{capability[1]}"
     folder = kernel_source_dir("cuda")
     sources = [str(folder / "bindings.cpp")] + sorted(str(path) for path in folder.glob("*.cu"))
     try:
-        return cpp_extension.load(
-            name=f"pararnn_ts_cuda_sm{arch}_{checkout_tag(folder)}",
+        return load_extension(
+            f"pararnn_ts_cuda_sm{arch}_{checkout_tag(folder)}",
+            f"the CUDA kernels for sm_{arch} (a few minutes)",
             sources=sources,
             extra_cflags=["-O3"],
             extra_cuda_cflags=["-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-lineinfo"],
             extra_include_paths=[str(folder)],
-            verbose=False,
         )
     except Exception as error:  # compiler or linker failure
         lines = str(error).strip().splitlines() or [type(error).__name__]
