@@ -1,9 +1,13 @@
 """The kernel benchmark's pieces (``experiments/bench/kernel_bench.py``): the bytes-moved floor, the burst
-length, the CPU timer, the table's ratios, and one tiny CPU run end to end."""
+length, the CPU timer, the table's ratios, one tiny CPU run end to end, and the refusals of bad arguments (also of
+``triton_sequential_bound.py`` and ``gpu_session.sh``) before any work."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -131,3 +135,92 @@ def test_the_accelerated_scan_peer_computes_the_linear_scan_and_its_gradients():
     ref.backward(g)
     torch.testing.assert_close(gates.grad.transpose(1, 2).double(), a64.grad, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(tokens.grad.transpose(1, 2).double(), b64.grad, rtol=1e-5, atol=1e-5)
+
+
+def fail(*args, **kwargs):
+    raise AssertionError("the run did work before refusing its arguments")
+
+
+def test_a_misspelt_mode_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "x.json"
+    argv = ["kernel_bench.py", "--T", "16", "--batch", "1", "--hidden", "8", "--modes", "fussed", "--out", str(out)]
+    monkeypatch.setattr(kernel_bench, "run_case", fail)
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as refused:
+        kernel_bench.main()
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "--modes: invalid choice: 'fussed'" in err and "'fused'" in err
+    assert not out.exists()
+
+
+def test_device_cuda_without_a_gpu_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "x.json"
+    monkeypatch.setattr(kernel_bench.torch.cuda, "is_available", lambda: False)
+    for name in ("run_case", "measure", "bandwidth", "case_names"):
+        monkeypatch.setattr(kernel_bench, name, fail)
+    monkeypatch.setattr(sys, "argv", ["kernel_bench.py", "--device", "cuda", "--T", "16", "--out", str(out)])
+    with pytest.raises(SystemExit) as refused:
+        kernel_bench.main()
+    assert refused.value.code == 2
+    assert "--device cuda needs a CUDA GPU; torch.cuda.is_available() is False" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_failing_worker_shows_its_case_and_the_end_of_its_stderr():
+    """A real worker subprocess, given a case whose cell refuses its mode, fails with the cell's own error."""
+    args = argparse.Namespace(device="cpu", batch=1, hidden=4, warmup=1, repeats=1)
+    with pytest.raises(SystemExit) as failed:
+        kernel_bench.run_case(args, "gru/bogus", 5, "fwd")
+    message = str(failed.value.code)
+    assert message.startswith("case gru/bogus T=5 fwd: its worker exited with status 1")
+    assert "ValueError: mode='bogus' is not one of" in message
+
+
+def test_the_help_says_how_long_the_default_cpu_run_takes_and_how_to_run_quickly(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["kernel_bench.py", "--help"])
+    with pytest.raises(SystemExit) as done:
+        kernel_bench.main()
+    shown = " ".join(capsys.readouterr().out.split())
+    assert done.value.code == 0
+    assert "takes about 10 minutes on 2 cores" in shown
+    assert "--T 64 --batch 1 --hidden 16 --warmup 1 --repeats 1 # a quick check" in shown
+
+
+def test_the_triton_sequential_bound_refuses_without_a_gpu_before_any_work(tmp_path, monkeypatch, capsys):
+    import triton  # noqa: F401  (a plain import: CI installs triton, so a missing one must fail, not skip)
+    import triton_sequential_bound
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(triton_sequential_bound.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(triton_sequential_bound, "copy_bandwidth", fail)
+    monkeypatch.setattr(triton_sequential_bound, "sweep", fail)
+    monkeypatch.setattr(sys, "argv", ["triton_sequential_bound.py"])
+    with pytest.raises(SystemExit) as refused:
+        triton_sequential_bound.main()
+    assert refused.value.code == 2
+    assert "needs a CUDA GPU; torch.cuda.is_available() is False" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+GPU_STEPS = "tests tests-triton tests-other bench-gru bench-lstm remaining lm tune all"
+
+
+@pytest.mark.parametrize(("argv", "error"), [(["bench-gpu"], "unknown step 'bench-gpu'"), ([], "no step given")])
+def test_gpu_session_refuses_an_unknown_or_missing_step_before_anything_else(tmp_path, argv, error):
+    out = tmp_path / "out"
+    script = ROOT / "experiments" / "bench" / "gpu_session.sh"
+    env = {**os.environ, "OUT": str(out)}
+    done = subprocess.run(["bash", str(script), *argv], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == ""
+    assert error in done.stderr and f"STEP one of: {GPU_STEPS}" in done.stderr
+    assert not out.exists()  # nor out/gpu.txt: nvidia-smi did not run
+
+
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_gpu_session_help_prints_the_usage(tmp_path, flag):
+    out = tmp_path / "out"
+    script = ROOT / "experiments" / "bench" / "gpu_session.sh"
+    env = {**os.environ, "OUT": str(out)}
+    done = subprocess.run(["bash", str(script), flag], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("usage: ") and GPU_STEPS in done.stdout
+    assert not out.exists()

@@ -9,13 +9,26 @@
 # ParaGRU and the plain peer in the same run, a rerun of the ParaLSTM Newton rows (their T=512 outlier), and the
 # Newton kernels' tiles at B=4 (triton_compile_check.py: the ParaLSTM backward's tile spills under Triton 3.9).
 # `lm` times the language models' training step (lm_throughput.py) at width 1024 × 24 layers, not run yet.
-#   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh [tests|tests-triton|tests-other|bench-gru|bench-lstm|remaining|lm|tune|all]
+#   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh STEP   (STEP: one of STEPS below; -h, --help: the usage)
 # The device has no network: the peers travel as wheels in .whl (ignored by git), made here with
 #   pip download --no-deps --only-binary :all: -d .whl accelerated-scan fla-core einops
 # and named in the device call's `carry` (".whl").
 set -uo pipefail
+STEPS=(tests tests-triton tests-other bench-gru bench-lstm remaining lm tune all)
+USAGE="usage: OUT=/tmp/gpu bash experiments/bench/gpu_session.sh STEP, STEP one of: ${STEPS[*]}"
+WHAT=${1:-}
+if [[ $WHAT == -h || $WHAT == --help ]]; then
+    echo "$USAGE"
+    exit 0
+fi
+known=0
+for step in "${STEPS[@]}"; do [[ $WHAT == "$step" ]] && known=1; done
+if ((!known)); then  # before nvidia-smi or anything else: a typo must not spend a lease
+    if [[ -n $WHAT ]]; then echo "gpu_session.sh: unknown step '$WHAT'" >&2; else echo "gpu_session.sh: no step given" >&2; fi
+    echo "$USAGE" >&2
+    exit 2
+fi
 OUT=${OUT:-/tmp/pararnn_gpu}
-WHAT=${1:-all}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 if ls .whl/*.whl >/dev/null 2>&1; then  # peer kernels (accelerated-scan, fla-core) carried as wheels

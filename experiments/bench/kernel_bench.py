@@ -19,7 +19,8 @@ median of single synchronised calls, which also counts the host's launch overhea
 ``latency_s`` ("1 call" in the table). Peak memory is the growth of peak RSS over the first call
 (CPU, one subprocess per case) or ``max_memory_allocated`` (CUDA).
 
-    python experiments/bench/kernel_bench.py                          # CPU, the issue's sizes
+    python experiments/bench/kernel_bench.py                          # CPU, the issue's sizes (about 10 minutes)
+    python experiments/bench/kernel_bench.py --T 64 --batch 1 --hidden 16 --warmup 1 --repeats 1   # a quick check
     python experiments/bench/kernel_bench.py --device cuda --batch 16 --hidden 1024 --T 512 2048 8192 65536
     python experiments/bench/kernel_bench.py --device cuda ... --cases 'gru/fused-triton*' 'peer/*'   # some cases
 
@@ -30,6 +31,10 @@ when that file exists (``--overwrite`` replaces it). The committed ``experiments
     python experiments/bench/kernel_bench.py --out experiments/bench/results/kernels_cpu.json --overwrite
 
 and ``kernels_cuda.json`` merges the two runs of ``gpu_session.sh bench-gru`` and ``bench-lstm`` (see its note).
+
+The CPU run at the defaults (64 cases, one subprocess each, calls of up to 20 s) takes about 10 minutes on 2 cores:
+the committed file's times add up to about 6.5 minutes of calls, plus each worker's start, inputs and warm-up. The
+quick check above (small ``--T``, ``--batch``, ``--hidden``, ``--repeats``) takes under a minute.
 """
 
 from __future__ import annotations
@@ -65,6 +70,8 @@ PEERS = (
     "fla-hgrn-chunk",
     "fla-hgrn-recurrent",
 )
+MODES = ("sequential", "parallel", "fused")
+WORKER_ERROR_LINES = 20  # lines of a failed worker's stderr to show
 #: a ``-wide`` peer scans WIDE × D channels: a linear scan's forward+backward moves 8 arrays of its width where a
 #: ParaGRU's moves 12, so this is the peer of the same size in bytes (the plain peers are the same size in D)
 WIDE = 1.5
@@ -274,8 +281,11 @@ def run_case(args: argparse.Namespace, name: str, T: int, passes: str) -> dict:
         return measure(name, args.batch, T, args.hidden, passes, torch.device("cuda"), args.warmup, args.repeats)
     cmd = [sys.executable, __file__, "--worker", name, str(T), passes, "--batch", str(args.batch)]
     cmd += ["--hidden", str(args.hidden), "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-WORKER_ERROR_LINES:])
+        raise SystemExit(f"case {name} T={T} {passes}: its worker exited with status {done.returncode}:\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def table(rows: list[dict], bw: float) -> str:
@@ -326,7 +336,7 @@ def speedups(rows: list[dict], reference_T: int) -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
-    p.add_argument("--modes", nargs="*", default=["sequential", "parallel", "fused"])
+    p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     p.add_argument("--T", nargs="+", type=int, default=[256, 1024, 4096, 16384])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--hidden", type=int, default=256)
@@ -341,6 +351,8 @@ def main() -> None:
     add_overwrite(p)
     p.add_argument("--worker", nargs=3, metavar=("CASE", "T", "PASSES"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda needs a CUDA GPU; torch.cuda.is_available() is False (use --device cpu)")
     device = torch.device(args.device)
     if args.worker:
         name, T, passes = args.worker

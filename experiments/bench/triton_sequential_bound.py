@@ -12,7 +12,7 @@ T=8192 and 65536, timed with ``triton.testing.do_bench`` (median):
 
 Prints ms, GB/s (``u`` read once, ``h`` written once), the ratio to a 2 GiB copy's bandwidth and the
 largest ``|h - h_lib|``; writes ``runs/bench/triton_sequential_bound_cuda.json`` (git-ignored; or ``--out``) and
-refuses, before timing anything, when that file exists (``--overwrite`` replaces it).
+refuses, before timing anything, when that file exists (``--overwrite`` replaces it), and without a CUDA GPU.
 
     python experiments/bench/triton_sequential_bound.py
 
@@ -148,6 +148,8 @@ def main() -> None:
     add_overwrite(p)
     args = p.parse_args()
     args.out = results_path(args.out, "triton_sequential_bound_cuda.json", args.overwrite, parser=p)
+    if not torch.cuda.is_available():
+        p.error("this benchmark needs a CUDA GPU; torch.cuda.is_available() is False (run it on a GPU machine)")
     device = torch.device("cuda")
     torch.manual_seed(0)
     bw = copy_bandwidth(device)
