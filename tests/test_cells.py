@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
 from conftest import make_cell
 
 from pararnn_ts import ParaGRU, ParaLSTM
+from pararnn_ts.core.cell import ParaCell
 
 
 @pytest.mark.parametrize("name", ["paragru", "paralstm"])
@@ -88,3 +90,49 @@ def test_max_norm_clips_every_forward():
     with torch.no_grad():
         free.A.copy_(clipped)
     torch.testing.assert_close(gru(x)[0], free(x)[0])
+
+
+class HalvedGRU(ParaGRU):
+    """A user's variant: ParaGRU's recurrence, halved; ParaGRU's kernel and Jacobian would compute the unhalved."""
+
+    def recurrence(self, h_prev, u):
+        return 0.5 * super().recurrence(h_prev, u)
+
+
+class HalvedLSTM(ParaLSTM):
+    def recurrence(self, h_prev, u):
+        return 0.5 * super().recurrence(h_prev, u)
+
+
+class ProjectedGRU(ParaGRU):
+    """Overrides only the input map: ParaGRU's recurrence, so ParaGRU's kernel still applies."""
+
+    def project(self, x):
+        return super().project(2 * x)
+
+
+@pytest.mark.parametrize("cls", [HalvedGRU, HalvedLSTM])
+def test_a_subclass_overriding_recurrence_runs_its_own_in_every_mode(cls):
+    torch.manual_seed(0)
+    cell = cls(4, 6, num_heads=2).double()
+    x = torch.randn(2, 9, 4, dtype=torch.float64)
+    h = torch.zeros(2, *cell.state_shape, dtype=torch.float64)
+    with torch.no_grad():
+        for t in range(x.shape[1]):  # the subclass's recurrence step by step: the definition itself
+            h = cell.recurrence(h, cell.project(x[:, t]))
+        for mode in ("auto", "sequential", "parallel", "fused"):
+            cell.mode = mode
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                y, _ = cell(x)
+            torch.testing.assert_close(y[:, -1], cell.output(h), msg=mode)
+            assert cell.last_stats.backend == "pytorch"
+            refused = [str(w.message) for w in caught if "overrides recurrence" in str(w.message)]
+            assert bool(refused) == (mode == "fused")
+    parent = cls.__mro__[1].__name__
+    assert refused and f"{cls.__name__} overrides recurrence, so the fused kernel of {parent}" in refused[0]
+    assert cls.jacobian is ParaCell.jacobian and cls.fused_kernel is None
+
+
+def test_a_subclass_keeping_the_recurrence_keeps_the_kernel_and_jacobian():
+    assert ProjectedGRU.fused_kernel == "gru" and ProjectedGRU.jacobian is ParaGRU.jacobian

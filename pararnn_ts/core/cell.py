@@ -62,6 +62,8 @@ class ParaCell(nn.Module):
     input_size: int | None = None
     #: the kernel of :mod:`pararnn_ts.ops` computing this recurrence (``None``: no fused kernel)
     fused_kernel: str | None = None
+    #: the class whose fused kernel a subclass overriding :meth:`recurrence` no longer uses (``None``: none)
+    _kernel_of_parent: str | None = None
     #: the rows of every fused weight are norm-clipped to this in each solve (``None``: not clipped)
     max_norm: float | None = None
 
@@ -97,6 +99,18 @@ class ParaCell(nn.Module):
         self.check_inputs = check_inputs
         self.fused_backend = fused_backend
         self.last_stats: SolverStats | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass that overrides :meth:`recurrence` drops what it inherits for its parent's recurrence: the
+        parent's fused kernel and hand-written :meth:`jacobian` (unless it sets or overrides them itself)."""
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "recurrence" in own:
+            if "fused_kernel" not in own and cls.fused_kernel is not None:
+                cls.fused_kernel = None
+                cls._kernel_of_parent = next(c.__name__ for c in cls.__mro__[1:] if "fused_kernel" in vars(c))
+            if "jacobian" not in own and cls.jacobian is not ParaCell.jacobian:
+                cls.jacobian = ParaCell.jacobian
 
     # ---- what a cell declares -------------------------------------------------------------
     @property
@@ -201,6 +215,9 @@ class ParaCell(nn.Module):
 
     def _fused_backend_for(self, device: torch.device, dtype: torch.dtype) -> tuple[str | None, str]:
         if self.fused_kernel is None:
+            if self._kernel_of_parent is not None:
+                parent = self._kernel_of_parent
+                return None, f"{type(self).__name__} overrides recurrence, so the fused kernel of {parent} is not its"
             return None, f"{type(self).__name__} has no fused kernel"
         if device.type != "cpu" and dtype != torch.float32:
             return None, f"the GPU kernels compute in float32, not {dtype}"
