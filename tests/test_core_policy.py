@@ -134,6 +134,23 @@ def test_bad_state_and_arguments():
     lstm = make_cell("paralstm")
     with pytest.raises(TypeError, match=r"pair \(c, h\)"):
         lstm(torch.randn(2, 4, 6, dtype=torch.float64), torch.zeros(2, 45, dtype=torch.float64))
+    c, h = torch.zeros(2, 45, dtype=torch.float64), torch.zeros(2, 44, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"hidden_size=45\) tensors, got \[\(2, 45\), \(2, 44\)\]"):
+        lstm(torch.randn(2, 4, 6, dtype=torch.float64), (c, h))
+
+
+@pytest.mark.parametrize("num_heads", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64, torch.int64])
+def test_x_of_another_dtype_than_the_parameters_names_both_and_the_fix(num_heads, dtype):
+    gru = ParaGRU(6, 9, num_heads=num_heads)
+    x = torch.ones(2, 4, 6, dtype=dtype)
+    with pytest.raises(TypeError, match=rf"x is {dtype} but the parameters are torch.float32; convert x") as refused:
+        gru(x)
+    assert ("or the module" in str(refused.value)) == dtype.is_floating_point
+    with pytest.raises(TypeError, match=rf"x is {dtype}"):
+        gru.step(x[:, 0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast runs the projection in its own dtype
+        assert gru(x.bfloat16())[0].shape == (2, 4, 9)
 
 
 def test_fallback_applies_per_chunk():

@@ -103,6 +103,12 @@ class HeadwiseGatedCell(ParaCell):
 
     def project(self, x: Tensor) -> Tensor:
         """``x`` ``(..., input_size)`` → ``u`` ``(..., gates, hidden_size)``."""
+        if x.dtype != self.B.dtype and not torch.is_autocast_enabled(x.device.type):
+            fix = f"the module (.to({x.dtype})), or run under torch.autocast" if x.is_floating_point() else "nothing"
+            raise TypeError(
+                f"{type(self).__name__}: x is {x.dtype} but the parameters are {self.B.dtype}; convert x "
+                f"(x.to({self.B.dtype})) or {fix}".removesuffix(" or nothing")
+            )
         h = self.num_heads
         if h == 1:  # one dense block: a single GEMM straight into the (gates, hidden) layout, no permute
             gates, out = self.B.shape[1:3]

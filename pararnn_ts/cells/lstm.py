@@ -47,7 +47,13 @@ class ParaLSTM(HeadwiseGatedCell):
     def state_to_tensor(self, state: Any) -> Tensor:
         if not (isinstance(state, (tuple, list)) and len(state) == 2):
             raise TypeError("ParaLSTM: state must be a pair (c, h) of (batch, hidden_size) tensors")
-        return torch.stack(tuple(state), dim=-1)
+        c, h = state
+        if not (isinstance(c, Tensor) and isinstance(h, Tensor)) or c.shape != h.shape:
+            shapes = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in (c, h)]
+            raise ValueError(
+                f"ParaLSTM: state (c, h) must be two (batch, hidden_size={self.hidden_size}) tensors, got {shapes}"
+            )
+        return torch.stack((c, h), dim=-1)
 
     def tensor_to_state(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return h[..., 0], h[..., 1]
