@@ -13,18 +13,22 @@ printed (skip it with ``--trainer.limit_test_batches=0``).
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import pickle
 import shutil
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import Timer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 # Imported so that configs may name their classes without the module (class_path: GatedLinearRNN).
@@ -74,11 +78,19 @@ class ParaRNNCLI(LightningCLI):
         if not hasattr(model, "get"):
             return super()._parse_ckpt_path()
         ckpt_path = self.config[subcommand].get("ckpt_path")
+        if ckpt_path == "last":
+            ckpt_path = self.config[subcommand]["ckpt_path"] = str(latest_last_checkpoint(self.config[subcommand]))
+            print(f"--ckpt_path last: {ckpt_path}", file=sys.stderr)
         refuse_other_model_class(ckpt_path, model.get("class_path"))
         configured = init_args(model)
+        unset = left_to_default_none(model.get("class_path"), configured)
         super()._parse_ckpt_path()
         restored = init_args(self.config[subcommand]["model"])
-        replaced = {key: value for key, value in configured.items() if key in restored and restored[key] != value}
+        replaced = {
+            key: value
+            for key, value in configured.items()
+            if key in restored and restored[key] != value and key not in unset
+        }
         if replaced:
             warnings.warn(
                 f"--ckpt_path {ckpt_path} restores the model's arguments it was trained with, so these of the config "
@@ -101,6 +113,7 @@ class ParaRNNCLI(LightningCLI):
     def before_fit(self) -> None:
         refuse_used_log_dir(self.trainer)
         warn_if_never_validated(self.trainer)
+        refuse_spent_max_time(self.trainer, self.config[self.subcommand].get("ckpt_path"))
 
     def before_validate(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
@@ -140,9 +153,10 @@ def new_log_folder(trainer: Trainer) -> Path | None:
 
 
 def drop_unused_folder(folder: Path | None, config_file: str) -> None:
-    """Delete ``folder`` if it holds no file but the ``config_file`` (``config.yaml``) Lightning saves at the start."""
+    """Delete ``folder`` if it holds no file but those Lightning writes at the start: the ``config_file``
+    (``config.yaml``) and the logger's ``hparams.yaml``."""
     if folder is not None and folder.is_dir():
-        if all(path.is_dir() or path.name == config_file for path in folder.rglob("*")):
+        if all(path.is_dir() or path.name in (config_file, "hparams.yaml") for path in folder.rglob("*")):
             shutil.rmtree(folder)
 
 
@@ -186,17 +200,78 @@ def init_args(model: Any) -> dict[str, Any]:
 def refuse_other_model_class(ckpt_path: str | None, configured: str | None) -> None:
     """Raise ``ValueError`` if the checkpoint at ``ckpt_path`` was written by another model class than the
     config's ``configured`` class path (as recorded by the CLI that trained it)."""
-    if not (ckpt_path and configured and os.path.isfile(ckpt_path)):
-        return
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, pickle.UnpicklingError):  # not a torch zip file: Lightning's loading will say so
+    checkpoint = read_checkpoint(ckpt_path) if configured else None
+    if checkpoint is None:
         return
     trained = checkpoint.get("hyper_parameters", {}).get("_class_path")
     if trained is not None and trained != configured:
         raise ValueError(
             f"--ckpt_path {ckpt_path} holds a {trained} checkpoint, but the config's model is {configured}: pass a "
             "checkpoint that this config's fit wrote, or the config of the checkpoint's model"
+        )
+
+
+def read_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:
+    """The checkpoint at ``ckpt_path``, memory-mapped and without unpickling code, or ``None`` when there is no
+    file there or it cannot be read that way (Lightning's own loading then says why)."""
+    if not (ckpt_path and os.path.isfile(ckpt_path)):
+        return None
+    try:
+        return torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, pickle.UnpicklingError):
+        return None
+
+
+def latest_last_checkpoint(config: Any) -> Path:
+    """``checkpoints/last.ckpt`` of the newest ``version_N`` run folder of the logger ``config`` (a subcommand's
+    parsed config) names: what ``--ckpt_path last`` resumes. Raises ``FileNotFoundError`` naming where it looked."""
+    trainer = config["trainer"]
+    logger = trainer.get("logger")
+    logger = logger[0] if isinstance(logger, list) and logger else logger
+    root = trainer.get("default_root_dir") or "."
+    arguments = init_args(logger) if hasattr(logger, "get") else {}
+    folder = Path(arguments.get("save_dir") or root) / (arguments.get("name") or "lightning_logs")
+    numbered = {
+        p: p.parent.parent.name.removeprefix("version_") for p in folder.glob("version_*/checkpoints/last.ckpt")
+    }
+    found = sorted((p for p, n in numbered.items() if n.isdigit()), key=lambda p: int(numbered[p]))
+    if not found:
+        raise FileNotFoundError(
+            f"--ckpt_path last: no {folder}/version_N/checkpoints/last.ckpt of an earlier run of this config; pass "
+            "the path of the checkpoint to resume"
+        )
+    return found[-1]
+
+
+def left_to_default_none(class_path: str | None, arguments: dict[str, Any]) -> set[str]:
+    """The ``arguments`` that are ``None`` and whose parameter in ``class_path``'s ``__init__`` defaults to
+    ``None``: left unset (e.g. sizes inferred from the data), not chosen, so a checkpoint's value is no news."""
+    try:
+        module, _, name = (class_path or "").rpartition(".")
+        parameters = inspect.signature(getattr(importlib.import_module(module), name)).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return set()
+    return {
+        key
+        for key, value in arguments.items()
+        if value is None and key in parameters and parameters[key].default is None
+    }
+
+
+def refuse_spent_max_time(trainer: Trainer, ckpt_path: str | None) -> None:
+    """Raise ``ValueError`` when the run ``ckpt_path`` continues has already trained for the ``max_time`` of this
+    fit: Lightning's timer counts every session of a run, so the fit would stop at once, having trained nothing."""
+    timer = next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
+    checkpoint = read_checkpoint(ckpt_path) if timer is not None and timer._duration is not None else None
+    if checkpoint is None:
+        return
+    state = checkpoint.get("callbacks", {}).get(timer.state_key, {})
+    elapsed = state.get("time_elapsed", {}).get(RunningStage.TRAINING.value, 0.0)
+    if elapsed >= timer._duration:
+        raise ValueError(
+            f"--ckpt_path {ckpt_path} continues a run that has trained for {timedelta(seconds=int(elapsed))}, which "
+            f"spends this fit's max_time ({timedelta(seconds=int(timer._duration))}; it counts every session of a "
+            "run): pass a larger --trainer.max_time (DD:HH:MM:SS), or --trainer.max_time=null, to train on"
         )
 
 
@@ -240,6 +315,9 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI
             "allow_abbrev": False,  # a typo such as --trainer.max_step must not pass for max_steps
         },
         seed_everything_default=DEFAULT_SEED,
+        # every model configures its own optimizer and schedule; the CLI's --optimizer would replace them
+        # silently or fail on the parameters the models build in configure_model
+        auto_configure_optimizers=False,
         # Each run logs to a fresh version_N folder, so reruns never meet an old config.yaml; a
         # log folder that already holds one (fixed version, or no logger) stops the run instead.
         save_config_kwargs={"overwrite": False},

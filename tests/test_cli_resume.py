@@ -1,0 +1,96 @@
+"""Resuming a fit through ``pararnn-ts``: ``--ckpt_path last``, a spent ``max_time``, what a checkpoint restores."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pararnn_ts.cli import drop_unused_folder, left_to_default_none, main
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "experiments" / "forecast" / "quickstart.yaml"
+TINY = [
+    "--trainer.max_steps=2",
+    "--trainer.limit_val_batches=1",
+    "--trainer.limit_test_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.init_args.num_batches_per_epoch=2",
+]
+
+
+@pytest.fixture(autouse=True)
+def bare_argv(monkeypatch, tmp_path):
+    """Runs in ``tmp_path``; pytest's own ``sys.argv`` must not look like CLI arguments."""
+    monkeypatch.setattr(sys, "argv", ["pararnn-ts"])
+    monkeypatch.chdir(tmp_path)
+
+
+def runs() -> list[str]:
+    return sorted(p.name for p in Path("runs/quickstart").iterdir())
+
+
+def test_ckpt_path_last_resumes_the_newest_runs_last_checkpoint(capsys):
+    with pytest.raises(FileNotFoundError, match=r"--ckpt_path last: no runs/quickstart/version_N/checkpoints/last"):
+        main(["fit", "-c", str(QUICKSTART), *TINY, "--ckpt_path=last"])
+    assert not Path("runs").exists()
+    main(["fit", "-c", str(QUICKSTART), *TINY])
+    main(["fit", "-c", str(QUICKSTART), *TINY])
+    capsys.readouterr()
+    main(["fit", "-c", str(QUICKSTART), *TINY, "--trainer.max_steps=4", "--ckpt_path=last"])
+    assert f"--ckpt_path last: {Path('runs/quickstart/version_1/checkpoints/last.ckpt')}" in capsys.readouterr().err
+    resumed = torch.load("runs/quickstart/version_2/checkpoints/last.ckpt", weights_only=False)
+    assert resumed["global_step"] == 4 and runs() == ["version_0", "version_1", "version_2"]
+
+
+def test_a_resume_whose_max_time_is_already_spent_is_refused_before_training():
+    main(["fit", "-c", str(QUICKSTART), *TINY])
+    checkpoint = torch.load("runs/quickstart/version_0/checkpoints/last.ckpt", weights_only=False)
+    timer = next(key for key in checkpoint["callbacks"] if key == "Timer")
+    checkpoint["callbacks"][timer]["time_elapsed"]["train"] = 3600.0  # a run that trained for an hour
+    torch.save(checkpoint, "spent.ckpt")
+    with pytest.raises(ValueError, match=r"trained for 1:00:00, which spends this fit's max_time \(0:05:00"):
+        main(["fit", "-c", str(QUICKSTART), *TINY, "--trainer.max_steps=4", "--ckpt_path=spent.ckpt"])
+    assert runs() == ["version_0"]
+    main(
+        [
+            "fit",
+            "-c",
+            str(QUICKSTART),
+            *TINY,
+            "--trainer.max_steps=4",
+            "--trainer.max_time=null",
+            "--ckpt_path=spent.ckpt",
+        ]
+    )
+    assert torch.load("runs/quickstart/version_1/checkpoints/last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_the_cli_leaves_optimizers_to_the_models(capsys):
+    with pytest.raises(SystemExit) as refused:
+        main(["fit", "-c", str(QUICKSTART), *TINY, "--optimizer=torch.optim.SGD"])
+    assert refused.value.code == 2 and "optimizer" in capsys.readouterr().err
+
+
+def test_arguments_left_to_a_none_default_are_not_reported_as_replaced():
+    world = "pararnn_ts.world.module.WorldModelModule"
+    arguments = {"obs_dim": None, "action_dim": 3, "hidden_size": None, "lr": 0.1}
+    assert left_to_default_none(world, arguments) == {"obs_dim"}  # hidden_size=None was chosen: its default is 128
+    assert left_to_default_none("no.such.Module", arguments) == set()
+
+
+def test_a_folder_with_only_what_lightning_writes_at_the_start_is_dropped(tmp_path):
+    folder = tmp_path / "version_3"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("")
+    (folder / "hparams.yaml").write_text("")
+    drop_unused_folder(folder, "config.yaml")
+    assert not folder.exists()
+    folder.mkdir()
+    (folder / "hparams.yaml").write_text("")
+    (folder / "metrics.csv").write_text("step\n")
+    drop_unused_folder(folder, "config.yaml")
+    assert folder.exists()
