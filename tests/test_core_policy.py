@@ -117,6 +117,14 @@ def test_bad_inputs_give_clear_errors(x, match):
         ParaGRU(6, 9, num_heads=3)(x)
 
 
+def test_non_finite_input_from_trained_layers_is_reported_as_divergence():
+    encoder = torch.nn.Linear(6, 6)
+    with torch.no_grad():
+        encoder.weight.fill_(float("inf"))  # what a diverged step leaves behind
+    with pytest.raises(ValueError, match="comes from trainable layers .* training has likely diverged"):
+        ParaGRU(6, 9, num_heads=3)(encoder(torch.randn(2, 8, 6)))
+
+
 def test_bad_state_and_arguments():
     gru = ParaGRU(6, 9, num_heads=3)
     with pytest.raises(ValueError, match=r"expected \(2, 9\)"):

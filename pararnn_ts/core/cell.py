@@ -302,6 +302,12 @@ class ParaCell(nn.Module):
                 f"expected input_size={self.input_size}"
             )
         if not all_finite(x):
+            if x.requires_grad:  # computed by layers being trained, not the user's data
+                raise ValueError(
+                    f"{type(self).__name__}: {name} contains NaN or inf, and it comes from trainable layers (it "
+                    "requires grad): training has likely diverged; lower the learning rate or clip gradients "
+                    "(--trainer.gradient_clip_val), or look for NaN in the data those layers read"
+                )
             raise ValueError(f"{type(self).__name__}: {name} contains NaN or inf; clean or mask the input first")
 
 
