@@ -464,3 +464,18 @@ def test_predicting_past_the_end_of_covariates_is_refused():
     datamodule.predict_split = "test"
     (item,) = datamodule.predict_items()
     assert item.history["feat_dynamic_real"].shape == (1, 9)  # the covariates cover the forecast steps
+
+
+def test_mixed_precision_fit_tests_and_predicts(tmp_path, monkeypatch):
+    """GluonTS turns forecast samples into NumPy arrays, which have no bfloat16: under bf16-mixed autocast the
+    forecasts are computed in the parameters' float32."""
+    config = write_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    mixed = [*TINY, "--trainer.precision=bf16-mixed"]
+    capture_stdout(lambda: main(["fit", "-c", str(config), *mixed]))
+    version = tmp_path / "runs" / "lightning_logs" / "version_0"
+    assert all(np.isfinite(value) for value in json.loads((version / METRICS_FILE).read_text()).values())
+    last = version / "checkpoints" / "last.ckpt"
+    capture_stdout(lambda: main(["predict", "-c", str(config), *mixed, f"--ckpt_path={last}"]))
+    table = pd.read_csv(tmp_path / "runs" / "lightning_logs" / "version_1" / FORECASTS_FILE)
+    assert len(table) == len(level_series()) * H and np.isfinite(table["q0.5"]).all()

@@ -18,6 +18,7 @@ import json
 import math
 from typing import Any, Literal
 
+import torch
 from gluonts.model.forecast import Forecast
 from gluonts.torch.model.predictor import PyTorchPredictor
 from gluonts.transform import InstanceSplitter, Transformation
@@ -193,6 +194,12 @@ class ParaRNNForecaster(ForecastTrainingModule):
                 "resume on the dataset it was trained on"
             )
 
+    def forecast(self, predictor: PyTorchPredictor, entries: list[dict[str, Any]]) -> list[Forecast]:
+        """``predictor``'s forecasts of ``entries``, computed in the parameters' dtype: GluonTS turns the samples
+        into NumPy arrays, which have no bfloat16, so the trainer's mixed-precision autocast is off here."""
+        with torch.autocast(self.device.type, enabled=False):
+            return list(predictor.predict(entries))
+
     def on_test_epoch_start(self) -> None:
         self.test_forecasts, self.test_entries = [], []
         self._test_predictor = self.predictor()
@@ -200,7 +207,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
     def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         """Forecast the last ``H`` steps of each official test entry in ``batch`` (GluonTS data entries)."""
         inputs, _ = split_windows(batch, self.data_sizes["prediction_length"])
-        self.test_forecasts.extend(self._test_predictor.predict(inputs))
+        self.test_forecasts.extend(self.forecast(self._test_predictor, inputs))
         self.test_entries.extend(batch)
 
     def on_test_epoch_end(self) -> None:
@@ -228,7 +235,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
 
     def predict_step(self, batch: list[PredictItem], batch_idx: int) -> list[Forecast]:
         """Forecast the ``H`` steps after each item's ``history`` in ``batch`` (``PredictItem`` s)."""
-        forecasts = list(self._predict_predictor.predict([item.history for item in batch]))
+        forecasts = self.forecast(self._predict_predictor, [item.history for item in batch])
         self.predicted.extend(zip(batch, forecasts, strict=True))
         return forecasts
 
