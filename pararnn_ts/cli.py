@@ -111,6 +111,9 @@ class ParaRNNCLI(LightningCLI):
             raise
 
     def before_fit(self) -> None:
+        if self.trainer.fast_dev_run:  # Lightning's ModelCheckpoint still writes last.ckpt (to the current folder)
+            for callback in self.trainer.checkpoint_callbacks:
+                callback.save_last = False
         refuse_used_log_dir(self.trainer)
         warn_if_never_validated(self.trainer)
         refuse_spent_max_time(self.trainer, self.config[self.subcommand].get("ckpt_path"))

@@ -36,6 +36,13 @@ def refuse_existing(
         )
 
 
+def writes_results(trainer: Any) -> bool:
+    """Whether this process of a Lightning ``trainer`` writes a run's result files: the global-zero process,
+    unless the run is a ``fast_dev_run`` smoke test, which writes nothing (Lightning's rule for its logs and
+    checkpoints; :func:`run_folder` would be the current folder then)."""
+    return bool(trainer.is_global_zero) and not trainer.fast_dev_run
+
+
 def run_folder(trainer: Any) -> Path:
     """A Lightning ``trainer``'s log folder (its root folder when it has no logger), created if needed."""
     folder = Path(trainer.log_dir or trainer.default_root_dir)

@@ -479,3 +479,12 @@ def test_mixed_precision_fit_tests_and_predicts(tmp_path, monkeypatch):
     capture_stdout(lambda: main(["predict", "-c", str(config), *mixed, f"--ckpt_path={last}"]))
     table = pd.read_csv(tmp_path / "runs" / "lightning_logs" / "version_1" / FORECASTS_FILE)
     assert len(table) == len(level_series()) * H and np.isfinite(table["q0.5"]).all()
+
+
+def test_fast_dev_run_writes_nothing(tmp_path, monkeypatch):
+    """Lightning's smoke test keeps no logs or checkpoints; its test results must not land in the current folder."""
+    config = write_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    capture_stdout(lambda: main(["fit", "-c", str(config), *TINY, "--trainer.fast_dev_run=true"]))
+    assert sorted(tmp_path.rglob("*")) == before

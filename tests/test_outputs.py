@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pararnn_ts.outputs import cpu_name, machine, refuse_existing, run_folder
+from pararnn_ts.outputs import cpu_name, machine, refuse_existing, run_folder, writes_results
 
 
 def test_refuse_existing_names_every_existing_file_and_the_options_that_chose_them(tmp_path):
@@ -46,3 +46,9 @@ def test_cpu_name_is_the_model_name_cpuinfo_gives_or_platforms_guess(monkeypatch
 
     monkeypatch.setattr("builtins.open", missing)
     assert cpu_name() == (platform.processor() or platform.machine())
+
+
+def test_only_the_global_zero_process_of_a_real_run_writes_results():
+    assert writes_results(SimpleNamespace(is_global_zero=True, fast_dev_run=0))
+    assert not writes_results(SimpleNamespace(is_global_zero=False, fast_dev_run=0))
+    assert not writes_results(SimpleNamespace(is_global_zero=True, fast_dev_run=True))

@@ -24,7 +24,7 @@ from gluonts.torch.model.predictor import PyTorchPredictor
 from gluonts.transform import InstanceSplitter, Transformation
 
 from ..core.cell import Mode
-from ..outputs import run_folder
+from ..outputs import run_folder, writes_results
 from .data import ForecastData, seasonality_of
 from .datamodule import PredictItem
 from .estimator import ParaRNNEstimator
@@ -219,7 +219,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
             for name, value in score(self.test_forecasts, self.test_entries, horizon, seasonality).items()
         }
         self.log_dict(metrics)
-        if self.trainer.is_global_zero:
+        if writes_results(self.trainer):
             folder = run_folder(self.trainer)
             (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
             inputs, actuals = split_windows(self.test_entries, horizon)
@@ -240,7 +240,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
         return forecasts
 
     def on_predict_epoch_end(self) -> None:
-        if self.trainer.is_global_zero and self.predicted:
+        if writes_results(self.trainer) and self.predicted:
             items, forecasts = zip(*self.predicted, strict=True)
             known = all(item.actual is not None for item in items)
             folder = run_folder(self.trainer)

@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric
 from ..nn import MIXERS, LanguageModel
 from ..nn.backbone import MIXER_SPECS, MixerName
 from ..nn.mixers import RNN_CELLS
-from ..outputs import run_folder
+from ..outputs import run_folder, writes_results
 from .generate import generate
 from .tokenizers import Tokenizer, check_vocab_size
 
@@ -227,7 +227,7 @@ class CausalLM(pl.LightningModule):
     def on_predict_epoch_end(self) -> None:
         """Write the samples to :data:`PREDICTIONS_FILE` in the trainer's log folder (its root folder without a
         logger): one JSON object per line, the ``prompt``, the sampling settings and the ``completion``."""
-        if self.trainer.is_global_zero and self.predicted:
+        if writes_results(self.trainer) and self.predicted:
             path = run_folder(self.trainer) / PREDICTIONS_FILE
             path.write_text("".join(json.dumps(record) + "\n" for record in self.predicted))
             print(f"\nwrote {len(self.predicted)} samples to {path}")
