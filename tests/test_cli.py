@@ -261,3 +261,32 @@ def test_short_class_names_resolve_in_a_fresh_process(tmp_path):
     done = subprocess.run([sys.executable, "-m", "pararnn_ts.cli", *args], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(done.stdout)["model"]["init_args"]["cell"]["class_path"] == "pararnn_ts.nn.GatedLinearRNN"
+
+
+def test_a_checkpoint_restores_the_cell_it_was_trained_with(tmp_path, monkeypatch):
+    """The tagger's checkpoint records its cell's class_path and init_args: --ckpt_path restores that cell (not the
+    config's), and the warning names the cell argument the checkpoint replaces."""
+    from pararnn_ts import ParaGRU
+    from pararnn_ts.synthetic import SequenceTagger
+
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "-c", str(PARITY_GRU), *TINY])
+    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("*.ckpt")
+    cell = torch.load(checkpoint, weights_only=True)["hyper_parameters"]["cell"]
+    assert cell["class_path"] == "pararnn_ts.ParaGRU"
+    assert {key: cell["init_args"][key] for key in ("input_size", "hidden_size", "mode", "max_norm")} == {
+        "input_size": 16,
+        "hidden_size": 32,
+        "mode": "sequential",
+        "max_norm": None,
+    }
+    changed = ["--model.init_args.cell.init_args.hidden_size=64", "--model.init_args.cell.init_args.mode=parallel"]
+    with pytest.warns(UserWarning, match=r"not used: cell=.*'hidden_size': 64.*\(checkpoint: .*'hidden_size': 32"):
+        main(["test", "-c", str(PARITY_GRU), *TINY, *changed, f"--ckpt_path={checkpoint}"])
+    assert read_metrics(tmp_path / "runs" / "parity_paragru" / "version_1")["test_acc"]
+    used = yaml.safe_load((tmp_path / "runs" / "parity_paragru" / "version_1" / "config.yaml").read_text())
+    assert used["model"]["init_args"]["cell"]["init_args"]["hidden_size"] == 32
+    assert used["model"]["init_args"]["cell"]["init_args"]["mode"] == "sequential"
+    # in Python too: the checkpoint alone builds the model
+    model = SequenceTagger.load_from_checkpoint(checkpoint)
+    assert isinstance(model.cell, ParaGRU) and model.cell.hidden_size == 32 and model.cell.mode == "sequential"

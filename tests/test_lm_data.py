@@ -297,3 +297,20 @@ def test_stdlib_bytes_fragment_builds_the_datamodule():
     assert fragment["class_path"] == "pararnn_ts.lm.TextDataModule"
     dm = TextDataModule(**fragment["init_args"])
     assert (dm.source, dm.seq_len, dm.batch_size, dm.vocab_size) == ("stdlib", 256, 16, 257)
+
+
+@pytest.mark.parametrize("source, glob", [("files", "**/*.py"), ("jsonl", "*.jsonl")])
+def test_a_folder_in_paths_says_to_give_a_glob_of_its_files(source, glob, tmp_path):
+    import re
+
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.txt").write_text("hello")
+    folder = str(tmp_path / "corpus")
+    told = re.escape(f"{folder}/' is a folder; give a glob of its files, e.g. '{folder}/{glob}'")
+    with pytest.raises(IsADirectoryError, match=told):  # the default cache folder hashes the files: at once
+        TextDataModule(source=source, paths=[folder + "/"])
+    data = TextDataModule(source=source, paths=[folder + "/"], cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(IsADirectoryError, match=told):  # a given cache folder: when the files are read
+        data.prepare_data()
+    with pytest.raises(FileNotFoundError, match="no file matches"):  # a missing path is still told apart
+        TextDataModule(source=source, paths=[str(tmp_path / "missing")])

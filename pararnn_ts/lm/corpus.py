@@ -66,12 +66,26 @@ def stdlib_documents(root: Path | None = None) -> Iterator[Document]:
         yield path.relative_to(root).as_posix(), path.read_bytes().decode("utf-8", errors="replace")
 
 
-def expand_paths(patterns: Sequence[str | Path]) -> list[Path]:
-    """Files named by ``patterns`` (paths or globs, ``**`` allowed), sorted and without duplicates."""
+#: the globs a folder given as a path is told to use instead (for text files; JSONL readers pass their own)
+FOLDER_GLOBS = ("**/*.py", "*.txt")
+JSONL_FOLDER_GLOBS = ("*.jsonl", "**/*.jsonl")
+
+
+def expand_paths(patterns: Sequence[str | Path], folder_globs: Sequence[str] = FOLDER_GLOBS) -> list[Path]:
+    """Files named by ``patterns`` (paths or globs, ``**`` allowed), sorted and without duplicates.
+
+    Raises:
+        IsADirectoryError: for a pattern that is a folder (which files of it to read is the caller's choice),
+            suggesting ``folder_globs`` inside it.
+        FileNotFoundError: for a pattern that matches no file.
+    """
     if isinstance(patterns, (str, Path)):
         patterns = [patterns]
     files: set[Path] = set()
     for pattern in patterns:
+        if os.path.isdir(pattern):
+            examples = " or ".join(repr(f"{Path(pattern)}/{example}") for example in folder_globs)
+            raise IsADirectoryError(f"{str(pattern)!r} is a folder; give a glob of its files, e.g. {examples}")
         matches = [Path(p) for p in glob.glob(str(pattern), recursive=True) if os.path.isfile(p)]
         if not matches:
             raise FileNotFoundError(f"no file matches {str(pattern)!r}")
@@ -99,7 +113,7 @@ def read_jsonl(patterns: Sequence[str | Path], text_field: str = "text") -> Iter
         ValueError: naming the file and line, for a line that is not a JSON object with a string
             under ``text_field``.
     """
-    files = expand_paths(patterns)
+    files = expand_paths(patterns, JSONL_FOLDER_GLOBS)
     for key, path in zip(relative_keys(files), files, strict=True):
         with open(path, encoding="utf-8") as lines:
             for line_number, line in enumerate(lines, start=1):
@@ -179,7 +193,7 @@ def source_fingerprint(source: str, paths: list[str]) -> Any:
         return {"python": platform.python_version(), "stdlib": str(stdlib_root())}
     if source in ("files", "jsonl"):
         digest = hashlib.sha256()
-        for path in expand_paths(paths):
+        for path in expand_paths(paths, JSONL_FOLDER_GLOBS if source == "jsonl" else FOLDER_GLOBS):
             stat = path.stat()
             digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
@@ -16,9 +18,10 @@ EVAL_SPLITS = ("val", "test")
 class SequenceTagger(pl.LightningModule):
     """Tokens → ``Embedding`` → ``cell`` → ``Linear``: logits for every position.
 
-    Trained with cross-entropy at every position; reports ``train_loss``, and on validation and
-    test ``{split}_loss`` (mean over all positions) and ``{split}_acc`` (accuracy over all
-    positions of all sequences).
+    Trained with cross-entropy at every position; reports ``train_loss`` (and, when the cell solved
+    by Newton, ``newton_iters`` and ``newton_fell_back``: 1.0 where Newton did not converge and the
+    trajectory was recomputed by the loop), and on validation and test ``{split}_loss`` (mean over
+    all positions) and ``{split}_acc`` (accuracy over all positions of all sequences).
 
     Args:
         cell: any :class:`~pararnn_ts.core.cell.ParaCell` (ParaGRU, ParaLSTM, GatedLinearRNN, your
@@ -39,8 +42,15 @@ class SequenceTagger(pl.LightningModule):
         weight_decay: float = 0.01,
     ) -> None:
         super().__init__()
-        # The cell is a module: its weights live in the state dict, its config in the CLI's config.yaml.
-        self.save_hyperparameters(ignore=["cell"])
+        # Built by the CLI (LightningCLI), the hyperparameters are the config's, the cell's as its
+        # {"class_path", "init_args"}: a checkpoint then restores the cell it was trained with (--ckpt_path).
+        # Built in Python, `cell` is the module itself, whose weights the state dict holds: it is left out, and
+        # load_from_checkpoint needs it again (load_from_checkpoint(path, cell=ParaGRU(...))).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Attribute 'cell' is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        if isinstance(self.hparams.get("cell"), nn.Module):
+            self.save_hyperparameters(ignore=["cell"])
         if cell.input_size is None:
             raise ValueError(
                 f"{type(cell).__name__} has input_size=None; "
@@ -67,8 +77,11 @@ class SequenceTagger(pl.LightningModule):
         loss, _ = self.loss(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["targets"].numel())
         stats = self.cell.last_stats
-        if stats is not None and stats.mode == "parallel":
+        if stats is not None and stats.algorithm == "newton":  # parallel mode, or fused Newton kernels (GPU)
             self.log("newton_iters", float(stats.iterations), batch_size=1)
+            # 1.0 when Newton did not converge in max_iters and the trajectory was recomputed exactly
+            # (fallback="sequential"): the step then paid for the Newton iterations and the loop
+            self.log("newton_fell_back", float(stats.fell_back), batch_size=1)
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
