@@ -85,12 +85,9 @@ class ParaRNNCLI(LightningCLI):
         configured = init_args(model)
         unset = left_to_default_none(model.get("class_path"), configured)
         super()._parse_ckpt_path()
-        restored = init_args(self.config[subcommand]["model"])
-        replaced = {
-            key: value
-            for key, value in configured.items()
-            if key in restored and restored[key] != value and key not in unset
-        }
+        restored = flat(init_args(self.config[subcommand]["model"]))
+        configured = {key: value for key, value in flat(configured).items() if key not in unset}
+        replaced = {key: value for key, value in configured.items() if key in restored and restored[key] != value}
         if replaced:
             warnings.warn(
                 f"--ckpt_path {ckpt_path} restores the model's arguments it was trained with, so these of the config "
@@ -244,6 +241,19 @@ def latest_last_checkpoint(config: Any) -> Path:
             "the path of the checkpoint to resume"
         )
     return found[-1]
+
+
+def flat(arguments: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``arguments`` with nested mappings (a cell's ``class_path`` and ``init_args``) spelled out as dotted keys:
+    ``{"cell": {"init_args": {"hidden_size": 32}}}`` → ``{"cell.init_args.hidden_size": 32}``."""
+    items: dict[str, Any] = {}
+    for key, value in arguments.items():
+        value = value.as_dict() if hasattr(value, "as_dict") else value
+        if isinstance(value, dict) and value:
+            items.update(flat(value, f"{prefix}{key}."))
+        else:
+            items[f"{prefix}{key}"] = value
+    return items
 
 
 def left_to_default_none(class_path: str | None, arguments: dict[str, Any]) -> set[str]:
