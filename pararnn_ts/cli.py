@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.callbacks import Callback, Timer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
-from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 # Imported so that configs may name their classes without the module (class_path: GatedLinearRNN).
@@ -38,6 +38,8 @@ import pararnn_ts.synthetic  # noqa: F401
 
 #: the seed of a run unless the config or ``--seed_everything`` says otherwise
 DEFAULT_SEED = 0
+#: the checkpoint a fit stopped by Ctrl-C leaves in its checkpoint folder (:class:`SaveOnInterrupt`)
+INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
 
 #: verbs beside Lightning's: name → (module whose ``main(argv)`` runs it, what it does); imported on use
 VERBS = {
@@ -57,6 +59,26 @@ LIBRARY_NOISE = (
     (FutureWarning, r".*is deprecated and will be removed in a future version", r"gluonts\."),
     (UserWarning, r"Using `json`-module for json-handling", r"gluonts\.json"),
 )
+
+
+class SaveOnInterrupt(Callback):
+    """On Ctrl-C during ``fit``, save the run as it stands to ``interrupted.ckpt`` in its checkpoint folder, so that
+    ``--ckpt_path`` resumes it from there; without it only the last checkpoint written before survives."""
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        checkpoint = trainer.checkpoint_callback
+        if not (
+            isinstance(exception, KeyboardInterrupt)
+            and trainer.state.fn == TrainerFn.FITTING
+            and not (trainer.fast_dev_run or trainer.sanity_checking)
+            and checkpoint is not None
+            and checkpoint.dirpath is not None
+        ):
+            return
+        path = Path(checkpoint.dirpath) / INTERRUPTED_CHECKPOINT
+        trainer.save_checkpoint(path)
+        if trainer.is_global_zero:
+            print(f"\nsaved the interrupted run to {path}; resume it with --ckpt_path {path}", file=sys.stderr)
 
 
 class ParaRNNCLI(LightningCLI):
@@ -328,6 +350,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI
             "allow_abbrev": False,  # a typo such as --trainer.max_step must not pass for max_steps
         },
         seed_everything_default=DEFAULT_SEED,
+        trainer_defaults={"callbacks": [SaveOnInterrupt()]},
         # every model configures its own optimizer and schedule; the CLI's --optimizer would replace them
         # silently or fail on the parameters the models build in configure_model
         auto_configure_optimizers=False,

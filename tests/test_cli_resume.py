@@ -94,3 +94,25 @@ def test_a_folder_with_only_what_lightning_writes_at_the_start_is_dropped(tmp_pa
     (folder / "metrics.csv").write_text("step\n")
     drop_unused_folder(folder, "config.yaml")
     assert folder.exists()
+
+
+def test_ctrl_c_during_fit_saves_a_checkpoint_that_resumes(monkeypatch, capsys):
+    from pararnn_ts.forecast.cli_module import ParaRNNForecaster
+
+    real = ParaRNNForecaster.training_step
+
+    def interrupted_at_step_3(self, batch, batch_idx):
+        if self.global_step == 3:
+            raise KeyboardInterrupt
+        return real(self, batch, batch_idx)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ParaRNNForecaster, "training_step", interrupted_at_step_3)
+        with pytest.raises(SystemExit):
+            main(["fit", "-c", str(QUICKSTART), *TINY, "--trainer.max_steps=6"])
+    saved = Path("runs/quickstart/version_0/checkpoints/interrupted.ckpt")
+    assert f"resume it with --ckpt_path {saved}" in capsys.readouterr().err
+    assert torch.load(saved, weights_only=False)["global_step"] == 3
+    main(["fit", "-c", str(QUICKSTART), *TINY, "--trainer.max_steps=6", f"--ckpt_path={saved}"])
+    assert torch.load("runs/quickstart/version_1/checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
+    assert not Path("runs/quickstart/version_1/checkpoints/interrupted.ckpt").exists()  # only when interrupted
