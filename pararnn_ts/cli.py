@@ -113,8 +113,7 @@ class ParaRNNCLI(LightningCLI):
         if replaced:
             warnings.warn(
                 f"--ckpt_path {ckpt_path} restores the model's arguments it was trained with, so these of the config "
-                "or command line are not used: "
-                + ", ".join(f"{key}={value!r} (checkpoint: {restored[key]!r})" for key, value in replaced.items()),
+                "or command line are not used: " + differences(replaced, restored),
                 stacklevel=1,
             )
 
@@ -135,7 +134,9 @@ class ParaRNNCLI(LightningCLI):
                 callback.save_last = False
         refuse_used_log_dir(self.trainer)
         warn_if_never_validated(self.trainer)
-        refuse_spent_max_time(self.trainer, self.config[self.subcommand].get("ckpt_path"))
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        refuse_spent_max_time(self.trainer, ckpt_path)
+        warn_if_data_changed(ckpt_path, self.config[self.subcommand].get("data"))
 
     def before_validate(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
@@ -278,6 +279,11 @@ def flat(arguments: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return items
 
 
+def differences(given: dict[str, Any], recorded: dict[str, Any]) -> str:
+    """``key=value (checkpoint: value)`` for every ``given`` argument, beside the checkpoint's ``recorded`` one."""
+    return ", ".join(f"{key}={value!r} (checkpoint: {recorded[key]!r})" for key, value in given.items())
+
+
 def left_to_default_none(class_path: str | None, arguments: dict[str, Any]) -> set[str]:
     """The ``arguments`` that are ``None`` and whose parameter in ``class_path``'s ``__init__`` defaults to
     ``None``: left unset (e.g. sizes inferred from the data), not chosen, so a checkpoint's value is no news."""
@@ -307,6 +313,30 @@ def refuse_spent_max_time(trainer: Trainer, ckpt_path: str | None) -> None:
             f"--ckpt_path {ckpt_path} continues a run that has trained for {timedelta(seconds=int(elapsed))}, which "
             f"spends this fit's max_time ({timedelta(seconds=int(timer._duration))}; it counts every session of a "
             "run): pass a larger --trainer.max_time (DD:HH:MM:SS), or --trainer.max_time=null, to train on"
+        )
+
+
+def warn_if_data_changed(ckpt_path: str | None, data: Any) -> None:
+    """Warn, when resuming a fit from ``ckpt_path``, about the arguments of the ``data:`` section that differ from
+    those the checkpoint's data module recorded (sizes, seeds, files): the run goes on with the config's, not the
+    data it started on. Data modules that record none are not checked."""
+    checkpoint = read_checkpoint(ckpt_path) if hasattr(data, "get") else None
+    recorded = (checkpoint or {}).get("datamodule_hyper_parameters")
+    if not recorded:
+        return
+    recorded = flat({key: value for key, value in recorded.items() if not key.startswith("_")})
+    configured = flat(init_args(data))
+    unset = left_to_default_none(data.get("class_path"), init_args(data))
+    changed = {
+        key: value
+        for key, value in configured.items()
+        if key in recorded and recorded[key] != value and key.split(".")[0] not in unset
+    }
+    if changed:
+        warnings.warn(
+            f"--ckpt_path {ckpt_path} continues a run whose data had other arguments; this fit goes on with the "
+            f"config's: {differences(changed, recorded)}",
+            stacklevel=1,
         )
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from pararnn_ts.cli import drop_unused_folder, left_to_default_none, main
+from pararnn_ts.cli import drop_unused_folder, left_to_default_none, main, warn_if_data_changed
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "experiments" / "forecast" / "quickstart.yaml"
@@ -116,3 +117,18 @@ def test_ctrl_c_during_fit_saves_a_checkpoint_that_resumes(monkeypatch, capsys):
     main(["fit", "-c", str(QUICKSTART), *TINY, "--trainer.max_steps=6", f"--ckpt_path={saved}"])
     assert torch.load("runs/quickstart/version_1/checkpoints/last.ckpt", weights_only=False)["global_step"] == 6
     assert not Path("runs/quickstart/version_1/checkpoints/interrupted.ckpt").exists()  # only when interrupted
+
+
+def test_resuming_with_other_data_arguments_is_warned_about(tmp_path):
+    path = tmp_path / "lm.ckpt"
+    recorded = {"_class_path": "pararnn_ts.lm.TextDataModule", "batch_size": 16, "seq_len": 256, "paths": None}
+    torch.save({"datamodule_hyper_parameters": recorded}, path)
+    data = {"class_path": "pararnn_ts.lm.TextDataModule", "init_args": {"batch_size": 8, "seq_len": 256}}
+    with pytest.warns(UserWarning, match=r"goes on with the config's: batch_size=8 \(checkpoint: 16\)$"):
+        warn_if_data_changed(str(path), data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_data_changed(str(path), {**data, "init_args": {"batch_size": 16, "paths": None}})
+        warn_if_data_changed(None, data)
+        torch.save({}, path)  # a data module that records nothing
+        warn_if_data_changed(str(path), data)
