@@ -40,6 +40,8 @@ import pararnn_ts.synthetic  # noqa: F401
 DEFAULT_SEED = 0
 #: the checkpoint a fit stopped by Ctrl-C leaves in its checkpoint folder (:class:`SaveOnInterrupt`)
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
+#: where a checkpoint records the fit's budget (:class:`RecordBudget`)
+BUDGET_KEY = "pararnn_ts_budget"
 
 #: verbs beside Lightning's: name → (module whose ``main(argv)`` runs it, what it does); imported on use
 VERBS = {
@@ -79,6 +81,15 @@ class SaveOnInterrupt(Callback):
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:
             print(f"\nsaved the interrupted run to {path}; resume it with --ckpt_path {path}", file=sys.stderr)
+
+
+class RecordBudget(Callback):
+    """Record the fit's ``max_steps`` and ``max_epochs`` in its checkpoints (under :data:`BUDGET_KEY`): the
+    learning-rate schedules span them, so a resume with another budget is warned about
+    (:func:`warn_if_budget_changed`)."""
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[BUDGET_KEY] = budget(trainer)
 
 
 class ParaRNNCLI(LightningCLI):
@@ -137,6 +148,7 @@ class ParaRNNCLI(LightningCLI):
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
         refuse_spent_max_time(self.trainer, ckpt_path)
         warn_if_data_changed(ckpt_path, self.config[self.subcommand].get("data"))
+        warn_if_budget_changed(ckpt_path, self.trainer)
 
     def before_validate(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
@@ -340,6 +352,29 @@ def warn_if_data_changed(ckpt_path: str | None, data: Any) -> None:
         )
 
 
+def budget(trainer: Trainer) -> dict[str, int | None]:
+    """The fit's ``max_steps`` and ``max_epochs`` (``None`` without one: Lightning says -1 once fitting, or
+    ``None`` before)."""
+    max_epochs = trainer.max_epochs
+    return {"max_steps": trainer.max_steps, "max_epochs": None if max_epochs in (None, -1) else max_epochs}
+
+
+def warn_if_budget_changed(ckpt_path: str | None, trainer: Trainer) -> None:
+    """Warn, when resuming a fit, if its ``max_steps`` or ``max_epochs`` differ from the run's (as
+    :class:`RecordBudget` recorded them): learning-rate schedules were set up for the run's budget, so a cosine
+    schedule then cycles back up and a warmup-cosine one is stretched mid-run."""
+    recorded = (read_checkpoint(ckpt_path) or {}).get(BUDGET_KEY)
+    if not recorded:
+        return
+    changed = {key: value for key, value in budget(trainer).items() if key in recorded and recorded[key] != value}
+    if changed:
+        warnings.warn(
+            f"--ckpt_path {ckpt_path} continues a run trained for another budget, which its learning-rate "
+            f"schedule spans: {differences(changed, recorded)}; to finish the run as planned, resume with its budget",
+            stacklevel=1,
+        )
+
+
 def require_checkpoint(ckpt_path: str | None, verb: str) -> None:
     """Raise ``ValueError`` if ``verb`` would run the untrained weights a config builds (no ``ckpt_path``)."""
     if ckpt_path is None:
@@ -380,7 +415,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI
             "allow_abbrev": False,  # a typo such as --trainer.max_step must not pass for max_steps
         },
         seed_everything_default=DEFAULT_SEED,
-        trainer_defaults={"callbacks": [SaveOnInterrupt()]},
+        trainer_defaults={"callbacks": [SaveOnInterrupt(), RecordBudget()]},
         # every model configures its own optimizer and schedule; the CLI's --optimizer would replace them
         # silently or fail on the parameters the models build in configure_model
         auto_configure_optimizers=False,

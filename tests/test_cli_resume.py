@@ -132,3 +132,14 @@ def test_resuming_with_other_data_arguments_is_warned_about(tmp_path):
         warn_if_data_changed(None, data)
         torch.save({}, path)  # a data module that records nothing
         warn_if_data_changed(str(path), data)
+
+
+def test_resuming_with_another_budget_is_warned_about():
+    main(["fit", "-c", str(QUICKSTART), *TINY])
+    last = "runs/quickstart/version_0/checkpoints/last.ckpt"
+    assert torch.load(last, weights_only=False)["pararnn_ts_budget"] == {"max_steps": 2, "max_epochs": None}
+    with pytest.warns(UserWarning, match=r"another budget.* spans: max_steps=4 \(checkpoint: 2\); to finish the run"):
+        main(["fit", "-c", str(QUICKSTART), *TINY, "--trainer.max_steps=4", f"--ckpt_path={last}"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*another budget")
+        main(["fit", "-c", str(QUICKSTART), *TINY, f"--ckpt_path={last}"])
