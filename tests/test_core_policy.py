@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -174,3 +175,15 @@ def test_fallback_applies_per_chunk():
 def test_bad_chunk_size():
     with pytest.raises(ValueError, match="chunk_size"):
         ParaGRU(6, 9, chunk_size=0)
+
+
+def test_solver_warnings_point_at_the_users_line():
+    from pararnn_ts.cells.oscillator import RotationOscillator
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cell = RotationOscillator(3, 4, mode="fused")  # no fused kernel: warns, then runs what "auto" would
+        cell(torch.randn(2, 5, 3))
+        ChaoticCell(mode="parallel", max_iters=1, fallback="warn", chunk_size=None)(chaotic_input(16))
+    raised = [w for w in caught if "cannot run here" in str(w.message) or "did not converge" in str(w.message)]
+    assert len(raised) == 2 and {w.filename for w in raised} == {__file__}

@@ -8,13 +8,13 @@ and every parameter of the cell. Nothing is differentiated through the Newton it
 
 from __future__ import annotations
 
-import warnings
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from ..notices import warn
 from .newton import NewtonConvergenceError, SolverStats, newton_solve, shift_right
 from .scan import reverse_linear_scan
 
@@ -58,7 +58,7 @@ def keep_iterate(cell: ParaCell, stats: SolverStats, u: Tensor) -> bool:
     if cell.fallback == "raise":
         raise NewtonConvergenceError(message + "; raise max_iters or tol, or use fallback='sequential'")
     if cell.fallback == "warn":
-        warnings.warn(message + "; returning the last Newton iterate", RuntimeWarning, stacklevel=5)
+        warn(message + "; returning the last Newton iterate")
         return True
     stats.fell_back = True
     return False

@@ -15,12 +15,12 @@ import platform
 import re
 import sys
 import threading
-import warnings
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
+from ..notices import warn
 from .build import load_extension
 from .sources import checkout_tag, kernel_source_dir
 
@@ -85,14 +85,12 @@ def _load() -> ModuleType | None:
                 _extension = _build()
             except Exception as error:  # any build failure means "use the PyTorch path"
                 _failure = f"building the C++ extension {extension_name()} failed ({_summary(error)})"
-                warnings.warn(
+                warn(
                     f"pararnn_ts: {_failure}. The fused CPU kernels are unavailable and the PyTorch solvers are "
                     "used instead (slower on CPU). To fix: install a C++ compiler with OpenMP support (e.g. "
                     "`apt install g++` or `conda install gxx`), or point the CXX environment variable at one, "
                     "and make sure ninja is installed and the folder TORCH_EXTENSIONS_DIR (default "
                     "~/.cache/torch_extensions) is writable; then restart Python.",
-                    RuntimeWarning,
-                    stacklevel=3,
                 )
     return _extension
 

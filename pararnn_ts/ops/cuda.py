@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from types import ModuleType
 
 import torch
 from torch import Tensor
 
+from ..notices import warn
 from .build import load_extension, put_ninja_on_path
 from .sources import checkout_tag, kernel_source_dir
 
@@ -82,7 +82,7 @@ def _load(capability: tuple[int, int]) -> ModuleType | str:
     except Exception as error:  # compiler or linker failure
         lines = str(error).strip().splitlines() or [type(error).__name__]
         reason = f"building the CUDA kernels for sm_{arch} failed: {lines[0]}"
-        warnings.warn(f"pararnn_ts: {reason}\n{error}", RuntimeWarning, stacklevel=3)
+        warn(f"pararnn_ts: {reason}\n{error}")
         return reason
 
 

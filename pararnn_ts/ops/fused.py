@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import functools
 import importlib
-import warnings
 from types import ModuleType
 from typing import Literal
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
+
+from ..notices import warn
 
 Backend = Literal["auto", "cpu", "triton", "cuda"]
 BACKENDS = ("auto", "cpu", "triton", "cuda")
@@ -78,7 +79,7 @@ def warn_once(key: tuple[str, str], message: str) -> None:
     """Warn with ``message`` the first time ``key`` is seen in this process."""
     if key not in _warned:
         _warned.add(key)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+        warn(message)
 
 
 def fused_solve(
