@@ -53,3 +53,19 @@ def test_load_says_when_it_builds_waits_or_clears_a_dead_build(tmp_path, monkeyp
     os.utime(lock, (0, 0))  # from a build killed long ago
     build.load_extension("ext_a", "the test kernels")
     assert f"removed {lock}, left by a build of the test kernels" in capsys.readouterr().err and not lock.exists()
+
+
+def test_an_installed_package_reads_its_own_kernel_sources_before_a_kernels_folder_beside_it(tmp_path, monkeypatch):
+    from pararnn_ts.ops import sources
+
+    site = tmp_path / "site-packages"
+    for folder in (site / "pararnn_ts" / "_kernels" / "cpu", site / "kernels" / "cpu"):  # "kernels": another package
+        folder.mkdir(parents=True)
+    monkeypatch.setattr(sources, "_PACKAGE", site / "pararnn_ts")
+    assert sources.kernel_source_dir("cpu") == site / "pararnn_ts" / "_kernels" / "cpu"
+    checkout = tmp_path / "checkout"
+    (checkout / "kernels" / "cpu").mkdir(parents=True)
+    monkeypatch.setattr(sources, "_PACKAGE", checkout / "pararnn_ts")
+    assert sources.kernel_source_dir("cpu") == checkout / "kernels" / "cpu"
+    with pytest.raises(FileNotFoundError, match="reinstall"):
+        sources.kernel_source_dir("cuda")

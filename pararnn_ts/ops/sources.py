@@ -15,7 +15,9 @@ def kernel_source_dir(kind: str) -> Path:
         FileNotFoundError: neither a checkout's ``kernels/<kind>`` nor a wheel's
             ``pararnn_ts/_kernels/<kind>`` exists (a broken install).
     """
-    for root in (_PACKAGE.parent / "kernels", _PACKAGE / "_kernels"):
+    # the wheel's own copy first: next to an installed package, "kernels" may be another distribution's
+    # top-level package (PyPI has one of that name)
+    for root in (_PACKAGE / "_kernels", _PACKAGE.parent / "kernels"):
         if (root / kind).is_dir():
             return root / kind
     raise FileNotFoundError(
