@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import json
 import re
+from types import SimpleNamespace
 
+import lightning.pytorch as pl
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch
+from lightning.pytorch.utilities.combined_loader import _shutdown_workers_and_reset_iterator
 
 from pararnn_ts.forecast.data import (
     FCompDataset,
     ForecastData,
+    ForecastDataset,
     JsonLinesDataset,
     VicElecDataset,
     validate,
@@ -238,3 +244,146 @@ def test_validation_split_needs_one_series_long_enough(tmp_path):
     data = JsonLinesDataset(write_lines(tmp_path / "toy.jsonl", [series(6, "a")]), "D", 4).load()
     with pytest.raises(ValueError, match="no training series has the 5 steps"):
         validation_split(data)
+
+
+# ---- the data module's training batches: epoch e's depend on (seed, e) only, so a resumed fit sees the same ----
+def seasonal_series(count: int = 3) -> ForecastData:
+    """Monthly series of 40, 55, 70, ... steps at levels 100, 200, ...; horizon 4."""
+    rng = np.random.default_rng(0)
+    targets = [100.0 * (i + 1) * (1 + 0.1 * np.sin(np.arange(40 + 15 * i) / 2)) for i in range(count)]
+    entries = [
+        {
+            "start": pd.Period("2001-01", freq="M"),
+            "target": (target + rng.normal(0, 1, len(target))).astype(np.float32),
+            "item_id": f"s{i}",
+        }
+        for i, target in enumerate(targets)
+    ]
+    return ForecastData("levels", "M", 4, train=entries, test=entries)
+
+
+class InMemory(ForecastDataset):
+    def __init__(self, data: ForecastData) -> None:
+        self.data = data
+
+    def load(self) -> ForecastData:
+        return self.data
+
+
+def tiny_datamodule(num_workers: int = 0, seed: int | None = None, batches: int = 3):
+    from pararnn_ts.forecast.datamodule import ForecastDataModule
+
+    return ForecastDataModule(
+        InMemory(seasonal_series()),
+        batch_size=4,
+        num_batches_per_epoch=batches,
+        num_workers=num_workers,
+        validation_windows=0,
+        seed=seed,
+    )
+
+
+def training_loader(num_workers: int, seed: int | None = None):
+    """A fresh data module's training loader, as a new process (a resumed run) builds it."""
+    from pararnn_ts.forecast.cli_module import ParaRNNForecaster, data_sizes
+
+    dm = tiny_datamodule(num_workers, seed)
+    dm.setup("fit")
+    module = ParaRNNForecaster(hidden_size=8, num_layers=1, mode="sequential")
+    module.build(data_sizes(dm.data))
+    dm.trainer = SimpleNamespace(lightning_module=module)
+    return dm.train_dataloader()
+
+
+def same_batches(first: list[dict], second: list[dict]) -> bool:
+    return len(first) == len(second) and all(
+        a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(first, second, strict=True)
+    )
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_training_batches_of_an_epoch_depend_on_the_seed_and_the_epoch_only(num_workers):
+    pl.seed_everything(0)  # the data module's seed is None: the global seed
+    loader = training_loader(num_workers)
+    numpy_state = np.random.get_state()
+    run = []
+    for epoch in range(3):
+        _set_sampler_epoch(loader, epoch)  # as Lightning's fit loop does before each epoch
+        run.append(list(loader))
+    assert [len(batches) for batches in run] == [3, 3, 3]
+    assert not same_batches(run[0], run[1]) and not same_batches(run[0], run[2])
+    if num_workers == 0:  # the windows are drawn from a generator of their own, not numpy's global one
+        assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state()[1:3], numpy_state[1:3], strict=True))
+
+    pl.seed_everything(0)  # a resumed run: a new process, seeded as the first was
+    np.random.rand(5)  # and whatever drew from numpy's global generator before does not matter
+    resumed = training_loader(num_workers)
+    passes = iter(resumed)  # Lightning calls iter() before it sets the epoch of a fit that starts or resumes
+    _set_sampler_epoch(resumed, 2)
+    assert same_batches(list(passes), run[2])
+    _set_sampler_epoch(resumed, 1)
+    assert same_batches(list(resumed), run[1])
+
+    other = training_loader(num_workers, seed=1)  # another seed, other batches
+    assert not same_batches(list(other), run[0])
+    for each in (loader, resumed, other):
+        _shutdown_workers_and_reset_iterator(each)  # as Lightning does after a fit
+
+
+class BatchRecorder(pl.Callback):
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, torch.Tensor]] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.seen.append((trainer.current_epoch, batch["past_target"].clone()))
+
+
+def recorded_fit(folder, max_epochs: int, ckpt_path=None, every_n_train_steps=None, num_workers=0, max_steps=-1):
+    """A fit of a tiny forecaster on a fresh data module; returns its training batches and last checkpoint."""
+    from pararnn_ts.forecast.cli_module import ParaRNNForecaster
+
+    pl.seed_everything(0)
+    recorder = BatchRecorder()
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=folder, save_last=True, every_n_train_steps=every_n_train_steps, save_top_k=-1
+    )
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        callbacks=[recorder, checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    module = ParaRNNForecaster(hidden_size=8, num_layers=1, mode="sequential", lr_schedule="none")
+    trainer.fit(module, datamodule=tiny_datamodule(num_workers, batches=4), ckpt_path=ckpt_path)
+    return recorder.seen, checkpoint.last_model_path
+
+
+def same_records(first: list, second: list) -> bool:
+    return len(first) == len(second) and all(
+        e == f and torch.equal(a, b) for (e, a), (f, b) in zip(first, second, strict=True)
+    )
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_resumed_fit_trains_on_the_batches_of_an_uninterrupted_one(tmp_path, num_workers):
+    straight, _ = recorded_fit(tmp_path / "straight", 3, num_workers=num_workers)
+    assert len(straight) == 12 and not same_records(straight[:4], [(0, b) for _, b in straight[8:]])
+
+    _, stopped = recorded_fit(tmp_path / "epoch_end", 2, num_workers=num_workers)
+    resumed, _ = recorded_fit(tmp_path / "resumed", 3, ckpt_path=stopped, num_workers=num_workers)
+    assert same_records(resumed, straight[8:])  # epoch 2 as if never stopped, not epoch 0 again
+
+    # the same when the runs count steps, as the CLI's configs do (Lightning's epoch count for set_epoch then
+    # runs one ahead after resuming)
+    _, stopped = recorded_fit(tmp_path / "steps", -1, max_steps=8, num_workers=num_workers)
+    resumed, _ = recorded_fit(tmp_path / "resumed_steps", -1, stopped, max_steps=12, num_workers=num_workers)
+    assert same_records(resumed, straight[8:])
+
+    recorded_fit(tmp_path / "every", 2, every_n_train_steps=6, num_workers=num_workers)
+    mid_epoch = tmp_path / "every" / "epoch=1-step=6.ckpt"  # two batches into epoch 1
+    resumed, _ = recorded_fit(tmp_path / "resumed_mid", 3, ckpt_path=mid_epoch, num_workers=num_workers)
+    assert same_records(resumed, straight[6:])  # the rest of epoch 1, then epoch 2

@@ -3,10 +3,15 @@ the trajectory file format, and the data module's episode splits, windows and st
 
 from __future__ import annotations
 
+import re
+
 import gymnasium as gym
+import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
+from lightning.fabric.utilities.data import _set_sampler_epoch
+from lightning.pytorch.utilities.combined_loader import _shutdown_workers_and_reset_iterator
 
 from pararnn_ts.world.collect import (
     Trajectories,
@@ -218,3 +223,119 @@ def test_collects_to_a_file_once_and_checks_the_env_id(tmp_path):
         TrajectoryDataModule("Pendulum-v1", str(path)).setup()
     with pytest.raises(ValueError, match="env_id.*path"):
         TrajectoryDataModule()
+
+
+# ---- resuming: the batches of epoch e depend on (seed, e) only; files must be the collection asked for --------
+class BatchRecorder(pl.LightningModule):
+    """Learns nothing: records each training batch's windows as (epoch, [[episode, first step], ...])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.seen: list[tuple[int, list]] = []
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self.seen.append((self.current_epoch, batch["obs"][:, 0, :2].tolist()))
+        return self.weight * batch["obs"].mean()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+def recorded_fit(folder, num_workers: int, max_epochs: int, ckpt_path=None, every_n_train_steps=None, max_steps=-1):
+    """A fit of :class:`BatchRecorder` (a fresh data module, as a new process would build); returns the batches
+    it trained on and its last checkpoint (with ``every_n_train_steps``, its checkpoints are all kept)."""
+    pl.seed_everything(0)
+    dm = TrajectoryDataModule.from_trajectories(
+        labelled([12, 20, 9, 30, 16, 25, 14, 18, 22, 11]), window=8, stride=4, batch_size=4, seed=1,
+        num_workers=num_workers,
+    )  # fmt: skip
+    checkpoint = pl.callbacks.ModelCheckpoint(
+        dirpath=folder, save_last=True, every_n_train_steps=every_n_train_steps, save_top_k=-1
+    )
+    module = BatchRecorder()
+    trainer = pl.Trainer(
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        callbacks=[checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        accelerator="cpu",
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    return module.seen, checkpoint.last_model_path
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_resumed_fit_trains_on_the_batches_of_an_uninterrupted_one(tmp_path, num_workers):
+    straight, _ = recorded_fit(tmp_path / "straight", num_workers, max_epochs=3)
+    per_epoch = len(straight) // 3
+    epochs = [[windows for epoch, windows in straight if epoch == e] for e in range(3)]
+    assert per_epoch > 3 and epochs[0] != epochs[1] and epochs[0] != epochs[2]
+
+    _, stopped = recorded_fit(tmp_path / "epoch_end", num_workers, max_epochs=2)  # stops after epoch 1
+    resumed, _ = recorded_fit(tmp_path / "resumed", num_workers, max_epochs=3, ckpt_path=stopped)
+    assert resumed == straight[2 * per_epoch :]  # epoch 2 as if never stopped, not epoch 0 again
+
+    # the same when the runs count steps (Lightning's epoch count for set_epoch then runs one ahead after resuming)
+    _, stopped = recorded_fit(tmp_path / "steps", num_workers, max_epochs=-1, max_steps=2 * per_epoch)
+    resumed, _ = recorded_fit(tmp_path / "resumed_steps", num_workers, -1, stopped, max_steps=3 * per_epoch)
+    assert resumed == straight[2 * per_epoch :]
+
+    recorded_fit(tmp_path / "every", num_workers, max_epochs=2, every_n_train_steps=per_epoch + 2)
+    mid_epoch = tmp_path / "every" / f"epoch=1-step={per_epoch + 2}.ckpt"  # two batches into epoch 1
+    resumed, _ = recorded_fit(tmp_path / "resumed_mid", num_workers, max_epochs=3, ckpt_path=mid_epoch)
+    assert resumed == straight[per_epoch + 2 :]  # the rest of epoch 1, then epoch 2
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_the_training_order_is_set_by_the_epoch_before_the_first_batch(num_workers):
+    """Each epoch a permutation of the windows of its own; Lightning calls iter() on the training loader before
+    it sets the epoch of a fit that starts or resumes, and a DataLoader with workers draws indices at iter()."""
+    data = labelled([12, 20, 9, 30, 16, 25, 14])
+    dm = TrajectoryDataModule.from_trajectories(data, window=8, stride=4, seed=2, num_workers=num_workers)
+    dm.setup("fit")
+
+    def starts(batches) -> list[list[float]]:
+        return torch.cat([batch["obs"][:, 0, :2] for batch in batches]).tolist()
+
+    loaders = [dm.train_dataloader(), dm.train_dataloader()]
+    first = starts(loaders[0])
+    passes = iter(loaders[1])
+    _set_sampler_epoch(loaders[1], 1)  # as Lightning's fit loop does before each epoch
+    second = starts(passes)
+    _set_sampler_epoch(loaders[1], 0)
+    assert starts(loaders[1]) == first and second != first and sorted(second) == sorted(first)
+    for loader in loaders:
+        _shutdown_workers_and_reset_iterator(loader)  # as Lightning does after a fit
+
+
+def test_a_file_collected_with_other_settings_is_refused(tmp_path):
+    path = tmp_path / "pendulum.npz"
+    asked = {"num_steps": 900, "seed": 0, "num_envs": 2}
+    TrajectoryDataModule("Pendulum-v1", str(path), **asked).setup()
+    again = TrajectoryDataModule("Pendulum-v1", str(path), **asked)
+    again.setup()  # the same collection: read
+    assert len(again.data) == 900
+    for change, recorded in (
+        ({"num_steps": 1200}, "num_steps=900"),
+        ({"seed": 4}, "seed=0"),
+        ({"num_envs": 3}, "num_envs=2"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(f"{path} was collected with {recorded}")) as error:
+            TrajectoryDataModule("Pendulum-v1", str(path), **(asked | change)).setup()
+        name, value = next(iter(change.items()))
+        assert f"asks for {name}={value}" in str(error.value)
+        assert "--data.init_args.path" in str(error.value) and f"delete {path}" in str(error.value)
+    assert len(Trajectories.load(path)) == 900  # nothing was overwritten
+    as_it_is = TrajectoryDataModule(path=str(path), num_steps=1200, seed=4)  # no env_id: any file, read as it is
+    as_it_is.setup()
+    assert len(as_it_is.data) == 900
+
+    mixed = tmp_path / "mixed.npz"
+    data = Trajectories.load(path)
+    data.followed_by(data).save(mixed)
+    with pytest.raises(ValueError, match=r"policy='mixed', but this run asks for num_steps=900, policy='random'"):
+        TrajectoryDataModule("Pendulum-v1", str(mixed), **asked).setup()

@@ -8,16 +8,19 @@ them (:class:`~pararnn_ts.forecast.cli_module.ParaRNNForecaster` provides ``tran
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import copy
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from gluonts.dataset.split import slice_data_entry
 from gluonts.transform import Transformation
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..loaders import ResumablePasses
 from .data import ForecastData, ForecastDataset
 from .estimator import training_batches, validation_batches
 from .metrics import split_windows
@@ -47,11 +50,70 @@ def holdout_windows(entries: list[Entry], prediction_length: int, windows: int) 
     return train, validation
 
 
+class TrainingEpoch:
+    """The epoch a training loader serves.
+
+    Lightning's fit loop calls ``set_epoch(epoch)`` on ``loader.sampler`` before each epoch (as for a
+    ``DistributedSampler``), so :class:`EpochTrainingBatches` carries one of these as ``sampler``. It is
+    held in shared memory: DataLoader workers, persistent ones too, read the epoch the main process set.
+    """
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.value = torch.full((), epoch, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        return int(self.value)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.value.fill_(epoch)
+
+
+def with_numpy_state(state: tuple, items: Iterator[Item]) -> Iterator[Item]:
+    """``items``, each made while numpy's global generator is in ``state`` (carried from item to item);
+    between items the global generator is as it was, neither read nor moved on."""
+    while True:
+        outer = np.random.get_state()
+        np.random.set_state(state)
+        try:
+            item = next(items, None)
+            state = np.random.get_state()
+        finally:
+            np.random.set_state(outer)
+        if item is None:
+            return
+        yield item
+
+
+def epoch_batches(
+    data: list[Entry],
+    splitter: Transformation,
+    batch_size: int,
+    num_batches: int,
+    seed: int,
+    epoch: int,
+    stream: int = 0,
+) -> Iterator[dict[str, Tensor]]:
+    """The ``num_batches`` training batches of ``epoch``: a function of ``(seed, epoch, stream)`` and the arguments.
+
+    The transformed entries are cycled in an order shuffled per epoch, and a fresh copy of ``splitter``
+    (its instance sampler may keep running statistics) cuts windows from them; GluonTS's samplers draw
+    from numpy's global generator, which is swapped for one seeded by ``(seed, epoch, stream)`` while a
+    batch is made (:func:`with_numpy_state`). ``stream`` tells apart the DataLoader workers of an epoch.
+    """
+    order_seed, window_seed = np.random.SeedSequence([seed, epoch, stream]).spawn(2)
+    order = np.random.default_rng(order_seed).permutation(len(data))
+    batches = training_batches([data[i] for i in order], copy.deepcopy(splitter), batch_size, num_batches)
+    state = np.random.RandomState(np.random.MT19937(window_seed)).get_state()
+    return with_numpy_state(state, iter(batches))
+
+
 class WorkerTrainingBatches(IterableDataset):
     """Training batches made in DataLoader workers, each from its own share of the series.
 
-    Each worker streams its share forever (the stream goes on across epochs: use persistent
-    workers) and yields its part of the ``num_batches_per_epoch`` batches of an epoch.
+    Each worker transforms its share once (use persistent workers), then yields its part of the
+    ``num_batches_per_epoch`` batches of each epoch, drawn by :func:`epoch_batches` with the epoch the
+    main process set on ``epoch`` and the worker's id as ``stream``.
     """
 
     def __init__(
@@ -61,24 +123,62 @@ class WorkerTrainingBatches(IterableDataset):
         splitter: Transformation,
         batch_size: int,
         num_batches_per_epoch: int,
+        seed: int = 0,
+        epoch: TrainingEpoch | None = None,
     ) -> None:
         self.entries, self.transformation, self.splitter = entries, transformation, splitter
-        self.batch_size, self.num_batches_per_epoch = batch_size, num_batches_per_epoch
-        self.batches = None
+        self.batch_size, self.num_batches_per_epoch, self.seed = batch_size, num_batches_per_epoch, seed
+        self.epoch = TrainingEpoch() if epoch is None else epoch
+        self.data: list[Entry] | None = None
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
         worker = get_worker_info()  # only ever iterated in a DataLoader worker
-        if self.batches is None:
-            np.random.seed(worker.seed % 2**32)  # GluonTS's samplers draw from numpy's global generator
-            share = self.entries[worker.id :: worker.num_workers]
-            count = self.num_batches_per_epoch // worker.num_workers
-            count += worker.id < self.num_batches_per_epoch % worker.num_workers
-            data = list(self.transformation.apply(share, is_train=True))
-            self.batches = training_batches(data, self.splitter, self.batch_size, count)
-        return iter(self.batches)
+        if self.data is None:
+            self.data = list(self.transformation.apply(self.entries[worker.id :: worker.num_workers], is_train=True))
+        count = self.num_batches_per_epoch // worker.num_workers
+        count += worker.id < self.num_batches_per_epoch % worker.num_workers
+        epoch = self.epoch.epoch
+        return epoch_batches(self.data, self.splitter, self.batch_size, count, self.seed, epoch, stream=worker.id)
 
     def __len__(self) -> int:
         return self.num_batches_per_epoch
+
+
+class EpochTrainingBatches(ResumablePasses):
+    """The training loader: ``num_batches`` batches per epoch, epoch ``e``'s made by ``make_epoch(e)``, in
+    resumable passes (:class:`~pararnn_ts.loaders.ResumablePasses`). Its :attr:`sampler`, a
+    :class:`TrainingEpoch`, carries a pass's epoch to the DataLoader workers of ``workers`` (the DataLoader
+    that ``make_epoch`` passes over, if any).
+    """
+
+    def __init__(
+        self,
+        make_epoch: Callable[[int], Iterator[dict[str, Tensor]]],
+        num_batches: int,
+        sampler: TrainingEpoch,
+        workers: DataLoader | None = None,
+    ) -> None:
+        self.make_epoch, self.num_batches, self.sampler, self.workers = make_epoch, num_batches, sampler, workers
+
+    def __iter__(self) -> Iterator[dict[str, Tensor]]:
+        return self.passes()
+
+    def epoch_batches(self, epoch: int) -> Iterator[dict[str, Tensor]]:
+        return self.make_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    # When a fit ends, Lightning stops the worker processes of a loader's ``_iterator`` (``CombinedLoader.reset``),
+    # as it would the DataLoader's: persistent workers left to the garbage collector can hold it up for seconds.
+    @property
+    def _iterator(self) -> Any:
+        return None if self.workers is None else self.workers._iterator
+
+    @_iterator.setter
+    def _iterator(self, value: Any) -> None:
+        if self.workers is not None:
+            self.workers._iterator = value
 
 
 class EntryBatches(Generic[Item]):
@@ -123,10 +223,14 @@ class ForecastDataModule(pl.LightningDataModule):
     dataset's official one, served as lists of ``batch_size`` raw test entries for the module's
     test step to forecast and score. ``predict`` serves lists of :class:`PredictItem`.
 
+    Training windows are drawn at random, epoch ``e``'s from streams seeded by ``(seed, e)`` alone
+    (:func:`epoch_batches`): a run resumed from a checkpoint trains on the batches the uninterrupted run
+    would have (mid-epoch too, see :class:`EpochTrainingBatches`).
+
     Args:
         dataset: the dataset spec, e.g. ``FCompDataset("tourism", "quarterly")``.
         batch_size: windows per training / validation batch, series per test batch.
-        num_batches_per_epoch: training batches per epoch (windows are drawn at random from an endless stream).
+        num_batches_per_epoch: training batches per epoch (of windows drawn at random, afresh each epoch).
         num_workers: DataLoader processes making training batches (0: in the main process).
         validation_windows: horizons held out at the end of each training series (0: no validation).
         context_length: the context a forecaster reads on this data unless its own ``context_length`` is set
@@ -135,6 +239,8 @@ class ForecastDataModule(pl.LightningDataModule):
         predict_split: what ``pararnn-ts predict`` forecasts: ``"future"``, the ``prediction_length`` steps after
             each series' end (its longest test entry; data with dynamic covariates cannot, as they end with the
             series); ``"test"``, the official test windows, as the test step scores them.
+        seed: seeds the training windows (with the epoch); ``None``: the global seed when the training loader is
+            made (``torch.initial_seed()``, which ``seed_everything``, the CLI's ``--seed_everything``, sets).
     """
 
     def __init__(
@@ -146,6 +252,7 @@ class ForecastDataModule(pl.LightningDataModule):
         validation_windows: int = 1,
         context_length: int | None = None,
         predict_split: PredictSplit = "future",
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(dataset, ForecastDataset):
@@ -158,11 +265,13 @@ class ForecastDataModule(pl.LightningDataModule):
                 raise ValueError(f"ForecastDataModule: {name} must be >= 0, got {value}")
         if context_length is not None and context_length < 1:
             raise ValueError(f"ForecastDataModule: context_length must be >= 1 (or None), got {context_length}")
+        if seed is not None and (not isinstance(seed, int) or seed < 0):
+            raise ValueError(f"ForecastDataModule: seed must be an int >= 0 (or None), got {seed!r}")
         if predict_split not in ("future", "test"):
             raise ValueError(f'ForecastDataModule: predict_split must be "future" or "test", got {predict_split!r}')
         self.dataset, self.context_length, self.predict_split = dataset, context_length, predict_split
         self.batch_size, self.num_batches_per_epoch = batch_size, num_batches_per_epoch
-        self.num_workers, self.validation_windows = num_workers, validation_windows
+        self.num_workers, self.validation_windows, self.seed = num_workers, validation_windows, seed
         self.data: ForecastData | None = None
         self.train_entries: list[Entry] = []
         self.val_entries: list[Entry] = []
@@ -194,17 +303,34 @@ class ForecastDataModule(pl.LightningDataModule):
             )
         return module
 
-    def train_dataloader(self) -> Any:
+    def train_dataloader(self) -> EpochTrainingBatches:
         module = self._module()
+        splitter = module.instance_splitter("training")
+        seed = self.training_seed()
+        epoch = TrainingEpoch()
         if self.num_workers > 0:
-            splitter = module.instance_splitter("training")
             batches = WorkerTrainingBatches(
-                self.train_entries, module.transformation, splitter, self.batch_size, self.num_batches_per_epoch
+                self.train_entries,
+                module.transformation,
+                splitter,
+                self.batch_size,
+                self.num_batches_per_epoch,
+                seed=seed,
+                epoch=epoch,
             )
             workers = min(self.num_workers, len(self.train_entries))  # each worker needs a series
-            return DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=True)
-        data = list(module.transformation.apply(self.train_entries, is_train=True))  # once, not every cycle
-        return training_batches(data, module.instance_splitter("training"), self.batch_size, self.num_batches_per_epoch)
+            loader = DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=True)
+            return EpochTrainingBatches(lambda _: iter(loader), self.num_batches_per_epoch, epoch, loader).follow(self)
+        data = list(module.transformation.apply(self.train_entries, is_train=True))  # once, not every epoch
+
+        def make_epoch(number: int) -> Iterator[dict[str, Tensor]]:
+            return epoch_batches(data, splitter, self.batch_size, self.num_batches_per_epoch, seed, number)
+
+        return EpochTrainingBatches(make_epoch, self.num_batches_per_epoch, epoch).follow(self)
+
+    def training_seed(self) -> int:
+        """``seed``, or the global seed (``torch.initial_seed()``) when it is ``None``."""
+        return self.seed if self.seed is not None else torch.initial_seed()
 
     def val_dataloader(self) -> Any:
         if not self.val_entries:

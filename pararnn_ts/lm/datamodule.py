@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,6 +11,7 @@ import lightning.pytorch as pl
 import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
+from ..loaders import ResumableDataLoader
 from .corpus import source_documents, source_fingerprint, split_documents
 from .generate import check_sampling
 from .shards import (
@@ -158,7 +158,8 @@ class TextDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = TokenWindowDataset(self.tokens["train"], self.seq_len)
-        return self.loader(dataset, RandomWindowSampler(dataset, self.seed), drop_last=True, cls=ResumableDataLoader)
+        sampler = RandomWindowSampler(dataset, self.seed)
+        return self.loader(dataset, sampler, drop_last=True, cls=ResumableDataLoader).follow(self)
 
     def val_dataloader(self) -> DataLoader:
         dataset = TokenWindowDataset(self.tokens["val"], self.seq_len)
@@ -205,49 +206,6 @@ class TextDataModule(pl.LightningDataModule):
             num_bytes = len(scored) * self.bytes_per_token(split)
         bits = -(np.bincount(scored, minlength=self.vocab_size) * log2_p).sum()
         return float(bits / num_bytes)
-
-
-class ResumableDataLoader(DataLoader):
-    """A ``DataLoader`` whose place within an epoch survives a checkpoint, so a run resumed mid-epoch
-    sees the same batches as one never interrupted.
-
-    Lightning saves :meth:`state_dict` in its checkpoints (for every training loader that has one) and
-    hands it back to :meth:`load_state_dict` on resume; the next pass over the loader then skips the
-    batches already served, provided it is the same epoch (the sampler's ``epoch``, which Lightning
-    sets before each epoch). Skipped batches are loaded and dropped: cheap for memmapped windows.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.position = {"epoch": self.epoch, "batches": 0}
-        self.resume_at: dict[str, int] | None = None
-
-    @property
-    def epoch(self) -> int:
-        return getattr(self.sampler, "epoch", 0)
-
-    def __iter__(self) -> Iterator[Any]:
-        batches = super().__iter__()
-        return self._served(batches)
-
-    def _served(self, batches: Iterator[Any]) -> Iterator[Any]:
-        # A generator: it starts on the first ``next``, after Lightning has set the sampler's epoch.
-        skip = 0
-        if self.resume_at is not None and self.resume_at["epoch"] == self.epoch:
-            skip = self.resume_at["batches"]
-        self.resume_at = None
-        self.position = {"epoch": self.epoch, "batches": 0}
-        for batch in batches:
-            self.position["batches"] += 1
-            if self.position["batches"] > skip:
-                yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        """``{"epoch", "batches"}``: the epoch of the current pass and the batches it has served."""
-        return dict(self.position)
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.resume_at = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
 
 
 def config_hash(config: dict[str, Any]) -> str:

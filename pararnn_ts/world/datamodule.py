@@ -12,6 +12,7 @@ from gymnasium import spaces
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..loaders import EpochShuffleSampler, ResumableDataLoader
 from .collect import Episode, Trajectories, collect
 
 SPLITS = ("train", "val", "test")
@@ -103,15 +104,21 @@ class TrajectoryDataModule(pl.LightningDataModule):
     when ``path`` is given and missing, else in ``setup`` (collection is seeded, so every process
     gets the same data). :meth:`from_trajectories` takes data already in memory.
 
+    A file at ``path`` read with ``env_id`` given stands for that collection: it must have been collected
+    with this ``num_steps``, ``seed`` and ``num_envs`` (and the random policy), else ``setup`` refuses it.
+    With ``env_id=None`` any trajectory file is read as it is.
+
     Episodes are shuffled with ``seed`` and ``val_fraction``/``test_fraction`` of them held out
     (at least one each when the fraction is > 0). Normalisation statistics (:attr:`stats`, see
-    :func:`normalizer_stats`) are fitted on the training episodes only.
+    :func:`normalizer_stats`) are fitted on the training episodes only. Training windows are shuffled
+    per epoch from the stream ``(seed, epoch)``, so a resumed run sees the batches the uninterrupted run
+    would have, mid-epoch too (:mod:`pararnn_ts.loaders`).
 
     Args:
         env_id: Gymnasium id to collect from (also checked against the file's when both are given).
         path: trajectory file to read, or to write the collection to.
         num_steps: transitions to collect.
-        seed: seeds collection and the episode split.
+        seed: seeds collection, the episode split and the training windows' order (with the epoch).
         num_envs: environment copies stepped together while collecting.
         window: steps per training window.
         stride: steps between training windows' starts (default ``window // 4``); validation and
@@ -183,15 +190,34 @@ class TrajectoryDataModule(pl.LightningDataModule):
             if self.path is not None:
                 self.prepare_data()
                 self.data = Trajectories.load(self.path)
+                self._check_file(self.data.meta)
             else:
                 self.data = self._collect()
-        stored = self.data.meta.get("env_id")
-        if self.env_id is not None and stored is not None and stored != self.env_id:
+        self.split_ids = self._split(self.data.episode_ids)
+        self.stats = normalizer_stats(self.episodes("train"))
+
+    def _check_file(self, meta: dict[str, Any]) -> None:
+        """Refuse a file at ``path`` that is not the collection ``env_id`` asks for (this ``num_steps``, ``seed``,
+        ``num_envs``, random policy), as far as its sidecar records it; without ``env_id`` any file is read."""
+        if self.env_id is None:
+            return
+        stored = meta.get("env_id")
+        if stored is not None and stored != self.env_id:
             raise ValueError(
                 f"TrajectoryDataModule: {self.path} holds {stored!r} transitions, not env_id={self.env_id!r}"
             )
-        self.split_ids = self._split(self.data.episode_ids)
-        self.stats = normalizer_stats(self.episodes("train"))
+        requested = {"num_steps": self.num_steps, "seed": self.seed, "num_envs": self.num_envs, "policy": "random"}
+        differ = {name: value for name, value in requested.items() if name in meta and meta[name] != value}
+        if differ:
+            path = Path(self.path).with_suffix(".npz")
+            recorded = ", ".join(f"{name}={meta[name]!r}" for name in differ)
+            asked = ", ".join(f"{name}={value!r}" for name, value in differ.items())
+            raise ValueError(
+                f"TrajectoryDataModule: {path} was collected with {recorded}, but this run asks for {asked} (the "
+                f"sidecar {path.with_suffix('.json').name} records how the file was collected). Give another file to "
+                f"collect into (--data.init_args.path), delete {path} and {path.with_suffix('.json')} to collect "
+                f"anew, or ask for what the file holds ({recorded}; env_id=None reads any trajectory file as it is)"
+            )
 
     def _collect(self) -> Trajectories:
         return collect(self.env_id, self.num_steps, seed=self.seed, num_envs=self.num_envs)
@@ -259,12 +285,20 @@ class TrajectoryDataModule(pl.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
-            self.dataset(split),
+        dataset = self.dataset(split)
+        if not shuffle:
+            return DataLoader(
+                dataset,
+                batch_size=self.batch_size,
+                num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+            )
+        loader = ResumableDataLoader(
+            dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
-            generator=generator,
+            sampler=EpochShuffleSampler(len(dataset), self.seed),
+            generator=torch.Generator().manual_seed(self.seed),  # worker seeds: the global generator is not drawn
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+        return loader.follow(self)
