@@ -116,11 +116,9 @@ class ParaRNNCLI(LightningCLI):
             print(f"--ckpt_path last: {ckpt_path}", file=sys.stderr)
         refuse_other_model_class(ckpt_path, model.get("class_path"))
         configured = init_args(model)
-        unset = left_to_default_none(model.get("class_path"), configured)
         super()._parse_ckpt_path()
         restored = flat(init_args(self.config[subcommand]["model"]))
-        configured = {key: value for key, value in flat(configured).items() if key not in unset}
-        replaced = {key: value for key, value in configured.items() if key in restored and restored[key] != value}
+        replaced = replaced_arguments(model.get("class_path"), configured, restored)
         if replaced:
             warnings.warn(
                 f"--ckpt_path {ckpt_path} restores the model's arguments it was trained with, so these of the config "
@@ -146,9 +144,10 @@ class ParaRNNCLI(LightningCLI):
         refuse_used_log_dir(self.trainer)
         warn_if_never_validated(self.trainer)
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
-        refuse_spent_max_time(self.trainer, ckpt_path)
-        warn_if_data_changed(ckpt_path, self.config[self.subcommand].get("data"))
-        warn_if_budget_changed(ckpt_path, self.trainer)
+        checkpoint = read_checkpoint(ckpt_path)  # once, for the three checks of a resume
+        refuse_spent_max_time(self.trainer, ckpt_path, checkpoint)
+        warn_if_data_changed(ckpt_path, checkpoint, self.config[self.subcommand].get("data"))
+        warn_if_budget_changed(ckpt_path, checkpoint, self.trainer)
 
     def before_validate(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
@@ -296,6 +295,17 @@ def differences(given: dict[str, Any], recorded: dict[str, Any]) -> str:
     return ", ".join(f"{key}={value!r} (checkpoint: {recorded[key]!r})" for key, value in given.items())
 
 
+def replaced_arguments(class_path: str | None, configured: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+    """The ``configured`` arguments of ``class_path`` (a section's ``init_args``, by dotted key: :func:`flat`) whose
+    value differs from the checkpoint's ``recorded`` one (flat too), but for those left to a ``None`` default."""
+    unset = left_to_default_none(class_path, configured)
+    return {
+        key: value
+        for key, value in flat(configured).items()
+        if key in recorded and recorded[key] != value and key.split(".")[0] not in unset
+    }
+
+
 def left_to_default_none(class_path: str | None, arguments: dict[str, Any]) -> set[str]:
     """The ``arguments`` that are ``None`` and whose parameter in ``class_path``'s ``__init__`` defaults to
     ``None``: left unset (e.g. sizes inferred from the data), not chosen, so a checkpoint's value is no news."""
@@ -311,12 +321,12 @@ def left_to_default_none(class_path: str | None, arguments: dict[str, Any]) -> s
     }
 
 
-def refuse_spent_max_time(trainer: Trainer, ckpt_path: str | None) -> None:
-    """Raise ``ValueError`` when the run ``ckpt_path`` continues has already trained for the ``max_time`` of this
-    fit: Lightning's timer counts every session of a run, so the fit would stop at once, having trained nothing."""
+def refuse_spent_max_time(trainer: Trainer, ckpt_path: str | None, checkpoint: dict[str, Any] | None) -> None:
+    """Raise ``ValueError`` when the run the ``checkpoint`` read from ``ckpt_path`` continues has already trained for
+    the ``max_time`` of this fit: Lightning's timer counts every session of a run, so the fit would stop at once,
+    having trained nothing."""
     timer = next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
-    checkpoint = read_checkpoint(ckpt_path) if timer is not None and timer._duration is not None else None
-    if checkpoint is None:
+    if checkpoint is None or timer is None or timer._duration is None:
         return
     state = checkpoint.get("callbacks", {}).get(timer.state_key, {})
     elapsed = state.get("time_elapsed", {}).get(RunningStage.TRAINING.value, 0.0)
@@ -328,22 +338,15 @@ def refuse_spent_max_time(trainer: Trainer, ckpt_path: str | None) -> None:
         )
 
 
-def warn_if_data_changed(ckpt_path: str | None, data: Any) -> None:
-    """Warn, when resuming a fit from ``ckpt_path``, about the arguments of the ``data:`` section that differ from
-    those the checkpoint's data module recorded (sizes, seeds, files): the run goes on with the config's, not the
-    data it started on. Data modules that record none are not checked."""
-    checkpoint = read_checkpoint(ckpt_path) if hasattr(data, "get") else None
+def warn_if_data_changed(ckpt_path: str | None, checkpoint: dict[str, Any] | None, data: Any) -> None:
+    """Warn, when resuming a fit from the ``checkpoint`` read from ``ckpt_path``, about the arguments of the
+    ``data:`` section that differ from those the checkpoint's data module recorded (sizes, seeds, files): the run
+    goes on with the config's, not the data it started on. Data modules that record none are not checked."""
     recorded = (checkpoint or {}).get("datamodule_hyper_parameters")
-    if not recorded:
+    if not (recorded and hasattr(data, "get")):
         return
     recorded = flat({key: value for key, value in recorded.items() if not key.startswith("_")})
-    configured = flat(init_args(data))
-    unset = left_to_default_none(data.get("class_path"), init_args(data))
-    changed = {
-        key: value
-        for key, value in configured.items()
-        if key in recorded and recorded[key] != value and key.split(".")[0] not in unset
-    }
+    changed = replaced_arguments(data.get("class_path"), init_args(data), recorded)
     if changed:
         warnings.warn(
             f"--ckpt_path {ckpt_path} continues a run whose data had other arguments; this fit goes on with the "
@@ -359,11 +362,11 @@ def budget(trainer: Trainer) -> dict[str, int | None]:
     return {"max_steps": trainer.max_steps, "max_epochs": None if max_epochs in (None, -1) else max_epochs}
 
 
-def warn_if_budget_changed(ckpt_path: str | None, trainer: Trainer) -> None:
-    """Warn, when resuming a fit, if its ``max_steps`` or ``max_epochs`` differ from the run's (as
-    :class:`RecordBudget` recorded them): learning-rate schedules were set up for the run's budget, so a cosine
-    schedule then cycles back up and a warmup-cosine one is stretched mid-run."""
-    recorded = (read_checkpoint(ckpt_path) or {}).get(BUDGET_KEY)
+def warn_if_budget_changed(ckpt_path: str | None, checkpoint: dict[str, Any] | None, trainer: Trainer) -> None:
+    """Warn, when resuming a fit from the ``checkpoint`` read from ``ckpt_path``, if its ``max_steps`` or
+    ``max_epochs`` differ from the run's (as :class:`RecordBudget` recorded them): learning-rate schedules were set
+    up for the run's budget, so a cosine schedule then cycles back up and a warmup-cosine one is stretched mid-run."""
+    recorded = (checkpoint or {}).get(BUDGET_KEY)
     if not recorded:
         return
     changed = {key: value for key, value in budget(trainer).items() if key in recorded and recorded[key] != value}

@@ -125,13 +125,14 @@ def test_resuming_with_other_data_arguments_is_warned_about(tmp_path):
     torch.save({"datamodule_hyper_parameters": recorded}, path)
     data = {"class_path": "pararnn_ts.lm.TextDataModule", "init_args": {"batch_size": 8, "seq_len": 256}}
     with pytest.warns(UserWarning, match=r"goes on with the config's: batch_size=8 \(checkpoint: 16\)$"):
-        warn_if_data_changed(str(path), data)
+        warn_if_data_changed(str(path), torch.load(path, weights_only=True), data)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        warn_if_data_changed(str(path), {**data, "init_args": {"batch_size": 16, "paths": None}})
-        warn_if_data_changed(None, data)
+        same = {**data, "init_args": {"batch_size": 16, "paths": None}}
+        warn_if_data_changed(str(path), torch.load(path, weights_only=True), same)
+        warn_if_data_changed(None, None, data)
         torch.save({}, path)  # a data module that records nothing
-        warn_if_data_changed(str(path), data)
+        warn_if_data_changed(str(path), torch.load(path, weights_only=True), data)
 
 
 def test_resuming_with_another_budget_is_warned_about():
