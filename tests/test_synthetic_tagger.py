@@ -1,12 +1,11 @@
-"""SequenceTagger's hyperparameters and logged solver statistics (its training on Parity: tests/test_parity.py)."""
+"""SequenceTagger's hyperparameters (its training on Parity: tests/test_parity.py; its Newton statistics:
+tests/test_callbacks.py)."""
 
 from __future__ import annotations
 
-import csv
 import warnings
 
 import lightning.pytorch as pl
-import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
 
@@ -27,26 +26,6 @@ def fit(model: SequenceTagger, tmp_path, steps: int = 2) -> pl.Trainer:
     )
     trainer.fit(model, datamodule=ParityDataModule(batch_size=4, min_len=4, max_len=8, batches_per_epoch=steps))
     return trainer
-
-
-def logged(trainer: pl.Trainer, key: str) -> list[float]:
-    with open(f"{trainer.logger.log_dir}/metrics.csv") as f:
-        return [float(row[key]) for row in csv.DictReader(f) if row.get(key)]
-
-
-@pytest.mark.parametrize("max_iters, fell_back", [(1, 1.0), (12, 0.0)])
-def test_newton_falling_back_to_the_loop_is_logged(max_iters, fell_back, tmp_path):
-    """Newton needs up to T updates on strings of T ≤ 8 bits: 1 never converges (the loop recomputes), 12 does."""
-    torch.manual_seed(0)
-    model = SequenceTagger(ParaGRU(4, 6, max_norm=None, mode="parallel", max_iters=max_iters, chunk_size=None))
-    trainer = fit(model, tmp_path)
-    assert logged(trainer, "newton_fell_back") == [fell_back, fell_back]
-    assert all(iters <= max_iters for iters in logged(trainer, "newton_iters"))
-
-
-def test_the_sequential_mode_logs_no_newton_statistics(tmp_path):
-    trainer = fit(SequenceTagger(ParaGRU(4, 6, max_norm=None, mode="sequential")), tmp_path)
-    assert logged(trainer, "train_loss") and not logged(trainer, "newton_fell_back")
 
 
 def test_a_tagger_built_in_python_keeps_its_live_cell_out_of_the_hyperparameters(tmp_path):

@@ -18,10 +18,9 @@ EVAL_SPLITS = ("val", "test")
 class SequenceTagger(pl.LightningModule):
     """Tokens → ``Embedding`` → ``cell`` → ``Linear``: logits for every position.
 
-    Trained with cross-entropy at every position; reports ``train_loss`` (and, when the cell solved
-    by Newton, ``newton_iters`` and ``newton_fell_back``: 1.0 where Newton did not converge and the
-    trajectory was recomputed by the loop), and on validation and test ``{split}_loss`` (mean over
-    all positions) and ``{split}_acc`` (accuracy over all positions of all sequences).
+    Trained with cross-entropy at every position; reports ``train_loss``, and on validation and test
+    ``{split}_loss`` (mean over all positions) and ``{split}_acc`` (accuracy over all positions of all
+    sequences). What Newton did is logged by :class:`~pararnn_ts.callbacks.LogNewtonStats`.
 
     Args:
         cell: any :class:`~pararnn_ts.core.cell.ParaCell` (ParaGRU, ParaLSTM, GatedLinearRNN, your
@@ -76,12 +75,6 @@ class SequenceTagger(pl.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, _ = self.loss(batch)
         self.log("train_loss", loss, prog_bar=True, batch_size=batch["targets"].numel())
-        stats = self.cell.last_stats
-        if stats is not None and stats.algorithm == "newton":  # parallel mode, or fused Newton kernels (GPU)
-            self.log("newton_iters", float(stats.iterations), batch_size=1)
-            # 1.0 when Newton did not converge in max_iters and the trajectory was recomputed exactly
-            # (fallback="sequential"): the step then paid for the Newton iterations and the loop
-            self.log("newton_fell_back", float(stats.fell_back), batch_size=1)
         return loss
 
     def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
