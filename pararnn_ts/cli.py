@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import linecache
 import os
 import pickle
 import shutil
@@ -35,6 +36,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 import pararnn_ts.lm  # noqa: F401
 import pararnn_ts.nn  # noqa: F401
 import pararnn_ts.synthetic  # noqa: F401
+from pararnn_ts.callbacks import LogNewtonStats
 
 #: the seed of a run unless the config or ``--seed_everything`` says otherwise
 DEFAULT_SEED = 0
@@ -42,6 +44,14 @@ DEFAULT_SEED = 0
 INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
 #: where a checkpoint records the fit's budget (:class:`RecordBudget`)
 BUDGET_KEY = "pararnn_ts_budget"
+
+#: set to 1, the ``pararnn-ts`` command shows the traceback of a refused run too (:func:`console`)
+TRACEBACK_ENV = "PARARNN_TS_TRACEBACK"
+#: the kinds of error that pararnn_ts raises about what a user gave it (arguments, files, data, optional packages)
+USER_ERRORS = (ValueError, TypeError, OSError, ImportError, RuntimeError)
+PACKAGE_DIR = Path(__file__).resolve().parent
+#: what ``--ckpt_path`` may name besides a file (Lightning resolves them)
+LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
 
 #: verbs beside Lightning's: name → (module whose ``main(argv)`` runs it, what it does); imported on use
 VERBS = {
@@ -114,6 +124,7 @@ class ParaRNNCLI(LightningCLI):
         if ckpt_path == "last":
             ckpt_path = self.config[subcommand]["ckpt_path"] = str(latest_last_checkpoint(self.config[subcommand]))
             print(f"--ckpt_path last: {ckpt_path}", file=sys.stderr)
+        refuse_missing_checkpoint(ckpt_path)
         refuse_other_model_class(ckpt_path, model.get("class_path"))
         configured = init_args(model)
         super()._parse_ckpt_path()
@@ -229,6 +240,22 @@ def init_args(model: Any) -> dict[str, Any]:
     """The ``init_args`` of a parsed ``model:`` section, as a plain dict (empty without any)."""
     arguments = model.get("init_args")
     return arguments.as_dict() if hasattr(arguments, "as_dict") else dict(arguments or {})
+
+
+def refuse_missing_checkpoint(ckpt_path: str | None) -> None:
+    """Raise ``FileNotFoundError`` if ``ckpt_path`` names a local file that is not there (Lightning's names such
+    as ``best`` and remote URLs are left to Lightning)."""
+    if (
+        ckpt_path is None
+        or ckpt_path.split(":")[0] in LIGHTNING_CKPT_NAMES
+        or "://" in ckpt_path
+        or os.path.isfile(ckpt_path)
+    ):
+        return
+    raise FileNotFoundError(
+        f"--ckpt_path {ckpt_path}: no such file; pass a checkpoint that fit wrote, e.g. "
+        "runs/<name>/version_N/checkpoints/last.ckpt, or --ckpt_path last for the newest run's"
+    )
 
 
 def refuse_other_model_class(ckpt_path: str | None, configured: str | None) -> None:
@@ -418,7 +445,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI
             "allow_abbrev": False,  # a typo such as --trainer.max_step must not pass for max_steps
         },
         seed_everything_default=DEFAULT_SEED,
-        trainer_defaults={"callbacks": [SaveOnInterrupt(), RecordBudget()]},
+        trainer_defaults={"callbacks": [SaveOnInterrupt(), RecordBudget(), LogNewtonStats()]},
         # every model configures its own optimizer and schedule; the CLI's --optimizer would replace them
         # silently or fail on the parameters the models build in configure_model
         auto_configure_optimizers=False,
@@ -442,5 +469,33 @@ def main(args: list[str] | None = None) -> None:
         lightning_cli(args)
 
 
+def console(args: list[str] | None = None) -> None:
+    """The ``pararnn-ts`` command: :func:`main`, where an error that pararnn_ts raised about the run it was given
+    (:func:`refusal`) is printed as one ``error:`` line and exits with status 2, without a traceback (set
+    ``PARARNN_TS_TRACEBACK=1`` to see it). Any other error keeps its traceback."""
+    try:
+        main(args)
+    except USER_ERRORS as error:
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0") or not refusal(error):
+            raise
+        cause = error.__cause__
+        because = f"\n  (from {type(cause).__name__}: {cause})" if cause is not None else ""
+        print(f"error: {error}{because}\n({TRACEBACK_ENV}=1 shows where it was raised)", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def refusal(error: BaseException) -> bool:
+    """Whether ``error`` was raised, with a message, by a ``raise`` statement of pararnn_ts: a refusal written for
+    the user (a bad argument, file or datum, with its fix), not a bug, which keeps its traceback."""
+    if isinstance(error, NotImplementedError) or not str(error) or error.__traceback__ is None:
+        return False
+    frame = error.__traceback__
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    path = Path(frame.tb_frame.f_code.co_filename).resolve()
+    line = linecache.getline(str(path), frame.tb_lineno).lstrip()
+    return path.is_relative_to(PACKAGE_DIR) and line.startswith("raise ")
+
+
 if __name__ == "__main__":
-    main()
+    console()

@@ -13,7 +13,16 @@ import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 
-from pararnn_ts.cli import VERBS, lightning_cli, main
+from pararnn_ts.cli import (
+    TRACEBACK_ENV,
+    VERBS,
+    console,
+    latest_last_checkpoint,
+    lightning_cli,
+    main,
+    refusal,
+    require_checkpoint,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Benchmark runner settings (a top-level ``benchmark:`` key) are not CLI configs; their runners' tests parse them.
@@ -242,6 +251,50 @@ def test_a_run_that_fails_before_writing_results_leaves_no_folder(tmp_path, monk
         with pytest.raises(ZeroDivisionError):
             main(["fit", "-c", str(PARITY_GRU), *TINY])
     assert "metrics.csv" in snapshot(runs / "version_1")
+
+
+def test_the_command_prints_a_refusal_as_one_error_line_without_a_traceback(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        console(["validate", "-c", str(PARITY_GRU), *TINY])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err
+    assert "error: pararnn-ts validate runs a trained model: pass a checkpoint" in err and TRACEBACK_ENV in err
+    with pytest.raises(SystemExit), monkeypatch.context() as patch:  # refusals of a verb of ours too
+        patch.setattr(sys, "argv", ["pararnn-ts"])
+        console(["plan", "--env", "Pendulum-v1", "--checkpoint", str(tmp_path / "missing.ckpt")])
+    assert "error: " in capsys.readouterr().err
+    monkeypatch.setenv(TRACEBACK_ENV, "1")
+    with pytest.raises(ValueError, match="--ckpt_path"):
+        console(["validate", "-c", str(PARITY_GRU), *TINY])
+
+
+def test_the_command_keeps_the_traceback_of_errors_that_are_not_refusals(tmp_path, monkeypatch):
+    """An error not raised by a raise statement of pararnn_ts (a bug, or a library's) is shown as it is."""
+    from pararnn_ts.synthetic import ParityDataModule
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ParityDataModule, "setup", lambda self, stage=None: int("x"))
+    with pytest.raises(ValueError, match="invalid literal"):
+        console(["fit", "-c", str(PARITY_GRU), *TINY])
+
+
+def test_only_what_a_raise_statement_of_pararnn_ts_raises_counts_as_a_refusal():
+    with pytest.raises(ValueError) as refused:
+        require_checkpoint(None, "test")
+    with pytest.raises(TypeError) as bug:  # raised inside pararnn_ts, but not by a raise statement
+        latest_last_checkpoint(5)
+    with pytest.raises(ValueError) as elsewhere:
+        int("x")
+    assert refusal(refused.value) and not refusal(bug.value) and not refusal(elsewhere.value)
+
+
+def test_a_missing_checkpoint_file_is_refused_before_the_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for verb in ("fit", "test"):
+        with pytest.raises(FileNotFoundError, match="--ckpt_path nope.ckpt: no such file"):
+            main([verb, "-c", str(PARITY_GRU), *TINY, "--ckpt_path=nope.ckpt"])
+    assert not (tmp_path / "runs").exists()
 
 
 def test_a_checkpoint_of_another_model_class_is_refused(tmp_path, monkeypatch):
