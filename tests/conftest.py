@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 import torch
@@ -51,6 +52,18 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """``max|a − b| / max|a|`` (absolute when ``a`` is all zeros)."""
     scale = a.abs().max().clamp_min(torch.finfo(a.dtype).tiny)
     return ((a - b).abs().max() / scale).item()
+
+
+@pytest.fixture
+def bare_argv(monkeypatch) -> None:
+    """The CLI reads ``args`` only; pytest's own ``sys.argv`` must not look like CLI arguments."""
+    monkeypatch.setattr(sys, "argv", ["pararnn-ts"])
+
+
+@pytest.fixture
+def in_tmp_path(monkeypatch, tmp_path) -> None:
+    """The test runs in ``tmp_path``: runs and caches that commands write go there."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(params=CELLS)

@@ -45,10 +45,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def bare_argv(monkeypatch):
-    """The CLI reads ``args`` only; pytest's own ``sys.argv`` must not look like CLI arguments."""
-    monkeypatch.setattr(sys, "argv", ["pararnn-ts"])
+pytestmark = pytest.mark.usefixtures("bare_argv")
 
 
 def name_of(path: Path) -> str:
@@ -260,8 +257,7 @@ def test_the_command_prints_a_refusal_as_one_error_line_without_a_traceback(tmp_
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "Traceback" not in err
     assert "error: pararnn-ts validate runs a trained model: pass a checkpoint" in err and TRACEBACK_ENV in err
-    with pytest.raises(SystemExit), monkeypatch.context() as patch:  # refusals of a verb of ours too
-        patch.setattr(sys, "argv", ["pararnn-ts"])
+    with pytest.raises(SystemExit):  # refusals of a verb of ours too
         console(["plan", "--env", "Pendulum-v1", "--checkpoint", str(tmp_path / "missing.ckpt")])
     assert "error: " in capsys.readouterr().err
     monkeypatch.setenv(TRACEBACK_ENV, "1")

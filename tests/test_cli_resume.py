@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from pathlib import Path
 
@@ -23,11 +22,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def bare_argv(monkeypatch, tmp_path):
-    """Runs in ``tmp_path``; pytest's own ``sys.argv`` must not look like CLI arguments."""
-    monkeypatch.setattr(sys, "argv", ["pararnn-ts"])
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("bare_argv", "in_tmp_path")
 
 
 def runs() -> list[str]:

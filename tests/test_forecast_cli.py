@@ -51,10 +51,7 @@ def level_series(count: int = 5, length: int = 40) -> list[dict]:
     return entries
 
 
-@pytest.fixture(autouse=True)
-def bare_argv(monkeypatch):
-    """The CLI reads ``args`` only; pytest's own ``sys.argv`` must not look like CLI arguments."""
-    monkeypatch.setattr(sys, "argv", ["pararnn-ts"])
+pytestmark = pytest.mark.usefixtures("bare_argv")
 
 
 def write_config(folder: Path) -> Path:

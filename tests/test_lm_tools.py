@@ -46,11 +46,7 @@ def small(cache_dir: Path) -> list[str]:
     ]
 
 
-@pytest.fixture(autouse=True)
-def bare_argv(monkeypatch, tmp_path):
-    """The CLI must not read pytest's arguments; runs and caches go to ``tmp_path``."""
-    monkeypatch.setattr(sys, "argv", ["pararnn-ts"])
-    monkeypatch.chdir(tmp_path)
+pytestmark = pytest.mark.usefixtures("bare_argv", "in_tmp_path")
 
 
 def metrics_column(run: Path, key: str) -> list[float]:
