@@ -1,4 +1,5 @@
-"""Where runs write their files, the refusal to replace files a user already has, and what machine ran them.
+"""Where runs write their files, the refusal to replace files a user already has, what machine ran them, and
+reading back the checkpoints they wrote.
 
 A leaf module (it imports nothing of ``pararnn_ts``) shared by the Lightning modules, the world verbs and the
 benchmark scripts under ``experiments/``.
@@ -6,6 +7,7 @@ benchmark scripts under ``experiments/``.
 
 from __future__ import annotations
 
+import pickle
 import platform
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -34,6 +36,22 @@ def refuse_existing(
             f"{', '.join(existing)} already exist{'s' if one else ''}: "
             f"pass --overwrite to replace {'it' if one else 'them'}, or {flags} elsewhere"
         )
+
+
+def read_checkpoint_file(path: str | Path, option: str, written_by: str) -> dict[str, Any]:
+    """The dict that ``torch.save`` wrote at ``path`` (a Lightning checkpoint), on CPU and memory-mapped, read
+    without unpickling code. A missing file, or one that is not such a dict, is refused naming the ``option`` that
+    gave it and what writes one (``written_by``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{option} {path} does not exist; give a .ckpt file ({written_by})")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        raise ValueError(f"{option} {path} is not a PyTorch checkpoint ({written_by})") from error
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{option} {path} holds a {type(checkpoint).__name__}, not a checkpoint ({written_by})")
+    return checkpoint
 
 
 def writes_results(trainer: Any) -> bool:

@@ -63,6 +63,13 @@ def test_generate_refuses_the_checkpoint_of_another_model(tmp_path):
         generate_main(["--ckpt", str(plain)])
 
 
+def test_generate_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
+    text = tmp_path / "notes.ckpt"
+    text.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=f"--ckpt {text} is not a PyTorch checkpoint"):
+        generate_main(["--ckpt", str(text)])
+
+
 def test_generate_names_a_missing_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         generate_main(["--ckpt", str(tmp_path / "missing.ckpt")])

@@ -1,12 +1,20 @@
-"""The shared refusal to replace existing files, and the run folder of a trainer."""
+"""The shared refusal to replace existing files, the run folder of a trainer, and reading back checkpoints."""
 
 import io
 import platform
 from types import SimpleNamespace
 
 import pytest
+import torch
 
-from pararnn_ts.outputs import cpu_name, machine, refuse_existing, run_folder, writes_results
+from pararnn_ts.outputs import (
+    cpu_name,
+    machine,
+    read_checkpoint_file,
+    refuse_existing,
+    run_folder,
+    writes_results,
+)
 
 
 def test_refuse_existing_names_every_existing_file_and_the_options_that_chose_them(tmp_path):
@@ -52,3 +60,18 @@ def test_only_the_global_zero_process_of_a_real_run_writes_results():
     assert writes_results(SimpleNamespace(is_global_zero=True, fast_dev_run=0))
     assert not writes_results(SimpleNamespace(is_global_zero=False, fast_dev_run=0))
     assert not writes_results(SimpleNamespace(is_global_zero=True, fast_dev_run=True))
+
+
+def test_read_checkpoint_file_refuses_what_torch_save_did_not_write_as_a_dict(tmp_path):
+    (tmp_path / "text.ckpt").write_text("hello")
+    torch.save([1, 2], tmp_path / "list.ckpt")
+    torch.save({"state_dict": {"w": torch.ones(2)}}, tmp_path / "good.ckpt")
+    with pytest.raises(FileNotFoundError, match=r"--ckpt \S*missing.ckpt does not exist; give a .ckpt file \(by fit\)"):
+        read_checkpoint_file(tmp_path / "missing.ckpt", "--ckpt", "by fit")
+    with pytest.raises(ValueError, match=r"text.ckpt is not a PyTorch checkpoint \(by fit\)"):
+        read_checkpoint_file(tmp_path / "text.ckpt", "--ckpt", "by fit")
+    with pytest.raises(ValueError, match=r"list.ckpt holds a list, not a checkpoint"):
+        read_checkpoint_file(tmp_path / "list.ckpt", "--ckpt", "by fit")
+    assert torch.equal(
+        read_checkpoint_file(tmp_path / "good.ckpt", "--ckpt", "by fit")["state_dict"]["w"], torch.ones(2)
+    )

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..nn import LanguageModel
+from ..outputs import read_checkpoint_file
 from .tokenizers import Tokenizer, check_vocab_size, load_tokenizer
 
 if TYPE_CHECKING:  # module.py imports this file (CausalLM.predict_step generates text)
@@ -57,8 +58,10 @@ def generate_tokens(
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int = 0,
+    stop_token: int | None = None,
 ) -> Tensor:
-    """``prompt`` ``(B, T)`` token ids, ``T ≥ 1`` → ``(B, max_new_tokens)`` sampled continuations.
+    """``prompt`` ``(B, T)`` token ids, ``T ≥ 1`` → ``(B, N)`` sampled continuations, ``N = max_new_tokens``, or
+    fewer once every row has sampled ``stop_token`` (rows that sampled it earlier go on after it).
 
     The prompt goes through one parallel forward; each new token then costs one ``step`` (constant
     memory per token for the RNN and SSM mixers). Sampling draws from a generator seeded with ``seed``.
@@ -72,8 +75,13 @@ def generate_tokens(
     logits, state = model(prompt, return_state=True)
     logits = logits[:, -1]
     new = []
+    stopped = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     for i in range(max_new_tokens):
         new.append(sample(logits, temperature, top_k, generator))
+        if stop_token is not None:
+            stopped |= new[-1] == stop_token
+            if bool(stopped.all()):
+                break
         if i + 1 < max_new_tokens:
             logits, state = model.step(new[-1], state)
     model.train(was_training)
@@ -88,8 +96,10 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     seed: int = 0,
+    stop_at_eos: bool = True,
 ) -> str:
-    """The text of ``max_new_tokens`` tokens sampled after ``prompt`` (the prompt itself not included).
+    """The text of ``max_new_tokens`` tokens sampled after ``prompt`` (the prompt itself not included), ended
+    before the first end-of-text token if ``stop_at_eos`` (the model would go on with a new document).
 
     An empty prompt starts from the tokenizer's end-of-text token.
     """
@@ -98,8 +108,9 @@ def generate(
     if not ids:
         raise ValueError("generate: empty prompt and the tokenizer has no end-of-text token to start from")
     prompt_ids = torch.tensor([ids], device=lm.embedding.weight.device)
-    new = generate_tokens(lm, prompt_ids, max_new_tokens, temperature, top_k, seed)
-    return tokenizer.decode(new[0].tolist())
+    stop = tokenizer.eos_id if stop_at_eos else None
+    new = generate_tokens(lm, prompt_ids, max_new_tokens, temperature, top_k, seed, stop)[0].tolist()
+    return tokenizer.decode(new[: new.index(stop)] if stop in new else new)
 
 
 def load_checkpoint(path: str, tokenizer: str | None = None) -> tuple[CausalLM, Tokenizer]:
@@ -111,7 +122,7 @@ def load_checkpoint(path: str, tokenizer: str | None = None) -> tuple[CausalLM, 
     """
     from .module import CausalLM  # not at the top: module.py imports this file
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    checkpoint = read_checkpoint_file(path, "--ckpt", WRITTEN_BY)
     hparams = checkpoint.get("hyper_parameters", {})
     trained = hparams.get("_class_path")
     if trained is not None and not is_imported_subclass(trained, CausalLM):
@@ -168,9 +179,17 @@ def main(args: Sequence[str] | None = None) -> None:
     parser.add_argument("--top-k", type=at_least(1, int), default=None, help="sample among the k likeliest tokens")
     parser.add_argument("--seed", type=int, default=0, help="seeds the sampling")
     parser.add_argument("--tokenizer", default=None, help="'byte' or a BPE JSON file (None: the checkpoint's)")
+    parser.add_argument(
+        "--stop-at-eos",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="end the text before the first end-of-text token (the model would go on with a new document)",
+    )
     opts = parser.parse_args(args)
     model, tokenizer = load_checkpoint(opts.ckpt, opts.tokenizer)
-    text = generate(model, tokenizer, opts.prompt, opts.max_new_tokens, opts.temperature, opts.top_k, opts.seed)
+    text = generate(
+        model, tokenizer, opts.prompt, opts.max_new_tokens, opts.temperature, opts.top_k, opts.seed, opts.stop_at_eos
+    )
     print(opts.prompt + text)
 
 

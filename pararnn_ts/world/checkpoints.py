@@ -8,13 +8,11 @@ hyperparameters under ``datamodule_hyper_parameters``, whose ``env_id`` names th
 from __future__ import annotations
 
 import inspect
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from ..outputs import read_checkpoint_file
 from .module import WorldModelModule
 
 WRITTEN_BY = "written by pararnn-ts fit -c experiments/world/... or pararnn-ts plan --save-model"
@@ -22,14 +20,8 @@ WRITTEN_BY = "written by pararnn-ts fit -c experiments/world/... or pararnn-ts p
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict at ``path``, refused unless it is a :class:`WorldModelModule` one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {path} does not exist; give a .ckpt file ({WRITTEN_BY})")
-    try:
-        checkpoint = torch.load(path, map_location="cpu")
-    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
-        raise ValueError(f"--checkpoint {path} is not a PyTorch checkpoint ({WRITTEN_BY}): {error}") from error
-    hparams = checkpoint.get("hyper_parameters") if isinstance(checkpoint, dict) else None
+    checkpoint = read_checkpoint_file(path, "--checkpoint", WRITTEN_BY)
+    hparams = checkpoint.get("hyper_parameters")
     if hparams is None or "state_dict" not in checkpoint:
         raise ValueError(f"--checkpoint {path} is not a Lightning checkpoint with hyperparameters ({WRITTEN_BY})")
     class_name = str(hparams.get("_class_path", "")).rsplit(".", 1)[-1]
