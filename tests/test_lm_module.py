@@ -144,9 +144,28 @@ def test_generate_makes_the_requested_tokens_deterministically():
     assert torch.equal(greedy, sequence[:, 4:])
 
     tokenizer = ByteTokenizer()
-    text = generate(model, tokenizer, "def f(", 8, temperature=0)
+    text = generate(model, tokenizer, "def f(", 8, temperature=0, stop_at_eos=False)
     new = generate_tokens(model, torch.tensor([list(b"def f(")]), 8, temperature=0)
     assert text == tokenizer.decode(new[0].tolist())
+
+
+def test_generation_ends_at_the_end_of_text_token():
+    torch.manual_seed(0)
+    model = LanguageModel(257, **TINY)
+    prompt = torch.randint(0, 256, (1, 4)).repeat(2, 1)  # two rows sampling from the same two likeliest tokens
+    free = generate_tokens(model, prompt, 12, temperature=1.0, top_k=2, seed=1)
+    stop = next(token for token in free[0, :-1].tolist() if token in free[1, :-1].tolist())
+    firsts = [row.tolist().index(stop) for row in free]
+    stopped = generate_tokens(model, prompt, 12, temperature=1.0, top_k=2, seed=1, stop_token=stop)
+    assert firsts[0] != firsts[1] and max(firsts) < 11
+    assert torch.equal(stopped, free[:, : max(firsts) + 1])  # until every row has sampled it
+
+    tokenizer = ByteTokenizer()
+    new = generate_tokens(model, torch.tensor([list(b"def f(")]), 8, temperature=0)[0].tolist()
+    tokenizer.eos_id = new[3]  # the text ends before the first of its end-of-text token
+    first = new.index(new[3])
+    assert generate(model, tokenizer, "def f(", 8, temperature=0) == tokenizer.decode(new[:first])
+    assert generate(model, tokenizer, "def f(", 8, temperature=0, stop_at_eos=False) == tokenizer.decode(new)
 
 
 def test_generate_from_a_checkpoint_on_the_command_line(shard_dir, tmp_path, capsys):

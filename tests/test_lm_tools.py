@@ -162,7 +162,7 @@ def test_predict_generates_text_from_a_checkpoint(tmp_path, capsys):
     assert f"wrote 2 samples to {predictions}" in out
     records = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert [record["prompt"] + record["completion"] for record in records] == texts
-    sampling = {"max_new_tokens": 8, "temperature": 0.0, "top_k": None, "seed": 0}
+    sampling = {"max_new_tokens": 8, "temperature": 0.0, "top_k": None, "seed": 0, "stop_at_eos": True}
     assert records[0] == {"prompt": "def ", **sampling, "completion": texts[0].removeprefix("def ")}
 
 

@@ -60,8 +60,9 @@ class TextDataModule(pl.LightningDataModule):
         val_fraction: share of documents held out for validation.
         seed: seeds the training windows' offsets and the sampling of generated text.
         predict_prompts: texts to continue in ``predict``; ``None``: one empty prompt (a new document).
-        max_new_tokens, temperature, top_k: sampling of generated text (:func:`pararnn_ts.lm.generate.generate`;
-            ``temperature=0`` is greedy).
+        max_new_tokens, temperature, top_k, stop_at_eos: sampling of generated text
+            (:func:`pararnn_ts.lm.generate.generate`; ``temperature=0`` is greedy; ``stop_at_eos`` ends a text
+            before its first end-of-text token).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class TextDataModule(pl.LightningDataModule):
         max_new_tokens: int = 200,
         temperature: float = 0.8,
         top_k: int | None = None,
+        stop_at_eos: bool = True,
     ) -> None:
         super().__init__()
         if source not in ("stdlib", "files", "jsonl", "shards", "hf"):
@@ -100,7 +102,13 @@ class TextDataModule(pl.LightningDataModule):
         self.max_bytes = {"train": max_train_bytes, "val": max_val_bytes}
         self.val_fraction = val_fraction
         self.predict_prompts = [""] if predict_prompts is None else list(predict_prompts)
-        self.sampling = {"max_new_tokens": max_new_tokens, "temperature": temperature, "top_k": top_k, "seed": seed}
+        self.sampling = {
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "top_k": top_k,
+            "seed": seed,
+            "stop_at_eos": stop_at_eos,
+        }
         self.tokenizer: Tokenizer = load_tokenizer(tokenizer)
         if source == "shards":
             self.cache_dir = Path(self.paths[0])
@@ -166,8 +174,8 @@ class TextDataModule(pl.LightningDataModule):
         return self.loader(dataset, ContiguousWindowSampler(dataset), drop_last=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """One item per prompt: ``{"prompt", "max_new_tokens", "temperature", "top_k", "seed"}``, the arguments
-        of :func:`pararnn_ts.lm.generate.generate` besides model and tokenizer (``CausalLM.predict_step``)."""
+        """One item per prompt: ``{"prompt", "max_new_tokens", "temperature", "top_k", "seed", "stop_at_eos"}``, the
+        arguments of :func:`pararnn_ts.lm.generate.generate` besides model and tokenizer (``CausalLM.predict_step``)."""
         return DataLoader([{"prompt": prompt, **self.sampling} for prompt in self.predict_prompts], batch_size=None)
 
     def loader(
