@@ -1,5 +1,8 @@
+import re
+
 import pytest
 import torch
+from conftest import make_cell, random_state
 
 from pararnn_ts.core.checks import all_finite
 
@@ -32,3 +35,33 @@ def test_all_finite_equals_the_entrywise_test(name, x):
     assert all_finite(x) == bool(torch.isfinite(x).all())
     if x.is_floating_point() and x.numel():
         assert all_finite(x.transpose(0, -1)) == bool(torch.isfinite(x).all())  # non-contiguous
+
+
+def _no_compute(*args):
+    raise AssertionError("computed with the state before its device was checked")
+
+
+@pytest.mark.parametrize("check_inputs", [True, False])
+def test_a_state_on_another_device_is_refused_before_any_compute(cell_name, check_inputs, monkeypatch):
+    cell = make_cell(cell_name, torch.float32, check_inputs=check_inputs)
+    x = torch.randn(2, 5, cell.input_size)
+    state = random_state(cell, 2, torch.float32)
+    if isinstance(state, tuple):  # ParaLSTM's (c, h)
+        state, what, fix = tuple(s.to("meta") for s in state), "state[0]", "tuple(s.to({}.device) for s in state)"
+    else:
+        state, what, fix = state.to("meta"), "state", "h0.to({}.device)"
+    monkeypatch.setattr(cell, "project", _no_compute)
+    monkeypatch.setattr(cell, "state_to_tensor", _no_compute)
+    for call, x_name in ((lambda: cell(x, state), "x"), (lambda: cell.step(x[:, 0], state), "x_t")):
+        message = f"{type(cell).__name__}: {what} is on meta but {x_name} is on cpu; pass {fix.format(x_name)}"
+        with pytest.raises(ValueError, match=re.escape(message)):
+            call()
+
+
+def test_lstm_state_pair_on_two_devices_names_the_one_off_device():
+    cell = make_cell("paralstm", torch.float32)
+    x = torch.randn(2, 5, cell.input_size)
+    c, h = random_state(cell, 2, torch.float32)
+    with pytest.raises(ValueError, match=re.escape("ParaLSTM: state[1] is on meta but x is on cpu")):
+        cell(x, (c, h.to("meta")))
+    cell(x, (c, h))  # the same state on x's device runs

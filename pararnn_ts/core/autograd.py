@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from ..notices import warn
+from .checks import first_order_only
 from .newton import NewtonConvergenceError, SolverStats, newton_solve, shift_right
 from .scan import reverse_linear_scan
 
@@ -97,7 +97,7 @@ class NewtonSolve(torch.autograd.Function):
         return h
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("parallel")
     def backward(ctx, grad_h: Tensor):
         cell: ParaCell = ctx.cell
         u, h0, h = ctx.saved_tensors

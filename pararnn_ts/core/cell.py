@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..ops import fused as fused_ops
 from .autograd import keep_iterate, parallel_solve, sequential_solve
-from .checks import all_finite
+from .checks import all_finite, check_state_device
 from .newton import SolverStats, default_tol
 from .structure import Diagonal, Structure
 
@@ -166,15 +166,16 @@ class ParaCell(nn.Module):
         """
         if self.check_inputs:
             self._check_x(x, "x", ndim=3)
-        h = self.solve(self.project(x), self._initial_state(state, x))
+        h0 = self._initial_state(state, x)  # before the projection: a bad state fails with no compute
+        h = self.solve(self.project(x), h0)
         return self.output(h), self.tensor_to_state(h[:, -1])
 
     def step(self, x_t: Tensor, state: Any = None) -> Any:
         """One step for decoding and closed-loop rollouts: ``x_t`` ``(B, input_size)`` → next state."""
         if self.check_inputs:
             self._check_x(x_t, "x_t", ndim=2)
+        h0 = self._initial_state(state, x_t, "x_t")
         u = self.project(x_t)
-        h0 = self._initial_state(state, x_t)
         with self._solve_precision(u) as dtype:
             h = self.recurrence(h0.to(dtype), u.to(dtype))
         return self.tensor_to_state(self._output_dtype(h, u))
@@ -272,11 +273,13 @@ class ParaCell(nn.Module):
         # Under autocast the float32 result stays float32; otherwise return the input's dtype.
         return h if torch.is_autocast_enabled(u.device.type) else _cast(h, u.dtype)
 
-    def _initial_state(self, state: Any, x: Tensor) -> Tensor:
+    def _initial_state(self, state: Any, x: Tensor, x_name: str = "x") -> Tensor:
+        """The state ``(B, *S)`` to start from: ``state`` checked (device, shape, values) and converted, or zeros."""
         batch = x.shape[0]
         if state is None:
             dtype = torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32
             return torch.zeros(batch, *self.state_shape, dtype=dtype, device=x.device)
+        check_state_device(type(self).__name__, state, x, x_name)
         h0 = self.state_to_tensor(state)
         expected = (batch, *self.state_shape)
         if tuple(h0.shape) != expected:

@@ -1,9 +1,15 @@
-"""Input checks cheap enough to run on every call."""
+"""Checks cheap enough to run on every call: of the inputs, and of what autograd asks of a backward."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import torch
 from torch import Tensor
+
+_Backward = TypeVar("_Backward", bound=Callable[..., Any])
 
 
 def all_finite(x: Tensor) -> bool:
@@ -17,3 +23,50 @@ def all_finite(x: Tensor) -> bool:
         return True
     total = x.sum(dtype=torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x.sum()
     return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
+
+
+def check_state_device(owner: str, state: Any, x: Tensor, x_name: str = "x") -> None:
+    """Raise a ``ValueError`` naming both devices unless every tensor of ``state`` is on ``x``'s device.
+
+    ``state``: the user's form, a tensor ``(B, *S)`` or a tuple/list of tensors (ParaLSTM's ``(c, h)``);
+    checked before it is converted or computed with. A device comparison: no sync, no data read.
+    """
+    if isinstance(state, Tensor):
+        parts, fix = [("state", state)], f"h0.to({x_name}.device)"
+    elif isinstance(state, (tuple, list)):
+        parts = [(f"state[{i}]", s) for i, s in enumerate(state) if isinstance(s, Tensor)]
+        fix = f"tuple(s.to({x_name}.device) for s in state)"
+    else:
+        return
+    for what, t in parts:
+        if t.device != x.device:
+            raise ValueError(f"{owner}: {what} is on {t.device} but {x_name} is on {x.device}; pass {fix}")
+
+
+def first_order_only(mode: str) -> Callable[[_Backward], _Backward]:
+    """Decorate the ``backward`` of an autograd Function that cannot be differentiated again (the ``mode`` solve).
+
+    A backward asked for a graph (``create_graph=True``: grad mode on inside it) raises, at that call, a
+    ``RuntimeError`` naming ``mode`` and the fix (``mode="sequential"``, autograd through the loop); a plain
+    backward runs as it is (one grad-mode test, no sync). Not
+    :func:`~torch.autograd.function.once_differentiable`: its error is generic and delayed, and it marks the
+    gradients only when a grad output requires grad, so the second derivative of a loss linear in the
+    solve's output silently lost the solve's part.
+    """
+    message = (
+        f'the mode="{mode}" solve (also what mode="auto" may pick) has a first-order backward only, and '
+        "a graph of the gradients was asked for (create_graph=True: a gradient penalty, MAML, Hessian-vector "
+        'products); pass mode="sequential" to the layer (e.g. ParaGRU(..., mode="sequential")) for second '
+        "derivatives, by autograd through the loop"
+    )
+
+    def decorate(backward: _Backward) -> _Backward:
+        @functools.wraps(backward)
+        def wrapper(ctx: Any, *grad_outputs: Any) -> Any:
+            if torch.is_grad_enabled():  # the engine turns grad mode on in a backward only for create_graph=True
+                raise RuntimeError(message)
+            return backward(ctx, *grad_outputs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate

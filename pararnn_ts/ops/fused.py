@@ -21,8 +21,8 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
+from ..core.checks import first_order_only
 from ..notices import warn
 
 Backend = Literal["auto", "cpu", "triton", "cuda"]
@@ -157,7 +157,7 @@ class FusedSolve(torch.autograd.Function):
         return h
 
     @staticmethod
-    @once_differentiable
+    @first_order_only("fused")
     def backward(ctx, grad_h):
         u, h0, h, *weights = ctx.saved_tensors
         backward = getattr(ctx.module, f"{ctx.kernel}_backward")
