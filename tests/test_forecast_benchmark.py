@@ -19,6 +19,7 @@ from pararnn_ts.forecast.metrics import score, split_windows, window_quantile_lo
 from pararnn_ts.outputs import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
+NAIVE = "gluonts.model.seasonal_naive.SeasonalNaivePredictor"
 QUANTILES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -225,6 +226,70 @@ def markdown_of(out: Path) -> str:
     return (out / "results.md").read_text()
 
 
+def change_config(path: str, **changes) -> None:
+    """Replace keys of the config's ``benchmark:`` mapping."""
+    config = yaml.safe_load(Path(path).read_text())
+    config["benchmark"].update(changes)
+    Path(path).write_text(yaml.safe_dump(config))
+
+
+def naive_config(folder: Path) -> str:
+    """A config of the toy dataset and SeasonalNaive only (no training)."""
+    config = write_config(folder, models=[{"name": "SeasonalNaive", "class_path": NAIVE}])
+    toy = yaml.safe_load(Path(config).read_text())["benchmark"]["datasets"][0]
+    change_config(config, model_args={}, datasets=[{**toy, "model_args": {}}])
+    return config
+
+
+def test_resume_refuses_kept_runs_made_with_other_settings(tmp_path, count_runs):
+    config, out = write_config(tmp_path), tmp_path / "out"
+    change_config(config, trainer_kwargs={"max_epochs": 2})  # the full budget differs from --quick's
+    args = ["--config", config, "--output-dir", str(out)]
+    benchmark.main([*args, "--quick"])
+    rows, count_runs[:] = read_csv(out / "results.csv"), []
+    assert len({r["settings"] for r in rows}) == 2 and all(len(r["settings"]) == 12 for r in rows)
+    quick_made = json.loads((out / "settings.json").read_text())[rows[1]["settings"]]
+    assert quick_made["model_kwargs"]["trainer_kwargs"]["max_epochs"] == 1
+
+    refusal = r"(?s)1 kept runs of .* toy × DeepAR seeds \[0\]: made with --quick \(.*max_epochs 1 → 2\).*--overwrite"
+    with pytest.raises(ValueError, match=refusal):
+        benchmark.main([*args, "--resume"])
+    with pytest.raises(ValueError, match=refusal):  # a kept seed also counts when other seeds are asked for
+        benchmark.main([*args, "--resume", "--seeds", "1"])
+    change_config(config, model_args={"batch_size": 8, "num_batches_per_epoch": 2})
+    with pytest.raises(ValueError, match=r"DeepAR seeds \[0\]: model_kwargs.batch_size 4 → 8\n"):
+        benchmark.main([*args, "--quick", "--resume"])
+    assert count_runs == [] and read_csv(out / "results.csv") == rows and "--quick smoke" in markdown_of(out)
+
+    benchmark.main([*args, "--resume", "--models", "SeasonalNaive"])  # a predictor's settings have no budget
+    change_config(config, model_args={"batch_size": 4, "num_batches_per_epoch": 2})
+    benchmark.main([*args, "--quick", "--resume", "--seeds", "0", "1"])  # the same settings: resumed
+    assert count_runs == [("toy", "SeasonalNaive", 1), ("toy", "DeepAR", 1)]
+    (out / "settings.json").unlink()
+    with pytest.raises(ValueError, match=r"DeepAR seeds \[0, 1\]: made with --quick \(fingerprint .* does not hold"):
+        benchmark.main([*args, "--resume"])
+
+
+def test_resume_keeps_rows_from_before_the_settings_column_and_warns(tmp_path, count_runs):
+    config, out = naive_config(tmp_path), tmp_path / "out"
+    benchmark.main(["--config", config, "--output-dir", str(out)])
+    with (ROOT / "experiments" / "forecast" / "results" / "results.csv").open() as file:
+        old_columns = next(csv.reader(file))  # a committed results.csv: no cpu, no settings
+    assert "settings" not in old_columns
+    old = [{key: row[key] for key in old_columns} for row in read_csv(out / "results.csv")]
+    with (out / "results.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, old_columns)
+        writer.writeheader()
+        writer.writerows(old)
+    (out / "settings.json").unlink()
+    with pytest.warns(UserWarning, match="1 kept runs of .* record no settings") as caught:
+        benchmark.main(["--config", config, "--output-dir", str(out), "--resume", "--seeds", "0", "1"])
+    assert len([w for w in caught if "record no settings" in str(w.message)]) == 1
+    assert count_runs == [("toy", "SeasonalNaive", 0), ("toy", "SeasonalNaive", 1)]
+    kept, new = read_csv(out / "results.csv")
+    assert kept["settings"] == "" and new["settings"] in json.loads((out / "settings.json").read_text())
+
+
 def test_the_header_names_every_machine_and_thread_count_its_rows_record(tmp_path):
     bench = load_benchmark(write_config(tmp_path))
     rows = [{"cpu": "CPU A", "threads": "2"}, {"threads": "1"}, {"cpu": "CPU A", "threads": "1"}]
@@ -288,6 +353,15 @@ BAD_MODELS = [
     ),
     ({"name": "OnlyNone", "class_path": "gluonts.torch.DeepAREstimator", "datasets": "toy"}, "non-empty list"),
     (
+        {
+            "name": "TrainerTypo",
+            "class_path": "gluonts.torch.DeepAREstimator",
+            "overrides": {"toy": {"trainer_kwargs": {"gradient_clip": 1.0}}},
+        },
+        r"model 'TrainerTypo' overrides\['toy'\].trainer_kwargs: .* no argument 'gradient_clip' \(did you mean "
+        "'gradient_clip_val'",
+    ),
+    (
         {"name": "PatchTST", "class_path": "gluonts.torch.PatchTSTEstimator"},
         r"(?s)model 'PatchTST' on dataset 'toy'.*patch_len.*field required",
     ),
@@ -310,6 +384,11 @@ BAD_SETTINGS = [
     ({"threads": 0}, "threads must be a positive int"),
     ({"timing_reference": "LSTM"}, "timing_reference 'LSTM' is not a model"),
     ({"paired_reference": "LSTM"}, "paired_reference 'LSTM' is not a model"),
+    (
+        {"trainer_kwargs": {"max_epoch": 3}},
+        r"benchmark.trainer_kwargs: lightning.pytorch.Trainer takes no argument 'max_epoch' \(did you mean "
+        r"'max_epochs'.*fix the name",
+    ),
 ]
 
 
@@ -321,6 +400,30 @@ def test_bad_benchmark_settings_are_refused(tmp_path, change, message):
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ValueError, match=message):
         benchmark_config.load_benchmark(path)
+
+
+def test_a_trainer_kwargs_typo_is_refused_before_any_folder_is_made_even_without_estimators(tmp_path, count_runs):
+    config, out = naive_config(tmp_path), tmp_path / "out"
+    change_config(config, trainer_kwargs={"max_epoch": 3})
+    with pytest.raises(ValueError, match="takes no argument 'max_epoch'"):
+        benchmark.main(["--config", config, "--output-dir", str(out)])
+    assert count_runs == [] and not out.exists()
+
+
+@pytest.mark.parametrize("threads", ["0", "-2", "two"])
+def test_threads_must_be_a_positive_int(tmp_path, capsys, count_runs, threads):
+    config = naive_config(tmp_path)
+    with pytest.raises(SystemExit):
+        benchmark.main(["--config", config, "--output-dir", str(tmp_path / "out"), "--threads", threads])
+    assert f"argument --threads: must be a positive integer, got '{threads}'" in capsys.readouterr().err
+    assert count_runs == [] and not (tmp_path / "out").exists()
+
+
+def test_help_names_the_default_output_dir_and_when_it_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        benchmark.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: runs/forecast_benchmark)" in text and "refused unless --resume or --overwrite" in text
 
 
 def test_dataset_model_args_may_not_set_the_horizon(tmp_path):

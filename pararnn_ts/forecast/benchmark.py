@@ -8,25 +8,29 @@ The config (its format: :mod:`~pararnn_ts.forecast.benchmark_config`) names data
 every entry is checked (classes importable, arguments known, data valid, models constructible) before
 any training starts. ``--split validation`` scores windows cut from the training split instead of the
 test windows (:func:`~pararnn_ts.forecast.data.validation_split`), to choose settings. Results go to
-``results.csv`` (one row per run, written as runs finish), ``results.md`` (mean ± std over seeds, best per
-dataset in bold; with ``paired_reference``, each model's ``mean_wQL`` minus the reference's with an interval
-from resampling the test windows, see :mod:`~pararnn_ts.forecast.paired`), ``window_losses.csv`` (each
+``results.csv`` (one row per run, written as runs finish; its ``settings`` column is a fingerprint of what shaped
+the run besides its seed, :func:`settings_of`, spelled out in ``settings.json``), ``results.md`` (mean ± std over
+seeds, best per dataset in bold; with ``paired_reference``, each model's ``mean_wQL`` minus the reference's with
+an interval from resampling the test windows, see :mod:`~pararnn_ts.forecast.paired`), ``window_losses.csv`` (each
 run's share of ``mean_wQL`` per test window) and ``plots/<dataset>__<model>.png``
-(:mod:`~pararnn_ts.forecast.benchmark_report`).
+(:mod:`~pararnn_ts.forecast.benchmark_report`). ``--resume`` keeps the finished runs and refuses kept rows made
+with other settings than this invocation would use for them (e.g. a ``--quick`` run's).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import inspect
+import json
 import logging
 import math
 import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +64,21 @@ QUIET_WARNINGS = (
     (UserWarning, ".*no `val_dataloader`"),  # GluonTS modules define validation_step; the runner has no val split
     (Warning, r".*isinstance\(treespec, LeafSpec\)"),  # Lightning on newer torch
 )
-COLUMNS = ("dataset", "model", "seed", *METRICS, "fit_s", "epochs", "epoch_s", "predict_s", "threads", "cpu")
+COLUMNS = (
+    "dataset",
+    "model",
+    "seed",
+    *METRICS,
+    "fit_s",
+    "epochs",
+    "epoch_s",
+    "predict_s",
+    "threads",
+    "cpu",
+    "settings",
+)
+#: the settings each ``results.csv`` fingerprint stands for (:func:`settings_of`), beside it in the output folder
+SETTINGS_FILE = "settings.json"
 
 
 class EpochTimer(Callback):
@@ -81,16 +99,11 @@ def season_of(data: ForecastData) -> int:
     return data.seasonality or seasonality_of(data.freq)
 
 
-def build_model(
-    model: ModelSpec,
-    dataset: DatasetSpec,
-    data: ForecastData,
-    bench: Benchmark,
-    quick: bool = False,
-    callbacks: list[Callback] | None = None,
-    root_dir: str | None = None,
-) -> Any:
-    """The estimator (or predictor) of ``model`` for ``data``, with arguments layered as the module doc says."""
+def model_kwargs(
+    model: ModelSpec, dataset: DatasetSpec, data: ForecastData, bench: Benchmark, quick: bool = False
+) -> dict[str, Any]:
+    """The arguments of ``model`` for ``data``, layered as the module doc says, as the config writes them
+    (``{class_path, init_args}`` not built yet); ``trainer_kwargs`` without the runner's callbacks and folder."""
     from_data: dict[str, Any] = {
         "freq": data.freq,
         "prediction_length": data.prediction_length,
@@ -105,20 +118,123 @@ def build_model(
     kwargs |= model.init_args | model.overrides.get(dataset.name, {})
     if quick:
         kwargs |= {key: value for key, value in QUICK_MODEL_ARGS.items() if key in names}
-    kwargs = instantiate(kwargs)
     if "trainer_kwargs" in names:
-        trainer = {**TRAINER_DEFAULTS, **instantiate(bench.trainer_kwargs), **(kwargs.get("trainer_kwargs") or {})}
+        own = kwargs.get("trainer_kwargs") or {}
+        kwargs["trainer_kwargs"] = {
+            **TRAINER_DEFAULTS,
+            **bench.trainer_kwargs,
+            **own,
+            **(QUICK_TRAINER if quick else {}),
+        }
+    return kwargs
+
+
+def build_model(
+    model: ModelSpec,
+    dataset: DatasetSpec,
+    data: ForecastData,
+    bench: Benchmark,
+    quick: bool = False,
+    callbacks: list[Callback] | None = None,
+    root_dir: str | None = None,
+) -> Any:
+    """The estimator (or predictor) of ``model`` for ``data``, with arguments layered as the module doc says."""
+    kwargs = instantiate(model_kwargs(model, dataset, data, bench, quick))
+    if "trainer_kwargs" in parameters(model.cls):
+        trainer = kwargs["trainer_kwargs"]
         trainer["callbacks"] = list(callbacks or []) + list(trainer.get("callbacks", []))
-        trainer |= QUICK_TRAINER if quick else {}
         if root_dir is not None:
             trainer["default_root_dir"] = root_dir
-        kwargs["trainer_kwargs"] = trainer
     try:
         return model.cls(**kwargs)
     except Exception as error:
         raise ValueError(
             f"model {model.name!r} on dataset {dataset.name!r}: {type(error).__name__}: {error}"
         ) from error
+
+
+def class_path(cls: type) -> str:
+    """``module.Class`` of ``cls``."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def settings_of(
+    model: ModelSpec, dataset: DatasetSpec, data: ForecastData, bench: Benchmark, quick: bool = False
+) -> dict[str, Any]:
+    """What shapes a run's result besides its seed, as JSON values: the split, the dataset's class and arguments,
+    the model's class and its layered arguments (:func:`model_kwargs`: ``--quick``'s budget and the Trainer's
+    settings included). Threads and machine are recorded in their own columns."""
+    settings = {
+        "split": bench.split,
+        "dataset": class_path(dataset.cls),
+        "dataset_args": dataset.init_args,
+        "model": class_path(model.cls),
+        "model_kwargs": model_kwargs(model, dataset, data, bench, quick),
+    }
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def fingerprint(settings: dict[str, Any]) -> str:
+    """A short stable hash of :func:`settings_of`'s ``settings``: the ``settings`` column of ``results.csv``."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+#: a setting one of two :func:`settings_of` leaves out (:func:`differences`)
+UNSET = object()
+
+
+def differences(kept: Any, now: Any, prefix: str = "") -> list[str]:
+    """``key kept → now`` for every setting (dotted key) that differs between two :func:`settings_of`."""
+    if isinstance(kept, dict) and isinstance(now, dict):
+        keys = sorted(set(kept) | set(now))
+        return [
+            line for key in keys for line in differences(kept.get(key, UNSET), now.get(key, UNSET), f"{prefix}{key}.")
+        ]
+    shown = ["unset" if value is UNSET else repr(value) for value in (kept, now)]
+    return [] if kept == now else [f"{prefix.rstrip('.')} {shown[0]} → {shown[1]}"]
+
+
+def check_kept_settings(
+    rows: list[dict[str, Any]],
+    current: dict[tuple[str, str], dict[str, Any]],
+    kept: dict[str, dict[str, Any]],
+    out: Path,
+    quick: bool = False,
+    flip_quick: Callable[[tuple[str, str]], dict[str, Any]] | None = None,
+) -> None:
+    """Refuse kept ``rows`` of a (dataset label, model) of ``current`` (this invocation's settings) that record
+    another ``settings`` fingerprint, naming what differs (``kept``: the settings of recorded fingerprints; with
+    ``flip_quick``, the settings with ``--quick`` the other way, to say so); warn once about rows that record none."""
+    unknown, other = 0, {}
+    for row in rows:
+        key = (row["dataset"], row["model"])
+        if key not in current:  # not part of this invocation: kept as it is
+            continue
+        recorded, own = row.get("settings") or "", current[key]
+        if not recorded:
+            unknown += 1
+        elif recorded != fingerprint(own):
+            why = (
+                "; ".join(differences(kept[recorded], own))
+                if recorded in kept
+                else (f"fingerprint {recorded}, now {fingerprint(own)} ({SETTINGS_FILE} does not hold theirs)")
+            )
+            if flip_quick is not None and fingerprint(flip_quick(key)) == recorded:
+                why = f"made {'without' if quick else 'with'} --quick ({why})"
+            other.setdefault((*key, why), []).append(row["seed"])
+    if other:
+        lines = [f"  {dataset} × {model} seeds {seeds}: {why}" for (dataset, model, why), seeds in other.items()]
+        raise ValueError(
+            f"--resume: {sum(map(len, other.values()))} kept runs of {out / 'results.csv'} were made with other "
+            "settings than this invocation would use for them (kept → now):\n" + "\n".join(lines) + "\nrun with "
+            "the settings they were made with, write to another --output-dir, or pass --overwrite to replace them"
+        )
+    if unknown:
+        warnings.warn(
+            f"--resume: {unknown} kept runs of {out / 'results.csv'} record no settings (written before the settings "
+            "column): kept unchecked; pass --overwrite to rerun them if their settings may differ from this run's",
+            stacklevel=2,
+        )
 
 
 def run_one(
@@ -164,8 +280,26 @@ def write_rows(rows: list[dict[str, Any]], path: Path) -> None:
     csv_rows.write_rows(rows, path, COLUMNS)
 
 
-def prepare_output(out: Path, resume: bool, overwrite: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Make ``out`` ready; return the result and window-loss rows of finished runs to keep (``resume``) or none."""
+def read_settings(path: Path) -> dict[str, dict[str, Any]]:
+    """The ``{fingerprint: settings}`` of a ``settings.json`` (none if it does not exist)."""
+    if not path.exists():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{path}: not JSON ({error}); remove it, or pass --overwrite or another --output-dir"
+        ) from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: not a mapping of fingerprints to settings; remove it, or pass --overwrite")
+    return settings
+
+
+def prepare_output(
+    out: Path, resume: bool, overwrite: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Make ``out`` ready; return the result rows, window-loss rows and settings (:data:`SETTINGS_FILE`) of
+    finished runs to keep (``resume``) or none."""
     if resume and overwrite:
         raise ValueError("--resume keeps earlier results and --overwrite deletes them: pass one of them")
     csv_path = out / "results.csv"
@@ -175,13 +309,13 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> tuple[list[dict[
             "or another --output-dir"
         )
     if overwrite:
-        for name in ("results.csv", "results.md", "window_losses.csv"):
+        for name in ("results.csv", "results.md", "window_losses.csv", SETTINGS_FILE):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / "plots", ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     if not (resume and csv_path.exists()):
-        return [], []
-    return read_rows(csv_path), read_window_rows(out / "window_losses.csv")
+        return [], [], {}
+    return read_rows(csv_path), read_window_rows(out / "window_losses.csv"), read_settings(out / SETTINGS_FILE)
 
 
 def row_line(row: dict[str, Any]) -> str:
@@ -198,11 +332,14 @@ def run_benchmark(
     quick: bool = False,
     done: list[dict[str, Any]] | None = None,
     done_windows: list[dict[str, Any]] | None = None,
+    done_settings: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Check every (dataset, model), then run the missing (dataset, model, seed) triples; return all result
     and window-loss rows.
 
-    ``done`` and ``done_windows``: the result and window-loss rows of finished runs (kept, not rerun)."""
+    ``done``, ``done_windows`` and ``done_settings``: the result rows, window-loss rows and settings
+    (:data:`SETTINGS_FILE`) of finished runs (kept, not rerun); kept rows of a (dataset, model) made with other
+    settings than this invocation's are refused (:func:`check_kept_settings`)."""
     loaded = {}
     for dataset in bench.datasets:
         try:
@@ -210,13 +347,22 @@ def run_benchmark(
             loaded[dataset.name] = validation_split(data) if bench.split == "validation" else data
         except (TypeError, ValueError) as error:
             raise ValueError(f"dataset {dataset.name!r}: {error}") from error
-    for dataset in bench.datasets:  # everything constructible before the first run trains
-        for model in bench.models:
-            if model.runs_on(dataset.name):
-                build_model(model, dataset, loaded[dataset.name], bench, quick=quick)
     # rows name the split, so a validation run never counts as (or resumes) a test run
     label = {d.name: d.name if bench.split == "test" else f"{d.name}_{bench.split}" for d in bench.datasets}
+    pairs = {(label[d.name], m.name): (m, d) for d in bench.datasets for m in bench.models if m.runs_on(d.name)}
+    current = {}
+    for key, (model, dataset) in pairs.items():  # everything constructible before the first run trains
+        build_model(model, dataset, loaded[dataset.name], bench, quick=quick)
+        current[key] = settings_of(model, dataset, loaded[dataset.name], bench, quick)
     rows, windows = list(done or []), list(done_windows or [])
+    kept = dict(done_settings or {})
+
+    def flip_quick(key: tuple[str, str]) -> dict[str, Any]:
+        model, dataset = pairs[key]
+        return settings_of(model, dataset, loaded[dataset.name], bench, not quick)
+
+    check_kept_settings(rows, current, kept, out, quick, flip_quick)
+    settings = kept | {fingerprint(own): own for own in current.values()}
     finished = {(row["dataset"], row["model"], row["seed"]) for row in rows}
     todo = [(d, m, s) for d in bench.datasets for m in bench.models if m.runs_on(d.name) for s in bench.seeds]
     todo = [(d, m, s) for d, m, s in todo if (label[d.name], m.name, s) not in finished]
@@ -225,11 +371,12 @@ def run_benchmark(
         data = loaded[dataset.name]
         row, forecasts = run_one(model, dataset, data, seed, bench, quick=quick)
         row["dataset"] = label[dataset.name]
+        row["settings"] = fingerprint(current[row["dataset"], model.name])
         rows.append(row)
         windows += window_rows(
             row["dataset"], model.name, seed, *window_quantile_losses(forecasts, data.test, data.prediction_length)
         )
-        save_results(rows, windows, out, bench, quick)
+        save_results(rows, windows, out, bench, quick, settings)
         print(f"[{index}/{len(todo)}] {row_line(row)}", flush=True)
         if seed == bench.seeds[0]:
             inputs, labels = split_windows(data.test, data.prediction_length)
@@ -244,18 +391,38 @@ def run_benchmark(
                 num_series=bench.plot_series,
             )
     if rows and not todo:  # nothing ran: the tables still follow the kept rows (and the current code)
-        save_results(rows, windows, out, bench, quick)
+        save_results(rows, windows, out, bench, quick, settings)
     return rows, windows
 
 
 def save_results(
-    rows: list[dict[str, Any]], windows: list[dict[str, Any]], out: Path, bench: Benchmark, quick: bool
+    rows: list[dict[str, Any]],
+    windows: list[dict[str, Any]],
+    out: Path,
+    bench: Benchmark,
+    quick: bool,
+    settings: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """``results.csv``, ``window_losses.csv`` and ``results.md`` of ``rows`` and ``windows`` in ``out``."""
+    """``results.csv``, ``window_losses.csv``, ``results.md`` and :data:`SETTINGS_FILE` (the ``settings`` of the
+    fingerprints ``rows`` name) of ``rows`` and ``windows`` in ``out``."""
     write_rows(rows, out / "results.csv")
+    named = {row.get("settings") for row in rows}
+    recorded = {key: value for key, value in (settings or {}).items() if key in named}
+    (out / SETTINGS_FILE).write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
     if windows:  # none for results kept from before window losses were recorded
         write_window_rows(windows, out / "window_losses.csv")
     (out / "results.md").write_text(results_markdown(rows, windows, bench, quick))
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int > 0 (argparse's error names the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -264,9 +431,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="Train, forecast and score every dataset × model × seed of a benchmark config.",
     )
     parser.add_argument("--config", required=True, help="YAML with a top-level 'benchmark:' mapping")
-    parser.add_argument("--output-dir", default="runs/forecast_benchmark", help="where results and plots go")
+    parser.add_argument(
+        "--output-dir",
+        default="runs/forecast_benchmark",
+        help="where results and plots go (default: %(default)s); a folder that is not empty is refused unless "
+        "--resume or --overwrite is given",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads (overrides the config's threads)")
+    parser.add_argument(
+        "--threads", type=positive_int, help="torch intra-op threads, > 0 (overrides the config's threads)"
+    )
     parser.add_argument("--datasets", nargs="+", help="run only these dataset names")
     parser.add_argument("--models", nargs="+", help="run only these model names")
     parser.add_argument(
@@ -281,7 +455,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="score on the official test windows, or on the same windows cut from the end of the training split "
         "(training then ends before them): for choosing settings without looking at test",
     )
-    parser.add_argument("--resume", action="store_true", help="keep finished runs of the output dir's results.csv")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep finished runs of the output dir's results.csv (refused if they ran with other settings)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the output dir's results and plots")
     parser.add_argument("--verbose", action="store_true", help="keep Lightning's and GluonTS's info logs")
     return parser.parse_args(argv)
@@ -317,12 +495,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         bench.seeds = args.seeds
     elif args.quick:
         bench.seeds = bench.seeds[:1]
-    bench.threads = args.threads or bench.threads
+    bench.threads = args.threads if args.threads is not None else bench.threads
     bench.split = args.split
     out = Path(args.output_dir)
-    done, done_windows = prepare_output(out, args.resume, args.overwrite)
+    done, done_windows, done_settings = prepare_output(out, args.resume, args.overwrite)
     with run_settings(bench.threads, args.verbose):
-        rows, windows = run_benchmark(bench, out, quick=args.quick, done=done, done_windows=done_windows)
+        rows, windows = run_benchmark(bench, out, args.quick, done, done_windows, done_settings)
         print(results_markdown(rows, windows, bench, args.quick))
     print(
         f"results: {out / 'results.csv'}, {out / 'results.md'}, {out / 'window_losses.csv'}, plots in {out / 'plots'}"

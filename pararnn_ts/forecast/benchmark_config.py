@@ -21,11 +21,13 @@ Each model gets, where its signature takes them: ``freq``, ``prediction_length``
 dataset's ``model_args``, its own ``init_args`` and its ``overrides`` for the dataset (later ones win). An
 ``init_args`` value that is a ``{class_path, init_args}`` mapping is built too (e.g. ``distr_output``;
 :func:`~pararnn_ts.forecast.benchmark.build_model` does the layering). :func:`load_benchmark` checks every entry
-(classes importable, arguments known) before anything runs.
+(classes importable, arguments known, ``trainer_kwargs`` keys taken by Lightning's ``Trainer``) before anything
+runs.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 from dataclasses import dataclass, field
@@ -233,6 +235,10 @@ def load_benchmark(path: str | Path, datasets: list[str] | None = None, models: 
         (f"dataset {d.name!r} model_args", d.model_args) for d in dataset_specs
     ]:
         check_shared_args(args, classes, where)
+        if args.get("trainer_kwargs") is not None:
+            check_trainer_kwargs(args["trainer_kwargs"], f"{where} trainer_kwargs")
+    trainer_kwargs = config.get("trainer_kwargs") or {}
+    check_trainer_kwargs(trainer_kwargs, "benchmark.trainer_kwargs")
     seeds = config.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ValueError(f"{path}: benchmark.seeds must be a non-empty list of ints, got {seeds!r}")
@@ -246,7 +252,7 @@ def load_benchmark(path: str | Path, datasets: list[str] | None = None, models: 
         dataset_specs,
         model_specs,
         seeds,
-        config.get("trainer_kwargs") or {},
+        trainer_kwargs,
         shared,
         config.get("timing_reference"),
         int(config.get("plot_series", 4)),
@@ -265,12 +271,16 @@ def model_spec(entry: dict[str, Any], dataset_names: list[str], all_datasets: li
         raise ValueError(f"{where}: {cls.__name__} is neither a GluonTS Estimator nor a Predictor")
     init_args = entry.get("init_args") or {}
     check_args(cls, init_args, where, INJECTED)
+    if init_args.get("trainer_kwargs") is not None:
+        check_trainer_kwargs(init_args["trainer_kwargs"], f"{where} init_args.trainer_kwargs")
     overrides = entry.get("overrides") or {}
     known = [d["name"] for d in all_datasets]
     for dataset, args in overrides.items():
         if dataset not in known:
             raise ValueError(f"{where}: overrides for unknown dataset {dataset!r}; the config has {known}")
         check_args(cls, args, f"{where} overrides[{dataset!r}]", INJECTED)
+        if (args or {}).get("trainer_kwargs") is not None:
+            check_trainer_kwargs(args["trainer_kwargs"], f"{where} overrides[{dataset!r}].trainer_kwargs")
     only = entry.get("datasets")
     if only is not None:
         if not isinstance(only, list) or not only or not all(isinstance(d, str) for d in only):
@@ -301,3 +311,24 @@ def check_shared_args(args: dict[str, Any], classes: list[type] | None, where: s
     unused = [] if classes is None else sorted(n for n in args if not any(n in parameters(c) for c in classes))
     if unused:
         raise ValueError(f"{where}: no model of the config takes {unused}; fix the names or remove them")
+
+
+def check_trainer_kwargs(args: Any, where: str) -> None:
+    """``args`` must be a mapping of ``lightning.pytorch.Trainer``'s arguments (a typo would otherwise fail only
+    when the first estimator trains, or never for a config of predictors)."""
+    from lightning.pytorch import Trainer
+
+    if not isinstance(args, dict):
+        raise ValueError(f"{where} must be a mapping of lightning.pytorch.Trainer arguments, got {type(args).__name__}")
+    if takes_any(Trainer):
+        return
+    known = sorted(n for n in parameters(Trainer) if n != "self")
+    for name in sorted(args, key=str):
+        if name in known:
+            continue
+        close = difflib.get_close_matches(str(name), known, n=3)
+        named = ", ".join(map(repr, close[:-1])) + " or " * (len(close) > 1) + repr(close[-1]) if close else ""
+        hint = f"did you mean {named}?" if close else f"it takes {known}"
+        raise ValueError(
+            f"{where}: lightning.pytorch.Trainer takes no argument {name!r} ({hint}); fix the name or remove it"
+        )
