@@ -54,9 +54,9 @@ def level_series(count: int = 5, length: int = 40) -> list[dict]:
 pytestmark = pytest.mark.usefixtures("bare_argv")
 
 
-def write_config(folder: Path) -> Path:
-    """A config of the shipped ParaGRU fragment on a JSON lines file of :func:`level_series`."""
-    data_file = write_json_lines(level_series(), folder / "levels.jsonl")
+def write_config(folder: Path, entries: list[dict] | None = None) -> Path:
+    """A config of the shipped ParaGRU fragment on a JSON lines file of ``entries`` (default :func:`level_series`)."""
+    data_file = write_json_lines(level_series() if entries is None else entries, folder / "levels.jsonl")
     config = {
         "model": str(ROOT / "models" / "forecast_paragru.yaml"),
         "data": {
@@ -476,6 +476,40 @@ def test_mixed_precision_fit_tests_and_predicts(tmp_path, monkeypatch):
     capture_stdout(lambda: main(["predict", "-c", str(config), *mixed, f"--ckpt_path={last}"]))
     table = pd.read_csv(tmp_path / "runs" / "lightning_logs" / "version_1" / FORECASTS_FILE)
     assert len(table) == len(level_series()) * H and np.isfinite(table["q0.5"]).all()
+
+
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("bf16-true", torch.bfloat16), ("16-true", torch.float16), ("64-true", torch.float64)]
+)
+def test_true_precision_fits_tests_and_predicts(tmp_path, monkeypatch, precision, dtype):
+    """Under ``--trainer.precision bf16-true``/``16-true`` the network trains in bfloat16/float16 while the scale,
+    distributions, copula (Cholesky has no bfloat16 kernel) and losses run in float32; ``64-true`` runs all in
+    float64. Fit, test and predict complete with finite metrics and forecasts."""
+    config = write_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    true = [*TINY, f"--trainer.precision={precision}"]
+    capture_stdout(lambda: main(["fit", "-c", str(config), *true]))
+    version = tmp_path / "runs" / "lightning_logs" / "version_0"
+    metrics = read_metrics(version)
+    assert all(np.isfinite(metrics[name]).all() and metrics[name] for name in ("train_loss", "val_loss", *METRICS))
+    last = version / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=False)["state_dict"]
+    assert {value.dtype for value in state.values() if value.is_floating_point()} == {dtype}
+    capture_stdout(lambda: main(["predict", "-c", str(config), *true, f"--ckpt_path={last}"]))
+    table = pd.read_csv(tmp_path / "runs" / "lightning_logs" / "version_1" / FORECASTS_FILE)
+    assert len(table) == len(level_series()) * H and np.isfinite(table[["mean", "q0.1", "q0.5", "q0.9"]]).all().all()
+
+
+def test_half_precision_of_data_beyond_float16_is_refused_before_the_run(tmp_path, monkeypatch):
+    """``16-true`` casts every training batch to float16 (largest value 65504): larger data is refused at setup,
+    naming the option and the alternatives, before the run writes anything."""
+    entries = level_series()
+    entries[1]["target"] = entries[1]["target"] * 1000  # up to about 2.2e5
+    config = write_config(tmp_path, entries)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"--trainer.precision 16-true.*65504.*bf16-true"):
+        main(["fit", "-c", str(config), *TINY, "--trainer.precision=16-true"])
+    assert not (tmp_path / "runs").exists()
 
 
 def test_fast_dev_run_writes_nothing(tmp_path, monkeypatch):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 
 import numpy as np
@@ -10,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from pararnn_ts.forecast.lightning_module import ForecastTrainingModule
+from pararnn_ts.forecast.lightning_module import ForecastTrainingModule, adam_eps
 from pararnn_ts.forecast.module import ParaRNNForecastModel
 from pararnn_ts.nn.copula import GaussianCopula, LowRankGaussianCopula
 
@@ -620,6 +622,66 @@ def test_low_rank_copula_module_interface():
     assert copula.loss(torch.rand(2, HORIZON, dtype=torch.float64)).shape == (2,)
     with pytest.raises(ValueError, match="rank"):
         LowRankGaussianCopula(HORIZON, 0)
+
+
+# ---- (g) true low (and double) precision --------------------------------------------------------
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """What Lightning's true-precision ``forward_context`` does: tensors created without a dtype get ``dtype``."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize("distribution", ["student_t", "quantile"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
+def test_true_precision_runs_the_network_in_its_dtype_and_the_head_in_at_least_float32(dtype, distribution):
+    """``--trainer.precision bf16-true``/``16-true``/``64-true`` cast the parameters and the batch: the network runs
+    in that dtype; the scale, distributions, copula (its Cholesky has no bfloat16 kernel), losses and samples in
+    float32 (float64 stays float64), close to a float64 run of the same weights; every gradient is finite."""
+    reference = make_model(distribution=distribution, naive_drift="learned")  # float64
+    batch = with_future(reference, make_batch(reference))
+    model = copy.deepcopy(reference).to(dtype)
+    cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
+    head = torch.float64 if dtype == torch.float64 else torch.float32
+    with default_dtype(dtype):
+        inputs, scale = model.sequence_inputs(**forecast_inputs(cast))
+        features = model.encode(inputs)
+        terms = model.loss_terms(**cast)
+        loss = model.training_loss(terms)
+        loss.mean().backward()
+        paths = sample_paths(model, cast, 5)
+    assert model.head_dtype == head and (inputs.dtype, features.dtype) == (dtype, dtype) and scale.dtype == head
+    assert [term.dtype for term in terms] == [head] * 4 and paths.dtype == head
+    assert (terms.copula != 0).all() and torch.isfinite(loss).all() and torch.isfinite(paths).all()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad.dtype == dtype and torch.isfinite(parameter.grad).all(), name
+    expected = reference.training_loss(reference.loss_terms(**batch)).detach()
+    torch.testing.assert_close(loss.detach().double(), expected, rtol=1e-2, atol=1e-2)
+
+
+def test_float16_overflow_is_reported_naming_the_precision_option():
+    """Data past float16's 65504 (cast by ``16-true``), or scaled inputs past it, raise naming ``--trainer.precision``
+    and the alternatives instead of a NaN loss."""
+    model = make_model().half()
+    batch = with_future(model, make_batch(model))
+    big = {**batch, "future_target": (batch["future_target"] * 1000).half()}  # up to about 1e6: inf in float16
+    with pytest.raises(ValueError, match=r"future_target is float16.*--trainer.precision bf16-true"):
+        model.loss_terms(**big)
+    past = batch["past_target"].clone()
+    past[:, -CONTEXT:], past[:, 0] = 0.5, 60_000.0  # a lag read from before the context: 1.2e5 times the scale
+    with pytest.raises(ValueError, match=r"exceed float16.*--trainer.precision bf16-true"):
+        model.loss_terms(**{**batch, "past_target": past})
+
+
+def test_adam_eps_survives_the_parameters_dtype():
+    """In float16 (``16-true``) AdamW's default eps 1e-8 is 0, and a zero gradient's step is 0 / 0."""
+    assert adam_eps(make_model()) == adam_eps(make_model().bfloat16()) == 1e-8
+    eps = adam_eps(make_model().half())
+    assert torch.tensor(eps, dtype=torch.float16) > 0 and eps == torch.finfo(torch.float16).tiny
 
 
 # ---- the GluonTS interface and (f) bad inputs ---------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import math
 
 import pytest
@@ -11,6 +13,7 @@ from gluonts.torch.distributions import NegativeBinomialOutput
 from scipy import stats
 from torch.distributions import AffineTransform, Normal, StudentT, TransformedDistribution
 
+from pararnn_ts.nn.copula import LowRankGaussianCopula
 from pararnn_ts.nn.distribution_heads import (
     DEFAULT_QUANTILES,
     JohnsonSUHead,
@@ -224,6 +227,37 @@ def test_pit_of_own_samples_is_uniform(cls):
     for b in range(BATCH):
         for k in range(HORIZON):
             assert stats.kstest(u[:, b, k].numpy(), "uniform").statistic < 1.95 / math.sqrt(4000)
+
+
+@pytest.mark.parametrize("precision", ["bf16-true", "16-true", "bf16-mixed"])
+@pytest.mark.parametrize("cls", ALL_HEADS)
+def test_heads_and_copula_compute_in_float32_from_half_precision_parameters_or_under_autocast(cls, precision):
+    """True half precision gives the heads (b)float16 parameters and features, mixed precision runs them under
+    autocast: either way the distribution, its loss, quantiles and PITs, and the copula (whose Cholesky has no
+    bfloat16 kernel) come in float32, close to a float32 head's."""
+    features, scale = (x.float() for x in head_inputs())
+    head, copula = make_head(cls).float(), LowRankGaussianCopula(HORIZON, 2, FEATURES)
+    with torch.no_grad():
+        copula.factor_proj.weight.normal_(std=0.1)
+    expected, expected_copula = head(features, scale), copula(features[:, 0])
+    target, level = expected.icdf(torch.full((BATCH, HORIZON), 0.3)), torch.full((BATCH, HORIZON), 0.7)
+    u = expected.pit(target)  # randomised for counts: drawn once
+    context = contextlib.nullcontext()
+    if precision == "bf16-mixed":
+        context = torch.autocast("cpu", dtype=torch.bfloat16)
+    else:
+        low = torch.bfloat16 if precision == "bf16-true" else torch.float16
+        head, copula, features = copy.deepcopy(head).to(low), copy.deepcopy(copula).to(low), features.to(low)
+    with context:
+        dist, gaussian = head(features, scale), copula(features[:, 0])
+        loss, quantile, pit = dist.loss(target), dist.icdf(level), dist.pit(target)
+        copula_loss, z = gaussian.loss(u), gaussian.sample(4)
+    for value in (dist.mean, loss, quantile, pit, gaussian.correlation, copula_loss, z):
+        assert value.dtype == torch.float32 and torch.isfinite(value).all()
+    tolerance = {"rtol": 3e-2, "atol": 3e-2}
+    torch.testing.assert_close(loss, expected.loss(target), **tolerance)
+    torch.testing.assert_close(quantile / scale, expected.icdf(level) / scale, **tolerance)
+    torch.testing.assert_close(copula_loss, expected_copula.loss(u), **tolerance)
 
 
 def test_pit_is_detached():

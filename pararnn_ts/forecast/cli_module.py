@@ -18,6 +18,7 @@ import json
 import math
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from gluonts.model.forecast import Forecast
 from gluonts.torch.model.predictor import PyTorchPredictor
@@ -113,6 +114,12 @@ class ParaRNNForecaster(ForecastTrainingModule):
         self.test_entries: list[dict[str, Any]] = []
         self.predicted: list[tuple[PredictItem, Forecast]] = []
 
+    def setup(self, stage: str) -> None:
+        """Refuse a ``--trainer.precision`` that cannot train on the data (:func:`check_precision`) before the run."""
+        data = getattr(self.trainer.datamodule, "data", None)
+        if stage in ("fit", "validate") and isinstance(data, ForecastData):
+            check_precision(self.trainer.precision, data)
+
     def configure_model(self) -> None:
         """Build the network (once) from the sizes of ``trainer.datamodule.data``.
 
@@ -195,8 +202,10 @@ class ParaRNNForecaster(ForecastTrainingModule):
             )
 
     def forecast(self, predictor: PyTorchPredictor, entries: list[dict[str, Any]]) -> list[Forecast]:
-        """``predictor``'s forecasts of ``entries``, computed in the parameters' dtype: GluonTS turns the samples
-        into NumPy arrays, which have no bfloat16, so the trainer's mixed-precision autocast is off here."""
+        """``predictor``'s forecasts of ``entries``: the network runs in the parameters' dtype (the trainer's
+        mixed-precision autocast is off here) and the samples come in at least float32 (see
+        :attr:`~pararnn_ts.forecast.module.ParaRNNForecastModel.head_dtype`): GluonTS turns them into NumPy arrays,
+        which have no bfloat16."""
         with torch.autocast(self.device.type, enabled=False):
             return list(predictor.predict(entries))
 
@@ -252,6 +261,27 @@ class ParaRNNForecaster(ForecastTrainingModule):
                 f"{folder / PLOT_FILE}"
             )
         self._predict_predictor = None
+
+
+def check_precision(precision: str, data: ForecastData) -> None:
+    """A ``ValueError`` naming ``--trainer.precision`` when ``precision`` cannot train on ``data``: ``"16-true"``
+    casts every training batch to float16 (Lightning's true half precision), whose largest value is 65504, so
+    larger targets or covariates would become inf. Other precisions fit any float32 data (the network runs in
+    their dtype, the scale, distributions and losses in at least float32)."""
+    if precision != "16-true" or not data.train:
+        return
+    largest = max(
+        float(np.nanmax(np.abs(values), initial=0.0))
+        for entry in data.train
+        for values in (entry["target"], entry.get("feat_dynamic_real", np.zeros(0)))
+    )
+    limit = float(torch.finfo(torch.float16).max)
+    if largest > limit:
+        raise ValueError(
+            f"--trainer.precision 16-true casts every training batch to float16, whose largest value is {limit:.0f}, "
+            f"and {data.name!r} has values up to {largest:.4g}: use --trainer.precision bf16-true (bfloat16 has "
+            "float32's range), bf16-mixed or 32-true"
+        )
 
 
 def markdown_table(metrics: dict[str, float], title: str = "metric") -> str:

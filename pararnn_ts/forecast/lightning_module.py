@@ -130,7 +130,9 @@ class ForecastTrainingModule(pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay, eps=adam_eps(self.model)
+        )
         if self.lr_schedule == "none":
             return {"optimizer": optimizer}
         if self.lr_schedule == "plateau":
@@ -170,6 +172,13 @@ class ParaRNNLightningModule(ForecastTrainingModule):
         )
         self.save_hyperparameters()
         self.set_model(ParaRNNForecastModel(**model_kwargs))
+
+
+def adam_eps(model: torch.nn.Module, eps: float = 1e-8) -> float:
+    """AdamW's ``eps`` for ``model``'s parameters: ``eps``, or the smallest normal number of their dtype where that
+    is larger. Under ``--trainer.precision 16-true`` the optimizer's state is float16, where 1e-8 is 0 and a gradient
+    that is (or underflows to) 0 gives the step 0 / 0; 6.1e-5 keeps it finite."""
+    return max(eps, torch.finfo(next(model.parameters()).dtype).tiny)
 
 
 def check_ema_decay(ema_decay: float | None, owner: str = "") -> None:

@@ -16,6 +16,13 @@ the context steps, whose inputs hold only earlier values: DeepAR's teacher-force
 a Gaussian copula whose correlation comes from the state at the last context step ties the steps into
 coherent sample paths (see :mod:`pararnn_ts.nn.copula`). Inputs and their names follow GluonTS's
 ``DeepARModel``, so the module plugs into GluonTS's data pipeline and predictors.
+
+Precision: the network (input projection, ParaRNN layers, norms) runs in the parameters' dtype, e.g. bfloat16
+under ``--trainer.precision bf16-true``; what touches the data or the distributions runs in :attr:`head_dtype
+<ParaRNNForecastModel.head_dtype>`, the parameters' dtype upcast to at least float32 (float64 stays float64):
+the scale and the scaled lags (cast to the parameters' dtype where they enter the network), the naive offsets,
+the heads and the copula (which upcast the features where they read them, see
+:class:`~pararnn_ts.nn.distribution_heads.HeadLinear`), the losses and the sample paths.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from ..cells import ParaGRU, ParaLSTM
 from ..core.cell import Mode
 from ..core.checks import all_finite
 from ..nn.copula import GaussianCopula, LowRankGaussianCopula, sample_paths
-from ..nn.distribution_heads import DISTRIBUTION_HEADS, ForecastDistribution, build_head
+from ..nn.distribution_heads import DISTRIBUTION_HEADS, ForecastDistribution, HeadLinear, build_head, head_dtype
 from ..nn.norms import RMSNorm
 
 RNN_CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
@@ -262,7 +269,7 @@ class ParaRNNForecastModel(nn.Module):
         else:
             self.drift_weight = None
         self.gate_terms = terms
-        self.naive_gate = nn.Linear(hidden_size, len(terms)) if terms else None
+        self.naive_gate = HeadLinear(hidden_size, len(terms)) if terms else None
         if self.naive_gate is not None:
             nn.init.zeros_(self.naive_gate.weight)
             nn.init.constant_(self.naive_gate.bias, NAIVE_GATE_BIAS)
@@ -300,6 +307,12 @@ class ParaRNNForecastModel(nn.Module):
         self.head = build_head(distribution, hidden_size, quantiles)
         self.copula = LowRankGaussianCopula(prediction_length, copula_rank, hidden_size) if copula_rank else None
 
+    @property
+    def head_dtype(self) -> torch.dtype:
+        """The dtype of the scale, offsets, distributions, losses and samples: the parameters' dtype, at least
+        float32 (float32 for a bfloat16/float16 network, float64 for a float64 one)."""
+        return head_dtype(self.input_proj.weight.dtype)
+
     # ---- GluonTS interface ---------------------------------------------------------------------
     def describe_inputs(self, batch_size: int = 1) -> InputSpec:
         """Names, shapes and dtypes of :meth:`forward`'s inputs (a dummy static column when a count is 0)."""
@@ -326,7 +339,8 @@ class ParaRNNForecastModel(nn.Module):
         future_time_feat: Tensor,
         num_parallel_samples: int | None = None,
     ) -> Tensor:
-        """Sample paths ``(B, S, H)``, ``S = num_parallel_samples`` (default: the constructor's)."""
+        """Sample paths ``(B, S, H)`` in :attr:`head_dtype`, ``S = num_parallel_samples`` (default: the
+        constructor's)."""
         num_samples = self.num_parallel_samples if num_parallel_samples is None else num_parallel_samples
         _check_ints(num_parallel_samples=(num_samples, 1))
         marginals, copula = self.distribution(
@@ -359,7 +373,8 @@ class ParaRNNForecastModel(nn.Module):
         if self.naive_drift:
             ends = torch.full((1,), self.past_length, device=past_target.device)
             drift = self.level_change(past_target, past_observed_values, ends) / scale
-            offset = offset + self.drift_weight * self.seasons_ahead * drift
+            # seasons_ahead (a buffer) and drift_weight may be bfloat16: multiplied into the head-dtype drift first
+            offset = offset + self.drift_weight * (self.seasons_ahead * drift)
         if self.naive_gate is not None:
             terms = self.gate_values(past_target, past_observed_values) / scale
             offset = self.gated(offset, features[:, context:], terms)
@@ -437,7 +452,7 @@ class ParaRNNForecastModel(nn.Module):
     ) -> ForecastLoss:
         """The marginal, copula and context losses and the scale per series (see :class:`ForecastLoss`)."""
         horizon = self.prediction_length
-        dtype = self.input_proj.weight.dtype
+        dtype = self.head_dtype
         if tuple(future_target.shape) != (past_target.shape[0], horizon):
             raise ValueError(
                 f"future_target must be (batch, prediction_length={horizon}), got {tuple(future_target.shape)}"
@@ -448,7 +463,7 @@ class ParaRNNForecastModel(nn.Module):
                 f"got {tuple(future_observed_values.shape)}"
             )
         weights = future_observed_values.to(dtype)
-        target = _observed_only(future_target.to(dtype), weights > 0, "future_target", "future_observed_values")
+        target = _observed_only(future_target, weights > 0, dtype, "future_target", "future_observed_values")
         inputs, scale = self.sequence_inputs(
             feat_static_cat, feat_static_real, past_time_feat, past_target, past_observed_values, future_time_feat
         )
@@ -475,13 +490,15 @@ class ParaRNNForecastModel(nn.Module):
         past_observed_values: Tensor,
         future_time_feat: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """The network's input sequence ``(B, C + H, input_size)`` and the scale ``(B, 1)``.
+        """The network's input sequence ``(B, C + H, input_size)`` in the parameters' dtype and the scale ``(B, 1)``
+        in :attr:`head_dtype`.
 
         Features per step, in order: scaled lags ``(L)``, their observed flags ``(L)``, time
-        features ``(F)``, static embeddings, static reals, ``log scale``, horizon flag.
+        features ``(F)``, static embeddings, static reals, ``log scale``, horizon flag; computed in
+        :attr:`head_dtype` and cast to the parameters' dtype at the end.
         """
         past, context = self.past_length, self.context_length
-        dtype = self.input_proj.weight.dtype
+        dtype = self.head_dtype
         self._check_shapes(feat_static_cat, feat_static_real, past_time_feat, past_target, future_time_feat)
         if past_observed_values.shape != past_target.shape:
             raise ValueError(
@@ -489,7 +506,7 @@ class ParaRNNForecastModel(nn.Module):
                 f"got {tuple(past_observed_values.shape)}"
             )
         observed = past_observed_values[:, -past:].to(dtype)
-        target = _observed_only(past_target[:, -past:].to(dtype), observed > 0, "past_target", "past_observed_values")
+        target = _observed_only(past_target[:, -past:], observed > 0, dtype, "past_target", "past_observed_values")
         if self.scaling:
             scale = mean_scale(target[:, -context:], observed[:, -context:], self.default_scale)
         else:
@@ -507,7 +524,8 @@ class ParaRNNForecastModel(nn.Module):
         static_feat = torch.cat([s.to(dtype) for s in static], dim=-1).unsqueeze(1).expand(-1, steps, -1)
         horizon_flag = (torch.arange(steps, device=target.device) >= context).to(dtype)
         horizon_flag = horizon_flag[None, :, None].expand(target.shape[0], -1, -1)
-        return torch.cat([lags, flags, time_feat, static_feat, horizon_flag], dim=-1), scale
+        inputs = torch.cat([lags, flags, time_feat, static_feat, horizon_flag], dim=-1)
+        return _fits(inputs, self.input_proj.weight.dtype), scale
 
     def seasonal_naive(self, past_target: Tensor, past_observed_values: Tensor, scale: Tensor) -> Tensor:
         """The seasonal-naive forecast ``(B, H)`` in units of ``scale``; 0 where that past value is missing."""
@@ -536,7 +554,7 @@ class ParaRNNForecastModel(nn.Module):
         observed = past_observed_values[:, -past:] > 0
         positions = torch.arange(past, device=observed.device).expand_as(observed)
         latest = torch.where(observed, positions, -1).amax(1, keepdim=True)
-        value = past_target[:, -past:].to(self.input_proj.weight.dtype).gather(1, latest.clamp_min(0))
+        value = past_target[:, -past:].to(self.head_dtype).gather(1, latest.clamp_min(0))
         return torch.where(latest >= 0, value, 0)
 
     def level_change(self, past_target: Tensor, past_observed_values: Tensor, ends: Tensor) -> Tensor:
@@ -552,7 +570,7 @@ class ParaRNNForecastModel(nn.Module):
         """Mean of the observed values in ``[s, s + m)`` for each start ``s`` of ``starts`` ``(K,)`` (positions in
         the last ``P`` steps, the part before 0 left out) and their count, both ``(B, K)``; mean 0 where none."""
         past = self.past_length
-        observed = (past_observed_values[:, -past:] > 0).to(self.input_proj.weight.dtype)
+        observed = (past_observed_values[:, -past:] > 0).to(self.head_dtype)
         value = torch.where(observed > 0, past_target[:, -past:].to(observed.dtype), 0)
         zero = observed.new_zeros(observed.shape[0], 1)
         sums, counts = torch.cat([zero, value.cumsum(1)], 1), torch.cat([zero, observed.cumsum(1)], 1)
@@ -564,11 +582,12 @@ class ParaRNNForecastModel(nn.Module):
         """``past_target``'s last ``P`` steps at ``index`` ``(K,)`` → ``(B, K)``; 0 where missing or ``index < 0``."""
         past = self.past_length
         observed = (past_observed_values[:, -past:][:, index.clamp_min(0)] > 0) & (index >= 0)
-        value = past_target[:, -past:][:, index.clamp_min(0)].to(self.input_proj.weight.dtype)
+        value = past_target[:, -past:][:, index.clamp_min(0)].to(self.head_dtype)
         return torch.where(observed, value, 0)
 
     def encode(self, inputs: Tensor) -> Tensor:
-        """Input sequence ``(B, T, input_size)`` → normalised last-layer features ``(B, T, hidden_size)``."""
+        """Input sequence ``(B, T, input_size)`` → normalised last-layer features ``(B, T, hidden_size)``, in the
+        parameters' dtype (the heads upcast them)."""
         x = self.input_proj(inputs)
         for layer in self.layers:
             x = layer(x)
@@ -642,14 +661,32 @@ def _check_finite(x: Tensor, name: str) -> Tensor:
     return x
 
 
-def _observed_only(target: Tensor, observed: Tensor, name: str, observed_name: str) -> Tensor:
-    """``target`` with unobserved entries set to 0; a ``ValueError`` if an observed entry is NaN or inf."""
-    filled = torch.where(observed, target, 0)
+def _observed_only(target: Tensor, observed: Tensor, dtype: torch.dtype, name: str, observed_name: str) -> Tensor:
+    """``target`` in ``dtype`` with unobserved entries set to 0; a ``ValueError`` if an observed entry is NaN or inf."""
+    filled = torch.where(observed, target.to(dtype), 0)
     if not all_finite(filled):
+        if target.dtype == torch.float16:
+            raise ValueError(
+                f"{name} is float16, whose largest value is {torch.finfo(torch.float16).max:.0f}, and has inf where "
+                f"{observed_name} is 1: the data overflowed when it was cast to float16 (--trainer.precision "
+                "16-true casts every batch); use --trainer.precision bf16-true (bfloat16 has float32's range), "
+                "bf16-mixed or 32-true"
+            )
         raise ValueError(
             f"{name} has NaN or inf where {observed_name} is 1; mark missing values unobserved (0) in {observed_name}"
         )
     return filled
+
+
+def _fits(inputs: Tensor, dtype: torch.dtype) -> Tensor:
+    """``inputs`` cast to the network's ``dtype``; a ``ValueError`` where a float16 network cannot hold them."""
+    cast = inputs.to(dtype)
+    if dtype == torch.float16 and not all_finite(cast):
+        raise ValueError(
+            f"the network's scaled inputs exceed float16's largest value {torch.finfo(torch.float16).max:.0f} (a "
+            "past value far above the context's mean scale); use --trainer.precision bf16-true, bf16-mixed or 32-true"
+        )
+    return cast
 
 
 def gate_terms(naive_gate: bool | Sequence[str]) -> tuple[str, ...]:

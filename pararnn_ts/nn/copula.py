@@ -16,6 +16,11 @@ and ``d > 0`` learned; normalise rescales to unit diagonal. The loss is the nega
 log-density of the PITs ``u_k = F_k(y_k)`` of the observed future, with the PITs (and the state)
 detached: the marginals are fitted by their own likelihood and the copula on top of them, the
 two-stage "inference functions for margins" method, so the copula cannot distort the marginals.
+
+Precision: the copula is computed in at least float32 (:func:`~pararnn_ts.nn.distribution_heads.head_dtype`) with
+autocast off, whatever the network's dtype: its Cholesky factorisation, ``Φ⁻¹`` and log-density have no
+bfloat16/float16 kernels or lose too much in them. :class:`LowRankGaussianCopula` upcasts its parameters and
+reads the state through a :class:`~pararnn_ts.nn.distribution_heads.HeadLinear`.
 """
 
 from __future__ import annotations
@@ -26,11 +31,13 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import LowRankMultivariateNormal, Normal
 
-from .distribution_heads import ForecastDistribution, clamp_unit
+from .distribution_heads import ForecastDistribution, HeadLinear, clamp_unit, head_dtype, no_autocast
 
 
 class GaussianCopula:
     """Gaussian copula of dimension ``H`` with correlation ``R = factor factorᵀ + diag(diag)`` (unit diagonal).
+
+    Computed in ``head_dtype(factor.dtype, diag.dtype)`` (at least float32), with autocast off.
 
     Args:
         factor: ``(B, H, r)``, already normalised.
@@ -38,9 +45,11 @@ class GaussianCopula:
     """
 
     def __init__(self, factor: Tensor, diag: Tensor) -> None:
-        self.factor = factor
-        self.diag = diag
-        self.gaussian = LowRankMultivariateNormal(factor.new_zeros(diag.shape), factor, diag)
+        dtype = head_dtype(factor.dtype, diag.dtype)
+        self.factor = factor.to(dtype)
+        self.diag = diag.to(dtype)
+        with no_autocast(self.diag):
+            self.gaussian = LowRankMultivariateNormal(self.diag.new_zeros(diag.shape), self.factor, self.diag)
 
     @classmethod
     def from_unnormalised(cls, factor: Tensor, diag: Tensor) -> GaussianCopula:
@@ -59,7 +68,8 @@ class GaussianCopula:
         ``u`` is detached: the copula is fitted on fixed PITs.
         """
         z = torch.special.ndtri(clamp_unit(u.detach().to(self.diag.dtype)))
-        return self.gaussian.log_prob(z) - Normal(0.0, 1.0).log_prob(z).sum(-1)
+        with no_autocast(z):
+            return self.gaussian.log_prob(z) - Normal(z.new_zeros(()), z.new_ones(())).log_prob(z).sum(-1)
 
     def loss(self, u: Tensor) -> Tensor:
         """Negative log-density of the PITs ``u`` ``(..., B, H)`` → ``(..., B)``."""
@@ -67,7 +77,8 @@ class GaussianCopula:
 
     def sample(self, num_samples: int) -> Tensor:
         """``z`` ``(num_samples, B, H)``: standard-normal marginals, correlation ``R``."""
-        return self.gaussian.rsample((num_samples,))
+        with no_autocast(self.diag):
+            return self.gaussian.rsample((num_samples,))
 
 
 class LowRankGaussianCopula(nn.Module):
@@ -75,7 +86,8 @@ class LowRankGaussianCopula(nn.Module):
 
     ``V = V_base + W h`` with ``W`` a Linear (zero at initialisation) on the state ``h`` ``(B, in_features)``
     at the forecast start, and ``R = normalise(V Vᵀ + diag(d))``. Without ``in_features`` (or without a
-    state) every series shares ``V_base``.
+    state) every series shares ``V_base``. The copula is computed in at least float32 (the parameters' dtype
+    upcast: float32 for bfloat16/float16 parameters).
 
     Args:
         horizon: ``H``, the dimension of the copula.
@@ -95,7 +107,7 @@ class LowRankGaussianCopula(nn.Module):
         self.horizon, self.rank, self.in_features, self.init_std = horizon, rank, in_features, init_std
         self.base_factor = nn.Parameter(torch.empty(horizon, rank))
         self.diag_raw = nn.Parameter(torch.empty(horizon))
-        self.factor_proj = nn.Linear(in_features, horizon * rank, bias=False) if in_features else None
+        self.factor_proj = HeadLinear(in_features, horizon * rank, bias=False) if in_features else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -107,17 +119,19 @@ class LowRankGaussianCopula(nn.Module):
     def forward(self, state: Tensor | None = None, batch_size: int | None = None) -> GaussianCopula:
         """The copula of each series: from ``state`` ``(B, in_features)`` (detached), else ``V_base`` for
         ``batch_size`` series (default 1)."""
-        diag = nn.functional.softplus(self.diag_raw) + torch.finfo(self.diag_raw.dtype).eps
+        dtype = head_dtype(self.base_factor.dtype)
+        diag = nn.functional.softplus(self.diag_raw.to(dtype)) + torch.finfo(dtype).eps
+        base_factor = self.base_factor.to(dtype)
         if state is None or self.factor_proj is None:
             batch = batch_size if batch_size is not None else (1 if state is None else state.shape[0])
-            factor = self.base_factor.expand(batch, -1, -1)
+            factor = base_factor.expand(batch, -1, -1)
         else:
             if state.dim() != 2 or state.shape[-1] != self.in_features:
                 raise ValueError(
                     f"LowRankGaussianCopula: state must be (batch, {self.in_features}), got {tuple(state.shape)}"
                 )
-            per_series = self.factor_proj(state.detach().to(self.base_factor.dtype))
-            factor = self.base_factor + per_series.view(-1, self.horizon, self.rank)
+            per_series = self.factor_proj(state.detach())
+            factor = base_factor + per_series.view(-1, self.horizon, self.rank)
         return GaussianCopula.from_unnormalised(factor, diag.expand(factor.shape[:-1]))
 
     def loss(self, u: Tensor, state: Tensor | None = None) -> Tensor:

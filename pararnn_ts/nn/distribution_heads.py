@@ -16,11 +16,18 @@ The returned object offers what a forecaster needs from its marginals:
 
 Besides the symmetric Student-t and Normal, Johnson's S_U (``"johnson_su"``) is a skewed choice for
 right-skewed data, whose multi-step marginals can lean the way a sampled autoregressive model's do.
+
+Precision: a head's distribution is computed in :func:`head_dtype` (at least float32) with autocast off,
+whatever the network's dtype: a :class:`HeadLinear` upcasts the features and the projection's (e.g.
+bfloat16) weights where the head starts, so log-likelihoods, cdf/icdf and samples never run in bfloat16 or
+float16 (``--trainer.precision bf16-true``/``16-true``, or under autocast), and a float64 network keeps float64.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
+from functools import reduce
 from itertools import pairwise
 from typing import Any
 
@@ -34,6 +41,33 @@ from torch.distributions import Distribution, NegativeBinomial, Normal, StudentT
 DEFAULT_QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 _SQRT2 = 2**0.5
 _LOG_2PI = float(np.log(2 * np.pi))
+
+
+def head_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The dtype distribution maths runs in for tensors of ``dtypes``: the widest of them and float32
+    (bfloat16/float16 → float32; float64 stays float64)."""
+    return reduce(torch.promote_types, dtypes, torch.float32)
+
+
+def no_autocast(x: Tensor) -> contextlib.AbstractContextManager:
+    """A context with autocast off on ``x``'s device (nothing to do where autocast is not on): ops then run in
+    their inputs' dtype, so a head's float32 maths is not cast back to bfloat16/float16."""
+    if torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+class HeadLinear(nn.Linear):
+    """The Linear where a head reads the network's features: ``(..., in_features)`` → ``(..., out_features)`` in
+    ``head_dtype(x.dtype, weight.dtype)`` with autocast off, the input and the parameters upcast to it. This is
+    the precision boundary: the network before it may run in bfloat16/float16, everything after is at least float32.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = head_dtype(x.dtype, self.weight.dtype)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        with no_autocast(x):
+            return F.linear(x.to(dtype), self.weight.to(dtype), bias)
 
 
 def clamp_unit(u: Tensor) -> Tensor:
@@ -248,7 +282,8 @@ class JohnsonSUForecast(ForecastDistribution):
 
 
 class DistributionHead(nn.Module):
-    """Base of the heads: a Linear from ``in_features`` to the raw arguments, then :meth:`distribution`.
+    """Base of the heads: a :class:`HeadLinear` from ``in_features`` to the raw arguments, then :meth:`distribution`
+    (in ``head_dtype`` of the features and parameters: float32 for a bfloat16/float16 network).
 
     Subclasses set :attr:`arg_names` (one output each) or override :attr:`num_args`.
     """
@@ -260,7 +295,7 @@ class DistributionHead(nn.Module):
         if not isinstance(in_features, int) or in_features < 1:
             raise ValueError(f"{type(self).__name__}: in_features must be a positive int, got {in_features!r}")
         self.in_features = in_features
-        self.proj = nn.Linear(in_features, self.num_args)
+        self.proj = HeadLinear(in_features, self.num_args)
 
     @property
     def num_args(self) -> int:
@@ -275,14 +310,16 @@ class DistributionHead(nn.Module):
         """``features`` ``(..., in_features)``, ``scale`` broadcastable to ``(...)`` → distribution over ``(...)``.
 
         ``offset`` (broadcastable to ``(...)``, in units of the scale) is added to the location, so the
-        head learns a correction of it (e.g. of the seasonal-naive forecast).
+        head learns a correction of it (e.g. of the seasonal-naive forecast). The distribution's dtype is
+        :func:`head_dtype` of the features' and the parameters' (at least float32).
         """
-        raw = self.proj(features)
-        scale = torch.ones((), dtype=raw.dtype, device=raw.device) if scale is None else scale.to(raw.dtype)
         if offset is not None and not self.takes_offset:
             raise ValueError(f"{type(self).__name__} has no location to offset; pass offset=None")
+        raw = self.proj(features)
+        scale = torch.ones((), dtype=raw.dtype, device=raw.device) if scale is None else scale.to(raw.dtype)
         offset = torch.zeros((), dtype=raw.dtype, device=raw.device) if offset is None else offset.to(raw.dtype)
-        return self.distribution(raw, scale, offset)
+        with no_autocast(raw):
+            return self.distribution(raw, scale, offset)
 
     def distribution(self, raw: Tensor, scale: Tensor, offset: Tensor) -> ForecastDistribution:
         """Raw outputs ``(..., num_args)``, the scale and the location offset → the distribution in the data's units."""
