@@ -2,7 +2,9 @@
 
 Each channel is a 2-D oscillator whose state is rotated by an input-gated angle, damped, and
 driven by the input. Its Jacobian is 2×2 per channel; every mode and the backward come for free
-(the Jacobian from forward-mode AD).
+(the Jacobian from forward-mode AD). As the contract asks (see ParaCell), ``recurrence`` reads only
+``h``, ``u`` and the cell's parameters, mixes only the two entries of each channel (``Block(2)``), and
+indexes from the end, so it is batched over any leading dims.
 """
 
 import torch

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from ..ops import fused as fused_ops
 from .autograd import keep_iterate, parallel_solve, sequential_solve
 from .checks import all_finite, check_state_device
+from .contract import CHECKS, MODE_CHECKS, check_contract
 from .newton import SolverStats, default_tol
 from .structure import Diagonal, Structure
 
@@ -29,6 +30,14 @@ class ParaCell(nn.Module):
     (batched over any leading dimensions). Everything else has a default: :meth:`project` is the
     identity, :meth:`jacobian` comes from forward-mode AD, the backward of the parallel mode from
     the adjoint scan.
+
+    The contract: :meth:`recurrence` reads only ``h_prev``, ``u`` and the cell's own parameters and
+    buffers (the parallel backward differentiates only ``u``, the initial state and ``cell.parameters()``;
+    anything else that requires grad, e.g. ``self.cond = emb.sigmoid()`` set by an outer model, would
+    lose its gradient: feed it through ``u``), and its derivative in ``h_prev`` has the declared
+    :attr:`structure` (a hand-written :meth:`jacobian` must be that derivative). The first solves check
+    both on a slice of their inputs (a few steps of the first sequence, once per cell; see
+    :mod:`pararnn_ts.core.contract`) and raise a ``ValueError`` naming the fix.
 
     Args:
         mode: ``"sequential"`` (plain loop, autograd through it), ``"parallel"`` (Newton + scans,
@@ -50,6 +59,11 @@ class ParaCell(nn.Module):
         check_inputs: validate shapes and finiteness of inputs (one pass over the data).
         fused_backend: which fused backend ``"fused"``/``"auto"`` may use: ``"auto"`` (the
             fastest available for the device), ``"cpu"``, ``"triton"`` or ``"cuda"``.
+        check_contract: check, once per cell on its first solves, that :attr:`structure`,
+            :attr:`state_shape`, :meth:`recurrence` and :meth:`jacobian` agree and that
+            :meth:`recurrence` reads no tensor requiring grad besides ``h_prev``, ``u`` and the cell's
+            parameters (a few steps of one sequence; skipped under torch.compile and CUDA graph capture);
+            ``False`` skips it.
 
     ``cell.last_stats`` tells what the last solve ran (mode, backend, Newton iterations, residual).
     """
@@ -66,6 +80,9 @@ class ParaCell(nn.Module):
     _kernel_of_parent: str | None = None
     #: the rows of every fused weight are norm-clipped to this in each solve (``None``: not clipped)
     max_norm: float | None = None
+    #: the first-use checks of :mod:`~pararnn_ts.core.contract` still to run (none for a cell unpickled from
+    #: before they existed)
+    _contract_pending: set[str] | frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -77,6 +94,7 @@ class ParaCell(nn.Module):
         chunk_size: int | Literal["auto"] | None = "auto",
         check_inputs: bool = True,
         fused_backend: fused_ops.Backend = "auto",
+        check_contract: bool = True,
     ) -> None:
         super().__init__()
         if mode not in MODES:
@@ -98,7 +116,9 @@ class ParaCell(nn.Module):
         self.chunk_size = chunk_size
         self.check_inputs = check_inputs
         self.fused_backend = fused_backend
+        self.check_contract = check_contract
         self.last_stats: SolverStats | None = None
+        self._contract_pending = set(CHECKS)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """A subclass that overrides :meth:`recurrence` drops what it inherits for its parent's recurrence: the
@@ -116,11 +136,11 @@ class ParaCell(nn.Module):
     @property
     def state_shape(self) -> tuple[int, ...]:
         """Shape of one state, without the batch dimension: ``(D,)`` or ``(D, k)``."""
-        raise NotImplementedError
+        raise NotImplementedError(self._abstract("the property state_shape → the shape of one state, e.g. (D,)"))
 
     def recurrence(self, h_prev: Tensor, u: Tensor) -> Tensor:
         """``f(h_prev, u)``: ``(..., *S)``, ``(..., *U)`` → ``(..., *S)``."""
-        raise NotImplementedError
+        raise NotImplementedError(self._abstract("recurrence(h_prev, u) → h"))
 
     # ---- what a cell may override ---------------------------------------------------------
     def project(self, x: Tensor) -> Tensor:
@@ -185,6 +205,8 @@ class ParaCell(nn.Module):
         with self._solve_precision(u) as dtype:
             mode, backend = self.resolve_backend(u.device, dtype, mode)
             h0 = _cast(h0, dtype)
+            if self.check_contract and not self._contract_pending.isdisjoint(MODE_CHECKS[mode]):
+                check_contract(self, mode, u, h0, self._contract_pending)  # until each check has run once
             if mode == "fused":
                 h = self._fused_solve(backend, u, h0, dtype)
             elif mode == "sequential":
@@ -259,6 +281,10 @@ class ParaCell(nn.Module):
         return f"structure={self.structure}, mode={self.mode!r}, max_iters={self.max_iters}, fallback={self.fallback!r}"
 
     # ---- helpers --------------------------------------------------------------------------
+    def _abstract(self, member: str) -> str:
+        name = type(self).__name__
+        return f"{name} must implement {member} (see ParaCell and pararnn_ts/cells/oscillator.py)"
+
     @staticmethod
     @contextmanager
     def _solve_precision(u: Tensor) -> Iterator[torch.dtype]:

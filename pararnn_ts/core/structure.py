@@ -22,32 +22,47 @@ from torch import Tensor
 
 
 class Structure:
-    """Base class: the algebra a linear scan needs for one Jacobian layout."""
+    """Base class: the algebra a linear scan needs for one Jacobian layout.
+
+    A new structure implements :meth:`apply`, :meth:`compose`, :meth:`transpose`, :meth:`jacobian_shape` and
+    :meth:`jacobian_from_jvp`, and sets :attr:`state_dims` (and :attr:`state_layout`) for the states it lays out.
+    """
 
     #: number of trailing state dimensions (1 for diag/dense, 2 for block)
     state_dims: int = 1
+    #: the state shape it is for, in words (error messages)
+    state_layout: str = "(D,)"
 
     def apply(self, J: Tensor, x: Tensor) -> Tensor:
         """``J x`` for each leading index."""
-        raise NotImplementedError
+        raise NotImplementedError(_abstract(self, "apply(J, x) → J x"))
 
     def compose(self, J2: Tensor, J1: Tensor) -> Tensor:
         """``J2 J1`` (apply ``J1`` first) for each leading index."""
-        raise NotImplementedError
+        raise NotImplementedError(_abstract(self, "compose(J2, J1) → J2 J1"))
 
     def transpose(self, J: Tensor) -> Tensor:
         """``Jᵀ`` for each leading index."""
-        raise NotImplementedError
+        raise NotImplementedError(_abstract(self, "transpose(J) → Jᵀ"))
 
     def jacobian_shape(self, state_shape: tuple[int, ...]) -> tuple[int, ...]:
-        raise NotImplementedError
+        """Shape of one step's Jacobian for states of ``state_shape``."""
+        raise NotImplementedError(_abstract(self, "jacobian_shape(state_shape) → the shape of one step's Jacobian"))
 
     def jacobian_from_jvp(self, fn: Callable[[Tensor], Tensor], h: Tensor) -> tuple[Tensor, Tensor]:
         """``(fn(h), ∂fn/∂h)`` by forward-mode AD, with as few tangents as the structure allows."""
-        raise NotImplementedError
+        raise NotImplementedError(_abstract(self, "jacobian_from_jvp(fn, h) → (fn(h), ∂fn/∂h)"))
+
+    def accepts_state(self, state_shape: tuple[int, ...]) -> bool:
+        """Whether states of ``state_shape`` (without the batch dimension) have this structure's layout."""
+        return len(state_shape) == self.state_dims
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _abstract(structure: Structure, signature: str) -> str:
+    return f"{type(structure).__name__} must implement {signature} (see Structure and Diagonal in {__name__})"
 
 
 class Diagonal(Structure):
@@ -104,12 +119,21 @@ class Block(Structure):
             columns.append(col)
         return out, torch.stack(columns, dim=-1)
 
+    @property
+    def state_layout(self) -> str:  # type: ignore[override]
+        return f"(D, {self.k})"
+
+    def accepts_state(self, state_shape: tuple[int, ...]) -> bool:
+        return len(state_shape) == 2 and state_shape[-1] == self.k
+
     def __repr__(self) -> str:
         return f"Block({self.k})"
 
 
 class Dense(Structure):
     """Full ``N×N`` Jacobian: for prototyping only (each combine costs O(N³))."""
+
+    state_layout = "(N,)"
 
     def apply(self, J: Tensor, x: Tensor) -> Tensor:
         return (J @ x.unsqueeze(-1)).squeeze(-1)

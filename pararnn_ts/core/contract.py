@@ -1,0 +1,311 @@
+"""First-use checks that a cell keeps the :class:`~pararnn_ts.core.cell.ParaCell` contract.
+
+A cell promises three things the solvers cannot see: its :attr:`structure` and :attr:`state_shape` agree and its
+``recurrence`` returns a state; its Jacobian (declared structure, or hand-written :meth:`jacobian`) is the derivative
+of its ``recurrence``; and its ``recurrence`` reads only ``h_prev``, ``u`` and the cell's own parameters and buffers.
+A broken promise gives a raw shape error in one mode only, or, worse, silently wrong or missing gradients in the
+parallel mode. These checks evaluate the recurrence on a slice of the first solves (the first batch row, up to
+:data:`SLICE_STEPS` steps) and raise a ``ValueError`` naming the fix. Each runs once per cell instance, on the
+first solve it applies to; ``ParaCell(check_contract=False)`` switches them off.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from .structure import Block, Structure
+
+if TYPE_CHECKING:
+    from .cell import ParaCell
+
+#: steps of the first batch row on which the checks evaluate the recurrence
+SLICE_STEPS = 4
+#: the checks a new cell has pending: ``"declaration"`` (structure, state, output shape; every mode),
+#: ``"jacobian"`` (the parallel mode) and ``"inputs"`` (the parallel and fused modes, with grad enabled)
+CHECKS = ("declaration", "jacobian", "inputs")
+#: the checks that apply to each mode's solves
+MODE_CHECKS = {
+    "sequential": frozenset({"declaration"}),
+    "parallel": frozenset(CHECKS),
+    "fused": frozenset({"declaration", "inputs"}),
+}
+#: relative tolerance of the Jacobian check, in units of the solve dtype's machine epsilon
+EPS_FACTOR = 2**10
+_OFF = "pass check_contract=False to the cell to skip these checks"
+
+
+def check_contract(cell: ParaCell, mode: str, u: Tensor, h0: Tensor, pending: set[str]) -> None:
+    """Run the checks of ``pending`` that apply to ``mode`` and the grad mode; remove those done from ``pending``.
+
+    Args:
+        cell: the cell about to solve.
+        mode: the resolved mode (``"sequential"``, ``"parallel"`` or ``"fused"``).
+        u: ``(B, T, *U)`` projected inputs of the solve.
+        h0: ``(B, *S)`` initial state, in the solve dtype.
+        pending: the cell's checks still to run (a subset of :data:`CHECKS`), updated in place.
+    """
+    if _traced(u) or u.shape[0] == 0 or u.shape[1] == 0:
+        return
+    due = set(pending & MODE_CHECKS[mode])
+    inference = torch.is_inference_mode_enabled()
+    if inference or not torch.is_grad_enabled():
+        due.discard("inputs")  # no gradient to lose
+    if inference and _has_own_jacobian(cell):
+        # only forward mode differentiates here, and the first torch.func.jvp of a process imports torch._dynamo
+        # (seconds): a cell with a hand-written jacobian is checked at a call outside inference mode
+        due.discard("jacobian")
+    if not due:
+        return
+    if "declaration" in due:
+        check_declaration(cell)
+    n = min(SLICE_STEPS, u.shape[1])
+    u_s = u[:1, :n].detach().to(h0.dtype, copy=True)
+    cuda = [u.device.index if u.device.index is not None else torch.cuda.current_device()] if u.is_cuda else []
+    with torch.random.fork_rng(cuda):  # a recurrence that samples leaves the caller's random streams as they were
+        with torch.no_grad():
+            h_prev, f, h = _slice(cell, u_s, h0[:1].detach())
+        pending.discard("declaration")
+        if "jacobian" in due:
+            check_jacobian(cell, h_prev, u_s, f, h)
+            pending.discard("jacobian")
+        if "inputs" in due and check_inputs(cell, h_prev, u_s, mode):
+            pending.discard("inputs")
+
+
+def check_declaration(cell: ParaCell) -> None:
+    """The cell's :attr:`structure` is a :class:`Structure` instance that fits :attr:`state_shape`."""
+    name, s = type(cell).__name__, cell.structure
+    if isinstance(s, type) and issubclass(s, Structure):
+        example = "Block(2)" if issubclass(s, Block) else f"{s.__name__}()"
+        raise ValueError(f"{name}.structure is the class {s.__name__}; it must be an instance: structure = {example}")
+    if not isinstance(s, Structure):
+        raise ValueError(
+            f"{name}.structure must be a Structure instance (Diagonal(), Block(k) or Dense() from pararnn_ts.core), "
+            f"got {s!r}"
+        )
+    shape = cell.state_shape
+    if not (isinstance(shape, tuple) and shape and all(isinstance(d, int) and d >= 1 for d in shape)):
+        raise ValueError(
+            f"{name}.state_shape must be a tuple of positive ints, the shape of one state without the batch "
+            f"dimension ((D,) or (D, k)), got {shape!r}"
+        )
+    if not s.accepts_state(shape):
+        fit = (
+            f"Block({shape[-1]})"
+            if len(shape) == 2
+            else "Diagonal() (elementwise) or Dense() (entries mix)"
+            if len(shape) == 1
+            else "a state of shape (D,) or (D, k)"
+        )
+        raise ValueError(
+            f"{name}: structure {s} is for a state of shape {s.state_layout}, but state_shape is {shape}; declare "
+            f"the structure that fits the state ({fit}) or change state_shape"
+        )
+
+
+def check_jacobian(cell: ParaCell, h_prev: Tensor, u: Tensor, f: Tensor, h: Tensor) -> None:
+    """What the parallel mode relies on, at ``h_prev`` ``(1, n, *S)``, ``u`` ``(1, n, *U)``.
+
+    ``f = recurrence(h_prev, u)`` (all steps at once) equals ``h``, the same steps one by one, and
+    ``cell.jacobian(h_prev, u)`` is ``(f, ∂f/∂h_prev)`` in the structure's layout.
+    """
+    name, s = type(cell).__name__, cell.structure
+    tol = EPS_FACTOR * torch.finfo(f.dtype).eps
+    if (err := _relative(f - h, h)) > tol:
+        raise ValueError(
+            f"{name}.recurrence gives other values on h_prev of shape {tuple(h_prev.shape)} (the (batch, time, ...) "
+            f"layout the parallel mode calls it with) than step by step on (batch, ...) (relative difference "
+            f"{err:.3g}, tolerance {tol:.2g}): for the parallel mode it must be batched over any leading dims (index "
+            "from the end: u[..., 0], not u[:, 0]) and deterministic (no dropout or sampling inside it); or use "
+            f'mode="sequential" ({_OFF})'
+        )
+    own = _has_own_jacobian(cell)
+    source = f"{name}.jacobian" if own else f"the declared structure {s} (by forward-mode AD)"
+    with torch.no_grad():
+        f_j, J = cell.jacobian(h_prev, u)
+    expected = (*h_prev.shape[: -len(cell.state_shape)], *s.jacobian_shape(cell.state_shape))
+    if tuple(f_j.shape) != tuple(f.shape) or tuple(J.shape) != expected:
+        raise ValueError(
+            f"{name}.jacobian returned f of shape {tuple(f_j.shape)} and J of shape {tuple(J.shape)} for h_prev of "
+            f"shape {tuple(h_prev.shape)}; structure {s} needs f of h_prev's shape and J of shape {expected}: fix "
+            "jacobian (or delete it to get the structure's Jacobian by forward-mode AD)"
+        )
+    f_err = _relative(f_j - f, f)
+    if f_err > tol:
+        raise ValueError(
+            f"{name}.jacobian returns an f that differs from recurrence(h_prev, u) by {f_err:.3g} (relative, tolerance "
+            f"{tol:.2g}): its first output must be recurrence(h_prev, u); fix jacobian (or delete it to get the "
+            "Jacobian by forward-mode AD)"
+        )
+    pair = _directional(cell, h_prev, u, J)
+    if pair is None:  # no derivative of recurrence to compare with: nothing to check
+        return
+    declared, true, what, size = pair
+    err = ((declared - true).abs().amax() / size).item()
+    if err > tol:
+        if own:
+            fix = (
+                f"correct {name}.jacobian (or delete it: forward-mode AD then computes the Jacobian), and check "
+                f"that {s} is the structure recurrence has"
+            )
+        else:
+            fix = (
+                f"recurrence mixes state entries that {s} keeps apart; declare the structure it has: Dense() for a "
+                "full N×N Jacobian, Block(k) when only the k entries of each channel mix"
+            )
+        raise ValueError(
+            f"{name}: the Jacobian from {source} is not the derivative of recurrence: {what} differ by {err:.3g} "
+            f"(relative to their size; tolerance {tol:.2g}) on the first {h_prev.shape[1]} steps of the first "
+            f"sequence, so the parallel mode's Newton solve and its backward would use a wrong Jacobian (wrong "
+            f'gradients, silently). Fix: {fix}; or use mode="sequential" ({_OFF})'
+        )
+
+
+def check_inputs(cell: ParaCell, h_prev: Tensor, u: Tensor, mode: str) -> bool:
+    """``recurrence`` reads no tensor requiring grad other than the cell's parameters (and ``h_prev``, ``u``).
+
+    Evaluates ``recurrence(h_prev, u)`` on detached ``h_prev``, ``u`` with grad enabled and walks its autograd
+    graph to the leaves. ``False`` when nothing required grad, so the check could not tell (it runs again).
+    """
+    out = cell.recurrence(h_prev, u)
+    if out.grad_fn is None:
+        return False
+    params = {id(p) for p in cell.parameters()}
+    hidden = [leaf for leaf in _leaves(out) if id(leaf) not in params]
+    if hidden:
+        name = type(cell).__name__
+        attrs = [
+            key
+            for key, value in vars(cell).items()
+            if isinstance(value, Tensor) and value.requires_grad and id(value) not in params
+        ]
+        what = (
+            "the attribute " + ", ".join(f"self.{a}" for a in attrs)
+            if attrs
+            else "a tensor of shape " + ", ".join(str(tuple(leaf.shape)) for leaf in hidden)
+        )
+        raise ValueError(
+            f"{name}.recurrence reads {what}, which requires grad but is neither h_prev, u nor a parameter of the "
+            f'cell: in mode="{mode}" its gradient would be silently lost (that backward differentiates only u, '
+            "the initial state and the cell's parameters). Everything recurrence reads must be h_prev, u or the "
+            "cell's parameters and buffers: pass it through u (compute it in project(), or feed it in x), register "
+            f'it as an nn.Parameter of the cell, or use mode="sequential" (autograd through the loop)'
+        )
+    return True
+
+
+def _slice(cell: ParaCell, u: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(h_prev, f, h)``: the states before and after each of the ``n`` steps of ``u`` ``(1, n, *U)`` from ``h0``
+    ``(1, *S)`` by the loop, and ``f = recurrence(h_prev, u)`` in the parallel layout; checks each one's shape and
+    dtype."""
+    name = type(cell).__name__
+    states = [h0]
+    for t in range(u.shape[1]):
+        out = cell.recurrence(states[-1], u[:, t])
+        _check_state(name, out, states[-1], u[:, t])
+        states.append(out)
+    h_prev = torch.stack(states[:-1], dim=1)
+    try:
+        f = cell.recurrence(h_prev, u)
+    except (RuntimeError, IndexError, ValueError) as err:
+        raise ValueError(
+            f"{name}.recurrence failed on h_prev of shape {tuple(h_prev.shape)} and u of shape {tuple(u.shape)}, "
+            "the (batch, time, ...) layout the parallel mode calls it with; it must be batched over any leading "
+            "dims: index from the end (u[..., 0], not u[:, 0]) and broadcast parameters over the leading dims "
+            f"({_OFF}). The error: {err}"
+        ) from err
+    _check_state(name, f, h_prev, u)
+    return h_prev, f, torch.stack(states[1:], dim=1)
+
+
+def _check_state(name: str, out: Tensor, h_prev: Tensor, u: Tensor) -> None:
+    if not isinstance(out, Tensor) or out.shape != h_prev.shape:
+        got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(
+            f"{name}.recurrence returned {got} for h_prev of shape {tuple(h_prev.shape)} and u of shape "
+            f"{tuple(u.shape)}; it must return the next state, a tensor of h_prev's shape (the leading dims, then "
+            "state_shape)"
+        )
+    if out.dtype != h_prev.dtype:
+        raise ValueError(
+            f"{name}.recurrence returned {out.dtype} for a {h_prev.dtype} state; it must return the state's dtype: "
+            f"convert the cell's parameters and buffers (cell.to({h_prev.dtype})) or cast what it computes with "
+            "(.to(h_prev.dtype))"
+        )
+
+
+def _directional(cell: ParaCell, h: Tensor, u: Tensor, J: Tensor) -> tuple[Tensor, Tensor, str, float] | None:
+    """``(declared, true, what, size)`` for a random ``v``: ``Jᵀ v`` and reverse mode's ``(∂f/∂h)ᵀ v`` (what the
+    backward takes), or under inference mode, or where the recurrence has no reverse-mode derivative, ``J v`` and
+    forward mode's ``∂f/∂h v``; ``size`` is the scale their rounding errors grow with. ``None``: neither could run.
+
+    Reverse mode first: autograd is loaded anyway, while the first ``torch.func.jvp`` of a process imports
+    ``torch._dynamo`` (over a second; a cell without a hand-written :meth:`jacobian` pays it in its solves anyway).
+    """
+    s = cell.structure
+    generator = torch.Generator().manual_seed(0)  # the global RNG stays untouched
+    v = torch.randn(h.shape, generator=generator, dtype=h.dtype).to(h.device)
+    if not torch.is_inference_mode_enabled():
+        try:
+            with torch.enable_grad():
+                x = h.detach().requires_grad_()
+                # a scalar, not grad_outputs=v: a tensor there makes autograd import sympy (a third of a second)
+                (true,) = torch.autograd.grad((cell.recurrence(x, u) * v).sum(), x, allow_unused=True)
+        except (RuntimeError, NotImplementedError):
+            pass
+        else:
+            true = torch.zeros_like(h) if true is None else true
+            J = s.transpose(J)
+            return _pair(s, J, v, true, "Jᵀ·v and the reverse-mode derivative (∂f/∂h)ᵀ·v")
+    try:
+        with torch.no_grad():
+            _, true = torch.func.jvp(lambda x: cell.recurrence(x, u), (h,), (v,))
+    except (RuntimeError, NotImplementedError):
+        return None
+    return _pair(s, J, v, true, "J·v and the forward-mode derivative ∂f/∂h·v")
+
+
+def _pair(s: Structure, J: Tensor, v: Tensor, true: Tensor, what: str) -> tuple[Tensor, Tensor, str, float]:
+    # |J|·|v| bounds the terms each entry sums, so their rounding errors; at least 1 (the scale of a state).
+    size = max(1.0, s.apply(J.abs(), v.abs()).amax().item(), true.abs().amax().item())
+    return s.apply(J, v), true, what, size
+
+
+def _relative(diff: Tensor, ref: Tensor) -> float:
+    return (diff.abs().amax() / ref.abs().amax().clamp_min(1)).item()
+
+
+def _leaves(out: Tensor) -> list[Tensor]:
+    """The leaf tensors requiring grad that ``out``'s autograd graph reaches."""
+    leaves, seen, stack = [], set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if isinstance(variable, Tensor):
+            leaves.append(variable)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return leaves
+
+
+def _traced(u: Tensor) -> bool:
+    """Whether the solve is being traced or captured (torch.compile, CUDA graphs, functorch transforms, meta
+    tensors): the checks, which read values back, wait for an eager call."""
+    if torch.compiler.is_compiling() or u.device.type == "meta":
+        return True
+    if u.is_cuda and torch.cuda.is_current_stream_capturing():
+        return True
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return bool(wrapped is not None and wrapped(u))
+
+
+def _has_own_jacobian(cell: ParaCell) -> bool:
+    """Whether the cell's class has a hand-written :meth:`jacobian` (not the base class's forward-mode AD)."""
+    from .cell import ParaCell
+
+    return type(cell).jacobian is not ParaCell.jacobian
