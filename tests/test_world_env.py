@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -278,3 +281,185 @@ def test_bad_use_is_refused() -> None:
         env.step(np.zeros(1))
     with pytest.raises(ValueError, match="C - 1 actions"):
         env.reset(options={"history_obs": np.zeros((3, 3)), "history_actions": np.zeros((1, 1))})
+
+
+# ---- real warm-ups --------------------------------------------------------------------------------
+class EndsEarly(gym.Env):
+    """A real env whose episodes always terminate after ``steps`` steps (no spec: no time limit).
+
+    More than 10,000 resets fail the test: a warm-up drawn again forever."""
+
+    observation_space = FREE_OBS
+    action_space = PENDULUM_ACTIONS
+
+    def __init__(self, steps: int) -> None:
+        self.steps, self.resets, self.t = steps, 0, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.resets += 1
+        if self.resets > 10_000:
+            raise AssertionError("the warm-up is drawn again forever")
+        self.t = 0
+        return np.zeros(3), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.full(3, float(self.t)), 0.0, self.t >= self.steps, False, {}
+
+
+@pytest.mark.parametrize("make", [WorldModelEnv, lambda *a, **k: ImaginedVectorEnv(a[0], 2, *a[1:], **k)])
+def test_a_context_longer_than_the_real_episodes_is_refused_not_looped_on(make) -> None:
+    model = make_model(**PENDULUM)
+    with pytest.raises(ValueError, match=r"context=201 .*Pendulum-v1.* max_episode_steps=200 .* context <= 200"):
+        make(model, "Pendulum-v1", context=201)  # Pendulum truncates at 200 steps
+    make(model, "Pendulum-v1", context=200)
+    env = make(model, EndsEarly(3), context=5)  # episodes of 3 steps, never 4 warm-up steps
+    with pytest.raises(ValueError, match=r"100 warm-up episodes .* lasted 3 to 3 steps.*at most 3.*history_obs"):
+        env.reset(seed=0)
+    env = make(model, EndsEarly(4), context=4)  # 3 warm-up steps fit
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_array_equal(obs.reshape(-1, 3)[0], [3.0, 3.0, 3.0])
+
+
+# ---- actions the real env would refuse ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("action", "match"),
+    [
+        (1.7, r"integers \(not bools or floats\) for the action space Discrete\(2\), got 1.7"),
+        (-0.5, r"integers .* got -0.5"),
+        (True, r"integers .* got True \(bool\)"),
+        (np.float32(1.0), r"integers .* got 1.0 \(float32\)"),
+        (np.array([1]), r"action must have shape \(\) for the action space Discrete\(2\), got shape \(1,\)"),
+        (np.array([0.0, 1.0]), r"shape \(\) for the action space Discrete\(2\), got shape \(2,\)"),
+        (2, r"must lie in the action space Discrete\(2\), got 2"),
+    ],
+)
+def test_discrete_actions_must_be_integers_of_the_space(action, match: str) -> None:
+    env = WorldModelEnv(make_model(**CARTPOLE), "CartPole-v1")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=match):
+        env.step(action)
+
+
+def test_actions_of_the_wrong_shape_name_the_action_space_and_the_shape_given() -> None:
+    env = WorldModelEnv(make_model(**PENDULUM), "Pendulum-v1")
+    env.reset(seed=0)
+    for action, given in ((np.array([[0.5]]), r"\(1, 1\)"), (0.5, r"\(\)"), (np.array([0.5, 0.1]), r"\(2,\)")):
+        with pytest.raises(
+            ValueError, match=r"action must have shape \(1,\) for the action space Box\(.*got shape " + given
+        ):
+            env.step(action)
+    envs = ImaginedVectorEnv(make_model(**CARTPOLE), 4, "CartPole-v1")
+    envs.reset(seed=0)
+    with pytest.raises(
+        ValueError, match=r"actions \(one per env\) must have shape \(4,\) .*Discrete\(2\), got shape \(2,\)"
+    ):
+        envs.step([0, 1])
+    with pytest.raises(ValueError, match=r"integers .* got \[0.0, 1.0, 0.0, 1.0\] \(float64\)"):
+        envs.step(np.array([0.0, 1.0, 0.0, 1.0]))
+    envs.step([0, 1, 0, 1])
+    with pytest.raises(
+        ValueError, match=r"history_actions \(the C - 1 actions .*\) must have shape \(1, 1\) .*got shape \(2, 1\)"
+    ):
+        env.reset(options={"history_obs": np.zeros((2, 3)), "history_actions": np.zeros((2, 1))})
+
+
+# ---- rollout takes what the env takes -------------------------------------------------------------
+def test_rollout_clips_box_plans_to_the_action_space_as_the_env_does() -> None:
+    model = make_model(**PENDULUM, learn_termination=False)
+    history_obs, history_actions = real_history("Pendulum-v1", steps=2, seed=7)
+    plans = torch.rand(3, 5, 1, generator=torch.Generator().manual_seed(9), dtype=torch.float64) * 8 - 4  # |u| <= 4
+    actions = torch.as_tensor(history_actions, dtype=torch.float64)
+    clipped = rollout(model, history_obs, plans, actions, action_space=PENDULUM_ACTIONS)
+    env = WorldModelEnv(model, observation_space=FREE_OBS, action_space=PENDULUM_ACTIONS, start_states=history_obs)
+    for plan, expected in zip(plans, clipped, strict=True):
+        env.reset(options={"history_obs": history_obs, "history_actions": history_actions})
+        total = sum(env.step(action.numpy())[1] for action in plan)
+        assert total == pytest.approx(expected.item(), rel=1e-12)
+    torch.testing.assert_close(clipped, rollout(model, history_obs, plans.clamp(-2, 2), actions))
+    assert not torch.allclose(clipped, rollout(model, history_obs, plans, actions))  # unclipped: other returns
+
+
+def test_rollout_takes_numpy_plans_and_histories() -> None:
+    model = make_model(**PENDULUM)
+    history_obs, history_actions = real_history("Pendulum-v1", steps=2, seed=7)
+    plans = np.random.default_rng(0).uniform(-2, 2, (4, 3, 1)).astype(np.float32)
+    expected = rollout(model, torch.as_tensor(history_obs), torch.as_tensor(plans), torch.as_tensor(history_actions))
+    got = rollout(model, history_obs, plans, history_actions, action_space=PENDULUM_ACTIONS)
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match=r"plans must be \(N, H, A\)"):
+        rollout(model, history_obs, plans[0], history_actions)
+
+
+# ---- Gymnasium's reset conventions ----------------------------------------------------------------
+def test_vector_env_seeds_each_env_as_gymnasium_does() -> None:
+    """``reset(seed=[s_0, ...])``: env i is ``WorldModelEnv(...).reset(seed=s_i)``, noise included; an int ``s``
+    stands for ``[s, s + 1, ...]``."""
+    model = make_model(**PENDULUM, learn_termination=False)
+    kwargs = {"context": 3, "sample": True}
+    actions = np.random.default_rng(1).uniform(-2, 2, (4, 3, 1)).astype(np.float32)
+
+    def run(envs, seed):
+        return np.stack([envs.reset(seed=seed)[0], *(envs.step(a)[0] for a in actions)], axis=1)
+
+    envs = ImaginedVectorEnv(model, 3, "Pendulum-v1", **kwargs)
+    by_list = run(envs, [5, 7, 9])
+    for i, seed in enumerate([5, 7, 9]):
+        env = WorldModelEnv(model, "Pendulum-v1", **kwargs)
+        alone = [env.reset(seed=seed)[0], *(env.step(a[i])[0] for a in actions)]
+        np.testing.assert_allclose(by_list[i], np.stack(alone), rtol=1e-6)
+    np.testing.assert_array_equal(run(envs, 5), run(envs, [5, 6, 7]))
+    assert not np.array_equal(run(envs, None), run(envs, None))  # unseeded: each env's generator goes on
+    with pytest.raises(ValueError, match=r"a list of num_envs=3 ints or None, got \[1, 2\]"):
+        envs.reset(seed=[1, 2])
+
+
+def test_reset_options_histories_and_unknown_options() -> None:
+    model = make_model(**PENDULUM)
+    history_obs, history_actions = real_history("Pendulum-v1", steps=2, seed=4)
+    env = WorldModelEnv(model, "Pendulum-v1")
+    envs = ImaginedVectorEnv(model, 2, "Pendulum-v1")
+    shared = {"history_obs": history_obs, "history_actions": history_actions}
+    obs, _ = envs.reset(seed=0, options=shared)
+    np.testing.assert_array_equal(obs, np.stack([env.reset(options=shared)[0]] * 2))
+    action = np.array([0.3], dtype=np.float32)
+    np.testing.assert_allclose(envs.step(np.stack([action, action]))[0][0], env.step(action)[0], rtol=1e-6)
+    other_obs, other_actions = real_history("Pendulum-v1", steps=2, seed=5)
+    per_env = {"history_obs": np.stack([history_obs, other_obs]), "history_actions": [history_actions, other_actions]}
+    obs, _ = envs.reset(options=per_env)
+    np.testing.assert_array_equal(
+        obs[1], env.reset(options={"history_obs": other_obs, "history_actions": other_actions})[0]
+    )
+    for world in (env, envs):
+        with pytest.raises(ValueError, match=r"reset options \['foo'\] are not supported; the options are"):
+            world.reset(options={"foo": 1})
+        with pytest.raises(ValueError, match="history_actions needs history_obs"):
+            world.reset(options={"history_actions": history_actions})
+
+
+def test_close_closes_the_real_env_made_from_an_id_and_render_says_why_not() -> None:
+    model = make_model(**PENDULUM)
+    given = gym.make("Pendulum-v1")
+    for world in (WorldModelEnv(model, "Pendulum-v1"), ImaginedVectorEnv(model, 2, "Pendulum-v1")):
+        closed = []
+        world.episodes.starts.source.close = lambda closed=closed: closed.append(True)
+        with pytest.raises(NotImplementedError, match="does not render: .* plot the observations step"):
+            world.render()
+        world.close()
+        assert closed == [True]
+    closed = []
+    given.close = lambda: closed.append(True)
+    WorldModelEnv(model, given).close()
+    assert closed == []  # an env given as an env is the caller's to close
+
+
+def test_readme_example_runs() -> None:
+    """The README's World models example, as written."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    (code,) = [b for b in re.findall(r"^```python\n(.*?)^```", readme, flags=re.S | re.M) if "WorldModelEnv(" in b]
+    namespace: dict = {}
+    exec(code, namespace)
+    assert namespace["returns"].shape == (100,) and namespace["terminated"] is False
+    assert namespace["env"].max_episode_steps == 200

@@ -7,6 +7,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from pararnn_ts.cli import main as cli_main
 from pararnn_ts.world import evaluate, mpc
 from pararnn_ts.world.baselines import persistence
+from pararnn_ts.world.collect import collect, make_env
 from pararnn_ts.world.datamodule import TrajectoryDataModule
 
 CONFIG = Path(__file__).parents[1] / "experiments" / "world" / "pendulum.yaml"
@@ -221,3 +223,45 @@ def test_plan_report_without_rounds_or_evaluation_plots_without_warnings(tmp_pat
         warnings.simplefilter("error")
         mpc.plot_report(report, tmp_path / "report.png")
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---- errors that name the fix -----------------------------------------------------------------------
+def test_plan_refuses_unusable_envs_as_the_other_verbs_do(tmp_path, no_work):
+    out = str(tmp_path / "p.json")
+    with pytest.raises(ValueError, match="FrozenLake-v1 has a Discrete observation space; world models need a Box"):
+        mpc.main(["--env", "FrozenLake-v1", "--out", out])
+    with pytest.raises(ValueError, match=r"unknown Gymnasium env id 'Pendulum-v2' .*pprint_registry"):
+        mpc.main(["--env", "Pendulum-v2", "--out", out])
+
+
+def test_world_eval_names_its_own_flags_when_the_data_file_holds_another_collection(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "train_world_model", lambda *a, **k: pytest.fail("training started"))
+    path = tmp_path / "pendulum.npz"
+    collect("Pendulum-v1", 400, seed=0, num_envs=8, policy_name="random").save(path)
+    with pytest.raises(ValueError, match=r"collected with num_steps=400, but this run asks for num_steps=800") as error:
+        evaluate.main(["--data", str(path), "--steps", "800", "--models", "persistence", "--out", str(tmp_path / "o")])
+    message = str(error.value)
+    assert "another file to collect into (--data)" in message and "(--steps 400)" in message
+    assert "--data.init_args" not in message and "--steps 800" not in message
+
+
+# ---- plan's rounds ----------------------------------------------------------------------------------
+def test_a_round_averages_whole_episodes_and_reports_the_one_cut_at_the_budget(tmp_path, monkeypatch, capsys):
+    """CartPole pays 1 per step, so a return is an episode's length; the budget cuts the round's last episode."""
+    monkeypatch.setattr(mpc, "train", lambda *args: SimpleNamespace(callback_metrics={}))  # planning is what counts
+    settings = mpc.parse_args(
+        ["--env", "CartPole-v1", "--initial-steps", "20", "--budget-steps", "60", "--round-steps", "40"]
+        + ["--horizon", "1", "--population", "2", "--iterations", "1", "--elites", "1", "--context", "1"]
+        + ["--hidden-size", "4", "--num-layers", "1"]
+    )
+    env = make_env("CartPole-v1")
+    (round_,) = mpc.learn(settings, env).rounds
+    cut = round_["cut_episode"]
+    assert cut is not None and cut["return"] == cut["steps"] > 0  # not a whole episode: apart
+    assert sum(round_["episode_returns"]) + cut["steps"] == 40 and len(round_["episode_returns"]) >= 1
+    assert round_["mean_return"] == pytest.approx(np.mean(round_["episode_returns"]))
+    assert f"whole episodes + 1 cut at the budget after {cut['steps']} steps" in capsys.readouterr().out
+    report = {"rounds": [round_, round_ | {"mean_return": None}], "random_return_mean": None, "real_steps": 60}
+    report |= {"eval": {"mean": None}, "env": "CartPole-v1", "planner": "cem", "reward": "learned"}
+    mpc.plot_report(report, tmp_path / "rounds.png")  # a round without a whole episode is not plotted
+    assert "(whole episodes)" not in mpc.MPCSettings.__dataclass_fields__["round_steps"].metadata["help"]

@@ -207,6 +207,13 @@ class Trajectories:
 
 
 # ---- collection -----------------------------------------------------------------------------
+def _unknown_env(env_id: str, error: Exception) -> ValueError:
+    return ValueError(
+        f"unknown Gymnasium env id {env_id!r} ({error}); list the registered ids with "
+        "`python -c 'import gymnasium; gymnasium.pprint_registry()'`"
+    )
+
+
 def make_vector_env(env_id: str, num_envs: int, **env_kwargs: Any) -> gym.vector.VectorEnv:
     """``num_envs`` synchronous copies of ``env_id`` with next-step autoreset; clear errors for bad ids/spaces."""
     try:
@@ -218,16 +225,27 @@ def make_vector_env(env_id: str, num_envs: int, **env_kwargs: Any) -> gym.vector
             **env_kwargs,
         )
     except gym.error.UnregisteredEnv as error:
-        raise ValueError(
-            f"unknown Gymnasium env id {env_id!r} ({error}); list the registered ids with "
-            "`python -c 'import gymnasium; gymnasium.pprint_registry()'`"
-        ) from error
+        raise _unknown_env(env_id, error) from error
     try:
         check_spaces(envs.single_observation_space, envs.single_action_space, env_id)
     except ValueError:
         envs.close()
         raise
     return envs
+
+
+def make_env(env_id: str, **env_kwargs: Any) -> gym.Env:
+    """One ``env_id`` env (``gymnasium.make``), with :func:`make_vector_env`'s clear errors for bad ids/spaces."""
+    try:
+        env = gym.make(env_id, **env_kwargs)
+    except gym.error.UnregisteredEnv as error:
+        raise _unknown_env(env_id, error) from error
+    try:
+        check_spaces(env.observation_space, env.action_space, env_id)
+    except ValueError:
+        env.close()
+        raise
+    return env
 
 
 def collect(

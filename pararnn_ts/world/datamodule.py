@@ -128,7 +128,15 @@ class TrajectoryDataModule(pl.LightningDataModule):
         num_workers: DataLoader worker processes.
 
     Batches: the dicts of :class:`WindowDataset` with a leading batch dimension.
+
+    Errors name the options of the command that is running, from :attr:`options` (argument name → option;
+    ``pararnn-ts fit``'s by default, a caller with other flags sets its own, e.g. ``world-eval``'s ``--data``).
     """
+
+    #: the command-line option of each argument, for errors (``pararnn-ts fit``'s; arguments missing: no option)
+    options: dict[str, str] = {
+        name: f"--data.init_args.{name}" for name in ("env_id", "path", "num_steps", "seed", "num_envs")
+    }
 
     def __init__(
         self,
@@ -212,11 +220,18 @@ class TrajectoryDataModule(pl.LightningDataModule):
             path = Path(self.path).with_suffix(".npz")
             recorded = ", ".join(f"{name}={meta[name]!r}" for name in differ)
             asked = ", ".join(f"{name}={value!r}" for name, value in differ.items())
+            fixes = [f"delete {path} and {path.with_suffix('.json')} to collect anew"]
+            if "path" in self.options:
+                fixes.insert(0, f"give another file to collect into ({self.options['path']})")
+            if all(name in self.options for name in differ):
+                flags = ", ".join(f"{self.options[name]} {meta[name]}" for name in differ)
+                fixes.append(f"ask for what the file holds ({flags})")
+            if "env_id" in self.options:
+                fixes.append(f"read any trajectory file as it is ({self.options['env_id']} null)")
             raise ValueError(
                 f"TrajectoryDataModule: {path} was collected with {recorded}, but this run asks for {asked} (the "
-                f"sidecar {path.with_suffix('.json').name} records how the file was collected). Give another file to "
-                f"collect into (--data.init_args.path), delete {path} and {path.with_suffix('.json')} to collect "
-                f"anew, or ask for what the file holds ({recorded}; env_id=None reads any trajectory file as it is)"
+                f"sidecar {path.with_suffix('.json').name} records how the file was collected). To go on, "
+                + "; or ".join(fixes)
             )
 
     def _collect(self) -> Trajectories:

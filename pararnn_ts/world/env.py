@@ -29,7 +29,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from .collect import action_dim, check_spaces
+from .collect import action_dim, check_spaces, make_env
 
 #: ``reward_fn(obs (..., O), action (..., A), next_obs (..., O)) -> (...)``, on torch tensors, actions as
 #: model vectors (Discrete: one-hot)
@@ -38,29 +38,70 @@ RewardFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 TerminationFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 ActionSpace = spaces.Box | spaces.Discrete
 StartSource = gym.Env | np.ndarray | Sequence[Sequence[float]]
+#: the ``reset`` options both envs take
+RESET_OPTIONS = ("history_obs", "history_actions")
+#: warm-ups in a row that may end their episode before :meth:`StartSampler.draw` gives up
+MAX_WARMUP_DRAWS = 100
 
 
 # ---- spaces and actions -------------------------------------------------------------------------
-def action_vectors(action_space: ActionSpace, actions: Any, like: Tensor) -> Tensor:
-    """Env actions → model action vectors ``(..., A)`` in ``like``'s dtype and device (torch, batched).
-
-    Box actions ``(..., A)`` are clipped to the space's bounds (as the real envs do); Discrete
-    actions ``(...)`` (integers) become one-hot vectors ``(..., n)``.
-    """
-    if isinstance(action_space, spaces.Discrete):
-        index = torch.as_tensor(np.asarray(actions), device=like.device).long() - int(action_space.start)
-        if ((index < 0) | (index >= action_space.n)).any():
-            raise ValueError(f"actions must lie in {action_space}, got {actions}")
-        return nn.functional.one_hot(index, int(action_space.n)).to(like.dtype)
-    vector = torch.as_tensor(np.asarray(actions, dtype=np.float64), dtype=like.dtype, device=like.device)
-    if vector.shape[-1:] != action_space.shape:
-        raise ValueError(
-            f"actions must end in shape {action_space.shape} for {action_space}, got {tuple(vector.shape)}"
-        )
+def clip_box(action_space: ActionSpace, vectors: Tensor) -> Tensor:
+    """Box action vectors ``(..., A)`` clipped to the space's bounds, as the real envs clip them; others as given."""
+    if not isinstance(action_space, spaces.Box):
+        return vectors
     low, high = (
-        torch.as_tensor(b, dtype=like.dtype, device=like.device) for b in (action_space.low, action_space.high)
+        torch.as_tensor(b, dtype=vectors.dtype, device=vectors.device) for b in (action_space.low, action_space.high)
     )
-    return torch.minimum(torch.maximum(vector, low), high)
+    return torch.minimum(torch.maximum(vectors, low), high)
+
+
+def _shape_text(shape: Sequence[int | str]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _shown(array: np.ndarray) -> str:
+    """A short description of ``array`` for errors: its value when small, else its shape; and its dtype."""
+    value = array.tolist() if array.size <= 8 else f"an array of shape {array.shape}"
+    return f"{value} ({array.dtype})"
+
+
+def action_vectors(
+    action_space: ActionSpace, actions: Any, like: Tensor, batch: Sequence[int | str] = (), name: str = "action"
+) -> Tensor:
+    """Env actions ``(*batch, *action_space.shape)`` → model action vectors ``(*batch, A)`` (``like``'s dtype, device).
+
+    ``batch``: the leading dimensions; ints are checked, strings only name a dimension in errors. Box
+    actions are clipped to the space's bounds (:func:`clip_box`, as the real envs do); Discrete actions
+    must be integers (not bools or floats) in the space, as the real envs assert, and become one-hot
+    vectors ``(*batch, n)``. ``name`` is what errors call ``actions``.
+    """
+    array = np.asarray(actions)
+    expected = (*batch, *action_space.shape)
+    if array.size == 0 and array.shape != expected:  # e.g. [] for no history actions
+        try:
+            array = array.reshape([d if isinstance(d, int) else 0 for d in expected])
+        except ValueError:
+            pass
+    fits = array.ndim == len(expected) and all(
+        not isinstance(e, int) or e == n for e, n in zip(expected, array.shape, strict=True)
+    )
+    if not fits:
+        raise ValueError(
+            f"{name} must have shape {_shape_text(expected)} for the action space {action_space}, got shape "
+            f"{array.shape}"
+        )
+    if isinstance(action_space, spaces.Discrete):
+        if array.size and (array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.integer)):
+            raise ValueError(
+                f"{name} must be integers (not bools or floats) for the action space {action_space}, got "
+                f"{_shown(array)}"
+            )
+        index = torch.as_tensor(array.astype(np.int64), device=like.device) - int(action_space.start)
+        if ((index < 0) | (index >= action_space.n)).any():
+            raise ValueError(f"{name} must lie in the action space {action_space}, got {_shown(array)}")
+        return nn.functional.one_hot(index, int(action_space.n)).to(like.dtype)
+    vector = torch.as_tensor(array.astype(np.float64), dtype=like.dtype, device=like.device)
+    return clip_box(action_space, vector)
 
 
 def read_spaces(
@@ -74,7 +115,7 @@ def read_spaces(
             raise ValueError(
                 "give observation_space and action_space, or env (a gymnasium.Env or an env id) to read them"
             )
-        real = gym.make(env) if isinstance(env, str) else env
+        real = make_env(env) if isinstance(env, str) else env
         observation_space = observation_space or real.observation_space
         action_space = action_space or real.action_space
         if isinstance(env, str):
@@ -155,7 +196,9 @@ class StartSampler:
     """Draws real starts: a history of ``context`` observations and the ``context − 1`` actions between them.
 
     ``source``: real observations ``(N, O)`` (a row is drawn; ``context`` must be 1), or a real env
-    (or its id) that is reset and driven by ``context − 1`` random actions.
+    (or its id, made here and closed by :meth:`close`) that is reset and driven by ``context − 1``
+    random actions; a warm-up that ends its episode is drawn again, at most :data:`MAX_WARMUP_DRAWS`
+    times in a row.
     """
 
     def __init__(
@@ -163,9 +206,20 @@ class StartSampler:
     ) -> None:
         if context < 1:
             raise ValueError(f"context must be >= 1 real observations, got {context}")
+        self.owned = isinstance(source, str)
         if isinstance(source, str):
-            source = gym.make(source)
-        if not isinstance(source, gym.Env):
+            source = make_env(source)
+        if isinstance(source, gym.Env):
+            limit = None if source.spec is None else source.spec.max_episode_steps
+            if limit is not None and context > limit:
+                if self.owned:
+                    source.close()
+                raise ValueError(
+                    f"context={context} needs {context - 1} random warm-up steps inside one episode of "
+                    f"{_env_name(source)}, but its episodes are truncated after max_episode_steps={limit} steps; "
+                    f"pass context <= {limit}, or start from real histories (reset(options={{'history_obs': ...}}))"
+                )
+        else:
             starts = np.asarray(source, dtype=np.float64)
             starts = starts[None] if starts.ndim == 1 else starts
             if starts.ndim != 2 or starts.shape[1:] != observation_space.shape or len(starts) == 0:
@@ -185,7 +239,8 @@ class StartSampler:
             return self.source[rng.integers(len(self.source))][None], self.no_actions.copy()
         real = self.source
         real.action_space.seed(int(rng.integers(2**31)))
-        while True:  # a warm-up that ends its episode is drawn again
+        lengths = []
+        for _ in range(MAX_WARMUP_DRAWS):  # a warm-up that ends its episode is drawn again
             obs, _ = real.reset(seed=int(rng.integers(2**31)))
             history_obs, history_actions = [obs], []
             for _ in range(self.context - 1):
@@ -196,6 +251,22 @@ class StartSampler:
                     break
             else:
                 return np.stack(history_obs), np.array(history_actions).reshape(-1, *self.no_actions.shape[1:])
+            lengths.append(len(history_actions))
+        raise ValueError(
+            f"context={self.context}: {MAX_WARMUP_DRAWS} warm-up episodes of {_env_name(real)} in a row ended "
+            f"before the {self.context - 1} random-action steps a start needs (they lasted {min(lengths)} to "
+            f"{max(lengths)} steps); pass a shorter context (at most {max(lengths)}), or start from real histories: "
+            "reset(options={'history_obs': (C, O), 'history_actions': (C-1, ...)})"
+        )
+
+    def close(self) -> None:
+        """Close the real env made here from an env id (one given as an env is the caller's to close)."""
+        if self.owned:
+            self.source.close()
+
+
+def _env_name(env: gym.Env) -> str:
+    return env.spec.id if env.spec is not None else type(env.unwrapped).__name__
 
 
 # ---- batched closed-loop imagination ------------------------------------------------------------
@@ -288,25 +359,61 @@ class ImaginedEpisodes:
         self.last_obs = self.like.new_zeros(n, self.observation_space.shape[0])
         self.observed = torch.zeros(n, dtype=torch.bool, device=self.like.device)
 
-    def encode(self, actions: Any) -> Tensor:
-        """Env actions → model vectors ``(..., A)`` (see :func:`action_vectors`)."""
-        return action_vectors(self.action_space, actions, self.like)
+    def encode(self, actions: Any, batch: Sequence[int | str] = (), name: str = "action") -> Tensor:
+        """Env actions ``(*batch, ...)`` → model vectors ``(*batch, A)`` (see :func:`action_vectors`)."""
+        return action_vectors(self.action_space, actions, self.like, batch, name)
 
     def to_obs(self, obs: Tensor) -> np.ndarray:
         """Observations as the space's dtype, clipped to its bounds."""
         space = self.observation_space
         return np.clip(obs.detach().cpu().numpy(), space.low, space.high).astype(space.dtype)
 
-    @torch.no_grad()
-    def restart(self, rows: Tensor, history_obs: Any, history_actions: Any) -> None:
-        """Restart rows ``rows`` (k,) from real ``history_obs`` ``(k, C, O)``, ``history_actions`` ``(k, C-1, ...)``."""
-        obs = torch.as_tensor(np.asarray(history_obs, dtype=np.float64), dtype=self.like.dtype, device=self.like.device)
-        actions = self.encode(history_actions)
-        if obs.dim() != 3 or obs.shape[-1] != self.observation_space.shape[0] or actions.shape[1] != obs.shape[1] - 1:
+    def read_history(self, history_obs: Any, history_actions: Any, n: int | None = None) -> tuple[Tensor, Tensor]:
+        """Real histories a user gives → observations ``(k, C, O)`` and action vectors ``(k, C-1, A)``.
+
+        ``history_obs`` ``(C, O)`` (or ``(O,)``) with ``history_actions`` ``(C-1, ...)`` in the env's form
+        (``None`` when ``C = 1``) is one history (``k = 1``), repeated ``n`` times when ``n`` is given; with
+        ``n``, ``(n, C, O)`` and ``(n, C-1, ...)`` give one history per env (``k = n``).
+        """
+        features = self.observation_space.shape[0]
+        obs = np.asarray(history_obs, dtype=np.float64)
+        obs = obs[None] if obs.ndim == 1 else obs
+        per_env = n is not None and obs.ndim == 3
+        if obs.ndim != 2 + per_env or obs.shape[-1] != features or obs.shape[-2] < 1 or (per_env and len(obs) != n):
+            shapes = "(C, O) or (O,)" + ("" if n is None else f", or ({n}, C, O) (one per env)")
             raise ValueError(
-                f"history_obs must be (C, {self.observation_space.shape[0]}) real observations and history_actions "
-                f"hold C - 1 actions, got {tuple(obs.shape[1:])} and {actions.shape[1]} actions"
+                f"history_obs must be real observations of shape {shapes} with O = {features}, got shape "
+                f"{np.shape(history_obs)}"
             )
+        c = obs.shape[-2]
+        if history_actions is None:
+            if c > 1:
+                raise ValueError(f"history_obs holds C = {c} observations: give the C - 1 history_actions between them")
+            history_actions = np.zeros(0)
+        actions = self.encode(
+            history_actions,
+            (n, c - 1) if per_env else (c - 1,),
+            f"history_actions (the C - 1 actions between the C = {c} observations of history_obs)",
+        )
+        tensor = torch.as_tensor(obs, dtype=self.like.dtype, device=self.like.device)
+        if per_env:
+            return tensor, actions
+        k = 1 if n is None else n
+        return tensor.expand(k, -1, -1), actions.expand(k, -1, -1)
+
+    def draw(self, rngs: Sequence[np.random.Generator]) -> tuple[Tensor, Tensor]:
+        """Real starts (:class:`StartSampler`), one per generator: observations ``(k, C, O)``, actions ``(k, C-1, A)``.
+
+        Actions as model vectors.
+        """
+        starts = [self.starts.draw(rng) for rng in rngs]
+        obs, actions = (np.stack(part) for part in zip(*starts, strict=True))
+        vectors = self.encode(actions, (len(obs), obs.shape[1] - 1), "history_actions")
+        return torch.as_tensor(obs, dtype=self.like.dtype, device=self.like.device), vectors
+
+    @torch.no_grad()
+    def restart(self, rows: Tensor, obs: Tensor, actions: Tensor) -> None:
+        """Restart rows ``rows`` (k,) from real observations ``(k, C, O)`` and action vectors ``(k, C-1, A)``."""
         state = self.model.initial_state(len(rows))
         for t in range(actions.shape[1]):
             state, _ = self.model.observe(state, obs[:, t], actions[:, t])
@@ -314,9 +421,14 @@ class ImaginedEpisodes:
         self.last_obs[rows] = obs[:, -1]
         self.observed[rows] = True
 
+    def close(self) -> None:
+        """Close the real env the start sampler made from an env id."""
+        self.starts.close()
+
     @torch.no_grad()
-    def step(self, rows: Tensor, actions: Tensor, rng: np.random.Generator) -> Transition:
-        """Advance rows ``rows`` (k,) by model action vectors ``(k, A)``; ``rng`` draws ``sample=True``'s noise."""
+    def step(self, rows: Tensor, actions: Tensor, rngs: Sequence[np.random.Generator]) -> Transition:
+        """Advance rows ``rows`` (k,) by model action vectors ``(k, A)``; ``rngs[i]`` draws row ``i``'s noise
+        (``sample=True``)."""
         preds = []
         for observed, method in ((True, self.model.observe), (False, self.model.imagine_step)):
             where = (self.observed[rows] == observed).nonzero().squeeze(1)
@@ -327,7 +439,8 @@ class ImaginedEpisodes:
         pred = preds[0][1] if len(preds) == 1 else _merge_predictions(preds, len(rows))
         obs = pred.obs
         if self.sample:
-            noise = torch.as_tensor(rng.standard_normal(tuple(obs.shape)), dtype=obs.dtype, device=obs.device)
+            noise = np.stack([rng.standard_normal(obs.shape[1:]) for rng in rngs])
+            noise = torch.as_tensor(noise, dtype=obs.dtype, device=obs.device)
             obs = obs + pred.obs_std * noise
         reward, ends = self.outcome(self.last_obs[rows], actions, pred, obs)
         self.last_obs[rows] = obs
@@ -358,17 +471,24 @@ class WorldModelEnv(gym.Env):
         observation_space, action_space: the real env's spaces (a 1-D Box; a 1-D Box or Discrete).
             The model's ``obs_dim`` / ``action_dim`` must match (Discrete actions are one-hot).
         start_states: real start observations ``(N, O)`` (reset draws one row), or a real env to reset.
-        reward_fn, termination_fn, termination_threshold: see :class:`Outcome` (default: the
-            model's learned heads, terminated when the probability exceeds 0.5).
+        reward_fn, termination_fn, termination_threshold: see :class:`Outcome`. By default the reward
+            and termination are the model's learned heads (terminated when the probability exceeds 0.5);
+            ``reward_fn`` / ``termination_fn`` replace them (e.g. a ``termination_fn`` returning
+            ``False`` for an env that never terminates, like Pendulum).
         max_episode_steps: episodes are truncated after this many steps; default: the real env's
             ``spec.max_episode_steps`` when ``env`` is given, else no limit.
         sample: return ``mean + std · ε`` (``ε`` from the env's seeded generator) instead of the mean.
         context: real steps a reset observes when start states come from a real env: it is reset, then
-            driven by ``context − 1`` random actions, and the model observes all of it.
+            driven by ``context − 1`` random actions, and the model observes all of it. At most the
+            real env's ``max_episode_steps``; warm-ups that end their episode are drawn again, and
+            after :data:`MAX_WARMUP_DRAWS` of them in a row ``reset`` raises a ``ValueError``.
 
     ``reset(options={"history_obs": (C, O), "history_actions": (C-1, ...)})`` starts from that real
-    history instead. Observations come in the observation space's dtype, clipped to its bounds
-    (the model goes on from the unclipped prediction); ``info["obs_std"]`` is the predicted spread.
+    history instead (other options are refused). Actions must be elements of the action space: Box
+    actions of its shape, clipped to its bounds as the real envs do; Discrete ones integers (not bools
+    or floats). Observations come in the observation space's dtype, clipped to its bounds (the model
+    goes on from the unclipped prediction); ``info["obs_std"]`` is the predicted spread. ``close()``
+    closes the real env made from an env id; there is no rendering (:meth:`render`).
     """
 
     metadata = {"render_modes": []}
@@ -409,22 +529,45 @@ class WorldModelEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
-        options = options or {}
+        options = check_options(options)
         if "history_obs" in options:
-            history_obs = np.asarray(options["history_obs"], dtype=np.float64)
-            history_obs = history_obs[None] if history_obs.ndim == 1 else history_obs
-            history_actions = options.get("history_actions", self.episodes.starts.no_actions)
+            obs, actions = self.episodes.read_history(options["history_obs"], options.get("history_actions"))
         else:
-            history_obs, history_actions = self.episodes.starts.draw(self.np_random)
-        self.episodes.restart(self._row, history_obs[None], np.asarray(history_actions)[None])
+            obs, actions = self.episodes.draw([self.np_random])
+        self.episodes.restart(self._row, obs, actions)
         self._steps = 0
         return self.episodes.to_obs(self.episodes.last_obs[0]), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict]:
         if self._steps is None:
             raise RuntimeError("WorldModelEnv.step called before reset()")
-        out = self.episodes.step(self._row, self.episodes.encode(action)[None], self.np_random)
+        out = self.episodes.step(self._row, self.episodes.encode(action)[None], [self.np_random])
         self._steps += 1
         truncated = self.max_episode_steps is not None and self._steps >= self.max_episode_steps
         info = {"obs_std": out.obs_std[0].cpu().numpy().astype(self.observation_space.dtype)}
         return self.episodes.to_obs(out.obs[0]), float(out.reward[0]), bool(out.terminated[0]), truncated, info
+
+    def render(self) -> None:
+        raise NotImplementedError(NO_RENDERING.format(type(self).__name__))
+
+    def close(self) -> None:
+        """Close the real env made from an env id (for start states)."""
+        self.episodes.close()
+
+
+#: what ``render()`` says
+NO_RENDERING = (
+    "{} does not render: its imagined states are the model's predicted observations, with no simulator "
+    "behind them to draw; plot the observations step() returns, or render the real env"
+)
+
+
+def check_options(options: dict[str, Any] | None) -> dict[str, Any]:
+    """``reset``'s ``options`` (``{}`` for ``None``), refused unless they are :data:`RESET_OPTIONS`."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(RESET_OPTIONS))
+    if unknown:
+        raise ValueError(f"reset options {unknown} are not supported; the options are {list(RESET_OPTIONS)}")
+    if "history_actions" in options and "history_obs" not in options:
+        raise ValueError("reset option history_actions needs history_obs: the observations the actions lie between")
+    return options

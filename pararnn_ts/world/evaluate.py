@@ -429,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         stride=args.train_stride,
         batch_size=args.batch_size,
     )
+    datamodule.options = {"path": "--data", "num_steps": "--steps", "seed": "--seed"}  # world-eval's, in its errors
     results = compare_models(
         datamodule,
         args.out,

@@ -14,11 +14,16 @@ The loop (PETS-style, with one ParaRNN dynamics model instead of an ensemble):
 2. train a :class:`~pararnn_ts.world.module.WorldModelModule` on all data so far (a Lightning
    ``Trainer``, ``--train-steps`` gradient steps, as many epochs as that makes; the model keeps
    its weights from one round to the next);
-3. run the planner (:class:`~pararnn_ts.world.planners.CEMPlanner` or ``MPPIPlanner``) for real
-   episodes until ``--round-steps`` steps, and add their transitions to the data;
+3. run the planner (:class:`~pararnn_ts.world.planners.CEMPlanner` or ``MPPIPlanner``) for whole real
+   episodes until they add up to ``--round-steps`` steps, and add their transitions to the data;
 4. repeat 2–3 until ``--budget-steps`` real steps are used, train once more on all of them, then
    evaluate the planner over ``--eval-episodes`` episodes on seeds never used before and report
    the mean ± std return.
+
+The budget is exact: the episode that reaches it is cut there. Its transitions are trained on, but its
+return is not a whole episode's, so a round's ``episode_returns`` and ``mean_return`` hold whole episodes
+only and the cut one is reported apart (``cut_episode``: its steps and partial return; ``mean_return`` is
+``null`` for a round without a whole episode).
 
 With ``--reward known`` the planner scores plans with the env's true reward (and termination)
 function from :data:`KNOWN_REWARDS`, and uses the model for the dynamics only, as PETS does; the
@@ -55,7 +60,7 @@ from torch import Tensor
 
 from ..outputs import machine, refuse_existing
 from .checkpoints import check_sizes, checkpoint_env, env_for_checkpoint, load_checkpoint, read_world_checkpoint
-from .collect import Trajectories, action_dim, collect
+from .collect import Trajectories, action_dim, collect, make_env
 from .datamodule import TrajectoryDataModule
 from .env import RewardFn, TerminationFn
 from .module import WorldModelModule
@@ -152,7 +157,11 @@ class MPCSettings:
     cell: str = _flag("gru", "ParaGRU or ParaLSTM dynamics model")
     hidden_size: int = _flag(48, "model width")
     num_layers: int = _flag(2, "model blocks")
-    round_steps: int = _flag(200, "real planner steps per round at least (whole episodes)")
+    round_steps: int = _flag(
+        200,
+        "real planner steps per round, at least: whole episodes, except the one that reaches --budget-steps, "
+        "which is cut there and left out of the round's mean return (reported as cut_episode)",
+    )
     train_steps: int = _flag(600, "gradient steps per round on all data so far (the model keeps its weights)")
     window: int = _flag(32, "steps per training window")
     batch_size: int = _flag(32, "windows per batch")
@@ -331,6 +340,7 @@ def learn(settings: MPCSettings, env: gym.Env) -> Learned:
     data = collect(settings.env, min(settings.initial_steps, settings.budget_steps), seed=settings.seed)
     random_returns = _episode_returns(data)
     rounds: list[dict[str, Any]] = []
+    played = 0  # planner episodes so far: they seed the next one
     while True:  # the last round trains on everything and plays no episode
         t0 = time.perf_counter()
         trainer = train(module, data, settings)
@@ -338,26 +348,34 @@ def learn(settings: MPCSettings, env: gym.Env) -> Learned:
         t1 = time.perf_counter()
         if len(data) >= settings.budget_steps:
             break
-        returns, start = [], len(data)
+        returns, cut, start = [], None, len(data)
         while len(data) - start < settings.round_steps and len(data) < settings.budget_steps:
-            seed = settings.seed * 10_000 + sum(len(r["episode_returns"]) for r in rounds) + len(returns) + 1
+            played += 1
+            seed = settings.seed * 10_000 + played
             episode = play_episode(env, planner, seed, settings.context, settings.budget_steps - len(data))
             data = data.followed_by(episode.data)
-            returns.append(episode.total)
+            if episode.data.terminated[-1] or episode.data.truncated[-1]:
+                returns.append(episode.total)
+            else:  # cut at the budget: not a whole episode's return
+                cut = {"steps": len(episode.data), "return": episode.total}
         t2 = time.perf_counter()
+        mean = float(np.mean(returns)) if returns else None
         rounds.append(
             {
                 "round": len(rounds) + 1,
                 "real_steps": len(data),
                 "episode_returns": returns,
-                "mean_return": float(np.mean(returns)),
+                "mean_return": mean,
+                "cut_episode": cut,
                 "train_loss": loss,
                 "train_s": t1 - t0,
                 "episodes_s": t2 - t1,
             }
         )
+        shown = "        -" if mean is None else f"{mean:9.1f}"
+        also = "" if cut is None else f" + 1 cut at the budget after {cut['steps']} steps"
         print(
-            f"round {len(rounds)}: return {np.mean(returns):9.1f} ({len(returns)} episodes)  real steps "
+            f"round {len(rounds)}: return {shown} ({len(returns)} whole episodes{also})  real steps "
             f"{len(data):6d}  loss {loss:.4f}  train {t1 - t0:5.1f} s  plan {t2 - t1:5.1f} s",
             flush=True,
         )
@@ -373,16 +391,18 @@ def run_mpc(settings: MPCSettings) -> dict[str, Any]:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banner every round
     pl.seed_everything(settings.seed, verbose=False)
     start = time.perf_counter()
-    if settings.checkpoint is not None:
-        module, _ = read_world_checkpoint(settings.checkpoint)
-        env = gym.make(settings.env)
-        check_sizes(
-            module, env.observation_space.shape[0], action_dim(env.action_space), settings.env, settings.checkpoint
-        )
+    env = make_env(settings.env)  # an unknown id or unsupported spaces: the error collect() gives, before any work
+    try:
+        if settings.checkpoint is not None:
+            module, _ = read_world_checkpoint(settings.checkpoint)
+            check_sizes(
+                module, env.observation_space.shape[0], action_dim(env.action_space), settings.env, settings.checkpoint
+            )
+            learned = Learned(module, 0, [], None)
+        else:
+            learned = learn(settings, env)
+    finally:
         env.close()
-        learned = Learned(module, 0, [], None)
-    else:
-        learned = learn(settings, gym.make(settings.env))
     train_wall = time.perf_counter() - start
     evaluation = evaluate(learned.module, settings)
     return {
@@ -406,7 +426,7 @@ def evaluate(module: WorldModelModule, settings: MPCSettings) -> dict[str, Any]:
     returns, t0 = [], time.perf_counter()
     for i, seed in enumerate(seeds):
         record = settings.video and i == 0
-        env = gym.make(settings.env, render_mode="rgb_array" if record else None)
+        env = make_env(settings.env, render_mode="rgb_array" if record else None)
         planner = make_planner(settings, module.model, env.action_space)
         episode = play_episode(env, planner, seed, settings.context)
         env.close()
@@ -447,7 +467,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    rounds = report["rounds"]
+    rounds = [r for r in report["rounds"] if r["mean_return"] is not None]  # rounds of whole episodes
     if rounds:
         ax.plot([r["real_steps"] for r in rounds], [r["mean_return"] for r in rounds], "o-", label="MPC round (mean)")
     if report.get("random_return_mean") is not None:

@@ -186,7 +186,7 @@ class SamplingPlanner:
             obs, actions = obs[-self.context :], actions[len(actions) - min(self.context - 1, len(actions)) :]
         for _ in range(self.iterations):
             candidates = self.plans.sample(self.population, self.generator)
-            returns = rollout(self.model, obs, candidates, actions, self.outcome)
+            returns = rollout(self.model, obs, candidates, actions, self.outcome, action_space=self.action_space)
             returns = torch.nan_to_num(returns, nan=-torch.inf)
             if not torch.isfinite(returns).any():  # no usable prediction: keep the distribution
                 continue
@@ -206,7 +206,7 @@ class SamplingPlanner:
         if isinstance(self.action_space, spaces.Discrete) and actions.ndim == 2:  # already one-hot
             vectors = torch.as_tensor(actions, dtype=self.like.dtype, device=self.like.device)
         else:
-            vectors = action_vectors(self.action_space, actions, self.like)
+            vectors = action_vectors(self.action_space, actions, self.like, ("C-1",), "history_actions")
         if vectors.dim() != 2 or len(vectors) != expected:
             raise ValueError(
                 f"history_actions must hold one action fewer than history_obs ({expected}), got shape {actions.shape}"

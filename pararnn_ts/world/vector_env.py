@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 from torch import Tensor, nn
 
-from .env import ImaginedEpisodes, Outcome, model_like
+from .env import NO_RENDERING, ActionSpace, ImaginedEpisodes, Outcome, check_options, clip_box, model_like
 
 
 @torch.no_grad()
 def rollout(
     model: nn.Module,
-    history_obs: Tensor,
-    plans: Tensor,
-    history_actions: Tensor | None = None,
+    history_obs: Tensor | np.ndarray,
+    plans: Tensor | np.ndarray,
+    history_actions: Tensor | np.ndarray | None = None,
     outcome: Outcome | None = None,
+    *,
+    action_space: ActionSpace | None = None,
 ) -> Tensor:
     """Returns ``(N,)`` of ``N`` plans from one real history, all imagined in ONE parallel solve.
 
@@ -34,6 +38,12 @@ def rollout(
         plans: candidate action sequences as model vectors ``(N, H, A)`` (Discrete: one-hot).
         history_actions: the ``C − 1`` actions between them, ``(C-1, A)``; ``None`` when ``C = 1``.
         outcome: rewards and terminations (default: the model's learned heads).
+        action_space: the real env's action space; Box plans are clipped to its bounds
+            (:func:`~pararnn_ts.world.env.clip_box`), as :class:`~pararnn_ts.world.env.WorldModelEnv`
+            clips the actions it is stepped with. ``None``: plans are imagined as given (out-of-bounds
+            actions then score differently than in the env).
+
+    Tensors or numpy arrays, converted to the model's dtype and device.
 
     A plan's return is its expected return under the predicted terminations,
     ``Σ_t r_t · Π_{k<t} (1 − p_k)`` with ``p_k`` the probability that the episode ends after step
@@ -44,7 +54,8 @@ def rollout(
     """
     like = model_like(model)
     outcome = outcome or Outcome()
-    n, action_features = plans.shape[0], plans.shape[-1]
+    plans = torch.as_tensor(plans, dtype=like.dtype, device=like.device)
+    n, action_features = (plans.shape[0], plans.shape[-1]) if plans.dim() else (0, 0)
     history_obs = torch.as_tensor(history_obs, dtype=like.dtype, device=like.device)
     history_obs = history_obs[None] if history_obs.dim() == 1 else history_obs
     if history_actions is None:
@@ -55,7 +66,7 @@ def rollout(
             f"rollout: plans must be (N, H, A), history_obs (C, O) and history_actions (C-1, A), got "
             f"{tuple(plans.shape)}, {tuple(history_obs.shape)} and {tuple(history_actions.shape)}"
         )
-    plans = plans.to(like)
+    plans = plans if action_space is None else clip_box(action_space, plans)
     state = model.repeat_state(model.encode(history_obs[None, :-1], history_actions[None]), n)
     last_obs = history_obs[-1].expand(n, -1)
     pred = model.imagine_from_state(state, last_obs, plans)
@@ -72,6 +83,13 @@ class ImaginedVectorEnv(VectorEnv):
     Observations ``(n, O)``, rewards ``(n,)`` float64, terminations/truncations ``(n,)`` bool.
     Episodes that end are reset on the next step (``AutoresetMode.NEXT_STEP``, Gymnasium's default):
     that step ignores their action and returns their new start observation, reward 0 and no end flags.
+
+    Each env has its own generator, as the envs of Gymnasium's vector envs do: ``reset(seed=s)`` seeds
+    env ``i`` with ``s + i``, ``reset(seed=[s_0, ..., s_{n-1}])`` with ``s_i`` (``None``: unseeded), and
+    env ``i`` then draws the starts and ``sample=True`` noise of ``WorldModelEnv(...).reset(seed=s_i)``.
+    ``reset(options={"history_obs": ..., "history_actions": ...})`` starts every env from one real
+    history (``(C, O)``, ``(C-1, ...)``) or each from its own (``(n, C, O)``, ``(n, C-1, ...)``); later
+    autoresets draw starts as usual. Other options are refused.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
@@ -85,20 +103,34 @@ class ImaginedVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self._steps = np.zeros(num_envs, dtype=np.int64)
         self._ended = np.zeros(num_envs, dtype=bool)
+        self._rngs: list[np.random.Generator | None] = [None] * num_envs
         self._started = False
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
-        super().reset(seed=seed)
-        self._restart(np.arange(self.num_envs))
+    def reset(
+        self, *, seed: int | Sequence[int | None] | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict]:
+        options = check_options(options)
+        seeds = self._seeds(seed)
+        super().reset(seed=seed if isinstance(seed, int) else None)
+        for i, env_seed in enumerate(seeds):
+            if env_seed is not None or self._rngs[i] is None:
+                self._rngs[i] = seeding.np_random(env_seed)[0]
+        rows = np.arange(self.num_envs)
+        if "history_obs" in options:
+            self._steps[:], self._ended[:] = 0, False
+            obs, actions = self.episodes.read_history(
+                options["history_obs"], options.get("history_actions"), self.num_envs
+            )
+            self.episodes.restart(torch.as_tensor(rows, device=self.episodes.like.device), obs, actions)
+        else:
+            self._restart(rows)
         self._started = True
         return self.episodes.to_obs(self.episodes.last_obs), {}
 
     def step(self, actions: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
         if not self._started:
             raise RuntimeError("ImaginedVectorEnv.step called before reset()")
-        vectors = self.episodes.encode(actions)
-        if vectors.dim() != 2 or vectors.shape[0] != self.num_envs:
-            raise ValueError(f"actions must hold one action per env ({self.num_envs}), got shape {np.shape(actions)}")
+        vectors = self.episodes.encode(actions, (self.num_envs,), "actions (one per env)")
         stepping = (~self._ended).nonzero()[0]
         self._restart(self._ended.nonzero()[0])
         rewards = np.zeros(self.num_envs)
@@ -106,7 +138,7 @@ class ImaginedVectorEnv(VectorEnv):
         truncations = np.zeros(self.num_envs, dtype=bool)
         if len(stepping):
             rows = torch.as_tensor(stepping, device=vectors.device)
-            out = self.episodes.step(rows, vectors[rows], self.np_random)
+            out = self.episodes.step(rows, vectors[rows], [self._rngs[i] for i in stepping])
             rewards[stepping] = out.reward.cpu().numpy()
             terminations[stepping] = out.terminated.cpu().numpy()
             self._steps[stepping] += 1
@@ -115,11 +147,29 @@ class ImaginedVectorEnv(VectorEnv):
         self._ended = terminations | truncations
         return self.episodes.to_obs(self.episodes.last_obs), rewards, terminations, truncations, {}
 
+    def render(self) -> None:
+        raise NotImplementedError(NO_RENDERING.format(type(self).__name__))
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Close the real env made from an env id (for start states)."""
+        self.episodes.close()
+
+    def _seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
+        """One seed (or ``None``) per env, as Gymnasium's vector envs take them."""
+        if seed is None or isinstance(seed, int | np.integer) and not isinstance(seed, bool):
+            return [None if seed is None else int(seed) + i for i in range(self.num_envs)]
+        seeds = list(seed) if isinstance(seed, Sequence | np.ndarray) else None
+        if seeds is None or len(seeds) != self.num_envs or any(isinstance(s, bool) for s in seeds):
+            raise ValueError(
+                f"seed must be None, an int (env i gets seed + i) or a list of num_envs={self.num_envs} ints or "
+                f"None, got {seed!r}"
+            )
+        return [None if s is None else int(s) for s in seeds]
+
     def _restart(self, rows: np.ndarray) -> None:
         """Draw new real starts for episodes ``rows`` (all starts have ``context`` steps) and observe them."""
         self._steps[rows] = 0
         self._ended[rows] = False
         if len(rows):
-            starts = [self.episodes.starts.draw(self.np_random) for _ in rows]
-            history_obs, history_actions = (np.stack(part) for part in zip(*starts, strict=True))
-            self.episodes.restart(torch.as_tensor(rows, device=self.episodes.like.device), history_obs, history_actions)
+            obs, actions = self.episodes.draw([self._rngs[i] for i in rows])
+            self.episodes.restart(torch.as_tensor(rows, device=self.episodes.like.device), obs, actions)
