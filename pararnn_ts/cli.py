@@ -159,6 +159,8 @@ class ParaRNNCLI(LightningCLI):
         refuse_spent_max_time(self.trainer, ckpt_path, checkpoint)
         warn_if_data_changed(ckpt_path, checkpoint, self.config[self.subcommand].get("data"))
         warn_if_budget_changed(ckpt_path, checkpoint, self.trainer)
+        if checkpoint is not None and self.trainer.is_global_zero:
+            print(resume_notice(ckpt_path, checkpoint, self.trainer), file=sys.stderr)
 
     def before_validate(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
@@ -403,6 +405,14 @@ def warn_if_budget_changed(ckpt_path: str | None, checkpoint: dict[str, Any] | N
             f"schedule spans: {differences(changed, recorded)}; to finish the run as planned, resume with its budget",
             stacklevel=1,
         )
+
+
+def resume_notice(ckpt_path: str, checkpoint: dict[str, Any], trainer: Trainer) -> str:
+    """The line a resumed fit prints: where it continues from, and where this session logs (a new folder: the
+    earlier sessions' metrics stay in theirs)."""
+    where = f"; this session logs to {trainer.log_dir}" if trainer.logger is not None and trainer.log_dir else ""
+    step, epoch = checkpoint.get("global_step", "?"), checkpoint.get("epoch", "?")
+    return f"--ckpt_path {ckpt_path}: resuming at step {step} (epoch {epoch}){where}"
 
 
 def require_checkpoint(ckpt_path: str | None, verb: str) -> None:

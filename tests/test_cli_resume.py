@@ -37,7 +37,10 @@ def test_ckpt_path_last_resumes_the_newest_runs_last_checkpoint(capsys):
     main(["fit", "-c", str(QUICKSTART), *TINY])
     capsys.readouterr()
     main(["fit", "-c", str(QUICKSTART), *TINY, "--trainer.max_steps=4", "--ckpt_path=last"])
-    assert f"--ckpt_path last: {Path('runs/quickstart/version_1/checkpoints/last.ckpt')}" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    last = Path("runs/quickstart/version_1/checkpoints/last.ckpt")
+    assert f"--ckpt_path last: {last}" in err
+    assert f"--ckpt_path {last}: resuming at step 2 (epoch " in err and "logs to runs/quickstart/version_2" in err
     resumed = torch.load("runs/quickstart/version_2/checkpoints/last.ckpt", weights_only=False)
     assert resumed["global_step"] == 4 and runs() == ["version_0", "version_1", "version_2"]
 
