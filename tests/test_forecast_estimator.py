@@ -15,7 +15,7 @@ from gluonts.evaluation import make_evaluation_predictions
 from gluonts.model import Predictor, evaluate_model
 from torch.utils.data import DataLoader
 
-from pararnn_ts.forecast.estimator import PREDICTION_INPUT_NAMES, ParaRNNEstimator
+from pararnn_ts.forecast.estimator import PREDICTION_INPUT_NAMES, ParaRNNEstimator, ParaRNNSampleForecastGenerator
 from pararnn_ts.forecast.lightning_module import ParaRNNLightningModule
 
 H = 4
@@ -119,6 +119,28 @@ def test_prediction_window_matches_a_hand_built_one(covariates):
     assert forecast.samples.shape == (TINY["num_parallel_samples"], H) and np.isfinite(forecast.samples).all()
 
 
+def test_predict_num_samples_draws_that_many_paths_in_one_call():
+    """``predict(data, num_samples=N)``: N paths on N quantile levels per step. GluonTS's generator repeated the
+    network's num_parallel_samples (16) paths and cut them: 16 distinct values per step for N=37, a random part of
+    the 16-level grid for N=5."""
+    estimator = ParaRNNEstimator(FREQ, H, **TINY)
+    module = estimator.create_lightning_module()
+    predictor = estimator.create_predictor(estimator.create_transformation(), module, device="cpu")
+    entry = sine_series([30])[0]
+    (window,) = predictor.input_transform.apply([entry], is_train=False)
+    inputs = {name: torch.as_tensor(window[name])[None] for name in PREDICTION_INPUT_NAMES}
+    (forecast,) = predictor.predict([entry])
+    assert forecast.samples.shape == (TINY["num_parallel_samples"], H)
+    for n in (5, 37):
+        (forecast,) = predictor.predict([entry], num_samples=n)
+        with torch.no_grad():
+            grid = module(**inputs, num_parallel_samples=n)[0].sort(0).values  # the quantile grid of n levels
+        assert forecast.samples.shape == (n, H)
+        np.testing.assert_allclose(np.sort(forecast.samples, 0), grid.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="num_samples must be a positive int"):
+        list(predictor.predict([entry], num_samples=-1))
+
+
 def test_serialized_predictor_gives_identical_forecasts(tmp_path):
     data = sine_series()
     pl.seed_everything(1)
@@ -135,6 +157,7 @@ def test_serialized_predictor_gives_identical_forecasts(tmp_path):
 
     original = samples(predictor, seed=5)
     np.testing.assert_array_equal(samples(loaded, seed=5), original)
+    assert type(loaded.forecast_generator) is ParaRNNSampleForecastGenerator  # predict(num_samples=N) still draws N
     assert not np.array_equal(samples(loaded, seed=6), original)  # the seed, not a constant, decides the draws
 
 
@@ -247,6 +270,12 @@ def test_training_loader_has_a_length_and_continues_across_epochs():
         ({"loss_weighting": "scale", "scaling": False}, "loss_weighting='scale'.*scaling"),
         ({"ema_decay": 1.0}, "ema_decay must be None"),
         ({"ema_decay": 0.0}, "ema_decay must be None"),
+        (
+            {"num_feat_static_cat": 1, "cardinality": [3], "embedding_dimension": [2, 2]},
+            r"embedding_dimension must list one positive size per categorical feature \(num_feat_static_cat=1",
+        ),
+        ({"embedding_dimension": [4]}, r"embedding_dimension must list .* got \[4\]"),  # no categorical feature
+        ({"copula_rank": -1}, r"copula_rank must be an int >= 0 \(0: independent horizon steps\), got -1"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(kwargs, name):

@@ -49,11 +49,12 @@ def make_batch(model: ParaRNNForecastModel, batch: int = BATCH, seed: int = 1) -
     g = torch.Generator().manual_seed(seed)
     features = model.num_time_features
     level = torch.tensor([1.0, 30.0, 500.0] * batch, dtype=torch.float64)[:batch, None]
+    round_ = torch.round if model.counts_head else torch.clone  # counts for the count head
     return {
         "feat_static_cat": torch.arange(batch)[:, None] % 3,
         "feat_static_real": torch.randn(batch, 1, generator=g, dtype=torch.float64),
         "past_time_feat": torch.randn(batch, model.past_length, features, generator=g, dtype=torch.float64),
-        "past_target": level * (1 + torch.rand(batch, model.past_length, generator=g, dtype=torch.float64)),
+        "past_target": round_(level * (1 + torch.rand(batch, model.past_length, generator=g, dtype=torch.float64))),
         "past_observed_values": torch.ones(batch, model.past_length, dtype=torch.float64),
         "future_time_feat": torch.randn(batch, HORIZON, features, generator=g, dtype=torch.float64),
     }
@@ -92,13 +93,24 @@ def step_by_step(model: ParaRNNForecastModel, batch: dict) -> tuple[dict, torch.
     return marginals.args, model.copula(features[:, CONTEXT - 1]).correlation
 
 
+def naive_by_loops(target: torch.Tensor, observed: torch.Tensor, index: int, before: int) -> torch.Tensor:
+    """``(B,)``: the last observed value at or before ``index``, else the last at or before ``before``, else 0."""
+    out = []
+    for b in range(target.shape[0]):
+        seen = [i for i in range(index + 1) if observed[b, i]] or [i for i in range(before + 1) if observed[b, i]]
+        out.append(target[b, seen[-1]].item() if seen else 0.0)
+    return torch.tensor(out, dtype=torch.float64)
+
+
 def seasonal_naive(batch: dict, past: int) -> torch.Tensor:
-    """``(B, H)``: for each horizon step the latest past value of the same season (all observed here)."""
+    """``(B, H)``: for each horizon step the latest past value of the same season; where it is missing the last
+    observed value before it, and where there is none that early the last observed value (0 if none)."""
     target = batch["past_target"][:, -past:]
+    observed = batch.get("past_observed_values", torch.ones_like(target))[:, -past:]
     columns = []
     for k in range(1, HORIZON + 1):
         same_season = [i for i in range(past) if (past - 1 + k - i) % SEASON == 0]
-        columns.append(target[:, max(same_season)])
+        columns.append(naive_by_loops(target, observed, max(same_season), past - 1))
     return torch.stack(columns, dim=1)
 
 
@@ -294,10 +306,11 @@ def test_naive_drift_adds_the_last_change_in_level_times_the_seasons_ahead_and_i
     for name, value in model.head(features[:, CONTEXT:], scale, offset).args.items():
         torch.testing.assert_close(marginals.args[name], value)
     expected = torch.zeros(BATCH, dtype=torch.float64)  # the context steps' offsets drift the same way
-    known = torch.where(observed > 0, target, 0)  # a missing naive value counts as 0, as in the model
+    known = torch.where(observed > 0, target, 0)
     for j in range(CONTEXT):
-        p = PAST - CONTEXT + j
-        context_offset = (known[:, p - SEASON] + 0.7 * level_change(target, observed, p))[:, None] / scale
+        p = PAST - CONTEXT + j  # a missing naive value falls back to the last observed one before it
+        naive = naive_by_loops(target, observed, p - SEASON, p - 1)
+        context_offset = (naive + 0.7 * level_change(target, observed, p))[:, None] / scale
         marginal = model.head(features[:, j : j + 1], scale, context_offset)
         expected += torch.where(observed[:, p] > 0, marginal.loss(known[:, p : p + 1]).sum(-1), 0) / CONTEXT
     torch.testing.assert_close(terms.context, expected)
@@ -340,9 +353,8 @@ def test_naive_gate_mixes_the_drifted_naive_offset_with_the_last_observed_value_
         without_gate = drifted.loss_terms(**batch)
     weight = torch.sigmoid(features[:, CONTEXT:] @ gate.weight[0] + gate.bias)  # (B, H)
     assert weight.std() > 0.05
-    known = torch.where(observed > 0, target, 0)
     seasons = torch.ceil(torch.arange(1, HORIZON + 1, dtype=torch.float64) / SEASON)
-    naive = seasonal_naive({"past_target": known}, PAST) + seasons * level_change(target, observed, PAST)[:, None]
+    naive = seasonal_naive(batch, PAST) + seasons * level_change(target, observed, PAST)[:, None]
     last = last_observed_before(target, observed, PAST)[:, None]
     assert last[0, 0] == target[0, PAST - 3]
     offset = ((1 - weight) * naive + weight * last) / scale
@@ -383,7 +395,6 @@ def test_naive_gate_with_the_level_mixes_in_the_last_seasons_mean_by_a_softmax(t
         marginals, _ = model.distribution(**forecast_inputs(batch))
         inputs, scale = model.sequence_inputs(**forecast_inputs(batch))
         features = model.encode(inputs)
-    known = torch.where(observed > 0, target, 0)
     values = {
         "last": last_observed_before(target, observed, PAST),
         "level": last_season_mean(target, observed, PAST),
@@ -393,7 +404,7 @@ def test_naive_gate_with_the_level_mixes_in_the_last_seasons_mean_by_a_softmax(t
     weight, bias = gate.weight.detach(), gate.bias.detach()
     logits = [features[:, CONTEXT:] @ weight[j] + bias[j] for j in range(len(terms))]  # (B, H) each
     total = 1 + sum(torch.exp(z) for z in logits)
-    offset = seasonal_naive({"past_target": known}, PAST) / total
+    offset = seasonal_naive(batch, PAST) / total
     for term, z in zip(terms, logits, strict=True):
         offset = offset + torch.exp(z) / total * values[term][:, None]
     assert min(float((torch.exp(z) / total).std()) for z in logits) > 0.02  # the weights vary by series and step
@@ -401,6 +412,101 @@ def test_naive_gate_with_the_level_mixes_in_the_last_seasons_mean_by_a_softmax(t
         torch.testing.assert_close(marginals.args[name], value)
     model.loss(**batch).sum().backward()
     assert (gate.weight.grad.abs().sum(1) > 0).all() and (gate.bias.grad.abs() > 0).all()
+
+
+def untrained_head(model: ParaRNNForecastModel) -> ParaRNNForecastModel:
+    """``model`` with its head's projection zeroed: the Student-t location is then the naive offset times the scale."""
+    with torch.no_grad():
+        model.head.proj.weight.zero_()
+        model.head.proj.bias.zero_()
+    return model
+
+
+def test_a_missing_seasonal_value_falls_back_to_the_last_observed_value_before_it():
+    """Not to 0 (which pulled that step's forecast to 0): the horizon's and the context steps' offsets fill forward."""
+    model = untrained_head(make_model(naive_gate=False))
+    batch = with_future(model, make_batch(model, batch=4))
+    target, observed = batch["past_target"], batch["past_observed_values"]
+    # horizon steps k = 1..4 read P-3, P-2, P-1, P-3 (season 3)
+    target[0, PAST - 1], observed[0, PAST - 1] = float("nan"), 0  # step 3's value: P-2 instead
+    target[1, PAST - 4 : PAST - 2], observed[1, PAST - 4 : PAST - 2] = float("nan"), 0  # steps 1, 4: P-5
+    target[2, : PAST - 2], observed[2, : PAST - 2] = float("nan"), 0  # none that early (steps 1, 4): the last, P-1
+    target[3], observed[3] = float("nan"), 0  # nothing observed: 0
+    with torch.no_grad():
+        marginals, _ = model.distribution(**forecast_inputs(batch))
+        inputs, scale = model.sequence_inputs(**forecast_inputs(batch))
+        terms = model.loss_terms(**batch)
+    loc = marginals.args["loc"]
+    torch.testing.assert_close(loc, seasonal_naive(batch, PAST))
+    assert loc[0, 2] == target[0, PAST - 2] and loc[1, 0] == loc[1, 3] == target[1, PAST - 5]
+    assert loc[2, 0] == loc[2, 3] == target[2, PAST - 1] and (loc[3] == 0).all()
+    assert (loc[:3] > 0.5).all()  # every series' level (>= 1), not 0
+    # the context steps: step p reads p - 3, or its last observed value before p
+    expected = torch.zeros(4, dtype=torch.float64)
+    df, sigma = 2 + F.softplus(torch.zeros(())), F.softplus(torch.zeros(())) * scale[:, 0]
+    for j in range(CONTEXT):
+        p = PAST - CONTEXT + j
+        naive = naive_by_loops(target, observed, p - SEASON, p - 1)
+        nll = -stats.t.logpdf(torch.nan_to_num(target[:, p]).numpy(), df.item(), naive.numpy(), sigma.numpy())
+        expected += torch.where(observed[:, p] > 0, torch.from_numpy(nll), 0) / CONTEXT
+    assert naive_by_loops(target, observed, PAST - 4, PAST - 2)[1] == target[1, PAST - 5]  # a fallback in there
+    torch.testing.assert_close(terms.context, expected)
+
+
+def test_the_past_reaches_a_season_before_every_context_step_when_the_season_is_longer_than_the_lags():
+    """A season of 12 with lags up to 5: the past window grows to C + 12 steps, so the offsets are seasonal."""
+    assert make_model(seasonality=12, naive_offset=False).past_length == PAST  # the lags alone
+    model = untrained_head(make_model(seasonality=12, naive_gate=False))
+    assert model.past_length == CONTEXT + 12
+    assert (model.naive_index >= 0).all() and (model.context_naive_index >= 0).all()
+    batch = make_batch(model)
+    with torch.no_grad():
+        marginals, _ = model.distribution(**batch)
+    past = model.past_length
+    torch.testing.assert_close(marginals.args["loc"], batch["past_target"][:, past - 12 : past - 12 + HORIZON])
+
+
+def test_the_count_head_refuses_training_targets_that_are_not_counts():
+    model = make_model(distribution="negative_binomial")
+    batch = with_future(model, make_batch(model))
+    assert torch.isfinite(model.loss(**batch)).all()  # counts train
+    message = "distribution='negative_binomial' is over counts, but {} has 1 observed values that are not non-negative "
+    fix = r"integers \(e.g. {}\); use distribution='student_t'"
+    for name, value in (("future_target", -3.0), ("past_target", 2.5)):
+        bad = {**batch, name: batch[name].clone()}
+        bad[name][1, -1] = value
+        with pytest.raises(ValueError, match=message.format(name) + fix.format(f"{value:g}")):
+            model.loss(**bad)
+        assert torch.isfinite(make_model(distribution="student_t").loss(**bad)).all()  # real-valued heads take it
+    bad = {**batch, "past_target": batch["past_target"].clone(), "past_observed_values": batch["past_observed_values"]}
+    bad["past_target"][1, -1] = 2.5
+    with torch.no_grad():
+        assert torch.isfinite(model(**forecast_inputs(bad), num_parallel_samples=3)).all()  # forecasting: not checked
+    bad["past_observed_values"] = bad["past_observed_values"].clone()
+    bad["past_observed_values"][1, -1] = 0  # unobserved: ignored
+    assert torch.isfinite(model.loss(**bad)).all()
+    bad["past_target"][0, 0] = float("inf")  # still the finiteness error
+    with pytest.raises(ValueError, match="past_target has inf or NaN at observed steps"):
+        model.loss(**bad)
+
+
+def test_a_covariate_count_other_than_the_trained_one_is_named_in_feat_dynamic_real():
+    model = make_model()  # 3 calendar features of "D", the age and 1 dynamic real
+    batch = make_batch(model)
+    fewer = {
+        **batch,
+        "past_time_feat": batch["past_time_feat"][..., :-1],
+        "future_time_feat": batch["future_time_feat"][..., :-1],
+    }
+    with pytest.raises(
+        ValueError,
+        match=r"past_time_feat has 4 features per step, the network reads 5: the model was trained with "
+        r"num_feat_dynamic_real=1 covariates .* besides 3 calendar features of freq='D' and the age; this data has 0",
+    ):
+        model(**fewer)
+    more = {**batch, "future_time_feat": torch.cat([batch["future_time_feat"], batch["future_time_feat"]], -1)}
+    with pytest.raises(ValueError, match="future_time_feat has 10 features per step.*this data has 6"):
+        model(**more)
 
 
 @pytest.mark.parametrize("bad", [["mean"], [], ["last", "last"], "level, last"])
@@ -724,6 +830,9 @@ def test_nan_in_observed_inputs_raises():
     bad = {**batch, "past_target": batch["past_target"].clone()}
     bad["past_target"][0, -1] = float("nan")
     with pytest.raises(ValueError, match="past_target"):
+        model(**forecast_inputs(bad))
+    bad["past_target"][0, -1] = float("inf")  # GluonTS marks NaN missing, not inf: the fix is in the data
+    with pytest.raises(ValueError, match="past_target has inf or NaN at observed steps.*replace inf with NaN"):
         model(**forecast_inputs(bad))
     bad = {**batch, "future_target": batch["future_target"].clone()}
     bad["future_target"][1, 0] = float("nan")

@@ -16,12 +16,14 @@ from torch.distributions import AffineTransform, Normal, StudentT, TransformedDi
 from pararnn_ts.nn.copula import LowRankGaussianCopula
 from pararnn_ts.nn.distribution_heads import (
     DEFAULT_QUANTILES,
+    DISTRIBUTION_HEADS,
     JohnsonSUHead,
     NegativeBinomialHead,
     NormalHead,
     QuantileHead,
     StudentTHead,
     build_head,
+    not_counts,
 )
 
 BATCH, HORIZON, FEATURES = 3, 5, 4
@@ -279,3 +281,13 @@ def test_build_head_and_bad_arguments():
             QuantileHead(8, bad)
     with pytest.raises(ValueError, match="in_features"):
         StudentTHead(0)
+
+
+def test_not_counts_is_zero_exactly_on_counts_and_only_the_count_head_needs_them():
+    """The forecaster sums :func:`not_counts` of a counts head's observed targets: 0 only when all are counts."""
+    x = torch.tensor([0.0, 3.0, 1e9, -1.0, 2.5, -0.5, 1e-3, float("nan"), float("inf"), -float("inf")])
+    d = not_counts(x)
+    assert (d[:3] == 0).all() and (d[3:7] > 0).all() and d[7:].isnan().all()
+    torch.testing.assert_close(d[3:7], torch.tensor([1.0, 0.5, 1.0, 1e-3]))
+    assert not_counts(torch.tensor([1.0, 2.0, -0.25])).sum() > 0 and not_counts(torch.arange(5.0)).sum() == 0
+    assert [name for name, cls in DISTRIBUTION_HEADS.items() if cls.counts] == ["negative_binomial"]

@@ -3,11 +3,13 @@
 The data pipeline is DeepAR's: missing targets are imputed and flagged, calendar features plus the
 log age (and any ``feat_dynamic_real`` rows) are stacked into ``time_feat``, series without static
 features get dummy ones (a zero category of cardinality 1, a zero real), and an instance splitter
-cuts ``past_length = context_length + max(lags_seq)`` steps of past and ``prediction_length`` of future.
+cuts ``past_length = context_length + max(lags_seq)`` steps of past (``+ seasonality`` where that is longer, with
+the seasonal-naive offset) and ``prediction_length`` of future.
 """
 
 # No ``from __future__ import annotations``: GluonTS's ``@validated()`` reads the annotations at runtime.
 
+import functools
 import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any, get_args
@@ -77,6 +79,33 @@ def default_context_length(prediction_length: int) -> int:
     return max(2 * prediction_length, MIN_CONTEXT_LENGTH)
 
 
+class ParaRNNSampleForecastGenerator(SampleForecastGenerator):
+    """GluonTS's ``SampleForecastGenerator`` that honours ``predictor.predict(data, num_samples=N)``: the network
+    draws ``N`` paths in one call (on the quantile grid of ``N`` levels, see ``quantile_grid_samples``), where
+    GluonTS's repeats the network's ``num_parallel_samples`` paths and cuts them to ``N`` (a repeated grid, or a
+    random part of it). Without ``num_samples``: ``num_parallel_samples`` paths."""
+
+    @validated()
+    def __init__(self) -> None:
+        pass
+
+    def __call__(
+        self,
+        inference_data_loader: Iterable[dict[str, Any]],
+        prediction_net: torch.nn.Module,
+        input_names: list[str],
+        output_transform: Any,
+        num_samples: int | None,
+        **kwargs: Any,
+    ) -> Iterator[Any]:
+        net = prediction_net
+        if num_samples:
+            if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+                raise ValueError(f"predict: num_samples must be a positive int (or None), got {num_samples!r}")
+            net = functools.partial(prediction_net, num_parallel_samples=num_samples)
+        yield from super().__call__(inference_data_loader, net, input_names, output_transform, num_samples, **kwargs)
+
+
 class EpochOfBatches:
     """``num_batches`` batches per pass over an endless stream; sized, so Lightning knows an epoch's length."""
 
@@ -140,7 +169,8 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         context_length: steps the network reads before the horizon (default
             :func:`default_context_length`); lags reach ``max(lags_seq)`` further back.
         cell, hidden_size, num_layers, num_heads, dropout, copula_rank, lags_seq, scaling, mode: of the network.
-        distribution: ``"student_t"``, ``"normal"``, ``"johnson_su"``, ``"negative_binomial"`` or ``"quantile"``.
+        distribution: ``"student_t"``, ``"normal"``, ``"johnson_su"``, ``"negative_binomial"`` (counts: training
+            refuses targets that are not non-negative integers) or ``"quantile"``.
         quantiles: levels of the ``"quantile"`` head (only with it).
         naive_offset, naive_drift, naive_gate, seasonality, context_loss_weight, quantile_grid_samples,
             loss_weighting: of the network (the seasonal-naive location offset, its drift, its gated mix with the
@@ -156,7 +186,8 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             weights): see :class:`~pararnn_ts.forecast.lightning_module.ForecastTrainingModule`.
         batch_size: windows per training batch (and series per prediction batch).
         num_batches_per_epoch: training batches per epoch.
-        num_parallel_samples: sample paths per forecast.
+        num_parallel_samples: sample paths per forecast; ``predictor.predict(data, num_samples=N)`` (and
+            ``make_evaluation_predictions(..., num_samples=N)``) draws ``N`` instead, in one call of the network.
         trainer_kwargs: for ``lightning.pytorch.Trainer`` (default ``max_epochs=100, gradient_clip_val=10``).
         train_sampler, validation_sampler: where windows are cut (default: about one random window per
             series and epoch; the last window of each validation series).
@@ -257,6 +288,21 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             raise ValueError(
                 f"ParaRNNEstimator: num_feat_static_cat={num_feat_static_cat} needs cardinality with one count per "
                 f"feature, got cardinality={cardinality}"
+            )
+        dummy = num_feat_static_cat == 0 and embedding_dimension in ([], [1])  # GluonTS's dummy, as for cardinality
+        if (
+            embedding_dimension is not None
+            and not dummy
+            and (len(embedding_dimension) != num_feat_static_cat or any(d < 1 for d in embedding_dimension))
+        ):
+            raise ValueError(
+                f"ParaRNNEstimator: embedding_dimension must list one positive size per categorical feature "
+                f"(num_feat_static_cat={num_feat_static_cat}, cardinality={cardinality}), got {embedding_dimension}; "
+                "or leave it None (min(50, (cardinality + 1) // 2) each)"
+            )
+        if isinstance(copula_rank, bool) or not isinstance(copula_rank, int) or copula_rank < 0:
+            raise ValueError(
+                f"ParaRNNEstimator: copula_rank must be an int >= 0 (0: independent horizon steps), got {copula_rank!r}"
             )
         if lags_seq is not None and (not lags_seq or min(lags_seq) < 1):
             raise ValueError(
@@ -423,13 +469,14 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         module: ForecastTrainingModule,
         device: str | torch.device = "auto",
     ) -> PyTorchPredictor:
-        """Sample forecasts (``num_parallel_samples`` paths) of the ``prediction_length`` steps after each series."""
+        """Sample forecasts of the ``prediction_length`` steps after each series: ``num_parallel_samples`` paths, or
+        ``predict(data, num_samples=N)``'s ``N`` in one draw (:class:`ParaRNNSampleForecastGenerator`)."""
         return PyTorchPredictor(
             input_names=PREDICTION_INPUT_NAMES,
             prediction_net=module,
             batch_size=self.batch_size,
             prediction_length=self.prediction_length,
             input_transform=transformation + self._create_instance_splitter(module, "test"),
-            forecast_generator=SampleForecastGenerator(),
+            forecast_generator=ParaRNNSampleForecastGenerator(),
             device=device,
         )

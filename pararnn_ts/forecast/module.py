@@ -39,7 +39,14 @@ from ..cells import ParaGRU, ParaLSTM
 from ..core.cell import Mode
 from ..core.checks import all_finite
 from ..nn.copula import GaussianCopula, LowRankGaussianCopula, sample_paths
-from ..nn.distribution_heads import DISTRIBUTION_HEADS, ForecastDistribution, HeadLinear, build_head, head_dtype
+from ..nn.distribution_heads import (
+    DISTRIBUTION_HEADS,
+    ForecastDistribution,
+    HeadLinear,
+    build_head,
+    head_dtype,
+    not_counts,
+)
 from ..nn.norms import RMSNorm
 
 RNN_CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
@@ -126,9 +133,14 @@ class ParaRNNForecastModel(nn.Module):
         mode: solver mode of the cells (``"auto"``, ``"sequential"``, ``"parallel"``, ``"fused"``).
         default_scale: scale of series whose observed context is all zero or missing.
         naive_offset: the head's location is an offset from the seasonal-naive forecast (the last
-            observed value of the same season, seasonality from ``freq``), so an untrained network already
-            forecasts like seasonal naive and training learns the correction; ``None``: whenever the head
-            has a location (all but ``"negative_binomial"``).
+            observed value of the same season, seasonality from ``freq``), so training learns a correction of
+            seasonal naive (untrained, the head's random output moves the location by up to about one scale from
+            it: a network forecasts exactly like seasonal naive only with the head's location output 0); ``None``:
+            whenever the head has a location (all but ``"negative_binomial"``). Where that value is missing, the
+            offset is the last observed value before it (as GluonTS's ``SeasonalNaivePredictor`` imputes), and where
+            the series has none that early, the last observed value before the predicted step (0 only for a series
+            with no observed value); the past window then reaches a season before every context step:
+            ``past_length = context_length + max(max(lags_seq), seasonality)`` (e.g. 1,440 steps for ``"min"``).
         seasonality: the season length of ``naive_offset``; default ``gluonts.time_feature.get_seasonality(freq)``.
         naive_drift: ``"full"`` or ``"learned"``: the seasonal-naive offset also carries the last change in
             level: a step ``n`` seasons ahead of its naive value adds ``α n`` times the mean of the last ``m``
@@ -160,7 +172,8 @@ class ParaRNNForecastModel(nn.Module):
     ``past_target`` and ``past_observed_values`` ``(B, P)``, ``future_time_feat`` ``(B, H, F)``; for
     :meth:`loss` also ``future_target`` and ``future_observed_values`` ``(B, H)``. Longer past inputs
     are cut to their last ``P`` steps. Missing values are 0 with observed 0 (left padding included);
-    they reach neither the inputs, nor the scale, nor the loss.
+    they reach neither the inputs, nor the scale, nor the loss; the naive offsets fill them forward.
+    ``P = context_length + max(lags_seq)``, or ``+ seasonality`` where that is longer and ``naive_offset`` is on.
     """
 
     def __init__(
@@ -253,7 +266,10 @@ class ParaRNNForecastModel(nn.Module):
         self.quantile_grid_samples = quantile_grid_samples
         self.nonnegative_pred_samples = nonnegative_pred_samples
         self.num_time_features = len(time_features_from_frequency_str(freq)) + 1 + num_feat_dynamic_real
-        self.past_length = context_length + max(self.lags_seq)
+        season = get_seasonality(freq) if seasonality is None else seasonality
+        # the past reaches the longest lag and, with the offset, a season before every context step (so
+        # each horizon and context step has its seasonal-naive value: minutely data's 1,440 steps)
+        self.past_length = context_length + max(max(self.lags_seq), season if naive_offset else 0)
 
         positions = torch.arange(self.past_length - context_length, self.past_length + prediction_length)
         lag_index = positions[:, None] - torch.tensor(self.lags_seq)[None, :]
@@ -275,8 +291,7 @@ class ParaRNNForecastModel(nn.Module):
             nn.init.constant_(self.naive_gate.bias, NAIVE_GATE_BIAS)
         # the past step holding the seasonal-naive forecast (seasonality m) of each horizon step, (H,): the
         # last observed season, P - 1 + k - m·ceil(k/m) for step k = 1..H (m = 1: the last value); and of
-        # each context step p = P - C .. P - 1, (C,): p - m (negative: none)
-        season = get_seasonality(freq) if seasonality is None else seasonality
+        # each context step p = P - C .. P - 1, (C,): p - m (negative without naive_offset: none)
         self.season = season
         steps = torch.arange(1, prediction_length + 1)
         self.register_buffer("seasons_ahead", torch.ceil(steps / season), persistent=False)
@@ -305,6 +320,8 @@ class ParaRNNForecastModel(nn.Module):
         )
         self.norm = RMSNorm(hidden_size)
         self.head = build_head(distribution, hidden_size, quantiles)
+        #: the head's name where its targets must be counts (the training targets are checked), else None
+        self.counts_head = distribution if self.head.counts else None
         self.copula = LowRankGaussianCopula(prediction_length, copula_rank, hidden_size) if copula_rank else None
 
     @property
@@ -365,31 +382,48 @@ class ParaRNNForecastModel(nn.Module):
         return self.forecast(self.encode(inputs), past_target, past_observed_values, scale)
 
     def forecast(
-        self, features: Tensor, past_target: Tensor, past_observed_values: Tensor, scale: Tensor
+        self,
+        features: Tensor,
+        past_target: Tensor,
+        past_observed_values: Tensor,
+        scale: Tensor,
+        latest: Tensor | None = None,
     ) -> tuple[ForecastDistribution, GaussianCopula | None]:
-        """:meth:`distribution` from :meth:`encode`'s ``features`` ``(B, C + H, hidden)`` and the scale ``(B, 1)``."""
+        """:meth:`distribution` from :meth:`encode`'s ``features`` ``(B, C + H, hidden)`` and the scale ``(B, 1)``
+        (``latest``: :meth:`observed_before`, computed here where not given)."""
         context = self.context_length
-        offset = self.seasonal_naive(past_target, past_observed_values, scale) if self.naive_offset else None
+        offset = None
+        if self.naive_offset:
+            latest = self.observed_before(past_observed_values) if latest is None else latest
+            offset = self.seasonal_naive(past_target, past_observed_values, scale, latest)
         if self.naive_drift:
             ends = torch.full((1,), self.past_length, device=past_target.device)
             drift = self.level_change(past_target, past_observed_values, ends) / scale
             # seasons_ahead (a buffer) and drift_weight may be bfloat16: multiplied into the head-dtype drift first
             offset = offset + self.drift_weight * (self.seasons_ahead * drift)
         if self.naive_gate is not None:
-            terms = self.gate_values(past_target, past_observed_values) / scale
+            terms = self.gate_values(past_target, past_observed_values, latest) / scale
             offset = self.gated(offset, features[:, context:], terms)
         marginals = self.head(features[:, context:], scale, offset)
         copula = None if self.copula is None else self.copula(features[:, context - 1])
         return marginals, copula
 
     def context_loss(
-        self, features: Tensor, past_target: Tensor, past_observed_values: Tensor, scale: Tensor
+        self,
+        features: Tensor,
+        past_target: Tensor,
+        past_observed_values: Tensor,
+        scale: Tensor,
+        latest: Tensor | None = None,
     ) -> Tensor:
-        """The head's loss on the context steps ``(B,)``: step ``t`` predicts ``y_t`` (observed steps only), / ``C``."""
+        """The head's loss on the context steps ``(B,)``: step ``t`` predicts ``y_t`` (observed steps only), / ``C``
+        (``latest``: :meth:`observed_before`, computed here where not given)."""
         context = self.context_length
         offset = None
         if self.naive_offset:
-            offset = self.past_values(past_target, past_observed_values, self.context_naive_index) / scale
+            latest = self.observed_before(past_observed_values) if latest is None else latest
+            index = self.context_naive_index  # context step p's value a season back, else its last one, p - 1
+            offset = self.naive_values(past_target, latest, index, index + self.season - 1) / scale
         if self.naive_drift:
             ends = self.context_naive_index + self.season  # context step p: the windows end before p
             offset = offset + self.drift_weight * self.level_change(past_target, past_observed_values, ends) / scale
@@ -463,16 +497,25 @@ class ParaRNNForecastModel(nn.Module):
                 f"got {tuple(future_observed_values.shape)}"
             )
         weights = future_observed_values.to(dtype)
-        target = _observed_only(future_target, weights > 0, dtype, "future_target", "future_observed_values")
+        target = _observed_only(
+            future_target, weights > 0, dtype, "future_target", "future_observed_values", self.counts_head
+        )
         inputs, scale = self.sequence_inputs(
-            feat_static_cat, feat_static_real, past_time_feat, past_target, past_observed_values, future_time_feat
+            feat_static_cat,
+            feat_static_real,
+            past_time_feat,
+            past_target,
+            past_observed_values,
+            future_time_feat,
+            training_data=True,
         )
         features = self.encode(inputs)
-        marginals, copula = self.forecast(features, past_target, past_observed_values, scale)
+        latest = self.observed_before(past_observed_values) if self.naive_offset else None  # once for both offsets
+        marginals, copula = self.forecast(features, past_target, past_observed_values, scale, latest)
         marginal = _observed_loss(marginals, target, weights) / horizon
         context = torch.zeros_like(marginal)
         if self.context_loss_weight:
-            context = self.context_loss(features, past_target, past_observed_values, scale)
+            context = self.context_loss(features, past_target, past_observed_values, scale, latest)
         series_scale = scale.detach().squeeze(-1)
         if copula is None:
             return ForecastLoss(marginal, torch.zeros_like(marginal), context, series_scale)
@@ -489,13 +532,16 @@ class ParaRNNForecastModel(nn.Module):
         past_target: Tensor,
         past_observed_values: Tensor,
         future_time_feat: Tensor,
+        training_data: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """The network's input sequence ``(B, C + H, input_size)`` in the parameters' dtype and the scale ``(B, 1)``
         in :attr:`head_dtype`.
 
         Features per step, in order: scaled lags ``(L)``, their observed flags ``(L)``, time
         features ``(F)``, static embeddings, static reals, ``log scale``, horizon flag; computed in
-        :attr:`head_dtype` and cast to the parameters' dtype at the end.
+        :attr:`head_dtype` and cast to the parameters' dtype at the end. ``training_data``: the past is scored
+        too (:meth:`loss_terms`), so a counts head refuses observed values that are not counts (in the same
+        reduction as the finiteness check).
         """
         past, context = self.past_length, self.context_length
         dtype = self.head_dtype
@@ -506,7 +552,10 @@ class ParaRNNForecastModel(nn.Module):
                 f"got {tuple(past_observed_values.shape)}"
             )
         observed = past_observed_values[:, -past:].to(dtype)
-        target = _observed_only(past_target[:, -past:], observed > 0, dtype, "past_target", "past_observed_values")
+        counts = self.counts_head if training_data else None
+        target = _observed_only(
+            past_target[:, -past:], observed > 0, dtype, "past_target", "past_observed_values", counts
+        )
         if self.scaling:
             scale = mean_scale(target[:, -context:], observed[:, -context:], self.default_scale)
         else:
@@ -527,9 +576,14 @@ class ParaRNNForecastModel(nn.Module):
         inputs = torch.cat([lags, flags, time_feat, static_feat, horizon_flag], dim=-1)
         return _fits(inputs, self.input_proj.weight.dtype), scale
 
-    def seasonal_naive(self, past_target: Tensor, past_observed_values: Tensor, scale: Tensor) -> Tensor:
-        """The seasonal-naive forecast ``(B, H)`` in units of ``scale``; 0 where that past value is missing."""
-        return self.past_values(past_target, past_observed_values, self.naive_index) / scale
+    def seasonal_naive(
+        self, past_target: Tensor, past_observed_values: Tensor, scale: Tensor, latest: Tensor | None = None
+    ) -> Tensor:
+        """The seasonal-naive forecast ``(B, H)`` in units of ``scale``: each step's value of the last season, or
+        where that one is missing the last observed value before it (see :meth:`naive_values`)."""
+        latest = self.observed_before(past_observed_values) if latest is None else latest
+        last = torch.full_like(self.naive_index, self.past_length - 1)
+        return self.naive_values(past_target, latest, self.naive_index, last) / scale
 
     def gated(self, naive: Tensor, features: Tensor, terms: Tensor) -> Tensor:
         """``λ_0 · naive + Σ_j λ_j · terms_j`` ``(B, H)``, the weights ``λ = softmax(0, naive_gate(features))``
@@ -538,9 +592,9 @@ class ParaRNNForecastModel(nn.Module):
         weights = torch.softmax(torch.cat([torch.zeros_like(logits[..., :1]), logits], -1), -1)
         return weights[..., 0] * naive + (weights[..., 1:] * terms[:, None, :]).sum(-1)
 
-    def gate_values(self, past_target: Tensor, past_observed_values: Tensor) -> Tensor:
-        """The values of :attr:`gate_terms` ``(B, J)``, in the data's units."""
-        last = self.last_observed(past_target, past_observed_values)
+    def gate_values(self, past_target: Tensor, past_observed_values: Tensor, latest: Tensor | None = None) -> Tensor:
+        """The values of :attr:`gate_terms` ``(B, J)``, in the data's units (``latest``: :meth:`observed_before`)."""
+        last = self.last_observed(past_target, past_observed_values, latest)
         values = {"last": last}
         if "level" in self.gate_terms:
             start = torch.full((1,), self.past_length - self.season, device=past_target.device)
@@ -548,14 +602,35 @@ class ParaRNNForecastModel(nn.Module):
             values["level"] = torch.where(count > 0, mean, last)
         return torch.cat([values[term] for term in self.gate_terms], 1)
 
-    def last_observed(self, past_target: Tensor, past_observed_values: Tensor) -> Tensor:
+    def last_observed(self, past_target: Tensor, past_observed_values: Tensor, latest: Tensor | None = None) -> Tensor:
         """The last observed value of the last ``P`` steps ``(B, 1)``; 0 where there is none."""
+        latest = self.observed_before(past_observed_values) if latest is None else latest
+        index = latest[:, -1:]
+        value = past_target[:, -self.past_length :].gather(1, index.clamp_min(0)).to(self.head_dtype)
+        return torch.where(index >= 0, value, 0)
+
+    def observed_before(self, past_observed_values: Tensor) -> Tensor:
+        """``(B, P)``: for each of the last ``P`` steps the position of the last observed value at or before it, −1
+        where there is none (one cumulative max per batch, shared by the naive offsets)."""
         past = self.past_length
-        observed = past_observed_values[:, -past:] > 0
-        positions = torch.arange(past, device=observed.device).expand_as(observed)
-        latest = torch.where(observed, positions, -1).amax(1, keepdim=True)
-        value = past_target[:, -past:].to(self.head_dtype).gather(1, latest.clamp_min(0))
-        return torch.where(latest >= 0, value, 0)
+        positions = torch.arange(past, device=past_observed_values.device)
+        return torch.where(past_observed_values[:, -past:] > 0, positions, -1).cummax(1).values
+
+    def naive_values(self, past_target: Tensor, latest: Tensor, index: Tensor, before: Tensor) -> Tensor:
+        """The naive values ``(B, K)`` of ``K`` predicted steps, in :attr:`head_dtype` and the data's units: the last
+        observed value at or before ``index`` ``(K,)`` (each step's seasonal-naive position in the last ``P``
+        steps), or where there is none (``index < 0``, or before the series' first observed value) the last
+        observed value at or before ``before`` ``(K,)`` (the step before the predicted one: the naive forecast);
+        0 where neither has one. ``latest``: :meth:`observed_before`.
+
+        So a missing value a season back does not pull its step's offset to 0: it is filled forward, as GluonTS's
+        ``SeasonalNaivePredictor`` imputes (``LastValueImputation``).
+        """
+        at = index.clamp_min(0)
+        seasonal = latest[:, at]
+        source = torch.where((seasonal >= 0) & (index >= 0), seasonal, latest[:, before])  # (B, K)
+        value = past_target[:, -self.past_length :].gather(1, source.clamp_min(0)).to(self.head_dtype)
+        return torch.where(source >= 0, value, 0)
 
     def level_change(self, past_target: Tensor, past_observed_values: Tensor, ends: Tensor) -> Tensor:
         """Mean of the observed values in ``[e - m, e)`` minus the mean in ``[e - 2m, e - m)`` for each end
@@ -578,13 +653,6 @@ class ParaRNNForecastModel(nn.Module):
         count = counts[:, j] - counts[:, i]
         return (sums[:, j] - sums[:, i]) / count.clamp_min(1), count
 
-    def past_values(self, past_target: Tensor, past_observed_values: Tensor, index: Tensor) -> Tensor:
-        """``past_target``'s last ``P`` steps at ``index`` ``(K,)`` → ``(B, K)``; 0 where missing or ``index < 0``."""
-        past = self.past_length
-        observed = (past_observed_values[:, -past:][:, index.clamp_min(0)] > 0) & (index >= 0)
-        value = past_target[:, -past:][:, index.clamp_min(0)].to(self.head_dtype)
-        return torch.where(observed, value, 0)
-
     def encode(self, inputs: Tensor) -> Tensor:
         """Input sequence ``(B, T, input_size)`` → normalised last-layer features ``(B, T, hidden_size)``, in the
         parameters' dtype (the heads upcast them)."""
@@ -604,18 +672,13 @@ class ParaRNNForecastModel(nn.Module):
         batch, past, features = past_target.shape[0], self.past_length, self.num_time_features
         if past_target.dim() != 2 or past_target.shape[1] < past:
             raise ValueError(
-                f"past_target must be (batch, past_length={past}) (context_length + max(lags_seq)), "
-                f"got {tuple(past_target.shape)}"
+                f"past_target must be (batch, past_length={past}) (context_length + max(lags_seq), or + seasonality "
+                f"where that is longer, with naive_offset), got {tuple(past_target.shape)}"
             )
-        if (
-            past_time_feat.dim() != 3
-            or past_time_feat.shape[0] != batch
-            or past_time_feat.shape[1:]
-            != (
-                past_target.shape[1],
-                features,
-            )
-        ):
+        for name, feat in (("past_time_feat", past_time_feat), ("future_time_feat", future_time_feat)):
+            if feat.dim() == 3 and feat.shape[-1] != features:
+                raise ValueError(self._covariate_mismatch(name, feat.shape[-1]))
+        if past_time_feat.dim() != 3 or tuple(past_time_feat.shape[:2]) != (batch, past_target.shape[1]):
             raise ValueError(
                 f"past_time_feat must be (batch, {past_target.shape[1]}, num_time_features={features}), "
                 f"got {tuple(past_time_feat.shape)}"
@@ -642,6 +705,19 @@ class ParaRNNForecastModel(nn.Module):
                 f"got {tuple(feat_static_real.shape)}"
             )
 
+    def _covariate_mismatch(self, name: str, got: int) -> str:
+        """The error for ``name`` (``past_time_feat``/``future_time_feat``) with ``got`` features per step instead of
+        :attr:`num_time_features`, in the covariates a user sets (``feat_dynamic_real``)."""
+        fixed = self.num_time_features - self.num_feat_dynamic_real  # calendar features and the age
+        has = f"this data has {got - fixed}" if got >= fixed else f"this data has only {got} time features in all"
+        return (
+            f"{name} has {got} features per step, the network reads {self.num_time_features}: the model was trained "
+            f"with num_feat_dynamic_real={self.num_feat_dynamic_real} covariates (feat_dynamic_real rows, and any "
+            f"time_features beyond freq's) besides {fixed - 1} calendar features of freq={self.freq!r} and the age; "
+            f"{has}. Give it the feat_dynamic_real the model was trained with, in the same order (to forecast, "
+            "over the horizon too)"
+        )
+
 
 def _check_ints(**values: tuple[int, int]) -> None:
     """Raise a ``ValueError`` naming the argument unless each ``(value, minimum)`` is an int ``>= minimum``."""
@@ -661,10 +737,18 @@ def _check_finite(x: Tensor, name: str) -> Tensor:
     return x
 
 
-def _observed_only(target: Tensor, observed: Tensor, dtype: torch.dtype, name: str, observed_name: str) -> Tensor:
-    """``target`` in ``dtype`` with unobserved entries set to 0; a ``ValueError`` if an observed entry is NaN or inf."""
+def _observed_only(
+    target: Tensor, observed: Tensor, dtype: torch.dtype, name: str, observed_name: str, counts: str | None = None
+) -> Tensor:
+    """``target`` in ``dtype`` with unobserved entries set to 0; a ``ValueError`` if an observed entry is NaN or inf
+    or, with ``counts`` (the name of a counts head), not a non-negative integer. One reduction either way."""
     filled = torch.where(observed, target.to(dtype), 0)
-    if not all_finite(filled):
+    if counts is None:
+        if all_finite(filled):
+            return filled
+    elif bool(not_counts(filled).sum() == 0):  # 0 proves every entry a finite count; NaN or inf make it NaN
+        return filled
+    if not bool(torch.isfinite(filled).all()):
         if target.dtype == torch.float16:
             raise ValueError(
                 f"{name} is float16, whose largest value is {torch.finfo(torch.float16).max:.0f}, and has inf where "
@@ -673,9 +757,17 @@ def _observed_only(target: Tensor, observed: Tensor, dtype: torch.dtype, name: s
                 "bf16-mixed or 32-true"
             )
         raise ValueError(
-            f"{name} has NaN or inf where {observed_name} is 1; mark missing values unobserved (0) in {observed_name}"
+            f"{name} has inf or NaN at observed steps ({observed_name} 1): a series' target may hold NaN for its "
+            "missing values, which GluonTS's pipeline marks unobserved, but not inf; replace inf with NaN in the "
+            f"data's target (calling the network directly: set {observed_name} to 0 where a value is missing)"
         )
-    return filled
+    bad = filled[not_counts(filled) > 0]
+    examples = ", ".join(f"{v:g}" for v in bad[:5].tolist())
+    raise ValueError(
+        f"distribution={counts!r} is over counts, but {name} has {bad.numel()} observed values that are not "
+        f"non-negative integers (e.g. {examples}); use distribution='student_t' (or 'normal', 'johnson_su', "
+        "'quantile') for real-valued data, with nonnegative_pred_samples=True where it cannot be negative"
+    )
 
 
 def _fits(inputs: Tensor, dtype: torch.dtype) -> Tensor:

@@ -303,6 +303,8 @@ class DistributionHead(nn.Module):
 
     #: whether :meth:`forward` takes a location ``offset`` (heads with a location parameter)
     takes_offset = True
+    #: whether the distribution is over counts, so targets must be non-negative integers (see :func:`not_counts`)
+    counts = False
 
     def forward(
         self, features: Tensor, scale: Tensor | None = None, offset: Tensor | None = None
@@ -371,10 +373,16 @@ class JohnsonSUHead(DistributionHead):
 
 class NegativeBinomialHead(DistributionHead):
     """Negative binomial for counts: ``total_count = softplus`` (the shape, not scaled) and
-    ``logits + log(scale)``, so the mean ``total_count · exp(logits)`` is multiplied by the scale."""
+    ``logits + log(scale)``, so the mean ``total_count · exp(logits)`` is multiplied by the scale.
+
+    Its loss does not check its targets (torch's ``validate_args`` would, at a host sync per call): a negative or
+    fractional target gets a finite, meaningless likelihood. The forecaster refuses such data where the target
+    enters the loss (:func:`not_counts`, folded into its finiteness check).
+    """
 
     arg_names = ("total_count", "logits")
     takes_offset = False
+    counts = True
 
     def distribution(self, raw: Tensor, scale: Tensor, offset: Tensor) -> ForecastDistribution:
         count_raw, logits_raw = raw.unbind(-1)
@@ -413,6 +421,13 @@ class QuantileHead(DistributionHead):
         scale = scale.expand(raw.shape[:-1])
         levels = torch.tensor(self.quantile_levels, dtype=raw.dtype, device=raw.device)
         return QuantileForecast(levels, quantiles * scale.unsqueeze(-1), scale)
+
+
+def not_counts(x: Tensor) -> Tensor:
+    """How far each entry of ``x`` is from a count, ``|x − round(x)| + max(−x, 0)`` (same shape): 0 for
+    non-negative integers, positive for negative or fractional values, NaN for NaN and ±inf, so that one sum
+    tells whether every entry is a finite count (0) or not (see :attr:`DistributionHead.counts`)."""
+    return (x - x.round()).abs() + (-x).clamp_min(0)
 
 
 def check_quantiles(quantiles: Sequence[float]) -> tuple[float, ...]:
