@@ -207,45 +207,44 @@ class Trajectories:
 
 
 # ---- collection -----------------------------------------------------------------------------
-def _unknown_env(env_id: str, error: Exception) -> ValueError:
-    return ValueError(
-        f"unknown Gymnasium env id {env_id!r} ({error}); list the registered ids with "
-        "`python -c 'import gymnasium; gymnasium.pprint_registry()'`"
-    )
+def _checked_make(env_id: str, make: Callable[[], Any], spaces: Callable[[Any], tuple[Any, Any]]) -> Any:
+    """``make()``, with a clear error for an unknown ``env_id`` and for its ``spaces(env)`` (observation and action
+    space) that world models cannot take (:func:`check_spaces`; the env is closed first)."""
+    try:
+        env = make()
+    except gym.error.UnregisteredEnv as error:
+        raise ValueError(
+            f"unknown Gymnasium env id {env_id!r} ({error}); list the registered ids with "
+            "`python -c 'import gymnasium; gymnasium.pprint_registry()'`"
+        ) from error
+    try:
+        check_spaces(*spaces(env), env_id)
+    except ValueError:
+        env.close()
+        raise
+    return env
 
 
 def make_vector_env(env_id: str, num_envs: int, **env_kwargs: Any) -> gym.vector.VectorEnv:
     """``num_envs`` synchronous copies of ``env_id`` with next-step autoreset; clear errors for bad ids/spaces."""
-    try:
-        envs = gym.make_vec(
+    return _checked_make(
+        env_id,
+        lambda: gym.make_vec(
             env_id,
             num_envs=num_envs,
             vectorization_mode="sync",
             vector_kwargs={"autoreset_mode": AutoresetMode.NEXT_STEP},
             **env_kwargs,
-        )
-    except gym.error.UnregisteredEnv as error:
-        raise _unknown_env(env_id, error) from error
-    try:
-        check_spaces(envs.single_observation_space, envs.single_action_space, env_id)
-    except ValueError:
-        envs.close()
-        raise
-    return envs
+        ),
+        lambda envs: (envs.single_observation_space, envs.single_action_space),
+    )
 
 
 def make_env(env_id: str, **env_kwargs: Any) -> gym.Env:
     """One ``env_id`` env (``gymnasium.make``), with :func:`make_vector_env`'s clear errors for bad ids/spaces."""
-    try:
-        env = gym.make(env_id, **env_kwargs)
-    except gym.error.UnregisteredEnv as error:
-        raise _unknown_env(env_id, error) from error
-    try:
-        check_spaces(env.observation_space, env.action_space, env_id)
-    except ValueError:
-        env.close()
-        raise
-    return env
+    return _checked_make(
+        env_id, lambda: gym.make(env_id, **env_kwargs), lambda env: (env.observation_space, env.action_space)
+    )
 
 
 def collect(
