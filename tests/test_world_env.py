@@ -342,7 +342,7 @@ def test_discrete_actions_must_be_integers_of_the_space(action, match: str) -> N
         env.step(action)
 
 
-def test_actions_of_the_wrong_shape_name_the_action_space_and_the_shape_given() -> None:
+def test_actions_of_the_wrong_shape_or_nan_name_the_action_space_and_what_was_given() -> None:
     env = WorldModelEnv(make_model(**PENDULUM), "Pendulum-v1")
     env.reset(seed=0)
     for action, given in ((np.array([[0.5]]), r"\(1, 1\)"), (0.5, r"\(\)"), (np.array([0.5, 0.1]), r"\(2,\)")):
@@ -350,6 +350,8 @@ def test_actions_of_the_wrong_shape_name_the_action_space_and_the_shape_given() 
             ValueError, match=r"action must have shape \(1,\) for the action space Box\(.*got shape " + given
         ):
             env.step(action)
+    with pytest.raises(ValueError, match=r"action must be numbers for the action space Box\(.*got NaN in \[nan\]"):
+        env.step(np.array([np.nan], dtype=np.float32))
     envs = ImaginedVectorEnv(make_model(**CARTPOLE), 4, "CartPole-v1")
     envs.reset(seed=0)
     with pytest.raises(

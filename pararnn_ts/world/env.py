@@ -100,8 +100,10 @@ def action_vectors(
         if ((index < 0) | (index >= action_space.n)).any():
             raise ValueError(f"{name} must lie in the action space {action_space}, got {_shown(array)}")
         return nn.functional.one_hot(index, int(action_space.n)).to(like.dtype)
-    vector = torch.as_tensor(array.astype(np.float64), dtype=like.dtype, device=like.device)
-    return clip_box(action_space, vector)
+    vector = array.astype(np.float64)
+    if not np.isnan(vector).any():  # ±inf are clipped to the bounds, as the real envs clip them
+        return clip_box(action_space, torch.as_tensor(vector, dtype=like.dtype, device=like.device))
+    raise ValueError(f"{name} must be numbers for the action space {action_space}, got NaN in {_shown(array)}")
 
 
 def read_spaces(
