@@ -605,9 +605,7 @@ class ParaRNNForecastModel(nn.Module):
     def last_observed(self, past_target: Tensor, past_observed_values: Tensor, latest: Tensor | None = None) -> Tensor:
         """The last observed value of the last ``P`` steps ``(B, 1)``; 0 where there is none."""
         latest = self.observed_before(past_observed_values) if latest is None else latest
-        index = latest[:, -1:]
-        value = past_target[:, -self.past_length :].gather(1, index.clamp_min(0)).to(self.head_dtype)
-        return torch.where(index >= 0, value, 0)
+        return self.values_at(past_target, latest[:, -1:])
 
     def observed_before(self, past_observed_values: Tensor) -> Tensor:
         """``(B, P)``: for each of the last ``P`` steps the position of the last observed value at or before it, −1
@@ -629,8 +627,13 @@ class ParaRNNForecastModel(nn.Module):
         at = index.clamp_min(0)
         seasonal = latest[:, at]
         source = torch.where((seasonal >= 0) & (index >= 0), seasonal, latest[:, before])  # (B, K)
-        value = past_target[:, -self.past_length :].gather(1, source.clamp_min(0)).to(self.head_dtype)
-        return torch.where(source >= 0, value, 0)
+        return self.values_at(past_target, source)
+
+    def values_at(self, past_target: Tensor, positions: Tensor) -> Tensor:
+        """The values ``(B, K)`` at ``positions`` ``(B, K)`` of the last ``P`` steps (:meth:`observed_before`'s), in
+        :attr:`head_dtype`; 0 where a position is −1 (nothing observed)."""
+        value = past_target[:, -self.past_length :].gather(1, positions.clamp_min(0)).to(self.head_dtype)
+        return torch.where(positions >= 0, value, 0)
 
     def level_change(self, past_target: Tensor, past_observed_values: Tensor, ends: Tensor) -> Tensor:
         """Mean of the observed values in ``[e - m, e)`` minus the mean in ``[e - 2m, e - m)`` for each end
