@@ -23,7 +23,34 @@ if TYPE_CHECKING:
 
 
 def sequential_solve(cell: ParaCell, u: Tensor, h0: Tensor) -> Tensor:
-    """The plain loop ``h_t = f(h_{t-1}, u_t)``: ``(B, T, ...)``, ``(B, *S)`` → ``(B, T, *S)``."""
+    """The plain loop ``h_t = f(h_{t-1}, u_t)``: ``(B, T, ...)``, ``(B, *S)`` → ``(B, T, *S)``.
+
+    Parameters narrower than ``u`` (bf16 weights in a float32 solve) are read through one widened
+    copy per solve, so their ``T`` per-step gradients add up in ``u``'s dtype, not in theirs.
+    """
+    narrow = {n: p.to(u.dtype) for n, p in cell.named_parameters() if _narrower(p.dtype, u.dtype)}
+    if narrow:
+        widened = {f"cell.{n}": p for n, p in narrow.items()}
+        return torch.func.functional_call(_Loop(cell), widened, (u, h0), strict=False)
+    return _loop(cell, u, h0)
+
+
+def _narrower(dtype: torch.dtype, than: torch.dtype) -> bool:
+    return dtype.is_floating_point and dtype != than and torch.promote_types(dtype, than) == than
+
+
+class _Loop(torch.nn.Module):
+    """The loop as a module's ``forward``, so that ``functional_call`` can swap ``cell``'s parameters."""
+
+    def __init__(self, cell: ParaCell) -> None:
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, u: Tensor, h0: Tensor) -> Tensor:
+        return _loop(self.cell, u, h0)
+
+
+def _loop(cell: ParaCell, u: Tensor, h0: Tensor) -> Tensor:
     h = h0
     trajectory = []
     # unbind, not u[:, t]: one backward node for all steps instead of a full-size gradient per step.
