@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import gymnasium as gym
@@ -66,6 +67,9 @@ REAL_SPACE_WARNINGS = [
     "ignore:.*observation space (minimum|maximum) value is:UserWarning",
 ]
 
+#: what a step after the end of an episode warns (tests that step on deliberately, to compare with ``imagine``)
+STEPS_AFTER_THE_END = r"ignore:.*You are calling 'step\(\)' even though this environment has already:UserWarning"
+
 
 # ---- Gymnasium API --------------------------------------------------------------------------------
 @pytest.mark.filterwarnings(*REAL_SPACE_WARNINGS)
@@ -97,6 +101,7 @@ def test_seeded_resets_repeat_and_draw_from_start_states() -> None:
 
 
 # ---- closed loop equals the parallel open loop ----------------------------------------------------
+@pytest.mark.filterwarnings(STEPS_AFTER_THE_END)
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_stepping_the_env_equals_parallel_imagine(cell: str) -> None:
     """Stepping with a plan's actions gives ``model.imagine``'s observations and learned rewards."""
@@ -113,6 +118,7 @@ def test_stepping_the_env_equals_parallel_imagine(cell: str) -> None:
     np.testing.assert_allclose(np.stack([s[4]["obs_std"] for s in steps]), pred.obs_std[0].numpy(), rtol=1e-12)
 
 
+@pytest.mark.filterwarnings(STEPS_AFTER_THE_END)
 def test_discrete_actions_are_one_hot_for_the_model() -> None:
     model = make_model(**CARTPOLE)
     history_obs, _ = real_history("CartPole-v1", steps=0)
@@ -140,6 +146,7 @@ def test_vector_env_equals_parallel_imagine_per_row() -> None:
 
 
 # ---- terminated and truncated ---------------------------------------------------------------------
+@pytest.mark.filterwarnings(STEPS_AFTER_THE_END)
 def test_terminated_and_truncated_are_kept_apart() -> None:
     model = make_model(**PENDULUM)
     env = WorldModelEnv(
@@ -439,6 +446,62 @@ def test_reset_options_histories_and_unknown_options() -> None:
             world.reset(options={"foo": 1})
         with pytest.raises(ValueError, match="history_actions needs history_obs"):
             world.reset(options={"history_actions": history_actions})
+
+
+def test_histories_outside_the_observation_space_or_of_another_shape_name_the_space() -> None:
+    model = make_model(**PENDULUM)
+    history_obs, history_actions = real_history("Pendulum-v1", steps=2, seed=4)
+    fast = history_obs.copy()
+    fast[1, 2] = 9.5  # an angular velocity beyond Pendulum's 8
+    missing = history_obs.copy()
+    missing[0, 0] = np.nan
+    env = WorldModelEnv(model, "Pendulum-v1")
+    envs = ImaginedVectorEnv(model, 2, "Pendulum-v1")
+    space = re.escape(str(env.observation_space))
+    outside = rf"history_obs must lie in the observation space {space}, got "
+    fix = r"values outside\); pass real observations of the env the model was trained on"
+    for world in (env, envs):
+        with pytest.raises(ValueError, match=outside + r"9.5 at index \(1, 2\) \(1 of 9 " + fix):
+            world.reset(options={"history_obs": fast, "history_actions": history_actions})
+        with pytest.raises(ValueError, match=outside + r"nan at index \(0, 0\)"):
+            world.reset(options={"history_obs": missing, "history_actions": history_actions})
+        with pytest.raises(ValueError, match=rf"history_obs must .* shape .* for the observation space {space}, got "):
+            world.reset(options={"history_obs": history_obs[:, :2], "history_actions": history_actions})
+    per_env = {"history_obs": np.stack([history_obs, fast]), "history_actions": [history_actions] * 2}
+    with pytest.raises(ValueError, match=outside + r"9.5 at index \(1, 1, 2\) \(1 of 18 "):
+        envs.reset(options=per_env)
+    with pytest.raises(ValueError, match=rf"start_states must lie in the observation space {space}, got 9.5 "):
+        WorldModelEnv(model, "Pendulum-v1", start_states=fast)
+
+
+def test_a_step_after_the_end_warns_once_per_episode_as_gymnasium_envs_do_and_goes_on() -> None:
+    """As CartPole-v1 warns (through gymnasium.logger); the vector env autoresets instead, with no warning."""
+    model = make_model(**PENDULUM)
+    kwargs = {"observation_space": FREE_OBS, "action_space": PENDULUM_ACTIONS, "start_states": np.zeros((1, 3))}
+    kwargs |= {"termination_fn": lambda obs, action, next_obs: action[..., 0] > 1.5, "max_episode_steps": 3}
+    env = WorldModelEnv(model, **kwargs)
+
+    def warnings_of(world, actions: list[float]) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for action in actions:
+                obs = world.step(np.full(world.action_space.shape, action))[0]
+                assert np.isfinite(obs).all()  # it goes on
+        assert all(w.filename == __file__ for w in caught)  # attributed to the line that stepped
+        return [str(w.message) for w in caught]
+
+    said = "You are calling 'step()' even though this environment has already returned {} = True. You should"
+    env.reset(seed=0)
+    assert warnings_of(env, [1.9]) == []  # the step that terminates
+    (warning,) = warnings_of(env, [0.0, 0.0, 0.0])
+    assert said.format("terminated") in warning and "call 'reset()'" in warning
+    env.reset(seed=0)
+    assert warnings_of(env, [0.0, 0.0, 0.0]) == []  # truncated by the last one
+    (warning,) = warnings_of(env, [0.0, 1.9])
+    assert said.format("truncated") in warning
+    envs = ImaginedVectorEnv(model, 2, **kwargs)
+    envs.reset(seed=0)
+    assert warnings_of(envs, [1.9, 0.0, 0.0, 0.0, 1.9, 0.0]) == []
 
 
 def test_close_closes_the_real_env_made_from_an_id_and_render_says_why_not() -> None:

@@ -99,7 +99,7 @@ def test_default_outputs_are_not_the_committed_results(capsys):
         evaluate.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert text.startswith("usage: pararnn-ts world-eval")
-    for part in ("--out OUT", "(default: runs/world_eval)", "--stride STRIDE", "(default: 5)", "--overwrite"):
+    for part in ("--out OUT", "(default: runs/world_eval)", "--stride STRIDE", "eval_stride, else 5", "--overwrite"):
         assert part in text
     with pytest.raises(SystemExit):
         mpc.main(["--help"])
@@ -176,6 +176,39 @@ def test_world_eval_scores_a_checkpoint_on_its_env(fit_checkpoint, tmp_path, mon
     assert " | - |" in (tmp_path / "kstep_Pendulum-v1.md").read_text()
     with pytest.raises(ValueError, match="scored as the pararnn row; add pararnn to --models"):
         evaluate.main(["--checkpoint", str(fit_checkpoint), "--models", "persistence", "--out", str(tmp_path / "b")])
+
+
+def test_world_eval_scores_a_checkpoint_with_its_k_step_settings_unless_a_flag_says_otherwise(
+    fit_checkpoint, tmp_path, monkeypatch, capsys
+):
+    """The checkpoint's eval_context / eval_ks / eval_stride by default; a flag wins, said in one printed line."""
+    monkeypatch.setattr(evaluate, "train_world_model", lambda *a, **k: pytest.fail("training started"))
+    checkpoint = torch.load(fit_checkpoint, weights_only=False)
+    checkpoint["hyper_parameters"] |= {"eval_context": 4, "eval_ks": [1, 5], "eval_stride": 3}
+    path = tmp_path / "short.ckpt"
+    torch.save(checkpoint, path)
+    argv = ["--checkpoint", str(path), "--models", "persistence", "pararnn"]
+    results = evaluate.main([*argv, "--out", str(tmp_path / "own")])
+    assert (results["settings"]["context"], results["settings"]["stride"]) == (4, 3)
+    assert list(results["errors"]["ParaGRU"]) == ["1", "5"] and "as given" not in capsys.readouterr().out
+    results = evaluate.main([*argv, "--context", "6", "--stride", "3", "--out", str(tmp_path / "flags")])
+    assert (results["settings"]["context"], results["settings"]["stride"]) == (6, 3)
+    assert list(results["errors"]["ParaGRU"]) == ["1", "5"]
+    said = [line for line in capsys.readouterr().out.splitlines() if "as given" in line]
+    assert said == [
+        f"--checkpoint {path}: scoring with --context 6 (its eval_context: 4) as given, not the checkpoint's"
+    ]
+
+    scored = {}
+
+    def stop(*args, **kwargs):  # what compare_models is asked to score with, before any work
+        scored.update(kwargs)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(evaluate, "compare_models", stop)
+    with pytest.raises(RuntimeError, match="stop"):
+        evaluate.main(["--out", str(tmp_path / "plain")])  # without --checkpoint: world-eval's own defaults
+    assert (scored["context"], scored["ks"], scored["stride"]) == (16, [1, 5, 10, 25, 50], 5)
 
 
 def test_a_checkpoint_of_another_env_is_refused_up_front(fit_checkpoint, tmp_path, no_work):

@@ -53,11 +53,7 @@ def checkpoint_data(checkpoint: dict[str, Any], given: dict[str, Any], path: str
     """
     trained = checkpoint.get("datamodule_hyper_parameters") or {}
     data = {name: trained[name] for name in DATA_ARGUMENTS if name in trained}
-    differ = [
-        f"{name}={value!r} (trained: {data[name]!r})"
-        for name, value in given.items()
-        if value is not None and name in data and data[name] != value
-    ]
+    differ = [f"{name}={value!r} (trained: {recorded!r})" for name, value, recorded in _differing(given, data)]
     if differ:
         warnings.warn(
             f"--checkpoint {path} is scored on other data than it was trained on: {', '.join(differ)}; its test "
@@ -65,6 +61,37 @@ def checkpoint_data(checkpoint: dict[str, Any], given: dict[str, Any], path: str
             stacklevel=2,
         )
     return data or None
+
+
+#: world-eval's k-step settings and the WorldModelModule hyperparameters that record them
+EVALUATION_ARGUMENTS = {"context": "eval_context", "ks": "eval_ks", "stride": "eval_stride"}
+
+
+def checkpoint_evaluation(checkpoint: dict[str, Any], given: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """The k-step settings (:data:`EVALUATION_ARGUMENTS`) a checkpoint was validated with, those it records.
+
+    Prints one line naming the ``given`` ones (``None``: not given) that differ: they are scored with instead.
+    """
+    hparams = checkpoint["hyper_parameters"]
+    recorded = {name: hparams[key] for name, key in EVALUATION_ARGUMENTS.items() if key in hparams}
+    if "ks" in recorded:
+        recorded["ks"] = [int(k) for k in recorded["ks"]]  # a tuple, or a list from a YAML config
+    differ = [
+        f"--{name} {value} (its {EVALUATION_ARGUMENTS[name]}: {saved})"
+        for name, value, saved in _differing(given, recorded)
+    ]
+    if differ:
+        print(f"--checkpoint {path}: scoring with {', '.join(differ)} as given, not the checkpoint's", flush=True)
+    return recorded
+
+
+def _differing(given: dict[str, Any], recorded: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """``(name, given, recorded)`` for each ``given`` value (``None``: not given) that differs from a recorded one."""
+    return [
+        (name, value, recorded[name])
+        for name, value in given.items()
+        if value is not None and name in recorded and recorded[name] != value
+    ]
 
 
 def read_world_checkpoint(path: str | Path) -> tuple[WorldModelModule, str | None]:

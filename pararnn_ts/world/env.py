@@ -29,6 +29,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
+from ..notices import user_stacklevel
 from .collect import action_dim, check_spaces, make_env
 
 #: ``reward_fn(obs (..., O), action (..., A), next_obs (..., O)) -> (...)``, on torch tensors, actions as
@@ -104,6 +105,18 @@ def action_vectors(
     if not np.isnan(vector).any():  # ±inf are clipped to the bounds, as the real envs clip them
         return clip_box(action_space, torch.as_tensor(vector, dtype=like.dtype, device=like.device))
     raise ValueError(f"{name} must be numbers for the action space {action_space}, got NaN in {_shown(array)}")
+
+
+def check_observations(observation_space: spaces.Box, obs: np.ndarray, name: str) -> None:
+    """Refuse real observations ``(..., O)`` outside ``observation_space`` (NaN, or beyond its bounds)."""
+    outside = ~((obs >= observation_space.low) & (obs <= observation_space.high))
+    if outside.any():
+        index = tuple(int(i) for i in np.argwhere(outside)[0])
+        raise ValueError(
+            f"{name} must lie in the observation space {observation_space}, got {obs[index]} at index {index} "
+            f"({int(outside.sum())} of {obs.size} values outside); pass real observations of the env the model "
+            "was trained on, as its reset() and step() return them"
+        )
 
 
 def read_spaces(
@@ -226,9 +239,10 @@ class StartSampler:
             starts = starts[None] if starts.ndim == 1 else starts
             if starts.ndim != 2 or starts.shape[1:] != observation_space.shape or len(starts) == 0:
                 raise ValueError(
-                    f"start_states must be real observations of shape (N, {observation_space.shape[0]}), "
-                    f"got {np.shape(source)}"
+                    f"start_states must be real observations of shape (N, {observation_space.shape[0]}) for the "
+                    f"observation space {observation_space}, got {np.shape(source)}"
                 )
+            check_observations(observation_space, starts, "start_states")
             if context > 1:
                 raise ValueError(f"context={context} needs a real env to reset as start_states (arrays give 1 step)")
             source = starts
@@ -384,9 +398,10 @@ class ImaginedEpisodes:
         if obs.ndim != 2 + per_env or obs.shape[-1] != features or obs.shape[-2] < 1 or (per_env and len(obs) != n):
             shapes = "(C, O) or (O,)" + ("" if n is None else f", or ({n}, C, O) (one per env)")
             raise ValueError(
-                f"history_obs must be real observations of shape {shapes} with O = {features}, got shape "
-                f"{np.shape(history_obs)}"
+                f"history_obs must be real observations of shape {shapes} with O = {features} for the observation "
+                f"space {self.observation_space}, got shape {np.shape(history_obs)}"
             )
+        check_observations(self.observation_space, obs, "history_obs")
         c = obs.shape[-2]
         if history_actions is None:
             if c > 1:
@@ -486,11 +501,14 @@ class WorldModelEnv(gym.Env):
             after :data:`MAX_WARMUP_DRAWS` of them in a row ``reset`` raises a ``ValueError``.
 
     ``reset(options={"history_obs": (C, O), "history_actions": (C-1, ...)})`` starts from that real
-    history instead (other options are refused). Actions must be elements of the action space: Box
-    actions of its shape, clipped to its bounds as the real envs do; Discrete ones integers (not bools
-    or floats). Observations come in the observation space's dtype, clipped to its bounds (the model
-    goes on from the unclipped prediction); ``info["obs_std"]`` is the predicted spread. ``close()``
-    closes the real env made from an env id; there is no rendering (:meth:`render`).
+    history instead (its observations must lie in the observation space; other options are refused).
+    Actions must be elements of the action space: Box actions of its shape, clipped to its bounds as
+    the real envs do; Discrete ones integers (not bools or floats). A ``step()`` after the episode
+    returned ``terminated`` or ``truncated`` warns once per episode (``gymnasium.logger``, as
+    Gymnasium's classic-control envs do) and goes on imagining. Observations come in the observation
+    space's dtype, clipped to its bounds (the model goes on from the unclipped prediction);
+    ``info["obs_std"]`` is the predicted spread. ``close()`` closes the real env made from an env id;
+    there is no rendering (:meth:`render`).
     """
 
     metadata = {"render_modes": []}
@@ -528,6 +546,8 @@ class WorldModelEnv(gym.Env):
         self.model, self.max_episode_steps = model, self.episodes.max_episode_steps
         self._row = torch.zeros(1, dtype=torch.long, device=self.episodes.like.device)
         self._steps: int | None = None
+        self._ended: str | None = None  # "terminated" / "truncated" once a step returned it, until reset()
+        self._warned = False  # whether this episode warned of a step after its end
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[np.ndarray, dict]:
         super().reset(seed=seed)
@@ -537,17 +557,23 @@ class WorldModelEnv(gym.Env):
         else:
             obs, actions = self.episodes.draw([self.np_random])
         self.episodes.restart(self._row, obs, actions)
-        self._steps = 0
+        self._steps, self._ended, self._warned = 0, None, False
         return self.episodes.to_obs(self.episodes.last_obs[0]), {}
 
     def step(self, action: Any) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict]:
         if self._steps is None:
             raise RuntimeError("WorldModelEnv.step called before reset()")
+        if self._ended is not None and not self._warned:
+            gym.logger.warn(STEP_AFTER_END.format(self._ended), stacklevel=user_stacklevel())
+            self._warned = True
         out = self.episodes.step(self._row, self.episodes.encode(action)[None], [self.np_random])
         self._steps += 1
+        terminated = bool(out.terminated[0])
         truncated = self.max_episode_steps is not None and self._steps >= self.max_episode_steps
+        if self._ended is None and (terminated or truncated):
+            self._ended = "terminated" if terminated else "truncated"
         info = {"obs_std": out.obs_std[0].cpu().numpy().astype(self.observation_space.dtype)}
-        return self.episodes.to_obs(out.obs[0]), float(out.reward[0]), bool(out.terminated[0]), truncated, info
+        return self.episodes.to_obs(out.obs[0]), float(out.reward[0]), terminated, truncated, info
 
     def render(self) -> None:
         raise NotImplementedError(NO_RENDERING.format(type(self).__name__))
@@ -556,6 +582,13 @@ class WorldModelEnv(gym.Env):
         """Close the real env made from an env id (for start states)."""
         self.episodes.close()
 
+
+#: what ``step()`` warns once per episode after the episode ended (Gymnasium's classic-control envs' words)
+STEP_AFTER_END = (
+    "You are calling 'step()' even though this environment has already returned {} = True. You should always "
+    "call 'reset()' once you receive 'terminated = True' or 'truncated = True'; WorldModelEnv goes on imagining "
+    "past the end of the episode."
+)
 
 #: what ``render()`` says
 NO_RENDERING = (

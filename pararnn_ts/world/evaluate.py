@@ -7,7 +7,8 @@
 (the last one regenerates the committed results) trains the ParaRNN dynamics model, a sequential ``nn.GRU``
 model with the same heads and losses, and a PETS-style MLP ensemble on the same transitions (random
 policy), or reads the ParaRNN model from a ``pararnn-ts fit -c experiments/world/...`` checkpoint
-(``--checkpoint``, its env by default; ``--models`` picks the rows), scores them and the persistence
+(``--checkpoint``; its env, data and k-step settings ``eval_context`` / ``eval_ks`` / ``eval_stride`` unless
+flags say otherwise; ``--models`` picks the rows), scores them and the persistence
 baseline with :func:`k_step_errors` on the held-out test episodes, printing a line per model, and writes
 ``kstep_<env>.md`` (table), ``kstep_<env>.json`` (numbers, settings, wall times; ``null`` for a ``k`` no
 window reaches) and ``rollout_<env>.png`` (predicted vs real trajectories of the longest test episode) to
@@ -360,7 +361,7 @@ def plot_rollout(
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """``pararnn-ts world-eval``: score the models, write the table, JSON and plot, print the table."""
-    from .checkpoints import checkpoint_data, checkpoint_env, env_for_checkpoint, load_checkpoint
+    from .checkpoints import checkpoint_data, checkpoint_env, checkpoint_evaluation, env_for_checkpoint, load_checkpoint
     from .datamodule import TrajectoryDataModule
 
     parser = argparse.ArgumentParser(
@@ -404,9 +405,25 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--window", type=int, default=80, help="training window (>= context + max k to train k steps)")
     parser.add_argument("--train-stride", type=int, default=4, help="steps between training windows")
     parser.add_argument("--batch-size", type=int, default=32, help="training windows per batch")
-    parser.add_argument("--context", type=int, default=16, help="observations a model sees before predicting")
-    parser.add_argument("--stride", type=int, default=5, help="steps between evaluation windows")
-    parser.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="open-loop horizons to report")
+    parser.add_argument(
+        "--context",
+        type=int,
+        default=None,
+        help="observations a model sees before predicting; None: the --checkpoint's eval_context, else 16",
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        help="steps between evaluation windows; None: the --checkpoint's eval_stride, else 5",
+    )
+    parser.add_argument(
+        "--ks",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"open-loop horizons to report; None: the --checkpoint's eval_ks, else {' '.join(map(str, DEFAULT_KS))}",
+    )
     parser.add_argument(
         "--seed",
         type=int,
@@ -417,11 +434,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     env = args.env
     given = {"path": args.data, "num_steps": args.steps, "seed": args.seed}
     data = {"path": None, "num_steps": 10_000, "seed": 0}
+    given_evaluation = {"context": args.context, "ks": args.ks, "stride": args.stride}
+    evaluation = {"context": 16, "ks": list(DEFAULT_KS), "stride": 5}
     if args.checkpoint is not None:
         checkpoint = load_checkpoint(args.checkpoint)
         env = env_for_checkpoint(env, checkpoint_env(checkpoint), args.checkpoint)
         data = checkpoint_data(checkpoint, given, args.checkpoint) or data
+        evaluation |= checkpoint_evaluation(checkpoint, given_evaluation, args.checkpoint)
     data |= {name: value for name, value in given.items() if value is not None}
+    evaluation |= {name: value for name, value in given_evaluation.items() if value is not None}
     datamodule = TrajectoryDataModule(
         env or "Pendulum-v1",
         **data,
@@ -442,13 +463,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cell=args.cell,
         lr=args.lr,
         open_loop_weight=args.open_loop_weight,
-        ks=args.ks,
-        context=args.context,
-        stride=args.stride,
+        **evaluation,
         seed=data["seed"],
         overwrite=args.overwrite,
     )
-    print(markdown_table(results, args.ks) + f"\nwall time {results['wall_seconds']:.0f} s")
+    print(markdown_table(results, evaluation["ks"]) + f"\nwall time {results['wall_seconds']:.0f} s")
     return results
 
 
