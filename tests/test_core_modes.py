@@ -101,6 +101,38 @@ def test_bf16_parameters_get_gradients_summed_in_the_solve_dtype(cell_name, mode
     assert max(errors.values()) <= torch.finfo(torch.bfloat16).eps, errors  # twice the rounding of the gradient
 
 
+def test_parameters_swapped_in_by_functional_call_get_the_gradients(cell_name):
+    """Hypernetworks and meta-learning run a cell on other weights: each mode differentiates at those, not its own."""
+    cell = make_cell(cell_name, torch.float64)
+    given = make_cell(cell_name, torch.float64, seed=1, mode="sequential")  # its own parameters are the others
+    x = torch.randn(3, 17, cell.input_size, dtype=torch.float64)
+    y_ref, _ = given(x)
+    y_ref.square().sum().backward()
+    modes = ["sequential", "parallel"] + (["fused"] if cell.fused_kernel else [])
+    for mode in modes:
+        cell.mode = mode
+        swapped = {n: p.detach().clone().requires_grad_() for n, p in given.named_parameters()}
+        y, _ = torch.func.functional_call(cell, swapped, (x,))
+        y.square().sum().backward()
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+        for name, p in given.named_parameters():
+            torch.testing.assert_close(swapped[name].grad, p.grad, rtol=1e-9, atol=1e-12, msg=f"{mode}: {name}")
+        assert all(p.grad is None for p in cell.parameters()), mode
+
+
+def test_a_parameter_changed_in_place_before_the_backward_is_refused(cell_name):
+    """As torch.nn.GRU refuses: the gradient would be taken at weights the forward did not run with."""
+    cell = make_cell(cell_name, torch.float64)
+    for mode in ["sequential", "parallel"] + (["fused"] if cell.fused_kernel else []):
+        cell.mode = mode
+        y, _ = cell(torch.randn(2, 9, cell.input_size, dtype=torch.float64))
+        with torch.no_grad():
+            for p in cell.parameters():  # e.g. an optimizer step between forward and backward
+                p.mul_(1.01)
+        with pytest.raises(RuntimeError, match="inplace"):
+            y.sum().backward()
+
+
 def test_step_matches_sequence(cell_name):
     cell = make_cell(cell_name, torch.float64, mode="parallel")
     x = torch.randn(3, 40, cell.input_size, dtype=torch.float64)

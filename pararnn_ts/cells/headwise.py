@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.cell import ParaCell
+from ..core.checks import autocast_enabled
 from ..ops.fused import clip_rows
 
 RecurrentInit = Literal["paper", "normal", "zeros"]
@@ -103,7 +104,7 @@ class HeadwiseGatedCell(ParaCell):
 
     def project(self, x: Tensor) -> Tensor:
         """``x`` ``(..., input_size)`` → ``u`` ``(..., gates, hidden_size)``."""
-        if x.dtype != self.B.dtype and not torch.is_autocast_enabled(x.device.type):
+        if x.dtype != self.B.dtype and not autocast_enabled(x.device.type):
             fix = f"the module (.to({x.dtype})), or run under torch.autocast" if x.is_floating_point() else "nothing"
             raise TypeError(
                 f"{type(self).__name__}: x is {x.dtype} but the parameters are {self.B.dtype}; convert x "

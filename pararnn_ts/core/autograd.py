@@ -8,7 +8,8 @@ and every parameter of the cell. Nothing is differentiated through the Newton it
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -29,25 +30,30 @@ def sequential_solve(cell: ParaCell, u: Tensor, h0: Tensor) -> Tensor:
     copy per solve, so their ``T`` per-step gradients add up in ``u``'s dtype, not in theirs.
     """
     narrow = {n: p.to(u.dtype) for n, p in cell.named_parameters() if _narrower(p.dtype, u.dtype)}
-    if narrow:
-        widened = {f"cell.{n}": p for n, p in narrow.items()}
-        return torch.func.functional_call(_Loop(cell), widened, (u, h0), strict=False)
-    return _loop(cell, u, h0)
+    return call_with_parameters(cell, narrow, _loop, u, h0)
 
 
 def _narrower(dtype: torch.dtype, than: torch.dtype) -> bool:
     return dtype.is_floating_point and dtype != than and torch.promote_types(dtype, than) == than
 
 
-class _Loop(torch.nn.Module):
-    """The loop as a module's ``forward``, so that ``functional_call`` can swap ``cell``'s parameters."""
+def call_with_parameters(cell: ParaCell, parameters: dict[str, Tensor], fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(cell, *args)`` with the cell's parameters named in ``parameters`` read as those tensors instead."""
+    if not parameters:
+        return fn(cell, *args)
+    swapped = {f"cell.{name}": p for name, p in parameters.items()}
+    return torch.func.functional_call(_Bound(cell, fn), swapped, args, strict=False)
 
-    def __init__(self, cell: ParaCell) -> None:
+
+class _Bound(torch.nn.Module):
+    """``fn(cell, *args)`` as a module's ``forward``, so that ``functional_call`` can swap ``cell``'s parameters."""
+
+    def __init__(self, cell: ParaCell, fn: Callable[..., Any]) -> None:
         super().__init__()
-        self.cell = cell
+        self.cell, self.fn = cell, fn
 
-    def forward(self, u: Tensor, h0: Tensor) -> Tensor:
-        return _loop(self.cell, u, h0)
+    def forward(self, *args: Any) -> Any:
+        return self.fn(self.cell, *args)
 
 
 def _loop(cell: ParaCell, u: Tensor, h0: Tensor) -> Tensor:
@@ -119,29 +125,45 @@ class NewtonSolve(torch.autograd.Function):
     def forward(ctx, cell: ParaCell, stats_out: list, u: Tensor, h0: Tensor, *params: Tensor) -> Tensor:
         h, stats = solve_with_policy(cell, u, h0)
         stats_out.append(stats)
-        ctx.cell = cell
-        ctx.save_for_backward(u, h0, h)
+        ctx.cell, ctx.parameter_names = cell, [name for name, _ in cell.named_parameters()]
+        ctx.save_for_backward(u, h0, h, *params)  # autograd refuses a backward after they change in place
         return h
 
     @staticmethod
     @first_order_only("parallel")
     def backward(ctx, grad_h: Tensor):
         cell: ParaCell = ctx.cell
-        u, h0, h = ctx.saved_tensors
+        u, h0, h, *params = ctx.saved_tensors
         needs_u, needs_h0 = ctx.needs_input_grad[2:4]
         needs_params = ctx.needs_input_grad[4:]
+        # Differentiate at the parameters the forward ran with: under functional_call they are not the cell's own.
+        live = dict(cell.named_parameters())
+        swapped = {
+            name: p.detach().requires_grad_(needed)
+            for name, p, needed in zip(ctx.parameter_names, params, needs_params, strict=True)
+            if live.get(name) is not p
+        }
+        params = [swapped.get(name, p) for name, p in zip(ctx.parameter_names, params, strict=True)]
         h_prev = shift_right(h, h0)
         with torch.no_grad():
-            _, J = cell.jacobian(h_prev, u)
+            _, J = call_with_parameters(cell, swapped, _jacobian, h_prev, u)
             adjoint = reverse_linear_scan(J, grad_h, cell.structure)
-        params = [p for p, needed in zip(cell.parameters(), needs_params, strict=True) if needed]
+        params = [p for p, needed in zip(params, needs_params, strict=True) if needed]
         with torch.enable_grad():
             h_prev = h_prev.detach().requires_grad_(needs_h0)
             u = u.detach().requires_grad_(needs_u)
             inputs = [x for x, needed in ((h_prev, needs_h0), (u, needs_u)) if needed] + params
-            out = cell.recurrence(h_prev, u)
+            out = call_with_parameters(cell, swapped, _recurrence, h_prev, u)
             grads = list(torch.autograd.grad(out, inputs, adjoint, allow_unused=True)) if inputs else []
         grad_h0 = grads.pop(0)[:, 0] if needs_h0 else None
         grad_u = grads.pop(0) if needs_u else None
         grad_params = [grads.pop(0) if needed else None for needed in needs_params]
         return (None, None, grad_u, grad_h0, *grad_params)
+
+
+def _jacobian(cell: ParaCell, h_prev: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
+    return cell.jacobian(h_prev, u)
+
+
+def _recurrence(cell: ParaCell, h_prev: Tensor, u: Tensor) -> Tensor:
+    return cell.recurrence(h_prev, u)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..ops import fused as fused_ops
 from .autograd import keep_iterate, parallel_solve, sequential_solve
-from .checks import all_finite, check_state_device
+from .checks import all_finite, autocast_enabled, check_state_device, functorch_wrapped
 from .contract import CHECKS, MODE_CHECKS, check_contract
 from .newton import SolverStats, default_tol
 from .structure import Diagonal, Structure
@@ -203,7 +203,10 @@ class ParaCell(nn.Module):
     def solve(self, u: Tensor, h0: Tensor, mode: Mode | None = None) -> Tensor:
         """Solve for all states ``(B, T, *S)`` given ``u`` ``(B, T, *U)`` and ``h0`` ``(B, *S)``."""
         with self._solve_precision(u) as dtype:
+            requested = mode or self.mode
             mode, backend = self.resolve_backend(u.device, dtype, mode)
+            if mode != "sequential" and self._loop_only(u, h0, requested):
+                mode, backend = "sequential", "pytorch"
             h0 = _cast(h0, dtype)
             if self.check_contract and not self._contract_pending.isdisjoint(MODE_CHECKS[mode]):
                 check_contract(self, mode, u, h0, self._contract_pending)  # until each check has run once
@@ -229,7 +232,7 @@ class ParaCell(nn.Module):
         if backend is not None:
             return "fused", backend
         pytorch_mode = "parallel" if device.type == "cuda" else "sequential"
-        if mode == "fused":
+        if mode == "fused" and device.type != "meta":  # on meta a solve only gives the shapes
             fused_ops.warn_once(
                 (type(self).__name__, why),
                 f'{type(self).__name__}: mode="fused" cannot run here ({why}); using mode="{pytorch_mode}"',
@@ -266,6 +269,23 @@ class ParaCell(nn.Module):
             return sequential_solve(self, u.to(dtype), h0)
         return fused_ops.fused_solve(backend, kernel, u_k, h0, weights, tol, self.max_iters, self.max_norm, True)[0]
 
+    def _loop_only(self, u: Tensor, h0: Tensor, requested: str) -> bool:
+        """Whether only the sequential loop can solve ``u`` ``(B, T, ...)`` from ``h0`` here; warns once why if
+        ``requested`` named another mode and there is something to solve."""
+        if u.shape[0] == 0 or u.device.type == "meta":  # nothing to solve: the loop gives the shapes
+            return True
+        if torch.compiler.is_exporting():
+            why = "torch.export"
+        elif functorch_wrapped(u, h0, *self.parameters()):  # the solves' autograd Functions have no functorch rules
+            why = "a torch.func transform (grad, vjp, jacrev, jacfwd, vmap)"
+        else:
+            return False
+        if requested != "auto":
+            name = type(self).__name__
+            message = f'{name}: mode="{requested}" cannot run under {why}; using mode="sequential"'
+            fused_ops.warn_once((name, f"{requested} under {why}"), message)
+        return True
+
     def resolve_chunk_size(self, u: Tensor) -> int | None:
         """Steps per chunk of the parallel solve of ``u`` ``(B, T, ...)``; ``None``: the whole sequence."""
         if self.chunk_size != "auto":
@@ -290,14 +310,14 @@ class ParaCell(nn.Module):
     def _solve_precision(u: Tensor) -> Iterator[torch.dtype]:
         """Yields the solve dtype (float32 or wider) with autocast off inside the solve."""
         device = u.device.type
-        off = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext()
+        off = torch.autocast(device, enabled=False) if autocast_enabled(device) else nullcontext()
         with off:
             yield torch.promote_types(u.dtype, torch.float32)
 
     @staticmethod
     def _output_dtype(h: Tensor, u: Tensor) -> Tensor:
         # Under autocast the float32 result stays float32; otherwise return the input's dtype.
-        return h if torch.is_autocast_enabled(u.device.type) else _cast(h, u.dtype)
+        return h if autocast_enabled(u.device.type) else _cast(h, u.dtype)
 
     def _initial_state(self, state: Any, x: Tensor, x_name: str = "x") -> Tensor:
         """The state ``(B, *S)`` to start from: ``state`` checked (device, shape, values) and converted, or zeros."""

@@ -18,11 +18,33 @@ def all_finite(x: Tensor) -> bool:
     A NaN or an infinity anywhere makes the sum NaN or infinite, so a finite sum proves every entry finite;
     only a non-finite sum (a NaN, an inf, or finite values that overflow the sum) needs the entrywise test.
     The sum is one pass with no ``(x.shape)`` mask, about 20× cheaper than ``torch.isfinite(x).all()`` on CPU.
+    ``True`` for a tensor being :func:`traced`, whose values cannot be read.
     """
-    if not (x.is_floating_point() or x.is_complex()):
+    if not (x.is_floating_point() or x.is_complex()) or traced(x):
         return True
     total = x.sum(dtype=torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x.sum()
     return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
+
+
+def traced(x: Tensor) -> bool:
+    """Whether ``x`` is being traced or captured (torch.compile/export, CUDA graphs, functorch transforms, meta
+    tensors), so that its values cannot be read back."""
+    if torch.compiler.is_compiling() or x.device.type == "meta":
+        return True
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return True
+    return functorch_wrapped(x)
+
+
+def functorch_wrapped(*tensors: Tensor) -> bool:
+    """Whether any of ``tensors`` is wrapped by a ``torch.func`` transform (grad, vjp, jacrev, jacfwd, vmap)."""
+    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    return wrapped is not None and any(wrapped(t) for t in tensors)
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, ``False`` for device types with no autocast (``"meta"``)."""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
 
 
 def check_state_device(owner: str, state: Any, x: Tensor, x_name: str = "x") -> None:

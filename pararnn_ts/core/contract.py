@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from .checks import traced
 from .structure import Block, Structure
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def check_contract(cell: ParaCell, mode: str, u: Tensor, h0: Tensor, pending: se
         h0: ``(B, *S)`` initial state, in the solve dtype.
         pending: the cell's checks still to run (a subset of :data:`CHECKS`), updated in place.
     """
-    if _traced(u) or u.shape[0] == 0 or u.shape[1] == 0:
+    if traced(u) or u.shape[0] == 0 or u.shape[1] == 0:
         return
     due = set(pending & MODE_CHECKS[mode])
     inference = torch.is_inference_mode_enabled()
@@ -64,7 +65,10 @@ def check_contract(cell: ParaCell, mode: str, u: Tensor, h0: Tensor, pending: se
     n = min(SLICE_STEPS, u.shape[1])
     u_s = u[:1, :n].detach().to(h0.dtype, copy=True)
     cuda = [u.device.index if u.device.index is not None else torch.cuda.current_device()] if u.is_cuda else []
-    with torch.random.fork_rng(cuda):  # a recurrence that samples leaves the caller's random streams as they were
+    # fork_rng: a recurrence that samples leaves the caller's random streams as they were; identity saved-tensor
+    # hooks: the graphs built here are not counted by an enclosing checkpoint (torch.utils.checkpoint with
+    # use_reentrant=False), whose recomputation finds the checks done
+    with torch.random.fork_rng(cuda), torch.autograd.graph.saved_tensors_hooks(_same, _same):
         with torch.no_grad():
             h_prev, f, h = _slice(cell, u_s, h0[:1].detach())
         pending.discard("declaration")
@@ -293,15 +297,8 @@ def _leaves(out: Tensor) -> list[Tensor]:
     return leaves
 
 
-def _traced(u: Tensor) -> bool:
-    """Whether the solve is being traced or captured (torch.compile, CUDA graphs, functorch transforms, meta
-    tensors): the checks, which read values back, wait for an eager call."""
-    if torch.compiler.is_compiling() or u.device.type == "meta":
-        return True
-    if u.is_cuda and torch.cuda.is_current_stream_capturing():
-        return True
-    wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    return bool(wrapped is not None and wrapped(u))
+def _same(t: Tensor) -> Tensor:
+    return t
 
 
 def _has_own_jacobian(cell: ParaCell) -> bool:

@@ -38,6 +38,8 @@ from scipy import stats
 from torch import Tensor, nn
 from torch.distributions import Distribution, NegativeBinomial, Normal, StudentT
 
+from ..core.checks import autocast_enabled
+
 DEFAULT_QUANTILES = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 _SQRT2 = 2**0.5
 _LOG_2PI = float(np.log(2 * np.pi))
@@ -52,7 +54,7 @@ def head_dtype(*dtypes: torch.dtype) -> torch.dtype:
 def no_autocast(x: Tensor) -> contextlib.AbstractContextManager:
     """A context with autocast off on ``x``'s device (nothing to do where autocast is not on): ops then run in
     their inputs' dtype, so a head's float32 maths is not cast back to bfloat16/float16."""
-    if torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):
+    if autocast_enabled(x.device.type):
         return torch.autocast(x.device.type, enabled=False)
     return contextlib.nullcontext()
 
