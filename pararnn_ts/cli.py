@@ -19,15 +19,17 @@ import os
 import pickle
 import shutil
 import sys
+import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, Timer
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, Timer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
@@ -139,13 +141,20 @@ class ParaRNNCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         # a run that fails before writing more than its config.yaml (bad env id, wrong checkpoint) leaves no
-        # version_N folder behind: the next run then takes its number
+        # version_N folder behind: the next run then takes its number; without a logger (a shared folder), no
+        # config.yaml that would refuse every later run there
         created = new_log_folder(self.trainer)
+        config_file = self.save_config_kwargs.get("config_filename", "config.yaml")
+        config = Path(self.trainer.log_dir or ".").absolute() / config_file
+        lone_config = created is None and not config.exists()
+        started = time.time()
         try:
             super()._run_subcommand(subcommand)
         except BaseException:
             if self.trainer.is_global_zero:
-                drop_unused_folder(created, self.save_config_kwargs.get("config_filename", "config.yaml"))
+                drop_unused_folder(created, config_file)
+                if lone_config:
+                    drop_unused_config(config, started)
             raise
 
     def before_fit(self) -> None:
@@ -153,6 +162,7 @@ class ParaRNNCLI(LightningCLI):
             for callback in self.trainer.checkpoint_callbacks:
                 callback.save_last = False
         refuse_used_log_dir(self.trainer)
+        drop_monitors_without_logger(self.trainer)
         warn_if_never_validated(self.trainer)
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
         checkpoint = read_checkpoint(ckpt_path)  # once, for the three checks of a resume
@@ -164,9 +174,11 @@ class ParaRNNCLI(LightningCLI):
 
     def before_validate(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
+        refuse_used_log_dir(self.trainer)
 
     def before_test(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
+        refuse_used_log_dir(self.trainer)
         if not can_test(self.model, self.datamodule):
             raise ValueError(
                 f"pararnn-ts test: {type(self.model).__name__} with {type(self.datamodule).__name__} has no test split "
@@ -175,6 +187,7 @@ class ParaRNNCLI(LightningCLI):
 
     def before_predict(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
+        refuse_used_log_dir(self.trainer)
         if not can_predict(self.model, self.datamodule):
             raise ValueError(
                 f"pararnn-ts predict: {type(self.datamodule).__name__} serves nothing to predict (it has no "
@@ -205,6 +218,31 @@ def drop_unused_folder(folder: Path | None, config_file: str) -> None:
     if folder is not None and folder.is_dir():
         if all(path.is_dir() or path.name in (config_file, "hparams.yaml") for path in folder.rglob("*")):
             shutil.rmtree(folder)
+
+
+def drop_unused_config(config: Path, since: float) -> None:
+    """Delete the ``config`` file a failed run wrote into a folder it shares, if the run wrote nothing else there
+    (nothing in that folder or its ``checkpoints/`` modified ``since`` then, a ``time.time()``)."""
+    if not config.is_file():
+        return
+    written = [
+        p for folder in (config.parent, config.parent / "checkpoints") if folder.is_dir() for p in folder.iterdir()
+    ]
+    if all(p == config or p.is_dir() or p.stat().st_mtime < since for p in written):
+        config.unlink()
+
+
+def drop_monitors_without_logger(trainer: Trainer) -> None:
+    """Drop the trainer's ``LearningRateMonitor`` callbacks, with a warning, when it has no logger (they log the
+    learning rate, and without a logger Lightning stops the fit at its start)."""
+    monitors = [c for c in trainer.callbacks if isinstance(c, LearningRateMonitor)]
+    if monitors and not trainer.loggers:
+        trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
+        warnings.warn(
+            "the config's LearningRateMonitor callback logs the learning rate, and this run has no logger "
+            "(--trainer.logger false): it is not used",
+            stacklevel=1,
+        )
 
 
 def warn_if_never_validated(trainer: Trainer) -> None:
@@ -485,8 +523,9 @@ def console(args: list[str] | None = None) -> None:
     ``PARARNN_TS_TRACEBACK=1`` to see it). Any other error keeps its traceback."""
     try:
         main(args)
-    except USER_ERRORS as error:
-        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0") or not refusal(error):
+    except USER_ERRORS as raised:
+        error = refusal_in(raised)
+        if os.environ.get(TRACEBACK_ENV, "") not in ("", "0") or error is None:
             raise
         cause = error.__cause__
         because = f"\n  (from {type(cause).__name__}: {cause})" if cause is not None else ""
@@ -494,14 +533,39 @@ def console(args: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
+def refusal_in(error: BaseException) -> BaseException | None:
+    """The refusal (:func:`refusal`) that ``error`` is, or, for an error that jsonargparse raised while it built the
+    model or data classes, the refusal of their ``__init__`` that it re-raised as its own; else ``None``."""
+    if refusal(error):
+        return error
+    if _raised_in(error) != "jsonargparse":
+        return None
+    link = error.__cause__ or error.__context__
+    while link is not None and not refusal(link):
+        link = link.__cause__ or link.__context__
+    return link
+
+
+def _raised_in(error: BaseException) -> str:
+    """The top-level package of the module whose line raised ``error`` (``""`` if unknown)."""
+    frame = _raising_frame(error)
+    return "" if frame is None else str(frame.tb_frame.f_globals.get("__name__", "")).partition(".")[0]
+
+
+def _raising_frame(error: BaseException) -> TracebackType | None:
+    """The innermost traceback entry of ``error``: the line that raised it."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return frame
+
+
 def refusal(error: BaseException) -> bool:
     """Whether ``error`` was raised, with a message, by a ``raise`` statement of pararnn_ts: a refusal written for
     the user (a bad argument, file or datum, with its fix), not a bug, which keeps its traceback."""
-    if isinstance(error, NotImplementedError) or not str(error) or error.__traceback__ is None:
+    frame = _raising_frame(error)
+    if isinstance(error, NotImplementedError) or not str(error) or frame is None:
         return False
-    frame = error.__traceback__
-    while frame.tb_next is not None:
-        frame = frame.tb_next
     path = Path(frame.tb_frame.f_code.co_filename).resolve()
     line = linecache.getline(str(path), frame.tb_lineno).lstrip()
     return path.is_relative_to(PACKAGE_DIR) and line.startswith("raise ")

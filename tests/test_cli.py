@@ -160,6 +160,39 @@ def test_rerun_gets_a_new_folder_and_never_overwrites(tmp_path, monkeypatch):
     assert snapshot(tmp_path / "runs" / "parity_paragru" / "fixed") == before
 
 
+def test_a_verb_logging_to_the_fixed_folder_of_a_fit_is_refused_before_the_logger_starts(tmp_path, monkeypatch):
+    """The run would fail on its config.yaml anyway, but only after CSVLogger had deleted the fit's metrics.csv."""
+    monkeypatch.chdir(tmp_path)
+    fixed = [*TINY, "--trainer.logger.init_args.version=fixed"]
+    main(["fit", "-c", str(PARITY_GRU), *fixed])
+    folder = tmp_path / "runs" / "parity_paragru" / "fixed"
+    before = snapshot(folder)
+    (checkpoint,) = (folder / "checkpoints").glob("*.ckpt")
+    for verb in ("validate", "test"):
+        with pytest.raises(FileExistsError, match="config.yaml belongs to an earlier run"):
+            main([verb, "-c", str(PARITY_GRU), *fixed, f"--ckpt_path={checkpoint}"])
+    assert snapshot(folder) == before
+
+
+def test_without_a_logger_a_failed_fit_leaves_no_config_and_a_learning_rate_monitor_is_dropped(tmp_path, monkeypatch):
+    """With --trainer.logger false runs share their folder: a run that failed must not leave a config.yaml that
+    refuses every later run there; the LearningRateMonitor, which needs a logger, is dropped with a warning."""
+    from pararnn_ts.synthetic import ParityDataModule
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    no_logger = [*TINY, "--trainer.logger=false"]
+    with monkeypatch.context() as patch:
+        patch.setattr(ParityDataModule, "setup", lambda self, stage=None: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            main(["fit", "-c", str(PARITY_GRU), *no_logger])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    monitor = ["--trainer.callbacks+=LearningRateMonitor"]
+    with pytest.warns(UserWarning, match="LearningRateMonitor .* no logger .* not used"):
+        main(["fit", "-c", str(PARITY_GRU), *no_logger, *monitor])
+    assert (tmp_path / "config.yaml").is_file() and list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
 def test_validate_test_and_predict_need_a_checkpoint_and_predict_a_predict_split(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "-c", str(PARITY_GRU), *TINY])
@@ -195,6 +228,15 @@ def test_arguments_a_checkpoint_replaces_are_named_in_a_warning(tmp_path, monkey
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*restores the model's arguments")
         main(["test", "-c", str(PARITY_GRU), *TINY, f"--ckpt_path={checkpoint}"])
+
+
+@pytest.mark.parametrize("config", EXPERIMENTS, ids=name_of)
+def test_configs_that_validate_every_n_steps_count_them_across_epochs(config):
+    """An int val_check_interval counts batches within an epoch unless check_val_every_n_epoch is null: Lightning
+    then refuses any dataset of fewer batches per epoch, and validates at irregular steps on larger ones."""
+    trainer = yaml.safe_load(config.open()).get("trainer") or {}
+    if isinstance(trainer.get("val_check_interval"), int):
+        assert "check_val_every_n_epoch" in trainer and trainer["check_val_every_n_epoch"] is None
 
 
 def test_a_fit_too_short_to_reach_its_first_validation_is_warned_about(tmp_path, monkeypatch):
@@ -263,6 +305,20 @@ def test_the_command_prints_a_refusal_as_one_error_line_without_a_traceback(tmp_
     monkeypatch.setenv(TRACEBACK_ENV, "1")
     with pytest.raises(ValueError, match="--ckpt_path"):
         console(["validate", "-c", str(PARITY_GRU), *TINY])
+
+
+def test_a_refusal_of_a_model_or_data_constructor_is_one_error_line_too(tmp_path, monkeypatch, capsys):
+    """jsonargparse re-raises what an __init__ raised as its own error; the refusal under it is what is printed."""
+    monkeypatch.chdir(tmp_path)
+    for bad, said in [
+        ("--data.init_args.batch_size=0", "ParityDataModule: batch_size"),
+        ("--model.init_args.cell.init_args.max_iters=0", "max_iters must be >= 1"),  # the cell in the model
+    ]:
+        with pytest.raises(SystemExit) as exit_:
+            console(["fit", "-c", str(PARITY_GRU), *TINY, bad])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and "Traceback" not in err and f"error: {said}" in err, err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_the_command_keeps_the_traceback_of_errors_that_are_not_refusals(tmp_path, monkeypatch):
