@@ -1,12 +1,15 @@
-"""``CausalLM``: training, resume, optimizer groups, schedule, z-loss, generation and two-process DDP."""
+"""``CausalLM``: training, resume, optimizer groups, schedule, z-loss, bits per byte, the tokenizer a checkpoint
+records, generation and two-process DDP."""
 
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,9 +17,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lm_training import Record
 from lm_training import fit as train
 
-from pararnn_ts.lm import ByteTokenizer, CausalLM, TextDataModule
+from pararnn_ts.lm import BPETokenizer, ByteTokenizer, CausalLM, TextDataModule
 from pararnn_ts.lm.corpus import stdlib_root
-from pararnn_ts.lm.generate import generate, generate_tokens, main
+from pararnn_ts.lm.generate import generate, generate_tokens, load_checkpoint, main
 from pararnn_ts.lm.module import decays, lm_losses, warmup_cosine
 from pararnn_ts.nn import MIXERS, LanguageModel
 
@@ -32,17 +35,45 @@ def shard_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def make_data(cache_dir: Path) -> TextDataModule:
+def make_data(cache_dir: Path, **kwargs) -> TextDataModule:
     paths = [str(stdlib_root() / "json" / "*.py")]
-    return TextDataModule("files", paths, seq_len=32, batch_size=8, cache_dir=str(cache_dir), val_fraction=0.2)
+    settings = {"seq_len": 32, "batch_size": 8, "cache_dir": str(cache_dir), "val_fraction": 0.2, **kwargs}
+    return TextDataModule("files", paths, **settings)
 
 
 def make_model(**kwargs) -> CausalLM:
-    return CausalLM(ByteTokenizer().vocab_size, **{**TINY, "mixer_kwargs": {"mode": "sequential"}, **kwargs})
+    settings = {"vocab_size": ByteTokenizer().vocab_size, **TINY, "mixer_kwargs": {"mode": "sequential"}}
+    return CausalLM(**{**settings, **kwargs})
 
 
-def fit(model: CausalLM, shard_dir: Path, max_steps: int, callbacks=(), ckpt_path=None, **trainer_kwargs) -> Record:
-    return train(model, make_data(shard_dir), max_steps, callbacks, ckpt_path, **trainer_kwargs)
+@pytest.fixture(scope="module")
+def bpe_run(tmp_path_factory) -> Path:
+    """A folder holding ``bpe/tokenizer.json`` (300 tokens, learnt from the json package), its shards in ``shards``,
+    and ``ckpt/last.ckpt``: a 300-token model trained one step there, its data module given the tokenizer's path
+    relative to that folder."""
+    pytest.importorskip("tokenizers")
+    folder = tmp_path_factory.mktemp("bpe_run")
+    texts = [path.read_text(encoding="utf-8") for path in sorted((stdlib_root() / "json").glob("*.py"))]
+    (folder / "bpe").mkdir()
+    BPETokenizer.train(texts, vocab_size=300).save(folder / "bpe" / "tokenizer.json")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        data = make_data(folder / "shards", tokenizer="bpe/tokenizer.json")
+        checkpoints = ModelCheckpoint(folder / "ckpt", save_last=True)
+        train(make_model(vocab_size=300), data, 1, [checkpoints], limit_val_batches=0)
+    return folder
+
+
+def without_tokenizer_record(ckpt: Path, out: Path) -> str:
+    """A copy of ``ckpt`` at ``out`` as written before checkpoints recorded their tokenizer."""
+    torch.save({k: v for k, v in torch.load(ckpt, weights_only=True).items() if k != "tokenizer"}, out)
+    return str(out)
+
+
+def fit(
+    model: CausalLM, shard_dir: Path, max_steps: int, callbacks=(), ckpt_path=None, tokenizer="byte", **trainer_kwargs
+) -> Record:
+    return train(model, make_data(shard_dir, tokenizer=tokenizer), max_steps, callbacks, ckpt_path, **trainer_kwargs)
 
 
 def test_training_reduces_the_loss_with_warmup_then_cosine_decay(shard_dir):
@@ -54,8 +85,20 @@ def test_training_reduces_the_loss_with_warmup_then_cosine_decay(shard_dir):
     assert all(a < b for a, b in zip(record.lrs[:peak], record.lrs[1 : peak + 1], strict=True))
     assert all(a >= b for a, b in zip(record.lrs[peak:], record.lrs[peak + 1 :], strict=False))
     assert record.lrs[-1] < 0.01 * record.lrs[peak]
-    assert model.bytes_per_token == pytest.approx(make_data(shard_dir).bytes_per_token("val"))
     assert 0 < model.trainer.callback_metrics["val/bpb"] < 8
+
+
+def test_bits_per_byte_divide_by_each_splits_own_bytes_per_token(bpe_run):
+    tokenizer = str(bpe_run / "bpe" / "tokenizer.json")
+    model = make_model(vocab_size=300)
+    fit(model, bpe_run / "shards", 2, tokenizer=tokenizer, limit_val_batches=1, val_check_interval=2)
+    data = make_data(bpe_run / "shards", tokenizer=tokenizer)
+    ratios = {split: data.bytes_per_token(split) for split in ("train", "val")}
+    assert abs(ratios["train"] / ratios["val"] - 1) > 5e-3  # BPE: the splits differ
+    assert model.bytes_per_token == pytest.approx(ratios)
+    metrics = model.trainer.callback_metrics
+    for split, ratio in ratios.items():
+        assert metrics[f"{split}/bpb"].item() == pytest.approx(metrics[f"{split}/loss"].item() / math.log(2) / ratio)
 
 
 def test_resume_from_a_checkpoint_continues_with_identical_losses(shard_dir, tmp_path):
@@ -172,6 +215,52 @@ def test_generate_from_a_checkpoint_on_the_command_line(shard_dir, tmp_path, cap
     fit(make_model(), shard_dir, 1, [ModelCheckpoint(tmp_path, save_last=True)], limit_val_batches=0)
     main(["--ckpt", str(tmp_path / "last.ckpt"), "--prompt", "import ", "--max-new-tokens", "5", "--temperature", "0"])
     assert capsys.readouterr().out.startswith("import ")
+
+
+def test_checkpoints_are_used_only_with_the_tokenizer_they_were_trained_with(bpe_run, shard_dir, tmp_path):
+    ckpt = bpe_run / "ckpt" / "last.ckpt"
+    bpe = BPETokenizer.from_file(bpe_run / "bpe" / "tokenizer.json")
+    record = torch.load(ckpt, weights_only=True)["tokenizer"]
+    assert record == {"name": bpe.name, "json": bpe.tokenizer.to_str()}
+    quiet = {"enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+    trainer = pl.Trainer(logger=False, default_root_dir=tmp_path, limit_val_batches=1, **quiet)
+    byte_data = make_data(shard_dir, max_new_tokens=2)
+    refusal = re.escape(
+        f"checkpoint {ckpt} was trained with tokenizer {bpe.name!r}, not 'byte+<|endoftext|>': pass the one"
+    )
+    for run in (trainer.validate, trainer.predict):
+        with pytest.raises(ValueError, match=refusal):
+            run(make_model(vocab_size=300), datamodule=byte_data, ckpt_path=ckpt)
+    with pytest.raises(ValueError, match=refusal):
+        fit(make_model(vocab_size=300), shard_dir, 2, ckpt_path=ckpt)  # resuming
+    assert not list(tmp_path.iterdir())  # refused before predict wrote anything
+
+    bpe_data = make_data(bpe_run / "shards", tokenizer=str(bpe_run / "bpe" / "tokenizer.json"))
+    assert trainer.validate(make_model(vocab_size=300), datamodule=bpe_data, ckpt_path=ckpt)[0]["val/loss"] > 0
+    old = without_tokenizer_record(ckpt, tmp_path / "old.ckpt")  # not checked, as before
+    assert trainer.validate(make_model(vocab_size=300), datamodule=byte_data, ckpt_path=old)[0]["val/loss"] > 0
+
+
+def test_generate_decodes_with_the_tokenizer_the_checkpoint_holds_from_any_folder(
+    bpe_run, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)  # where the data module's "bpe/tokenizer.json" does not exist
+    ckpt, tokenizer_file = str(bpe_run / "ckpt" / "last.ckpt"), str(bpe_run / "bpe" / "tokenizer.json")
+    main(["--ckpt", ckpt, "--prompt", "def ", "--max-new-tokens", "6", "--temperature", "0", "--no-stop-at-eos"])
+    bpe, model = BPETokenizer.from_file(tokenizer_file), CausalLM.load_from_checkpoint(ckpt).model
+    new = generate_tokens(model, torch.tensor([bpe.encode("def ")]), 6, temperature=0)[0].tolist()
+    assert capsys.readouterr().out == "def " + bpe.decode(new) + "\n"
+    assert load_checkpoint(ckpt, tokenizer_file)[1].name == bpe.name  # given explicitly: the same one
+    fix = "pass that one as --tokenizer, or leave --tokenizer out (the checkpoint's own)"
+    refusal = f"--ckpt {ckpt} was trained with tokenizer {bpe.name!r}, not 'byte+<|endoftext|>': {fix}"
+    with pytest.raises(ValueError, match=re.escape(refusal)):
+        main(["--ckpt", ckpt, "--tokenizer", "byte"])
+
+    old = without_tokenizer_record(ckpt, tmp_path / "old.ckpt")  # the data module's relative path, as before
+    with pytest.raises(FileNotFoundError, match="relative to the folder it was trained in; run from there or pass"):
+        load_checkpoint(old)
+    monkeypatch.chdir(bpe_run)
+    assert load_checkpoint(old)[1].name == bpe.name
 
 
 def test_two_process_ddp_agrees_with_one_process(tmp_path):

@@ -139,7 +139,11 @@ def test_predict_generates_text_from_a_checkpoint(tmp_path, capsys):
     cli_main(["fit", *config, *budget])
     ckpt = tmp_path / "tiny_paragru" / "version_0" / "checkpoints" / "last.ckpt"
     prompts = ["def ", "import json\n"]
-    settings = [f"--data.init_args.predict_prompts={json.dumps(prompts)}", "--data.init_args.temperature=0"]
+    settings = [
+        f"--data.init_args.predict_prompts={json.dumps(prompts)}",
+        "--data.init_args.temperature=0",
+        "--data.init_args.top_p=0.9",
+    ]
     capsys.readouterr()
     cli_main(["predict", *config, "--ckpt_path", str(ckpt), *settings, "--data.init_args.max_new_tokens=8"])
     out = capsys.readouterr().out
@@ -162,7 +166,7 @@ def test_predict_generates_text_from_a_checkpoint(tmp_path, capsys):
     assert f"wrote 2 samples to {predictions}" in out
     records = [json.loads(line) for line in predictions.read_text().splitlines()]
     assert [record["prompt"] + record["completion"] for record in records] == texts
-    sampling = {"max_new_tokens": 8, "temperature": 0.0, "top_k": None, "seed": 0, "stop_at_eos": True}
+    sampling = {"max_new_tokens": 8, "temperature": 0.0, "top_k": None, "top_p": 0.9, "seed": 0, "stop_at_eos": True}
     assert records[0] == {"prompt": "def ", **sampling, "completion": texts[0].removeprefix("def ")}
 
 
@@ -171,3 +175,5 @@ def test_bad_sampling_settings_are_refused():
         TextDataModule(temperature=-1.0)
     with pytest.raises(ValueError, match="top_k"):
         TextDataModule(top_k=0)
+    with pytest.raises(ValueError, match="top_p"):
+        TextDataModule(top_p=0.0)

@@ -8,16 +8,22 @@
 
 A document's ``key`` (a relative path, ``path:line`` or ``dataset:index``) alone decides its split
 (:func:`split_of`), so the split is the same on every machine and a validation document is never
-trained on, whatever else is in the corpus.
+trained on. For files this holds whatever else is in the corpus: a file is keyed by its path relative
+to the folder its own pattern starts from (:func:`keyed_files`), so adding a pattern or a file leaves
+the other keys as they are. A Hugging Face record is keyed by its index in the stream, so the records
+after an added data file may change split. Text and JSONL files must be UTF-8: other bytes are
+refused, naming the file and line (:func:`check_utf8`).
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
+import itertools
 import json
 import os
 import platform
+import re
 import sysconfig
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -79,45 +85,87 @@ def expand_paths(patterns: Sequence[str | Path], folder_globs: Sequence[str] = F
             suggesting ``folder_globs`` inside it.
         FileNotFoundError: for a pattern that matches no file.
     """
+    return sorted(keyed_files(patterns, folder_globs))
+
+
+def keyed_files(patterns: Sequence[str | Path], folder_globs: Sequence[str] = FOLDER_GLOBS) -> dict[Path, str]:
+    """The files of :func:`expand_paths`, each with its key: its path relative to :func:`pattern_folder` of the
+    first pattern that matches it. A key depends on that pattern alone, not on where its folder is nor on the
+    other patterns (``["docs/*.txt", "more/*.txt"]`` keys ``docs/a.txt`` as ``a.txt``, as ``["docs/*.txt"]``
+    does); files of two patterns may share a key, and then a split."""
     if isinstance(patterns, (str, Path)):
         patterns = [patterns]
-    files: set[Path] = set()
-    for pattern in patterns:
+    files: dict[Path, str] = {}
+    for pattern in map(str, patterns):
         if os.path.isdir(pattern):
             examples = " or ".join(repr(f"{Path(pattern)}/{example}") for example in folder_globs)
-            raise IsADirectoryError(f"{str(pattern)!r} is a folder; give a glob of its files, e.g. {examples}")
-        matches = [Path(p) for p in glob.glob(str(pattern), recursive=True) if os.path.isfile(p)]
+            raise IsADirectoryError(f"{pattern!r} is a folder; give a glob of its files, e.g. {examples}")
+        matches = matching_files(pattern)
         if not matches:
-            raise FileNotFoundError(f"no file matches {str(pattern)!r}")
-        files.update(path.resolve() for path in matches)
-    return sorted(files)
+            raise FileNotFoundError(f"no file matches {pattern!r}")
+        folder = pattern_folder(pattern)
+        for match in matches:
+            files.setdefault(Path(match).resolve(), Path(os.path.relpath(match, folder)).as_posix())
+    return files
 
 
-def relative_keys(files: Sequence[Path]) -> list[str]:
-    """Each file's path relative to the files' common folder: keys that do not depend on where that folder is."""
-    common = Path(os.path.commonpath([str(path.parent) for path in files]))
-    return [path.relative_to(common).as_posix() for path in files]
+def matching_files(pattern: str) -> list[str]:
+    """The files (not folders) that the glob ``pattern`` matches, ``**`` included."""
+    return [match for match in glob.glob(pattern, recursive=True) if os.path.isfile(match)]
+
+
+def pattern_folder(pattern: str) -> str:
+    """The folder a pattern starts from: its leading components without glob characters (``*?[``), or the
+    parent folder of a plain file path; ``"."`` for a pattern such as ``*.txt``."""
+    parts = Path(pattern).parts
+    literal = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts))
+    if len(literal) == len(parts):
+        literal.pop()
+    return os.path.join(*literal) if literal else "."
+
+
+#: what ``errors="surrogateescape"`` makes of each byte that is not part of valid UTF-8
+UNDECODABLE = re.compile("[\udc80-\udcff]")
+
+
+def check_utf8(text: str, path: Path, first_line: int = 1) -> str:
+    """``text`` (read from ``path`` with ``errors="surrogateescape"``, from line ``first_line`` on) if all of it
+    was UTF-8.
+
+    Raises:
+        ValueError: naming the file, line and byte of the first byte that is not UTF-8, and how to convert.
+    """
+    bad = UNDECODABLE.search(text)
+    if bad is None:
+        return text
+    line = first_line + text.count("\n", 0, bad.start())
+    raise ValueError(
+        f"{path}, line {line}: byte 0x{ord(bad.group()) - 0xDC00:02x} is not UTF-8; convert the file to UTF-8 first, "
+        f"e.g. iconv -f latin1 -t utf-8 {path} > converted (for Latin-1 text; iconv -l lists the encodings)"
+    )
 
 
 def read_text_files(patterns: Sequence[str | Path]) -> Iterator[Document]:
-    """One document per file (read as UTF-8, undecodable bytes become U+FFFD), keyed by relative path."""
-    files = expand_paths(patterns)
-    for key, path in zip(relative_keys(files), files, strict=True):
-        yield key, path.read_bytes().decode("utf-8", errors="replace")
+    """One document per file, keyed as :func:`keyed_files` says.
+
+    Raises:
+        ValueError: naming the file and line, for a file that is not UTF-8 (see :func:`check_utf8`).
+    """
+    for path, key in sorted(keyed_files(patterns).items()):
+        yield key, check_utf8(path.read_bytes().decode("utf-8", errors="surrogateescape"), path)
 
 
 def read_jsonl(patterns: Sequence[str | Path], text_field: str = "text") -> Iterator[Document]:
     """One document per non-blank line of each JSONL file: the string under ``text_field``.
 
     Raises:
-        ValueError: naming the file and line, for a line that is not a JSON object with a string
-            under ``text_field``.
+        ValueError: naming the file and line, for a line that is not UTF-8, or not a JSON object with a
+            string under ``text_field``.
     """
-    files = expand_paths(patterns, JSONL_FOLDER_GLOBS)
-    for key, path in zip(relative_keys(files), files, strict=True):
-        with open(path, encoding="utf-8") as lines:
+    for path, key in sorted(keyed_files(patterns, JSONL_FOLDER_GLOBS).items()):
+        with open(path, encoding="utf-8", errors="surrogateescape") as lines:
             for line_number, line in enumerate(lines, start=1):
-                if not line.strip():
+                if not check_utf8(line, path, line_number).strip():
                     continue
                 where = f"{path}, line {line_number}"
                 try:
@@ -188,13 +236,29 @@ def source_documents(source: str, paths: Sequence[str] = (), text_field: str = "
 
 
 def source_fingerprint(source: str, paths: list[str]) -> Any:
-    """What identifies the source's current content cheaply: file sizes and times, or the Python version."""
+    """What identifies the source's current content cheaply: the Python version, or the sizes and times of its
+    local files (``None`` for a source with none).
+
+    For ``"hf"`` these are the files of a local dataset folder ``paths[0]`` and the local files that the data
+    files ``paths[1:]`` match. A Hub dataset, and data files that match nothing here (``https://``, ``hf://``,
+    paths inside a Hub dataset), are not checked again: once tokenised, they are reused until their ``cache_dir``
+    is deleted or another one is chosen.
+    """
     if source == "stdlib":
         return {"python": platform.python_version(), "stdlib": str(stdlib_root())}
     if source in ("files", "jsonl"):
-        digest = hashlib.sha256()
-        for path in expand_paths(paths, JSONL_FOLDER_GLOBS if source == "jsonl" else FOLDER_GLOBS):
-            stat = path.stat()
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-        return digest.hexdigest()
+        return files_digest(expand_paths(paths, JSONL_FOLDER_GLOBS if source == "jsonl" else FOLDER_GLOBS))
+    if source == "hf" and paths:
+        patterns = [os.path.join(paths[0], "**", "*")] if os.path.isdir(paths[0]) else []
+        local = {Path(match).resolve() for pattern in patterns + paths[1:] for match in matching_files(pattern)}
+        return files_digest(sorted(local)) if local else None
     return None
+
+
+def files_digest(files: Iterable[Path]) -> str:
+    """A hash of the files' paths, sizes and modification times."""
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +13,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Sampler
 
 from ..loaders import ResumableDataLoader
+from ..notices import warn
 from .corpus import source_documents, source_fingerprint, split_documents
 from .generate import check_sampling
 from .shards import (
@@ -43,26 +45,30 @@ class TextDataModule(pl.LightningDataModule):
 
     Args:
         source: ``"stdlib"`` (the Python standard library's source, no download), ``"files"``
-            (text files), ``"jsonl"`` (JSON lines), ``"shards"`` (a folder written by a
-            ``datasets/*/prepare.py`` script) or ``"hf"`` (a Hugging Face ``datasets`` stream).
-        paths: files or globs for ``"files"``/``"jsonl"``; the shard folder for ``"shards"``;
-            for ``"hf"`` the dataset then its data files (``["cerebras/SlimPajama-627B"]``,
-            ``["json", "data/*.jsonl"]``).
+            (UTF-8 text files), ``"jsonl"`` (JSON lines), ``"shards"`` (a folder written by a
+            ``datasets/*/prepare.py`` script, with its own text_field, val_fraction and caps: giving
+            them here warns) or ``"hf"`` (a Hugging Face ``datasets`` stream).
+        paths: files or globs for ``"files"``/``"jsonl"`` (a file's split follows from its path relative
+            to the folder its own glob starts from, see :func:`pararnn_ts.lm.corpus.keyed_files`); the
+            shard folder for ``"shards"``; for ``"hf"`` the dataset then its data files
+            (``["cerebras/SlimPajama-627B"]``, ``["json", "data/*.jsonl"]``).
         text_field: the field holding the text in JSONL / Hugging Face records.
         tokenizer: ``"byte"``, or the path of a BPE tokenizer JSON file.
         seq_len: tokens per window (each item holds ``seq_len + 1`` tokens: inputs and shifted targets).
         batch_size: windows per batch.
         num_workers: DataLoader worker processes.
         cache_dir: shard folder; default ``runs/cache/<hash of the config>``. An existing folder
-            made with another config is never overwritten: that is an error.
+            made with another config is never overwritten: that is an error. The config includes the
+            sizes and times of local input files (for ``"hf"``, its local data files), so edited files
+            are tokenised again; a Hub dataset is not checked again once tokenised.
         max_train_bytes, max_val_bytes: caps on the UTF-8 bytes of text per split (keep CPU runs
             small; required for ``"hf"``, whose streams may be endless).
         val_fraction: share of documents held out for validation.
         seed: seeds the training windows' offsets and the sampling of generated text.
         predict_prompts: texts to continue in ``predict``; ``None``: one empty prompt (a new document).
-        max_new_tokens, temperature, top_k, stop_at_eos: sampling of generated text
-            (:func:`pararnn_ts.lm.generate.generate`; ``temperature=0`` is greedy; ``stop_at_eos`` ends a text
-            before its first end-of-text token).
+        max_new_tokens, temperature, top_k, top_p, stop_at_eos: sampling of generated text
+            (:func:`pararnn_ts.lm.generate.generate`; ``temperature=0`` is greedy; ``top_p=1`` samples from all
+            tokens; ``stop_at_eos`` ends a text before its first end-of-text token).
     """
 
     def __init__(
@@ -83,6 +89,7 @@ class TextDataModule(pl.LightningDataModule):
         max_new_tokens: int = 200,
         temperature: float = 0.8,
         top_k: int | None = None,
+        top_p: float = 1.0,
         stop_at_eos: bool = True,
     ) -> None:
         super().__init__()
@@ -95,7 +102,7 @@ class TextDataModule(pl.LightningDataModule):
         for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"TextDataModule: {name} must be a positive int, got {value!r}")
-        check_sampling(max_new_tokens, temperature, top_k)
+        check_sampling(max_new_tokens, temperature, top_k, top_p)
         self.save_hyperparameters()
         self.source, self.paths, self.text_field = source, list(paths or []), text_field
         self.seq_len, self.batch_size, self.num_workers, self.seed = seq_len, batch_size, num_workers, seed
@@ -106,6 +113,7 @@ class TextDataModule(pl.LightningDataModule):
             "max_new_tokens": max_new_tokens,
             "temperature": temperature,
             "top_k": top_k,
+            "top_p": top_p,
             "seed": seed,
             "stop_at_eos": stop_at_eos,
         }
@@ -113,6 +121,13 @@ class TextDataModule(pl.LightningDataModule):
         if source == "shards":
             self.cache_dir = Path(self.paths[0])
             self.check_shard_tokenizer()
+            warn_unused_with_shards(
+                cache_dir=cache_dir,
+                text_field=text_field,
+                val_fraction=val_fraction,
+                max_train_bytes=max_train_bytes,
+                max_val_bytes=max_val_bytes,
+            )
         else:
             self.cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_ROOT / config_hash(self.cache_config())
         self.tokens: dict[str, np.ndarray] = {}
@@ -159,9 +174,12 @@ class TextDataModule(pl.LightningDataModule):
         for split in ("train", "val"):
             self.tokens[split], info = open_shard(self.cache_dir, split)
             if info.num_tokens < self.seq_len + 1:
+                share = "a smaller" if split == "train" else "a larger"
+                prepared = " when preparing it" if self.source == "shards" else ""
                 raise ValueError(
                     f"the {split} split in {self.cache_dir} has {info.num_tokens} tokens, fewer than seq_len + 1 = "
-                    f"{self.seq_len + 1}: give more text, a larger cap, or a larger val_fraction"
+                    f"{self.seq_len + 1}: give more text, a larger max_{split}_bytes (if set) or {share} val_fraction"
+                    f"{prepared}, or a smaller seq_len"
                 )
 
     def train_dataloader(self) -> DataLoader:
@@ -174,8 +192,9 @@ class TextDataModule(pl.LightningDataModule):
         return self.loader(dataset, ContiguousWindowSampler(dataset), drop_last=False)
 
     def predict_dataloader(self) -> DataLoader:
-        """One item per prompt: ``{"prompt", "max_new_tokens", "temperature", "top_k", "seed", "stop_at_eos"}``, the
-        arguments of :func:`pararnn_ts.lm.generate.generate` besides model and tokenizer (``CausalLM.predict_step``)."""
+        """One item per prompt: ``{"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
+        "stop_at_eos"}``, the arguments of :func:`pararnn_ts.lm.generate.generate` besides model and tokenizer
+        (``CausalLM.predict_step``)."""
         return DataLoader([{"prompt": prompt, **self.sampling} for prompt in self.predict_prompts], batch_size=None)
 
     def loader(
@@ -214,6 +233,18 @@ class TextDataModule(pl.LightningDataModule):
             num_bytes = len(scored) * self.bytes_per_token(split)
         bits = -(np.bincount(scored, minlength=self.vocab_size) * log2_p).sum()
         return float(bits / num_bytes)
+
+
+def warn_unused_with_shards(**arguments: Any) -> None:
+    """Warn about the ``TextDataModule`` arguments given off their defaults that ``source="shards"`` ignores: the
+    folder was made with its own (the prepare script's options)."""
+    defaults = inspect.signature(TextDataModule).parameters
+    unused = [name for name, value in arguments.items() if value != defaults[name].default]
+    if unused:
+        warn(
+            f"source='shards' reads a prepared folder as it is, so {', '.join(unused)} "
+            f"{'is' if len(unused) == 1 else 'are'} ignored (the prepare script's options decide them)"
+        )
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ pararnn-ts predict -c experiments/lm/tiny_paragru.yaml --ckpt_path <that last.ck
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -22,32 +23,57 @@ from torch import Tensor
 
 from ..nn import LanguageModel
 from ..outputs import read_checkpoint_file
-from .tokenizers import Tokenizer, check_vocab_size, load_tokenizer
+from .tokenizers import BPETokenizer, Tokenizer, check_vocab_size, import_tokenizers, load_tokenizer
 
 if TYPE_CHECKING:  # module.py imports this file (CausalLM.predict_step generates text)
     from .module import CausalLM
 
 WRITTEN_BY = "pararnn-ts fit -c experiments/lm/... writes those"
+#: seeds of ``torch.Generator.manual_seed``: unsigned 64-bit integers
+MAX_SEED = 2**64 - 1
+#: the checkpoint entry where ``CausalLM`` records its tokenizer (:func:`tokenizer_record`)
+TOKENIZER_KEY = "tokenizer"
 
 
-def check_sampling(max_new_tokens: int, temperature: float, top_k: int | None) -> None:
-    """Raise ``ValueError`` unless ``max_new_tokens >= 0``, ``temperature >= 0`` and ``top_k`` is ``None`` or >= 1."""
-    if max_new_tokens < 0 or temperature < 0 or (top_k is not None and top_k < 1):
-        raise ValueError(
-            f"generate: need max_new_tokens >= 0, temperature >= 0 and top_k >= 1 or None, "
-            f"got {max_new_tokens}, {temperature}, {top_k}"
-        )
+def check_sampling(
+    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float = 1.0, seed: int = 0
+) -> None:
+    """Raise ``ValueError`` naming every setting outside its range: ``max_new_tokens >= 0``, a finite
+    ``temperature >= 0``, ``top_k >= 1`` or ``None``, ``0 < top_p <= 1`` and ``0 <= seed <= 2**64 - 1``."""
+    rules = [
+        ("max_new_tokens >= 0", max_new_tokens, max_new_tokens >= 0),
+        ("0 <= temperature < inf (0: greedy)", temperature, 0 <= temperature < math.inf),
+        ("top_k >= 1 or None", top_k, top_k is None or top_k >= 1),
+        ("0 < top_p <= 1 (1: off)", top_p, 0 < top_p <= 1),
+        (f"0 <= seed <= {MAX_SEED}", seed, 0 <= seed <= MAX_SEED),
+    ]
+    broken = [f"{rule} (got {value!r})" for rule, value, ok in rules if not ok]
+    if broken:
+        raise ValueError(f"generate: need {'; '.join(broken)}")
 
 
-def sample(logits: Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> Tensor:
-    """One token per row of ``logits`` ``(B, V)`` → ``(B,)``; ``temperature=0`` is greedy."""
+def sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float, generator: torch.Generator) -> Tensor:
+    """One token per row of ``logits`` ``(B, V)`` → ``(B,)``; ``temperature=0`` is greedy.
+
+    The logits are shifted so that the largest is 0 before they are divided by ``temperature``, so every finite
+    ``temperature > 0`` gives finite probabilities (one below float32's smallest normal number samples as at that
+    number, 1.2e-38: greedy, except that tied likeliest tokens are drawn at random). ``top_k`` then keeps the k
+    likeliest tokens, and ``top_p < 1`` the nucleus: the likeliest tokens up to the first whose cumulative
+    probability reaches ``top_p`` (in this order, as Hugging Face's ``generate``).
+    """
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    logits = (logits - logits.amax(-1, keepdim=True)) / max(temperature, torch.finfo(logits.dtype).tiny)
     if top_k is not None:
         kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    probs = logits.softmax(-1)
+    if top_p < 1:
+        sorted_probs, order = probs.sort(-1, descending=True)
+        likelier = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens before each one
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(likelier >= top_p, 0))
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 @torch.no_grad()
@@ -57,16 +83,19 @@ def generate_tokens(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_p: float = 1.0,
     seed: int = 0,
     stop_token: int | None = None,
+    vocab_limit: int | None = None,
 ) -> Tensor:
     """``prompt`` ``(B, T)`` token ids, ``T ≥ 1`` → ``(B, N)`` sampled continuations, ``N = max_new_tokens``, or
     fewer once every row has sampled ``stop_token`` (rows that sampled it earlier go on after it).
 
     The prompt goes through one parallel forward; each new token then costs one ``step`` (constant
-    memory per token for the RNN and SSM mixers). Sampling draws from a generator seeded with ``seed``.
+    memory per token for the RNN and SSM mixers). Sampling draws from a generator seeded with ``seed``, among
+    the ids below ``vocab_limit`` (a tokenizer's size, when the model's vocabulary is padded beyond it).
     """
-    check_sampling(max_new_tokens, temperature, top_k)
+    check_sampling(max_new_tokens, temperature, top_k, top_p, seed)
     if prompt.dim() != 2 or prompt.shape[1] < 1:
         raise ValueError(f"generate: prompt must be (batch, time) with time >= 1, got {tuple(prompt.shape)}")
     was_training = model.training
@@ -74,10 +103,10 @@ def generate_tokens(
     generator = torch.Generator(prompt.device).manual_seed(seed)
     logits, state = model(prompt, return_state=True)
     logits = logits[:, -1]
-    new = []
+    new: list[Tensor] = []
     stopped = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     for i in range(max_new_tokens):
-        new.append(sample(logits, temperature, top_k, generator))
+        new.append(sample(logits[:, :vocab_limit], temperature, top_k, top_p, generator))
         if stop_token is not None:
             stopped |= new[-1] == stop_token
             if bool(stopped.all()):
@@ -95,13 +124,15 @@ def generate(
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
+    top_p: float = 1.0,
     seed: int = 0,
     stop_at_eos: bool = True,
 ) -> str:
     """The text of ``max_new_tokens`` tokens sampled after ``prompt`` (the prompt itself not included), ended
     before the first end-of-text token if ``stop_at_eos`` (the model would go on with a new document).
 
-    An empty prompt starts from the tokenizer's end-of-text token.
+    An empty prompt starts from the tokenizer's end-of-text token. Only the tokenizer's ids are sampled, also
+    from a model whose ``vocab_size`` is padded beyond it.
     """
     lm = model if isinstance(model, LanguageModel) else model.model
     ids = tokenizer.encode(prompt) or ([] if tokenizer.eos_id is None else [tokenizer.eos_id])
@@ -109,16 +140,19 @@ def generate(
         raise ValueError("generate: empty prompt and the tokenizer has no end-of-text token to start from")
     prompt_ids = torch.tensor([ids], device=lm.embedding.weight.device)
     stop = tokenizer.eos_id if stop_at_eos else None
-    new = generate_tokens(lm, prompt_ids, max_new_tokens, temperature, top_k, seed, stop)[0].tolist()
+    new = generate_tokens(
+        lm, prompt_ids, max_new_tokens, temperature, top_k, top_p, seed, stop, vocab_limit=tokenizer.vocab_size
+    )[0].tolist()
     return tokenizer.decode(new[: new.index(stop)] if stop in new else new)
 
 
 def load_checkpoint(path: str, tokenizer: str | None = None) -> tuple[CausalLM, Tokenizer]:
-    """The :class:`CausalLM` of a Lightning checkpoint, on CPU, and its tokenizer: ``tokenizer`` if
-    given, else the one its data module was configured with (``"byte"`` if it recorded none).
+    """The :class:`CausalLM` of a Lightning checkpoint, on CPU, and its tokenizer: ``tokenizer`` if given, else
+    :func:`checkpoint_tokenizer`.
 
-    Checkpoints of other model classes, and tokenizers with more tokens than the model's ``vocab_size``, are
-    refused with a ``ValueError`` before the model is built.
+    Checkpoints of other model classes, tokenizers with more tokens than the model's ``vocab_size``, and a tokenizer
+    other than the one the checkpoint records (:func:`check_trained_tokenizer`) are refused with a ``ValueError``
+    before the model is built.
     """
     from .module import CausalLM  # not at the top: module.py imports this file
 
@@ -129,11 +163,42 @@ def load_checkpoint(path: str, tokenizer: str | None = None) -> tuple[CausalLM, 
         raise ValueError(f"{path} is a {trained} checkpoint, not a CausalLM one ({WRITTEN_BY})")
     if "vocab_size" not in hparams:
         raise ValueError(f"{path} holds no CausalLM hyperparameters: not a CausalLM checkpoint ({WRITTEN_BY})")
-    spec = tokenizer or checkpoint.get("datamodule_hyper_parameters", {}).get("tokenizer", "byte")
-    loaded = load_tokenizer(spec)
-    fix = f"{path} was trained with another one: pass that as --tokenizer, or leave --tokenizer out (the checkpoint's)"
-    check_vocab_size(loaded, hparams["vocab_size"], fix)
+    loaded = load_tokenizer(tokenizer) if tokenizer else checkpoint_tokenizer(checkpoint, path)
+    fix = "pass that one as --tokenizer, or leave --tokenizer out (the checkpoint's own)"
+    check_vocab_size(loaded, hparams["vocab_size"], f"{path} was trained with another one: {fix}")
+    check_trained_tokenizer(checkpoint, loaded, f"--ckpt {path}", fix)
     return CausalLM.load_from_checkpoint(path, map_location="cpu"), loaded
+
+
+def tokenizer_record(tokenizer: Tokenizer) -> dict[str, str | None]:
+    """What a checkpoint records of the tokenizer it was trained with: its ``name`` and, for BPE, its JSON (so that
+    the checkpoint decodes text wherever it is used)."""
+    bpe_json = tokenizer.tokenizer.to_str() if isinstance(tokenizer, BPETokenizer) else None
+    return {"name": tokenizer.name, "json": bpe_json}
+
+
+def check_trained_tokenizer(checkpoint: dict[str, Any], tokenizer: Tokenizer, where: str, fix: str) -> None:
+    """Raise ``ValueError`` naming both tokenizers, ending in ``fix``, if ``checkpoint`` (the one at ``where``) records
+    a tokenizer other than ``tokenizer``. Checkpoints written before tokenizers were recorded pass."""
+    trained = checkpoint.get(TOKENIZER_KEY, {}).get("name")
+    if trained is not None and trained != tokenizer.name:
+        raise ValueError(f"{where} was trained with tokenizer {trained!r}, not {tokenizer.name!r}: {fix}")
+
+
+def checkpoint_tokenizer(checkpoint: dict[str, Any], path: str) -> Tokenizer:
+    """The tokenizer a checkpoint was trained with: the BPE tokenizer it holds, else (byte tokenizers, and checkpoints
+    written before tokenizers were recorded) its data module's ``tokenizer`` argument, ``"byte"`` if none."""
+    stored = checkpoint.get(TOKENIZER_KEY, {}).get("json")
+    if stored is not None:
+        return BPETokenizer(import_tokenizers().Tokenizer.from_str(stored))
+    spec = checkpoint.get("datamodule_hyper_parameters", {}).get("tokenizer", "byte")
+    try:
+        return load_tokenizer(spec)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{error}: the tokenizer file that {path} names, relative to the folder it was trained in; "
+            "run from there or pass --tokenizer"
+        ) from error
 
 
 def is_imported_subclass(class_path: str, cls: type) -> bool:
@@ -143,13 +208,20 @@ def is_imported_subclass(class_path: str, cls: type) -> bool:
     return isinstance(found, type) and issubclass(found, cls)
 
 
-def at_least(minimum: float, kind: type[int] | type[float]) -> Callable[[str], Any]:
-    """An argparse ``type``: ``kind(text)``, refused below ``minimum`` (and NaN)."""
+def in_range(
+    kind: type[int] | type[float], low: float, high: float = math.inf, low_open: bool = False
+) -> Callable[[str], Any]:
+    """An argparse ``type``: ``kind(text)``, refused outside ``[low, high]`` (``(low, high]`` if ``low_open``), and
+    refused if NaN or infinite."""
+    if high < math.inf:
+        rule = f"in {'(' if low_open else '['}{low}, {high}]"
+    else:
+        rule = f"{'>' if low_open else '>='} {low}" + (" and finite" if kind is float else "")
 
     def parse(text: str) -> int | float:
         value = kind(text)
-        if not value >= minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        if not ((low < value if low_open else low <= value) and value <= high and value != math.inf):
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {text}")
         return value
 
     parse.__name__ = kind.__name__  # argparse's "invalid int value: 'x'"
@@ -174,11 +246,19 @@ def main(args: Sequence[str] | None = None) -> None:
         "--ckpt", required=True, type=existing_file, help="a checkpoint of `pararnn-ts fit -c experiments/lm/...`"
     )
     parser.add_argument("--prompt", default="", help="text to continue (empty: start a new document)")
-    parser.add_argument("--max-new-tokens", type=at_least(0, int), default=200, help="tokens to sample")
-    parser.add_argument("--temperature", type=at_least(0, float), default=0.8, help="0: greedy")
-    parser.add_argument("--top-k", type=at_least(1, int), default=None, help="sample among the k likeliest tokens")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the sampling")
-    parser.add_argument("--tokenizer", default=None, help="'byte' or a BPE JSON file (None: the checkpoint's)")
+    parser.add_argument("--max-new-tokens", type=in_range(int, 0), default=200, help="tokens to sample")
+    parser.add_argument("--temperature", type=in_range(float, 0), default=0.8, help="0: greedy")
+    parser.add_argument("--top-k", type=in_range(int, 1), default=None, help="sample among the k likeliest tokens")
+    parser.add_argument(
+        "--top-p",
+        type=in_range(float, 0, 1, low_open=True),
+        default=1.0,
+        help="sample among the likeliest tokens whose probabilities add up to p (1: all)",
+    )
+    parser.add_argument("--seed", type=in_range(int, 0, MAX_SEED), default=0, help="seeds the sampling")
+    parser.add_argument(
+        "--tokenizer", default=None, help="'byte' or a BPE JSON file (None: the one the checkpoint holds or names)"
+    )
     parser.add_argument(
         "--stop-at-eos",
         action=argparse.BooleanOptionalAction,
@@ -187,9 +267,8 @@ def main(args: Sequence[str] | None = None) -> None:
     )
     opts = parser.parse_args(args)
     model, tokenizer = load_checkpoint(opts.ckpt, opts.tokenizer)
-    text = generate(
-        model, tokenizer, opts.prompt, opts.max_new_tokens, opts.temperature, opts.top_k, opts.seed, opts.stop_at_eos
-    )
+    sampling = (opts.temperature, opts.top_k, opts.top_p, opts.seed, opts.stop_at_eos)
+    text = generate(model, tokenizer, opts.prompt, opts.max_new_tokens, *sampling)
     print(opts.prompt + text)
 
 

@@ -19,13 +19,15 @@ from ..nn import MIXERS, LanguageModel
 from ..nn.backbone import MIXER_SPECS, MixerName
 from ..nn.mixers import RNN_CELLS
 from ..outputs import run_folder, writes_results
-from .generate import generate
+from .generate import TOKENIZER_KEY, check_trained_tokenizer, generate, tokenizer_record
 from .tokenizers import Tokenizer, check_vocab_size
 
 #: names of parameters never decayed whatever their shape: the cells' recurrent diagonals and input bias
 #: (``A``, ``C``, ``b``, all 2-D) and Mamba2's ``A_log``, ``dt_bias``, ``D``
 NO_DECAY_NAMES = frozenset({"A", "C", "b", "A_log", "dt_bias", "D"})
 EVAL_SPLITS = ("val", "test")
+#: the splits whose metrics each stage logs
+STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}
 #: where ``predict`` writes its samples, one JSON object per line, in the trainer's log folder
 PREDICTIONS_FILE = "predictions.jsonl"
 
@@ -94,9 +96,13 @@ class CausalLM(pl.LightningModule):
     The objective is ``cross-entropy + z_loss · mean(logsumexp(logits)²)``. Logged: ``train/loss``
     (cross-entropy), ``train/z_loss``, ``train/ppl``, ``train/bpb``, ``train/tokens_per_s`` every step,
     and ``val/loss``, ``val/ppl``, ``val/bpb`` over the whole validation set (token-weighted
-    means, synchronised across processes). Bits per byte = loss / ln 2 / bytes per token.
+    means, synchronised across processes). Bits per byte = loss / ln 2 / bytes per token of the same split:
+    ``train/bpb`` divides by the train split's bytes per token, ``val/bpb`` by the validation split's.
     ``predict`` generates text (:meth:`predict_step`, with the data module's tokenizer) and writes it to
     ``predictions.jsonl`` in the trainer's log folder.
+
+    Checkpoints record the data module's tokenizer (its name and, for BPE, the tokenizer itself: ``pararnn-ts
+    generate`` needs nothing else); validating, testing, predicting or resuming with another tokenizer is refused.
 
     Args:
         vocab_size, dim, num_layers, mixer, num_heads, mlp_ratio, tie_embeddings: of the
@@ -109,8 +115,8 @@ class CausalLM(pl.LightningModule):
         warmup_fraction: share of ``trainer.estimated_stepping_batches`` spent in linear warmup.
         min_lr_ratio: the cosine schedule ends at ``min_lr_ratio · lr``.
         z_loss: weight of the z-loss (paper: 1e-4; 5e-6 at 7B).
-        bytes_per_token: text bytes per token, for bits per byte; ``None``: the data module's
-            ``bytes_per_token("val")`` if it has one, else bits per byte are not logged.
+        bytes_per_token: text bytes per token of every split, for bits per byte; ``None``: each split's own,
+            the data module's ``bytes_per_token(split)`` if it has that method, else bits per byte are not logged.
 
     Batches are ``{"inputs": (B, T) int64, "targets": (B, T) int64}``.
     """
@@ -145,7 +151,9 @@ class CausalLM(pl.LightningModule):
         check_mixer_kwargs(mixer, mixer_kwargs or {})
         self.save_hyperparameters()
         self.model: LanguageModel | None = None
-        self.bytes_per_token = bytes_per_token
+        self.bytes_per_token: dict[str, float] = {}  # of each split that logs bits per byte
+        if bytes_per_token is not None:
+            self.bytes_per_token = dict.fromkeys(("train", *EVAL_SPLITS), bytes_per_token)
         self.eval_loss = nn.ModuleDict({split: MeanMetric() for split in EVAL_SPLITS})
         self._last_step_end: float | None = None
         self.tokenizer: Tokenizer | None = None
@@ -169,14 +177,28 @@ class CausalLM(pl.LightningModule):
         self.model.reset_parameters()
 
     def setup(self, stage: str) -> None:
-        """Take the data module's tokenizer (refused if its ids overflow ``vocab_size``) and bytes per token."""
+        """Take the data module's tokenizer (refused if its ids overflow ``vocab_size``) and the bytes per token of
+        each split that ``stage`` logs. A checkpoint's tokenizer is checked against it once Lightning has read the
+        checkpoint, in :meth:`on_load_checkpoint` (before any step)."""
         datamodule = getattr(self.trainer, "datamodule", None)
         self.tokenizer = getattr(datamodule, "tokenizer", None)
         if self.tokenizer is not None:
             size = self.tokenizer.vocab_size
             check_vocab_size(self.tokenizer, self.hparams.vocab_size, f"pass --model.init_args.vocab_size={size}")
-        if self.bytes_per_token is None and hasattr(datamodule, "bytes_per_token"):
-            self.bytes_per_token = datamodule.bytes_per_token("val")
+        if self.hparams.bytes_per_token is None and hasattr(datamodule, "bytes_per_token"):
+            self.bytes_per_token.update({split: datamodule.bytes_per_token(split) for split in STAGE_SPLITS[stage]})
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the data module's tokenizer (:func:`~pararnn_ts.lm.generate.tokenizer_record`)."""
+        if self.tokenizer is not None:
+            checkpoint[TOKENIZER_KEY] = tokenizer_record(self.tokenizer)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint trained with a tokenizer other than the data module's (validate, test, predict and
+        resumed fits; checkpoints written before tokenizers were recorded pass)."""
+        if self.tokenizer is not None:
+            fix = "pass the one it was trained with as --data.init_args.tokenizer (the run's config.yaml names it)"
+            check_trained_tokenizer(checkpoint, self.tokenizer, f"checkpoint {self.trainer.ckpt_path}", fix)
 
     def forward(self, tokens: Tensor) -> Tensor:
         """``tokens`` ``(B, T)`` → logits ``(B, T, vocab_size)``."""
@@ -242,10 +264,10 @@ class CausalLM(pl.LightningModule):
         metric.reset()
 
     def _rates(self, split: str, loss: Tensor) -> dict[str, Tensor]:
-        """Loss in nats per token, perplexity and (when bytes per token are known) bits per byte."""
+        """Loss in nats per token, perplexity and (when ``split``'s bytes per token are known) bits per byte."""
         rates = {f"{split}/loss": loss, f"{split}/ppl": loss.exp()}
-        if self.bytes_per_token is not None:
-            rates[f"{split}/bpb"] = loss / math.log(2) / self.bytes_per_token
+        if split in self.bytes_per_token:
+            rates[f"{split}/bpb"] = loss / math.log(2) / self.bytes_per_token[split]
         return rates
 
     def parameter_groups(self) -> list[dict[str, Any]]:

@@ -20,8 +20,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
+from ..notices import warn
 from .corpus import SPLITS
-from .tokenizers import Tokenizer
+from .tokenizers import EOS, Tokenizer
 
 #: version of the layout below; bumped when it changes, so old caches are not misread
 SHARD_FORMAT = 1
@@ -96,13 +97,19 @@ def write_shards(
 ) -> dict[str, ShardInfo]:
     """Tokenise ``(split, text)`` documents into one shard per split of :data:`SPLITS`.
 
-    Each document is followed by the end-of-text token, if the tokeniser has one. ``max_bytes[split]``
-    caps the text of a split (the document that crosses the cap is cut); reading stops once every
-    split is full, so a capped stream need not be read to its end.
+    Each document is followed by the end-of-text token, if the tokeniser has one (if not, a warning
+    says that documents run together). ``max_bytes[split]`` caps the text of a split (the document
+    that crosses the cap is cut); reading stops once every split is full, so a capped stream need not
+    be read to its end.
     """
     caps = {split: (max_bytes or {}).get(split) for split in SPLITS}
     writers = {split: ShardWriter(directory, split, tokenizer) for split in SPLITS}
     eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+    if not eos:
+        warn(
+            f"tokenizer {tokenizer.name!r} has no {EOS!r} token, so documents are written back to back with no "
+            "separator: the model is not told where one ends and the next begins (add the token to the tokenizer)"
+        )
     for split, text in split_texts:
         writer, cap = writers[split], caps[split]
         if cap is not None:
@@ -119,7 +126,10 @@ def read_shard_info(directory: str | Path, split: str) -> ShardInfo:
     path = Path(directory) / f"{split}.json"
     if not path.is_file():
         raise FileNotFoundError(f"no {split} shard in {directory} (missing {path.name})")
-    info = ShardInfo(**json.loads(path.read_text()))
+    try:
+        info = ShardInfo(**(json_object(path) or {}))
+    except TypeError:
+        raise ValueError(f"{path} does not describe a {split} shard; prepare it again") from None
     if info.format != SHARD_FORMAT:
         raise ValueError(f"{path} has shard format {info.format}, this code reads {SHARD_FORMAT}; prepare it again")
     return info
@@ -137,9 +147,31 @@ def open_shard(directory: str | Path, split: str) -> tuple[np.ndarray, ShardInfo
     return np.memmap(path, dtype=info.dtype, mode="r", shape=(info.num_tokens,)), info
 
 
+def json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object that the file ``path`` holds, or ``None`` if it holds anything else."""
+    try:
+        value = json.loads(path.read_bytes())
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def read_config(directory: Path) -> dict[str, Any] | None:
+    """The recipe in ``directory/config.json``; ``None`` if there is no such file.
+
+    Raises:
+        FileExistsError: the file is not a JSON object (not a recipe of ours).
+    """
     path = directory / CONFIG_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    config = json_object(path)
+    if config is None:
+        raise FileExistsError(
+            f"{directory} holds a {CONFIG_FILE} that is not a shard recipe; it is left as it is: delete it, or "
+            "choose another cache_dir/output folder"
+        )
+    return config
 
 
 def build_shard_dir(directory: str | Path, config: Mapping[str, Any], build: Callable[[Path], None]) -> bool:
@@ -152,9 +184,15 @@ def build_shard_dir(directory: str | Path, config: Mapping[str, Any], build: Cal
         ``True`` if it built the shards, ``False`` if ``directory`` already held them.
 
     Raises:
-        FileExistsError: ``directory`` holds shards of another config, or files that are not shards.
+        FileExistsError: ``directory`` holds shards of another config, or files that are not shards; or it,
+            or a folder above it, is a file.
     """
     directory = Path(directory)
+    for folder in (directory, *directory.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise FileExistsError(f"{folder} is a file, not a folder; choose another cache_dir/output folder")
+            break
     config = json.loads(json.dumps(dict(config)))  # the form it takes in config.json (lists, not tuples)
     existing = read_config(directory)
     if existing == config:

@@ -74,10 +74,13 @@ def import_tokenizers() -> Any:
 class BPETokenizer:
     """Byte-level BPE from the ``tokenizers`` package: every string round-trips, no unknown tokens.
 
+    As with :class:`ByteTokenizer`, ``encode`` never produces special tokens: text that spells
+    ``<|endoftext|>`` is encoded as ordinary text (this sets ``encode_special_tokens`` on ``tokenizer``).
     Train locally with :meth:`train`, keep with :meth:`save`, reload with :meth:`from_file`.
     """
 
     def __init__(self, tokenizer: Any) -> None:
+        tokenizer.encode_special_tokens = True  # the end-of-text token comes from its id, never from the text
         self.tokenizer = tokenizer
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
         self.eos_id = tokenizer.token_to_id(EOS)
