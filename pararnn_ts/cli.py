@@ -324,24 +324,26 @@ def read_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:
 
 
 def latest_last_checkpoint(config: Any) -> Path:
-    """``checkpoints/last.ckpt`` of the newest ``version_N`` run folder of the logger ``config`` (a subcommand's
-    parsed config) names: what ``--ckpt_path last`` resumes. Raises ``FileNotFoundError`` naming where it looked."""
+    """What ``--ckpt_path last`` resumes: in the newest ``version_N`` run folder of the logger ``config`` (a
+    subcommand's parsed config) names that holds one, ``checkpoints/interrupted.ckpt`` (:class:`SaveOnInterrupt`)
+    if it is newer than ``checkpoints/last.ckpt``, else that. Raises ``FileNotFoundError`` naming where it looked."""
     trainer = config["trainer"]
     logger = trainer.get("logger")
     logger = logger[0] if isinstance(logger, list) and logger else logger
     root = trainer.get("default_root_dir") or "."
     arguments = init_args(logger) if hasattr(logger, "get") else {}
     folder = Path(arguments.get("save_dir") or root) / (arguments.get("name") or "lightning_logs")
-    numbered = {
-        p: p.parent.parent.name.removeprefix("version_") for p in folder.glob("version_*/checkpoints/last.ckpt")
-    }
-    found = sorted((p for p, n in numbered.items() if n.isdigit()), key=lambda p: int(numbered[p]))
-    if not found:
-        raise FileNotFoundError(
-            f"--ckpt_path last: no {folder}/version_N/checkpoints/last.ckpt of an earlier run of this config; pass "
-            "the path of the checkpoint to resume"
-        )
-    return found[-1]
+    runs = {p: p.name.removeprefix("version_") for p in folder.glob("version_*")}
+    for run in sorted((p for p, n in runs.items() if n.isdigit()), key=lambda p: int(runs[p]), reverse=True):
+        saved = [
+            p for p in (run / "checkpoints" / name for name in ("last.ckpt", INTERRUPTED_CHECKPOINT)) if p.is_file()
+        ]
+        if saved:
+            return max(saved, key=lambda p: p.stat().st_mtime_ns)
+    raise FileNotFoundError(
+        f"--ckpt_path last: no {folder}/version_N/checkpoints/last.ckpt (or {INTERRUPTED_CHECKPOINT}) of an earlier "
+        "run of this config; pass the path of the checkpoint to resume"
+    )
 
 
 def flat(arguments: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-from pararnn_ts.cli import drop_unused_folder, left_to_default_none, main, warn_if_data_changed
+from pararnn_ts.cli import (
+    drop_unused_folder,
+    latest_last_checkpoint,
+    left_to_default_none,
+    main,
+    warn_if_data_changed,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "experiments" / "forecast" / "quickstart.yaml"
@@ -43,6 +50,26 @@ def test_ckpt_path_last_resumes_the_newest_runs_last_checkpoint(capsys):
     assert f"--ckpt_path {last}: resuming at step 2 (epoch " in err and "logs to runs/quickstart/version_2" in err
     resumed = torch.load("runs/quickstart/version_2/checkpoints/last.ckpt", weights_only=False)
     assert resumed["global_step"] == 4 and runs() == ["version_0", "version_1", "version_2"]
+
+
+def test_ckpt_path_last_takes_the_checkpoint_of_a_ctrl_c_when_it_is_newer():
+    """A fit stopped by Ctrl-C saves interrupted.ckpt after its last.ckpt (the last validation's), or before any."""
+    config = {"trainer": {"logger": {"init_args": {"save_dir": "runs", "name": "x"}}}}
+    saved = {}
+    for run, name in [(0, "last.ckpt"), (1, "interrupted.ckpt"), (10, None)]:  # version_10: failed, no checkpoint
+        folder = Path(f"runs/x/version_{run}/checkpoints")
+        folder.mkdir(parents=True)
+        if name:
+            saved[run] = folder / name
+            saved[run].write_bytes(b"")
+    assert latest_last_checkpoint(config) == saved[1]  # the newest run, interrupted before its first last.ckpt
+    last = saved[1].with_name("last.ckpt")
+    last.write_bytes(b"")
+    older, newer = saved[1].stat().st_mtime_ns - 10**9, saved[1].stat().st_mtime_ns
+    os.utime(last, ns=(older, older))
+    assert latest_last_checkpoint(config) == saved[1]
+    os.utime(last, ns=(newer + 10**9, newer + 10**9))  # resumed after the interrupt and validated since
+    assert latest_last_checkpoint(config) == last
 
 
 def test_a_resume_whose_max_time_is_already_spent_is_refused_before_training():
