@@ -29,15 +29,20 @@ def pinball(y: np.ndarray, prediction: np.ndarray, q: float) -> np.ndarray:
 
 
 def reference_scores(inputs: list[np.ndarray], labels: np.ndarray, quantiles: dict[float, np.ndarray], season: int):
-    """The four metrics by their textbook formulas, over the observed (non-NaN) actuals."""
+    """The four metrics by their textbook formulas, over the observed (non-NaN) actuals: MASE, sMAPE and coverage
+    averaged per window, then over the windows (as GluonTS's ``Evaluator``), wQL a ratio of sums."""
     observed = ~np.isnan(labels)
     scale = np.array([np.mean(np.abs(x[season:] - x[:-season])) for x in inputs])[:, None]
-    y, median = labels[observed], quantiles[0.5][observed]
+    y, median = labels[observed], quantiles[0.5]
+
+    def window_mean(points: np.ndarray) -> float:
+        return np.mean([row[seen].mean() for row, seen in zip(points, observed, strict=True)])
+
     return {
-        "MASE": np.mean((np.abs(labels - quantiles[0.5]) / scale)[observed]),
+        "MASE": window_mean(np.abs(labels - median) / scale),
         "mean_wQL": np.mean([pinball(y, quantiles[q][observed], q).sum() / np.abs(y).sum() for q in QUANTILES]),
-        "sMAPE": np.mean(2 * np.abs(y - median) / (np.abs(y) + np.abs(median))),
-        "coverage_80": np.mean((quantiles[0.1][observed] <= y) & (y <= quantiles[0.9][observed])),
+        "sMAPE": window_mean(2 * np.abs(labels - median) / (np.abs(labels) + np.abs(median))),
+        "coverage_80": window_mean((quantiles[0.1] <= labels) & (labels <= quantiles[0.9])),
     }
 
 

@@ -54,3 +54,36 @@ def test_bad_arguments_are_refused(tmp_path):
         forecast_frame(forecasts(), [np.zeros(3), np.zeros(2)])
     with pytest.raises(ValueError, match="no forecasts"):
         write_forecasts([], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("freq", "dates", "last_observed", "period"),
+    [
+        ("W", "W", "2021-07-18", "2021-07-19/2021-07-25"),  # Sunday-dated weeks, as pd.date_range(freq="W") has them
+        ("W-MON", "W-MON", "2021-07-19", "2021-07-20/2021-07-26"),  # Monday-dated weeks
+        ("M", "MS", "2019-12-01", "2020-01"),  # months: the period's start
+        ("D", "D", "2019-12-31", "2020-01-01"),
+    ],
+)
+def test_the_first_timestamp_is_the_last_observed_one_plus_one_step(freq, dates, last_observed, period):
+    """A week is stamped with the day its ``freq`` anchors it on (its last), so the first forecast is the last
+    observed date + 1 step; other periods with their start; ``period`` names the step's period."""
+    last = pd.Timestamp(last_observed)
+    start = last.to_period(freq) + 1
+    made = [SampleForecast(np.zeros((3, 2)), start_date=start, item_id="a")]
+    frame = forecast_frame(made)
+    assert frame["timestamp"].tolist() == list(pd.date_range(last, periods=3, freq=dates)[1:])
+    assert frame["forecast_start"][0] == frame["timestamp"][0]
+    assert frame["period"][0] == period
+
+
+def test_values_are_written_at_float32_precision(tmp_path):
+    """The float32 actual 9.06 is written 9.06 (not 9.0600004196167), and reads back to the same float32."""
+    values = np.array([9.06, 1234567890.0, np.nan], dtype=np.float32)
+    made = [SampleForecast(np.tile(values, (5, 1)), start_date=pd.Period("2020-01", freq="M"), item_id="a")]
+    table, _ = write_forecasts(made, tmp_path, [values])
+    text = table.read_text()
+    assert "9.06," in text and "9.0600004196167" not in text
+    saved = pd.read_csv(table)
+    for column in ("actual", "mean", "q0.5"):
+        np.testing.assert_array_equal(saved[column].to_numpy(np.float32), values)

@@ -69,6 +69,7 @@ COLUMNS = (
     "model",
     "seed",
     *METRICS,
+    "MASE_excluded_windows",  # score's count of windows MASE left out (seasonal error 0); empty when none
     "fit_s",
     "epochs",
     "epoch_s",

@@ -9,6 +9,7 @@ them (:class:`~pararnn_ts.forecast.cli_module.ParaRNNForecaster` provides ``tran
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
@@ -214,6 +215,12 @@ def series_histories(entries: list[Entry]) -> list[Entry]:
     return list(longest.values())
 
 
+def unobserved_windows(data: ForecastData) -> int:
+    """How many of ``data``'s test windows have no observed actual (their last ``prediction_length`` target values
+    all missing): rows with covariates and an empty target at the end of a series make such windows."""
+    return sum(not np.isfinite(entry["target"][-data.prediction_length :]).any() for entry in data.test)
+
+
 class ForecastDataModule(pl.LightningDataModule):
     """Train, validation and test splits of a :class:`~pararnn_ts.forecast.data.ForecastDataset`.
 
@@ -237,8 +244,9 @@ class ForecastDataModule(pl.LightningDataModule):
             (the dataset's usual setting, as the benchmark's per-dataset ``model_args``); ``None``: the
             forecaster's multiple of the horizon.
         predict_split: what ``pararnn-ts predict`` forecasts: ``"future"``, the ``prediction_length`` steps after
-            each series' end (its longest test entry; data with dynamic covariates cannot, as they end with the
-            series); ``"test"``, the official test windows, as the test step scores them.
+            each series' end (its longest test entry; not for data with dynamic covariates, which no row gives
+            there); ``"test"``, the official test windows, as the test step scores them: with rows of known
+            future covariates and an empty target at the end of each series, those rows are forecast.
         seed: seeds the training windows (with the epoch); ``None``: the global seed when the training loader is
             made (``torch.initial_seed()``, which ``seed_everything``, the CLI's ``--seed_everything``, sets).
     """
@@ -340,6 +348,17 @@ class ForecastDataModule(pl.LightningDataModule):
         return validation_batches(data, module.instance_splitter("validation"), self.batch_size)
 
     def test_dataloader(self) -> EntryBatches[Entry]:
+        """The test windows; warns when some have no observed actual (they are not scored)."""
+        unobserved = unobserved_windows(self.data)
+        if unobserved:
+            warnings.warn(
+                f"{self.data.name}: {unobserved} of {len(self.data.test)} test windows have no observed actual (their "
+                f"last {self.data.prediction_length} target values are all empty), so they are not scored, and with "
+                "none scored every test metric is NaN. Rows of future covariates with an empty target at the end "
+                "of the series do that: forecast them with pararnn-ts predict --data.init_args.predict_split=test, "
+                "and test on the data without them",
+                stacklevel=2,
+            )
         return EntryBatches(self.data.test, self.batch_size)
 
     def predict_dataloader(self) -> EntryBatches[PredictItem]:
@@ -355,16 +374,20 @@ class ForecastDataModule(pl.LightningDataModule):
         return [PredictItem(history, None) for history in series_histories(data.test)]
 
     def check_predict_split(self) -> None:
-        """Raise ``ValueError`` if the data cannot serve ``predict_split``: ``"future"`` needs covariates past
-        the series' ends, which no dataset here holds. Loads the data if it is not loaded yet."""
+        """Raise ``ValueError`` if the data cannot serve ``predict_split``: ``"future"`` needs covariates for the
+        steps after each series' last row, which no row gives. Loads the data if it is not loaded yet."""
         if self.data is None:
             self.load()
         data = self.data
         if self.predict_split == "future" and data.num_feat_dynamic_real:
+            unobserved = unobserved_windows(data)
+            here = f" (this data has such rows: {unobserved} of its test windows have no actual)" if unobserved else ""
             raise ValueError(
-                f"{data.name} has {data.num_feat_dynamic_real} dynamic covariates, which end where its series end, "
-                "so the steps after them cannot be forecast here: predict the test windows instead "
-                "(--data.init_args.predict_split=test), or call ParaRNNForecaster.load_from_checkpoint(path)"
+                f"{data.name} has {data.num_feat_dynamic_real} dynamic covariates, and predict_split=future "
+                f"forecasts the {data.prediction_length} steps after each series' last row, where no row gives "
+                f"them. To forecast with known future covariates, end each series with {data.prediction_length} "
+                "rows of covariates and an empty target and forecast them as the test windows "
+                f"(--data.init_args.predict_split=test){here}; or call ParaRNNForecaster.load_from_checkpoint(path)"
                 ".predictor().predict(entries) with entries whose feat_dynamic_real reaches prediction_length steps "
                 "past the target"
             )

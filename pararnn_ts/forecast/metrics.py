@@ -5,12 +5,23 @@
     score(forecasts, data.test, data.prediction_length, seasonality=12)
     # {"MASE": 1.43, "mean_wQL": 0.087, "sMAPE": 0.19, "coverage_80": 0.74}
 
-Every metric pools all test windows and horizon steps (series of equal horizon weigh equally); missing
-actuals (NaN) are left out, and so are the points where a ratio is 0 / 0.
+Missing actuals (NaN) are left out, and so are the points where a ratio is 0 / 0. ``MASE``, ``sMAPE`` and
+``coverage_80`` weigh every test window the same, as GluonTS's ``Evaluator`` averages per series: with
+missing actuals, each window's observed points are averaged, then the windows (:func:`window_mean`); where
+every window has all its actuals that is the mean over all points, bit for bit as before. ``mean_wQL`` is a
+ratio of sums over all points, as in the ``Evaluator``. Two differences from the ``Evaluator`` remain:
+
+- a window whose input has a seasonal error of 0 (a constant or all-zero past) or none (no two observed values
+  ``seasonality`` steps apart) has no finite MASE: the ``Evaluator``'s MASE is then inf, ours leaves the window
+  out, warns, and counts such windows in ``MASE_excluded_windows`` (a key only there when there are some);
+- a point whose sMAPE is 0 / 0 (actual and median 0) is left out without its window's other points weighing
+  more, so sMAPE on fully observed windows stays the mean over the points.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections import ChainMap
 from collections.abc import Sequence
 from typing import Any
@@ -41,6 +52,25 @@ def interval_coverage(data: dict[str, np.ndarray], lower: str = "0.1", upper: st
     return ((data[lower] <= label) & (label <= data[upper])).astype(float)
 
 
+def window_mean(points: np.ma.MaskedArray, observed: np.ndarray) -> float:
+    """The mean of ``points`` ``(N, H)`` (masked where not scored) with every window weighing the same: each
+    point weighs ``H / n``, ``n`` being the observed actuals of its window (``observed``: ``(N, H)`` bool).
+
+    Where the scored points are the observed ones, that is the mean over windows of each window's mean (windows
+    with none left out), as GluonTS's ``Evaluator`` averages per series; where every window is fully observed,
+    the weights are 1 and it is the plain mean over the scored points, to the bit. NaN when none is scored.
+    """
+    weights = points.shape[1] / np.maximum(observed.sum(axis=1, keepdims=True), 1)
+    total = (~np.ma.getmaskarray(points) * weights).sum()
+    return float(np.ma.sum(points * weights) / total) if total else math.nan
+
+
+def unscaled_windows(observed: np.ndarray, seasonal_errors: np.ma.MaskedArray) -> int:
+    """How many windows with an observed actual (``observed``: ``(N, H)`` bool) have a seasonal error of 0 or
+    none, so MASE's x / 0."""
+    return int((observed.any(axis=1) & ~(seasonal_errors.filled(0.0) > 0)).sum())
+
+
 def score(
     forecasts: Sequence[Any],
     test_entries: Sequence[dict[str, Any]],
@@ -50,15 +80,19 @@ def score(
 ) -> dict[str, float]:
     """Score GluonTS ``Forecast`` objects, one per test window, against the windows' last values.
 
-    - ``MASE``: ``|y − median| / seasonal error`` averaged over all points, the seasonal error being the
-      mean ``|y_t − y_{t−seasonality}|`` of each window's input (its in-sample seasonal naive error);
+    - ``MASE``: ``|y − median| / seasonal error``, the seasonal error being the mean ``|y_t − y_{t−seasonality}|``
+      of the window's input (its in-sample seasonal naive error); windows where that is 0 or undefined are left
+      out, with a warning, and counted in ``MASE_excluded_windows`` (returned only when not 0);
     - ``mean_wQL``: for each ``q`` in ``quantiles``, ``Σ 2|y − ŷ_q|·|1{y ≤ ŷ_q} − q| / Σ |y|`` over all
       points, averaged over ``q`` (a CRPS approximation);
-    - ``sMAPE``: mean of ``2|y − median| / (|y| + |median|)`` (a fraction in [0, 2], not percent);
+    - ``sMAPE``: ``2|y − median| / (|y| + |median|)`` (a fraction in [0, 2], not percent);
     - ``coverage_80``: share of actuals inside the forecast's ``[q0.1, q0.9]`` interval.
+
+    ``MASE``, ``sMAPE`` and ``coverage_80`` average each window's observed points, then the windows (see the
+    module docstring).
     """
-    from gluonts.ev.aggregations import Mean
-    from gluonts.ev.metrics import MASE, SMAPE, DirectMetric, MeanWeightedSumQuantileLoss
+    from gluonts.ev.metrics import MeanWeightedSumQuantileLoss
+    from gluonts.ev.stats import absolute_scaled_error, symmetric_absolute_percentage_error
     from gluonts.ev.ts_stats import seasonal_error
     from gluonts.model.evaluation import BatchForecast
 
@@ -74,21 +108,35 @@ def score(
     if not isinstance(seasonality, int) or seasonality < 1:
         raise ValueError(f"score: seasonality must be a positive int, got {seasonality!r}")
     inputs, labels = split_windows(test_entries, prediction_length)
-    errors = [
-        seasonal_error(np.ma.masked_invalid(np.asarray(entry["target"], dtype=np.float64)), seasonality, -1)
-        for entry in inputs
-    ]
+    errors = np.ma.stack(
+        [
+            seasonal_error(np.ma.masked_invalid(np.asarray(entry["target"], dtype=np.float64)), seasonality, -1)
+            for entry in inputs
+        ]
+    )
     data = ChainMap(
-        {"label": np.ma.masked_invalid(labels), "seasonal_error": np.ma.stack(errors)},
+        {"label": np.ma.masked_invalid(labels), "seasonal_error": errors},
         BatchForecast(forecasts),  # type: ignore[arg-type]
     )
+    wql = MeanWeightedSumQuantileLoss(quantile_levels=list(quantiles))(axis=None)
+    observed = np.isfinite(labels)
     metrics = {
-        "MASE": MASE()(axis=None),
-        "mean_wQL": MeanWeightedSumQuantileLoss(quantile_levels=list(quantiles))(axis=None),
-        "sMAPE": SMAPE()(axis=None),
-        "coverage_80": DirectMetric(name="coverage_80", stat=interval_coverage, aggregate=Mean(axis=None)),
+        "MASE": window_mean(absolute_scaled_error(data, "0.5"), observed),
+        "mean_wQL": float(wql.update(data).get()),
+        "sMAPE": window_mean(symmetric_absolute_percentage_error(data, "0.5"), observed),
+        "coverage_80": window_mean(interval_coverage(data), observed),
     }
-    return {name: float(metric.update(data).get()) for name, metric in metrics.items()}
+    excluded = unscaled_windows(observed, errors[:, 0])
+    if excluded:
+        warnings.warn(
+            f"score: MASE leaves out {excluded} of {len(labels)} test windows whose input has a seasonal error of 0 "
+            f"or none (a constant or all-zero past, or too few observed values for seasonality={seasonality}), so "
+            "their scaled errors would be x / 0 (GluonTS's Evaluator gives inf); MASE averages the other windows, "
+            "and MASE_excluded_windows counts these",
+            stacklevel=2,
+        )
+        metrics["MASE_excluded_windows"] = float(excluded)
+    return metrics
 
 
 def window_quantile_losses(

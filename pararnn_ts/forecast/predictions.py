@@ -3,10 +3,12 @@
     frame = forecast_frame(forecasts, actuals)        # one row per forecast and step
     write_forecasts(forecasts, folder, actuals)       # folder/forecasts.csv and folder/forecast_samples.npz
 
-``forecasts.csv`` has the columns ``item_id``, ``forecast_start``, ``step`` (1 … H), ``timestamp`` (the start of
-the step's period), ``mean``, ``q0.1`` … ``q0.9`` and, when the actual values are known, ``actual`` (empty
-where missing). ``forecast_samples.npz`` holds ``samples`` ``(N, S, H)`` float32 with ``item_id`` and
-``forecast_start`` ``(N,)``, in the table's order.
+``forecasts.csv`` has the columns ``item_id``, ``forecast_start`` (the first step's ``timestamp``), ``step``
+(1 … H), ``timestamp`` (see :func:`step_times`), ``period`` (the step's ``freq`` period as pandas writes it:
+``2020-01``, ``2020Q1``, ``2021-07-19/2021-07-25``, ...), ``mean``, ``q0.1`` … ``q0.9`` and, when the actual values
+are known, ``actual`` (empty where missing); values at float32 precision (``9.06``, not ``9.0600004196167``).
+``forecast_samples.npz`` holds ``samples`` ``(N, S, H)`` float32 with ``item_id`` and ``forecast_start`` ``(N,)``,
+in the table's order.
 """
 
 from __future__ import annotations
@@ -24,6 +26,22 @@ FORECASTS_FILE = "forecasts.csv"
 SAMPLES_FILE = "forecast_samples.npz"
 
 
+def step_times(periods: pd.PeriodIndex) -> pd.DatetimeIndex:
+    """The ``timestamp`` of each forecast step: the day a week is anchored on, which is its last (``W``, i.e.
+    ``W-SUN``: the Sunday, as ``pd.date_range(freq="W")`` dates weeks; ``W-MON``: the Monday); otherwise the start
+    of the step's period (the month's first day for ``M``, the hour for ``h``), as GluonTS dates periods. So the
+    first forecast is the last observed timestamp + 1 step when the data is dated so."""
+    if isinstance(periods.freq, pd.offsets.Week):
+        return periods.end_time.normalize()
+    return periods.to_timestamp()
+
+
+def float32_decimal(values: np.ndarray) -> np.ndarray:
+    """``values`` at float32 precision, each as the float64 of its shortest float32 decimal, so a CSV file shows
+    the float32 ``9.06`` as ``9.06`` (not ``9.0600004196167``) and reads back to the same float32."""
+    return np.asarray(np.asarray(values, dtype=np.float32).astype(str), dtype=np.float64)
+
+
 def forecast_frame(
     forecasts: Sequence[SampleForecast],
     actuals: Sequence[np.ndarray] | None = None,
@@ -36,23 +54,24 @@ def forecast_frame(
         )
     frames = []
     for number, forecast in enumerate(forecasts):
-        timestamps = forecast.index.to_timestamp()
+        timestamps = step_times(forecast.index)
         columns = {
             "item_id": forecast.item_id if forecast.item_id is not None else str(number),
             "forecast_start": timestamps[0],
             "step": np.arange(1, len(timestamps) + 1),
             "timestamp": timestamps,
-            "mean": forecast.mean,
+            "period": forecast.index.astype(str),
+            "mean": float32_decimal(forecast.mean),
         }
-        columns.update({f"q{q:g}": forecast.quantile(q) for q in quantiles})
+        columns.update({f"q{q:g}": float32_decimal(forecast.quantile(q)) for q in quantiles})
         if actuals is not None:
-            actual = np.asarray(actuals[number], dtype=np.float64)
+            actual = np.asarray(actuals[number])
             if actual.shape != (len(timestamps),):
                 raise ValueError(
                     f"forecast_frame: actuals[{number}] has shape {actual.shape}, expected ({len(timestamps)},), "
                     "one value per forecast step"
                 )
-            columns["actual"] = actual
+            columns["actual"] = float32_decimal(actual)
         frames.append(pd.DataFrame(columns))
     return pd.concat(frames, ignore_index=True)
 
