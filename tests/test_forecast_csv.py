@@ -129,10 +129,14 @@ def daily(item: str, n: int, **columns) -> list[dict]:
         (
             [*daily("a", 9), {**daily("a", 1)[0], "timestamp": "2020-01-10", "target": "ten"}],
             {},
-            r"'target' is not a number in rows \[10\] \(e.g. 'ten'\)",
+            r"'target' is not a number on lines \[11\] \(e.g. 'ten'\)",
         ),
-        ([*daily("a", 9), {**daily("a", 1)[0], "timestamp": "soon"}], {}, r"'timestamp' is not a date in rows \[10\]"),
-        ([*daily("a", 9), daily("a", 1)[0]], {}, r"series 'a' has more than one row for 2020-01-01"),
+        ([*daily("a", 9), {**daily("a", 1)[0], "timestamp": "soon"}], {}, r"'timestamp' is not a date on lines \[11\]"),
+        (
+            [*daily("a", 9), daily("a", 1)[0]],
+            {},
+            r"series 'a' has more than one row for 2020-01-01 \(freq='D'\), on lines \[2, 11\]",
+        ),
         (
             [r for r in daily("a", 9, temp=1.0) if r["timestamp"] != "2020-01-04"],
             {"feat_dynamic_real_columns": ["temp"]},
@@ -141,18 +145,18 @@ def daily(item: str, n: int, **columns) -> list[dict]:
         (
             [*daily("a", 8, temp=1.0), {**daily("a", 9)[8]}],
             {"feat_dynamic_real_columns": ["temp"]},
-            r"covariate 'temp' is empty in rows \[9\]",
+            r"covariate 'temp' is empty on lines \[10\]",
         ),
         (
             [*daily("a", 4, shop="x"), *daily("a", 9, shop="y")[4:]],
             {"feat_static_cat_columns": ["shop"]},
             r"series 'a': the static categories \['shop'\] change within the series",
         ),
-        ([*daily("a", 9), {**daily("b", 1)[0], "item_id": None}], {}, r"'item_id' is empty in rows \[10\]"),
+        ([*daily("a", 9), {**daily("b", 1)[0], "item_id": None}], {}, r"'item_id' is empty on lines \[11\]"),
         ([*daily("a", 9), *daily("b", 3)], {}, r"series 'b' has 3 values, fewer than .* = 5"),
     ],
 )
-def test_bad_files_give_errors_that_name_the_rows_and_the_fix(tmp_path, rows, kwargs, message):
+def test_bad_files_give_errors_that_name_the_lines_and_the_fix(tmp_path, rows, kwargs, message):
     path = write_rows(tmp_path / "bad.csv", rows)
     with pytest.raises(ValueError, match=message):
         CsvDataset(str(path), "D", 2, test_windows=2, **kwargs).load()
@@ -249,10 +253,90 @@ def test_tsdata_keys_join_into_item_ids_and_quarters_parse():
     ).load()
     assert len(data.train) == 304 and data.train[0]["item_id"] == "Adelaide/South Australia/Business"
     assert data.train[0]["start"] == pd.Period("1998Q1", freq="Q") and len(data.test[0]["target"]) == 80
-    times = parse_times(pd.Series(["1998 Q1", "1982 Apr", "2014-12-31T13:00:00Z", "2020-01-02 13:30", "never"]))
-    expected = ["1998-01-01", "1982-04-01", "2014-12-31 13:00", "2020-01-02 13:30"]
-    assert times[:4].tolist() == [pd.Timestamp(t) for t in expected] and pd.isna(times[4])
     with pytest.raises(ValueError, match=r"fpp3 has no table 'pedestrians'; it has \[.*'pedestrian'"):
         TsDataDataset("pedestrians", "h", 24, timestamp_column="Date_Time", target_column="Count")
     with pytest.raises(ValueError, match="collection must be 'fpp3' or 'fpppy'"):
         TsDataDataset("pedestrian", "h", 24, timestamp_column="Date_Time", target_column="Count", collection="m4")
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["1998 Q1", "1998 Q2"], ["1998-01-01", "1998-04-01"]),
+        (["1982 Apr", "1982 May"], ["1982-04-01", "1982-05-01"]),
+        (
+            ["2014-12-31T13:00:00Z", "2015-01-01", "2020-01-02 13:30"],
+            ["2014-12-31 13:00", "2015-01-01", "2020-01-02 13:30"],
+        ),
+        (["31.01.2020", "01.02.2020"], ["2020-01-31", "2020-02-01"]),
+        (["03/13/2023", "03/05/2023"], ["2023-03-13", "2023-03-05"]),  # month first: 13 is no month
+        (["05/03/2023", "13/03/2023"], ["2023-03-05", "2023-03-13"]),  # day first: 13 is no month
+        (["2020-01-01", "never"], ["2020-01-01", None]),
+    ],
+)
+def test_each_timestamp_format_reads_one_way(values, expected):
+    times = parse_times(pd.Series(values, name="date"))
+    assert times.tolist() == [pd.Timestamp(t) if t else pd.NaT for t in expected]
+
+
+def test_day_first_dates_are_read_in_order_and_a_column_that_reads_two_ways_is_refused(tmp_path):
+    days = pd.date_range("2023-01-01", "2023-12-31", freq="D")
+    frame = pd.DataFrame({"item_id": "eu", "timestamp": days.strftime("%d/%m/%Y"), "target": np.arange(len(days))})
+    frame.to_csv(tmp_path / "eu.csv", index=False)
+    (series,) = CsvDataset(str(tmp_path / "eu.csv"), "D", 7).load().test  # 13/01/2023 tells the order
+    assert series["start"] == pd.Period("2023-01-01", "D")
+    np.testing.assert_array_equal(series["target"], np.arange(len(days)))
+    months = pd.date_range("2022-01-01", periods=24, freq="MS")  # the 1st of each month: 01/03 reads both ways
+    frame = pd.DataFrame({"item_id": "eu", "timestamp": months.strftime("%d/%m/%Y"), "target": np.arange(24.0)})
+    frame.to_csv(tmp_path / "months.csv", index=False)
+    refusal = (
+        r"months: 'timestamp' reads as dates two ways: '01/02/2022' is 2022-01-02 month first and 2022-02-01 day "
+        r"first; pass dayfirst=False or dayfirst=True"
+    )
+    with pytest.raises(ValueError, match=refusal):
+        CsvDataset(str(tmp_path / "months.csv"), "M", 3).load()
+    (series,) = CsvDataset(str(tmp_path / "months.csv"), "M", 3, dayfirst=True).load().test
+    assert series["start"] == pd.Period("2022-01", "M") and not np.isnan(series["target"]).any()
+
+
+@pytest.mark.parametrize(
+    ("freq", "steps", "first"), [("D", "D", "2023-03-12"), ("W", "W-MON", "2023-01-02"), ("M", "MS", "2023-01-01")]
+)
+def test_time_zone_aware_days_weeks_and_months_keep_their_local_date(tmp_path, freq, steps, first):
+    """Local midnights east of UTC stay on their day (not the day before, as in UTC), across a DST change too."""
+    times = pd.date_range(first, periods=30, freq=steps, tz="Europe/Berlin")
+    assert len({time.utcoffset() for time in times}) == 2  # winter and summer time
+    frame = pd.DataFrame({"timestamp": times.strftime("%Y-%m-%dT%H:%M:%S%z"), "target": np.arange(30.0)})
+    frame.to_csv(tmp_path / "berlin.csv", index=False)
+    (series,) = CsvDataset(str(tmp_path / "berlin.csv"), freq, 3, item_id_column=None).load().test
+    assert series["start"] == pd.Period(times[0].tz_localize(None), freq)
+    np.testing.assert_array_equal(series["target"], np.arange(30.0))
+
+
+def test_ids_and_categories_keep_their_leading_zeros(tmp_path):
+    rows = [
+        *daily("007", 9, region="01"),
+        *daily("012", 9, region="1"),
+        *daily("3", 9, region="1"),
+    ]
+    data = CsvDataset(str(write_rows(tmp_path / "ids.csv", rows)), "D", 2, feat_static_cat_columns=["region"]).load()
+    assert [entry["item_id"] for entry in data.test] == ["007", "012", "3"]
+    assert data.categories == {"region": ["01", "1"]} and data.cardinality == [2]
+    assert [entry["feat_static_cat"].tolist() for entry in data.test] == [[0], [1], [1]]
+
+
+def test_separator_decimal_mark_and_encoding_of_the_file(tmp_path):
+    path = tmp_path / "ventes.csv"
+    lines = [f"Köln;2020-01-{day:02d};{day},5" for day in range(1, 10)]
+    path.write_text("item_id;timestamp;target\n" + "\n".join(lines) + "\n", encoding="latin-1")
+    data = CsvDataset(str(path), "D", 2, sep=";", decimal=",", encoding="latin-1").load()
+    assert data.test[0]["item_id"] == "Köln"
+    np.testing.assert_array_equal(data.test[0]["target"], np.arange(1, 10) + 0.5)
+    with pytest.raises(ValueError, match=r"is not UTF-8 text .*; pass its encoding, e.g. encoding='latin-1'"):
+        CsvDataset(str(path), "D", 2, sep=";", decimal=",").load()
+    one_column = r"its columns are \['item_id;timestamp;target'\] \(one column, whose name holds ';': pass sep=';'\)"
+    with pytest.raises(ValueError, match=one_column):
+        CsvDataset(str(path), "D", 2, encoding="latin-1").load()
+    path.write_text("item_id\ttimestamp\ttarget\na\t2020-01-01\t1\n")
+    with pytest.raises(ValueError, match=r"pass sep='\\t'"):
+        CsvDataset(str(path), "D", 2).load()

@@ -20,6 +20,7 @@ from pararnn_ts.forecast.data import (
     ForecastDataset,
     JsonLinesDataset,
     VicElecDataset,
+    check_freq,
     validate,
     validation_split,
     write_json_lines,
@@ -387,3 +388,41 @@ def test_a_resumed_fit_trains_on_the_batches_of_an_uninterrupted_one(tmp_path, n
     mid_epoch = tmp_path / "every" / "epoch=1-step=6.ckpt"  # two batches into epoch 1
     resumed, _ = recorded_fit(tmp_path / "resumed_mid", 3, ckpt_path=mid_epoch, num_workers=num_workers)
     assert same_records(resumed, straight[6:])  # the rest of epoch 1, then epoch 2
+
+
+def test_json_lines_fields_it_does_not_use_are_warned_about(tmp_path):
+    extra = {"feat_static_real": [1.5], "past_feat_dynamic_real": [[0.0] * 20], "feat_dynamic_cat": [[1] * 20]}
+    path = write_lines(tmp_path / "toy.jsonl", [series(20, "a", **extra), series(20, "b")])
+    unused = r"\['feat_dynamic_cat', 'feat_static_real', 'past_feat_dynamic_real'\], which JsonLinesDataset does not"
+    with pytest.warns(UserWarning, match=unused):
+        data = JsonLinesDataset(path, "D", 5).load()
+    assert set(data.train[0]) == {"start", "target", "item_id"}
+
+
+@pytest.mark.parametrize(
+    ("freq", "period"),
+    [
+        ("ME", "M"),
+        ("2ME", "2M"),
+        ("BME", "M"),
+        ("QE", "Q"),
+        ("QE-DEC", "Q-DEC"),
+        ("QE-MAR", "Q-MAR"),
+        ("YE", "Y"),
+        ("BYE", "Y"),
+        ("M", "M"),
+        ("W-SUN", "W-SUN"),
+        ("30min", "30min"),
+    ],
+)
+def test_pandas_period_end_aliases_mean_the_period_aliases(tmp_path, freq, period):
+    assert check_freq("toy", freq) == period
+    path = write_lines(tmp_path / "toy.jsonl", [series(20, "a")])
+    data = JsonLinesDataset(path, freq, 3).load()
+    assert data.freq == period and data.train[0]["start"] == pd.Period("2021-03-01", period)
+
+
+def test_period_start_and_semi_month_aliases_are_still_refused():
+    for freq in ("SME", "MS", "fortnightly"):
+        with pytest.raises(ValueError, match=rf"toy: freq='{freq}' is not a pandas period frequency"):
+            check_freq("toy", freq)

@@ -37,20 +37,34 @@ from .predictions import write_forecasts
 
 #: the checkpoint entry holding :func:`data_sizes`
 CHECKPOINT_KEY = "forecast_data_sizes"
+#: the entry of :func:`data_sizes` holding the static categories' values
+CATEGORIES = "categories"
 METRICS_FILE = "test_metrics.json"
 PLOT_FILE = "forecasts.png"
 
 
 def data_sizes(data: ForecastData, context_length: int | None = None) -> dict[str, Any]:
-    """What the network depends on in the data: frequency, horizon, covariate counts, and the data module's
-    ``context_length`` when it sets one (absent otherwise, so earlier checkpoints still match)."""
+    """What the network depends on in the data: frequency, horizon, covariate counts, each static category's values
+    in code order where the data names them (``ForecastData.categories``), and the data module's ``context_length``
+    when it sets one (the last two are absent otherwise, so earlier checkpoints still match)."""
     sizes = {
         "freq": data.freq,
         "prediction_length": data.prediction_length,
         "num_feat_dynamic_real": data.num_feat_dynamic_real,
         "cardinality": list(data.cardinality),
     }
+    if data.categories:
+        sizes[CATEGORIES] = {column: list(values) for column, values in data.categories.items()}
     return sizes if context_length is None else {**sizes, "context_length": context_length}
+
+
+def size_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The entries of :func:`data_sizes` in which ``saved`` and ``current`` differ; the categories' values count only
+    where both have them (checkpoints saved before they were, and data that gives codes, have none)."""
+    keys = saved.keys() | current.keys()
+    if CATEGORIES not in saved or CATEGORIES not in current:
+        keys -= {CATEGORIES}
+    return sorted(key for key in keys if saved.get(key) != current.get(key))
 
 
 class ParaRNNForecaster(ForecastTrainingModule):
@@ -115,10 +129,32 @@ class ParaRNNForecaster(ForecastTrainingModule):
         self.predicted: list[tuple[PredictItem, Forecast]] = []
 
     def setup(self, stage: str) -> None:
-        """Refuse a ``--trainer.precision`` that cannot train on the data (:func:`check_precision`) before the run."""
+        """Code the data's static categories as the network was trained when it is built already
+        (``load_from_checkpoint``; see :meth:`code_categories`); refuse a ``--trainer.precision`` that cannot train
+        on the data (:func:`check_precision`) before the run."""
+        if self.model is not None:
+            self.code_categories(self.data_sizes.get(CATEGORIES))
         data = getattr(self.trainer.datamodule, "data", None)
         if stage in ("fit", "validate") and isinstance(data, ForecastData):
             check_precision(self.trainer.precision, data)
+
+    def code_categories(self, categories: dict[str, list[str]] | None) -> bool:
+        """Load the data module's data again with its static categories coded by ``categories`` (each one's values in
+        the network's code order) when it names them and codes them otherwise, through its dataset's
+        ``category_values`` (:class:`~pararnn_ts.forecast.csv_data.CsvDataset`'s): a file holding some of the
+        values then codes them as in training, one holding others is refused. True if it did."""
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        data = getattr(datamodule, "data", None)
+        if (
+            not categories
+            or not isinstance(data, ForecastData)
+            or data.categories in ({}, categories)
+            or not hasattr(datamodule.dataset, "category_values")
+        ):
+            return False
+        datamodule.dataset.category_values = categories
+        datamodule.load()
+        return True
 
     def configure_model(self) -> None:
         """Build the network (once) from the sizes of ``trainer.datamodule.data``.
@@ -127,13 +163,17 @@ class ParaRNNForecaster(ForecastTrainingModule):
         """
         if self.model is not None or self._trainer is None:
             return
-        data = getattr(self.trainer.datamodule, "data", None)
-        if not isinstance(data, ForecastData):
+        if not isinstance(getattr(self.trainer.datamodule, "data", None), ForecastData):
             raise ValueError(
                 "ParaRNNForecaster builds its network from the data: train it with a ForecastDataModule "
                 "(data: class_path: pararnn_ts.forecast.datamodule.ForecastDataModule)"
             )
-        self.build(data_sizes(data, getattr(self.trainer.datamodule, "context_length", None)))
+        self.build(self.data_module_sizes())
+
+    def data_module_sizes(self) -> dict[str, Any]:
+        """:func:`data_sizes` of the trainer's data module's data."""
+        datamodule = self.trainer.datamodule
+        return data_sizes(datamodule.data, getattr(datamodule, "context_length", None))
 
     def build(self, sizes: dict[str, Any]) -> None:
         """Make the network, the transformation and the instance splitters for data of ``sizes``."""
@@ -195,10 +235,15 @@ class ParaRNNForecaster(ForecastTrainingModule):
             raise ValueError(f"this checkpoint has no {CHECKPOINT_KEY!r}: it was not saved by a ParaRNNForecaster")
         if self.model is None:
             self.build(sizes)
-        elif sizes != self.data_sizes:
+            return
+        if self.code_categories(sizes.get(CATEGORIES)):
+            self.build(self.data_module_sizes())  # for the data as now coded: the checkpoint's cardinality
+        differ = size_differences(sizes, self.data_sizes)
+        if differ:
+            saved, current = (", ".join(f"{key}={of.get(key)!r}" for key in differ) for of in (sizes, self.data_sizes))
             raise ValueError(
-                f"the checkpoint's network was built for data of sizes {sizes}, this data has {self.data_sizes}: "
-                "resume on the dataset it was trained on"
+                f"the checkpoint's network was built for data with {saved}, this data has {current}: predict, test "
+                f"or resume on the dataset it was trained on, or on data of the same {', '.join(differ)}"
             )
 
     def forecast(self, predictor: PyTorchPredictor, entries: list[dict[str, Any]]) -> list[Forecast]:

