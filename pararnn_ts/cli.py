@@ -179,6 +179,7 @@ class ParaRNNCLI(LightningCLI):
     def before_test(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
         refuse_used_log_dir(self.trainer)
+        refuse_existing_results(self.trainer, self.model, "test")
         if not can_test(self.model, self.datamodule):
             raise ValueError(
                 f"pararnn-ts test: {type(self.model).__name__} with {type(self.datamodule).__name__} has no test split "
@@ -188,6 +189,7 @@ class ParaRNNCLI(LightningCLI):
     def before_predict(self) -> None:
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
         refuse_used_log_dir(self.trainer)
+        refuse_existing_results(self.trainer, self.model, "predict")
         if not can_predict(self.model, self.datamodule):
             raise ValueError(
                 f"pararnn-ts predict: {type(self.datamodule).__name__} serves nothing to predict (it has no "
@@ -274,6 +276,21 @@ def refuse_used_log_dir(trainer: Trainer) -> None:
                 "--trainer.logger.init_args.save_dir (--trainer.default_root_dir without a logger); or delete "
                 "that folder"
             )
+
+
+def refuse_existing_results(trainer: Trainer, model: LightningModule, verb: str) -> None:
+    """Raise ``FileExistsError`` if the run's folder holds a file that ``verb`` would write there (the model's
+    ``RESULT_FILES[verb]``): without a logger runs share ``default_root_dir``, which may hold a user's own files."""
+    folder = Path(trainer.log_dir or trainer.default_root_dir)
+    existing = [
+        str(folder / name) for name in getattr(model, "RESULT_FILES", {}).get(verb, ()) if (folder / name).exists()
+    ]
+    if existing:
+        raise FileExistsError(
+            f"pararnn-ts {verb} would replace {', '.join(existing)}; move {'it' if len(existing) == 1 else 'them'} "
+            "away, or write this run elsewhere: keep a logger (each run gets a new version_N folder) or pass another "
+            "--trainer.default_root_dir"
+        )
 
 
 def init_args(model: Any) -> dict[str, Any]:

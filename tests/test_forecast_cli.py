@@ -408,6 +408,21 @@ def test_test_and_predict_refuse_to_run_untrained_weights(first_run, monkeypatch
     assert sorted((config.parent / "runs" / "lightning_logs").glob("version_*")) == before  # nothing was written
 
 
+def test_without_a_logger_test_and_predict_refuse_to_replace_a_users_files(first_run, tmp_path, monkeypatch):
+    """Without a logger runs write to --trainer.default_root_dir (the current folder), where a user's files are."""
+    config, version_dir, _ = first_run
+    monkeypatch.chdir(tmp_path)
+    checkpoint = f"--ckpt_path={version_dir / 'checkpoints' / 'last.ckpt'}"
+    for verb, name in [("predict", FORECASTS_FILE), ("test", METRICS_FILE)]:
+        (tmp_path / name).write_text("mine")
+        with pytest.raises(FileExistsError, match=f"pararnn-ts {verb} would replace .*{name}; move it away"):
+            main([verb, "-c", str(config), *TINY, "--trainer.logger=false", checkpoint])
+        assert (tmp_path / name).read_text() == "mine" and not (tmp_path / "config.yaml").exists()
+    (tmp_path / METRICS_FILE).unlink()
+    capture_stdout(lambda: main(["test", "-c", str(config), *TINY, "--trainer.logger=false", checkpoint]))
+    assert json.loads((tmp_path / METRICS_FILE).read_text())  # with nothing in the way it writes
+
+
 def test_predict_past_the_covariates_is_refused_before_the_run_writes_its_folder(first_run, monkeypatch):
     config, version_dir, _ = first_run
     monkeypatch.chdir(config.parent)

@@ -168,6 +168,10 @@ def test_predict_generates_text_from_a_checkpoint(tmp_path, capsys):
     assert [record["prompt"] + record["completion"] for record in records] == texts
     sampling = {"max_new_tokens": 8, "temperature": 0.0, "top_k": None, "top_p": 0.9, "seed": 0, "stop_at_eos": True}
     assert records[0] == {"prompt": "def ", **sampling, "completion": texts[0].removeprefix("def ")}
+    (tmp_path / "predictions.jsonl").write_text("mine")  # without a logger predict writes to the current folder
+    with pytest.raises(FileExistsError, match="pararnn-ts predict would replace .*predictions.jsonl"):
+        cli_main(["predict", *config, "--ckpt_path", str(ckpt), "--trainer.logger=false"])
+    assert (tmp_path / "predictions.jsonl").read_text() == "mine"
 
 
 def test_bad_sampling_settings_are_refused():

@@ -33,7 +33,7 @@ from .lightning_module import ForecastTrainingModule
 from .metrics import score, split_windows
 from .module import ParaRNNForecastModel
 from .plots import plot_forecasts
-from .predictions import write_forecasts
+from .predictions import FORECASTS_FILE, SAMPLES_FILE, write_forecasts
 
 #: the checkpoint entry holding :func:`data_sizes`
 CHECKPOINT_KEY = "forecast_data_sizes"
@@ -82,6 +82,9 @@ class ParaRNNForecaster(ForecastTrainingModule):
         lr, weight_decay, lr_schedule, patience, ema_decay: see :class:`ForecastTrainingModule`; the defaults
             are the estimator's (chosen on the validation split: ``experiments/forecast/validation.yaml``).
     """
+
+    #: the files ``test`` and ``predict`` write to the run's folder (``pararnn-ts`` refuses to replace them)
+    RESULT_FILES = {"test": (METRICS_FILE, PLOT_FILE), "predict": (FORECASTS_FILE, SAMPLES_FILE, PLOT_FILE)}
 
     def __init__(
         self,

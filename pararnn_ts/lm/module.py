@@ -121,6 +121,9 @@ class CausalLM(pl.LightningModule):
     Batches are ``{"inputs": (B, T) int64, "targets": (B, T) int64}``.
     """
 
+    #: the files ``predict`` writes to the run's folder (``pararnn-ts`` refuses to replace them)
+    RESULT_FILES = {"predict": (PREDICTIONS_FILE,)}
+
     def __init__(
         self,
         vocab_size: int,
