@@ -92,6 +92,12 @@ def test_generate_help_names_the_verb_and_shows_defaults(capsys):
         ("--top-k", "0", "must be >= 1"),
         ("--max-new-tokens", "-1", "must be >= 0"),
         ("--top-k", "two", "invalid int value"),
+        ("--temperature", "inf", "must be >= 0 and finite, got inf"),
+        ("--top-p", "0", "must be in (0, 1], got 0"),
+        ("--top-p", "1.01", "must be in (0, 1], got 1.01"),
+        ("--top-p", "nan", "must be in (0, 1], got nan"),
+        ("--seed", "18446744073709551616", "must be in [0, 18446744073709551615], got 18446744073709551616"),
+        ("--seed", "-1", "must be in [0, 18446744073709551615], got -1"),
     ],
 )
 def test_generate_refuses_bad_sampling_flags_before_loading(flag, value, message, tmp_path, capsys):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pararnn_ts.lm import ByteTokenizer, TextDataModule
-from pararnn_ts.lm.generate import check_sampling, generate, generate_tokens, main, sample
+from pararnn_ts.lm.generate import check_sampling, generate, generate_tokens, sample
 from pararnn_ts.nn import LanguageModel
 
 TINY = {"dim": 32, "num_layers": 1, "num_heads": 2}
@@ -93,22 +93,3 @@ def test_out_of_range_sampling_settings_are_refused(setting, message):
     if "seed" not in setting:  # the data module's seed also seeds its training windows
         with pytest.raises(ValueError, match=message):
             TextDataModule(**setting)
-
-
-@pytest.mark.parametrize(
-    "flag, value, message",
-    [
-        ("--temperature", "inf", "must be >= 0 and finite, got inf"),
-        ("--top-p", "0", "must be in (0, 1], got 0"),
-        ("--top-p", "1.01", "must be in (0, 1], got 1.01"),
-        ("--top-p", "nan", "must be in (0, 1], got nan"),
-        ("--seed", "18446744073709551616", "must be in [0, 18446744073709551615], got 18446744073709551616"),
-        ("--seed", "-1", "must be in [0, 18446744073709551615], got -1"),
-    ],
-)
-def test_generate_refuses_out_of_range_flags_before_loading(flag, value, message, tmp_path, capsys):
-    not_a_checkpoint = tmp_path / "empty.ckpt"
-    not_a_checkpoint.touch()  # loading it would fail otherwise
-    with pytest.raises(SystemExit) as exit_:
-        main(["--ckpt", str(not_a_checkpoint), flag, value])
-    assert exit_.value.code == 2 and f"argument {flag}: {message}" in capsys.readouterr().err
