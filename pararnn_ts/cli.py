@@ -21,6 +21,7 @@ import shutil
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -537,11 +538,16 @@ def main(args: list[str] | None = None) -> None:
 
 
 def console(args: list[str] | None = None) -> None:
-    """The ``pararnn-ts`` command: :func:`main`, where an error that pararnn_ts raised about the run it was given
-    (:func:`refusal`) is printed as one ``error:`` line and exits with status 2, without a traceback (set
-    ``PARARNN_TS_TRACEBACK=1`` to see it). Any other error keeps its traceback."""
+    """The ``pararnn-ts`` command: :func:`main` through :func:`exit_on_refusal`."""
+    exit_on_refusal(lambda: main(args))
+
+
+def exit_on_refusal(run: Callable[[], Any]) -> None:
+    """Call ``run()``; an error that pararnn_ts raised about what it was given (:func:`refusal_in`) is printed as
+    one ``error:`` line and exits with status 2, without a traceback (set ``PARARNN_TS_TRACEBACK=1`` to see it).
+    Any other error keeps its traceback. For commands and scripts (``datasets/*/prepare.py``)."""
     try:
-        main(args)
+        run()
     except USER_ERRORS as raised:
         error = refusal_in(raised)
         if os.environ.get(TRACEBACK_ENV, "") not in ("", "0") or error is None:

@@ -321,6 +321,15 @@ def test_a_refusal_of_a_model_or_data_constructor_is_one_error_line_too(tmp_path
     assert not (tmp_path / "runs").exists()
 
 
+def test_the_prepare_script_prints_its_refusals_as_one_error_line(tmp_path):
+    (tmp_path / "a.txt").write_text("hello\n")
+    script = [sys.executable, str(ROOT / "datasets" / "text_files" / "prepare.py"), "--input", "a.txt", "--out", "out"]
+    subprocess.run([*script, "--val-fraction=0.5"], cwd=tmp_path, check=True, capture_output=True)
+    again = subprocess.run([*script, "--val-fraction=0.3"], cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert again.stderr.startswith("error: out holds shards made with another config (differences in ['val_fraction'])")
+
+
 def test_the_command_keeps_the_traceback_of_errors_that_are_not_refusals(tmp_path, monkeypatch):
     """An error not raised by a raise statement of pararnn_ts (a bug, or a library's) is shown as it is."""
     from pararnn_ts.synthetic import ParityDataModule

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pararnn_ts.cli import exit_on_refusal
 from pararnn_ts.lm.corpus import read_jsonl, read_text_files, source_fingerprint, split_documents
 from pararnn_ts.lm.shards import build_shard_dir, read_shard_info, write_shards
 from pararnn_ts.lm.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
@@ -73,4 +74,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_refusal(main)  # a refusal (an existing output made otherwise, a bad file) is one error: line
