@@ -302,7 +302,9 @@ class ParaRNNForecaster(ForecastTrainingModule):
             known = all(item.actual is not None for item in items)
             folder = run_folder(self.trainer)
             actuals = [item.actual for item in items] if known else None
-            table, samples = write_forecasts(forecasts, folder, actuals)
+            data = getattr(self.trainer.datamodule, "data", None)  # stamped where the data's own timestamps fall
+            stamps = {"anchors": data.anchors, "time_zone": data.time_zone} if isinstance(data, ForecastData) else {}
+            table, samples = write_forecasts(forecasts, folder, actuals, **stamps)
             plot_forecasts([item.history for item in items], forecasts, folder / PLOT_FILE, actuals=actuals)
             print(
                 f"\nwrote {len(forecasts)} forecasts to {table}, their sample paths to {samples}, a plot to "

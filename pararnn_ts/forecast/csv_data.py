@@ -14,7 +14,9 @@ target value, which its covariates cannot be (they are inputs), so such a gap is
 covariates. A timestamp column is read one way throughout (:func:`parse_times`). Time-zone aware timestamps keep
 their local date and time when ``freq`` is a day or longer (the offset is dropped, not converted: local midnight
 stays on its day), and are converted to UTC for finer ``freq`` (local time repeats or skips an hour when the
-clocks change). Errors name the file's lines (the header is line 1).
+clocks change; ``ForecastData.time_zone`` is then ``"UTC"``). Where within its period a series' timestamps fall,
+when it is the same for every row (month ends, days at 09:00), is its anchor (``ForecastData.anchors``), which
+its forecasts keep. Errors name the file's lines (the header is line 1).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 import pandas as pd
 from pandas.tseries.api import guess_datetime_format
 
-from .data import ForecastData, SeriesFile, entry
+from .data import ForecastData, SeriesFile, anchor_of, entry
 
 
 class CsvDataset(SeriesFile):
@@ -90,15 +92,23 @@ class CsvDataset(SeriesFile):
 
     def load(self) -> ForecastData:
         frame = self.read()
-        frame["_period"] = self.periods(frame[self.timestamp_column])
+        frame["_time"], in_utc = self.times(frame[self.timestamp_column])
+        frame["_period"] = frame["_time"].dt.to_period(self.freq)
         frame[self.target_column] = self.numbers(frame, self.target_column, allow_missing=True)
         for column in self.covariate_columns:
             frame[column] = self.numbers(frame, column, allow_missing=False)
         codes = self.vocabularies(frame)
         groups = frame.groupby(self.item_columns) if self.item_columns else [((self.name,), frame)]  # sorted ids
-        series = [self.series_of("/".join(map(str, key)), rows, codes) for key, rows in groups]
+        series, anchors = [], {}
+        for key, rows in groups:
+            item = "/".join(map(str, key))
+            series.append(self.series_of(item, rows, codes))
+            anchor = anchor_of(rows["_time"], rows["_period"])
+            if anchor is not None:
+                anchors[item] = anchor
         cardinality = [len(codes[column]) for column in self.category_columns]
-        return replace(self.split(series, cardinality), categories=codes)
+        data = self.split(series, cardinality)
+        return replace(data, categories=codes, anchors=anchors, time_zone="UTC" if in_utc else None)
 
     def read(self) -> pd.DataFrame:
         """The file's rows (row ``i`` is line ``i + 2``), with the time, id and category columns as text."""
@@ -150,10 +160,10 @@ class CsvDataset(SeriesFile):
                 )
         return {column: list(known) for column, known in self.category_values.items()}
 
-    def periods(self, column: pd.Series) -> pd.Series:
-        """The ``freq`` period of each row's timestamp (see the module docstring for time zones)."""
+    def times(self, column: pd.Series) -> tuple[pd.Series, bool]:
+        """Each row's timestamp, naive, and whether they were converted to UTC (see the module docstring)."""
         try:
-            times = parse_times(column, self.dayfirst, wall_time=spans_a_day(self.freq))
+            times, in_utc = read_times(column, self.dayfirst, wall_time=spans_a_day(self.freq))
         except ValueError as error:
             raise ValueError(f"{self.name}: {error}") from None
         bad = times.isna()
@@ -162,7 +172,7 @@ class CsvDataset(SeriesFile):
                 f"{self.name}: {self.timestamp_column!r} is not a date on lines {self.lines(bad)} "
                 f"(e.g. {column[bad].iloc[0]!r}); write one format throughout, e.g. 2020-01-31 or 2020-01-31 13:30"
             )
-        return times.dt.to_period(self.freq)
+        return times, in_utc
 
     def numbers(self, frame: pd.DataFrame, column: str, allow_missing: bool) -> pd.Series:
         values = pd.to_numeric(frame[column], errors="coerce")
@@ -304,8 +314,15 @@ def parse_times(column: pd.Series, dayfirst: bool | None = None, wall_time: bool
 
     Time-zone aware values keep their local date and time with ``wall_time`` (the offset is dropped); without it
     they are converted to UTC. Naive values stay as written. Each distinct value is parsed once."""
+    return read_times(column, dayfirst, wall_time)[0]
+
+
+def read_times(column: pd.Series, dayfirst: bool | None = None, wall_time: bool = False) -> tuple[pd.Series, bool]:
+    """:func:`parse_times`'s times, and whether any value stated a time-zone offset and was converted to UTC (never
+    with ``wall_time``)."""
     text = column.astype(str).str.replace(QUARTER, r"\1Q\2", regex=True)
     codes, distinct = pd.factorize(text)
+    in_utc = False
     with warnings.catch_warnings():  # pandas' notes on the format it infers, or on reading value by value
         warnings.simplefilter("ignore", UserWarning)
         how = reading(pd.Series(distinct), dayfirst, "timestamp" if column.name is None else column.name)
@@ -313,12 +330,25 @@ def parse_times(column: pd.Series, dayfirst: bool | None = None, wall_time: bool
             parsed = pd.Series([local_time(value, how) for value in distinct], dtype="datetime64[ns]")
         else:
             parsed = parse_as(pd.Series(distinct), how).dt.tz_localize(None)
-    return pd.Series(parsed.to_numpy()[codes], index=column.index)
+            in_utc = states_offsets(pd.Series(distinct), how)
+    return pd.Series(parsed.to_numpy()[codes], index=column.index), in_utc
 
 
 def parse_as(values: pd.Series, how: dict[str, Any]) -> pd.Series:
     """``values`` read as ``how`` says (``pd.to_datetime``'s arguments), in UTC; NaT where they do not fit it."""
     return pd.to_datetime(values, errors="coerce", utc=True, **how)
+
+
+def states_offsets(values: pd.Series, how: dict[str, Any]) -> bool:
+    """Whether any of ``values``, read as ``how`` says, states a time-zone offset: pandas reads them as aware
+    times (one offset), or as objects (several offsets, or some values without one; pandas 3 refuses those)."""
+    with warnings.catch_warnings():  # pandas 2: "parsing datetimes with mixed time zones will raise an error"
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            parsed = pd.to_datetime(values, errors="coerce", **how)
+        except ValueError:
+            return True
+    return parsed.dtype == object or getattr(parsed.dtype, "tz", None) is not None
 
 
 def local_time(value: str, how: dict[str, Any]) -> pd.Timestamp:

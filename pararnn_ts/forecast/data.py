@@ -32,6 +32,11 @@ class ForecastData:
     ``prediction_length`` values are the ones to forecast (GluonTS's convention); covariates cover the window.
     ``categories``: where the source names its static categories' values (a CSV file), each one's values in code
     order, by column (value ``i`` has code ``i``); empty where it gives codes.
+    ``anchors``: where the source dates its steps (a CSV file), the place within its ``freq`` period at which each
+    series' timestamps fall, by ``item_id`` (:func:`anchor_of`; series whose place varies are left out); forecasts
+    are stamped there (:func:`~pararnn_ts.forecast.predictions.step_times`). Empty where the source gives periods.
+    ``time_zone``: the zone of the series' times when the source stated one and they were converted into it
+    (``"UTC"``: a CSV file's time-zone-aware timestamps of a ``freq`` finer than a day); ``None``: naive times.
     """
 
     name: str
@@ -43,6 +48,20 @@ class ForecastData:
     cardinality: list[int] = field(default_factory=list)
     seasonality: int | None = None
     categories: dict[str, list[str]] = field(default_factory=dict)
+    anchors: dict[str, pd.Timedelta] = field(default_factory=dict)
+    time_zone: str | None = None
+
+
+def anchor_of(times: pd.Series, periods: pd.Series) -> pd.Timedelta | None:
+    """Where ``times`` fall within their ``periods`` (rows alike), when it is the same place for every row: the
+    offset from the period's start (``>= 0``: 9 hours for days stamped at 09:00, 0 for months dated on the 1st),
+    or from its end, the start of the next period (``< 0``: -1 day for months dated on their last day, whose
+    offset from the start varies); the smaller of the two when both are the same for every row (the start's on a
+    tie). ``None`` when neither is."""
+    start = times - periods.dt.start_time
+    end = times - (periods.dt.end_time + pd.Timedelta(1, "ns"))
+    constant = [offsets.iloc[0] for offsets in (start, end) if offsets.nunique() == 1]
+    return min(constant, key=abs) if constant else None
 
 
 class ForecastDataset:
