@@ -153,7 +153,7 @@ def daily(item: str, n: int, **columns) -> list[dict]:
             r"series 'a': the static categories \['shop'\] change within the series",
         ),
         ([*daily("a", 9), {**daily("b", 1)[0], "item_id": None}], {}, r"'item_id' is empty on lines \[11\]"),
-        ([*daily("a", 9), *daily("b", 3)], {}, r"series 'b' has 3 values, fewer than .* = 5"),
+        ([*daily("a", 4), *daily("b", 3)], {}, r"bad: 2 of 2 series have fewer than .* = 5 values"),
     ],
 )
 def test_bad_files_give_errors_that_name_the_lines_and_the_fix(tmp_path, rows, kwargs, message):

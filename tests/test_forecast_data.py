@@ -168,7 +168,7 @@ def test_json_lines_round_trip_keeps_nan_and_covariates(tmp_path):
     ("records", "message"),
     [
         ([series(20, "ok"), {**series(20, "dead"), "target": [None] * 20}], r"toy: train series 'dead' .*all NaN"),
-        ([series(20, "ok"), series(4, "short")], r"series 'short' has 4 values, fewer than .* = 6"),
+        ([series(4, "short"), series(5, "shorter")], r"toy: 2 of 2 series have fewer than .* none is left"),
         (
             [series(20, "hot", feat_dynamic_real=[[1.0] * 10 + [float("nan")] * 10])],
             r"series 'hot'.*feat_dynamic_real has NaN or ±inf at time steps \[10",
@@ -191,6 +191,15 @@ def test_json_lines_bad_series_give_clear_errors(tmp_path, records, message):
     path = write_lines(tmp_path / "toy.jsonl", records)
     with pytest.raises(ValueError, match=message):
         JsonLinesDataset(path, "D", prediction_length=5).load()
+
+
+def test_series_too_short_for_a_test_window_are_trained_on_whole_and_named_in_a_warning(tmp_path):
+    """A few short series (new products) do not refuse the dataset: they are trained on, not tested."""
+    path = write_lines(tmp_path / "toy.jsonl", [series(20, "ok"), series(4, "short"), series(5, "new")])
+    with pytest.warns(UserWarning, match=r"2 of 3 series have fewer than .* = 6 values \(e.g. .short., 4\): .* no"):
+        data = JsonLinesDataset(path, "D", 5).load()
+    assert [len(s["target"]) for s in data.train] == [15, 4, 5]  # the short ones whole
+    assert [s["item_id"] for s in data.test] == ["ok"]
 
 
 def test_json_lines_bad_arguments(tmp_path, monkeypatch):

@@ -236,17 +236,27 @@ def split_series(
         cardinality = (
             [int(c) + 1 for c in np.max([s["feat_static_cat"] for s in series], 0)] if max(num_categories) else []
         )
-    train, test = [], []
+    train, test, short = [], [], []
     needed = test_windows * prediction_length + 1
     for s in series:
         if len(s["target"]) < needed:
-            raise ValueError(
-                f"{name}: series {s['item_id']!r} has {len(s['target'])} values, fewer than "
-                f"test_windows × prediction_length + 1 = {needed}; drop it or lower test_windows/prediction_length"
-            )
+            short.append(s)
+            train.append(s)
+            continue
         series_train, series_test = rolling_split(s, prediction_length, test_windows)
         train.append(series_train)
         test.extend(series_test)
+    if short:
+        shortest = min(short, key=lambda s: len(s["target"]))
+        what = (
+            f"{name}: {len(short)} of {len(series)} series have fewer than test_windows × prediction_length + 1 = "
+            f"{needed} values (e.g. {shortest['item_id']!r}, {len(shortest['target'])})"
+        )
+        if not test:
+            raise ValueError(f"{what}: none is left to test on; lower test_windows or prediction_length")
+        warnings.warn(
+            f"{what}: they are trained on whole and have no test window, so test metrics leave them out", stacklevel=3
+        )
     data = ForecastData(
         name,
         freq,
