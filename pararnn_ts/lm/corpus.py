@@ -7,7 +7,7 @@
 - :func:`hf_documents`: a Hugging Face ``datasets`` stream (optional; e.g. SlimPajama-style corpora).
 
 A document's ``key`` (a relative path, ``path:line`` or ``dataset:index``) alone decides its split
-(:func:`split_of`), so the split is the same on every machine and a validation document is never
+(:func:`split_of`), so the split is the same on every machine and a validation or test document is never
 trained on. For files this holds whatever else is in the corpus: a file is keyed by its path relative
 to the folder its own pattern starts from (:func:`keyed_files`), so adding a pattern or a file leaves
 the other keys as they are. A Hugging Face record is keyed by its index in the stream, so the records
@@ -32,23 +32,56 @@ from typing import Any
 #: folders of the standard library left out of the default corpus
 STDLIB_EXCLUDED_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"})
 
+#: the splits every shard folder holds (the validation one may be empty: ``val_fraction=0``)
 SPLITS = ("train", "val")
+#: the held-out test split, made only when asked for (``test_fraction > 0``); folders without it stay readable
+TEST_SPLIT = "test"
 
 Document = tuple[str, str]  # (key, text)
 
 
-def split_of(key: str, val_fraction: float) -> str:
-    """``"val"`` for a fraction ``val_fraction`` of keys, chosen by a hash of ``key``, else ``"train"``."""
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+def check_fractions(val_fraction: float, test_fraction: float = 0.0) -> None:
+    """Raise ``ValueError`` unless both shares lie in [0, 1) and leave documents to train on."""
+    for name, fraction in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= fraction < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {fraction!r}")
+    if not val_fraction + test_fraction < 1:
+        raise ValueError(
+            f"val_fraction + test_fraction must be below 1 (the rest is trained on), got {val_fraction} + "
+            f"{test_fraction}"
+        )
+
+
+def split_of(key: str, val_fraction: float, test_fraction: float = 0.0) -> str:
+    """``"val"`` for a fraction ``val_fraction`` of keys, chosen by a hash of ``key``; ``"test"`` for a further
+    ``test_fraction`` of them; else ``"train"``.
+
+    The hash places each key in [0, 1): below ``val_fraction`` it is validation, below ``val_fraction +
+    test_fraction`` test. Test documents are therefore taken from those that ``test_fraction=0`` trains on, and
+    the validation documents do not depend on ``test_fraction``.
+    """
+    check_fractions(val_fraction, test_fraction)
     position = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") / 2**64
-    return "val" if position < val_fraction else "train"
+    if position < val_fraction:
+        return "val"
+    if test_fraction > 0 and position < val_fraction + test_fraction:
+        return TEST_SPLIT
+    return "train"
 
 
-def split_documents(documents: Iterable[Document], val_fraction: float) -> Iterator[tuple[str, str]]:
+def split_documents(
+    documents: Iterable[Document], val_fraction: float, test_fraction: float = 0.0
+) -> Iterator[tuple[str, str]]:
     """``(split, text)`` for every ``(key, text)`` document, the split chosen by :func:`split_of`."""
     for key, text in documents:
-        yield split_of(key, val_fraction), text
+        yield split_of(key, val_fraction, test_fraction), text
+
+
+def trains_on_test(trained: tuple[float, float], tested: tuple[float, float]) -> bool:
+    """Whether a model trained on the documents that ``(val_fraction, test_fraction) = trained`` leave for training
+    (on the same corpus) has trained on some of the test documents of ``tested``: :func:`split_of` trains on the
+    keys at or above ``sum(trained)`` and tests those in ``[tested[0], sum(tested))``."""
+    return tested[1] > 0 and tested[0] + tested[1] > trained[0] + trained[1]
 
 
 def stdlib_root() -> Path:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +16,15 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..loaders import ResumableDataLoader
 from ..notices import warn
-from .corpus import source_documents, source_fingerprint, split_documents
+from .corpus import (
+    SPLITS,
+    TEST_SPLIT,
+    check_fractions,
+    source_documents,
+    source_fingerprint,
+    split_documents,
+    trains_on_test,
+)
 from .generate import check_sampling
 from .shards import (
     SHARD_FORMAT,
@@ -23,6 +33,7 @@ from .shards import (
     TokenWindowDataset,
     build_shard_dir,
     open_shard,
+    read_config,
     read_shard_info,
     write_shards,
 )
@@ -30,6 +41,8 @@ from .tokenizers import Tokenizer, load_tokenizer
 
 #: where tokenised shards go unless ``cache_dir`` says otherwise (relative to the working directory)
 DEFAULT_CACHE_ROOT = Path("runs") / "cache"
+#: the splits each stage of a trainer reads (``fit`` tests after training, when there is a test split)
+STAGE_SPLITS = {"fit": ("train", "val", TEST_SPLIT), "validate": ("val",), "test": (TEST_SPLIT,), "predict": ()}
 
 
 class TextDataModule(pl.LightningDataModule):
@@ -40,14 +53,18 @@ class TextDataModule(pl.LightningDataModule):
     ``cache_dir``; later runs with the same config reuse them. Training draws windows at random
     offsets (new ones every epoch, fixed by ``seed``; a run resumed mid-epoch picks up at the same
     batch, see :class:`ResumableDataLoader`); validation reads the held-out documents in contiguous,
-    non-overlapping windows. ``predict`` generates text after each of ``predict_prompts``
+    non-overlapping windows, and so does the test split, when there is one (``test_fraction > 0``; see
+    :meth:`test_dataloader`). ``predict`` generates text after each of ``predict_prompts``
     (``pararnn-ts predict -c <config> --ckpt_path <checkpoint>``, see :meth:`predict_dataloader`).
+
+    Training without validation: ``val_fraction=0`` with ``trainer.limit_val_batches=0`` (a validation split too
+    short for one window is refused otherwise).
 
     Args:
         source: ``"stdlib"`` (the Python standard library's source, no download), ``"files"``
             (UTF-8 text files), ``"jsonl"`` (JSON lines), ``"shards"`` (a folder written by a
-            ``datasets/*/prepare.py`` script, with its own text_field, val_fraction and caps: giving
-            them here warns) or ``"hf"`` (a Hugging Face ``datasets`` stream).
+            ``datasets/*/prepare.py`` script, with its own text_field, val_fraction, test_fraction and caps:
+            giving them here warns) or ``"hf"`` (a Hugging Face ``datasets`` stream).
         paths: files or globs for ``"files"``/``"jsonl"`` (a file's split follows from its path relative
             to the folder its own glob starts from, see :func:`pararnn_ts.lm.corpus.keyed_files`); the
             shard folder for ``"shards"``; for ``"hf"`` the dataset then its data files
@@ -61,9 +78,15 @@ class TextDataModule(pl.LightningDataModule):
             made with another config is never overwritten: that is an error. The config includes the
             sizes and times of local input files (for ``"hf"``, its local data files), so edited files
             are tokenised again; a Hub dataset is not checked again once tokenised.
-        max_train_bytes, max_val_bytes: caps on the UTF-8 bytes of text per split (keep CPU runs
-            small; required for ``"hf"``, whose streams may be endless).
-        val_fraction: share of documents held out for validation.
+        max_train_bytes, max_val_bytes, max_test_bytes: caps on the UTF-8 bytes of text per split (keep CPU runs
+            small; required for ``"hf"``, whose streams may be endless, for each split it makes).
+        val_fraction: share of documents held out for validation (0: none; then train with
+            ``trainer.limit_val_batches=0``).
+        test_fraction: share of documents held out as a test split, for ``pararnn-ts test`` (and the test that
+            follows ``fit``). They are taken from the documents ``test_fraction=0`` trains on: validation stays
+            the same, and ``test_fraction=0`` (no test split) keeps the shards and cache folder of earlier versions.
+            A checkpoint trained on some of the test documents (with a smaller ``val_fraction + test_fraction``)
+            is refused by ``test`` and by a resumed ``fit``.
         seed: seeds the training windows' offsets and the sampling of generated text.
         predict_prompts: texts to continue in ``predict``; ``None``: one empty prompt (a new document).
         max_new_tokens, temperature, top_k, top_p, stop_at_eos: sampling of generated text
@@ -83,7 +106,9 @@ class TextDataModule(pl.LightningDataModule):
         cache_dir: str | None = None,
         max_train_bytes: int | None = None,
         max_val_bytes: int | None = None,
+        max_test_bytes: int | None = None,
         val_fraction: float = 0.05,
+        test_fraction: float = 0.0,
         seed: int = 0,
         predict_prompts: list[str] | None = None,
         max_new_tokens: int = 200,
@@ -97,8 +122,15 @@ class TextDataModule(pl.LightningDataModule):
             raise ValueError(f"unknown source {source!r}; use 'stdlib', 'files', 'jsonl', 'shards' or 'hf'")
         if source != "stdlib" and not paths:
             raise ValueError(f"source={source!r} needs paths")
-        if source == "hf" and (max_train_bytes is None or max_val_bytes is None):
-            raise ValueError("source='hf' streams may be endless: set max_train_bytes and max_val_bytes")
+        check_fractions(val_fraction, test_fraction)
+        if source != "shards" and max_test_bytes is not None and test_fraction == 0:
+            raise ValueError("TextDataModule: max_test_bytes caps a test split, and test_fraction=0 makes none")
+        if source == "hf":
+            caps = {"train": (max_train_bytes, 1), "val": (max_val_bytes, val_fraction)}
+            caps[TEST_SPLIT] = (max_test_bytes, test_fraction)
+            missing = [f"max_{split}_bytes" for split, (cap, share) in caps.items() if cap is None and share > 0]
+            if missing:
+                raise ValueError(f"source='hf' streams may be endless: set {' and '.join(missing)}")
         for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"TextDataModule: {name} must be a positive int, got {value!r}")
@@ -107,7 +139,9 @@ class TextDataModule(pl.LightningDataModule):
         self.source, self.paths, self.text_field = source, list(paths or []), text_field
         self.seq_len, self.batch_size, self.num_workers, self.seed = seq_len, batch_size, num_workers, seed
         self.max_bytes = {"train": max_train_bytes, "val": max_val_bytes}
-        self.val_fraction = val_fraction
+        if test_fraction > 0:  # only then: the cache config of test_fraction=0 stays that of earlier versions
+            self.max_bytes[TEST_SPLIT] = max_test_bytes
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.predict_prompts = [""] if predict_prompts is None else list(predict_prompts)
         self.sampling = {
             "max_new_tokens": max_new_tokens,
@@ -121,20 +155,37 @@ class TextDataModule(pl.LightningDataModule):
         if source == "shards":
             self.cache_dir = Path(self.paths[0])
             self.check_shard_tokenizer()
+            has_test = (self.cache_dir / f"{TEST_SPLIT}.json").is_file()
+            if test_fraction > 0 and not has_test:
+                raise ValueError(
+                    f"test_fraction={test_fraction}: the shards in {self.cache_dir} have no test split (no "
+                    f"{TEST_SPLIT}.json; prepared without --test-fraction); prepare them again into a new folder with "
+                    f"--test-fraction {test_fraction} and train on that folder"
+                )
             warn_unused_with_shards(
                 cache_dir=cache_dir,
                 text_field=text_field,
                 val_fraction=val_fraction,
+                test_fraction=test_fraction,
                 max_train_bytes=max_train_bytes,
                 max_val_bytes=max_val_bytes,
+                max_test_bytes=max_test_bytes,
             )
         else:
+            has_test = test_fraction > 0
             self.cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE_ROOT / config_hash(self.cache_config())
+        self.splits: tuple[str, ...] = (*SPLITS, TEST_SPLIT) if has_test else SPLITS
         self.tokens: dict[str, np.ndarray] = {}
+        self.restored_splits: dict[str, float] | None = None  # the split_fractions() a restored checkpoint recorded
 
     @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
+
+    @property
+    def has_test_split(self) -> bool:
+        """Whether there is a test split: ``test_fraction > 0``, or a shard folder prepared with one."""
+        return TEST_SPLIT in self.splits
 
     def check_shard_tokenizer(self) -> None:
         written_with = read_shard_info(self.cache_dir, "train").tokenizer
@@ -145,8 +196,11 @@ class TextDataModule(pl.LightningDataModule):
             )
 
     def cache_config(self) -> dict[str, Any]:
-        """Everything that decides the shards' content; its hash names the default cache folder."""
-        return {
+        """Everything that decides the shards' content; its hash names the default cache folder.
+
+        ``test_fraction`` (and the test split's cap) enter it only when above 0, so that without a test split the
+        config, and the default folder, are those of versions that had no test splits."""
+        config = {
             "format": SHARD_FORMAT,
             "source": self.source,
             "paths": self.paths,
@@ -156,39 +210,152 @@ class TextDataModule(pl.LightningDataModule):
             "val_fraction": self.val_fraction,
             "max_bytes": self.max_bytes,
         }
+        if self.test_fraction > 0:
+            config["test_fraction"] = self.test_fraction
+        return config
 
     def prepare_data(self) -> None:
         """Tokenise the source into ``cache_dir``, unless it already holds these shards."""
         if self.source == "shards":
             return
+        # a split that gets no documents is full from the start, so that a capped stream is not read to its end
+        shares = {"val": self.val_fraction, TEST_SPLIT: self.test_fraction}
+        caps = {split: 0 if shares.get(split, 1) == 0 else cap for split, cap in self.max_bytes.items()}
 
         def build(folder: Path) -> None:
             documents = source_documents(self.source, self.paths, self.text_field)
-            write_shards(split_documents(documents, self.val_fraction), self.tokenizer, folder, self.max_bytes)
+            split_texts = split_documents(documents, self.val_fraction, self.test_fraction)
+            write_shards(split_texts, self.tokenizer, folder, caps, self.splits)
 
         build_shard_dir(self.cache_dir, self.cache_config(), build)
 
     def setup(self, stage: str | None = None) -> None:
+        """Open the shards; refuse a split that ``stage`` reads (every split without a stage) if it is too short for
+        one window. ``fit`` reads train, val and the test split that follows it; a trainer with
+        ``limit_val_batches=0`` (``limit_test_batches=0``) reads no val (test) split."""
         if not (self.cache_dir / "train.json").is_file():
             raise FileNotFoundError(f"no shards in {self.cache_dir}: call prepare_data() before setup()")
-        for split in ("train", "val"):
+        self.restored_splits = None  # this run's checkpoint, if any, is restored after setup (load_state_dict)
+        trainer = getattr(self, "trainer", None)
+        read = set(STAGE_SPLITS.get(stage, self.splits))
+        if getattr(trainer, "limit_val_batches", None) == 0:
+            read.discard("val")
+        if getattr(trainer, "limit_test_batches", None) == 0:
+            read.discard(TEST_SPLIT)
+        for split in self.splits:
             self.tokens[split], info = open_shard(self.cache_dir, split)
-            if info.num_tokens < self.seq_len + 1:
-                share = "a smaller" if split == "train" else "a larger"
-                prepared = " when preparing it" if self.source == "shards" else ""
-                raise ValueError(
-                    f"the {split} split in {self.cache_dir} has {info.num_tokens} tokens, fewer than seq_len + 1 = "
-                    f"{self.seq_len + 1}: give more text, a larger max_{split}_bytes (if set) or {share} val_fraction"
-                    f"{prepared}, or a smaller seq_len"
-                )
+            if split in read and info.num_tokens < self.seq_len + 1:
+                raise ValueError(self.short_split_message(split, info.num_tokens))
+
+    def short_split_message(self, split: str, num_tokens: int) -> str:
+        """Why ``split`` (of ``num_tokens``) is refused, and how to give it a window."""
+        prepared = " when preparing it" if self.source == "shards" else ""
+        window = self.seq_len + 1
+        short = f"the {split} split in {self.cache_dir} has {num_tokens} tokens, fewer than seq_len + 1 = {window}"
+        if split == "train":
+            return (
+                f"{short}: give more text, a larger max_train_bytes (if set) or a smaller val_fraction (or "
+                f"test_fraction){prepared}, or a smaller seq_len"
+            )
+        share = "val_fraction" if split == "val" else "test_fraction"
+        fix = f"give more text, a larger max_{split}_bytes (if set) or a larger {share}{prepared}, or a smaller seq_len"
+        if self.split_fractions()[share] == 0:
+            fix = f"{share}=0 holds out no documents: give a {share} above 0{prepared}"
+        if split == "val":
+            return f"{short}: {fix}; or train without validation: --trainer.limit_val_batches 0"
+        return f"{short}: {fix}; or skip the test: --trainer.limit_test_batches 0"
+
+    def split_fractions(self) -> dict[str, float | None]:
+        """``{"val_fraction", "test_fraction"}`` that made the splits: a shard folder's own, from its recipe (``None``
+        where it has none; a recipe without ``test_fraction`` made no test split: 0)."""
+        if self.source != "shards":
+            return {"val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
+        recipe = read_config(self.cache_dir) or {}
+        test_fraction = recipe.get("test_fraction", 0.0 if "val_fraction" in recipe else None)
+        return {"val_fraction": recipe.get("val_fraction"), "test_fraction": test_fraction}
+
+    def state_dict(self) -> dict[str, Any]:
+        """What checkpoints record of the data: the fractions that made the splits, so that ``test`` refuses
+        weights trained on its documents (:meth:`check_test_held_out`)."""
+        return {"splits": self.split_fractions()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Called by Lightning when it restores a checkpoint that recorded :meth:`state_dict`."""
+        self.restored_splits = state_dict.get("splits")
+
+    def check_test_held_out(self) -> None:
+        """Refuse the weights of the trainer's checkpoint if their training read any of this test split's documents:
+        trained with a smaller ``val_fraction + test_fraction`` (:func:`~pararnn_ts.lm.corpus.trains_on_test`), or
+        before checkpoints recorded their splits. Weights not read from a checkpoint (the test after ``fit``) pass.
+        """
+        ckpt_path = getattr(getattr(self, "trainer", None), "ckpt_path", None)
+        if not self.has_test_split or not ckpt_path:
+            return
+        now = self.split_fractions()
+        fix = (
+            f"to test it, train a model with this data's val_fraction={now['val_fraction']} and "
+            f"test_fraction={now['test_fraction']}; to score this one, use pararnn-ts validate"
+        )
+        trained = self.restored_splits
+        if trained is None:
+            raise ValueError(
+                f"checkpoint {ckpt_path} records no test split (it was written before TextDataModule had test "
+                "splits, or with another data module), so its training may have read this test split's documents: "
+                f"its test scores would not be held-out scores; {fix}"
+            )
+        if None in (*trained.values(), *now.values()):  # a shard folder without a recipe of ours: nothing to compare
+            return
+        if trains_on_test(
+            (trained["val_fraction"], trained["test_fraction"]), (now["val_fraction"], now["test_fraction"])
+        ):
+            raise ValueError(
+                f"checkpoint {ckpt_path} was trained with val_fraction={trained['val_fraction']} and "
+                f"test_fraction={trained['test_fraction']}, so on some of the documents that this data's "
+                f"val_fraction={now['val_fraction']} and test_fraction={now['test_fraction']} hold out for testing: "
+                f"its test scores would not be held-out scores; {fix}"
+            )
 
     def train_dataloader(self) -> DataLoader:
+        self.check_test_held_out()  # a resumed fit: the test after it would score trained-on text
         dataset = TokenWindowDataset(self.tokens["train"], self.seq_len)
         sampler = RandomWindowSampler(dataset, self.seed)
         return self.loader(dataset, sampler, drop_last=True, cls=ResumableDataLoader).follow(self)
 
     def val_dataloader(self) -> DataLoader:
-        dataset = TokenWindowDataset(self.tokens["val"], self.seq_len)
+        return self.eval_loader("val")
+
+    @property
+    def test_dataloader(self) -> Callable[[], DataLoader]:
+        """The test split's windows, served as validation's are (contiguous, in order), when there is a test split
+        (:attr:`has_test_split`). Without one this is Lightning's unimplemented hook, so ``pararnn-ts fit`` runs no
+        test and ``pararnn-ts test`` is refused (``pararnn-ts`` asks whether the hook is overridden)."""
+        if self.has_test_split:
+            return self.held_out_test_dataloader
+        return super().test_dataloader
+
+    def held_out_test_dataloader(self) -> DataLoader:
+        """:attr:`test_dataloader` when there is a test split; refuses checkpoints trained on it
+        (:meth:`check_test_held_out`)."""
+        self.check_test_held_out()
+        return self.eval_loader(TEST_SPLIT)
+
+    def check_test_split(self) -> None:
+        """Raise ``ValueError``, saying how to make one, if there is no test split (for ``pararnn-ts test``)."""
+        if self.has_test_split:
+            return
+        if self.source == "shards":
+            how = (
+                f"the shards in {self.cache_dir} were prepared without one: prepare them again into a new folder "
+                "with --test-fraction (e.g. 0.05) and train on that folder"
+            )
+        else:
+            how = (
+                "test_fraction=0 holds out none: train with --data.init_args.test_fraction (e.g. 0.05) and test with it"
+            )
+        raise ValueError(f"TextDataModule has no test split: {how}; or score a checkpoint with pararnn-ts validate")
+
+    def eval_loader(self, split: str) -> DataLoader:
+        dataset = TokenWindowDataset(self.tokens[split], self.seq_len)
         return self.loader(dataset, ContiguousWindowSampler(dataset), drop_last=False)
 
     def predict_dataloader(self) -> DataLoader:
@@ -210,9 +377,10 @@ class TextDataModule(pl.LightningDataModule):
         )
 
     def bytes_per_token(self, split: str = "val") -> float:
-        """UTF-8 bytes of text per token in ``split``: bits per byte = bits per token / this."""
+        """UTF-8 bytes of text per token in ``split``: bits per byte = bits per token / this (NaN for a split with no
+        tokens, e.g. ``val_fraction=0``'s validation)."""
         info = read_shard_info(self.cache_dir, split)
-        return info.num_bytes / info.num_tokens
+        return info.num_bytes / info.num_tokens if info.num_tokens else math.nan
 
     def unigram_bits_per_byte(self, split: str = "train", num_windows: int | None = None) -> float:
         """Bits per byte of ``split`` under the train split's unigram distribution (add-one smoothed).

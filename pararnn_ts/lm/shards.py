@@ -2,7 +2,9 @@
 
 A shard folder holds, for each split, ``<split>.bin`` (the token ids back to back, ``uint16`` when
 the vocabulary fits, else ``uint32``) and ``<split>.json`` (:class:`ShardInfo`), plus the
-``config.json`` of the recipe that made it (:func:`build_shard_dir`). Same input, same bytes.
+``config.json`` of the recipe that made it (:func:`build_shard_dir`). Same input, same bytes. Every
+folder has the splits of :data:`~pararnn_ts.lm.corpus.SPLITS` (train, val); a test split
+(``test.bin``, ``test.json``) only when its recipe made one.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, Sampler
 
 from ..notices import warn
-from .corpus import SPLITS
+from .corpus import SPLITS, TEST_SPLIT
 from .tokenizers import EOS, Tokenizer
 
 #: version of the layout below; bumped when it changes, so old caches are not misread
@@ -94,16 +96,24 @@ def write_shards(
     tokenizer: Tokenizer,
     directory: Path,
     max_bytes: Mapping[str, int | None] | None = None,
+    splits: tuple[str, ...] = SPLITS,
 ) -> dict[str, ShardInfo]:
-    """Tokenise ``(split, text)`` documents into one shard per split of :data:`SPLITS`.
+    """Tokenise ``(split, text)`` documents into one shard per split of ``splits`` (:data:`SPLITS`, plus
+    ``"test"`` for a recipe with a test split).
 
     Each document is followed by the end-of-text token, if the tokeniser has one (if not, a warning
     says that documents run together). ``max_bytes[split]`` caps the text of a split (the document
     that crosses the cap is cut); reading stops once every split is full, so a capped stream need not
     be read to its end.
+
+    Raises:
+        ValueError: for a document of a split that is not in ``splits``.
     """
-    caps = {split: (max_bytes or {}).get(split) for split in SPLITS}
-    writers = {split: ShardWriter(directory, split, tokenizer) for split in SPLITS}
+    unknown = set(splits) - {*SPLITS, TEST_SPLIT}
+    if unknown or not set(SPLITS) <= set(splits):
+        raise ValueError(f"write_shards: splits must be {SPLITS}, optionally with {TEST_SPLIT!r}; got {splits}")
+    caps = {split: (max_bytes or {}).get(split) for split in splits}
+    writers = {split: ShardWriter(directory, split, tokenizer) for split in splits}
     eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     if not eos:
         warn(
@@ -111,6 +121,8 @@ def write_shards(
             "separator: the model is not told where one ends and the next begins (add the token to the tokenizer)"
         )
     for split, text in split_texts:
+        if split not in writers:
+            raise ValueError(f"write_shards: a document of the {split!r} split, which is not in {tuple(writers)}")
         writer, cap = writers[split], caps[split]
         if cap is not None:
             if writer.num_bytes >= cap:
