@@ -181,6 +181,9 @@ class ParaRNNCLI(LightningCLI):
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
         refuse_used_log_dir(self.trainer)
         refuse_existing_results(self.trainer, self.model, "test")
+        check = getattr(self.datamodule, "check_test_split", None)
+        if callable(check):  # a data module whose test split is optional says how to make one
+            check()
         if not can_test(self.model, self.datamodule):
             raise ValueError(
                 f"pararnn-ts test: {type(self.model).__name__} with {type(self.datamodule).__name__} has no test split "

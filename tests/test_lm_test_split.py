@@ -281,8 +281,8 @@ def test_pararnn_ts_test_scores_the_held_out_split_and_refuses_checkpoints_train
     with pytest.raises(ValueError) as error:
         cli_main(["fit", *config, *held_out, *budget, "--trainer.max_steps=4", "--ckpt_path", str(plain)])
     refused(error, str(plain), "test_fraction=0.0")
-    # no test split at all: pararnn-ts refuses (the data module says how to make one)
-    with pytest.raises(ValueError, match="no test split"):
+    # no test split at all: pararnn-ts refuses, and the data module says how to make one
+    with pytest.raises(ValueError, match="TextDataModule has no test split: .*--data.init_args.test_fraction"):
         cli_main(["test", *config, *small(tmp_path / "cache_plain"), "--ckpt_path", str(plain)])
     with pytest.raises(ValueError) as error:
         TextDataModule("files", [str(JSON_PY)]).check_test_split()
