@@ -1,9 +1,11 @@
-"""Shared factories for the solver tests."""
+"""Shared factories: cells for the solver tests, small CLI configs for the forecasting and language-model tests."""
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -14,6 +16,9 @@ if not torch.cuda.is_available():
 
 from pararnn_ts import ParaGRU, ParaLSTM, RotationOscillator
 from pararnn_ts.core import ParaCell
+from pararnn_ts.lm.corpus import stdlib_root
+
+ROOT = Path(__file__).resolve().parents[1]
 
 INPUT_SIZE = 6
 HIDDEN = 45  # not a multiple of 32, divisible by 3 heads
@@ -69,3 +74,43 @@ def in_tmp_path(monkeypatch, tmp_path) -> None:
 @pytest.fixture(params=CELLS)
 def cell_name(request) -> str:
     return request.param
+
+
+def forecast_config(dataset: dict[str, Any], **trainer: Any) -> dict[str, Any]:
+    """A ``pararnn-ts`` config: the ParaGRU forecaster on ``dataset`` (``{"class_path", "init_args"}``), logged to
+    ``runs/lightning_logs/version_N`` with ``last.ckpt``; ``trainer``: more ``Trainer`` arguments."""
+    return {
+        "model": str(ROOT / "models" / "forecast_paragru.yaml"),
+        "data": {
+            "class_path": "pararnn_ts.forecast.datamodule.ForecastDataModule",
+            "init_args": {"dataset": dataset, "batch_size": 4, "num_batches_per_epoch": 2},
+        },
+        "trainer": {
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
+            "callbacks": [
+                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}
+            ],
+            **trainer,
+        },
+    }
+
+
+#: the json package's source: keys __init__.py, decoder.py, encoder.py, scanner.py, tool.py
+JSON_PY = stdlib_root() / "json" / "*.py"
+
+
+def small_lm(cache_dir: Path) -> list[str]:
+    """Overrides that shrink a tiny LM config: the json package's source (val 0.2), windows of 32, a 1-layer
+    width-32 model."""
+    return [
+        "--data.init_args.source=files",
+        f"--data.init_args.paths=[{JSON_PY}]",
+        "--data.init_args.val_fraction=0.2",
+        "--data.init_args.seq_len=32",
+        "--data.init_args.batch_size=4",
+        f"--data.init_args.cache_dir={cache_dir}",
+        "--model.init_args.dim=32",
+        "--model.init_args.num_layers=1",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]

@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import forecast_config
 from gluonts.model.forecast import SampleForecast
 
 from pararnn_ts.forecast.csv_data import CsvDataset
 from pararnn_ts.forecast.data import JsonLinesDataset, write_json_lines
 from pararnn_ts.forecast.predictions import FORECASTS_FILE, SAMPLES_FILE, forecast_frame, write_forecasts
 
-ROOT = Path(__file__).resolve().parents[1]
 H = 3
 
 
@@ -152,23 +152,9 @@ def test_predict_stamps_the_forecasts_as_the_data_is_dated(tmp_path, monkeypatch
         "class_path": "pararnn_ts.forecast.csv_data.CsvDataset",
         "init_args": {"path": "mine.csv", "freq": freq, "prediction_length": H},
     }
-    config = {
-        "model": str(ROOT / "models" / "forecast_paragru.yaml"),
-        "data": {
-            "class_path": "pararnn_ts.forecast.datamodule.ForecastDataModule",
-            "init_args": {"dataset": dataset, "batch_size": 4, "num_batches_per_epoch": 2},
-        },
-        "trainer": {
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
-            "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}
-            ],
-            "max_steps": 2,
-            "log_every_n_steps": 1,
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-        },
-    }
+    config = forecast_config(
+        dataset, max_steps=2, log_every_n_steps=1, enable_progress_bar=False, enable_model_summary=False
+    )
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump(config))
     monkeypatch.chdir(tmp_path)
     tiny = [

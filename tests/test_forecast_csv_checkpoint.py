@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import forecast_config
 
 from pararnn_ts.cli import main
 from pararnn_ts.forecast.cli_module import CHECKPOINT_KEY, ParaRNNForecaster
@@ -20,7 +21,6 @@ from pararnn_ts.forecast.csv_data import CsvDataset
 from pararnn_ts.forecast.datamodule import ForecastDataModule
 from pararnn_ts.forecast.predictions import FORECASTS_FILE
 
-ROOT = Path(__file__).resolve().parents[1]
 H = 3
 TINY = [
     "--trainer.max_steps=2",
@@ -65,19 +65,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
             "feat_static_cat_columns": ["region"],
         },
     }
-    config = {
-        "model": str(ROOT / "models" / "forecast_paragru.yaml"),
-        "data": {
-            "class_path": "pararnn_ts.forecast.datamodule.ForecastDataModule",
-            "init_args": {"dataset": dataset, "batch_size": 4, "num_batches_per_epoch": 2},
-        },
-        "trainer": {
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
-            "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}
-            ],
-        },
-    }
+    config = forecast_config(dataset)
     (folder / "sales.yaml").write_text(yaml.safe_dump(config))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)

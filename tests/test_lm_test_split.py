@@ -21,20 +21,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import JSON_PY, small_lm
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 from pararnn_ts.cli import main as cli_main
 from pararnn_ts.cli import refusal
 from pararnn_ts.lm import ByteTokenizer, TextDataModule
-from pararnn_ts.lm.corpus import split_of, stdlib_root
+from pararnn_ts.lm.corpus import split_of
 from pararnn_ts.lm.shards import write_shards
 from pararnn_ts.nn import LanguageModel
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_GRU = ROOT / "experiments" / "lm" / "tiny_paragru.yaml"
 README = (ROOT / "README.md").read_text()
-JSON_PY = stdlib_root() / "json" / "*.py"  # keys __init__.py, decoder.py, encoder.py, scanner.py, tool.py
 
 
 def position(key: str) -> float:
@@ -194,22 +194,6 @@ def test_test_documents_come_from_train_only_and_validation_does_not_move(tmp_pa
         write_shards([("train", "abc"), ("test", "def")], ByteTokenizer(), tmp_path / "two")
 
 
-def small(cache_dir: Path) -> list[str]:
-    """Overrides that shrink the tiny config: the json package's source (val 0.2), windows of 32, width 32."""
-    return [
-        "--data.init_args.source=files",
-        f"--data.init_args.paths=[{JSON_PY}]",
-        "--data.init_args.val_fraction=0.2",
-        "--data.init_args.seq_len=32",
-        "--data.init_args.batch_size=4",
-        f"--data.init_args.cache_dir={cache_dir}",
-        "--model.init_args.dim=32",
-        "--model.init_args.num_layers=1",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-    ]
-
-
 def metrics(run: Path) -> dict[str, float]:
     """The last value of each column of the run's ``metrics.csv``."""
     with open(run / "metrics.csv") as f:
@@ -238,7 +222,7 @@ def loss_by_hand(ckpt: Path, test_file: Path, seq_len: int) -> float:
 def test_pararnn_ts_test_scores_the_held_out_split_and_refuses_checkpoints_trained_on_it(tmp_path, capsys):
     config = ["-c", str(TINY_GRU), f"--trainer.logger.init_args.save_dir={tmp_path}"]
     budget = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1"]
-    held_out = [*small(tmp_path / "cache_test"), "--data.init_args.test_fraction=0.2"]
+    held_out = [*small_lm(tmp_path / "cache_test"), "--data.init_args.test_fraction=0.2"]
     cli_main(["fit", *config, *held_out, *budget])
     assert "test/loss" in capsys.readouterr().out  # fit tests the trained weights when there is a test split
     runs = tmp_path / "tiny_paragru"
@@ -258,14 +242,14 @@ def test_pararnn_ts_test_scores_the_held_out_split_and_refuses_checkpoints_train
 
     # a larger test_fraction would test on documents the checkpoint trained on
     with pytest.raises(ValueError) as error:
-        wider = [*small(tmp_path / "cache_wider"), "--data.init_args.test_fraction=0.4", "--ckpt_path", str(ckpt)]
+        wider = [*small_lm(tmp_path / "cache_wider"), "--data.init_args.test_fraction=0.4", "--ckpt_path", str(ckpt)]
         cli_main(["test", *config, *wider])
     refused(error, str(ckpt), "val_fraction=0.2 and test_fraction=0.2", "test_fraction=0.4", "pararnn-ts validate")
 
     # a model trained with no test split trained on every test document; a checkpoint written before splits were
     # recorded might have
     capsys.readouterr()
-    cli_main(["fit", *config, *small(tmp_path / "cache_plain"), *budget])
+    cli_main(["fit", *config, *small_lm(tmp_path / "cache_plain"), *budget])
     assert "test/loss" not in capsys.readouterr().out
     plain = runs / "version_2" / "checkpoints" / "last.ckpt"
     with pytest.raises(ValueError) as error:
@@ -283,7 +267,7 @@ def test_pararnn_ts_test_scores_the_held_out_split_and_refuses_checkpoints_train
     refused(error, str(plain), "test_fraction=0.0")
     # no test split at all: pararnn-ts refuses, and the data module says how to make one
     with pytest.raises(ValueError, match="TextDataModule has no test split: .*--data.init_args.test_fraction"):
-        cli_main(["test", *config, *small(tmp_path / "cache_plain"), "--ckpt_path", str(plain)])
+        cli_main(["test", *config, *small_lm(tmp_path / "cache_plain"), "--ckpt_path", str(plain)])
     with pytest.raises(ValueError) as error:
         TextDataModule("files", [str(JSON_PY)]).check_test_split()
     refused(error, "--data.init_args.test_fraction")
@@ -348,7 +332,7 @@ def test_prepare_script_makes_a_test_shard_on_request_and_old_folders_still_read
 def test_training_without_a_validation_split(tmp_path):
     config = ["-c", str(TINY_GRU), f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.max_steps=2"]
     config.append("--trainer.log_every_n_steps=1")
-    no_val = [*small(tmp_path / "cache"), "--data.init_args.val_fraction=0"]
+    no_val = [*small_lm(tmp_path / "cache"), "--data.init_args.val_fraction=0"]
     with pytest.raises(ValueError) as error:
         cli_main(["fit", *config, *no_val])
     refused(error, "the val split", "has 0 tokens", "val_fraction above 0", "--trainer.limit_val_batches 0")
@@ -359,7 +343,7 @@ def test_training_without_a_validation_split(tmp_path):
     assert "train/loss" in logged and not any(key.startswith("val/") for key in logged)
     assert json.loads((tmp_path / "cache" / "val.json").read_text())["num_tokens"] == 0
     # and with a test split instead: fit tests it, and pararnn-ts test reads no validation split
-    held_out = [*small(tmp_path / "held"), "--data.init_args.val_fraction=0", "--data.init_args.test_fraction=0.3"]
+    held_out = [*small_lm(tmp_path / "held"), "--data.init_args.val_fraction=0", "--data.init_args.test_fraction=0.3"]
     cli_main(["fit", *config, *held_out, "--trainer.limit_val_batches=0"])
     assert "test/loss" in metrics(tmp_path / "tiny_paragru" / "version_1")
     ckpt = tmp_path / "tiny_paragru" / "version_1" / "checkpoints" / "last.ckpt"

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import small_lm
 
 from pararnn_ts.cli import main as cli_main
 from pararnn_ts.lm import ByteTokenizer, TextDataModule
-from pararnn_ts.lm.corpus import stdlib_root
 from pararnn_ts.nn import LanguageModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,22 +28,6 @@ import peak_memory  # noqa: E402
 import tiny_results  # noqa: E402
 
 TINY_GRU = ROOT / "experiments" / "lm" / "tiny_paragru.yaml"
-
-
-def small(cache_dir: Path) -> list[str]:
-    """Overrides that shrink a tiny config: the json package's source, windows of 32, a 1-layer width-32 model."""
-    return [
-        "--data.init_args.source=files",
-        f"--data.init_args.paths=[{stdlib_root() / 'json' / '*.py'}]",
-        "--data.init_args.val_fraction=0.2",
-        "--data.init_args.seq_len=32",
-        "--data.init_args.batch_size=4",
-        f"--data.init_args.cache_dir={cache_dir}",
-        "--model.init_args.dim=32",
-        "--model.init_args.num_layers=1",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-    ]
 
 
 pytestmark = pytest.mark.usefixtures("bare_argv", "in_tmp_path")
@@ -67,7 +51,7 @@ def unigram_reference(cache_dir: Path, num_targets: int) -> float:
 def test_tiny_results_quick_mode_trains_then_tabulates_and_collects_again(tmp_path, capsys):
     # one of the four architectures: each is a `pararnn-ts fit` subprocess, seconds of imports alone
     options = ["--quick", "--architectures", "paragru", "--root", str(tmp_path / "runs")]
-    (row,) = tiny_results.main([*options, "--", *small(tmp_path / "cache")])
+    (row,) = tiny_results.main([*options, "--", *small_lm(tmp_path / "cache")])
     report = json.loads((tmp_path / "runs" / "tiny_results.json").read_text())
     assert report["rows"] == [row] and row["architecture"] == "paragru"
     run = Path(row["run"])
@@ -134,7 +118,7 @@ def test_a_failed_case_becomes_a_row_that_says_why():
 
 
 def test_predict_generates_text_from_a_checkpoint(tmp_path, capsys):
-    config = ["-c", str(TINY_GRU), *small(tmp_path / "cache"), f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    config = ["-c", str(TINY_GRU), *small_lm(tmp_path / "cache"), f"--trainer.logger.init_args.save_dir={tmp_path}"]
     budget = ["--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1"]
     cli_main(["fit", *config, *budget])
     ckpt = tmp_path / "tiny_paragru" / "version_0" / "checkpoints" / "last.ckpt"
