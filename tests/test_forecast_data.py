@@ -400,12 +400,14 @@ def test_a_resumed_fit_trains_on_the_batches_of_an_uninterrupted_one(tmp_path, n
 
 
 def test_json_lines_fields_it_does_not_use_are_warned_about(tmp_path):
-    extra = {"feat_static_real": [1.5], "past_feat_dynamic_real": [[0.0] * 20], "feat_dynamic_cat": [[1] * 20]}
-    path = write_lines(tmp_path / "toy.jsonl", [series(20, "a", **extra), series(20, "b")])
-    unused = r"\['feat_dynamic_cat', 'feat_static_real', 'past_feat_dynamic_real'\], which JsonLinesDataset does not"
-    with pytest.warns(UserWarning, match=unused):
-        data = JsonLinesDataset(path, "D", 5).load()
-    assert set(data.train[0]) == {"start", "target", "item_id"}
+    extra = {"past_feat_dynamic_real": [[0.0] * 20], "feat_dynamic_cat": [[1] * 20]}
+    records = [series(20, "a", feat_static_real=[1.5], **extra), series(20, "b", feat_static_real=[0.5])]
+    unused = r"\['feat_dynamic_cat', 'past_feat_dynamic_real'\], which JsonLinesDataset does not"
+    with pytest.warns(UserWarning, match=unused):  # not feat_static_real: it is used
+        data = JsonLinesDataset(write_lines(tmp_path / "toy.jsonl", records), "D", 5).load()
+    assert set(data.train[0]) == {"start", "target", "item_id", "feat_static_real"}
+    assert [entry["feat_static_real"].tolist() for entry in data.test] == [[1.5], [0.5]]
+    assert data.num_feat_static_real == 1
 
 
 @pytest.mark.parametrize(

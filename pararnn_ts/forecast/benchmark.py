@@ -113,6 +113,8 @@ def model_kwargs(
     }
     if data.cardinality:
         from_data |= {"cardinality": data.cardinality, "num_feat_static_cat": len(data.cardinality)}
+    if data.num_feat_static_real:
+        from_data["num_feat_static_real"] = data.num_feat_static_real
     names = parameters(model.cls)
     layered = {**from_data, **bench.model_args, **dataset.model_args}
     kwargs = {key: value for key, value in layered.items() if key in names}

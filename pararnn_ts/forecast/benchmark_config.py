@@ -17,12 +17,12 @@ The config's top-level ``benchmark:`` mapping holds::
          overrides: {vic_elec: {...}}, datasets: [vic_elec]}   # datasets: optional, default all
 
 Each model gets, where its signature takes them: ``freq``, ``prediction_length``, ``season_length``,
-``num_feat_dynamic_real``, ``cardinality``/``num_feat_static_cat`` from the data, then ``model_args``, the
-dataset's ``model_args``, its own ``init_args`` and its ``overrides`` for the dataset (later ones win). An
-``init_args`` value that is a ``{class_path, init_args}`` mapping is built too (e.g. ``distr_output``;
-:func:`~pararnn_ts.forecast.benchmark.build_model` does the layering). :func:`load_benchmark` checks every entry
-(classes importable, arguments known, ``trainer_kwargs`` keys taken by Lightning's ``Trainer``) before anything
-runs.
+``num_feat_dynamic_real``, ``cardinality``/``num_feat_static_cat``, ``num_feat_static_real`` (when the data has
+static reals) from the data, then ``model_args``, the dataset's ``model_args``, its own ``init_args`` and its
+``overrides`` for the dataset (later ones win). An ``init_args`` value that is a ``{class_path, init_args}``
+mapping is built too (e.g. ``distr_output``; :func:`~pararnn_ts.forecast.benchmark.build_model` does the
+layering). :func:`load_benchmark` checks every entry (classes importable, arguments known, ``trainer_kwargs`` keys
+taken by Lightning's ``Trainer``) before anything runs.
 """
 
 from __future__ import annotations

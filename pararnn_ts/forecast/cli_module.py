@@ -44,15 +44,18 @@ PLOT_FILE = "forecasts.png"
 
 
 def data_sizes(data: ForecastData, context_length: int | None = None) -> dict[str, Any]:
-    """What the network depends on in the data: frequency, horizon, covariate counts, each static category's values
-    in code order where the data names them (``ForecastData.categories``), and the data module's ``context_length``
-    when it sets one (the last two are absent otherwise, so earlier checkpoints still match)."""
+    """What the network depends on in the data: frequency, horizon, covariate counts, the number of static reals when
+    there are any, each static category's values in code order where the data names them
+    (``ForecastData.categories``), and the data module's ``context_length`` when it sets one (the last three are
+    absent otherwise, so earlier checkpoints still match)."""
     sizes = {
         "freq": data.freq,
         "prediction_length": data.prediction_length,
         "num_feat_dynamic_real": data.num_feat_dynamic_real,
         "cardinality": list(data.cardinality),
     }
+    if data.num_feat_static_real:
+        sizes["num_feat_static_real"] = data.num_feat_static_real
     if data.categories:
         sizes[CATEGORIES] = {column: list(values) for column, values in data.categories.items()}
     return sizes if context_length is None else {**sizes, "context_length": context_length}
@@ -199,6 +202,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
             lags_seq=hp.lags_seq,
             scaling=hp.scaling,
             num_feat_dynamic_real=sizes["num_feat_dynamic_real"],
+            num_feat_static_real=sizes.get("num_feat_static_real", 0),
             num_feat_static_cat=len(sizes["cardinality"]),
             cardinality=sizes["cardinality"] or None,
             lr=hp.lr,
@@ -316,14 +320,18 @@ class ParaRNNForecaster(ForecastTrainingModule):
 def check_precision(precision: str, data: ForecastData) -> None:
     """A ``ValueError`` naming ``--trainer.precision`` when ``precision`` cannot train on ``data``: ``"16-true"``
     casts every training batch to float16 (Lightning's true half precision), whose largest value is 65504, so
-    larger targets or covariates would become inf. Other precisions fit any float32 data (the network runs in
-    their dtype, the scale, distributions and losses in at least float32)."""
+    larger targets, covariates or static reals would become inf. Other precisions fit any float32 data (the network
+    runs in their dtype, the scale, distributions and losses in at least float32)."""
     if precision != "16-true" or not data.train:
         return
     largest = max(
         float(np.nanmax(np.abs(values), initial=0.0))
         for entry in data.train
-        for values in (entry["target"], entry.get("feat_dynamic_real", np.zeros(0)))
+        for values in (
+            entry["target"],
+            entry.get("feat_dynamic_real", np.zeros(0)),
+            entry.get("feat_static_real", np.zeros(0)),
+        )
     )
     limit = float(torch.finfo(torch.float16).max)
     if largest > limit:

@@ -1,12 +1,12 @@
 """``CsvDataset``: series from a long-format CSV file, one row per series and time step.
 
-    item_id,timestamp,target,temperature,region
-    a,2020-01-01,12.0,3.1,north
-    a,2020-01-02,,2.9,north          <- an empty target is a missing value (masked in training and scoring)
-    b,2020-01-01,7.5,3.1,south
+    item_id,timestamp,target,temperature,region,size
+    a,2020-01-01,12.0,3.1,north,250
+    a,2020-01-02,,2.9,north,250      <- an empty target is a missing value (masked in training and scoring)
+    b,2020-01-01,7.5,3.1,south,80
 
-    data = CsvDataset("sales.csv", freq="D", prediction_length=14,
-                      feat_dynamic_real_columns=["temperature"], feat_static_cat_columns=["region"]).load()
+    data = CsvDataset("sales.csv", freq="D", prediction_length=14, feat_dynamic_real_columns=["temperature"],
+                      feat_static_cat_columns=["region"], feat_static_real_columns=["size"]).load()
 
 Rows may come in any order; series are ordered by ``item_id`` (read as text: ``007`` stays ``007``). Each
 series runs on the regular ``freq`` grid from its first to its last row: a step without a row is a missing
@@ -54,6 +54,9 @@ class CsvDataset(SeriesFile):
         category_values: each static category's values in code order (value ``i`` has code ``i``), the values a
             trained model knows (``pararnn-ts`` passes a checkpoint's); a value outside them is refused. ``None``:
             the file's values, sorted.
+        feat_static_real_columns: numeric properties of each series (GluonTS's ``feat_static_real``, e.g. a store's
+            size): one number per series, written in each of its rows (an empty cell, or a value that changes within
+            the series, is refused). The network reads them at every step, as they are: give them a moderate scale.
     """
 
     kind = "CSV"
@@ -75,6 +78,7 @@ class CsvDataset(SeriesFile):
         decimal: str = ".",
         encoding: str | None = None,
         category_values: dict[str, list[str]] | None = None,
+        feat_static_real_columns: list[str] | None = None,
     ) -> None:
         super().__init__(path, freq, prediction_length, test_windows, seasonality)
         self.timestamp_column, self.target_column = timestamp_column, target_column
@@ -83,8 +87,9 @@ class CsvDataset(SeriesFile):
         self.item_columns = [item_id_column] if isinstance(item_id_column, str) else list(item_id_column or [])
         self.covariate_columns = list(feat_dynamic_real_columns or [])
         self.category_columns = list(feat_static_cat_columns or [])
+        self.static_real_columns = list(feat_static_real_columns or [])
         roles = [timestamp_column, target_column, *self.item_columns]
-        roles += self.covariate_columns + self.category_columns
+        roles += self.covariate_columns + self.category_columns + self.static_real_columns
         repeated = sorted({column for column in roles if roles.count(column) > 1})
         if repeated:
             raise ValueError(f"{self.name}: column(s) {repeated} are named for more than one role; give each one role")
@@ -97,6 +102,8 @@ class CsvDataset(SeriesFile):
         frame[self.target_column] = self.numbers(frame, self.target_column, allow_missing=True)
         for column in self.covariate_columns:
             frame[column] = self.numbers(frame, column, allow_missing=False)
+        for column in self.static_real_columns:
+            frame[column] = self.numbers(frame, column, allow_missing=False, role="static real")
         codes = self.vocabularies(frame)
         groups = frame.groupby(self.item_columns) if self.item_columns else [((self.name,), frame)]  # sorted ids
         series, anchors = [], {}
@@ -131,7 +138,7 @@ class CsvDataset(SeriesFile):
             raise ValueError(
                 f"{self.name}: {self.path} has no column(s) {missing}; its columns are {list(frame.columns)}{hint}. "
                 "Name yours with timestamp_column, target_column, item_id_column (None: one series), "
-                "feat_dynamic_real_columns and feat_static_cat_columns"
+                "feat_dynamic_real_columns, feat_static_cat_columns and feat_static_real_columns"
             )
         if frame.empty:
             raise ValueError(f"{self.name}: {self.path} has no rows")
@@ -174,7 +181,9 @@ class CsvDataset(SeriesFile):
             )
         return times, in_utc
 
-    def numbers(self, frame: pd.DataFrame, column: str, allow_missing: bool) -> pd.Series:
+    def numbers(self, frame: pd.DataFrame, column: str, allow_missing: bool, role: str = "covariate") -> pd.Series:
+        """``column`` as float64 (NaN where empty); ``ValueError`` naming the lines of text, and of empty cells
+        unless ``allow_missing`` (``role`` names what the column is in that message)."""
         values = pd.to_numeric(frame[column], errors="coerce")
         text = values.isna() & frame[column].notna()
         if text.any():
@@ -184,8 +193,8 @@ class CsvDataset(SeriesFile):
             )
         if not allow_missing and values.isna().any():
             raise ValueError(
-                f"{self.name}: covariate {column!r} is empty on lines {self.lines(values.isna())}; fill it (covariates "
-                "are inputs and cannot be masked) or drop the covariate"
+                f"{self.name}: {role} {column!r} is empty on lines {self.lines(values.isna())}; fill it (a {role} is "
+                f"an input and cannot be masked) or drop the {role}"
             )
         return values.astype(np.float64)
 
@@ -199,6 +208,7 @@ class CsvDataset(SeriesFile):
                 f"{where} has more than one row for {period} (freq={self.freq!r}), on lines "
                 f"{self.lines(rows['_period'] == period)}; aggregate them first, or pass a finer freq"
             )
+        extra = self.static_reals(where, rows)
         rows = rows.set_index("_period").sort_index()
         grid = pd.period_range(rows.index[0], rows.index[-1], freq=self.freq)
         rows = rows.reindex(grid)
@@ -214,7 +224,6 @@ class CsvDataset(SeriesFile):
                 f"{where} has no row for {', '.join(map(str, gaps[:3]))}{'…' if len(gaps) > 3 else ''}: its target is "
                 f"missing there, which is allowed, but its covariates {self.covariate_columns} cannot be; add the rows"
             )
-        extra = {}
         if self.category_columns:
             values = rows[self.category_columns].dropna()
             varying = [column for column in self.category_columns if values[column].nunique() > 1]
@@ -228,6 +237,22 @@ class CsvDataset(SeriesFile):
             )
         covariates = rows[self.covariate_columns].to_numpy(np.float32).T if self.covariate_columns else None
         return entry(grid[0], rows[self.target_column].to_numpy(np.float32), item, covariates, **extra)
+
+    def static_reals(self, where: str, rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        """``{"feat_static_real": float32 (R,)}`` of one series' ``rows`` (the file's, in its order; none without
+        ``feat_static_real_columns``), or ``ValueError`` naming the lines where a column leaves its first value."""
+        if not self.static_real_columns:
+            return {}
+        first = rows[self.static_real_columns].iloc[0]
+        for column in self.static_real_columns:
+            changed = rows[column] != first[column]
+            if changed.any():
+                raise ValueError(
+                    f"{where}: static real {column!r} changes within the series: {first[column]:g} on line "
+                    f"{rows.index[0] + 2}, {rows[column][changed].iloc[0]:g} on lines {self.lines(changed)}; a static "
+                    "real holds one number per series (a changing one is a covariate: feat_dynamic_real_columns)"
+                )
+        return {"feat_static_real": first.to_numpy(np.float32)}
 
     @staticmethod
     def lines(mask: pd.Series) -> str:
@@ -263,6 +288,7 @@ class TsDataDataset(CsvDataset):
         test_windows: int = 1,
         seasonality: int | None = None,
         collection: Literal["fpp3", "fpppy"] = "fpp3",
+        feat_static_real_columns: list[str] | None = None,
     ) -> None:
         super().__init__(
             str(tsdata_file(collection, name)),
@@ -275,6 +301,7 @@ class TsDataDataset(CsvDataset):
             feat_static_cat_columns,
             test_windows,
             seasonality,
+            feat_static_real_columns=feat_static_real_columns,
         )
 
 

@@ -27,7 +27,8 @@ class ForecastData:
     """A dataset with its official split, in GluonTS's data-entry format.
 
     ``train`` holds one entry per series: ``{"start": pd.Period, "target": float32 (T,), "item_id": str}``
-    plus, when present, ``"feat_dynamic_real": float32 (F, T)`` and ``"feat_static_cat": int (C,)``.
+    plus, when present, ``"feat_dynamic_real": float32 (F, T)``, ``"feat_static_cat": int (C,)`` and
+    ``"feat_static_real": float32 (R,)`` (``num_feat_static_real`` of them, numbers per series, such as a store's size).
     ``test`` holds one entry per evaluation window: the series up to the window's end, so that its last
     ``prediction_length`` values are the ones to forecast (GluonTS's convention); covariates cover the window.
     ``categories``: where the source names its static categories' values (a CSV file), each one's values in code
@@ -50,6 +51,7 @@ class ForecastData:
     categories: dict[str, list[str]] = field(default_factory=dict)
     anchors: dict[str, pd.Timedelta] = field(default_factory=dict)
     time_zone: str | None = None
+    num_feat_static_real: int = 0
 
 
 def anchor_of(times: pd.Series, periods: pd.Series) -> pd.Timedelta | None:
@@ -122,7 +124,8 @@ def validate(data: ForecastData, source_period: int | None = None) -> ForecastDa
     ``source_period`` (the period the source states, e.g. 12 for monthly); an empty split; a series that
     is empty or all NaN; a test window with no observed value before its horizon or shorter than
     ``prediction_length + 1``; ±inf in a target; covariates with NaN, ±inf or a length other than the target's;
-    static categories outside ``cardinality``. NaN inside a target is allowed (GluonTS masks it).
+    static categories outside ``cardinality``; static reals other than ``num_feat_static_real`` finite numbers.
+    NaN inside a target is allowed (GluonTS masks it).
     """
     name, horizon = data.name, data.prediction_length
     check_prediction_length(name, horizon)
@@ -182,6 +185,13 @@ def check_covariates(where: str, entry: dict[str, Any], data: ForecastData) -> N
                 f"{where}: feat_static_cat {categories.tolist()} does not fit cardinality {data.cardinality}; "
                 "use one integer in [0, cardinality) per categorical feature"
             )
+    if data.num_feat_static_real:
+        reals = np.asarray(entry.get("feat_static_real", []), dtype=np.float64)
+        if reals.shape != (data.num_feat_static_real,) or not np.isfinite(reals).all():
+            raise ValueError(
+                f"{where}: feat_static_real {reals.tolist()} is not {data.num_feat_static_real} finite number(s); "
+                "give every series one number per static real feature (they are inputs and cannot be missing)"
+            )
 
 
 def entry(
@@ -227,10 +237,12 @@ def split_series(
     :func:`rolling_split`), validated. ``cardinality``: default one more than each category's largest value."""
     num_features = {len(s.get("feat_dynamic_real", ())) for s in series}
     num_categories = {len(s.get("feat_static_cat", ())) for s in series}
-    if len(num_features) > 1 or len(num_categories) > 1:
+    num_reals = {len(s.get("feat_static_real", ())) for s in series}
+    if len(num_features) > 1 or len(num_categories) > 1 or len(num_reals) > 1:
         raise ValueError(
-            f"{name}: series differ in their number of feat_dynamic_real ({sorted(num_features)}) or "
-            f"feat_static_cat ({sorted(num_categories)}); give every series the same covariates"
+            f"{name}: series differ in their number of feat_dynamic_real ({sorted(num_features)}), "
+            f"feat_static_cat ({sorted(num_categories)}) or feat_static_real ({sorted(num_reals)}); give every series "
+            "the same covariates"
         )
     if cardinality is None:
         cardinality = (
@@ -266,6 +278,7 @@ def split_series(
         num_feat_dynamic_real=num_features.pop(),
         cardinality=cardinality,
         seasonality=seasonality or seasonality_of(freq),
+        num_feat_static_real=num_reals.pop(),
     )
     return validate(data)
 
@@ -467,9 +480,10 @@ class JsonLinesDataset(SeriesFile):
     """A local GluonTS-style JSON lines file: any dataset in that format plugs into the benchmark.
 
     Each line is one full series ``{"start": "2020-01-01", "target": [...], "item_id": ...,
-    "feat_dynamic_real": [[...], ...], "feat_static_cat": [...]}`` (only ``start`` and ``target`` are
-    required; ``null`` or ``"NaN"`` mark missing target values). Other fields (GluonTS's ``feat_static_real``,
-    ``past_feat_dynamic_real``, ``feat_dynamic_cat`` ...) are not used: loading warns, naming them. Test: the last
+    "feat_dynamic_real": [[...], ...], "feat_static_cat": [...], "feat_static_real": [...]}`` (only ``start`` and
+    ``target`` are required; ``null`` or ``"NaN"`` mark missing target values; every series gives the same
+    features). Other fields (GluonTS's ``past_feat_dynamic_real``, ``feat_dynamic_cat`` ...) are not used: loading
+    warns, naming them. Test: the last
     ``test_windows`` non-overlapping windows of ``prediction_length`` steps of every series; train: each series
     before them.
 
@@ -478,7 +492,7 @@ class JsonLinesDataset(SeriesFile):
 
     kind = "GluonTS JSON lines"
     #: the fields a series is read from
-    fields = ("start", "target", "item_id", "feat_dynamic_real", "feat_static_cat")
+    fields = ("start", "target", "item_id", "feat_dynamic_real", "feat_static_cat", "feat_static_real")
 
     def load(self) -> ForecastData:
         self.require_file()
@@ -517,6 +531,13 @@ class JsonLinesDataset(SeriesFile):
         extra = {}
         if "feat_static_cat" in record:
             extra["feat_static_cat"] = np.asarray(record["feat_static_cat"], dtype=np.int64)
+        if "feat_static_real" in record:
+            reals = self.numbers(record["feat_static_real"], f"{where}: feat_static_real")
+            if reals.ndim != 1:
+                raise ValueError(
+                    f"{where}: feat_static_real must be a list of numbers, got {record['feat_static_real']!r}"
+                )
+            extra["feat_static_real"] = reals
         features = record.get("feat_dynamic_real")
         return entry(
             start,
@@ -545,7 +566,7 @@ def write_json_lines(entries: list[dict[str, Any]], path: str | Path) -> Path:
                 "start": str(start.start_time if isinstance(start, pd.Period) else start),
                 "item_id": item.get("item_id"),
             }
-            for key in ("target", "feat_dynamic_real", "feat_static_cat"):
+            for key in ("target", "feat_dynamic_real", "feat_static_cat", "feat_static_real"):
                 if key in item:
                     values = np.asarray(item[key])
                     record[key] = (
