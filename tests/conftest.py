@@ -76,6 +76,18 @@ def cell_name(request) -> str:
     return request.param
 
 
+#: overrides that make the forecaster of :func:`forecast_config` tiny and its fit two steps long
+TINY_FORECASTER = [
+    "--trainer.max_steps=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--model.init_args.hidden_size=8",
+    "--model.init_args.num_layers=1",
+    "--model.init_args.num_parallel_samples=10",
+    "--model.init_args.mode=sequential",
+]
+
+
 def forecast_config(dataset: dict[str, Any], **trainer: Any) -> dict[str, Any]:
     """A ``pararnn-ts`` config: the ParaGRU forecaster on ``dataset`` (``{"class_path", "init_args"}``), logged to
     ``runs/lightning_logs/version_N`` with ``last.ckpt``; ``trainer``: more ``Trainer`` arguments."""

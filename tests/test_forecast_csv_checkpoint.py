@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import forecast_config
+from conftest import TINY_FORECASTER, forecast_config
 
 from pararnn_ts.cli import main
 from pararnn_ts.forecast.cli_module import CHECKPOINT_KEY, ParaRNNForecaster
@@ -22,15 +22,6 @@ from pararnn_ts.forecast.datamodule import ForecastDataModule
 from pararnn_ts.forecast.predictions import FORECASTS_FILE
 
 H = 3
-TINY = [
-    "--trainer.max_steps=2",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--model.init_args.hidden_size=8",
-    "--model.init_args.num_layers=1",
-    "--model.init_args.num_parallel_samples=10",
-    "--model.init_args.mode=sequential",
-]
 #: each store's region; the north store's level differs, so the region's embedding matters
 STORES = {"a": "north", "b": "south", "c": "south"}
 
@@ -70,7 +61,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
         patch.setattr(sys, "argv", ["pararnn-ts"])
-        main(["fit", "-c", "sales.yaml", *TINY])
+        main(["fit", "-c", "sales.yaml", *TINY_FORECASTER])
     return folder, folder / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
 
 
@@ -79,7 +70,7 @@ def predict(folder: Path, checkpoint: Path, sales: Path) -> pd.DataFrame:
     runs = folder / "runs" / "lightning_logs"
     before = set(runs.glob("version_*"))
     data_path = f"--data.init_args.dataset.init_args.path={sales}"
-    main(["predict", "-c", str(folder / "sales.yaml"), *TINY, data_path, f"--ckpt_path={checkpoint}"])
+    main(["predict", "-c", str(folder / "sales.yaml"), *TINY_FORECASTER, data_path, f"--ckpt_path={checkpoint}"])
     (version,) = set(runs.glob("version_*")) - before
     return pd.read_csv(version / FORECASTS_FILE)
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import forecast_config
+from conftest import TINY_FORECASTER, forecast_config
 from gluonts.itertools import select
 
 from pararnn_ts.cli import main
@@ -28,15 +28,6 @@ from pararnn_ts.forecast.predictions import FORECASTS_FILE
 H = 3
 #: each store's size, on which its sales level depends
 SIZES = {"a": 1.0, "b": 2.0, "c": 3.0}
-TINY = [
-    "--trainer.max_steps=2",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--model.init_args.hidden_size=8",
-    "--model.init_args.num_layers=1",
-    "--model.init_args.num_parallel_samples=10",
-    "--model.init_args.mode=sequential",
-]
 
 
 def sales_rows(sizes: dict[str, float], days: int = 30) -> list[dict]:
@@ -203,7 +194,7 @@ def test_pararnn_ts_trains_on_a_csv_files_static_reals_and_forecasts_with_them(t
     (tmp_path / "sales.yaml").write_text(yaml.safe_dump(forecast_config(dataset)))
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["pararnn-ts"])
-    main(["fit", "-c", "sales.yaml", *TINY])
+    main(["fit", "-c", "sales.yaml", *TINY_FORECASTER])
     runs = tmp_path / "runs" / "lightning_logs"
     checkpoint = runs / "version_0" / "checkpoints" / "last.ckpt"
     assert torch.load(checkpoint, weights_only=False)[CHECKPOINT_KEY]["num_feat_static_real"] == 1
@@ -215,7 +206,7 @@ def test_pararnn_ts_trains_on_a_csv_files_static_reals_and_forecasts_with_them(t
                 "predict",
                 "-c",
                 "sales.yaml",
-                *TINY,
+                *TINY_FORECASTER,
                 f"--data.init_args.dataset.init_args.path={path}",
                 f"--ckpt_path={checkpoint}",
             ]
