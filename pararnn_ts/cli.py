@@ -165,6 +165,8 @@ class ParaRNNCLI(LightningCLI):
             for callback in self.trainer.checkpoint_callbacks:
                 callback.save_last = False
         refuse_used_log_dir(self.trainer)
+        if can_test(self.model, self.datamodule) and self.trainer.limit_test_batches != 0:
+            refuse_existing_results(self.trainer, self.model, "test")  # the test after training writes them
         drop_monitors_without_logger(self.trainer)
         warn_if_never_validated(self.trainer)
         ckpt_path = self.config[self.subcommand].get("ckpt_path")

@@ -6,6 +6,7 @@ import csv
 import inspect
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -418,6 +419,9 @@ def test_without_a_logger_test_and_predict_refuse_to_replace_a_users_files(first
         with pytest.raises(FileExistsError, match=f"pararnn-ts {verb} would replace .*{name}; move it away"):
             main([verb, "-c", str(config), *TINY, "--trainer.logger=false", checkpoint])
         assert (tmp_path / name).read_text() == "mine" and not (tmp_path / "config.yaml").exists()
+    with pytest.raises(FileExistsError, match=f"pararnn-ts test would replace .*{METRICS_FILE}"):
+        main(["fit", "-c", str(config), *TINY, "--trainer.logger=false"])  # its test after training would
+    assert (tmp_path / METRICS_FILE).read_text() == "mine" and not (tmp_path / "checkpoints").exists()
     (tmp_path / METRICS_FILE).unlink()
     capture_stdout(lambda: main(["test", "-c", str(config), *TINY, "--trainer.logger=false", checkpoint]))
     assert json.loads((tmp_path / METRICS_FILE).read_text())  # with nothing in the way it writes
@@ -455,6 +459,10 @@ def test_predict_items_follow_predict_split():
     assert [item.actual.tolist() for item in items[:3]] == [[4, 5], [6, 7], [3, 4]]
     with pytest.raises(ValueError, match="predict_split"):
         ForecastDataModule(InMemory(data), predict_split="past")
+    short = {"start": pd.Period("2000-01", freq="M"), "target": np.ones(2, dtype=np.float32), "item_id": "new"}
+    with_short = ForecastDataModule(InMemory(replace(data, train=[*entries, short])))
+    with_short.setup("predict")  # a series too short for a test window is forecast from all of it
+    assert [item.history.get("item_id") for item in with_short.predict_items()] == ["a", "b", None, None, "new"]
 
 
 def test_predicting_past_the_end_of_covariates_is_refused():

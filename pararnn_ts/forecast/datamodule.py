@@ -371,7 +371,11 @@ class ForecastDataModule(pl.LightningDataModule):
         if self.predict_split == "test":
             histories, actuals = split_windows(data.test, data.prediction_length)
             return [PredictItem(history, actual) for history, actual in zip(histories, actuals, strict=True)]
-        return [PredictItem(history, None) for history in series_histories(data.test)]
+        histories = series_histories(data.test)
+        tested = {history.get("item_id") for history in histories}
+        # a series too short for a test window has none: its training entry is the whole series
+        untested = [entry for entry in data.train if "item_id" in entry and entry["item_id"] not in tested]
+        return [PredictItem(history, None) for history in [*histories, *untested]]
 
     def check_predict_split(self) -> None:
         """Raise ``ValueError`` if the data cannot serve ``predict_split``: ``"future"`` needs covariates for the
