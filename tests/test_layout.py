@@ -25,12 +25,23 @@ def test_pyproject_lists_every_package_and_ships_kernel_sources():
 
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     found = set(find_packages(str(ROOT), include=["pararnn_ts*"]))
-    assert set(config["packages"]) == found | {"pararnn_ts._kernels"}, "update [tool.setuptools] packages"
+    # kernels/ and each of its folders are packages of their own (setuptools ships no data of unlisted folders)
+    kernel_packages = {"pararnn_ts._kernels"} | {
+        f"pararnn_ts._kernels.{p.name}" for p in (ROOT / "kernels").iterdir() if p.is_dir()
+    }
+    assert set(config["packages"]) == found | kernel_packages, "update [tool.setuptools] packages"
     assert config["package-dir"]["pararnn_ts._kernels"] == "kernels"
-    patterns = config["package-data"]["pararnn_ts._kernels"]
     sources = [p.relative_to(ROOT / "kernels") for p in (ROOT / "kernels").rglob("*") if p.is_file()]
-    unshipped = [str(p) for p in sources if not any(p.match(pattern) for pattern in patterns)]
+    data = config["package-data"]
+    unshipped = [
+        str(p) for p in sources if not any(Path(p.name).match(pattern) for pattern in data.get(package_of(p), []))
+    ]
     assert not unshipped, f"kernel sources missing from package-data: {unshipped}"
+
+
+def package_of(source: Path) -> str:
+    """The package of a file of ``kernels/`` (its path relative to that folder)."""
+    return ".".join(("pararnn_ts._kernels", *source.parent.parts))
 
 
 def test_built_wheel_carries_the_kernel_sources(tmp_path):
