@@ -70,11 +70,13 @@ VERBS = {
 
 #: (category, message, module) of warnings that libraries raise about their own code on every run: nothing a
 #: user of pararnn-ts can act on (GluonTS's pandas period aliases such as 'Q', and its json fallback; pandas'
-#: deprecation of business-day periods, which GluonTS and the forecasters need for freq="B")
+#: deprecation of business-day periods, which GluonTS and the forecasters need for freq="B"; torch's deprecation
+#: of a pytree API that Lightning calls)
 LIBRARY_NOISE = (
     (FutureWarning, r".*is deprecated and will be removed in a future version", r"gluonts\."),
     (UserWarning, r"Using `json`-module for json-handling", r"gluonts\.json"),
     (FutureWarning, r"(Period with BDay freq|PeriodDtype\[B\]) is deprecated", r"(gluonts|pararnn_ts)\."),
+    (Warning, r"`isinstance\(treespec, LeafSpec\)` is deprecated", r"lightning\."),
 )
 
 

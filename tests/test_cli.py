@@ -266,8 +266,11 @@ def test_library_deprecation_noise_is_silenced_unless_warnings_are_asked_for(mon
             )
         for module in ("pararnn_ts.forecast.csv_data", "my_project.features"):  # freq="B"
             warnings.warn_explicit("Period with BDay freq is deprecated and will", FutureWarning, "f", 1, module)
+        for module in ("lightning.pytorch.utilities._pytree", "my_project.features"):
+            message = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)`"
+            warnings.warn_explicit(message, FutureWarning, "f", 1, module)
     shown = [str(w.message) for w in caught if w.category is FutureWarning]
-    assert len(shown) == (4 if warnoptions else 2)  # the user's own code always warns
+    assert len(shown) == (6 if warnoptions else 3)  # the user's own code always warns
 
 
 def test_a_run_that_fails_before_writing_results_leaves_no_folder(tmp_path, monkeypatch):
