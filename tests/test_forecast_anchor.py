@@ -45,6 +45,9 @@ DATED = [
     ("W", "W-MON", pd.Timedelta(0)),  # Monday-dated weeks under W (W-SUN weeks start on Monday)
     ("W", "W-SUN", pd.Timedelta(days=-1)),  # Sunday-dated weeks: the W-SUN period's last day
     ("h", "h", pd.Timedelta(minutes=17)),  # hours at :17
+    ("MS", "MS", pd.Timedelta(0)),  # freq as pandas' period-start aliases, which mean the periods they begin
+    ("QS-APR", "QS-APR", pd.Timedelta(0)),  # quarters from April: Q-MAR periods
+    ("2YS-JUL", "2YS-JUL", pd.Timedelta(0)),  # two years from July: 2Y-JUN periods
 ]
 
 

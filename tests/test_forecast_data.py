@@ -422,18 +422,27 @@ def test_json_lines_fields_it_does_not_use_are_warned_about(tmp_path):
         ("YE", "Y"),
         ("BYE", "Y"),
         ("M", "M"),
+        ("MS", "M"),
+        ("2MS", "2M"),
+        ("BMS", "M"),
+        ("QS", "Q-DEC"),
+        ("QS-APR", "Q-MAR"),
+        ("YS", "Y-DEC"),
+        ("YS-JUL", "Y-JUN"),
         ("W-SUN", "W-SUN"),
         ("30min", "30min"),
     ],
 )
-def test_pandas_period_end_aliases_mean_the_period_aliases(tmp_path, freq, period):
+def test_pandas_period_end_and_start_aliases_mean_the_period_aliases(tmp_path, freq, period):
     assert check_freq("toy", freq) == period
     path = write_lines(tmp_path / "toy.jsonl", [series(20, "a")])
     data = JsonLinesDataset(path, freq, 3).load()
     assert data.freq == period and data.train[0]["start"] == pd.Period("2021-03-01", period)
+    steps = pd.date_range("2021-03-01", periods=4, freq=freq).to_period(period)  # freq's offsets: one per period
+    assert steps.tolist() == pd.period_range(steps[0], periods=4, freq=period).tolist()
 
 
-def test_period_start_and_semi_month_aliases_are_still_refused():
-    for freq in ("SME", "MS", "fortnightly"):
+def test_semi_month_and_unknown_aliases_are_still_refused():
+    for freq in ("SME", "SMS", "fortnightly"):
         with pytest.raises(ValueError, match=rf"toy: freq='{freq}' is not a pandas period frequency"):
             check_freq("toy", freq)

@@ -95,12 +95,29 @@ def check_prediction_length(dataset: str, prediction_length: Any) -> None:
 PERIOD_END_ALIAS = re.compile(r"^(\d*)B?([MQY])E(-[A-Z]{3})?$")
 
 
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+#: pandas' offset aliases of period starts ("MS", "2MS", "QS-APR", "BYS"): their periods are the months, quarters or
+#: years that begin there, i.e. whose fiscal year ends the month before ("QS-APR" → "Q-MAR", "YS" → "Y-DEC")
+PERIOD_START_ALIAS = re.compile(rf"^(\d*)B?(?:MS|([QY])S(?:-({'|'.join(MONTHS)}))?)$")
+
+
+def period_alias(freq: str) -> str:
+    """The pandas period alias of an offset alias that names period ends or starts, else ``freq`` itself."""
+    start = PERIOD_START_ALIAS.match(freq)
+    if start is None:
+        return PERIOD_END_ALIAS.sub(r"\1\2\3", freq)
+    multiple, unit, first_month = start.groups()
+    if unit is None:
+        return f"{multiple}M"
+    return f"{multiple}{unit}-{MONTHS[MONTHS.index(first_month or 'JAN') - 1]}"
+
+
 def check_freq(dataset: str, freq: Any, source_period: int | None = None) -> str:
-    """``freq`` as a pandas period alias (``"ME"`` → ``"M"``, ``"QE-DEC"`` → ``"Q-DEC"``); ``ValueError`` when it
-    is none or, where the source states its period, disagrees with it."""
+    """``freq`` as a pandas period alias (``"ME"`` → ``"M"``, ``"MS"`` → ``"M"``, ``"QS-APR"`` → ``"Q-MAR"``);
+    ``ValueError`` when it is none or, where the source states its period, disagrees with it."""
     if not isinstance(freq, str) or not freq:
         raise ValueError(f"{dataset}: freq must be a pandas frequency string such as 'M', 'Q', 'D' or '30min'")
-    period_freq = PERIOD_END_ALIAS.sub(r"\1\2\3", freq)
+    period_freq = period_alias(freq)
     try:
         pd.Period("2000-01-01", freq=period_freq)
     except ValueError as error:
