@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import linecache
+import logging
 import os
 import pickle
 import shutil
@@ -80,6 +81,11 @@ LIBRARY_NOISE = (
 )
 
 
+def not_a_tip(record: logging.LogRecord) -> bool:
+    """``False`` for Lightning's advertisement of another product (the litlogger tip it logs on every run)."""
+    return not str(record.msg).startswith("💡 Tip:")
+
+
 class SaveOnInterrupt(Callback):
     """On Ctrl-C during ``fit``, save the run as it stands to ``interrupted.ckpt`` in its checkpoint folder, so that
     ``--ckpt_path`` resumes it from there; without it only the last checkpoint written before survives."""
@@ -95,7 +101,7 @@ class SaveOnInterrupt(Callback):
         ):
             return
         path = Path(checkpoint.dirpath) / INTERRUPTED_CHECKPOINT
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # said, not defaulted: Lightning logs the default
         if trainer.is_global_zero:
             print(f"\nsaved the interrupted run to {path}; resume it with --ckpt_path {path}", file=sys.stderr)
 
@@ -179,13 +185,19 @@ class ParaRNNCLI(LightningCLI):
         if checkpoint is not None and self.trainer.is_global_zero:
             print(resume_notice(ckpt_path, checkpoint, self.trainer), file=sys.stderr)
 
-    def before_validate(self) -> None:
+    def before_evaluation(self) -> None:
+        """What validate, test and predict check first: a checkpoint to score, and a log folder of their own."""
         require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
         refuse_used_log_dir(self.trainer)
+        # restoring the checkpoint's ModelCheckpoint state warns that its folder is not this run's, which only
+        # matters to a fit's top-k bookkeeping
+        warnings.filterwarnings("ignore", "The dirpath has changed from", UserWarning, r"lightning\.")
+
+    def before_validate(self) -> None:
+        self.before_evaluation()
 
     def before_test(self) -> None:
-        require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
-        refuse_used_log_dir(self.trainer)
+        self.before_evaluation()
         refuse_existing_results(self.trainer, self.model, "test")
         check = getattr(self.datamodule, "check_test_split", None)
         if callable(check):  # a data module whose test split is optional says how to make one
@@ -197,8 +209,7 @@ class ParaRNNCLI(LightningCLI):
             )
 
     def before_predict(self) -> None:
-        require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
-        refuse_used_log_dir(self.trainer)
+        self.before_evaluation()
         refuse_existing_results(self.trainer, self.model, "predict")
         if not can_predict(self.model, self.datamodule):
             raise ValueError(
@@ -540,6 +551,7 @@ def main(args: list[str] | None = None) -> None:
     if not sys.warnoptions:  # python -W or PYTHONWARNINGS shows them again
         for category, message, module in LIBRARY_NOISE:
             warnings.filterwarnings("ignore", message, category, module)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_a_tip)
     if argv and argv[0] in VERBS:
         importlib.import_module(VERBS[argv[0]][0]).main(argv[1:])
     else:

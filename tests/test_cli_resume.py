@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -169,3 +170,35 @@ def test_resuming_with_another_budget_is_warned_about():
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*another budget")
         main(["fit", "-c", str(QUICKSTART), *TINY, f"--ckpt_path={last}"])
+
+
+def test_ctrl_c_and_predict_print_no_lightning_tips_nor_notes_on_checkpoint_bookkeeping(monkeypatch):
+    """Lightning's litlogger tip (every run), its weights_only default (on saving interrupted.ckpt) and, when
+    predict restores a fit's checkpoint, its ModelCheckpoint folder change are nothing a user can act on."""
+    from pararnn_ts.forecast.cli_module import ParaRNNForecaster
+
+    real = ParaRNNForecaster.training_step
+
+    def interrupted_at_step_1(self, batch, batch_idx):
+        if self.global_step == 1:
+            raise KeyboardInterrupt
+        return real(self, batch, batch_idx)
+
+    logged: list[str] = []
+    collect = logging.Handler()
+    collect.emit = lambda record: logged.append(record.getMessage())
+    logging.getLogger("lightning.pytorch").addHandler(collect)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with monkeypatch.context() as patch, pytest.raises(SystemExit):
+                patch.setattr(ParaRNNForecaster, "training_step", interrupted_at_step_1)
+                main(["fit", "-c", str(QUICKSTART), *TINY])
+            saved = "runs/quickstart/version_0/checkpoints/interrupted.ckpt"
+            main(["predict", "-c", str(QUICKSTART), *TINY, f"--ckpt_path={saved}"])
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(collect)
+    assert Path("runs/quickstart/version_1/forecasts.csv").exists()
+    assert any("GPU available" in line for line in logged)  # Lightning's other lines are kept
+    assert not [line for line in logged if "Tip:" in line or "weights_only" in line]
+    assert not [str(w.message) for w in caught if "dirpath has changed" in str(w.message)]
