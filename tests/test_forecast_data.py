@@ -18,6 +18,7 @@ from pararnn_ts.forecast.data import (
     FCompDataset,
     ForecastData,
     ForecastDataset,
+    GluonTSRepositoryDataset,
     JsonLinesDataset,
     VicElecDataset,
     check_freq,
@@ -446,3 +447,32 @@ def test_semi_month_and_unknown_aliases_are_still_refused():
     for freq in ("SME", "SMS", "fortnightly"):
         with pytest.raises(ValueError, match=rf"toy: freq='{freq}' is not a pandas period frequency"):
             check_freq("toy", freq)
+
+
+def test_gluonts_repository_datasets_keep_their_static_features(monkeypatch):
+    """Without a download: GluonTS's get_dataset stands in for a repository dataset with static features."""
+    import gluonts.dataset.repository as repository
+    from gluonts.dataset.common import BasicFeatureInfo, CategoricalFeatureInfo, MetaData, TrainDatasets
+
+    def entry(length: int, index: int) -> dict:
+        start = pd.Period("2021-01-01", "D")
+        return {
+            "start": start,
+            "target": np.arange(length, dtype=np.float32),
+            "item_id": f"s{index}",
+            "feat_static_cat": np.array([index]),
+            "feat_static_real": np.array([0.5 + index], dtype=np.float32),
+        }
+
+    meta = MetaData(
+        freq="D",
+        prediction_length=3,
+        feat_static_cat=[CategoricalFeatureInfo(name="shop", cardinality="2")],
+        feat_static_real=[BasicFeatureInfo(name="size")],
+    )
+    source = TrainDatasets(meta, [entry(20, i) for i in range(2)], [entry(23, i) for i in range(2)])
+    monkeypatch.setattr(repository, "get_dataset", lambda name, prediction_length=None: source)
+    data = GluonTSRepositoryDataset("shops").load()
+    assert data.cardinality == [2] and data.num_feat_static_real == 1
+    assert [entry["feat_static_real"].tolist() for entry in data.test] == [[0.5], [1.5]]
+    assert [entry["feat_static_cat"].tolist() for entry in data.train] == [[0], [1]]

@@ -596,8 +596,9 @@ def write_json_lines(entries: list[dict[str, Any]], path: str | Path) -> Path:
 class GluonTSRepositoryDataset(ForecastDataset):
     """A dataset of GluonTS's repository (``gluonts.dataset.repository.get_dataset``): **downloads** it.
 
-    Optional hub path, never a default and never used in tests; the data is cached under ``~/.gluonts``.
-    Its own split is kept: ``train`` and ``test`` as GluonTS publishes them (test windows end each test entry).
+    Optional hub path, never a default and never downloaded in tests; the data is cached under ``~/.gluonts``.
+    Its own split is kept: ``train`` and ``test`` as GluonTS publishes them (test windows end each test entry),
+    and so are its covariates and static features (``feat_dynamic_real``, ``feat_static_cat``, ``feat_static_real``).
 
     Args:
         name: a repository name such as ``"electricity"``, ``"m4_hourly"`` or ``"solar-energy"``.
@@ -616,7 +617,9 @@ class GluonTSRepositoryDataset(ForecastDataset):
         meta = source.metadata
 
         cardinality = [int(c.cardinality) for c in meta.feat_static_cat]
-        keep = ("start", "target", "feat_dynamic_real") + (("feat_static_cat",) if cardinality else ())
+        num_reals = len(meta.feat_static_real)
+        keep = ("start", "target", "feat_dynamic_real")
+        keep += ("feat_static_cat",) * bool(cardinality) + ("feat_static_real",) * bool(num_reals)
 
         def entries(dataset) -> list[dict[str, Any]]:
             return [
@@ -633,6 +636,7 @@ class GluonTSRepositoryDataset(ForecastDataset):
             test,
             num_feat_dynamic_real=len(train[0].get("feat_dynamic_real", ())),
             cardinality=cardinality,
+            num_feat_static_real=num_reals,
             seasonality=seasonality_of(meta.freq),
         )
         return validate(data)
