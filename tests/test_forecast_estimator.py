@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import warnings
 
 import lightning.pytorch as pl
 import numpy as np
@@ -13,6 +15,7 @@ from gluonts.dataset.split import split
 from gluonts.ev.metrics import MASE, MeanWeightedSumQuantileLoss
 from gluonts.evaluation import make_evaluation_predictions
 from gluonts.model import Predictor, evaluate_model
+from gluonts.time_feature import time_features_from_frequency_str
 from torch.utils.data import DataLoader
 
 from pararnn_ts.forecast.estimator import PREDICTION_INPUT_NAMES, ParaRNNEstimator, ParaRNNSampleForecastGenerator
@@ -141,24 +144,46 @@ def test_predict_num_samples_draws_that_many_paths_in_one_call():
         list(predictor.predict([entry], num_samples=-1))
 
 
+def forecast_samples(predictor: Predictor, data: list[dict], seed: int) -> np.ndarray:
+    """``predictor``'s sample paths of ``data``, ``(series, samples, H)``, drawn after ``torch.manual_seed(seed)``."""
+    torch.manual_seed(seed)
+    return np.stack([forecast.samples for forecast in predictor.predict(data)])
+
+
+def reloaded(predictor: Predictor, folder) -> Predictor:
+    """``predictor`` serialized into ``folder`` (made here) and deserialized as GluonTS users do."""
+    folder.mkdir()
+    predictor.serialize(folder)
+    return Predictor.deserialize(folder)
+
+
 def test_serialized_predictor_gives_identical_forecasts(tmp_path):
     data = sine_series()
     pl.seed_everything(1)
     predictor = make_estimator(tmp_path / "train", num_batches_per_epoch=1, distribution="normal").train(data)
-    (tmp_path / "predictor").mkdir()
-    predictor.serialize(tmp_path / "predictor")
-    loaded = Predictor.deserialize(tmp_path / "predictor")
+    loaded = reloaded(predictor, tmp_path / "predictor")
     assert isinstance(loaded.prediction_net, ParaRNNLightningModule)
     assert loaded.prediction_net is not predictor.prediction_net
 
-    def samples(p: Predictor, seed: int) -> np.ndarray:
-        torch.manual_seed(seed)
-        return np.stack([forecast.samples for forecast in p.predict(data)])
-
-    original = samples(predictor, seed=5)
-    np.testing.assert_array_equal(samples(loaded, seed=5), original)
+    original = forecast_samples(predictor, data, seed=5)
+    np.testing.assert_array_equal(forecast_samples(loaded, data, seed=5), original)
     assert type(loaded.forecast_generator) is ParaRNNSampleForecastGenerator  # predict(num_samples=N) still draws N
-    assert not np.array_equal(samples(loaded, seed=6), original)  # the seed, not a constant, decides the draws
+    assert not np.array_equal(forecast_samples(loaded, data, seed=6), original)  # the seed decides the draws
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16-true", torch.bfloat16), ("64-true", torch.float64)])
+def test_reloaded_predictor_keeps_the_networks_dtype(tmp_path, precision, dtype):
+    """GluonTS rebuilds a serialized network in float32: the reloaded one must run in the dtype it was trained in."""
+    data = sine_series()
+    estimator = make_estimator(tmp_path / "train", num_batches_per_epoch=1, trainer_kwargs={"precision": precision})
+    predictor = estimator.train(data)
+    loaded = reloaded(predictor, tmp_path / "predictor")
+    for net in (predictor.prediction_net, loaded.prediction_net):
+        assert {p.dtype for p in net.parameters()} == {dtype}
+    saved = predictor.prediction_net.state_dict()
+    for name, got in loaded.prediction_net.state_dict().items():
+        assert torch.equal(got, saved[name]), name
+    np.testing.assert_array_equal(forecast_samples(loaded, data, seed=5), forecast_samples(predictor, data, seed=5))
 
 
 def test_cosine_schedule_follows_the_closed_form(tmp_path):
@@ -276,6 +301,28 @@ def test_training_loader_has_a_length_and_continues_across_epochs():
         ),
         ({"embedding_dimension": [4]}, r"embedding_dimension must list .* got \[4\]"),  # no categorical feature
         ({"copula_rank": -1}, r"copula_rank must be an int >= 0 \(0: independent horizon steps\), got -1"),
+        (
+            {"cardinality": [3]},
+            r"ParaRNNEstimator: cardinality=\[3\] counts .* num_feat_static_cat=0 uses none: set num_feat_static_cat=1",
+        ),
+        ({"num_feat_static_cat": 1, "cardinality": [0]}, r"ParaRNNEstimator: cardinality must count .* got \[0\]"),
+        (
+            {"distribution": "quantile", "quantiles": [0.1, 1.5]},
+            r"ParaRNNEstimator: quantiles must be at least 2 strictly increasing levels in \(0, 1\)",
+        ),
+        (
+            {"hidden_size": 10, "num_heads": 3},
+            r"ParaRNNEstimator: hidden_size=10 must be divisible by num_heads=3 .* use hidden_size=9 or 12",
+        ),
+        ({"seasonality": 0}, r"ParaRNNEstimator: seasonality must be a season length of at least 1 step .* got 0"),
+        (
+            {"naive_offset": True, "distribution": "negative_binomial"},
+            r"ParaRNNEstimator: naive_offset=True moves a location, which distribution='negative_binomial' has not",
+        ),
+        (
+            {"naive_drift": "full", "distribution": "negative_binomial"},
+            r"ParaRNNEstimator: naive_drift='full' changes the seasonal-naive offset, which is off",
+        ),
     ],
 )
 def test_bad_arguments_are_refused_by_name(kwargs, name):
@@ -340,3 +387,134 @@ def test_resumed_training_ends_with_the_uninterrupted_weight_average(tmp_path):
         return any(not torch.allclose(a, b) for a, b in zip(first.parameters(), second.parameters(), strict=True))
 
     assert differ(stopped.averaged, resumed.averaged) and differ(resumed.averaged, resumed.model)
+
+
+def test_validation_data_without_a_window_is_refused_by_name(tmp_path):
+    """Series shorter than the horizon give no validation window; Lightning would fail, without val_loss, later."""
+    short = sine_series([H - 1, H - 2])
+    message = rf"ParaRNNEstimator: validation_data gives no validation window: .* its 2 series, the longest of {H - 1}"
+    with pytest.raises(ValueError, match=message):
+        make_estimator(tmp_path).train(sine_series(), validation_data=short)
+
+
+def test_fewer_time_features_than_the_frequencys_are_zero_inputs():
+    estimator = ParaRNNEstimator(FREQ, H, **TINY, time_features=[])
+    module = estimator.create_lightning_module()
+    predictor = estimator.create_predictor(estimator.create_transformation(), module, device="cpu")
+    length = 30
+    (window,) = predictor.input_transform.apply(sine_series([length]), is_train=False)
+    rows = module.model.num_time_features
+    assert rows == len(time_features_from_frequency_str(FREQ)) + 1  # freq's count, and the age
+    age = np.log10(2.0 + np.arange(length + H))
+    np.testing.assert_allclose(window["past_time_feat"][-length:, 0], age[:length], rtol=1e-6)
+    np.testing.assert_allclose(window["future_time_feat"][:, 0], age[length:], rtol=1e-6)
+    assert window["past_time_feat"].shape[1] == rows and not window["past_time_feat"][:, 1:].any()
+    assert window["future_time_feat"].shape[1] == rows and not window["future_time_feat"][:, 1:].any()
+    (forecast,) = predictor.predict(sine_series([length]))
+    assert np.isfinite(forecast.samples).all()
+
+
+def with_covariate_rows(entries: list[dict], steps_after: int) -> list[dict]:
+    """``entries`` with a ``feat_dynamic_real`` row over each target and ``steps_after`` steps more."""
+    return [{**e, "feat_dynamic_real": np.ones((1, len(e["target"]) + steps_after), np.float32)} for e in entries]
+
+
+@pytest.mark.parametrize(
+    "is_train, steps_after, fix",
+    [
+        (True, H, "cut it to"),  # the data to forecast from, with the horizon's covariates, used to train
+        (True, -2, "give it values for those steps"),
+        (False, 0, "give it values for those steps"),  # no covariates over the horizon
+        (False, H + 2, "cut it to"),
+    ],
+)
+def test_covariates_of_the_wrong_length_are_refused_naming_the_series(is_train, steps_after, fix):
+    """Training covariates cover the target, those to forecast with also the horizon; the error names the series."""
+    needed = 0 if is_train else H
+    first, second = sine_series([30, 50])
+    entries = with_covariate_rows([first], needed) + with_covariate_rows([second], steps_after)
+    transformation = ParaRNNEstimator(FREQ, H, **TINY, num_feat_dynamic_real=1).create_transformation()
+    found, expected = 50 + steps_after, 50 + needed
+    message = rf"feat_dynamic_real of series 1 \(item_id 's1'\) has {found} steps, but .*{expected}.*: {fix}"
+    with pytest.raises(ValueError, match=message):
+        list(transformation.apply(entries, is_train=is_train))
+
+
+STATIC_CAT = {"num_feat_static_cat": 1, "cardinality": [3]}
+#: a valid value of each optional field, for series of 30 steps in training
+VALID_FIELDS = {"feat_dynamic_real": np.ones((1, 30)), "feat_static_cat": [2], "feat_static_real": [0.5]}
+
+
+@pytest.mark.parametrize(
+    "kwargs, field, value, message",
+    [
+        (STATIC_CAT, "feat_static_cat", None, "has no feat_static_cat, but num_feat_static_cat=1: .* or set "),
+        ({"num_feat_static_real": 1}, "feat_static_real", None, "has no feat_static_real, but num_feat_static_real=1"),
+        ({"num_feat_dynamic_real": 1}, "feat_dynamic_real", None, "has no feat_dynamic_real, but num_feat_dynamic"),
+        ({"num_feat_static_real": 1}, "feat_static_real", [1.0, 2.0], r"has shape \(2,\), but num_feat_static_real=1"),
+        ({"num_feat_dynamic_real": 1}, "feat_dynamic_real", np.ones((2, 30)), r"shape \(2, 30\), but num_feat_dyn"),
+        (STATIC_CAT, "feat_static_cat", [3], r"is \[3\]: its value 3 .* train with cardinality\[0\] >= 4"),
+        (STATIC_CAT, "feat_static_cat", [-1], r"is \[-1\]: its value -1 .* categories are numbered from 0"),
+        ({"num_feat_static_real": 1}, "feat_static_real", [np.nan], r"is \[nan\]: NaN or inf; fill it in"),
+        (
+            {"num_feat_dynamic_real": 1},
+            "feat_dynamic_real",
+            np.where(np.arange(30) == 7, np.nan, 1.0)[None],
+            "has NaN or inf at 1 time steps .* step 7.* fill them in",
+        ),
+    ],
+)
+def test_a_bad_series_is_refused_naming_the_field_the_series_and_the_fix(kwargs, field, value, message):
+    entries = [{**entry, field: VALID_FIELDS[field]} for entry in sine_series([30, 30])]
+    if value is None:
+        del entries[1][field]
+    else:
+        entries[1][field] = value
+    transformation = ParaRNNEstimator(FREQ, H, **TINY, **kwargs).create_transformation()
+    list(transformation.apply(entries[:1], is_train=True))  # the valid series passes
+    with pytest.raises(ValueError, match=rf"ParaRNNEstimator: (?:{field} of )?series 1 \(item_id 's1'\).*{message}"):
+        list(transformation.apply(entries, is_train=True))
+
+
+def test_the_network_names_the_covariate_or_category_it_cannot_read():
+    """Called without the estimator's checks, the network still names ``feat_dynamic_real`` and the categories."""
+    estimator = ParaRNNEstimator(FREQ, H, **TINY)
+    inputs = first_prediction_batch(estimator, estimator.create_lightning_module())
+    network = ParaRNNEstimator(FREQ, H, **TINY, **STATIC_CAT).create_lightning_module().model
+    network(**inputs)  # these inputs fit it
+    future = inputs["future_time_feat"].clone()
+    future[1, 2, -1] = math.nan
+    with pytest.raises(ValueError, match=r"feat_dynamic_real \(in past_time_feat/future_time_feat\) contains NaN"):
+        network(**{**inputs, "future_time_feat": future})
+    categories = torch.full_like(inputs["feat_static_cat"], 5)
+    with pytest.raises(ValueError, match=r"feat_static_cat has values \[5\] outside .* raise cardinality"):
+        network(**{**inputs, "feat_static_cat": categories})
+
+
+def test_training_warns_once_of_each_field_the_settings_leave_unused():
+    entries = [
+        {
+            **entry,
+            "feat_dynamic_real": np.ones((2, len(entry["target"]))),
+            "feat_static_cat": [1],
+            "feat_static_real": [0.5, 1.0],
+            "past_feat_dynamic_real": np.ones((1, len(entry["target"]))),
+        }
+        for entry in sine_series([30, 40])
+    ]
+    transformation = ParaRNNEstimator(FREQ, H, **TINY).create_transformation()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(2):  # two passes, as over a training set
+            list(transformation.apply(entries, is_train=True))
+        list(transformation.apply(entries, is_train=False))  # forecasting: no warning
+    messages = sorted(str(w.message) for w in caught if "ParaRNNEstimator" in str(w.message))
+    expected = [
+        r"num_feat_dynamic_real=0 leaves the training data's feat_dynamic_real unused .* set num_feat_dynamic_real=2",
+        r"num_feat_static_cat=0 leaves .* feat_static_cat unused .* set num_feat_static_cat=1 and cardinality",
+        r"num_feat_static_real=0 leaves .* feat_static_real unused .* set num_feat_static_real=2",
+        r"the training data's past_feat_dynamic_real .* is ignored: covariates known only in the past are not",
+    ]
+    assert len(messages) == len(expected)
+    for message, pattern in zip(messages, expected, strict=True):
+        assert re.search(pattern, message), message

@@ -564,7 +564,7 @@ class ParaRNNForecastModel(nn.Module):
         flags = observed[:, self.lag_index] * self.lag_in_past  # (B, C + H, L)
         lags = (target / scale)[:, self.lag_index] * flags
         time_feat = torch.cat([past_time_feat[:, -context:], future_time_feat], dim=1).to(dtype)
-        _check_finite(time_feat, "past_time_feat/future_time_feat")
+        _check_finite(time_feat, "feat_dynamic_real (in past_time_feat/future_time_feat)")
         static = [emb(feat_static_cat[:, i].long()) for i, emb in enumerate(self.embedders)]
         if self.num_feat_static_real:
             static.append(_check_finite(feat_static_real.to(dtype), "feat_static_real"))
@@ -698,9 +698,11 @@ class ParaRNNForecastModel(nn.Module):
                     f"got {tuple(feat_static_cat.shape)}"
                 )
             cardinality = torch.tensor(self.cardinality, device=feat_static_cat.device)
-            if ((feat_static_cat < 0) | (feat_static_cat >= cardinality)).any():
+            outside = (feat_static_cat < 0) | (feat_static_cat >= cardinality)
+            if outside.any():
                 raise ValueError(
-                    f"feat_static_cat has values outside [0, cardinality) for cardinality={self.cardinality}"
+                    f"feat_static_cat has values {feat_static_cat[outside].unique().tolist()} outside [0, cardinality) "
+                    f"for cardinality={self.cardinality}: categories count from 0; raise cardinality to cover them"
                 )
         if self.num_feat_static_real and tuple(feat_static_real.shape) != (batch, self.num_feat_static_real):
             raise ValueError(
