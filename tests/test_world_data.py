@@ -339,3 +339,53 @@ def test_a_file_collected_with_other_settings_is_refused(tmp_path):
     data.followed_by(data).save(mixed)
     with pytest.raises(ValueError, match=r"policy='mixed', but this run asks for num_steps=900, policy='random'"):
         TrajectoryDataModule("Pendulum-v1", str(mixed), **asked).setup()
+
+
+def test_env_kwargs_are_recorded_and_data_of_another_env_variant_is_refused(tmp_path):
+    """Pendulum with g=2 and 20-step episodes is not Pendulum-v1: its file says so, and a data module that asks for
+    the registered env refuses it (read as it is without env_id)."""
+    data = collect("Pendulum-v1", 80, seed=0, num_envs=2, g=2.0, max_episode_steps=20)
+    assert data.meta["env_kwargs"] == {"g": 2.0, "max_episode_steps": 20}
+    assert collect("Pendulum-v1", 4, num_envs=2).meta["env_kwargs"] == {}
+    path = data.save(tmp_path / "pendulum_g2.npz")
+    assert Trajectories.load(path).meta["env_kwargs"] == {"g": 2.0, "max_episode_steps": 20}
+    with pytest.raises(ValueError, match=r"collected with env_kwargs=\{'g': 2.0, 'max_episode_steps': 20\}"):
+        TrajectoryDataModule("Pendulum-v1", str(path), num_steps=80, num_envs=2).setup()
+    as_it_is = TrajectoryDataModule(path=str(path), num_steps=80, num_envs=2, val_fraction=0.25, test_fraction=0.25)
+    as_it_is.setup()
+    assert len(as_it_is.data) == 80
+
+
+def test_collecting_into_a_path_never_replaces_a_file_that_is_not_a_trajectory_file(tmp_path):
+    """The sidecar of ``notes.npz`` is ``notes.json``: a user's file of that name stays, unless asked to replace."""
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"my": "notes"}')
+    module = TrajectoryDataModule("Pendulum-v1", str(notes), num_steps=16, num_envs=2, val_fraction=0, test_fraction=0)
+    with pytest.raises(FileExistsError, match=r"would replace .*notes\.json, which is not a trajectory file") as error:
+        module.setup()
+    assert "give another file to collect into (--data.init_args.path)" in str(error.value)
+    assert notes.read_text() == '{"my": "notes"}' and not notes.with_suffix(".npz").exists()
+    data = collect("Pendulum-v1", 16, num_envs=2)
+    with pytest.raises(FileExistsError, match="Trajectories.save\\(path, overwrite=True\\)"):
+        data.save(notes)
+    (tmp_path / "bare.npz").write_bytes(b"a user's array")  # an .npz without a sidecar is not ours either
+    with pytest.raises(FileExistsError, match=r"bare\.npz, which is not a trajectory file \(its sidecar bare\.json"):
+        data.save(tmp_path / "bare.npz")
+    path = data.save(tmp_path / "ours.npz")
+    data.followed_by(data).save(path)  # our own files: replaced
+    assert len(Trajectories.load(path)) == 32
+    data.save(notes, overwrite=True)
+    assert len(Trajectories.load(notes)) == 16
+
+
+def test_unsupported_spaces_say_how_to_flatten_with_an_env_id_and_the_fix_works():
+    with pytest.raises(ValueError, match=r"Tuple observation space; world models need a Box \(register a flattened"):
+        collect("Blackjack-v1", 10)
+    gym.register(
+        "BlackjackFlatTest-v0",
+        entry_point=lambda **kwargs: gym.wrappers.FlattenObservation(gym.make("Blackjack-v1", **kwargs)),
+    )
+    try:
+        assert collect("BlackjackFlatTest-v0", 10, num_envs=2).meta["observation_space"]["type"] == "Box"
+    finally:
+        gym.registry.pop("BlackjackFlatTest-v0")

@@ -201,6 +201,28 @@ def test_vector_env_autoresets_on_the_next_step() -> None:
     assert not terminated.any() and not truncated.any()
 
 
+def test_vector_env_infos_are_those_of_a_sync_vector_env_of_world_model_envs() -> None:
+    """``info["obs_std"]`` and its mask ``_obs_std`` step by step, autoresets (no ``obs_std``) included."""
+    model = make_model(**PENDULUM)
+    kwargs = {"termination_fn": lambda obs, action, next_obs: action[..., 0] > 1.5, "max_episode_steps": 3}
+    mine = ImaginedVectorEnv(model, 3, "Pendulum-v1", **kwargs)
+    sync = gym.vector.SyncVectorEnv(
+        [lambda: WorldModelEnv(model, "Pendulum-v1", **kwargs) for _ in range(3)],
+        autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP,
+    )
+    mine.reset(seed=2), sync.reset(seed=2)
+    actions = np.random.default_rng(0).uniform(-2, 2, (6, 3, 1)).astype(np.float32)
+    masks = []
+    for action in actions:
+        got, expected = mine.step(action)[4], sync.step(action)[4]
+        assert got.keys() == expected.keys() == {"obs_std", "_obs_std"}
+        for key in got:
+            assert got[key].dtype == expected[key].dtype
+            np.testing.assert_allclose(got[key], expected[key], rtol=1e-6)
+        masks.append(got["_obs_std"].tolist())
+    assert [False, True, True] in [sorted(m) for m in masks]  # an autoreset step, without obs_std for its env
+
+
 # ---- scoring plans --------------------------------------------------------------------------------
 def test_rollout_equals_separate_env_rollouts() -> None:
     """N plans scored by one solve = N episodes of the env, nothing earned after a termination."""
@@ -374,6 +396,19 @@ def test_actions_of_the_wrong_shape_or_nan_name_the_action_space_and_what_was_gi
         env.reset(options={"history_obs": np.zeros((2, 3)), "history_actions": np.zeros((2, 1))})
 
 
+def test_actions_of_another_type_are_a_type_error_and_unusable_env_ids_say_how_to_flatten() -> None:
+    env = WorldModelEnv(make_model(**PENDULUM), "Pendulum-v1")
+    env.reset(seed=0)
+    for action in ("a", ["a"], np.array([b"x"])):
+        with pytest.raises(ValueError, match=r"action must be numbers for the action space Box\(.*, got "):
+            env.step(action)
+    fix = re.escape("pass the wrapped env instead of its id: gymnasium.wrappers.FlattenObservation(gymnasium.make(")
+    with pytest.raises(ValueError, match=r"Blackjack-v1 has a Tuple observation space; .*" + fix):
+        WorldModelEnv(make_model(**PENDULUM), "Blackjack-v1")
+    with pytest.raises(ValueError, match=re.escape("wrap the env first: gymnasium.wrappers.FlattenObservation(env)")):
+        WorldModelEnv(make_model(**PENDULUM), gym.make("Blackjack-v1"))
+
+
 # ---- rollout takes what the env takes -------------------------------------------------------------
 def test_rollout_clips_box_plans_to_the_action_space_as_the_env_does() -> None:
     model = make_model(**PENDULUM, learn_termination=False)
@@ -423,6 +458,18 @@ def test_vector_env_seeds_each_env_as_gymnasium_does() -> None:
     assert not np.array_equal(run(envs, None), run(envs, None))  # unseeded: each env's generator goes on
     with pytest.raises(ValueError, match=r"a list of num_envs=3 ints or None, got \[1, 2\]"):
         envs.reset(seed=[1, 2])
+
+
+def test_numpy_integer_seeds_are_refused_by_both_envs_as_gymnasium_refuses_them() -> None:
+    model = make_model(**PENDULUM)
+    with pytest.raises(gym.error.Error, match="Seed must be a python integer"):
+        WorldModelEnv(model, "Pendulum-v1").reset(seed=np.int64(3))
+    envs = ImaginedVectorEnv(model, 2, "Pendulum-v1")
+    for seed in (np.int64(3), [np.int64(3), 4], True):
+        with pytest.raises(ValueError, match=r"seeds are Python ints, as Gymnasium takes them .*int\(seed\)"):
+            envs.reset(seed=seed)
+    envs.reset(seed=3)
+    assert envs.np_random_seed == 3
 
 
 def test_reset_options_histories_and_unknown_options() -> None:

@@ -314,3 +314,17 @@ def test_model_sizes_that_do_not_fit_the_data_are_a_clear_error(pendulum_data, t
     module = tiny_module(obs_dim=3, action_dim=2)
     with pytest.raises(ValueError, match=r"action_dim=2, but the data \(Pendulum-v1.*Box.*has 1"):
         tiny_trainer(tmp_path, fast_dev_run=True).fit(module, datamodule=dm)
+
+
+def test_an_eval_context_no_held_out_episode_reaches_is_refused_before_training(tmp_path, monkeypatch):
+    """CartPole's random episodes are short: a Pendulum eval_context names the split, the setting and its bound."""
+    data = collect("CartPole-v1", 300, seed=0, num_envs=4)
+    dm = TrajectoryDataModule.from_trajectories(data, window=12, batch_size=8, val_fraction=0.25, test_fraction=0.25)
+    monkeypatch.setattr(WorldModelModule, "training_step", lambda *args: pytest.fail("training started"))
+    module = tiny_module(eval_context=500)
+    match = r"eval_context=500 needs val/test episodes of at least 500 steps .* the longest val episode has \d+ steps"
+    with pytest.raises(ValueError, match=match) as error:
+        tiny_trainer(tmp_path, max_epochs=1).fit(module, datamodule=dm)
+    longest = min(max(len(e.obs) for e in dm.episodes(split)) for split in ("val", "test"))
+    fix = f"lower eval_context to at most {longest} (pararnn-ts fit: --model.init_args.eval_context"
+    assert fix in str(error.value)

@@ -9,9 +9,12 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
+from pararnn_ts.world import mpc
+from pararnn_ts.world.env import Outcome
 from pararnn_ts.world.model import DynamicsModel, Prediction
-from pararnn_ts.world.mpc import KNOWN_REWARDS, parse_args, play_episode
+from pararnn_ts.world.mpc import KNOWN_REWARDS, never_terminates, parse_args, play_episode
 from pararnn_ts.world.planners import CEMPlanner, MPPIPlanner
+from pararnn_ts.world.vector_env import rollout
 
 PLANNERS = {"cem": CEMPlanner, "mppi": MPPIPlanner}
 
@@ -167,9 +170,8 @@ def test_known_rewards_match_the_real_env(env_id: str) -> None:
             obs, _ = env.reset()
     obs, action, next_obs, reward, terminated = (torch.as_tensor(np.stack(c)).double() for c in zip(*rows, strict=True))
     torch.testing.assert_close(known.reward_fn(obs, action, next_obs), reward, rtol=1e-5, atol=1e-5)
-    if known.termination_fn is not None:
-        assert torch.equal(known.termination_fn(obs, action, next_obs), terminated.bool())
-        assert terminated.any()  # the check saw both outcomes
+    assert torch.equal(known.termination_fn(obs, action, next_obs), terminated.bool())
+    assert terminated.any() or known.termination_fn is never_terminates  # both outcomes, where there are two
 
 
 # ---- the MPC loop's pieces -------------------------------------------------------------------------
@@ -195,3 +197,45 @@ def test_mpc_settings_are_checked() -> None:
         parse_args(["--env", "CartPole-v1", "--reward", "known"])
     with pytest.raises(ValueError, match="horizon must be >= 1"):
         parse_args(["--horizon", "0"])
+
+
+def test_pendulum_is_planned_without_termination_weighting_under_the_known_reward() -> None:
+    """``--reward known`` on Pendulum: the true reward and no termination, whatever the learned head predicts."""
+    torch.manual_seed(0)
+    model = DynamicsModel(3, 1, hidden_size=8, num_layers=1).eval()
+    with torch.no_grad():
+        model.termination_head.bias.fill_(1.0)  # a head that ends most episodes
+    env = gym.make("Pendulum-v1")
+    settings = parse_args(["--reward", "known", "--horizon", "6", "--population", "8", "--elites", "2"])
+    planner = mpc.make_planner(settings, model, env)
+    obs, _ = env.reset(seed=0)
+    plans = torch.rand(8, 6, 1, generator=torch.Generator().manual_seed(0)) * 4 - 2
+    returns = rollout(model, obs, plans, outcome=planner.outcome)
+    never = Outcome(mpc.pendulum_reward, lambda o, a, n: torch.zeros(n.shape[:-1], dtype=torch.bool))
+    torch.testing.assert_close(returns, rollout(model, obs, plans, outcome=never))
+    assert not torch.allclose(returns, rollout(model, obs, plans, outcome=Outcome(mpc.pendulum_reward)))
+
+
+def test_cem_elites_default_to_a_tenth_of_the_population_and_bad_ones_are_refused() -> None:
+    box = spaces.Box(-1.0, 1.0, (1,))
+    assert [CEMPlanner(PointMass(), box, population=n).elites for n in (30, 5, 400)] == [3, 1, 40]
+    with pytest.raises(ValueError, match=r"elites must be an int in \[1, population=30\], got 40"):
+        CEMPlanner(PointMass(), box, population=30, elites=40)
+
+
+@pytest.mark.parametrize("name", PLANNERS)
+def test_planners_refuse_observations_that_are_not_finite_of_another_shape_or_outside_the_space(name: str) -> None:
+    """Named ``history_obs``, before any solve; the bounds only when the planner knows the observation space."""
+    box = spaces.Box(-1.0, 1.0, (1,))
+    planner = make_planner(name, PointMass(), box, reward_fn=distance_to(0.5))
+    for bad in ([np.nan], [[0.0], [np.inf]]):
+        with pytest.raises(ValueError, match=r"history_obs must be finite, got (nan|inf) at index"):
+            planner.plan(np.array(bad))
+    with pytest.raises(ValueError, match=r"history_obs must be real observations of shape \(C, 1\) or \(1,\), got"):
+        planner.plan(np.zeros(2))
+    assert planner.plan(np.array([5.0])) in box  # outside a space the planner was not given: planned from
+    bounded = make_planner(name, PointMass(), box, reward_fn=distance_to(0.5), observation_space=box)
+    with pytest.raises(ValueError, match=r"history_obs must lie in the observation space Box\(-1.0, 1.0, .*got 5.0"):
+        bounded.plan(np.array([5.0]))
+    with pytest.raises(ValueError, match="rollout: history_obs must be finite"):
+        rollout(PointMass(), np.array([np.nan]), np.zeros((2, 3, 1)))

@@ -298,3 +298,54 @@ def test_a_round_averages_whole_episodes_and_reports_the_one_cut_at_the_budget(t
     report |= {"eval": {"mean": None}, "env": "CartPole-v1", "planner": "cem", "reward": "learned"}
     mpc.plot_report(report, tmp_path / "rounds.png")  # a round without a whole episode is not plotted
     assert "(whole episodes)" not in mpc.MPCSettings.__dataclass_fields__["round_steps"].metadata["help"]
+
+
+# ---- what plan records and writes -------------------------------------------------------------------
+def test_a_plan_checkpoint_records_its_data_and_world_eval_scores_it_on_fresh_episodes_only(tmp_path, capsys):
+    argv = ["--env", "CartPole-v1", "--initial-steps", "60", "--budget-steps", "90", "--round-steps", "20"]
+    argv += ["--train-steps", "2", "--horizon", "2", "--population", "4", "--iterations", "1", "--elites", "2"]
+    argv += ["--hidden-size", "4", "--num-layers", "1", "--eval-episodes", "0", "--seed", "3"]
+    checkpoint = tmp_path / "model.ckpt"
+    report = mpc.main([*argv, "--save-model", str(checkpoint), "--out", str(tmp_path / "p.json")])
+    data = torch.load(checkpoint, weights_only=False)["datamodule_hyper_parameters"]
+    assert data["num_steps"] == report["real_steps"] == 90 and data["test_fraction"] == 0
+    assert data["trajectories"] == {"in_memory": True, "policy": "mixed", "seed": 3, "num_envs": 8}
+    scored = ["--checkpoint", str(checkpoint), "--models", "persistence", "pararnn", "--context", "2", "--ks", "1"]
+    fix = r"no test episodes of its own .* pass fresh ones: --steps N --seed S \(random-policy episodes, S other than 3"
+    for more in ([], ["--steps", "400"], ["--steps", "400", "--seed", "3"]):
+        with pytest.raises(ValueError, match=r"trained on all 90 steps of its data \(policy 'mixed', seed 3\).*" + fix):
+            evaluate.main([*scored, *more, "--out", str(tmp_path / "refused")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no "(trained: ...)" warning about a record that was wrong
+        results = evaluate.main([*scored, "--steps", "400", "--seed", "4", "--out", str(tmp_path / "scored")])
+    assert results["num_steps"] == 400 and results["errors"]["ParaGRU"]["1"] is not None
+
+
+def test_plan_refuses_output_names_that_coincide_before_any_work(tmp_path, no_work):
+    for argv, clash in (
+        (["--out", "r.png"], r"the JSON report \(--out\) and its plot \(\.png\) would both be written to r\.png"),
+        (["--out", "r.gif", "--video"], r"the JSON report \(--out\) and the --video GIF \(\.gif\) would both be"),
+        (["--save-model", "r.json", "--out", "r.json"], r"the JSON report \(--out\) and the --save-model checkpoint"),
+    ):
+        with pytest.raises(ValueError, match=clash):
+            mpc.main([*argv, "--overwrite"])
+    with pytest.raises(ValueError, match=r"r\.png; pass --out \S*r\.json$"):
+        mpc.main(["--out", str(tmp_path / "r.png")])
+    assert not list(tmp_path.iterdir())
+
+
+def test_plan_with_a_checkpoint_reports_the_settings_it_used(fit_checkpoint, tmp_path):
+    """The checkpoint's model, not the ignored --hidden-size; no training settings (none were used)."""
+    out = tmp_path / "p.json"
+    argv = ["--checkpoint", str(fit_checkpoint), "--eval-episodes", "0", "--hidden-size", "99", "--out", str(out)]
+    with pytest.warns(UserWarning, match="--hidden-size is ignored"):
+        mpc.main(argv)
+    settings = json.loads(out.read_text())["settings"]
+    assert (settings["hidden_size"], settings["num_layers"], settings["cell"]) == (4, 1, "gru")
+    assert settings["budget_steps"] is None and settings["train_steps"] is None and settings["window"] is None
+    assert settings["checkpoint"] == str(fit_checkpoint) and settings["horizon"] == 25
+
+
+def test_world_eval_says_how_to_flatten_an_unusable_env_before_any_work(tmp_path, no_work):
+    with pytest.raises(ValueError, match=r"Blackjack-v1 has a Tuple .*the pararnn-ts verbs take ids of envs with Box"):
+        evaluate.main(["--env", "Blackjack-v1", "--out", str(tmp_path)])

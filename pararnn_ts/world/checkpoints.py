@@ -2,7 +2,8 @@
 
 A checkpoint written by ``pararnn-ts fit -c experiments/world/...`` (or ``plan --save-model``) holds the
 :class:`~pararnn_ts.world.module.WorldModelModule`'s hyperparameters and weights, and the data module's
-hyperparameters under ``datamodule_hyper_parameters``, whose ``env_id`` names the env it was trained on.
+hyperparameters under ``datamodule_hyper_parameters``, whose ``env_id`` names the env it was trained on
+(``plan``'s in-memory data: its length as ``num_steps``, and ``trajectories``, how it was made).
 """
 
 from __future__ import annotations
@@ -49,9 +50,14 @@ def checkpoint_data(checkpoint: dict[str, Any], given: dict[str, Any], path: str
     """The data arguments (:data:`DATA_ARGUMENTS`) a checkpoint was trained with, ``None`` if it carries none.
 
     Warns about the ``given`` ones (``None``: not given) that differ: other data or another split can put the
-    checkpoint's training episodes among the test episodes it is scored on.
+    checkpoint's training episodes among the test episodes it is scored on. A checkpoint trained on all of its
+    data (``plan --save-model``: in-memory data, none held out) has no test episodes: it is refused unless
+    ``given`` names other data (:func:`check_fresh_data`), and ``None`` is returned.
     """
     trained = checkpoint.get("datamodule_hyper_parameters") or {}
+    if not held_out(trained):
+        check_fresh_data(trained, given, path)
+        return None
     data = {name: trained[name] for name in DATA_ARGUMENTS if name in trained}
     differ = [f"{name}={value!r} (trained: {recorded!r})" for name, value, recorded in _differing(given, data)]
     if differ:
@@ -61,6 +67,35 @@ def checkpoint_data(checkpoint: dict[str, Any], given: dict[str, Any], path: str
             stacklevel=2,
         )
     return data or None
+
+
+def held_out(trained: dict[str, Any]) -> bool:
+    """Whether the data module hyperparameters ``trained`` describe data with test episodes a scorer can rebuild:
+    a collection or a file (not data in memory), split with ``test_fraction > 0``."""
+    in_memory = (trained.get("trajectories") or {}).get("in_memory", False)
+    return not in_memory and trained.get("test_fraction", 0.1) > 0
+
+
+def check_fresh_data(trained: dict[str, Any], given: dict[str, Any], path: str | Path) -> None:
+    """Refuse to score a checkpoint trained on all of its data unless ``given`` names other data: a ``path``, or
+    ``num_steps`` with a ``seed`` other than the one its random episodes were collected with."""
+    made = trained.get("trajectories") or {}
+    seed = made.get("seed")
+    if given.get("path") is not None or (
+        given.get("num_steps") is not None and given.get("seed") is not None and given["seed"] != seed
+    ):
+        return
+    if made:
+        how = ", ".join(f"{name} {made[name]!r}" for name in ("policy", "seed") if name in made)
+        steps = trained["num_steps"]
+        trained_on = f"on all {steps} steps of its data ({how}), none held out (as plan --save-model trains)"
+    else:
+        trained_on = "with no test episodes held out (test_fraction=0, e.g. an older plan --save-model checkpoint)"
+    other = "" if seed is None else f", S other than {seed}: the seed of the random episodes it was trained on"
+    raise ValueError(
+        f"--checkpoint {path} was trained {trained_on}, so there are no test episodes of its own to score it on; "
+        f"pass fresh ones: --steps N --seed S (random-policy episodes{other}), or --data FILE"
+    )
 
 
 #: world-eval's k-step settings and the WorldModelModule hyperparameters that record them

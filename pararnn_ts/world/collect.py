@@ -17,9 +17,10 @@ transitions stored episode after episode, each episode's steps in time order:
     episode      (N,)   int64     episode id 0..E-1, non-decreasing; an episode's last step has
                                   terminated or truncated set, except when collection stopped inside it
 
-and a JSON sidecar of the same name (``.json``) with ``format``, ``env_id``, ``observation_space``
-and ``action_space`` (see :func:`space_to_dict`), ``seed``, ``env_seeds``, ``num_envs``, ``policy``
-(a name) and ``num_steps``.
+and a JSON sidecar of the same name (``.json``) with ``format``, ``env_id``, ``env_kwargs`` (the keyword
+arguments the env was made with; ``{}``: the registered env as it is), ``observation_space`` and
+``action_space`` (see :func:`space_to_dict`), ``seed``, ``env_seeds``, ``num_envs``, ``policy`` (a name)
+and ``num_steps``.
 
 The model's action vector (:func:`encode_actions`) is the raw Box action flattened, or the one-hot
 of a Discrete action: ``action_dim(space)`` features.
@@ -57,12 +58,37 @@ class Episode(NamedTuple):
 
 
 # ---- spaces ---------------------------------------------------------------------------------
-def check_spaces(observation_space: spaces.Space, action_space: spaces.Space, env_id: str = "the env") -> None:
-    """Raise ``ValueError`` unless observations are a ``Box`` and actions a ``Box`` or ``Discrete``."""
+#: how to get a Box observation space where an env object is taken
+FLATTEN_ENV = "wrap the env first: gymnasium.wrappers.FlattenObservation(env)"
+#: ``fix(env_id)``: how to get a Box observation space where an env id is taken
+Fix = Callable[[str], str]
+
+
+def flatten_fix(env_id: str) -> str:
+    """How to get a Box observation space where an env id is taken: register a flattened variant of ``env_id``."""
+    name = env_id.split("/")[-1].rsplit("-v", 1)[0]
+    return (
+        f"register a flattened variant and pass its id, e.g. gymnasium.register('{name}Flat-v0', entry_point=lambda "
+        f"**kwargs: gymnasium.wrappers.FlattenObservation(gymnasium.make('{env_id}', **kwargs)))"
+    )
+
+
+def flatten_fix_cli(env_id: str) -> str:
+    """The same for the ``pararnn-ts`` verbs, which take registered ids only."""
+    return (
+        "the pararnn-ts verbs take ids of envs with Box observations only (e.g. Pendulum-v1, CartPole-v1); from "
+        f"Python, {flatten_fix(env_id)}, then collect() and train on that id"
+    )
+
+
+def check_spaces(
+    observation_space: spaces.Space, action_space: spaces.Space, env_id: str = "the env", fix: str = FLATTEN_ENV
+) -> None:
+    """Raise ``ValueError`` unless observations are a ``Box`` and actions a ``Box`` or ``Discrete``; ``fix``: how
+    the caller gets a Box observation space."""
     if not isinstance(observation_space, spaces.Box):
         raise ValueError(
-            f"{env_id} has a {type(observation_space).__name__} observation space; world models need a Box "
-            "(flatten or wrap it first, e.g. gymnasium.wrappers.FlattenObservation)"
+            f"{env_id} has a {type(observation_space).__name__} observation space; world models need a Box ({fix})"
         )
     if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
         raise ValueError(
@@ -157,6 +183,11 @@ class Trajectories:
     def episode_ids(self) -> np.ndarray:
         return np.unique(self.episode)
 
+    @property
+    def terminates(self) -> bool:
+        """Whether any episode terminated: a termination head has something to learn."""
+        return bool(self.terminated.any())
+
     def followed_by(self, more: Trajectories) -> Trajectories:
         """These episodes, then ``more``'s (renumbered to follow); this metadata with the new step count."""
         offset = int(self.episode.max()) + 1 if len(self) else 0
@@ -182,9 +213,15 @@ class Trajectories:
             for a, b in zip(starts, stops, strict=True)
         ]
 
-    def save(self, path: str | Path) -> Path:
-        """Write ``path`` (``.npz``) and its ``.json`` sidecar; returns the ``.npz`` path."""
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """Write ``path`` (``.npz``) and its ``.json`` sidecar; returns the ``.npz`` path.
+
+        An existing file of either name is replaced only when it is a trajectory file of :meth:`save` (a
+        ``.json`` with this format's ``format`` key), or with ``overwrite``.
+        """
         path = Path(path).with_suffix(".npz")
+        if not overwrite:
+            refuse_foreign(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, **{name: getattr(self, name) for name in ARRAYS})
         path.with_suffix(".json").write_text(json.dumps({"format": FORMAT_VERSION, **self.meta}, indent=2))
@@ -206,10 +243,36 @@ class Trajectories:
             return cls(**{name: arrays[name] for name in ARRAYS}, meta=meta)
 
 
+def is_sidecar(path: Path) -> bool:
+    """Whether ``path`` is a trajectory sidecar that :meth:`Trajectories.save` wrote."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT_VERSION and "env_id" in meta
+
+
+def refuse_foreign(path: Path, elsewhere: str = "save to another path") -> None:
+    """Raise ``FileExistsError`` if saving trajectories to ``path`` (``.npz``) would replace a file that is not one
+    of :meth:`Trajectories.save`'s: a sidecar ``.json`` not of this format, or an ``.npz`` without a sidecar.
+    ``elsewhere``: the first fix the error offers."""
+    sidecar = path.with_suffix(".json")
+    ours = is_sidecar(sidecar)
+    for file in (sidecar, path):
+        if file.exists() and not ours:
+            raise FileExistsError(
+                f"saving trajectories to {path} would replace {file}, which is not a trajectory file (its sidecar "
+                f"{sidecar.name} {'is not one' if sidecar.exists() else 'is missing'}); {elsewhere}, or move the "
+                "file away (from Python, Trajectories.save(path, overwrite=True) replaces it)"
+            )
+
+
 # ---- collection -----------------------------------------------------------------------------
-def _checked_make(env_id: str, make: Callable[[], Any], spaces: Callable[[Any], tuple[Any, Any]]) -> Any:
+def _checked_make(
+    env_id: str, make: Callable[[], Any], spaces: Callable[[Any], tuple[Any, Any]], fix: Fix = flatten_fix
+) -> Any:
     """``make()``, with a clear error for an unknown ``env_id`` and for its ``spaces(env)`` (observation and action
-    space) that world models cannot take (:func:`check_spaces`; the env is closed first)."""
+    space) that world models cannot take (:func:`check_spaces`, with ``fix(env_id)``; the env is closed first)."""
     try:
         env = make()
     except gym.error.UnregisteredEnv as error:
@@ -218,7 +281,7 @@ def _checked_make(env_id: str, make: Callable[[], Any], spaces: Callable[[Any], 
             "`python -c 'import gymnasium; gymnasium.pprint_registry()'`"
         ) from error
     try:
-        check_spaces(*spaces(env), env_id)
+        check_spaces(*spaces(env), env_id, fix(env_id))
     except ValueError:
         env.close()
         raise
@@ -240,10 +303,11 @@ def make_vector_env(env_id: str, num_envs: int, **env_kwargs: Any) -> gym.vector
     )
 
 
-def make_env(env_id: str, **env_kwargs: Any) -> gym.Env:
-    """One ``env_id`` env (``gymnasium.make``), with :func:`make_vector_env`'s clear errors for bad ids/spaces."""
+def make_env(env_id: str, fix: Fix = flatten_fix, **env_kwargs: Any) -> gym.Env:
+    """One ``env_id`` env (``gymnasium.make``), with :func:`make_vector_env`'s clear errors for bad ids/spaces
+    (``fix(env_id)``: how the caller's user gets a Box observation space)."""
     return _checked_make(
-        env_id, lambda: gym.make(env_id, **env_kwargs), lambda env: (env.observation_space, env.action_space)
+        env_id, lambda: gym.make(env_id, **env_kwargs), lambda env: (env.observation_space, env.action_space), fix
     )
 
 
@@ -286,6 +350,7 @@ def collect(
         policy_name = "random" if policy is None else getattr(policy, "__name__", type(policy).__name__)
     meta = {
         "env_id": env_id,
+        "env_kwargs": json.loads(json.dumps(env_kwargs, default=repr)),  # non-JSON values as their repr
         "observation_space": space_to_dict(observation_space),
         "action_space": space_to_dict(action_space),
         "seed": seed,

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..loaders import EpochShuffleSampler, ResumableDataLoader
-from .collect import Episode, Trajectories, collect
+from .collect import Episode, Trajectories, collect, refuse_foreign
 
 SPLITS = ("train", "val", "test")
 #: standard deviations below this are treated as constant features (std 1)
@@ -105,7 +105,9 @@ class TrajectoryDataModule(pl.LightningDataModule):
     gets the same data). :meth:`from_trajectories` takes data already in memory.
 
     A file at ``path`` read with ``env_id`` given stands for that collection: it must have been collected
-    with this ``num_steps``, ``seed`` and ``num_envs`` (and the random policy), else ``setup`` refuses it.
+    with this ``num_steps``, ``seed`` and ``num_envs`` (and the random policy, from the registered env without
+    keyword arguments), else ``setup`` refuses it. Collecting into ``path`` never replaces a file that is not
+    a trajectory file (:meth:`~pararnn_ts.world.collect.Trajectories.save`).
     With ``env_id=None`` any trajectory file is read as it is.
 
     Episodes are shuffled with ``seed`` and ``val_fraction``/``test_fraction`` of them held out
@@ -176,8 +178,14 @@ class TrajectoryDataModule(pl.LightningDataModule):
 
     @classmethod
     def from_trajectories(cls, data: Trajectories, **kwargs: Any) -> TrajectoryDataModule:
-        """A data module over ``data`` (no collection, no file)."""
-        module = cls(env_id=data.meta.get("env_id", "in-memory"), **kwargs)
+        """A data module over ``data`` (no collection, no file).
+
+        Its hyperparameters (saved in checkpoints) record the data as it is: ``num_steps`` its length, and
+        ``trajectories`` how it was made (``policy``, ``seed`` and ``num_envs`` of its metadata).
+        """
+        module = cls(env_id=data.meta.get("env_id", "in-memory"), num_steps=max(1, len(data)), **kwargs)
+        made = {name: data.meta[name] for name in ("policy", "seed", "num_envs") if name in data.meta}
+        module.hparams["trajectories"] = {"in_memory": True, **made}
         module.data = data
         return module
 
@@ -189,7 +197,10 @@ class TrajectoryDataModule(pl.LightningDataModule):
                 raise FileNotFoundError(
                     f"TrajectoryDataModule: {self.path} does not exist and no env_id to collect from"
                 )
-            self._collect().save(self.path)
+            path = Path(self.path).with_suffix(".npz")
+            option = self.options.get("path")
+            refuse_foreign(path, "give another file to collect into" + (f" ({option})" if option else ""))
+            self._collect().save(path)
 
     def setup(self, stage: str | None = None) -> None:
         if self.split_ids:
@@ -215,6 +226,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
                 f"TrajectoryDataModule: {self.path} holds {stored!r} transitions, not env_id={self.env_id!r}"
             )
         requested = {"num_steps": self.num_steps, "seed": self.seed, "num_envs": self.num_envs, "policy": "random"}
+        requested["env_kwargs"] = {}  # the registered env as it is
         differ = {name: value for name, value in requested.items() if name in meta and meta[name] != value}
         if differ:
             path = Path(self.path).with_suffix(".npz")

@@ -77,6 +77,9 @@ def action_vectors(
     vectors ``(*batch, n)``. ``name`` is what errors call ``actions``.
     """
     array = np.asarray(actions)
+    if array.size and array.dtype.kind not in "biufO":  # strings, bytes: a type error, whatever their shape
+        kind = "integers" if isinstance(action_space, spaces.Discrete) else "numbers"
+        raise ValueError(f"{name} must be {kind} for the action space {action_space}, got {_shown(array)}")
     expected = (*batch, *action_space.shape)
     if array.size == 0 and array.shape != expected:  # e.g. [] for no history actions
         try:
@@ -107,15 +110,19 @@ def action_vectors(
     raise ValueError(f"{name} must be numbers for the action space {action_space}, got NaN in {_shown(array)}")
 
 
-def check_observations(observation_space: spaces.Box, obs: np.ndarray, name: str) -> None:
-    """Refuse real observations ``(..., O)`` outside ``observation_space`` (NaN, or beyond its bounds)."""
-    outside = ~((obs >= observation_space.low) & (obs <= observation_space.high))
-    if outside.any():
-        index = tuple(int(i) for i in np.argwhere(outside)[0])
+def check_observations(observation_space: spaces.Box | None, obs: np.ndarray, name: str) -> None:
+    """Refuse real observations ``(..., O)`` that are not finite or lie outside ``observation_space`` (``None``:
+    only finiteness is checked)."""
+    bad = ~np.isfinite(obs)
+    if observation_space is not None:
+        bad |= ~((obs >= observation_space.low) & (obs <= observation_space.high))
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = "be finite" if observation_space is None else f"lie in the observation space {observation_space}"
         raise ValueError(
-            f"{name} must lie in the observation space {observation_space}, got {obs[index]} at index {index} "
-            f"({int(outside.sum())} of {obs.size} values outside); pass real observations of the env the model "
-            "was trained on, as its reset() and step() return them"
+            f"{name} must {where}, got {obs[index]} at index {index} ({int(bad.sum())} of {obs.size} values "
+            f"{'not finite' if observation_space is None else 'outside'}); pass real observations of the env the "
+            "model was trained on, as its reset() and step() return them"
         )
 
 
@@ -130,7 +137,7 @@ def read_spaces(
             raise ValueError(
                 "give observation_space and action_space, or env (a gymnasium.Env or an env id) to read them"
             )
-        real = make_env(env) if isinstance(env, str) else env
+        real = make_env(env, flatten_instead_of_id) if isinstance(env, str) else env
         observation_space = observation_space or real.observation_space
         action_space = action_space or real.action_space
         if isinstance(env, str):
@@ -140,6 +147,11 @@ def read_spaces(
         if isinstance(space, spaces.Box) and len(space.shape) != 1:
             raise ValueError(f"{name} must be 1-D, got shape {space.shape}; flatten it (gymnasium.wrappers.Flatten*)")
     return observation_space, action_space
+
+
+def flatten_instead_of_id(env_id: str) -> str:
+    """How to get a Box observation space where an env or its id is taken: pass the wrapped env."""
+    return f"pass the wrapped env instead of its id: gymnasium.wrappers.FlattenObservation(gymnasium.make('{env_id}'))"
 
 
 def check_model_spaces(model: nn.Module, observation_space: spaces.Box | None, action_space: ActionSpace) -> None:
@@ -492,7 +504,8 @@ class WorldModelEnv(gym.Env):
             and termination are the model's learned heads (terminated when the probability exceeds 0.5);
             ``reward_fn`` / ``termination_fn`` replace them (e.g. a ``termination_fn`` returning
             ``False`` for an env that never terminates, like Pendulum).
-        max_episode_steps: episodes are truncated after this many steps; default: the real env's
+        max_episode_steps: episodes are truncated after this many imagined steps (``step()`` calls; the
+            ``context − 1`` warm-up steps of a reset come on top); default: the real env's
             ``spec.max_episode_steps`` when ``env`` is given, else no limit.
         sample: return ``mean + std · ε`` (``ε`` from the env's seeded generator) instead of the mean.
         context: real steps a reset observes when start states come from a real env: it is reset, then

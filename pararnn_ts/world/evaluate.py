@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from ..outputs import machine, refuse_existing
-from .collect import Episode
+from .collect import Episode, flatten_fix_cli, make_env
 from .model import Prediction
 
 #: ``(context_obs (B, C, O), context_actions (B, C-1, A), plan (B, H, A))`` → ``(B, H, O)`` or a Prediction
@@ -202,7 +202,7 @@ def compare_models(
     test = datamodule.episodes("test")
     check_episode_lengths(test, [*test, *datamodule.episodes("train"), *datamodule.episodes("val")], context)
     common = {"hidden_size": hidden_size, "num_layers": num_layers, "lr": lr, "open_loop_weight": open_loop_weight}
-    common |= {"eval_ks": tuple(ks), "learn_termination": bool(datamodule.data.terminated.any())}
+    common |= {"eval_ks": tuple(ks), "learn_termination": datamodule.data.terminates}
     common |= {"eval_context": context, "eval_stride": stride, "cell": cell}
     obs_var = datamodule.stats["obs_std"].astype(np.float64) ** 2
     rows, errors = [], {}
@@ -374,7 +374,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "--checkpoint",
         default=None,
         help="WorldModelModule .ckpt (pararnn-ts fit -c experiments/world/...) scored as the pararnn row instead of "
-        "training one, on the data and episode split it was trained with (unless --steps/--seed/--data say otherwise)",
+        "training one, on the data and episode split it was trained with (unless --steps/--seed/--data say otherwise); "
+        "a plan --save-model one, trained on all of its data, needs fresh episodes: --steps and --seed, or --data",
     )
     parser.add_argument(
         "--models",
@@ -443,8 +444,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         evaluation |= checkpoint_evaluation(checkpoint, given_evaluation, args.checkpoint)
     data |= {name: value for name, value in given.items() if value is not None}
     evaluation |= {name: value for name, value in given_evaluation.items() if value is not None}
+    env = env or "Pendulum-v1"
+    make_env(env, flatten_fix_cli).close()  # an unknown id or unsupported spaces: a clear error before any work
     datamodule = TrajectoryDataModule(
-        env or "Pendulum-v1",
+        env,
         **data,
         window=args.window,
         stride=args.train_stride,

@@ -30,6 +30,8 @@ from .evaluate import DEFAULT_KS, k_step_errors
 from .model import DynamicsModel, gaussian_nll
 
 CELLS = ("gru", "lstm", "torch_gru")
+#: the held-out splits whose k-step errors a stage logs (fit: validation, then the test that pararnn-ts fit runs)
+SCORED_SPLITS = {"fit": ("val", "test"), "validate": ("val",), "test": ("test",)}
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -180,6 +182,23 @@ class WorldModelModule(pl.LightningModule):
         self.configure_model()
         if stage == "fit" or not self.model.normalizer_fitted:
             self.model.set_normalizer(datamodule.stats)
+        if hasattr(datamodule, "episodes"):
+            self.check_eval_context(datamodule, SCORED_SPLITS.get(stage, ()))
+
+    def check_eval_context(self, datamodule: Any, splits: tuple[str, ...]) -> None:
+        """Refuse an ``eval_context`` that no held-out episode of ``splits`` (those with episodes) is long enough for:
+        their k-step errors need an episode of at least ``eval_context`` steps."""
+        context = self.hparams.eval_context
+        held = {split: datamodule.episodes(split) for split in splits}
+        longest = {split: max(len(e.obs) for e in episodes) for split, episodes in held.items() if episodes}
+        short = [f"the longest {split} episode has {n} steps" for split, n in longest.items() if n < context]
+        if short:
+            raise ValueError(
+                f"WorldModelModule: eval_context={context} needs {'/'.join(longest)} episodes of at least {context} "
+                f"steps ({context} observations, then the steps to predict), but {' and '.join(short)}; lower "
+                f"eval_context to at most {min(longest.values())} (pararnn-ts fit: --model.init_args.eval_context; "
+                "world-eval: --context), or collect longer episodes"
+            )
 
     def forward(self, context_obs: Tensor, context_actions: Tensor, plan: Tensor) -> Tensor:
         """Open-loop mean observations ``(B, H, O)`` (see ``DynamicsModel.imagine``)."""

@@ -25,9 +25,9 @@ return is not a whole episode's, so a round's ``episode_returns`` and ``mean_ret
 only and the cut one is reported apart (``cut_episode``: its steps and partial return; ``mean_return`` is
 ``null`` for a round without a whole episode).
 
-With ``--reward known`` the planner scores plans with the env's true reward (and termination)
-function from :data:`KNOWN_REWARDS`, and uses the model for the dynamics only, as PETS does; the
-default ``learned`` uses the model's reward and termination heads.
+With ``--reward known`` the planner scores plans with the env's true reward and termination
+functions from :data:`KNOWN_REWARDS` (Pendulum-v1 never terminates), and uses the model for the
+dynamics only, as PETS does; the default ``learned`` uses the model's reward and termination heads.
 
 With ``--checkpoint`` (a ``pararnn-ts fit -c experiments/world/...`` or ``--save-model`` checkpoint)
 there is no collection and no training: the planner is evaluated with that model, on the env the
@@ -36,7 +36,11 @@ checkpoint was trained on unless ``--env`` says otherwise (a different env is re
 Writes ``--out`` (JSON: settings, per-round returns and times, evaluation returns; default
 ``runs/plan/<env>_mpc.json``), a plot of the return per round next to it (``.png``), ``--save-model``
 a checkpoint, and with ``--video`` the first evaluation episode as a GIF (``render_mode="rgb_array"``,
-imageio). Existing files are refused, before anything runs, unless ``--overwrite``.
+imageio). Existing files are refused, before anything runs, unless ``--overwrite``, and so are names
+that coincide (``--out report.png``). With ``--checkpoint`` the report's settings are the ones used:
+the checkpoint's model, and ``null`` for the training settings. A ``--save-model`` checkpoint records
+its data as it was (all steps, random and planner episodes, none held out): ``world-eval`` scores it
+on fresh episodes (``--steps`` and ``--seed``, or ``--data``).
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from torch import Tensor
 
 from ..outputs import machine, refuse_existing
 from .checkpoints import check_sizes, checkpoint_env, env_for_checkpoint, load_checkpoint, read_world_checkpoint
-from .collect import Trajectories, action_dim, collect, make_env
+from .collect import Trajectories, action_dim, collect, flatten_fix_cli, make_env
 from .datamodule import TrajectoryDataModule
 from .env import RewardFn, TerminationFn
 from .module import WorldModelModule
@@ -72,10 +76,16 @@ EVAL_SEED_BASE = 1_000_000
 
 # ---- known rewards ----------------------------------------------------------------------------
 class KnownReward(NamedTuple):
-    """An env's true reward (and termination) as functions of ``(obs, action, next_obs)`` torch tensors."""
+    """An env's true reward and termination as functions of ``(obs, action, next_obs)`` torch tensors
+    (:func:`never_terminates` for an env that has no termination)."""
 
-    reward_fn: RewardFn
-    termination_fn: TerminationFn | None = None
+    reward_fn: RewardFn | None
+    termination_fn: TerminationFn | None
+
+
+def never_terminates(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
+    """The termination of an env that never terminates (e.g. Pendulum-v1): ``False`` ``(...)`` for every transition."""
+    return torch.zeros(next_obs.shape[:-1], dtype=torch.bool, device=next_obs.device)
 
 
 def pendulum_reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> Tensor:
@@ -97,7 +107,7 @@ def inverted_pendulum_reward(obs: Tensor, action: Tensor, next_obs: Tensor) -> T
 
 #: true reward functions for ``--reward known``
 KNOWN_REWARDS: dict[str, KnownReward] = {
-    "Pendulum-v1": KnownReward(pendulum_reward),
+    "Pendulum-v1": KnownReward(pendulum_reward, never_terminates),
     "InvertedPendulum-v5": KnownReward(inverted_pendulum_reward, inverted_pendulum_terminated),
 }
 
@@ -197,6 +207,7 @@ class MPCSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.eval_episodes < 0:
             raise ValueError(f"eval_episodes must be >= 0, got {self.eval_episodes}")
+        self.outputs()  # output files that coincide: refused before any work
 
     def _warn_unused(self) -> None:
         """Warn once about the training settings given with a checkpoint (those off their defaults)."""
@@ -213,22 +224,37 @@ class MPCSettings:
             )
 
     def outputs(self) -> dict[Path, str]:
-        """The files the run writes, each with the flag that names it."""
+        """The files the run writes, each with the flag that names it; refused if two of them are one file."""
         out = Path(self.out)
-        paths = {out: "--out", out.with_suffix(".png"): "--out"}
+        files = [(out, "--out", "the JSON report (--out)"), (out.with_suffix(".png"), "--out", "its plot (.png)")]
         if self.video and self.eval_episodes > 0:
-            paths[out.with_suffix(".gif")] = "--out"
+            files.append((out.with_suffix(".gif"), "--out", "the --video GIF (.gif)"))
         if self.save_model and self.checkpoint is None:
-            paths[Path(self.save_model)] = "--save-model"
-        return paths
+            files.append((Path(self.save_model), "--save-model", "the --save-model checkpoint"))
+        named: dict[Path, str] = {}
+        for path, flag, what in files:
+            if path in named:
+                fix = f"--out {out.with_suffix('.json')}" if flag == "--out" else "--save-model a .ckpt of its own"
+                raise ValueError(f"{named[path]} and {what} would both be written to {path}; pass {fix}")
+            named[path] = what
+        return {path: flag for path, flag, _ in files}
+
+    def used(self, module: WorldModelModule) -> dict[str, Any]:
+        """The settings as the run used them: with a checkpoint, its model's (``cell``, ``hidden_size``,
+        ``num_layers``, ``lr``), and ``None`` for the other training settings, which it does not use."""
+        settings = asdict(self)
+        if self.checkpoint is not None:
+            settings |= dict.fromkeys(_TRAINING)
+            settings |= {name: module.hparams[name] for name in ("cell", "hidden_size", "num_layers", "lr")}
+        return settings
 
 
 PLANNERS: dict[str, type[SamplingPlanner]] = {"cem": CEMPlanner, "mppi": MPPIPlanner}
 
 
-def make_planner(settings: MPCSettings, model: torch.nn.Module, action_space: gym.Space) -> SamplingPlanner:
-    """The planner of ``settings`` over ``model``, with the known reward when asked for."""
-    known = KNOWN_REWARDS[settings.env] if settings.reward == "known" else KnownReward(None)
+def make_planner(settings: MPCSettings, model: torch.nn.Module, env: gym.Env) -> SamplingPlanner:
+    """The planner of ``settings`` over ``model`` for the real ``env``'s spaces (the known reward when asked for)."""
+    known = KNOWN_REWARDS[settings.env] if settings.reward == "known" else KnownReward(None, None)
     common = {
         "horizon": settings.horizon,
         "population": settings.population,
@@ -237,10 +263,11 @@ def make_planner(settings: MPCSettings, model: torch.nn.Module, action_space: gy
         "reward_fn": known.reward_fn,
         "termination_fn": known.termination_fn,
         "seed": settings.seed,
+        "observation_space": env.observation_space,
     }
     if settings.planner == "cem":
-        return CEMPlanner(model, action_space, elites=settings.elites, **common)
-    return MPPIPlanner(model, action_space, temperature=settings.temperature, **common)
+        return CEMPlanner(model, env.action_space, elites=settings.elites, **common)
+    return MPPIPlanner(model, env.action_space, temperature=settings.temperature, **common)
 
 
 # ---- real episodes ----------------------------------------------------------------------------
@@ -336,7 +363,7 @@ def learn(settings: MPCSettings, env: gym.Env) -> Learned:
         obs_dim=env.observation_space.shape[0],
         action_dim=action_dim(env.action_space),
     )
-    planner = make_planner(settings, module.model, env.action_space)
+    planner = make_planner(settings, module.model, env)
     data = collect(settings.env, min(settings.initial_steps, settings.budget_steps), seed=settings.seed)
     random_returns = _episode_returns(data)
     rounds: list[dict[str, Any]] = []
@@ -391,7 +418,7 @@ def run_mpc(settings: MPCSettings) -> dict[str, Any]:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no banner every round
     pl.seed_everything(settings.seed, verbose=False)
     start = time.perf_counter()
-    env = make_env(settings.env)  # an unknown id or unsupported spaces: the error collect() gives, before any work
+    env = make_env(settings.env, flatten_fix_cli)  # an unknown id or unsupported spaces: a clear error before any work
     try:
         if settings.checkpoint is not None:
             module, _ = read_world_checkpoint(settings.checkpoint)
@@ -415,7 +442,7 @@ def run_mpc(settings: MPCSettings) -> dict[str, Any]:
         "eval": evaluation,
         "rounds": learned.rounds,
         "random_return_mean": learned.random_return_mean,
-        "settings": asdict(settings),
+        "settings": settings.used(learned.module),
         "machine": machine(),
     }
 
@@ -427,7 +454,7 @@ def evaluate(module: WorldModelModule, settings: MPCSettings) -> dict[str, Any]:
     for i, seed in enumerate(seeds):
         record = settings.video and i == 0
         env = make_env(settings.env, render_mode="rgb_array" if record else None)
-        planner = make_planner(settings, module.model, env.action_space)
+        planner = make_planner(settings, module.model, env)
         episode = play_episode(env, planner, seed, settings.context)
         env.close()
         returns.append(episode.total)

@@ -25,7 +25,16 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
-from .env import ActionSpace, Outcome, RewardFn, TerminationFn, action_vectors, check_model_spaces, model_like
+from .env import (
+    ActionSpace,
+    Outcome,
+    RewardFn,
+    TerminationFn,
+    action_vectors,
+    check_model_spaces,
+    check_observations,
+    model_like,
+)
 from .vector_env import rollout
 
 
@@ -121,6 +130,9 @@ class SamplingPlanner:
             (default: the model's learned heads). Candidates are scored by their expected return
             under the predicted terminations (see :func:`~pararnn_ts.world.vector_env.rollout`).
         seed: of the planner's sampling generator.
+        observation_space: the real env's observation space (a 1-D Box): :meth:`plan` then refuses
+            observations outside it, as :class:`~pararnn_ts.world.env.WorldModelEnv` refuses such histories.
+            ``None``: only their shape and finiteness are checked.
     """
 
     #: whether a refit also fits the spread (CEM) or keeps the sampling noise fixed (MPPI)
@@ -139,6 +151,7 @@ class SamplingPlanner:
         reward_fn: RewardFn | None = None,
         termination_fn: TerminationFn | None = None,
         seed: int = 0,
+        observation_space: spaces.Box | None = None,
     ) -> None:
         name = type(self).__name__
         for arg, value in (("horizon", horizon), ("population", population), ("iterations", iterations)):
@@ -152,9 +165,9 @@ class SamplingPlanner:
             raise ValueError(f"{name}: init_std must be > 0 (a fraction of the action range), got {init_std}")
         if not isinstance(action_space, spaces.Box | spaces.Discrete):
             raise TypeError(f"{name}: action_space must be a Box or Discrete space, got {action_space}")
-        self.model, self.action_space = model, action_space
+        self.model, self.action_space, self.observation_space = model, action_space, observation_space
         self.observation_dim = model.obs_dim
-        check_model_spaces(model, None, action_space)
+        check_model_spaces(model, observation_space, action_space)
         self.population, self.iterations, self.smoothing, self.context = population, iterations, smoothing, context
         self.outcome = Outcome(reward_fn, termination_fn)
         self.like = model_like(model)
@@ -177,11 +190,8 @@ class SamplingPlanner:
             history_actions: the ``C − 1`` actions taken between them, in the env's form (Box
                 ``(C-1, A)``, Discrete ``(C-1,)``) or as model vectors ``(C-1, A)``; ``None`` when ``C = 1``.
         """
-        obs = torch.as_tensor(np.asarray(history_obs, dtype=np.float64), dtype=self.like.dtype, device=self.like.device)
-        obs = obs[None] if obs.dim() == 1 else obs
+        obs = self._observations(history_obs)
         actions = self._action_vectors(history_actions, len(obs) - 1)
-        if obs.dim() != 2 or obs.shape[1] != self.observation_dim:
-            raise ValueError(f"history_obs must be (C, {self.observation_dim}), got {tuple(obs.shape)}")
         if self.context is not None:
             obs, actions = obs[-self.context :], actions[len(actions) - min(self.context - 1, len(actions)) :]
         for _ in range(self.iterations):
@@ -198,6 +208,19 @@ class SamplingPlanner:
     def weights(self, returns: Tensor) -> Tensor:
         """Weights ``(N,)`` summing to 1 that the refit gives to candidates with ``returns`` ``(N,)``."""
         raise NotImplementedError
+
+    def _observations(self, history_obs: Any) -> Tensor:
+        """Real observations ``(C, O)`` (or ``(O,)``) as the model's ``(C, O)`` tensor; refused unless of that shape,
+        finite and (with an ``observation_space``) inside it."""
+        obs = np.asarray(history_obs, dtype=np.float64)
+        obs = obs[None] if obs.ndim == 1 else obs
+        if obs.ndim != 2 or obs.shape[1] != self.observation_dim or len(obs) == 0:
+            raise ValueError(
+                f"history_obs must be real observations of shape (C, {self.observation_dim}) or "
+                f"({self.observation_dim},), got shape {np.shape(history_obs)}"
+            )
+        check_observations(self.observation_space, obs, "history_obs")
+        return torch.as_tensor(obs, dtype=self.like.dtype, device=self.like.device)
 
     def _action_vectors(self, history_actions: Any, expected: int) -> Tensor:
         actions = np.asarray([] if history_actions is None else history_actions)
@@ -218,11 +241,15 @@ class CEMPlanner(SamplingPlanner):
     """Cross-entropy method: refit the plan distribution to the ``elites`` best candidates (equal weights).
 
     Box plans refit mean and standard deviation, Discrete plans the action frequencies of the
-    elites. See :class:`SamplingPlanner` for the other arguments.
+    elites. ``elites=None``: a tenth of the population (at least 1; 40 of the default 400). See
+    :class:`SamplingPlanner` for the other arguments.
     """
 
-    def __init__(self, model: nn.Module, action_space: ActionSpace, *, elites: int = 40, **kwargs: Any) -> None:
+    def __init__(
+        self, model: nn.Module, action_space: ActionSpace, *, elites: int | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(model, action_space, **kwargs)
+        elites = max(1, self.population // 10) if elites is None else elites
         if not isinstance(elites, int) or not 1 <= elites <= self.population:
             raise ValueError(f"CEMPlanner: elites must be an int in [1, population={self.population}], got {elites!r}")
         self.elites = elites

@@ -66,6 +66,8 @@ def rollout(
             f"rollout: plans must be (N, H, A), history_obs (C, O) and history_actions (C-1, A), got "
             f"{tuple(plans.shape)}, {tuple(history_obs.shape)} and {tuple(history_actions.shape)}"
         )
+    if not torch.isfinite(history_obs).all():
+        raise ValueError(f"rollout: history_obs must be finite real observations, got NaN or inf in {history_obs}")
     plans = plans if action_space is None else clip_box(action_space, plans)
     state = model.repeat_state(model.encode(history_obs[None, :-1], history_actions[None]), n)
     last_obs = history_obs[-1].expand(n, -1)
@@ -80,7 +82,9 @@ class ImaginedVectorEnv(VectorEnv):
     """``num_envs`` episodes of :class:`~pararnn_ts.world.env.WorldModelEnv` stepped as one batch.
 
     Arguments after ``num_envs`` are those of :class:`~pararnn_ts.world.env.WorldModelEnv`.
-    Observations ``(n, O)``, rewards ``(n,)`` float64, terminations/truncations ``(n,)`` bool.
+    Observations ``(n, O)``, rewards ``(n,)`` float64, terminations/truncations ``(n,)`` bool; a step's
+    ``info["obs_std"]`` ``(n, O)`` (with its mask ``info["_obs_std"]``) as a ``SyncVectorEnv`` of
+    ``WorldModelEnv`` batches their infos.
     Episodes that end are reset on the next step (``AutoresetMode.NEXT_STEP``, Gymnasium's default):
     that step ignores their action and returns their new start observation, reward 0 and no end flags.
 
@@ -136,6 +140,7 @@ class ImaginedVectorEnv(VectorEnv):
         rewards = np.zeros(self.num_envs)
         terminations = np.zeros(self.num_envs, dtype=bool)
         truncations = np.zeros(self.num_envs, dtype=bool)
+        infos: dict[str, Any] = {}
         if len(stepping):
             rows = torch.as_tensor(stepping, device=vectors.device)
             out = self.episodes.step(rows, vectors[rows], [self._rngs[i] for i in stepping])
@@ -144,8 +149,9 @@ class ImaginedVectorEnv(VectorEnv):
             self._steps[stepping] += 1
             if self.episodes.max_episode_steps is not None:
                 truncations[stepping] = self._steps[stepping] >= self.episodes.max_episode_steps
+            infos = self._step_infos(stepping, out.obs_std)
         self._ended = terminations | truncations
-        return self.episodes.to_obs(self.episodes.last_obs), rewards, terminations, truncations, {}
+        return self.episodes.to_obs(self.episodes.last_obs), rewards, terminations, truncations, infos
 
     def render(self) -> None:
         raise NotImplementedError(NO_RENDERING.format(type(self).__name__))
@@ -154,17 +160,28 @@ class ImaginedVectorEnv(VectorEnv):
         """Close the real env made from an env id (for start states)."""
         self.episodes.close()
 
+    def _step_infos(self, stepping: np.ndarray, obs_std: Tensor) -> dict[str, Any]:
+        """The infos of envs ``stepping`` (each ``WorldModelEnv``'s ``obs_std``) batched as Gymnasium's vector envs
+        batch them: ``info["obs_std"]`` ``(n, O)`` (zeros for the envs that reset) and the mask ``info["_obs_std"]``."""
+        infos: dict[str, Any] = {}
+        spreads = obs_std.cpu().numpy().astype(self.single_observation_space.dtype)
+        for i, spread in zip(stepping, spreads, strict=True):
+            infos = self._add_info(infos, {"obs_std": spread}, int(i))
+        return infos
+
     def _seeds(self, seed: int | Sequence[int | None] | None) -> list[int | None]:
-        """One seed (or ``None``) per env, as Gymnasium's vector envs take them."""
-        if seed is None or isinstance(seed, int | np.integer) and not isinstance(seed, bool):
-            return [None if seed is None else int(seed) + i for i in range(self.num_envs)]
+        """One seed (or ``None``) per env, as Gymnasium's vector envs take them: Python ints (not numpy ones, as
+        ``gymnasium.utils.seeding`` requires), or ``None``."""
+        if seed is None or _is_seed(seed):
+            return [None if seed is None else seed + i for i in range(self.num_envs)]
         seeds = list(seed) if isinstance(seed, Sequence | np.ndarray) else None
-        if seeds is None or len(seeds) != self.num_envs or any(isinstance(s, bool) for s in seeds):
+        if seeds is None or len(seeds) != self.num_envs or not all(s is None or _is_seed(s) for s in seeds):
             raise ValueError(
-                f"seed must be None, an int (env i gets seed + i) or a list of num_envs={self.num_envs} ints or "
-                f"None, got {seed!r}"
+                f"seed must be None, an int (env i gets seed + i) or a list of num_envs={self.num_envs} ints or None, "
+                f"got {seed!r}; seeds are Python ints, as Gymnasium takes them (not numpy integers or bools: pass "
+                "int(seed))"
             )
-        return [None if s is None else int(s) for s in seeds]
+        return seeds
 
     def _restart(self, rows: np.ndarray) -> None:
         """Draw new real starts for episodes ``rows`` (all starts have ``context`` steps) and observe them."""
@@ -173,3 +190,8 @@ class ImaginedVectorEnv(VectorEnv):
         if len(rows):
             obs, actions = self.episodes.draw([self._rngs[i] for i in rows])
             self.episodes.restart(torch.as_tensor(rows, device=self.episodes.like.device), obs, actions)
+
+
+def _is_seed(seed: Any) -> bool:
+    """Whether ``seed`` is a seed Gymnasium takes: a Python ``int`` (not a bool or a numpy integer)."""
+    return isinstance(seed, int) and not isinstance(seed, bool)
