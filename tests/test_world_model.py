@@ -307,6 +307,29 @@ def test_fit_logs_k_step_errors_and_the_checkpoint_restores_the_model(pendulum_d
     torch.testing.assert_close(restored(*inputs), module.eval()(*inputs))
 
 
+def test_held_out_metrics_are_averaged_over_ddp_ranks_and_training_ones_are_not(pendulum_data, tmp_path, monkeypatch):
+    """Under DDP each rank sees its shard of the validation/test windows: val/loss, which checkpoints monitor, and
+    the test metrics must be means over all ranks (Lightning's sync_dist), not rank 0's alone."""
+    synced: dict[str, bool] = {}
+    log = pl.LightningModule.log
+
+    def recording(self, name, value, *args, sync_dist: bool = False, **kwargs):
+        synced[name] = sync_dist
+        return log(self, name, value, *args, sync_dist=sync_dist, **kwargs)
+
+    monkeypatch.setattr(pl.LightningModule, "log", recording)
+    dm = TrajectoryDataModule.from_trajectories(
+        pendulum_data, window=12, batch_size=8, val_fraction=0.25, test_fraction=0.25
+    )
+    module = tiny_module(learn_termination=False)
+    trainer = tiny_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1, limit_test_batches=1)
+    trainer.fit(module, datamodule=dm)
+    trainer.test(module, datamodule=dm, verbose=False)
+    held_out = {name: sync for name, sync in synced.items() if name.startswith(("val/", "test/"))}
+    assert {"val/loss", "val/mse_k1", "test/loss", "test/mse_k5"} <= held_out.keys() and all(held_out.values())
+    assert not any(sync for name, sync in synced.items() if name.startswith("train/"))
+
+
 def test_model_sizes_that_do_not_fit_the_data_are_a_clear_error(pendulum_data, tmp_path):
     dm = TrajectoryDataModule.from_trajectories(
         pendulum_data, window=12, batch_size=8, val_fraction=0.25, test_fraction=0.25

@@ -210,8 +210,9 @@ class WorldModelModule(pl.LightningModule):
         losses = world_model_losses(self.model, batch, context, self.hparams.open_loop_weight)
         size = int(batch["mask"].sum().item())
         parts = {f"{split}/{k}": v.detach() for k, v in losses.items() if k != "loss"}
-        self.log_dict(parts, batch_size=size)
-        self.log(f"{split}/loss", losses["loss"].detach(), prog_bar=True, batch_size=size)
+        held_out = split != "train"  # under DDP: the mean over every rank's batches, which checkpoints monitor
+        self.log_dict(parts, batch_size=size, sync_dist=held_out)
+        self.log(f"{split}/loss", losses["loss"].detach(), prog_bar=True, batch_size=size, sync_dist=held_out)
         return losses["loss"]
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
@@ -242,7 +243,8 @@ class WorldModelModule(pl.LightningModule):
         if datamodule is None or not hasattr(datamodule, "episodes"):
             return
         errors = self.k_step_errors(datamodule.episodes(split))
-        self.log_dict({f"{split}/mse_k{k}": v for k, v in errors.items() if math.isfinite(v)})
+        # every rank scores all of the split's episodes: the same numbers, which the mean over ranks keeps
+        self.log_dict({f"{split}/mse_k{k}": v for k, v in errors.items() if math.isfinite(v)}, sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
