@@ -62,10 +62,29 @@ def writes_results(trainer: Any) -> bool:
 
 
 def run_folder(trainer: Any) -> Path:
-    """A Lightning ``trainer``'s log folder (its root folder when it has no logger), created if needed."""
+    """A Lightning ``trainer``'s log folder (its root folder when it has no logger), created if needed. Under DDP
+    ``trainer.log_dir`` is a broadcast from the global-zero process: every process must ask for it at once."""
     folder = Path(trainer.log_dir or trainer.default_root_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def results_folder(trainer: Any) -> Path | None:
+    """Where this process of ``trainer`` writes a run's result files: the :func:`run_folder` on the process that
+    :func:`writes_results`, ``None`` on the others. Call it on every process (see :func:`run_folder`)."""
+    folder = run_folder(trainer)
+    return folder if writes_results(trainer) else None
+
+
+def gathered(trainer: Any, items: list[Any]) -> list[Any]:
+    """The ``items`` of every process of ``trainer``, those of global rank 0 first, then rank 1's, ... (``items``
+    in a single process). Under DDP a collective: every process must call it."""
+    world_size = getattr(trainer, "world_size", 1)
+    if world_size == 1 or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return items
+    everyone: list[list[Any]] = [[] for _ in range(world_size)]
+    torch.distributed.all_gather_object(everyone, items)
+    return [item for part in everyone for item in part]
 
 
 def cpu_name() -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import subprocess
 import sys
+import warnings
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -147,6 +149,78 @@ def test_resume_continues_training_with_the_same_network(first_run, tmp_path, mo
     assert any(name.startswith("averaged.") for name in shapes)  # the weight average is saved and resumed too
     assert {name: tensor.shape for name, tensor in resumed["state_dict"].items()} == shapes
     assert any(not torch.equal(first["state_dict"][n], resumed["state_dict"][n]) for n in shapes)  # it trained
+
+
+def test_resuming_with_other_data_arguments_warns_about_them(first_run, tmp_path, monkeypatch):
+    """The data module records its arguments in plain values (``torch.load(weights_only=True)``, YAML), the dataset
+    as ``{class_path, init_args}`` also outside the CLI; ``pararnn-ts fit --ckpt_path`` compares them."""
+    config, version_dir, _ = first_run
+    last = version_dir / "checkpoints" / "last.ckpt"
+    recorded = torch.load(last, weights_only=True)["datamodule_hyper_parameters"]
+    assert recorded["validation_windows"] == 1 and recorded["dataset"]["class_path"].endswith(".JsonLinesDataset")
+    monkeypatch.chdir(tmp_path)
+    resume = ["fit", "-c", str(config), *TINY, "--trainer.max_steps=4", "--trainer.limit_test_batches=0"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        capture_stdout(lambda: main([*resume, f"--ckpt_path={last}"]))
+    assert not [w for w in caught if "whose data had other arguments" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"whose data had other arguments.*validation_windows=2 \(checkpoint: 1\)"):
+        capture_stdout(lambda: main([*resume, f"--ckpt_path={last}", "--data.init_args.validation_windows=2"]))
+
+    spec = JsonLinesDataset(str(config.parent / "levels.jsonl"), "M", H)  # made in Python, not by the CLI
+    hparams = dict(ForecastDataModule(spec, batch_size=8).hparams)
+    assert hparams["dataset"]["class_path"] == "pararnn_ts.forecast.data.JsonLinesDataset"
+    assert hparams["dataset"]["init_args"]["path"] == str(spec.path) and hparams["batch_size"] == 8
+    assert yaml.safe_load(yaml.safe_dump(hparams)) == hparams
+    torch.save(hparams, tmp_path / "hparams.pt")
+    assert torch.load(tmp_path / "hparams.pt", weights_only=True) == hparams
+
+
+#: the options that run a ``pararnn-ts`` command in two CPU processes (DDP over gloo)
+TWO_PROCESSES = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+
+
+def new_version(folder: Path, run) -> Path:
+    """The one version folder that ``run()`` adds under ``folder/runs/lightning_logs``."""
+    before = set((folder / "runs" / "lightning_logs").glob("version_*"))
+    run()
+    (version,) = set((folder / "runs" / "lightning_logs").glob("version_*")) - before
+    return version
+
+
+def run_in_two_processes(args: list[str], folder: Path) -> None:
+    """``pararnn-ts ARGS`` in two CPU processes in ``folder`` (Lightning's DDP starts the second from the first)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pararnn_ts.cli", *args, *TWO_PROCESSES],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_two_processes_validate_test_and_predict_as_one_does(first_run, tmp_path, monkeypatch):
+    """Under DDP each process validates on its share of the validation windows and ``val_loss`` is their mean over
+    all; test and predict forecast every window in each process (sample paths depend on the order they are drawn
+    in), and the first process alone writes the files: those of one process, on the same checkpoint."""
+    config, version_dir, _ = first_run
+    monkeypatch.chdir(tmp_path)
+    versions = {}
+    for verb in ("validate", "test", "predict"):
+        args = [verb, "-c", str(config), *TINY, f"--ckpt_path={version_dir / 'checkpoints' / 'last.ckpt'}"]
+        versions[1, verb] = new_version(tmp_path, lambda args=args: capture_stdout(lambda: main(args)))
+        versions[2, verb] = new_version(tmp_path, lambda args=args: run_in_two_processes(args, tmp_path))
+    one, two = (read_metrics(versions[n, "validate"])["val_loss"] for n in (1, 2))
+    assert two == pytest.approx(one, rel=1e-6) and len(two) == 1
+    # equal up to float rounding: each DDP process runs on its share of the CPU threads
+    one, two = (json.loads((versions[n, "test"] / METRICS_FILE).read_text()) for n in (1, 2))
+    assert two == pytest.approx(one, rel=1e-6) and set(one) == set(METRICS)
+    one, two = (pd.read_csv(versions[n, "predict"] / FORECASTS_FILE) for n in (1, 2))
+    pd.testing.assert_frame_equal(two, one, rtol=1e-6)
+    one, two = (np.load(versions[n, "predict"] / SAMPLES_FILE) for n in (1, 2))
+    assert one.files == two.files and all(np.array_equal(one[key], two[key]) for key in one.files if key != "samples")
+    np.testing.assert_allclose(two["samples"], one["samples"], rtol=1e-6)
 
 
 def test_load_from_checkpoint_rebuilds_the_network_without_data(first_run):

@@ -281,7 +281,7 @@ class InMemory(ForecastDataset):
         return self.data
 
 
-def tiny_datamodule(num_workers: int = 0, seed: int | None = None, batches: int = 3):
+def tiny_datamodule(num_workers: int = 0, seed: int | None = None, batches: int = 3, validation_windows: int = 0):
     from pararnn_ts.forecast.datamodule import ForecastDataModule
 
     return ForecastDataModule(
@@ -289,21 +289,27 @@ def tiny_datamodule(num_workers: int = 0, seed: int | None = None, batches: int 
         batch_size=4,
         num_batches_per_epoch=batches,
         num_workers=num_workers,
-        validation_windows=0,
+        validation_windows=validation_windows,
         seed=seed,
     )
 
 
-def training_loader(num_workers: int, seed: int | None = None):
-    """A fresh data module's training loader, as a new process (a resumed run) builds it."""
+def set_up(num_workers: int = 0, seed: int | None = None, validation_windows: int = 0, **trainer: int):
+    """A fresh data module, set up for a fit by a stand-in trainer with ``trainer``'s attributes (``global_rank``,
+    ``world_size``), as a new process (a resumed run, a DDP process) builds it."""
     from pararnn_ts.forecast.cli_module import ParaRNNForecaster, data_sizes
 
-    dm = tiny_datamodule(num_workers, seed)
+    dm = tiny_datamodule(num_workers, seed, validation_windows=validation_windows)
     dm.setup("fit")
     module = ParaRNNForecaster(hidden_size=8, num_layers=1, mode="sequential")
     module.build(data_sizes(dm.data))
-    dm.trainer = SimpleNamespace(lightning_module=module)
-    return dm.train_dataloader()
+    dm.trainer = SimpleNamespace(lightning_module=module, **trainer)
+    return dm
+
+
+def training_loader(num_workers: int, seed: int | None = None, **trainer: int):
+    """A fresh data module's training loader (see :func:`set_up`)."""
+    return set_up(num_workers, seed, **trainer).train_dataloader()
 
 
 def same_batches(first: list[dict], second: list[dict]) -> bool:
@@ -349,8 +355,11 @@ class BatchRecorder(pl.Callback):
         self.seen.append((trainer.current_epoch, batch["past_target"].clone()))
 
 
-def recorded_fit(folder, max_epochs: int, ckpt_path=None, every_n_train_steps=None, num_workers=0, max_steps=-1):
-    """A fit of a tiny forecaster on a fresh data module; returns its training batches and last checkpoint."""
+def recorded_fit(
+    folder, max_epochs: int, ckpt_path=None, every_n_train_steps=None, num_workers=0, max_steps=-1, **options
+):
+    """A fit of a tiny forecaster on a fresh data module (``options``: more ``Trainer`` arguments); returns its
+    training batches and last checkpoint."""
     from pararnn_ts.forecast.cli_module import ParaRNNForecaster
 
     pl.seed_everything(0)
@@ -367,6 +376,7 @@ def recorded_fit(folder, max_epochs: int, ckpt_path=None, every_n_train_steps=No
         enable_model_summary=False,
         limit_val_batches=0,
         accelerator="cpu",
+        **options,
     )
     module = ParaRNNForecaster(hidden_size=8, num_layers=1, mode="sequential", lr_schedule="none")
     trainer.fit(module, datamodule=tiny_datamodule(num_workers, batches=4), ckpt_path=ckpt_path)
@@ -398,6 +408,76 @@ def test_a_resumed_fit_trains_on_the_batches_of_an_uninterrupted_one(tmp_path, n
     mid_epoch = tmp_path / "every" / "epoch=1-step=6.ckpt"  # two batches into epoch 1
     resumed, _ = recorded_fit(tmp_path / "resumed_mid", 3, ckpt_path=mid_epoch, num_workers=num_workers)
     assert same_records(resumed, straight[6:])  # the rest of epoch 1, then epoch 2
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_each_process_of_a_distributed_fit_trains_on_its_own_batches(num_workers):
+    pl.seed_everything(0)
+    loaders = [
+        training_loader(num_workers),
+        *(training_loader(num_workers, global_rank=r, world_size=2) for r in (0, 1, 1)),
+    ]
+    single, first, second, again = [list(loader) for loader in loaders]
+    assert same_batches(first, single)  # rank 0 draws what a single process does
+    assert not same_batches(second, first)  # rank 1 batches of its own
+    assert same_batches(again, second)  # a function of (seed, epoch, rank): a resumed process draws them again
+    for loader in loaders:
+        _shutdown_workers_and_reset_iterator(loader)
+
+
+def windows(batches) -> list[bytes]:
+    """Each window of ``batches``: its past and future target, as bytes."""
+    rows = [torch.cat([batch["past_target"], batch["future_target"]], 1) for batch in batches]
+    return [row.numpy().tobytes() for row in torch.cat(rows)]
+
+
+def test_each_process_of_a_distributed_fit_validates_on_its_share_of_the_windows():
+    single = windows(set_up(validation_windows=2).val_dataloader())
+    shares = [windows(set_up(validation_windows=2, global_rank=r, world_size=2).val_dataloader()) for r in (0, 1)]
+    assert len(single) == 6 and all(shares)
+    assert sorted(shares[0] + shares[1]) == sorted(single)  # each window once
+    with pytest.raises(ValueError, match="6 validation windows cannot give each of 7 processes one"):
+        set_up(validation_windows=2, global_rank=0, world_size=7).val_dataloader()
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_overfit_batches_trains_on_the_same_batches_every_epoch(tmp_path, num_workers):
+    seen, _ = recorded_fit(tmp_path, 3, num_workers=num_workers, overfit_batches=2)
+    assert [epoch for epoch, _ in seen] == [0, 0, 1, 1, 2, 2] and not torch.equal(seen[0][1], seen[1][1])
+    assert same_records(seen[2:4], [(1, batch) for _, batch in seen[:2]])
+    assert same_records(seen[4:], [(2, batch) for _, batch in seen[:2]])
+
+
+def plateau_fit(folder, max_steps: int, ckpt_path=None) -> dict:
+    """A fit of a tiny forecaster whose plateau schedule halves its LR each epoch ``val_loss`` does not improve
+    (no dropout: a resumed fit then computes what an uninterrupted one does); returns its last checkpoint."""
+    from pararnn_ts.forecast.cli_module import ParaRNNForecaster
+
+    pl.seed_everything(0)
+    checkpoint = pl.callbacks.ModelCheckpoint(dirpath=folder, save_last=True)
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        callbacks=[checkpoint],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+    )
+    module = ParaRNNForecaster(hidden_size=8, num_layers=1, mode="sequential", dropout=0.0, lr=0.3, patience=0)
+    trainer.fit(module, datamodule=tiny_datamodule(batches=4, validation_windows=1), ckpt_path=ckpt_path)
+    return torch.load(checkpoint.last_model_path, weights_only=False)
+
+
+def test_a_resumed_fit_follows_the_plateau_schedule_of_an_uninterrupted_one(tmp_path):
+    straight = plateau_fit(tmp_path / "straight", 16)
+    assert straight["lr_schedulers"][0]["_last_lr"][0] < 0.3  # the schedule lowered the LR
+    for stop in (6, 8):  # mid-epoch, and at an epoch's end (4 batches an epoch)
+        stopped = plateau_fit(tmp_path / f"stop_{stop}", stop)
+        resumed = plateau_fit(tmp_path / f"resumed_{stop}", 16, tmp_path / f"stop_{stop}" / "last.ckpt")
+        assert (stopped["global_step"], resumed["global_step"]) == (stop, 16)
+        assert resumed["lr_schedulers"] == straight["lr_schedulers"]
+        assert resumed["optimizer_states"][0]["param_groups"] == straight["optimizer_states"][0]["param_groups"]
 
 
 def test_json_lines_fields_it_does_not_use_are_warned_about(tmp_path):

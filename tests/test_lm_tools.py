@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import statistics
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -156,6 +157,36 @@ def test_predict_generates_text_from_a_checkpoint(tmp_path, capsys):
     with pytest.raises(FileExistsError, match="pararnn-ts predict would replace .*predictions.jsonl"):
         cli_main(["predict", *config, "--ckpt_path", str(ckpt), "--trainer.logger=false"])
     assert (tmp_path / "predictions.jsonl").read_text() == "mine"
+
+
+def test_two_process_predict_writes_every_prompt_once_in_prompt_order(tmp_path):
+    """Under DDP (two CPU processes, gloo) each process samples its share of the prompts (the first gets prompts 0
+    and 2, the second prompt 1); the first process writes all of them, as a single process does."""
+    config = ["-c", str(TINY_GRU), *small_lm(tmp_path / "cache"), f"--trainer.logger.init_args.save_dir={tmp_path}"]
+    cli_main(
+        ["fit", *config, "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1"]
+    )
+    prompts = ["def ", "import json\n", "class "]
+    predict = [
+        "predict",
+        *config,
+        f"--ckpt_path={tmp_path / 'tiny_paragru' / 'version_0' / 'checkpoints' / 'last.ckpt'}",
+        f"--data.init_args.predict_prompts={json.dumps(prompts)}",
+        "--data.init_args.temperature=0",
+        "--data.init_args.max_new_tokens=4",
+    ]
+    cli_main(predict)
+    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pararnn_ts.cli", *predict, *ddp],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = ((tmp_path / "tiny_paragru" / f"version_{v}" / "predictions.jsonl").read_text() for v in (1, 2))
+    assert two == one and [json.loads(line)["prompt"] for line in one.splitlines()] == prompts
 
 
 def test_bad_sampling_settings_are_refused():

@@ -9,9 +9,11 @@ import torch
 
 from pararnn_ts.outputs import (
     cpu_name,
+    gathered,
     machine,
     read_checkpoint_file,
     refuse_existing,
+    results_folder,
     run_folder,
     writes_results,
 )
@@ -60,6 +62,23 @@ def test_only_the_global_zero_process_of_a_real_run_writes_results():
     assert writes_results(SimpleNamespace(is_global_zero=True, fast_dev_run=0))
     assert not writes_results(SimpleNamespace(is_global_zero=False, fast_dev_run=0))
     assert not writes_results(SimpleNamespace(is_global_zero=True, fast_dev_run=True))
+
+
+def test_every_process_reads_the_log_folder_and_the_global_zero_one_writes_there(tmp_path):
+    """Under DDP ``trainer.log_dir`` is a broadcast from the global-zero process: every process must read it, or
+    that one waits for the others forever."""
+    reads = []
+
+    class Process(SimpleNamespace):
+        @property
+        def log_dir(self) -> str:
+            reads.append(self.is_global_zero)
+            return str(tmp_path / "logs")
+
+    first, second = (Process(is_global_zero=rank == 0, fast_dev_run=0) for rank in (0, 1))
+    assert results_folder(first) == tmp_path / "logs" and results_folder(second) is None
+    assert reads == [True, False]
+    assert gathered(SimpleNamespace(world_size=1), ["a", "b"]) == ["a", "b"]  # a single process: its own items
 
 
 def test_read_checkpoint_file_refuses_what_torch_save_did_not_write_as_a_dict(tmp_path):

@@ -9,7 +9,9 @@ the official test windows, scores them with :func:`pararnn_ts.forecast.metrics.s
 table and writes ``test_metrics.json`` and ``forecasts.png`` to the trainer's log folder. The predict loop
 forecasts the data module's :class:`~pararnn_ts.forecast.datamodule.PredictItem` s (past each series' end, or
 the test windows) and writes ``forecasts.csv``, ``forecast_samples.npz`` (see
-:mod:`pararnn_ts.forecast.predictions`) and ``forecasts.png`` there.
+:mod:`pararnn_ts.forecast.predictions`) and ``forecasts.png`` there. Under DDP every process forecasts every
+window (sample paths depend on the order they are drawn in), the scores are the global-zero process's, and it
+alone writes the files.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from gluonts.torch.model.predictor import PyTorchPredictor
 from gluonts.transform import InstanceSplitter, Transformation
 
 from ..core.cell import Mode
-from ..outputs import run_folder, writes_results
+from ..outputs import results_folder
 from .data import ForecastData, seasonality_of
 from .datamodule import PredictItem
 from .estimator import ParaRNNEstimator
@@ -279,9 +281,10 @@ class ParaRNNForecaster(ForecastTrainingModule):
             f"test_{name}": float(value)
             for name, value in score(self.test_forecasts, self.test_entries, horizon, seasonality).items()
         }
-        self.log_dict(metrics)
-        if writes_results(self.trainer):
-            folder = run_folder(self.trainer)
+        metrics = self.trainer.strategy.broadcast(metrics)  # every process logs the scores the first one writes
+        self.log_dict(metrics, sync_dist=True, reduce_fx="max")  # the same in every process: max keeps them exact
+        folder = results_folder(self.trainer)
+        if folder is not None:
             (folder / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
             inputs, actuals = split_windows(self.test_entries, horizon)
             plot_forecasts(inputs, self.test_forecasts, folder / PLOT_FILE, actuals=actuals)
@@ -301,10 +304,10 @@ class ParaRNNForecaster(ForecastTrainingModule):
         return forecasts
 
     def on_predict_epoch_end(self) -> None:
-        if writes_results(self.trainer) and self.predicted:
+        folder = results_folder(self.trainer)
+        if folder is not None and self.predicted:
             items, forecasts = zip(*self.predicted, strict=True)
             known = all(item.actual is not None for item in items)
-            folder = run_folder(self.trainer)
             actuals = [item.actual for item in items] if known else None
             data = getattr(self.trainer.datamodule, "data", None)  # stamped where the data's own timestamps fall
             stamps = {"anchors": data.anchors, "time_zone": data.time_zone} if isinstance(data, ForecastData) else {}

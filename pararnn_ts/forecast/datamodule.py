@@ -9,6 +9,8 @@ them (:class:`~pararnn_ts.forecast.cli_module.ParaRNNForecaster` provides ``tran
 from __future__ import annotations
 
 import copy
+import inspect
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, Literal, NamedTuple, TypeVar
@@ -52,22 +54,25 @@ def holdout_windows(entries: list[Entry], prediction_length: int, windows: int) 
 
 
 class TrainingEpoch:
-    """The epoch a training loader serves.
+    """The epoch whose batches a training loader draws.
 
     Lightning's fit loop calls ``set_epoch(epoch)`` on ``loader.sampler`` before each epoch (as for a
     ``DistributedSampler``), so :class:`EpochTrainingBatches` carries one of these as ``sampler``. It is
     held in shared memory: DataLoader workers, persistent ones too, read the epoch the main process set.
+    A ``fixed`` one stays at ``epoch`` (``--trainer.overfit_batches``: every epoch the same batches).
     """
 
-    def __init__(self, epoch: int = 0) -> None:
+    def __init__(self, epoch: int = 0, fixed: bool = False) -> None:
         self.value = torch.full((), epoch, dtype=torch.int64).share_memory_()
+        self.fixed = fixed
 
     @property
     def epoch(self) -> int:
         return int(self.value)
 
     def set_epoch(self, epoch: int) -> None:
-        self.value.fill_(epoch)
+        if not self.fixed:
+            self.value.fill_(epoch)
 
 
 def with_numpy_state(state: tuple, items: Iterator[Item]) -> Iterator[Item]:
@@ -109,12 +114,23 @@ def epoch_batches(
     return with_numpy_state(state, iter(batches))
 
 
+def training_stream(rank: int, workers: int = 0, worker: int = 0) -> int:
+    """The :func:`epoch_batches` stream of DataLoader worker ``worker`` of ``workers`` (0: batches made in the main
+    process) in the process of global rank ``rank``: each its own, and rank 0's those of a single-process fit."""
+    return rank * max(workers, 1) + worker
+
+
+def process_rank(trainer: Any) -> tuple[int, int]:
+    """``(global_rank, world_size)`` of ``trainer``'s process (``(0, 1)`` without a distributed trainer)."""
+    return getattr(trainer, "global_rank", 0), getattr(trainer, "world_size", 1)
+
+
 class WorkerTrainingBatches(IterableDataset):
     """Training batches made in DataLoader workers, each from its own share of the series.
 
     Each worker transforms its share once (use persistent workers), then yields its part of the
     ``num_batches_per_epoch`` batches of each epoch, drawn by :func:`epoch_batches` with the epoch the
-    main process set on ``epoch`` and the worker's id as ``stream``.
+    main process set on ``epoch`` and the worker's :func:`training_stream` in the process of global ``rank``.
     """
 
     def __init__(
@@ -126,10 +142,12 @@ class WorkerTrainingBatches(IterableDataset):
         num_batches_per_epoch: int,
         seed: int = 0,
         epoch: TrainingEpoch | None = None,
+        rank: int = 0,
     ) -> None:
         self.entries, self.transformation, self.splitter = entries, transformation, splitter
         self.batch_size, self.num_batches_per_epoch, self.seed = batch_size, num_batches_per_epoch, seed
         self.epoch = TrainingEpoch() if epoch is None else epoch
+        self.rank = rank
         self.data: list[Entry] | None = None
 
     def __iter__(self) -> Iterator[dict[str, Tensor]]:
@@ -138,8 +156,8 @@ class WorkerTrainingBatches(IterableDataset):
             self.data = list(self.transformation.apply(self.entries[worker.id :: worker.num_workers], is_train=True))
         count = self.num_batches_per_epoch // worker.num_workers
         count += worker.id < self.num_batches_per_epoch % worker.num_workers
-        epoch = self.epoch.epoch
-        return epoch_batches(self.data, self.splitter, self.batch_size, count, self.seed, epoch, stream=worker.id)
+        stream = training_stream(self.rank, worker.num_workers, worker.id)
+        return epoch_batches(self.data, self.splitter, self.batch_size, count, self.seed, self.epoch.epoch, stream)
 
     def __len__(self) -> int:
         return self.num_batches_per_epoch
@@ -215,6 +233,35 @@ def series_histories(entries: list[Entry]) -> list[Entry]:
     return list(longest.values())
 
 
+PLAIN = (str, int, float, bool, type(None))
+
+
+def spec_of(dataset: Any) -> Any:
+    """``dataset`` as a config names it, in plain values a checkpoint can hold (``torch.load(weights_only=True)``,
+    YAML): a mapping as given (the Lightning CLI records its config's ``{class_path, init_args}``), an object as
+    its ``class_path`` and the ``__init__`` arguments it keeps as plain attributes of the same name (paths as
+    str)."""
+    if isinstance(dataset, dict):
+        return dataset
+    cls = type(dataset)
+    parameters = inspect.signature(cls.__init__).parameters
+    init_args = {}
+    for name, value in vars(dataset).items():
+        value = os.fspath(value) if isinstance(value, os.PathLike) else value
+        if name in parameters and is_plain(value):
+            init_args[name] = value
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args}
+
+
+def is_plain(value: Any) -> bool:
+    """Whether ``value`` is ``None``, a str, number or bool, or a list, tuple or str-keyed dict of such values."""
+    if isinstance(value, (list, tuple)):
+        return all(is_plain(item) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and is_plain(item) for key, item in value.items())
+    return isinstance(value, PLAIN)
+
+
 def unobserved_windows(data: ForecastData) -> int:
     """How many of ``data``'s test windows have no observed actual (their last ``prediction_length`` target values
     all missing): rows with covariates and an empty target at the end of a series make such windows."""
@@ -232,7 +279,16 @@ class ForecastDataModule(pl.LightningDataModule):
 
     Training windows are drawn at random, epoch ``e``'s from streams seeded by ``(seed, e)`` alone
     (:func:`epoch_batches`): a run resumed from a checkpoint trains on the batches the uninterrupted run
-    would have (mid-epoch too, see :class:`EpochTrainingBatches`).
+    would have (mid-epoch too, see :class:`EpochTrainingBatches`). With ``--trainer.overfit_batches`` every epoch
+    trains on epoch 0's first batches.
+
+    Under DDP each process draws its own training stream (seeded by its rank too, :func:`training_stream`) and
+    validates on its share of the validation windows (``val_loss`` is their mean over all processes). Test and
+    predict forecast every window in every process: sample paths come from one random stream in window order, so
+    only then are they, and the test scores, those of a single process.
+
+    The arguments are saved in checkpoints (``datamodule_hyper_parameters``, the dataset as ``{class_path,
+    init_args}``), so that ``pararnn-ts fit --ckpt_path`` warns when a resumed fit's data arguments differ.
 
     Args:
         dataset: the dataset spec, e.g. ``FCompDataset("tourism", "quarterly")``.
@@ -277,6 +333,8 @@ class ForecastDataModule(pl.LightningDataModule):
             raise ValueError(f"ForecastDataModule: seed must be an int >= 0 (or None), got {seed!r}")
         if predict_split not in ("future", "test"):
             raise ValueError(f'ForecastDataModule: predict_split must be "future" or "test", got {predict_split!r}')
+        self.save_hyperparameters(logger=False)  # not logged: the forecaster's context_length may differ
+        self.hparams["dataset"] = spec_of(self.hparams["dataset"])  # an object outside the Lightning CLI
         self.dataset, self.context_length, self.predict_split = dataset, context_length, predict_split
         self.batch_size, self.num_batches_per_epoch = batch_size, num_batches_per_epoch
         self.num_workers, self.validation_windows, self.seed = num_workers, validation_windows, seed
@@ -312,10 +370,13 @@ class ForecastDataModule(pl.LightningDataModule):
         return module
 
     def train_dataloader(self) -> EpochTrainingBatches:
+        """Each pass draws the batches of the epoch its :class:`TrainingEpoch` holds: the trainer's, or 0 when it
+        overfits (``overfit_batches``), in this process's own stream (:func:`training_stream`)."""
         module = self._module()
         splitter = module.instance_splitter("training")
         seed = self.training_seed()
-        epoch = TrainingEpoch()
+        rank, _ = process_rank(self.trainer)
+        epoch = TrainingEpoch(fixed=bool(getattr(self.trainer, "overfit_batches", 0)))
         if self.num_workers > 0:
             batches = WorkerTrainingBatches(
                 self.train_entries,
@@ -325,14 +386,17 @@ class ForecastDataModule(pl.LightningDataModule):
                 self.num_batches_per_epoch,
                 seed=seed,
                 epoch=epoch,
+                rank=rank,
             )
             workers = min(self.num_workers, len(self.train_entries))  # each worker needs a series
             loader = DataLoader(batches, batch_size=None, num_workers=workers, persistent_workers=True)
             return EpochTrainingBatches(lambda _: iter(loader), self.num_batches_per_epoch, epoch, loader).follow(self)
         data = list(module.transformation.apply(self.train_entries, is_train=True))  # once, not every epoch
+        stream = training_stream(rank)
 
-        def make_epoch(number: int) -> Iterator[dict[str, Tensor]]:
-            return epoch_batches(data, splitter, self.batch_size, self.num_batches_per_epoch, seed, number)
+        def make_epoch(_: int) -> Iterator[dict[str, Tensor]]:
+            count = self.num_batches_per_epoch
+            return epoch_batches(data, splitter, self.batch_size, count, seed, epoch.epoch, stream)
 
         return EpochTrainingBatches(make_epoch, self.num_batches_per_epoch, epoch).follow(self)
 
@@ -341,10 +405,18 @@ class ForecastDataModule(pl.LightningDataModule):
         return self.seed if self.seed is not None else torch.initial_seed()
 
     def val_dataloader(self) -> Any:
+        """Batches of this process's share of the validation windows: under DDP, every ``world_size``-th entry from
+        its rank on (each entry is one window), so that together the processes see each window once."""
         if not self.val_entries:
             return []
         module = self._module()
-        data = list(module.transformation.apply(self.val_entries, is_train=True))
+        rank, world_size = process_rank(self.trainer)
+        if len(self.val_entries) < world_size:  # a process without a window would leave the others waiting
+            raise ValueError(
+                f"{self.data.name}: {len(self.val_entries)} validation windows cannot give each of {world_size} "
+                "processes one; raise validation_windows, or fit on fewer devices"
+            )
+        data = list(module.transformation.apply(self.val_entries[rank::world_size], is_train=True))
         return validation_batches(data, module.instance_splitter("validation"), self.batch_size)
 
     def test_dataloader(self) -> EntryBatches[Entry]:

@@ -119,15 +119,39 @@ class ForecastTrainingModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.model.training_loss(self.batch_terms(batch)).mean()
-        self.log(
-            "train_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch["future_target"])
-        )
+        self.log_epoch_mean("train_loss", loss, batch)
         return loss
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self.batch_terms(batch).forecast.mean()
-        self.log("val_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=len(batch["future_target"]))
+        self.log_epoch_mean("val_loss", loss, batch)
         return loss
+
+    def log_epoch_mean(self, name: str, loss: Tensor, batch: dict[str, Tensor]) -> None:
+        """Log ``name``: the epoch's mean of ``loss`` per series, over the series of every process (under DDP each
+        has its own batches; the plateau schedule and checkpoints of every process then follow the same value)."""
+        batch_size = len(batch["future_target"])
+        self.log(name, loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=batch_size, sync_dist=True)
+
+    def on_train_epoch_end(self) -> None:
+        """Step the plateau schedule on the monitored loss of a training epoch that ran all its batches.
+
+        Here, not where Lightning steps it (after this hook, and after the epoch's checkpoint is saved): Lightning
+        skips it in the first epoch of a resumed ``max_steps`` fit and cannot step it after a fit resumed from an
+        epoch's end (the monitored loss is not in the checkpoint). Stepped here, the checkpoint holds it, and a
+        resumed fit follows the uninterrupted one's schedule.
+        """
+        config = plateau_config(self.trainer)
+        if config is None or not self.trainer.fit_loop.epoch_loop._num_ready_batches_reached():
+            return
+        value = self.trainer.callback_metrics.get(config.monitor)
+        if value is not None:  # none when a fit resumed from an epoch's end repeats its end: stepped already
+            config.scheduler.step(value)
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        """Lightning's step of a schedule, but for the plateau schedule's: :meth:`on_train_epoch_end` steps it."""
+        if not isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            super().lr_scheduler_step(scheduler, metric)
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = torch.optim.AdamW(
@@ -172,6 +196,12 @@ class ParaRNNLightningModule(ForecastTrainingModule):
         )
         self.save_hyperparameters()
         self.set_model(ParaRNNForecastModel(**model_kwargs))
+
+
+def plateau_config(trainer: pl.Trainer) -> Any:
+    """The configuration of ``trainer``'s plateau schedule (``ReduceLROnPlateau``), or ``None`` without one."""
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
+    return next((c for c in trainer.lr_scheduler_configs if isinstance(c.scheduler, plateau)), None)
 
 
 def adam_eps(model: torch.nn.Module, eps: float = 1e-8) -> float:

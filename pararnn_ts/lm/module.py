@@ -8,6 +8,7 @@ import json
 import math
 import time
 from functools import partial
+from operator import itemgetter
 from typing import Any
 
 import lightning.pytorch as pl
@@ -18,7 +19,7 @@ from torchmetrics import MeanMetric
 from ..nn import MIXERS, LanguageModel
 from ..nn.backbone import MIXER_SPECS, MixerName
 from ..nn.mixers import RNN_CELLS
-from ..outputs import run_folder, writes_results
+from ..outputs import gathered, results_folder
 from .generate import TOKENIZER_KEY, check_trained_tokenizer, generate, tokenizer_record
 from .tokenizers import Tokenizer, check_vocab_size
 
@@ -250,12 +251,18 @@ class CausalLM(pl.LightningModule):
         return text
 
     def on_predict_epoch_end(self) -> None:
-        """Write the samples to :data:`PREDICTIONS_FILE` in the trainer's log folder (its root folder without a
-        logger): one JSON object per line, the ``prompt``, the sampling settings and the ``completion``."""
-        if writes_results(self.trainer) and self.predicted:
-            path = run_folder(self.trainer) / PREDICTIONS_FILE
-            path.write_text("".join(json.dumps(record) + "\n" for record in self.predicted))
-            print(f"\nwrote {len(self.predicted)} samples to {path}")
+        """Write the samples of every process, in prompt order, to :data:`PREDICTIONS_FILE` in the trainer's log
+        folder (its root folder without a logger): one JSON object per line, the ``prompt``, the sampling settings
+        and the ``completion``. Under DDP each process samples its share of the prompts; the first one writes."""
+        # the indices of this process's prompts (one a batch), of which limit_predict_batches may sample the first only
+        order = getattr(self.trainer.predict_dataloaders, "sampler", range(len(self.predicted)))
+        mine = list(zip(order, self.predicted, strict=False))
+        records = [record for _, record in sorted(gathered(self.trainer, mine), key=itemgetter(0))]
+        folder = results_folder(self.trainer)
+        if folder is not None and records:
+            path = folder / PREDICTIONS_FILE
+            path.write_text("".join(json.dumps(record) + "\n" for record in records))
+            print(f"\nwrote {len(records)} samples to {path}")
 
     def _evaluate(self, batch: dict[str, Tensor], split: str) -> None:
         ce, _ = lm_losses(self(batch["inputs"]), batch["targets"])
