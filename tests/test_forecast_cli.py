@@ -616,3 +616,14 @@ def test_fast_dev_run_writes_nothing(tmp_path, monkeypatch):
     before = sorted(tmp_path.rglob("*"))
     capture_stdout(lambda: main(["fit", "-c", str(config), *TINY, "--trainer.fast_dev_run=true"]))
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("without", ["--data.init_args.validation_windows=0", "--trainer.limit_val_batches=0"])
+def test_a_fit_without_validation_steps_the_plateau_schedule_on_the_training_loss(tmp_path, monkeypatch, without):
+    config = write_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    capture_stdout(lambda: main(["fit", "-c", str(config), *TINY, "--trainer.max_steps=4", without]))
+    version = tmp_path / "runs" / "lightning_logs" / "version_0"
+    assert "val_loss" not in read_metrics(version)
+    (plateau,) = torch.load(version / "checkpoints" / "last.ckpt", weights_only=False)["lr_schedulers"]
+    assert plateau["last_epoch"] == 2  # stepped after each of the two epochs

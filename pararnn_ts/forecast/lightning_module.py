@@ -163,7 +163,7 @@ class ForecastTrainingModule(pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="min", factor=0.5, patience=self.patience
             )
-            monitor = "val_loss" if has_validation_loop(self.trainer) else "train_loss"
+            monitor = "val_loss" if validates(self.trainer) else "train_loss"
             return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": monitor}}
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total):
@@ -196,6 +196,15 @@ class ParaRNNLightningModule(ForecastTrainingModule):
         )
         self.save_hyperparameters()
         self.set_model(ParaRNNForecastModel(**model_kwargs))
+
+
+def validates(trainer: pl.Trainer) -> bool:
+    """Whether ``trainer``'s fit validates: it has a validation loop with batches to run (not with
+    ``limit_val_batches=0``, nor a data module that holds out no validation windows)."""
+    if not has_validation_loop(trainer) or trainer.limit_val_batches == 0:
+        return False
+    held_out = getattr(trainer.datamodule, "val_entries", None)
+    return held_out is None or len(held_out) > 0
 
 
 def plateau_config(trainer: pl.Trainer) -> Any:
