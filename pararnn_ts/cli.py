@@ -12,27 +12,35 @@ printed (skip it with ``--trainer.limit_test_batches=0``).
 
 from __future__ import annotations
 
+import atexit
+import csv
 import importlib
 import inspect
 import linecache
 import logging
+import math
 import os
 import pickle
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, Timer
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, Timer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
@@ -41,6 +49,7 @@ import pararnn_ts.lm  # noqa: F401
 import pararnn_ts.nn  # noqa: F401
 import pararnn_ts.synthetic  # noqa: F401
 from pararnn_ts.callbacks import LogNewtonStats
+from pararnn_ts.loaders import ResumablePasses
 
 #: the seed of a run unless the config or ``--seed_everything`` says otherwise
 DEFAULT_SEED = 0
@@ -87,10 +96,52 @@ def not_a_tip(record: logging.LogRecord) -> bool:
 
 
 class SaveOnInterrupt(Callback):
-    """On Ctrl-C during ``fit``, save the run as it stands to ``interrupted.ckpt`` in its checkpoint folder, so that
-    ``--ckpt_path`` resumes it from there; without it only the last checkpoint written before survives."""
+    """On Ctrl-C during ``fit``, save the run to ``interrupted.ckpt`` in its checkpoint folder, so that
+    ``--ckpt_path`` resumes it; without it only the last checkpoint written before survives.
+
+    The run is saved as it stood when its last finished training batch ended (:func:`rewind_to_finished_batch`), or
+    with the validation under way not yet run (:func:`restart_validation`): a fit resumed from there trains on the
+    batches, and validates at the steps, that the uninterrupted fit would have. A Ctrl-C from the moment a step
+    updates the weights until the next batch or validation starts is held until then (:class:`HeldInterrupt`), so
+    that no update is saved half done; a second one stops at once.
+    """
+
+    def __init__(self) -> None:
+        self.hold: HeldInterrupt | None = None
+        self.trained = False  # the fit loop has ended: nothing to rewind
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.trained = False
+
+    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
+        if self.hold is None and HeldInterrupt.can_hold():
+            self.hold = HeldInterrupt(trainer.is_global_zero)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self.stop_if_held()
+
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.stop_if_held()
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.trained = True
+        self.stop_if_held()
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.release()
+
+    def release(self) -> bool:
+        """End the hold, if any; whether it held a Ctrl-C."""
+        hold, self.hold = self.hold, None
+        return hold is not None and hold.release()
+
+    def stop_if_held(self) -> None:
+        """End the hold, raising the Ctrl-C it held (``KeyboardInterrupt``), if any."""
+        if self.release():
+            raise KeyboardInterrupt
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.release()
         checkpoint = trainer.checkpoint_callback
         if not (
             isinstance(exception, KeyboardInterrupt)
@@ -100,10 +151,135 @@ class SaveOnInterrupt(Callback):
             and checkpoint.dirpath is not None
         ):
             return
+        if trainer.validating:
+            restart_validation(trainer)
+        elif not (self.trained or rewind_to_finished_batch(trainer)):
+            if trainer.is_global_zero:
+                print("\nstopped before a training step finished: nothing to save", file=sys.stderr)
+            return
         path = Path(checkpoint.dirpath) / INTERRUPTED_CHECKPOINT
         trainer.save_checkpoint(path, weights_only=False)  # said, not defaulted: Lightning logs the default
         if trainer.is_global_zero:
             print(f"\nsaved the interrupted run to {path}; resume it with --ckpt_path {path}", file=sys.stderr)
+
+
+class HeldInterrupt:
+    """Ctrl-C (SIGINT) held off: the first one is noted (:meth:`release` says so) instead of raising
+    ``KeyboardInterrupt``, a second one raises it at once. Only where :meth:`can_hold`."""
+
+    def __init__(self, tell: bool = True) -> None:
+        self.pending, self.tell = False, tell
+        signal.signal(signal.SIGINT, self.note)
+
+    @staticmethod
+    def can_hold() -> bool:
+        """Whether a Ctrl-C raises ``KeyboardInterrupt`` here: Python's own handler, in the main thread (not where
+        SIGINT is ignored, as in a background job, or handled otherwise)."""
+        main_thread = threading.current_thread() is threading.main_thread()
+        return main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+    def note(self, signum: int, frame: FrameType | None) -> None:
+        if self.pending:
+            self.release()
+            raise KeyboardInterrupt
+        self.pending = True
+        if self.tell:  # straight to the file: a handler that prints may interrupt a print (a progress bar's)
+            os.write(2, b"\nCtrl-C: stopping once this step is done (Ctrl-C again stops at once)\n")
+
+    def release(self) -> bool:
+        """Give Ctrl-C back to Python's handler; whether one came meanwhile."""
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        return self.pending
+
+
+def rewind_to_finished_batch(trainer: Trainer) -> bool:
+    """Set the fit's loops and its resumable training loaders back to the end of its last finished training batch
+    (its ``on_train_batch_end``, where Lightning writes step checkpoints and resumes them exactly), after the
+    validation that followed it. Returns ``False`` if no batch has finished.
+
+    A Ctrl-C lands mid-batch, where Lightning counts the unfinished batch as started (a fit resumed from there
+    trains on it again, and validates one batch early) and the loader counts it as served (and skips it)."""
+    fit, loop = trainer.fit_loop, trainer.fit_loop.epoch_loop
+    progress = loop.batch_progress
+    served = progress.current.processed  # this epoch's batches whose step finished
+    advanced = progress.current.completed == served  # and what follows a batch's end (validation, step count)
+    finished, epoch = served, trainer.current_epoch
+    if finished == 0:  # the first batch of an epoch: back to the end of the last one of the epoch before
+        finished, epoch = trainer.num_training_batches, epoch - 1
+    if epoch < 0 or not math.isfinite(finished):
+        return False
+    for loader in resumable_training_loaders(trainer):
+        loader.rewind(served)
+    ended_batch(progress.current, int(finished))
+    ended_batch(progress.total, progress.total.processed)
+    progress.is_last_batch = finished >= trainer.num_training_batches
+    for tracker in (fit.epoch_progress.current, fit.epoch_progress.total):
+        under_way(tracker, epoch)
+    automatic = loop.automatic_optimization.optim_progress.optimizer.step
+    for steps in (automatic, loop.manual_optimization.optim_step_progress):  # the unfinished batch's step
+        steps.current.ready, steps.total.ready = steps.current.completed, steps.total.completed
+    if advanced and not loop._should_accumulate():
+        loop._batches_that_stepped -= 1  # Lightning counts it again when it resumes after a batch's end
+    return True
+
+
+def restart_validation(trainer: Trainer) -> None:
+    """Set the fit's validation under way back to its start: a fit resumed from there runs it whole (Lightning would
+    run the rest of it, on its first batches, and without the metrics of the part that ran)."""
+    progress = trainer.fit_loop.epoch_loop.val_loop.batch_progress
+    under_way(progress.total, progress.total.completed - progress.current.completed)
+    under_way(progress.current, 0)
+    progress.is_last_batch = False
+
+
+def ended_batch(tracker: Any, batches: int) -> None:
+    """Set a Lightning progress ``tracker`` to where ``batches`` batches are at their ``on_train_batch_end``: the last
+    one processed, not yet completed."""
+    tracker.ready = tracker.started = tracker.processed = batches
+    tracker.completed = batches - 1
+
+
+def under_way(tracker: Any, done: int) -> None:
+    """Set a Lightning progress ``tracker`` to ``done`` events (epochs, batches) done and the next one started."""
+    tracker.ready = tracker.started = done + 1
+    tracker.processed = tracker.completed = done
+
+
+def resumable_training_loaders(trainer: Trainer) -> list[ResumablePasses]:
+    """The fit's training loaders that save their place in checkpoints (:class:`ResumablePasses`)."""
+    combined = trainer.fit_loop._combined_loader  # whose loaders' state_dict Lightning saves
+    return [] if combined is None else [loader for loader in combined.flattened if isinstance(loader, ResumablePasses)]
+
+
+class SaveLastAtEnd(Callback):
+    """When a fit ends (``max_steps``, ``max_epochs``, ``max_time``) after steps that no checkpoint holds, bring the
+    ``last.ckpt`` of each ``ModelCheckpoint`` with ``save_last: true`` up to date: Lightning writes it with the
+    checkpoints it saves after validations only, so ``--ckpt_path last`` would resume, and ``test`` or ``predict``
+    score, weights from before the fit's last steps."""
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        for callback in trainer.checkpoint_callbacks:
+            # Lightning's own test of whether the fit's last step was saved, and its own way to write last.ckpt
+            if isinstance(callback, ModelCheckpoint) and callback.save_last is True:
+                if not callback._should_skip_saving_checkpoint(trainer):
+                    callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+
+
+class EndProcessGroupAtExit(Callback):
+    """Destroy the process group of a run on the gloo backend (DDP on CPUs) when its process exits, as Lightning does
+    for NCCL's: else its threads can outlive it and abort the process (``terminate called without an active
+    exception``), which fails a ``ddp_spawn`` run that had finished."""
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if torch.distributed.is_initialized() and torch.distributed.get_backend() == "gloo":
+            atexit.unregister(end_process_group)  # once a process, which may run fit and test
+            atexit.register(end_process_group)
+
+
+def end_process_group() -> None:
+    """Destroy the default process group, if any (once the process's work is done)."""
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 class RecordBudget(Callback):
@@ -172,12 +348,12 @@ class ParaRNNCLI(LightningCLI):
         if self.trainer.fast_dev_run:  # Lightning's ModelCheckpoint still writes last.ckpt (to the current folder)
             for callback in self.trainer.checkpoint_callbacks:
                 callback.save_last = False
-        refuse_used_log_dir(self.trainer)
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        refuse_used_log_dir(self.trainer, ckpt_path)
         if can_test(self.model, self.datamodule) and self.trainer.limit_test_batches != 0:
             refuse_existing_results(self.trainer, self.model, "test")  # the test after training writes them
         drop_monitors_without_logger(self.trainer)
         warn_if_never_validated(self.trainer)
-        ckpt_path = self.config[self.subcommand].get("ckpt_path")
         checkpoint = read_checkpoint(ckpt_path)  # once, for the three checks of a resume
         refuse_spent_max_time(self.trainer, ckpt_path, checkpoint)
         warn_if_data_changed(ckpt_path, checkpoint, self.config[self.subcommand].get("data"))
@@ -187,8 +363,9 @@ class ParaRNNCLI(LightningCLI):
 
     def before_evaluation(self) -> None:
         """What validate, test and predict check first: a checkpoint to score, and a log folder of their own."""
-        require_checkpoint(self.config[self.subcommand].get("ckpt_path"), self.subcommand)
-        refuse_used_log_dir(self.trainer)
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        require_checkpoint(ckpt_path, self.subcommand)
+        refuse_used_log_dir(self.trainer, ckpt_path)
         # restoring the checkpoint's ModelCheckpoint state warns that its folder is not this run's, which only
         # matters to a fit's top-k bookkeeping
         warnings.filterwarnings("ignore", "The dirpath has changed from", UserWarning, r"lightning\.")
@@ -222,8 +399,38 @@ class ParaRNNCLI(LightningCLI):
             check()
 
     def after_fit(self) -> None:
-        if can_test(self.model, self.datamodule) and not self.trainer.interrupted:
-            self.trainer.test(self.model, datamodule=self.datamodule)
+        trainer = self.trainer
+        if can_test(self.model, self.datamodule) and trainer.limit_test_batches != 0 and not trainer.interrupted:
+            continue_run_in_new_processes(trainer)
+            trainer.test(self.model, datamodule=self.datamodule)
+
+
+def continue_run_in_new_processes(trainer: Trainer) -> None:
+    """Let the test after a ``ddp_spawn`` fit log to the fit's run folder. It runs in new processes, which start from
+    this process's copies of the callbacks and loggers, left as they were by the fit's processes: its
+    ``SaveConfigCallback`` would refuse the fit's ``config.yaml``, its ``CSVLogger`` delete the fit's metrics."""
+    if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
+        return
+    for callback in trainer.callbacks:
+        if isinstance(callback, SaveConfigCallback):
+            callback.already_saved = True
+    for logger in trainer.loggers:
+        if isinstance(logger, CSVLogger) and logger._experiment is None:
+            logger._experiment = ContinuedMetrics(logger.log_dir)
+
+
+class ContinuedMetrics(ExperimentWriter):
+    """``CSVLogger``'s writer, appending to the ``metrics.csv`` of an earlier stage of the run (the writer that the
+    logger starts in a new process deletes it)."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+    def _check_log_dir_exists(self) -> None:
+        """Keep the run's files."""
 
 
 def new_log_folder(trainer: Trainer) -> Path | None:
@@ -280,8 +487,9 @@ def warn_if_never_validated(trainer: Trainer) -> None:
         )
 
 
-def refuse_used_log_dir(trainer: Trainer) -> None:
-    """Raise ``FileExistsError`` if the run would save its config where an earlier run saved one.
+def refuse_used_log_dir(trainer: Trainer, ckpt_path: str | None = None) -> None:
+    """Raise ``FileExistsError`` if the run would save its config where an earlier run saved one. Without a logger
+    the fix names the run's ``ckpt_path`` too: in another folder, ``--ckpt_path last`` would look there.
 
     Lightning's ``SaveConfigCallback`` makes the same check, but only after the loggers have
     started, and by then ``CSVLogger`` has deleted the earlier run's ``metrics.csv``.
@@ -290,13 +498,17 @@ def refuse_used_log_dir(trainer: Trainer) -> None:
         if not (isinstance(callback, SaveConfigCallback) and callback.save_to_log_dir and not callback.overwrite):
             continue
         path = os.path.join(trainer.log_dir, callback.config_filename)
-        if get_filesystem(path).isfile(path):
-            raise FileExistsError(
-                f"{path} belongs to an earlier run; to keep its results, log this run elsewhere: drop a fixed "
-                "--trainer.logger.init_args.version (each run then gets a new version_N folder), or pass another "
-                "--trainer.logger.init_args.save_dir (--trainer.default_root_dir without a logger); or delete "
-                "that folder"
+        if not get_filesystem(path).isfile(path):
+            continue
+        if trainer.logger is None:
+            checkpoint = f" with --ckpt_path {ckpt_path}" if ckpt_path else ""
+            fix = f"pass another --trainer.default_root_dir{checkpoint} (without a logger, runs share that folder)"
+        else:
+            fix = (
+                "drop a fixed --trainer.logger.init_args.version (each run then gets a new version_N folder), or pass "
+                "another --trainer.logger.init_args.save_dir; or delete that folder"
             )
+        raise FileExistsError(f"{path} belongs to an earlier run; to keep its results, log this run elsewhere: {fix}")
 
 
 def refuse_existing_results(trainer: Trainer, model: LightningModule, verb: str) -> None:
@@ -362,26 +574,43 @@ def read_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:
 
 
 def latest_last_checkpoint(config: Any) -> Path:
-    """What ``--ckpt_path last`` resumes: in the newest ``version_N`` run folder of the logger ``config`` (a
-    subcommand's parsed config) names that holds one, ``checkpoints/interrupted.ckpt`` (:class:`SaveOnInterrupt`)
-    if it is newer than ``checkpoints/last.ckpt``, else that. Raises ``FileNotFoundError`` naming where it looked."""
-    trainer = config["trainer"]
-    logger = trainer.get("logger")
-    logger = logger[0] if isinstance(logger, list) and logger else logger
-    root = trainer.get("default_root_dir") or "."
-    arguments = init_args(logger) if hasattr(logger, "get") else {}
-    folder = Path(arguments.get("save_dir") or root) / (arguments.get("name") or "lightning_logs")
-    runs = {p: p.name.removeprefix("version_") for p in folder.glob("version_*")}
-    for run in sorted((p for p, n in runs.items() if n.isdigit()), key=lambda p: int(runs[p]), reverse=True):
-        saved = [
-            p for p in (run / "checkpoints" / name for name in ("last.ckpt", INTERRUPTED_CHECKPOINT)) if p.is_file()
-        ]
+    """What ``--ckpt_path last`` resumes: in the checkpoint folder of the newest run of ``config`` (a subcommand's
+    parsed config) that holds one (:func:`checkpoint_folders`), ``interrupted.ckpt`` (:class:`SaveOnInterrupt`) if it
+    is newer than ``last.ckpt``, else that. Raises ``FileNotFoundError`` naming where it looked and what is there."""
+    pattern, folders = checkpoint_folders(config["trainer"])
+    for folder in folders:
+        saved = [p for p in (folder / name for name in ("last.ckpt", INTERRUPTED_CHECKPOINT)) if p.is_file()]
         if saved:
             return max(saved, key=lambda p: p.stat().st_mtime_ns)
-    raise FileNotFoundError(
-        f"--ckpt_path last: no {folder}/version_N/checkpoints/last.ckpt (or {INTERRUPTED_CHECKPOINT}) of an earlier "
-        "run of this config; pass the path of the checkpoint to resume"
+    found = sorted(str(p) for folder in folders for p in folder.glob("*.ckpt"))
+    there = (
+        f"the checkpoints there: {', '.join(found)}; pass one as --ckpt_path (a ModelCheckpoint with save_last: true "
+        "in the config writes last.ckpt)"
+        if found
+        else "no checkpoint there either (no earlier run of this config?); pass the checkpoint to resume as --ckpt_path"
     )
+    raise FileNotFoundError(f"--ckpt_path last: no last.ckpt (or {INTERRUPTED_CHECKPOINT}) in {pattern}; {there}")
+
+
+def checkpoint_folders(trainer: Any) -> tuple[str, list[Path]]:
+    """Where the runs of a config whose ``trainer:`` section is ``trainer`` write checkpoints, newest run first, and
+    how to say where: a ``ModelCheckpoint``'s ``dirpath``; else, without a logger, ``default_root_dir/checkpoints``;
+    else the logger's ``save_dir/name/version_N/checkpoints``."""
+    root = Path(trainer.get("default_root_dir") or ".")
+    callbacks = trainer.get("callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    dirpath = next((d for d in (init_args(c).get("dirpath") for c in callbacks if hasattr(c, "get")) if d), None)
+    logger = trainer.get("logger")
+    logger = logger[0] if isinstance(logger, list) and logger else logger
+    if dirpath or logger is False:
+        folder = Path(dirpath) if dirpath else root / "checkpoints"
+        return str(folder), [folder]
+    arguments = init_args(logger) if hasattr(logger, "get") else {}
+    name = arguments.get("name", "lightning_logs")
+    logs = Path(arguments.get("save_dir") or root) / (name or "")
+    runs = {p: p.name.removeprefix("version_") for p in logs.glob("version_*")}
+    newest_first = sorted((p for p, n in runs.items() if n.isdigit()), key=lambda p: int(runs[p]), reverse=True)
+    return str(logs / "version_N" / "checkpoints"), [run / "checkpoints" for run in newest_first]
 
 
 def flat(arguments: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -533,7 +762,10 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI
             "allow_abbrev": False,  # a typo such as --trainer.max_step must not pass for max_steps
         },
         seed_everything_default=DEFAULT_SEED,
-        trainer_defaults={"callbacks": [SaveOnInterrupt(), RecordBudget(), LogNewtonStats()]},
+        # SaveLastAtEnd before SaveOnInterrupt: a Ctrl-C held until the fit ends stops it in on_train_end
+        trainer_defaults={
+            "callbacks": [SaveLastAtEnd(), SaveOnInterrupt(), RecordBudget(), LogNewtonStats(), EndProcessGroupAtExit()]
+        },
         # every model configures its own optimizer and schedule; the CLI's --optimizer would replace them
         # silently or fail on the parameters the models build in configure_model
         auto_configure_optimizers=False,

@@ -69,8 +69,17 @@ class ResumablePasses:
 
     @property
     def position(self) -> dict[str, int]:
-        """``{"epoch", "batches"}``: the epoch of the current pass and the batches it has served."""
+        """``{"epoch", "batches"}``: the epoch of the current pass and the batches it has served; until a pass starts
+        after :meth:`load_state_dict`, the position loaded (a checkpoint saved then keeps it)."""
+        if self.resume_at is not None:
+            return dict(self.resume_at)
         return self.__dict__.setdefault("_position", {"epoch": self.epoch, "batches": 0})
+
+    def rewind(self, batches: int) -> None:
+        """Count at most ``batches`` of the current pass's batches as served: a fit stopped mid-batch by Ctrl-C
+        saves only those whose training step finished, and a pass resumed from there serves the others again."""
+        if self.resume_at is None:
+            self.position["batches"] = min(self.position["batches"], batches)
 
     def passes(self) -> Iterator[Any]:
         """One pass, a generator: nothing happens before its first batch is asked for."""

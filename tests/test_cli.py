@@ -410,3 +410,28 @@ def test_a_checkpoint_restores_the_cell_it_was_trained_with(tmp_path, monkeypatc
     # in Python too: the checkpoint alone builds the model
     model = SequenceTagger.load_from_checkpoint(checkpoint)
     assert isinstance(model.cell, ParaGRU) and model.cell.hidden_size == 32 and model.cell.mode == "sequential"
+
+
+def test_limit_test_batches_0_skips_the_test_after_fit(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(Trainer, "test", lambda *args, **kwargs: pytest.fail("the test after fit ran"))
+    main(["fit", "-c", str(PARITY_GRU), *TINY, "--trainer.limit_test_batches=0"])
+    assert read_metrics(tmp_path / "runs" / "parity_paragru" / "version_0")["val_loss"]
+
+
+def test_a_ddp_spawn_fit_runs_its_test_in_the_run_folder_and_keeps_its_metrics(tmp_path):
+    """ddp_spawn starts new processes (2 on the CPU, gloo) for the test after fit, which must neither refuse the
+    fit's config.yaml nor delete its metrics.csv."""
+    spawn = ["--trainer.strategy=ddp_spawn", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+    command = [sys.executable, "-m", "pararnn_ts.cli", "fit", "-c", str(PARITY_GRU), *TINY, *spawn]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = read_metrics(tmp_path / "runs" / "parity_paragru" / "version_0")
+    for key in ("train_loss", "val_loss", "test_loss", "test_acc"):
+        assert metrics[key], f"{key} was not logged"
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "experiments" / "world").glob("*.yaml")), ids=name_of)
+def test_world_configs_write_the_last_checkpoint_that_ckpt_path_last_resumes(config):
+    written = yaml.safe_load(config.read_text())["trainer"].get("callbacks", [])
+    assert any(c["class_path"].endswith("ModelCheckpoint") and c["init_args"].get("save_last") for c in written)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
+import signal
+import sys
 import warnings
 from pathlib import Path
 
@@ -38,7 +41,7 @@ def runs() -> list[str]:
 
 
 def test_ckpt_path_last_resumes_the_newest_runs_last_checkpoint(capsys):
-    with pytest.raises(FileNotFoundError, match=r"--ckpt_path last: no runs/quickstart/version_N/checkpoints/last"):
+    with pytest.raises(FileNotFoundError, match=r"--ckpt_path last: no last.ckpt .* in runs/quickstart/version_N/che"):
         main(["fit", "-c", str(QUICKSTART), *TINY, "--ckpt_path=last"])
     assert not Path("runs").exists()
     main(["fit", "-c", str(QUICKSTART), *TINY])
@@ -202,3 +205,149 @@ def test_ctrl_c_and_predict_print_no_lightning_tips_nor_notes_on_checkpoint_book
     assert any("GPU available" in line for line in logged)  # Lightning's other lines are kept
     assert not [line for line in logged if "Tip:" in line or "weights_only" in line]
     assert not [str(w.message) for w in caught if "dirpath has changed" in str(w.message)]
+
+
+# Validations every 3 steps across epochs of 4 batches: they fall mid-epoch, and on the batch before a Ctrl-C
+CTRL_C_FIT = [
+    "fit",
+    "-c",
+    str(QUICKSTART),
+    *TINY,
+    "--trainer.max_steps=8",
+    "--trainer.limit_val_batches=2",
+    "--trainer.limit_test_batches=0",
+    "--trainer.val_check_interval=3",
+    "--trainer.check_val_every_n_epoch=null",
+    "--data.init_args.num_batches_per_epoch=4",
+    "--model.init_args.dropout=0",  # dropout's random draws are not restored
+]
+
+
+def val_losses(*runs: Path) -> list[tuple[str, str]]:
+    """``(step, val_loss)`` of every validation that ``runs`` (one run's sessions) logged."""
+    rows = []
+    for run in runs:
+        if (run / "metrics.csv").is_file():
+            with open(run / "metrics.csv") as f:
+                rows += [(row["step"], row["val_loss"]) for row in csv.DictReader(f) if row.get("val_loss")]
+    return sorted(rows, key=lambda row: int(row[0]))
+
+
+def optimizer_tensors(checkpoint: dict) -> list[torch.Tensor]:
+    return [tensor for state in checkpoint["optimizer_states"][0]["state"].values() for tensor in state.values()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> tuple[dict, list[tuple[str, str]]]:
+    """The last checkpoint and the validations of the fit that the Ctrl-C tests interrupt."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setattr(sys, "argv", ["pararnn-ts"])
+        main(CTRL_C_FIT)
+    run = folder / "runs" / "quickstart" / "version_0"
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=False), val_losses(run)
+
+
+@pytest.mark.parametrize(
+    ("hook", "step"),
+    [
+        ("training_step", 3),  # mid-step, just after a validation
+        ("training_step", 4),  # in the first step of an epoch
+        ("optimizer_step", 4),  # while step 5 updates the weights: held until the next batch starts
+        ("optimizer_step", 3),  # the same in the last step of an epoch: held until the next epoch's first batch
+        ("optimizer_step", 5),  # the same before a validation: held until it starts
+        ("validation_step", 6),  # on the validation's second batch
+        ("on_train_batch_end", 5),  # twice, as the step's end hooks run: the second one stops at once
+    ],
+)
+def test_a_fit_resumed_after_ctrl_c_is_the_uninterrupted_fit(uninterrupted, monkeypatch, hook, step):
+    """A Ctrl-C (SIGINT) wherever it lands: the fit resumed from interrupted.ckpt trains on the same batches and
+    validates at the same steps as the uninterrupted fit, to bit-identical weights."""
+    from pararnn_ts.forecast.cli_module import ParaRNNForecaster
+
+    real = getattr(ParaRNNForecaster, hook)
+
+    def ctrl_c_at_step(self, *args, **kwargs):
+        validating = hook == "validation_step"
+        second_batch = not validating or args[1] == 1  # validation_step(batch, batch_idx)
+        now = self.global_step == step and self.trainer.validating == validating and second_batch
+        if now and hook != "optimizer_step":
+            for _ in range(2 if hook == "on_train_batch_end" else 1):
+                os.kill(os.getpid(), signal.SIGINT)
+        result = real(self, *args, **kwargs)
+        if now and hook == "optimizer_step":
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
+        patch.setattr(ParaRNNForecaster, hook, ctrl_c_at_step)
+        main(CTRL_C_FIT)
+    main([*CTRL_C_FIT, "--ckpt_path=runs/quickstart/version_0/checkpoints/interrupted.ckpt"])
+    resumed = torch.load("runs/quickstart/version_1/checkpoints/last.ckpt", weights_only=False)
+    expected, validations = uninterrupted
+    assert resumed["global_step"] == expected["global_step"] == 8
+    for name, weights in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], weights), name
+    assert all(map(torch.equal, optimizer_tensors(resumed), optimizer_tensors(expected)))
+    assert val_losses(*Path("runs/quickstart").iterdir()) == validations
+
+
+def test_ctrl_c_before_any_step_finished_saves_nothing(monkeypatch, capsys):
+    from pararnn_ts.forecast.cli_module import ParaRNNForecaster
+
+    def ctrl_c(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
+        patch.setattr(ParaRNNForecaster, "training_step", ctrl_c)
+        main(["fit", "-c", str(QUICKSTART), *TINY])
+    assert "nothing to save" in capsys.readouterr().err
+    assert not Path("runs/quickstart/version_0/checkpoints/interrupted.ckpt").exists()
+
+
+def test_last_ckpt_holds_the_last_steps_of_a_fit_that_ends_between_validations(monkeypatch, capsys):
+    """Validation (and with it Lightning's last.ckpt) every 2 steps, max_steps 3: last.ckpt holds step 3, the weights
+    the test after the fit scores, and --ckpt_path last resumes from there."""
+    from pararnn_ts.forecast.cli_module import ParaRNNForecaster
+
+    tested = {}
+    monkeypatch.setattr(
+        ParaRNNForecaster, "on_test_start", lambda self: tested.update(self.state_dict()), raising=False
+    )
+    every_2_steps = [*TINY, "--trainer.val_check_interval=2", "--trainer.check_val_every_n_epoch=null"]
+    main(["fit", "-c", str(QUICKSTART), *every_2_steps, "--trainer.max_steps=3"])
+    last = torch.load("runs/quickstart/version_0/checkpoints/last.ckpt", weights_only=False)
+    assert last["global_step"] == 3 and tested.keys() == last["state_dict"].keys()
+    assert all(torch.equal(tested[name], weights) for name, weights in last["state_dict"].items())
+    capsys.readouterr()
+    main(["fit", "-c", str(QUICKSTART), *every_2_steps, "--trainer.max_steps=4", "--ckpt_path=last"])
+    assert "resuming at step 3" in capsys.readouterr().err
+
+
+def test_ckpt_path_last_without_a_logger_is_the_checkpoint_in_the_root_folder(capsys):
+    """Without a logger a fit writes root/checkpoints/last.ckpt; a fit resuming it writes to another root, which the
+    refusal to reuse this one says with the checkpoint's path; a ModelCheckpoint's dirpath is where it looks too."""
+    main(["fit", "-c", str(QUICKSTART), *TINY, "--trainer.logger=false"])
+    capsys.readouterr()
+    with pytest.raises(FileExistsError, match=r"another --trainer.default_root_dir with --ckpt_path checkpoints/last"):
+        main(["fit", "-c", str(QUICKSTART), *TINY, "--trainer.logger=false", "--ckpt_path=last"])
+    assert "--ckpt_path last: checkpoints/last.ckpt" in capsys.readouterr().err
+    resumed = Path("resumed/checkpoints/last.ckpt")  # what a fit with --trainer.default_root_dir=resumed writes
+    resumed.parent.mkdir(parents=True)
+    resumed.write_bytes(b"")
+    assert latest_last_checkpoint({"trainer": {"logger": False, "default_root_dir": "resumed"}}) == resumed
+    callbacks = [{"class_path": "ModelCheckpoint", "init_args": {"dirpath": "mine"}}]
+    with pytest.raises(FileNotFoundError, match=r"no last.ckpt \(or interrupted.ckpt\) in mine; no checkpoint"):
+        latest_last_checkpoint({"trainer": {"logger": None, "callbacks": callbacks}})
+
+
+def test_ckpt_path_last_names_the_checkpoints_it_found_when_none_is_last():
+    saved = Path("runs/x/version_0/checkpoints/epoch=1-step=10.ckpt")
+    saved.parent.mkdir(parents=True)
+    saved.write_bytes(b"")
+    config = {"trainer": {"logger": {"init_args": {"save_dir": "runs", "name": "x"}}}}
+    with pytest.raises(
+        FileNotFoundError, match=rf"in runs/x/version_N/checkpoints; the checkpoints there: {saved}; pass"
+    ):
+        latest_last_checkpoint(config)

@@ -46,7 +46,7 @@ def fit_checkpoint(tmp_path_factory) -> Path:
                 "--model.init_args.num_layers=1",
             ]
         )
-    (checkpoint,) = runs.glob("world_pendulum/version_0/checkpoints/*.ckpt")
+    (checkpoint,) = runs.glob("world_pendulum/version_0/checkpoints/epoch=*.ckpt")  # beside last.ckpt
     return checkpoint
 
 
