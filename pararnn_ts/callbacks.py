@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import numpy as np
+import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
 from .core import ParaCell, SolverStats
@@ -50,3 +53,60 @@ def newton_stats(module: LightningModule) -> list[SolverStats]:
         for cell in cells(module)
         if cell.last_stats is not None and cell.last_stats.algorithm == "newton"
     ]
+
+
+class ResumeRandomState(Callback):
+    """Save the global random state (torch, CUDA, NumPy, Python) in checkpoints and restore it when a fit resumes,
+    so that dropout, sampled contexts and anything else drawn from it continue as in the uninterrupted fit.
+
+    A checkpoint taken inside a training step (Ctrl-C) keeps the state from the step's start, which the resumed
+    fit runs again. The state is restored at the start of training, after the sanity-check validation. Checkpoints
+    stay loadable with ``torch.load(..., weights_only=True)``. Under DDP every rank resumes with rank 0's state.
+    The ``pararnn-ts`` CLI adds it to every fit.
+    """
+
+    def __init__(self) -> None:
+        self.step_start: dict[str, Any] | None = None  # the state at the start of the training step under way
+        self.resumed: dict[str, Any] | None = None
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self.step_start = random_state()
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.step_start = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.step_start if self.step_start is not None else random_state()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.resumed = state_dict
+
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.resumed is not None:
+            set_random_state(self.resumed)
+            self.resumed = None
+
+
+def random_state() -> dict[str, Any]:
+    """The global random state of torch (and each CUDA device), NumPy and Python, as tensors, lists and numbers."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    version, python, python_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
+        "python": [version, list(python), python_gauss],
+    }
+
+
+def set_random_state(state: dict[str, Any]) -> None:
+    """Restore a :func:`random_state` (CUDA's only on as many devices as it was taken on)."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, python, python_gauss = state["python"]
+    random.setstate((version, tuple(python), python_gauss))

@@ -48,7 +48,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 import pararnn_ts.lm  # noqa: F401
 import pararnn_ts.nn  # noqa: F401
 import pararnn_ts.synthetic  # noqa: F401
-from pararnn_ts.callbacks import LogNewtonStats
+from pararnn_ts.callbacks import LogNewtonStats, ResumeRandomState
 from pararnn_ts.loaders import ResumablePasses
 
 #: the seed of a run unless the config or ``--seed_everything`` says otherwise
@@ -764,7 +764,14 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI
         seed_everything_default=DEFAULT_SEED,
         # SaveLastAtEnd before SaveOnInterrupt: a Ctrl-C held until the fit ends stops it in on_train_end
         trainer_defaults={
-            "callbacks": [SaveLastAtEnd(), SaveOnInterrupt(), RecordBudget(), LogNewtonStats(), EndProcessGroupAtExit()]
+            "callbacks": [
+                SaveLastAtEnd(),
+                SaveOnInterrupt(),
+                RecordBudget(),
+                LogNewtonStats(),
+                EndProcessGroupAtExit(),
+                ResumeRandomState(),
+            ]
         },
         # every model configures its own optimizer and schedule; the CLI's --optimizer would replace them
         # silently or fail on the parameters the models build in configure_model

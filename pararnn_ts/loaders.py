@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Sampler
 
 if TYPE_CHECKING:
@@ -91,7 +92,10 @@ class ResumablePasses:
         resume, self.resume_at = self.resume_at, None
         skip = resume["batches"] if resume is not None and resume["epoch"] == epoch else 0
         self._position = {"epoch": epoch, "batches": 0}
-        for batch in self.epoch_batches(epoch):
+        # a resumed pass was begun before the checkpoint: beginning it again must not draw from torch's global
+        # random stream (DataLoader.__iter__ draws its workers' seed there), which the checkpoint may have restored
+        batches = self.epoch_batches(epoch) if skip == 0 else without_random_draws(self.epoch_batches, epoch)
+        for batch in batches:
             self._position["batches"] += 1
             if self._position["batches"] > skip:
                 yield batch
@@ -102,6 +106,15 @@ class ResumablePasses:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.resume_at = {"epoch": int(state["epoch"]), "batches": int(state["batches"])}
+
+
+def without_random_draws(make: Callable[[int], Iterator[Any]], epoch: int) -> Iterator[Any]:
+    """``make(epoch)``, with torch's global random state as it was before."""
+    state = torch.get_rng_state()
+    try:
+        return make(epoch)
+    finally:
+        torch.set_rng_state(state)
 
 
 class ResumableDataLoader(ResumablePasses, DataLoader):

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import csv
+import random
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from pararnn_ts import ParaGRU
-from pararnn_ts.callbacks import LogNewtonStats
+from pararnn_ts.callbacks import LogNewtonStats, ResumeRandomState
 from pararnn_ts.cli import lightning_cli
+from pararnn_ts.loaders import EpochShuffleSampler, ResumableDataLoader
 
 STEPS = 3
 #: (B, T, F): Newton needs up to T updates, so max_iters=1 never converges here and 12 always does
@@ -82,3 +86,61 @@ def test_layers_solved_exactly_log_nothing(tmp_path):
 def test_every_fit_through_the_cli_logs_newton_statistics():
     cli = lightning_cli(["-c", "experiments/synthetic/parity_paragru.yaml"], run=False)
     assert any(isinstance(callback, LogNewtonStats) for callback in cli.trainer.callbacks)
+
+
+class NoisySteps(pl.LightningModule):
+    """Each step draws from torch's, NumPy's and Python's global random streams (as dropout or a sampled context
+    do), so the weights after a resumed fit show whether those streams went on where they stopped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(3))
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        noise = torch.randn(3) + float(np.random.rand()) + random.random()
+        return (self.weight - noise).square().sum() + 0 * batch[0].sum()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def fit_noisy(folder, max_steps: int, callbacks: list, ckpt_path=None) -> torch.Tensor:
+    """Fit :class:`NoisySteps` on a resumable loader of 3 batches an epoch, a checkpoint every 2 steps (mid-epoch
+    and at epochs' ends)."""
+    pl.seed_everything(0, verbose=False)
+    module = NoisySteps()
+    saving = ModelCheckpoint(folder, "{step}", every_n_train_steps=2, save_top_k=-1)
+    trainer = pl.Trainer(
+        max_steps=max_steps,
+        callbacks=[saving, *callbacks],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    loader = ResumableDataLoader(TensorDataset(torch.zeros(3, 1)), sampler=EpochShuffleSampler(3))
+    trainer.fit(module, loader, ckpt_path=ckpt_path)
+    return module.weight.detach().clone()
+
+
+@pytest.mark.parametrize("restored", [True, False])
+def test_a_resumed_fit_draws_the_random_numbers_of_an_uninterrupted_one(tmp_path, restored):
+    callbacks = [ResumeRandomState()] if restored else []
+    straight = fit_noisy(tmp_path / "straight", 8, callbacks)
+    for step in (2, 6):  # mid-epoch, and at the end of the second epoch
+        resumed = fit_noisy(tmp_path / f"from{step}", 8, callbacks, tmp_path / "straight" / f"step={step}.ckpt")
+        assert torch.equal(resumed, straight) is restored
+    torch.load(tmp_path / "straight" / "step=2.ckpt", weights_only=True)  # plain tensors, lists and numbers
+
+
+def test_a_checkpoint_taken_inside_a_step_keeps_the_state_of_the_steps_start():
+    saving = ResumeRandomState()
+    saving.on_train_batch_start(None, None, None, 0)
+    started = [torch.rand(2), np.random.rand(), random.random()]
+    torch.rand(5), np.random.rand(), random.random()  # the step's draws before Ctrl-C
+    resuming = ResumeRandomState()
+    resuming.load_state_dict(saving.state_dict())
+    resuming.on_train_start(None, None)
+    assert torch.equal(torch.rand(2), started[0]) and np.random.rand() == started[1] and random.random() == started[2]
+    saving.on_train_batch_end(None, None, None, None, 0)
+    assert torch.equal(saving.state_dict()["torch"], torch.get_rng_state())  # between steps: the state as it is
