@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -126,3 +127,19 @@ def small_lm(cache_dir: Path) -> list[str]:
         "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false",
     ]
+
+
+#: Lightning's DDP on two CPU processes (gloo)
+TWO_PROCESSES = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
+
+
+def run_in_two_processes(args: list[str], folder: Path) -> None:
+    """``pararnn-ts ARGS`` in two CPU processes in ``folder`` (Lightning's DDP starts the second from the first)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pararnn_ts.cli", *args, *TWO_PROCESSES],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import inspect
 import json
-import subprocess
 import sys
 import warnings
 from dataclasses import replace
@@ -17,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from conftest import run_in_two_processes
 
 from pararnn_ts.cli import main
 from pararnn_ts.forecast.cli_module import CHECKPOINT_KEY, METRICS_FILE, PLOT_FILE, ParaRNNForecaster, data_sizes
@@ -177,7 +177,6 @@ def test_resuming_with_other_data_arguments_warns_about_them(first_run, tmp_path
 
 
 #: the options that run a ``pararnn-ts`` command in two CPU processes (DDP over gloo)
-TWO_PROCESSES = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 
 
 def new_version(folder: Path, run) -> Path:
@@ -186,18 +185,6 @@ def new_version(folder: Path, run) -> Path:
     run()
     (version,) = set((folder / "runs" / "lightning_logs").glob("version_*")) - before
     return version
-
-
-def run_in_two_processes(args: list[str], folder: Path) -> None:
-    """``pararnn-ts ARGS`` in two CPU processes in ``folder`` (Lightning's DDP starts the second from the first)."""
-    done = subprocess.run(
-        [sys.executable, "-m", "pararnn_ts.cli", *args, *TWO_PROCESSES],
-        cwd=folder,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def test_two_processes_validate_test_and_predict_as_one_does(first_run, tmp_path, monkeypatch):

@@ -7,7 +7,6 @@ import csv
 import json
 import math
 import statistics
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import small_lm
+from conftest import run_in_two_processes, small_lm
 
 from pararnn_ts.cli import main as cli_main
 from pararnn_ts.lm import ByteTokenizer, TextDataModule
@@ -176,15 +175,7 @@ def test_two_process_predict_writes_every_prompt_once_in_prompt_order(tmp_path):
         "--data.init_args.max_new_tokens=4",
     ]
     cli_main(predict)
-    ddp = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
-    done = subprocess.run(
-        [sys.executable, "-m", "pararnn_ts.cli", *predict, *ddp],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_in_two_processes(predict, tmp_path)
     one, two = ((tmp_path / "tiny_paragru" / f"version_{v}" / "predictions.jsonl").read_text() for v in (1, 2))
     assert two == one and [json.loads(line)["prompt"] for line in one.splitlines()] == prompts
 
