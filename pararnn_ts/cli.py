@@ -12,36 +12,32 @@ printed (skip it with ``--trainer.limit_test_batches=0``).
 
 from __future__ import annotations
 
-import atexit
 import csv
 import importlib
 import inspect
 import linecache
 import logging
-import math
 import os
 import pickle
 import shutil
-import signal
 import sys
-import threading
 import time
 import warnings
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, Timer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
-from lightning.pytorch.trainer.states import RunningStage, TrainerFn
+from lightning.pytorch.trainer.states import RunningStage
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
 # Imported so that configs may name their classes without the module (class_path: GatedLinearRNN).
@@ -49,12 +45,10 @@ import pararnn_ts.lm  # noqa: F401
 import pararnn_ts.nn  # noqa: F401
 import pararnn_ts.synthetic  # noqa: F401
 from pararnn_ts.callbacks import LogNewtonStats, ResumeRandomState
-from pararnn_ts.loaders import ResumablePasses
+from pararnn_ts.run_callbacks import INTERRUPTED_CHECKPOINT, EndProcessGroupAtExit, SaveLastAtEnd, SaveOnInterrupt
 
 #: the seed of a run unless the config or ``--seed_everything`` says otherwise
 DEFAULT_SEED = 0
-#: the checkpoint a fit stopped by Ctrl-C leaves in its checkpoint folder (:class:`SaveOnInterrupt`)
-INTERRUPTED_CHECKPOINT = "interrupted.ckpt"
 #: where a checkpoint records the fit's budget (:class:`RecordBudget`)
 BUDGET_KEY = "pararnn_ts_budget"
 
@@ -93,193 +87,6 @@ LIBRARY_NOISE = (
 def not_a_tip(record: logging.LogRecord) -> bool:
     """``False`` for Lightning's advertisement of another product (the litlogger tip it logs on every run)."""
     return not str(record.msg).startswith("💡 Tip:")
-
-
-class SaveOnInterrupt(Callback):
-    """On Ctrl-C during ``fit``, save the run to ``interrupted.ckpt`` in its checkpoint folder, so that
-    ``--ckpt_path`` resumes it; without it only the last checkpoint written before survives.
-
-    The run is saved as it stood when its last finished training batch ended (:func:`rewind_to_finished_batch`), or
-    with the validation under way not yet run (:func:`restart_validation`): a fit resumed from there trains on the
-    batches, and validates at the steps, that the uninterrupted fit would have. A Ctrl-C from the moment a step
-    updates the weights until the next batch or validation starts is held until then (:class:`HeldInterrupt`), so
-    that no update is saved half done; a second one stops at once.
-    """
-
-    def __init__(self) -> None:
-        self.hold: HeldInterrupt | None = None
-        self.trained = False  # the fit loop has ended: nothing to rewind
-
-    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.trained = False
-
-    def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
-        if self.hold is None and HeldInterrupt.can_hold():
-            self.hold = HeldInterrupt(trainer.is_global_zero)
-
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self.stop_if_held()
-
-    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.stop_if_held()
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.trained = True
-        self.stop_if_held()
-
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.release()
-
-    def release(self) -> bool:
-        """End the hold, if any; whether it held a Ctrl-C."""
-        hold, self.hold = self.hold, None
-        return hold is not None and hold.release()
-
-    def stop_if_held(self) -> None:
-        """End the hold, raising the Ctrl-C it held (``KeyboardInterrupt``), if any."""
-        if self.release():
-            raise KeyboardInterrupt
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self.release()
-        checkpoint = trainer.checkpoint_callback
-        if not (
-            isinstance(exception, KeyboardInterrupt)
-            and trainer.state.fn == TrainerFn.FITTING
-            and not (trainer.fast_dev_run or trainer.sanity_checking)
-            and checkpoint is not None
-            and checkpoint.dirpath is not None
-        ):
-            return
-        if trainer.validating:
-            restart_validation(trainer)
-        elif not (self.trained or rewind_to_finished_batch(trainer)):
-            if trainer.is_global_zero:
-                print("\nstopped before a training step finished: nothing to save", file=sys.stderr)
-            return
-        path = Path(checkpoint.dirpath) / INTERRUPTED_CHECKPOINT
-        trainer.save_checkpoint(path, weights_only=False)  # said, not defaulted: Lightning logs the default
-        if trainer.is_global_zero:
-            print(f"\nsaved the interrupted run to {path}; resume it with --ckpt_path {path}", file=sys.stderr)
-
-
-class HeldInterrupt:
-    """Ctrl-C (SIGINT) held off: the first one is noted (:meth:`release` says so) instead of raising
-    ``KeyboardInterrupt``, a second one raises it at once. Only where :meth:`can_hold`."""
-
-    def __init__(self, tell: bool = True) -> None:
-        self.pending, self.tell = False, tell
-        signal.signal(signal.SIGINT, self.note)
-
-    @staticmethod
-    def can_hold() -> bool:
-        """Whether a Ctrl-C raises ``KeyboardInterrupt`` here: Python's own handler, in the main thread (not where
-        SIGINT is ignored, as in a background job, or handled otherwise)."""
-        main_thread = threading.current_thread() is threading.main_thread()
-        return main_thread and signal.getsignal(signal.SIGINT) is signal.default_int_handler
-
-    def note(self, signum: int, frame: FrameType | None) -> None:
-        if self.pending:
-            self.release()
-            raise KeyboardInterrupt
-        self.pending = True
-        if self.tell:  # straight to the file: a handler that prints may interrupt a print (a progress bar's)
-            os.write(2, b"\nCtrl-C: stopping once this step is done (Ctrl-C again stops at once)\n")
-
-    def release(self) -> bool:
-        """Give Ctrl-C back to Python's handler; whether one came meanwhile."""
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        return self.pending
-
-
-def rewind_to_finished_batch(trainer: Trainer) -> bool:
-    """Set the fit's loops and its resumable training loaders back to the end of its last finished training batch
-    (its ``on_train_batch_end``, where Lightning writes step checkpoints and resumes them exactly), after the
-    validation that followed it. Returns ``False`` if no batch has finished.
-
-    A Ctrl-C lands mid-batch, where Lightning counts the unfinished batch as started (a fit resumed from there
-    trains on it again, and validates one batch early) and the loader counts it as served (and skips it)."""
-    fit, loop = trainer.fit_loop, trainer.fit_loop.epoch_loop
-    progress = loop.batch_progress
-    served = progress.current.processed  # this epoch's batches whose step finished
-    advanced = progress.current.completed == served  # and what follows a batch's end (validation, step count)
-    finished, epoch = served, trainer.current_epoch
-    if finished == 0:  # the first batch of an epoch: back to the end of the last one of the epoch before
-        finished, epoch = trainer.num_training_batches, epoch - 1
-    if epoch < 0 or not math.isfinite(finished):
-        return False
-    for loader in resumable_training_loaders(trainer):
-        loader.rewind(served)
-    ended_batch(progress.current, int(finished))
-    ended_batch(progress.total, progress.total.processed)
-    progress.is_last_batch = finished >= trainer.num_training_batches
-    for tracker in (fit.epoch_progress.current, fit.epoch_progress.total):
-        under_way(tracker, epoch)
-    automatic = loop.automatic_optimization.optim_progress.optimizer.step
-    for steps in (automatic, loop.manual_optimization.optim_step_progress):  # the unfinished batch's step
-        steps.current.ready, steps.total.ready = steps.current.completed, steps.total.completed
-    if advanced and not loop._should_accumulate():
-        loop._batches_that_stepped -= 1  # Lightning counts it again when it resumes after a batch's end
-    return True
-
-
-def restart_validation(trainer: Trainer) -> None:
-    """Set the fit's validation under way back to its start: a fit resumed from there runs it whole (Lightning would
-    run the rest of it, on its first batches, and without the metrics of the part that ran)."""
-    progress = trainer.fit_loop.epoch_loop.val_loop.batch_progress
-    under_way(progress.total, progress.total.completed - progress.current.completed)
-    under_way(progress.current, 0)
-    progress.is_last_batch = False
-
-
-def ended_batch(tracker: Any, batches: int) -> None:
-    """Set a Lightning progress ``tracker`` to where ``batches`` batches are at their ``on_train_batch_end``: the last
-    one processed, not yet completed."""
-    tracker.ready = tracker.started = tracker.processed = batches
-    tracker.completed = batches - 1
-
-
-def under_way(tracker: Any, done: int) -> None:
-    """Set a Lightning progress ``tracker`` to ``done`` events (epochs, batches) done and the next one started."""
-    tracker.ready = tracker.started = done + 1
-    tracker.processed = tracker.completed = done
-
-
-def resumable_training_loaders(trainer: Trainer) -> list[ResumablePasses]:
-    """The fit's training loaders that save their place in checkpoints (:class:`ResumablePasses`)."""
-    combined = trainer.fit_loop._combined_loader  # whose loaders' state_dict Lightning saves
-    return [] if combined is None else [loader for loader in combined.flattened if isinstance(loader, ResumablePasses)]
-
-
-class SaveLastAtEnd(Callback):
-    """When a fit ends (``max_steps``, ``max_epochs``, ``max_time``) after steps that no checkpoint holds, bring the
-    ``last.ckpt`` of each ``ModelCheckpoint`` with ``save_last: true`` up to date: Lightning writes it with the
-    checkpoints it saves after validations only, so ``--ckpt_path last`` would resume, and ``test`` or ``predict``
-    score, weights from before the fit's last steps."""
-
-    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        for callback in trainer.checkpoint_callbacks:
-            # Lightning's own test of whether the fit's last step was saved, and its own way to write last.ckpt
-            if isinstance(callback, ModelCheckpoint) and callback.save_last is True:
-                if not callback._should_skip_saving_checkpoint(trainer):
-                    callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
-
-
-class EndProcessGroupAtExit(Callback):
-    """Destroy the process group of a run on the gloo backend (DDP on CPUs) when its process exits, as Lightning does
-    for NCCL's: else its threads can outlive it and abort the process (``terminate called without an active
-    exception``), which fails a ``ddp_spawn`` run that had finished."""
-
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if torch.distributed.is_initialized() and torch.distributed.get_backend() == "gloo":
-            atexit.unregister(end_process_group)  # once a process, which may run fit and test
-            atexit.register(end_process_group)
-
-
-def end_process_group() -> None:
-    """Destroy the default process group, if any (once the process's work is done)."""
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 class RecordBudget(Callback):
