@@ -91,7 +91,7 @@ def not_a_tip(record: logging.LogRecord) -> bool:
 
 class RecordBudget(Callback):
     """Record the fit's ``max_steps`` and ``max_epochs`` in its checkpoints (under :data:`BUDGET_KEY`): the
-    learning-rate schedules span them, so a resume with another budget is warned about
+    step-based learning-rate schedules (cosine) span them, so a resume with another budget is warned about
     (:func:`warn_if_budget_changed`)."""
 
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
@@ -515,8 +515,9 @@ def warn_if_budget_changed(ckpt_path: str | None, checkpoint: dict[str, Any] | N
     changed = {key: value for key, value in budget(trainer).items() if key in recorded and recorded[key] != value}
     if changed:
         warnings.warn(
-            f"--ckpt_path {ckpt_path} continues a run trained for another budget, which its learning-rate "
-            f"schedule spans: {differences(changed, recorded)}; to finish the run as planned, resume with its budget",
+            f"--ckpt_path {ckpt_path} continues a run trained for another budget: {differences(changed, recorded)}; "
+            "a learning-rate schedule set over the run's steps (cosine, warmup then cosine; not a plateau schedule) "
+            "then ends elsewhere than planned; to finish the run as planned, resume with its budget",
             stacklevel=1,
         )
 

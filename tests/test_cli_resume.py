@@ -168,7 +168,8 @@ def test_resuming_with_another_budget_is_warned_about():
     main(["fit", "-c", str(QUICKSTART), *TINY])
     last = "runs/quickstart/version_0/checkpoints/last.ckpt"
     assert torch.load(last, weights_only=False)["pararnn_ts_budget"] == {"max_steps": 2, "max_epochs": None}
-    with pytest.warns(UserWarning, match=r"another budget.* spans: max_steps=4 \(checkpoint: 2\); to finish the run"):
+    spans = r"another budget: max_steps=4 \(checkpoint: 2\); a learning-rate schedule set over the run's steps"
+    with pytest.warns(UserWarning, match=spans):
         main(["fit", "-c", str(QUICKSTART), *TINY, "--trainer.max_steps=4", f"--ckpt_path={last}"])
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*another budget")
