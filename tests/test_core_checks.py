@@ -3,7 +3,10 @@ import re
 import pytest
 import torch
 from conftest import make_cell, random_state
+from torch import nn
 
+from pararnn_ts.core import Diagonal, ParaCell
+from pararnn_ts.core import cell as cell_module
 from pararnn_ts.core.checks import all_finite
 
 
@@ -65,3 +68,61 @@ def test_lstm_state_pair_on_two_devices_names_the_one_off_device():
     with pytest.raises(ValueError, match=re.escape("ParaLSTM: state[1] is on meta but x is on cpu")):
         cell(x, (c, h.to("meta")))
     cell(x, (c, h))  # the same state on x's device runs
+
+
+class LogCell(ParaCell):
+    """``tanh(a ⊙ h + u) + 0·log(u + 3)``: NaN where an input goes below −3, finite elsewhere."""
+
+    structure = Diagonal()
+
+    def __init__(self, gain: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.a = nn.Parameter(torch.full((4,), gain))
+
+    @property
+    def state_shape(self):
+        return (4,)
+
+    def recurrence(self, h, u):
+        return torch.tanh(self.a * h + u) + 0 * torch.log(u + 3)
+
+
+class GrowingCell(LogCell):
+    def recurrence(self, h, u):
+        return self.a * h + u  # |h| doubles each step with a = 2: float32 overflows after ~128 steps
+
+
+@pytest.mark.filterwarnings("ignore:.*Newton did not converge:RuntimeWarning")
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_nan_or_inf_from_the_recurrence_is_refused_naming_the_step_and_row(mode):
+    x = torch.randn(3, 30, 4, generator=torch.Generator().manual_seed(0)).clamp(-2, 2)
+    x[1, 20, 2] = -10.0
+    where = r"LogCell\.recurrence produced NaN or inf at step 20 \(of T=30\) in batch row 1"
+    with pytest.raises(ValueError, match=where):
+        LogCell(mode=mode)(x)
+    if mode == "parallel":
+        with pytest.raises(ValueError, match=r"the last Newton iterate, returned by fallback='warn'.*at step 20"):
+            LogCell(mode=mode, fallback="warn")(x)  # Newton stops at its NaN guess
+    y, _ = LogCell(mode=mode, check_inputs=False)(x)  # the user's responsibility
+    assert y[1, 20:, 2].isnan().all() and y[:, :20].isfinite().all()
+    with pytest.raises(ValueError, match=r"at step 1[23]\d \(of T=200\) in batch row 0.*overflow \(\|h\| grows"):
+        GrowingCell(2.0, mode=mode)(torch.ones(1, 200, 4))
+
+
+@pytest.mark.filterwarnings("ignore:.*Newton did not converge:RuntimeWarning")
+@pytest.mark.parametrize("mode", ["sequential", "parallel", "fused"])
+def test_a_nan_parameter_is_named(mode):
+    cell = make_cell("paragru", torch.float32, mode=mode)
+    with torch.no_grad():
+        cell.A[1, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"ParaGRU\.recurrence produced NaN or inf at step 0 .*the parameters A have"):
+        cell(torch.randn(2, 9, cell.input_size))
+    assert cell.last_stats.mode == mode
+
+
+def test_a_finite_solve_checks_its_trajectory_in_one_reduction(monkeypatch):
+    seen = []
+    monkeypatch.setattr(cell_module, "all_finite", lambda t: seen.append(tuple(t.shape)) or all_finite(t))
+    cell = LogCell(mode="parallel")
+    cell(torch.randn(2, 9, 4))
+    assert seen == [(2, 9, 4), (2, 9, 4)]  # x, then the trajectory

@@ -76,7 +76,7 @@ def test_a_structure_the_recurrence_does_not_have_is_refused_in_parallel_mode(mi
 def test_the_right_structure_passes_and_gives_the_sequential_gradients():
     x = inputs()
     ref = grads(DenseMixingCell(mode="sequential"), x)
-    cell = DenseMixingCell(mode="parallel")
+    cell = DenseMixingCell(mode="parallel", max_iters=30)  # 12 Newton steps leave its float64 residual at 6e-12
     for a, b in zip(ref, grads(cell, x), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
     assert not cell._contract_pending
@@ -110,7 +110,7 @@ class WrongValueJacobianCell(ElementwiseCell):
     "cls, match",
     [
         (WrongJacobianCell, r"WrongJacobianCell\.jacobian is not the derivative.*correct WrongJacobianCell"),
-        (WrongShapeJacobianCell, r"J of shape \(1, 4, 4, 4\).*needs .* J of shape \(1, 4, 4\)"),
+        (WrongShapeJacobianCell, r"J of shape \(2, 4, 4, 4\).*needs .* J of shape \(2, 4, 4\)"),
         (WrongValueJacobianCell, r"jacobian returns an f that differs from recurrence"),
     ],
 )
@@ -141,8 +141,49 @@ class DropoutCell(ElementwiseCell):
 @pytest.mark.parametrize("cls", [LeadingDimCell, DropoutCell])
 def test_a_recurrence_that_is_not_batched_over_time_is_refused_in_parallel_mode(cls):
     cls(mode="sequential")(inputs())
-    with pytest.raises(ValueError, match=r"other values on h_prev of shape \(1, 4, 4\).*u\[\.\.\., 0\]"):
+    with pytest.raises(ValueError, match=r"other values on h_prev of shape \(2, 4, 4\).*u\[\.\.\., 0\]"):
         cls(mode="parallel")(inputs())
+
+
+class BatchMeanCell(ElementwiseCell):
+    """Reads the mean state over the batch: each row depends on the others."""
+
+    def recurrence(self, h, u):
+        return torch.tanh(self.a * h + u + 0.5 * h.mean(0, keepdim=True))
+
+
+@pytest.mark.parametrize("batch", [1, 3])  # one sequence: the check pairs it with its steps in reverse order
+def test_a_recurrence_that_mixes_batch_rows_is_refused_at_the_first_solve(batch):
+    BatchMeanCell(mode="sequential")(inputs(batch=batch))
+    with pytest.raises(ValueError, match=r"BatchMeanCell\.recurrence mixes batch rows.*dim 0.*mode=\"sequential\""):
+        BatchMeanCell(mode="parallel")(inputs(batch=batch))
+
+
+class EvalOffDropoutCell(ElementwiseCell):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.drop = nn.Dropout(0.5)
+
+    def recurrence(self, h, u):
+        return torch.tanh(self.a * self.drop(h) + u)
+
+
+@pytest.mark.filterwarnings("ignore:.*Newton did not converge:RuntimeWarning")
+def test_dropout_is_checked_again_at_the_first_solve_in_training_mode():
+    """Lightning's sanity check validates (eval mode, no grad) before the first training step."""
+    cell = EvalOffDropoutCell(mode="parallel")
+    cell.eval()
+    with torch.no_grad():
+        cell(inputs())  # dropout is off: the recurrence is deterministic here
+    assert cell._contract_pending == {"inputs", "train_mode"}
+    cell.train()
+    with pytest.raises(ValueError, match=r"other values on h_prev.*in training mode.*deterministic \(no dropout"):
+        cell(inputs())
+    right = ElementwiseCell(mode="parallel").eval()
+    with torch.no_grad():
+        right(inputs())
+    right.train()(inputs())[0].sum().backward()
+    assert not right._contract_pending
 
 
 @pytest.mark.parametrize("dtype, autocast", [(torch.float32, False), (torch.float64, False), (torch.float32, True)])
@@ -185,14 +226,16 @@ def test_the_checks_run_once_per_cell(monkeypatch):
 
 def test_check_contract_false_skips_the_checks():
     cell = MixingCell(mode="parallel", check_contract=False)
-    cell(inputs())  # the user's responsibility: no error
+    with pytest.warns(RuntimeWarning, match="did not converge"):  # Newton with the wrong Jacobian falls back
+        cell(inputs())  # the user's responsibility: no error
     assert cell._contract_pending == set(contract.CHECKS)
 
 
 def test_the_checks_wait_for_an_eager_call_under_tracing(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     cell = MixingCell(mode="parallel")
-    cell(inputs())  # what torch.compile traces: no check, no host sync from it
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        cell(inputs())  # what torch.compile traces: no check, no host sync from it
     assert cell._contract_pending == set(contract.CHECKS)
     monkeypatch.undo()
     with pytest.raises(ValueError, match="not the derivative"):
@@ -349,9 +392,9 @@ class StepOnly(ElementwiseCell):
         (StructureClass, r"StructureClass\.structure is the class Diagonal; it must be an instance: .*Diagonal\(\)"),
         (StructureString, r"must be a Structure instance \(Diagonal\(\), Block\(k\) or Dense\(\).*'diagonal'"),
         (DenseOnBlockState, r"structure Dense\(\) is for a state of shape \(N,\).*\(2, 2\).*Block\(2\)"),
-        (WrongOutputShape, r"recurrence returned \(1, 3\) for h_prev of shape \(1, 4\).*must return the next state"),
+        (WrongOutputShape, r"recurrence returned \(2, 3\) for h_prev of shape \(2, 4\).*must return the next state"),
         (WrongOutputDtype, r"recurrence returned torch\.float32 for a torch\.float64 state"),
-        (StepOnly, r"recurrence failed on h_prev of shape \(1, 4, 4\).*batched over any leading dims"),
+        (StepOnly, r"recurrence failed on h_prev of shape \(2, 4, 4\).*batched over any leading dims"),
     ],
 )
 def test_a_mismatch_of_structure_state_and_output_is_named_in_every_mode(cls, match, mode):
@@ -359,7 +402,65 @@ def test_a_mismatch_of_structure_state_and_output_is_named_in_every_mode(cls, ma
         cls(mode=mode)(inputs())
 
 
+@pytest.mark.parametrize(
+    "cls, match",
+    [
+        (WrongOutputShape, r"recurrence returned \(2, 3\) for h_prev of shape \(2, 4\).*must return the next state"),
+        (WrongOutputDtype, r"recurrence returned torch\.float32 for a torch\.float64 state"),
+    ],
+)
+def test_step_checks_what_the_recurrence_returns_at_its_first_call(cls, match, monkeypatch):
+    x_t = inputs()[:, 0]
+    with pytest.raises(ValueError, match=match):
+        cls().step(x_t)
+    cls(check_contract=False).step(x_t)  # the user's responsibility
+    cell = ElementwiseCell()
+    cell.step(x_t)
+    monkeypatch.setattr("pararnn_ts.core.cell.check_state", lambda *a: pytest.fail("checked again"))
+    cell.step(x_t)  # once per cell
+
+
+class CustomFunctionCell(ElementwiseCell):
+    """Calls an autograd.Function with no setup_context or jvp: torch.func's forward mode cannot differentiate it."""
+
+    def recurrence(self, h, u):
+        return _Tanh.apply(self.a * h + u)
+
+
+class _Tanh(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        y = torch.tanh(x)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 - y * y)
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_a_recurrence_forward_mode_cannot_differentiate_is_named_with_the_fix(check):
+    CustomFunctionCell(mode="sequential")(inputs())  # reverse mode, through the loop: runs
+    cell = CustomFunctionCell(mode="parallel", check_contract=check)
+    fix = r"CustomFunctionCell\.recurrence runs, but torch\.func forward-mode AD.*write a jacobian\(h_prev, u\)"
+    with pytest.raises(ValueError, match=fix + r'.*mode="sequential"') as refused:
+        cell(inputs())
+    assert isinstance(refused.value.__cause__, RuntimeError) and "setup_context" in str(refused.value)
+
+
+def test_an_error_of_the_recurrence_itself_is_not_blamed_on_forward_mode():
+    class Failing(ElementwiseCell):
+        def recurrence(self, h, u):
+            raise RuntimeError("a bug of its own")
+
+    with pytest.raises(RuntimeError, match="a bug of its own"):
+        Failing().jacobian(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, 4, dtype=torch.float64))
+
+
 def test_a_cell_unpickled_from_before_the_checks_runs_without_them():
     cell = MixingCell(mode="parallel")
     del cell._contract_pending  # as a cell pickled before the attribute existed: the class default, nothing pending
-    cell(inputs())
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        cell(inputs())

@@ -75,7 +75,7 @@ def test_fused_newton_stats_follow_the_fallback_policy(fake, fallback):
         cell(x)
     assert not cell.last_stats.converged
     assert cell.last_stats.fell_back == (fallback == "sequential")
-    assert any("did not converge" in str(w.message) for w in caught) == (fallback == "warn")
+    assert any("did not converge" in str(w.message) for w in caught)  # the loop's fallback warns too (once a cell)
 
 
 def test_exact_solve_needs_a_backend_with_exact_kernels(fake):

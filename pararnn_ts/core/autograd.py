@@ -3,19 +3,22 @@
 Forward: Newton iterations (no graph). Backward (paper eq. 2.6): the adjoint
 ``λ_t = g_t + J_{t+1}ᵀ λ_{t+1}`` by one reverse linear scan, then one time-parallel
 vector–Jacobian product of ``f`` at the solved trajectory gives the gradients of ``u``, ``h0``
-and every parameter of the cell. Nothing is differentiated through the Newton iterations.
+and every parameter of the cell. Nothing is differentiated through the Newton iterations. That product's part in
+``h_prev`` checks the adjoint, hence the declared Jacobian (:func:`~pararnn_ts.core.contract.check_adjoint`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from ..notices import warn
-from .checks import first_order_only
+from .checks import autocast_enabled, first_order_only
+from .contract import check_adjoint
 from .newton import NewtonConvergenceError, SolverStats, newton_solve, shift_right
 from .scan import reverse_linear_scan
 
@@ -78,8 +81,8 @@ def keep_iterate(cell: ParaCell, stats: SolverStats, u: Tensor) -> bool:
     """Apply the cell's ``fallback`` policy to a Newton solve of ``u`` ``(B, T, ...)``.
 
     Returns ``True`` when the iterate is to be used (converged, or ``fallback="warn"``); ``False``
-    (with ``stats.fell_back`` set) when the caller must recompute the trajectory exactly; raises
-    :class:`NewtonConvergenceError` for ``fallback="raise"``.
+    (with ``stats.fell_back`` set, and a warning the first time for this cell) when the caller must recompute
+    the trajectory exactly; raises :class:`NewtonConvergenceError` for ``fallback="raise"``.
     """
     if stats.converged:
         return True
@@ -94,6 +97,16 @@ def keep_iterate(cell: ParaCell, stats: SolverStats, u: Tensor) -> bool:
         warn(message + "; returning the last Newton iterate")
         return True
     stats.fell_back = True
+    if not cell._fallback_warned:
+        cell._fallback_warned = True
+        warn(
+            message + "; the trajectory was recomputed exactly by a sequential solve (fallback='sequential'), "
+            "without the parallel speed-up. Likely causes: a Jacobian that does not match the declared structure, "
+            "a non-deterministic recurrence (dropout or sampling inside it), or a genuinely hard (chaotic or "
+            "near-bistable) recurrence: raise max_iters, or use mode='sequential'; fallback='warn' returns the "
+            "Newton iterate instead, fallback='raise' raises. Warned once per cell; cell.last_stats.fell_back "
+            "tells each solve"
+        )
     return False
 
 
@@ -145,17 +158,23 @@ class NewtonSolve(torch.autograd.Function):
         }
         params = [swapped.get(name, p) for name, p in zip(ctx.parameter_names, params, strict=True)]
         h_prev = shift_right(h, h0)
-        with torch.no_grad():
-            _, J = call_with_parameters(cell, swapped, _jacobian, h_prev, u)
-            adjoint = reverse_linear_scan(J, grad_h, cell.structure)
-        params = [p for p, needed in zip(params, needs_params, strict=True) if needed]
-        with torch.enable_grad():
-            h_prev = h_prev.detach().requires_grad_(needs_h0)
-            u = u.detach().requires_grad_(needs_u)
-            inputs = [x for x, needed in ((h_prev, needs_h0), (u, needs_u)) if needed] + params
-            out = call_with_parameters(cell, swapped, _recurrence, h_prev, u)
-            grads = list(torch.autograd.grad(out, inputs, adjoint, allow_unused=True)) if inputs else []
-        grad_h0 = grads.pop(0)[:, 0] if needs_h0 else None
+        check = cell.check_contract  # the part in h_prev of the product below checks the adjoint
+        device = h.device.type  # as the forward: autocast off (a backward called inside an autocast region)
+        with torch.autocast(device, enabled=False) if autocast_enabled(device) else nullcontext():
+            with torch.no_grad():
+                _, J = call_with_parameters(cell, swapped, _jacobian, h_prev, u)
+                adjoint = reverse_linear_scan(J, grad_h, cell.structure)
+            params = [p for p, needed in zip(params, needs_params, strict=True) if needed]
+            with torch.enable_grad():
+                h_prev = h_prev.detach().requires_grad_(needs_h0 or check)
+                u = u.detach().requires_grad_(needs_u)
+                inputs = [x for x, needed in ((h_prev, h_prev.requires_grad), (u, needs_u)) if needed] + params
+                out = call_with_parameters(cell, swapped, _recurrence, h_prev, u)
+                grads = list(torch.autograd.grad(out, inputs, adjoint, allow_unused=True)) if inputs else []
+        grad_h_prev = grads.pop(0) if h_prev.requires_grad else None
+        if check:
+            check_adjoint(cell, grad_h_prev, adjoint, grad_h)
+        grad_h0 = grad_h_prev[:, 0] if needs_h0 and grad_h_prev is not None else None
         grad_u = grads.pop(0) if needs_u else None
         grad_params = [grads.pop(0) if needed else None for needed in needs_params]
         return (None, None, grad_u, grad_h0, *grad_params)

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..ops import fused as fused_ops
 from .autograd import keep_iterate, parallel_solve, sequential_solve
 from .checks import all_finite, autocast_enabled, check_state_device, functorch_wrapped
-from .contract import CHECKS, MODE_CHECKS, check_contract
+from .contract import CHECKS, MODE_CHECKS, check_contract, check_state
 from .newton import SolverStats, default_tol
 from .structure import Diagonal, Structure
 
@@ -36,8 +36,9 @@ class ParaCell(nn.Module):
     anything else that requires grad, e.g. ``self.cond = emb.sigmoid()`` set by an outer model, would
     lose its gradient: feed it through ``u``), and its derivative in ``h_prev`` has the declared
     :attr:`structure` (a hand-written :meth:`jacobian` must be that derivative). The first solves check
-    both on a slice of their inputs (a few steps of the first sequence, once per cell; see
-    :mod:`pararnn_ts.core.contract`) and raise a ``ValueError`` naming the fix.
+    both on a slice of their inputs (a few steps of the first two sequences, once per cell; see
+    :mod:`pararnn_ts.core.contract`), every parallel backward checks the derivative it used, and each raises a
+    ``ValueError`` naming the fix.
 
     Args:
         mode: ``"sequential"`` (plain loop, autograd through it), ``"parallel"`` (Newton + scans,
@@ -50,20 +51,23 @@ class ParaCell(nn.Module):
             solve dtype.
         max_iters: most Newton updates per solve.
         fallback: what to do when Newton has not converged after ``max_iters``:
-            ``"sequential"`` recomputes with the loop, ``"warn"`` warns and returns the last
+            ``"sequential"`` recomputes with the loop (warning once per cell), ``"warn"`` warns and returns the last
             iterate, ``"raise"`` raises :class:`~pararnn_ts.core.newton.NewtonConvergenceError`.
         chunk_size: the parallel mode solves time chunks of this many steps one after the other,
             each from the exact final state of the previous one; ``"auto"`` (default) picks chunks
             of about :attr:`CPU_CHUNK_ELEMENTS` state values on CPU, so Newton's passes stay in
             cache, and the whole sequence at once on GPU; ``None`` never chunks.
-        check_inputs: validate shapes and finiteness of inputs (one pass over the data).
+        check_inputs: validate shapes and finiteness of inputs, and that the solve's trajectory is finite (one
+            pass over each).
         fused_backend: which fused backend ``"fused"``/``"auto"`` may use: ``"auto"`` (the
             fastest available for the device), ``"cpu"``, ``"triton"`` or ``"cuda"``.
         check_contract: check, once per cell on its first solves, that :attr:`structure`,
             :attr:`state_shape`, :meth:`recurrence` and :meth:`jacobian` agree and that
             :meth:`recurrence` reads no tensor requiring grad besides ``h_prev``, ``u`` and the cell's
-            parameters (a few steps of one sequence; skipped under torch.compile and CUDA graph capture);
-            ``False`` skips it.
+            parameters (a few steps of two sequences; skipped under torch.compile and CUDA graph capture), that
+            :meth:`step`'s first call returns a state, and in every parallel backward that the adjoint solved
+            with the declared Jacobian agrees with autograd's derivative of :meth:`recurrence`; ``False`` skips
+            them.
 
     ``cell.last_stats`` tells what the last solve ran (mode, backend, Newton iterations, residual).
     """
@@ -83,6 +87,10 @@ class ParaCell(nn.Module):
     #: the first-use checks of :mod:`~pararnn_ts.core.contract` still to run (none for a cell unpickled from
     #: before they existed)
     _contract_pending: set[str] | frozenset[str] = frozenset()
+    #: whether :meth:`step` has checked what :meth:`recurrence` returns (once per cell)
+    _step_checked: bool = False
+    #: whether a solve of this cell has warned that Newton fell back to an exact sequential solve (once per cell)
+    _fallback_warned: bool = False
 
     def __init__(
         self,
@@ -149,7 +157,22 @@ class ParaCell(nn.Module):
 
     def jacobian(self, h_prev: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
         """``(f(h_prev, u), ∂f/∂h_prev)`` in the layout of :attr:`structure`; forward-mode AD by default."""
-        return self.structure.jacobian_from_jvp(lambda h: self.recurrence(h, u), h_prev)
+        try:
+            return self.structure.jacobian_from_jvp(lambda h: self.recurrence(h, u), h_prev)
+        except torch.OutOfMemoryError:
+            raise
+        except (RuntimeError, NotImplementedError) as err:
+            with torch.no_grad():
+                self.recurrence(h_prev, u)  # fails too (a bug of its own): that error, not the one of forward mode
+            name = type(self).__name__
+            raise ValueError(
+                f"{name}.recurrence runs, but torch.func forward-mode AD (torch.func.jvp), which computes the "
+                f"Jacobian of its declared structure {self.structure} for the parallel mode, cannot differentiate "
+                "it (e.g. it calls a torch.autograd.Function with no setup_context and jvp staticmethods, or an op "
+                f"with no forward-mode derivative). Fix: write a jacobian(h_prev, u) method on {name} returning "
+                f"(recurrence(h_prev, u), ∂f/∂h_prev) in the layout of {self.structure}, give the autograd.Function "
+                'setup_context and jvp, or use mode="sequential". The error: ' + str(err).split("\n")[0]
+            ) from err
 
     def fused_weights(self, clip: bool = True) -> tuple[Tensor, ...]:
         """The tensors :attr:`fused_kernel` takes besides ``u`` and ``h0`` (differentiable); ``clip=False``:
@@ -197,7 +220,11 @@ class ParaCell(nn.Module):
         h0 = self._initial_state(state, x_t, "x_t")
         u = self.project(x_t)
         with self._solve_precision(u) as dtype:
-            h = self.recurrence(h0.to(dtype), u.to(dtype))
+            h_prev = h0.to(dtype)
+            h = self.recurrence(h_prev, u.to(dtype))
+            if self.check_contract and not self._step_checked:  # shapes and dtypes only: no data read
+                check_state(type(self).__name__, h, h_prev, u)
+                self._step_checked = True
         return self.tensor_to_state(self._output_dtype(h, u))
 
     def solve(self, u: Tensor, h0: Tensor, mode: Mode | None = None) -> Tensor:
@@ -217,6 +244,8 @@ class ParaCell(nn.Module):
                 self.last_stats = SolverStats("sequential", algorithm="sequential")
             else:
                 h, self.last_stats = parallel_solve(self, u.to(dtype), h0, self.resolve_chunk_size(u))
+        if self.check_inputs and not all_finite(h):
+            self._refuse_non_finite(h, u, h0)
         return self._output_dtype(h, u)
 
     def resolve_backend(
@@ -336,6 +365,41 @@ class ParaCell(nn.Module):
         if self.check_inputs and not all_finite(h0):
             raise ValueError(f"{type(self).__name__}: state contains NaN or inf")
         return h0
+
+    def _refuse_non_finite(self, h: Tensor, u: Tensor, h0: Tensor) -> None:
+        """Raise a ``ValueError`` naming where the trajectory ``h`` ``(B, T, *S)`` of the solve of ``u`` from ``h0``
+        first has a NaN or an infinity, and what made it."""
+        name = type(self).__name__
+        bad = ~torch.isfinite(h.detach()).flatten(2).all(-1)  # (B, T)
+        t = int(bad.any(0).nonzero()[0])
+        row = int(bad[:, t].nonzero()[0])
+        where = f"at step {t} (of T={h.shape[1]}) in batch row {row}"
+        for what, t_in in (("the inputs u of the solve (project(x) in forward)", u), ("the initial state", h0)):
+            if not all_finite(t_in):
+                raise ValueError(
+                    f"{name}: {what} contain NaN or inf, and so does the trajectory, first {where}: a parameter of "
+                    "the projection may be NaN or inf (training diverged: lower the learning rate or clip gradients)"
+                )
+        stats = self.last_stats
+        if stats is not None and stats.algorithm == "newton" and not (stats.converged or stats.fell_back):
+            raise ValueError(
+                f"{name}: the last Newton iterate, returned by fallback='warn' after Newton did not converge "
+                f"(residual {stats.residual:.3g}), has NaN or inf {where}; use fallback='sequential' (the default) "
+                "for the exact trajectory"
+            )
+        nan = [n for n, p in self.named_parameters() if not all_finite(p)]
+        before = h[row, t - 1] if t > 0 else h0[row]
+        cause = (
+            f"the parameters {', '.join(nan)} have NaN or inf (training diverged: lower the learning rate or clip "
+            "gradients)"
+            if nan
+            else f"e.g. an overflow (|h| grows: max |h| before that step is {before.detach().abs().max().item():.3g}) "
+            "or an op outside its domain (log, sqrt or division of a value it reaches)"
+        )
+        raise ValueError(
+            f"{name}.recurrence produced NaN or inf {where} from finite inputs and state: {cause}. "
+            "ParaCell(check_inputs=False) skips this check"
+        )
 
     def _check_x(self, x: Tensor, name: str, ndim: int) -> None:
         layout = "(batch, time, input_size)" if ndim == 3 else "(batch, input_size)"

@@ -22,6 +22,7 @@ def all_finite(x: Tensor) -> bool:
     """
     if not (x.is_floating_point() or x.is_complex()) or traced(x):
         return True
+    x = x.detach()  # no graph for the sum of a tensor that requires grad
     total = x.sum(dtype=torch.float32) if x.dtype in (torch.float16, torch.bfloat16) else x.sum()
     return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
 

@@ -4,9 +4,12 @@ A cell promises three things the solvers cannot see: its :attr:`structure` and :
 ``recurrence`` returns a state; its Jacobian (declared structure, or hand-written :meth:`jacobian`) is the derivative
 of its ``recurrence``; and its ``recurrence`` reads only ``h_prev``, ``u`` and the cell's own parameters and buffers.
 A broken promise gives a raw shape error in one mode only, or, worse, silently wrong or missing gradients in the
-parallel mode. These checks evaluate the recurrence on a slice of the first solves (the first batch row, up to
-:data:`SLICE_STEPS` steps) and raise a ``ValueError`` naming the fix. Each runs once per cell instance, on the
-first solve it applies to; ``ParaCell(check_contract=False)`` switches them off.
+parallel mode. These checks evaluate the recurrence on a slice of the first solves (the first
+:data:`SLICE_ROWS` batch rows, up to :data:`SLICE_STEPS` steps) and raise a ``ValueError`` naming the fix. Each runs
+once per cell instance, on the first solve it applies to (the batching and determinism check again at the first
+solve in training mode, where dropout acts, when it ran in eval mode). A promise broken later (a zero-initialised
+coupling that training makes nonzero) is caught by :func:`check_adjoint`, which every parallel backward runs;
+``ParaCell(check_contract=False)`` switches them all off.
 """
 
 from __future__ import annotations
@@ -22,11 +25,14 @@ from .structure import Block, Structure
 if TYPE_CHECKING:
     from .cell import ParaCell
 
-#: steps of the first batch row on which the checks evaluate the recurrence
+#: steps of the first batch rows on which the checks evaluate the recurrence
 SLICE_STEPS = 4
+#: batch rows on which they evaluate it (a solve of one sequence adds a second: its steps in reverse order)
+SLICE_ROWS = 2
 #: the checks a new cell has pending: ``"declaration"`` (structure, state, output shape; every mode),
-#: ``"jacobian"`` (the parallel mode) and ``"inputs"`` (the parallel and fused modes, with grad enabled)
-CHECKS = ("declaration", "jacobian", "inputs")
+#: ``"jacobian"`` (the parallel mode), ``"inputs"`` (the parallel and fused modes, with grad enabled) and
+#: ``"train_mode"`` (the parallel mode's batching and determinism check, in training mode)
+CHECKS = ("declaration", "jacobian", "inputs", "train_mode")
 #: the checks that apply to each mode's solves
 MODE_CHECKS = {
     "sequential": frozenset({"declaration"}),
@@ -35,6 +41,9 @@ MODE_CHECKS = {
 }
 #: relative tolerance of the Jacobian check, in units of the solve dtype's machine epsilon
 EPS_FACTOR = 2**10
+#: tolerance of the backward's self-check (:func:`check_adjoint`) relative to the adjoint's size, in units of the
+#: solve dtype's machine epsilon
+ADJOINT_EPS_FACTOR = 2**12
 _OFF = "pass check_contract=False to the cell to skip these checks"
 
 
@@ -54,6 +63,8 @@ def check_contract(cell: ParaCell, mode: str, u: Tensor, h0: Tensor, pending: se
     inference = torch.is_inference_mode_enabled()
     if inference or not torch.is_grad_enabled():
         due.discard("inputs")  # no gradient to lose
+    if not cell.training:
+        due.discard("train_mode")  # dropout acts in training mode only
     if inference and _has_own_jacobian(cell):
         # only forward mode differentiates here, and the first torch.func.jvp of a process imports torch._dynamo
         # (seconds): a cell with a hand-written jacobian is checked at a call outside inference mode
@@ -62,16 +73,19 @@ def check_contract(cell: ParaCell, mode: str, u: Tensor, h0: Tensor, pending: se
         return
     if "declaration" in due:
         check_declaration(cell)
-    n = min(SLICE_STEPS, u.shape[1])
-    u_s = u[:1, :n].detach().to(h0.dtype, copy=True)
+    u_s, h0_s = _rows(u, h0)
     cuda = [u.device.index if u.device.index is not None else torch.cuda.current_device()] if u.is_cuda else []
     # fork_rng: a recurrence that samples leaves the caller's random streams as they were; identity saved-tensor
     # hooks: the graphs built here are not counted by an enclosing checkpoint (torch.utils.checkpoint with
     # use_reentrant=False), whose recomputation finds the checks done
     with torch.random.fork_rng(cuda), torch.autograd.graph.saved_tensors_hooks(_same, _same):
         with torch.no_grad():
-            h_prev, f, h = _slice(cell, u_s, h0[:1].detach())
+            h_prev, f, h = _slice(cell, u_s, h0_s)
         pending.discard("declaration")
+        if due & {"jacobian", "train_mode"}:
+            check_batched(cell, h_prev, u_s, f, h)
+            if cell.training:
+                pending.discard("train_mode")
         if "jacobian" in due:
             check_jacobian(cell, h_prev, u_s, f, h)
             pending.discard("jacobian")
@@ -110,22 +124,38 @@ def check_declaration(cell: ParaCell) -> None:
         )
 
 
-def check_jacobian(cell: ParaCell, h_prev: Tensor, u: Tensor, f: Tensor, h: Tensor) -> None:
-    """What the parallel mode relies on, at ``h_prev`` ``(1, n, *S)``, ``u`` ``(1, n, *U)``.
+def check_batched(cell: ParaCell, h_prev: Tensor, u: Tensor, f: Tensor, h: Tensor) -> None:
+    """The parallel mode's layout, at ``h_prev`` ``(R, n, *S)``, ``u`` ``(R, n, *U)`` (``R ≥ 2`` rows).
 
-    ``f = recurrence(h_prev, u)`` (all steps at once) equals ``h``, the same steps one by one, and
-    ``cell.jacobian(h_prev, u)`` is ``(f, ∂f/∂h_prev)`` in the structure's layout.
+    ``f = recurrence(h_prev, u)`` (all steps at once) equals ``h``, the same steps one by one (batched over time,
+    deterministic), and its first row equals the recurrence of that row alone (no batch row reads another).
     """
-    name, s = type(cell).__name__, cell.structure
+    name = type(cell).__name__
     tol = EPS_FACTOR * torch.finfo(f.dtype).eps
     if (err := _relative(f - h, h)) > tol:
         raise ValueError(
             f"{name}.recurrence gives other values on h_prev of shape {tuple(h_prev.shape)} (the (batch, time, ...) "
             f"layout the parallel mode calls it with) than step by step on (batch, ...) (relative difference "
-            f"{err:.3g}, tolerance {tol:.2g}): for the parallel mode it must be batched over any leading dims (index "
-            "from the end: u[..., 0], not u[:, 0]) and deterministic (no dropout or sampling inside it); or use "
-            f'mode="sequential" ({_OFF})'
+            f"{err:.3g}, tolerance {tol:.2g}{', in training mode' if cell.training else ''}): for the parallel mode "
+            "it must be batched over any leading dims (index from the end: u[..., 0], not u[:, 0]) and deterministic "
+            f'(no dropout or sampling inside it); or use mode="sequential" ({_OFF})'
         )
+    with torch.no_grad():
+        alone = cell.recurrence(h_prev[:1], u[:1])
+    if (err := _relative(alone - f[:1], f[:1])) > tol:
+        raise ValueError(
+            f"{name}.recurrence mixes batch rows: the first row of h_prev of shape {tuple(h_prev.shape)} gives other "
+            f"values alone than with the other rows (relative difference {err:.3g}, tolerance {tol:.2g}): for the "
+            "parallel mode each row of its result must depend on that row of h_prev and u only (no mean, sum or "
+            f'normalisation over the batch dim 0); or use mode="sequential" ({_OFF})'
+        )
+
+
+def check_jacobian(cell: ParaCell, h_prev: Tensor, u: Tensor, f: Tensor, h: Tensor) -> None:
+    """``cell.jacobian(h_prev, u)`` is ``(f, ∂f/∂h_prev)`` in the structure's layout, at ``h_prev`` ``(R, n, *S)``,
+    ``u`` ``(R, n, *U)``, where ``f = recurrence(h_prev, u)`` equals ``h``, the same steps one by one."""
+    name, s = type(cell).__name__, cell.structure
+    tol = EPS_FACTOR * torch.finfo(f.dtype).eps
     own = _has_own_jacobian(cell)
     source = f"{name}.jacobian" if own else f"the declared structure {s} (by forward-mode AD)"
     with torch.no_grad():
@@ -162,10 +192,47 @@ def check_jacobian(cell: ParaCell, h_prev: Tensor, u: Tensor, f: Tensor, h: Tens
             )
         raise ValueError(
             f"{name}: the Jacobian from {source} is not the derivative of recurrence: {what} differ by {err:.3g} "
-            f"(relative to their size; tolerance {tol:.2g}) on the first {h_prev.shape[1]} steps of the first "
-            f"sequence, so the parallel mode's Newton solve and its backward would use a wrong Jacobian (wrong "
-            f'gradients, silently). Fix: {fix}; or use mode="sequential" ({_OFF})'
+            f"(relative to their size; tolerance {tol:.2g}) on the first {h_prev.shape[1]} steps of "
+            f"{h_prev.shape[0]} sequences, so the parallel mode's Newton solve and its backward would use a wrong "
+            f'Jacobian (wrong gradients, silently). Fix: {fix}; or use mode="sequential" ({_OFF})'
         )
+
+
+def check_adjoint(cell: ParaCell, vjp: Tensor | None, adjoint: Tensor, grad_h: Tensor) -> None:
+    """The parallel backward's self-check, at the cost of one reduction and one host sync.
+
+    The adjoint ``λ`` ``(B, T, *S)`` that the reverse scan solved with the declared Jacobian ``J`` satisfies
+    ``λ_{t-1} − g_{t-1} = J_tᵀ λ_t`` (``g`` = ``grad_h``); ``vjp`` ``(B, T, *S)`` is autograd's ``(∂f/∂h_{t-1})ᵀ λ_t``
+    of the recurrence (``None``: it does not read ``h_prev``), the same product with the true derivative. They differ
+    when the recurrence no longer has its declared structure (a coupling that was zero at the first-use checks),
+    is not deterministic (dropout in training mode) or mixes batch rows: the gradients would be silently wrong, so
+    this raises a ``ValueError`` naming the fix. The tolerance is relative to ``max(‖λ‖_∞, ‖g‖_∞)``; a NaN gradient
+    is left to the caller.
+    """
+    if adjoint.shape[1] < 2 or adjoint.numel() == 0 or traced(adjoint):
+        return
+    diff = grad_h[:, :-1] - adjoint[:, :-1]
+    if vjp is not None:
+        diff += vjp[:, 1:]
+    # aminmax: one pass, no |x| in memory (5× cheaper than vector_norm(x, inf) on CPU); NaN propagates
+    extremes = torch.stack([m for x in (diff, adjoint, grad_h) for m in torch.aminmax(x)]).abs().view(3, 2).amax(1)
+    err, *sizes = extremes.tolist()
+    size = max(sizes)
+    tol = ADJOINT_EPS_FACTOR * torch.finfo(adjoint.dtype).eps
+    if not err > tol * size:  # also for a NaN
+        return
+    name, s = type(cell).__name__, cell.structure
+    declared = f"{name}.jacobian" if _has_own_jacobian(cell) else f"the declared structure {s}"
+    raise ValueError(
+        f"{name}: the parallel backward found that the derivative of recurrence in h_prev is not the Jacobian of "
+        f"{declared} it solved the adjoint with: (∂f/∂h)ᵀ·λ by autograd and Jᵀ·λ differ by {err / size:.3g} "
+        f"(relative to the adjoint's size; tolerance {tol:.2g}), so the gradients would be silently wrong. The "
+        "derivative in h does not have the declared structure (e.g. a coupling between state entries that was zero "
+        "at the first solve and that training made nonzero), recurrence is not deterministic (dropout or sampling "
+        "inside it), or it mixes batch rows. Fix: declare the structure it has (Dense() for a full N×N Jacobian, "
+        "Block(k) when only the k entries of each channel mix) or correct a hand-written jacobian; make recurrence "
+        f'deterministic and batched over the leading dims; or use mode="sequential" ({_OFF})'
+    )
 
 
 def check_inputs(cell: ParaCell, h_prev: Tensor, u: Tensor, mode: str) -> bool:
@@ -201,15 +268,26 @@ def check_inputs(cell: ParaCell, h_prev: Tensor, u: Tensor, mode: str) -> bool:
     return True
 
 
+def _rows(u: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+    """The slice the checks run on: ``u`` ``(R, n, *U)`` and ``h0`` ``(R, *S)`` (detached copies in ``h0``'s dtype),
+    with ``R =`` :data:`SLICE_ROWS` rows, ``n ≤`` :data:`SLICE_STEPS` steps; a single sequence is paired with its
+    first steps in reverse order (any inputs do: a batched recurrence computes each row on its own)."""
+    n = min(SLICE_STEPS, u.shape[1])
+    u_s, h0_s = u[:SLICE_ROWS, :n].detach().to(h0.dtype, copy=True), h0[:SLICE_ROWS].detach()
+    if u_s.shape[0] < SLICE_ROWS:
+        u_s, h0_s = torch.cat([u_s, u_s.flip(1)]), torch.cat([h0_s, h0_s])
+    return u_s, h0_s
+
+
 def _slice(cell: ParaCell, u: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``(h_prev, f, h)``: the states before and after each of the ``n`` steps of ``u`` ``(1, n, *U)`` from ``h0``
-    ``(1, *S)`` by the loop, and ``f = recurrence(h_prev, u)`` in the parallel layout; checks each one's shape and
+    """``(h_prev, f, h)``: the states before and after each of the ``n`` steps of ``u`` ``(R, n, *U)`` from ``h0``
+    ``(R, *S)`` by the loop, and ``f = recurrence(h_prev, u)`` in the parallel layout; checks each one's shape and
     dtype."""
     name = type(cell).__name__
     states = [h0]
     for t in range(u.shape[1]):
         out = cell.recurrence(states[-1], u[:, t])
-        _check_state(name, out, states[-1], u[:, t])
+        check_state(name, out, states[-1], u[:, t])
         states.append(out)
     h_prev = torch.stack(states[:-1], dim=1)
     try:
@@ -221,11 +299,13 @@ def _slice(cell: ParaCell, u: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tenso
             "dims: index from the end (u[..., 0], not u[:, 0]) and broadcast parameters over the leading dims "
             f"({_OFF}). The error: {err}"
         ) from err
-    _check_state(name, f, h_prev, u)
+    check_state(name, f, h_prev, u)
     return h_prev, f, torch.stack(states[1:], dim=1)
 
 
-def _check_state(name: str, out: Tensor, h_prev: Tensor, u: Tensor) -> None:
+def check_state(name: str, out: Tensor, h_prev: Tensor, u: Tensor) -> None:
+    """What the recurrence of cell class ``name`` returned for ``h_prev``, ``u`` is a state: a tensor of ``h_prev``'s
+    shape and dtype (a shape and dtype comparison: no data read)."""
     if not isinstance(out, Tensor) or out.shape != h_prev.shape:
         got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(
