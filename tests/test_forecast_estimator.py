@@ -315,6 +315,7 @@ def test_training_loader_has_a_length_and_continues_across_epochs():
             r"ParaRNNEstimator: hidden_size=10 must be divisible by num_heads=3 .* use hidden_size=9 or 12",
         ),
         ({"seasonality": 0}, r"ParaRNNEstimator: seasonality must be a season length of at least 1 step .* got 0"),
+        ({"patience": -1}, r"ParaRNNEstimator: patience must be >= 0, got -1"),
         (
             {"naive_offset": True, "distribution": "negative_binomial"},
             r"ParaRNNEstimator: naive_offset=True moves a location, which distribution='negative_binomial' has not",

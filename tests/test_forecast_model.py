@@ -846,3 +846,10 @@ def test_nan_in_observed_inputs_raises():
         model(**forecast_inputs({**batch, "past_target": batch["past_target"][:, 1:]}))
     with pytest.raises(ValueError, match="num_parallel_samples"):
         model(**forecast_inputs(batch), num_parallel_samples=0)
+
+
+@pytest.mark.parametrize("patience", [-1, 1.5, True])
+def test_plateau_patience_must_be_a_count_of_epochs(patience):
+    # torch's ReduceLROnPlateau takes patience=-1 and then halves the learning rate after every epoch
+    with pytest.raises(ValueError, match=f"patience must be an int >= 0 .*got {patience!r}"):
+        ForecastTrainingModule(patience=patience)

@@ -26,6 +26,7 @@ from gluonts.model.forecast import Forecast
 from gluonts.torch.model.predictor import PyTorchPredictor
 from gluonts.transform import InstanceSplitter, Transformation
 
+from ..cells.factory import CellSpec, record_cell, refuse_builtin_settings, resolve_cell
 from ..core.cell import Mode
 from ..outputs import results_folder
 from .data import ForecastData, seasonality_of
@@ -76,7 +77,13 @@ class ParaRNNForecaster(ForecastTrainingModule):
     """A ParaRNN probabilistic forecaster for the Lightning CLI (network built from the data's sizes).
 
     Args:
-        cell, hidden_size, num_layers, num_heads, dropout, distribution, quantiles, copula_rank, lags_seq,
+        cell: ``gru`` (ParaGRU), ``lstm`` (ParaLSTM), or a user cell: in a config
+            ``cell: {class_path: my_cells.MyCell, init_args: {...}}`` (its own arguments, without ``input_size`` and
+            ``hidden_size``: each layer calls it as ``cell(hidden_size, hidden_size)``), in Python a ParaCell subclass
+            or a ``functools.partial`` of one; its output must be ``hidden_size`` wide. ``num_heads`` and ``mode``
+            configure the built-in cells only and keep their defaults with a user cell. Checkpoints record it as its
+            ``{class_path, init_args}`` (see :mod:`pararnn_ts.cells.factory`).
+        hidden_size, num_layers, num_heads, dropout, distribution, quantiles, copula_rank, lags_seq,
             scaling, num_parallel_samples, mode, naive_offset, naive_drift, naive_gate, seasonality,
             context_loss_weight, quantile_grid_samples, loss_weighting, nonnegative_pred_samples: as in
             :class:`~pararnn_ts.forecast.estimator.ParaRNNEstimator` (``lags_seq`` and ``seasonality`` default to the
@@ -93,7 +100,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
 
     def __init__(
         self,
-        cell: Literal["gru", "lstm"] = "gru",
+        cell: CellSpec = "gru",
         hidden_size: int = 40,
         num_layers: int = 2,
         num_heads: int = 1,
@@ -128,7 +135,10 @@ class ParaRNNForecaster(ForecastTrainingModule):
             raise ValueError(f"ParaRNNForecaster: context_length must be >= 1 (or None), got {context_length}")
         if not context_length_multiple > 0:
             raise ValueError(f"ParaRNNForecaster: context_length_multiple must be > 0, got {context_length_multiple}")
+        self.cell_spec = resolve_cell(cell, "ParaRNNForecaster")  # hparams hold it as a config names it
+        refuse_builtin_settings("ParaRNNForecaster", self.cell_spec, num_heads=(num_heads, 1), mode=(mode, "auto"))
         self.save_hyperparameters()
+        record_cell(self.hparams, "ParaRNNForecaster")
         self.estimator: ParaRNNEstimator | None = None
         self.transformation: Transformation | None = None
         self.data_sizes: dict[str, Any] | None = None
@@ -193,7 +203,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
             context_length=hp.context_length
             or sizes.get("context_length")
             or math.ceil(hp.context_length_multiple * horizon),
-            cell=hp.cell,
+            cell=self.cell_spec,
             hidden_size=hp.hidden_size,
             num_layers=hp.num_layers,
             num_heads=hp.num_heads,

@@ -12,7 +12,7 @@ that is longer, with the seasonal-naive offset) and ``prediction_length`` of fut
 import functools
 import itertools
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, get_args
 
@@ -46,6 +46,7 @@ from gluonts.transform import (
     VstackFeatures,
 )
 
+from ..cells.factory import portable_cell, refuse_builtin_settings, resolve_cell
 from ..core.cell import Mode
 from ..nn.distribution_heads import DISTRIBUTION_HEADS, check_quantiles
 from .lightning_module import (
@@ -55,7 +56,7 @@ from .lightning_module import (
     ParaRNNLightningModule,
     check_ema_decay,
 )
-from .module import LOSS_WEIGHTINGS, NAIVE_DRIFTS, RNN_CELLS, gate_terms
+from .module import LOSS_WEIGHTINGS, NAIVE_DRIFTS, gate_terms
 
 PREDICTION_INPUT_NAMES = list(MODEL_INPUT_NAMES)
 TRAINING_INPUT_NAMES = [*PREDICTION_INPUT_NAMES, "future_target", "future_observed_values"]
@@ -450,7 +451,15 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         prediction_length: horizon ``H``.
         context_length: steps the network reads before the horizon (default
             :func:`default_context_length`); lags reach ``max(lags_seq)`` further back.
-        cell, hidden_size, num_layers, num_heads, dropout, copula_rank, lags_seq, scaling, mode: of the network.
+        cell: ``"gru"`` (ParaGRU), ``"lstm"`` (ParaLSTM), or a user cell: a callable ``cell(input_size,
+            hidden_size) → ParaCell`` building each layer's cell, such as a
+            :class:`~pararnn_ts.core.cell.ParaCell` subclass (``cell=MyCell``, or
+            ``functools.partial(MyCell, mode="parallel")`` with the cell's own arguments), whose output is
+            ``hidden_size`` wide. The predictor serializes it where it is a class importable by name (defined at the
+            top level of a module), or a ``functools.partial`` of one.
+        hidden_size, num_layers, num_heads, dropout, copula_rank, lags_seq, scaling, mode: of the network
+            (``num_heads`` and ``mode`` configure the built-in cells only: with a user cell they stay 1 and
+            ``"auto"``, and the cell takes its own settings).
         distribution: ``"student_t"``, ``"normal"``, ``"johnson_su"``, ``"negative_binomial"`` (counts: training
             refuses targets that are not non-negative integers) or ``"quantile"``.
         quantiles: levels of the ``"quantile"`` head (only with it): at least 2, increasing, in (0, 1).
@@ -485,7 +494,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         freq: str,
         prediction_length: int,
         context_length: int | None = None,
-        cell: str = "gru",
+        cell: str | Callable[..., Any] | dict = "gru",
         hidden_size: int = 40,
         num_layers: int = 2,
         num_heads: int = 1,
@@ -536,8 +545,8 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             num_parallel_samples=num_parallel_samples,
             lr=lr,
         )
-        if cell not in RNN_CELLS:
-            raise ValueError(f"ParaRNNEstimator: cell={cell!r} is not one of {tuple(RNN_CELLS)}")
+        cell = resolve_cell(cell, "ParaRNNEstimator")
+        refuse_builtin_settings("ParaRNNEstimator", cell, num_heads=(num_heads, 1), mode=(mode, "auto"))
         if mode not in get_args(Mode):
             raise ValueError(f"ParaRNNEstimator: mode={mode!r} is not one of {get_args(Mode)}")
         if distribution not in DISTRIBUTIONS:
@@ -577,6 +586,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         counts = {
             "context_loss_weight": context_loss_weight,
             "weight_decay": weight_decay,
+            "patience": patience,
             "num_feat_dynamic_real": num_feat_dynamic_real,
             "num_feat_static_real": num_feat_static_real,
             "num_feat_static_cat": num_feat_static_cat,
@@ -646,7 +656,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             "num_feat_static_cat": self.num_feat_static_cat,
             "cardinality": self.cardinality,
             "embedding_dimension": self.embedding_dimension,
-            "cell": self.cell,
+            "cell": portable_cell(self.cell),
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
@@ -759,6 +769,12 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         return ValidationBatches(batches, data, self.prediction_length)
 
     def create_lightning_module(self) -> ParaRNNLightningModule:
+        if not isinstance(portable_cell(self.cell), (str, dict)):
+            raise ValueError(
+                f"ParaRNNEstimator: cell={self.cell!r} is not a class importable by its name (nor a functools.partial "
+                "of one with plain keyword arguments): training checkpoints and the predictor's serialization record "
+                "the cell by its class path; define the cell class at the top level of a module"
+            )
         return ParaRNNLightningModule(
             model_kwargs=self.model_kwargs(),
             lr=self.lr,

@@ -72,6 +72,10 @@ class ForecastTrainingModule(pl.LightningModule):
             raise ValueError(f"lr must be > 0 and weight_decay >= 0, got lr={lr}, weight_decay={weight_decay}")
         if lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule={lr_schedule!r} is not one of {LR_SCHEDULES}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(
+                f"patience must be an int >= 0 (epochs without improvement before a halving), got {patience!r}"
+            )
         check_ema_decay(ema_decay)
         self.lr, self.weight_decay, self.lr_schedule, self.patience = lr, weight_decay, lr_schedule, patience
         self.ema_decay = ema_decay

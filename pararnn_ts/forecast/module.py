@@ -35,7 +35,7 @@ from gluonts.model import Input, InputSpec
 from gluonts.time_feature import get_lags_for_frequency, get_seasonality, time_features_from_frequency_str
 from torch import Tensor, nn
 
-from ..cells import ParaGRU, ParaLSTM
+from ..cells.factory import BUILTIN_CELLS, CellSpec, build_cell, refuse_builtin_settings, resolve_cell
 from ..core.cell import Mode
 from ..core.checks import all_finite
 from ..nn.copula import GaussianCopula, LowRankGaussianCopula, sample_paths
@@ -49,7 +49,8 @@ from ..nn.distribution_heads import (
 )
 from ..nn.norms import RMSNorm
 
-RNN_CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
+#: the built-in cells by name (a ``cell`` may also be a user cell: :mod:`pararnn_ts.cells.factory`)
+RNN_CELLS = BUILTIN_CELLS
 #: how :meth:`ParaRNNForecastModel.training_loss` weights the series of a batch (see ``loss_weighting``)
 LOSS_WEIGHTINGS = ("uniform", "scale")
 NAIVE_DRIFTS = (None, "learned", "full")
@@ -91,12 +92,16 @@ def mean_scale(target: Tensor, observed: Tensor, default_scale: float = 1.0, min
 
 
 class ResidualRNNLayer(nn.Module):
-    """``x + dropout(cell(RMSNorm(x)))`` with a ParaGRU/ParaLSTM ``cell``; ``x`` ``(B, T, hidden)``."""
+    """``x + dropout(cell(RMSNorm(x)))``; ``x`` ``(B, T, hidden)``.
 
-    def __init__(self, cell: str, hidden_size: int, num_heads: int, dropout: float, mode: Mode) -> None:
+    ``cell``: ``"gru"`` (ParaGRU) or ``"lstm"`` (ParaLSTM) with ``num_heads`` and ``mode``, or a user cell's factory,
+    called as ``cell(hidden_size, hidden_size)`` (see :mod:`pararnn_ts.cells.factory`; ``num_heads`` and ``mode`` are
+    then unused)."""
+
+    def __init__(self, cell: CellSpec, hidden_size: int, num_heads: int, dropout: float, mode: Mode) -> None:
         super().__init__()
         self.norm = RMSNorm(hidden_size)
-        self.cell = RNN_CELLS[cell](hidden_size, hidden_size, num_heads, mode=mode)
+        self.cell = build_cell(cell, hidden_size, hidden_size, "ParaRNNForecastModel", num_heads=num_heads, mode=mode)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -116,8 +121,13 @@ class ParaRNNForecastModel(nn.Module):
             column of zeros GluonTS passes in their place is accepted and ignored.
         cardinality: categories of each static categorical feature (``[1]`` or ``None`` when there is none).
         embedding_dimension: embedding size of each; default ``min(50, (cardinality + 1) // 2)``.
-        cell: ``"gru"`` (ParaGRU) or ``"lstm"`` (ParaLSTM).
-        hidden_size, num_layers, num_heads: of the residual ParaRNN stack (``num_heads`` divides ``hidden_size``).
+        cell: ``"gru"`` (ParaGRU), ``"lstm"`` (ParaLSTM), or a user cell: a callable ``cell(input_size,
+            hidden_size) → ParaCell`` such as a :class:`~pararnn_ts.core.cell.ParaCell` subclass, called as
+            ``cell(hidden_size, hidden_size)`` for each layer, whose output (``output_size``) must be ``hidden_size``
+            wide (see :mod:`pararnn_ts.cells.factory`; a checkpoint's record ``{"class_path", "init_args"}`` of one
+            is taken too).
+        hidden_size, num_layers, num_heads: of the residual ParaRNN stack (``num_heads`` divides ``hidden_size``;
+            it configures the built-in cells only: with a user cell it must stay 1).
         dropout: on each layer's output, training only.
         lags_seq: lags of the target fed as inputs; default ``get_lags_for_frequency(freq)``.
         scaling: mean scaling of the target over the context (else scale 1); ``log(scale)`` is an input.
@@ -130,7 +140,8 @@ class ParaRNNForecastModel(nn.Module):
             metrics read from samples (median, quantiles) carry no Monte Carlo noise; ``False``: random draws.
         nonnegative_pred_samples: clip sample paths at 0 (for data that cannot be negative, e.g. counts); the
             quantiles of the clipped paths are the marginals' quantiles clipped at 0.
-        mode: solver mode of the cells (``"auto"``, ``"sequential"``, ``"parallel"``, ``"fused"``).
+        mode: solver mode of the built-in cells (``"auto"``, ``"sequential"``, ``"parallel"``, ``"fused"``); a user
+            cell takes its own (its arguments), and ``mode`` must then stay ``"auto"``.
         default_scale: scale of series whose observed context is all zero or missing.
         naive_offset: the head's location is an offset from the seasonal-naive forecast (the last
             observed value of the same season, seasonality from ``freq``), so training learns a correction of
@@ -186,7 +197,7 @@ class ParaRNNForecastModel(nn.Module):
         num_feat_static_cat: int = 0,
         cardinality: list[int] | None = None,
         embedding_dimension: list[int] | None = None,
-        cell: str = "gru",
+        cell: CellSpec = "gru",
         hidden_size: int = 64,
         num_layers: int = 2,
         num_heads: int = 1,
@@ -221,8 +232,8 @@ class ParaRNNForecastModel(nn.Module):
             num_parallel_samples=(num_parallel_samples, 1),
             seasonality=(get_seasonality(freq) if seasonality is None else seasonality, 1),
         )
-        if cell not in RNN_CELLS:
-            raise ValueError(f"cell={cell!r} is not one of {tuple(RNN_CELLS)}")
+        cell = resolve_cell(cell, "ParaRNNForecastModel")
+        refuse_builtin_settings("ParaRNNForecastModel", cell, num_heads=(num_heads, 1), mode=(mode, "auto"))
         if distribution not in DISTRIBUTION_HEADS:
             raise ValueError(f"distribution={distribution!r} is not one of {tuple(DISTRIBUTION_HEADS)}")
         if not 0 <= dropout < 1:

@@ -16,9 +16,10 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from ..cells.factory import CellFactory, record_cell, refuse_builtin_settings, resolve_cell
 from ..nn import MIXERS, LanguageModel
-from ..nn.backbone import MIXER_SPECS, MixerName
-from ..nn.mixers import RNN_CELLS
+from ..nn.backbone import MIXER_SPECS, MixerName, check_mixer_cell
+from ..nn.mixers import MIXER_ARGUMENTS, RNN_CELLS, builtin_cell_settings
 from ..outputs import gathered, results_folder
 from .generate import TOKENIZER_KEY, check_trained_tokenizer, generate, tokenizer_record
 from .tokenizers import Tokenizer, check_vocab_size
@@ -118,6 +119,13 @@ class CausalLM(pl.LightningModule):
         z_loss: weight of the z-loss (paper: 1e-4; 5e-6 at 7B).
         bytes_per_token: text bytes per token of every split, for bits per byte; ``None``: each split's own,
             the data module's ``bytes_per_token(split)`` if it has that method, else bits per byte are not logged.
+        cell: a user cell for ``mixer="paragru"`` (or ``"paralstm"``): in a config ``cell: {class_path:
+            my_cells.MyCell, init_args: {...}}`` (its own arguments, without ``input_size`` and ``hidden_size``: each
+            block calls it as ``cell(hidden, hidden)``, ``hidden`` being ``dim`` unless ``mixer_kwargs`` set it), in
+            Python a ParaCell subclass or a ``functools.partial`` of one; its output must be ``hidden`` wide. It
+            replaces ParaGRU/ParaLSTM in every block; ``num_heads`` must then be 1 and ``mixer_kwargs`` keep the
+            cell options (``max_norm``, ``mode``, ...) at their defaults. ``None``: the mixer's own cell. Checkpoints
+            record it as its ``{class_path, init_args}`` (see :mod:`pararnn_ts.cells.factory`).
 
     Batches are ``{"inputs": (B, T) int64, "targets": (B, T) int64}``.
     """
@@ -142,6 +150,7 @@ class CausalLM(pl.LightningModule):
         min_lr_ratio: float = 0.0,
         z_loss: float = 1e-4,
         bytes_per_token: float | None = None,
+        cell: CellFactory | None = None,
     ) -> None:
         super().__init__()
         if mixer not in MIXERS:
@@ -153,7 +162,15 @@ class CausalLM(pl.LightningModule):
         if bytes_per_token is not None and not bytes_per_token > 0:
             raise ValueError(f"CausalLM: bytes_per_token must be > 0, got {bytes_per_token}")
         check_mixer_kwargs(mixer, mixer_kwargs or {})
+        self.cell_spec = None if cell is None else resolve_cell(cell, "CausalLM")  # hparams: as a config names it
+        check_mixer_cell(mixer, self.cell_spec, "CausalLM")
+        if self.cell_spec is not None:  # what configures the built-in cells keeps its defaults
+            cell_kwargs = {k: v for k, v in (mixer_kwargs or {}).items() if k not in MIXER_ARGUMENTS}
+            settings = builtin_cell_settings(num_heads, **cell_kwargs)
+            named = {name if name == "num_heads" else f"mixer_kwargs.{name}": v for name, v in settings.items()}
+            refuse_builtin_settings("CausalLM", self.cell_spec, **named)
         self.save_hyperparameters()
+        record_cell(self.hparams, "CausalLM")
         self.model: LanguageModel | None = None
         self.bytes_per_token: dict[str, float] = {}  # of each split that logs bits per byte
         if bytes_per_token is not None:
@@ -176,6 +193,7 @@ class CausalLM(pl.LightningModule):
             hp.num_heads,
             hp.mlp_ratio,
             tie_embeddings=hp.tie_embeddings,
+            cell=self.cell_spec,
             **(hp.mixer_kwargs or {}),
         )
         self.model.reset_parameters()

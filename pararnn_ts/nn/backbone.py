@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..cells.factory import CellFactory, describe_cell
+from ..core import ParaCell
 from .mixers import AttentionMixer, Mamba2Mixer, ParaRNNMixer
 from .mlp import SwiGLU
 from .norms import RMSNorm
@@ -22,14 +24,39 @@ MIXER_SPECS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
     "mamba2": (Mamba2Mixer, {}),
 }
 MIXERS = tuple(MIXER_SPECS)
+#: the mixers whose cell a user cell can replace
+RNN_MIXERS = tuple(name for name, (_, fixed) in MIXER_SPECS.items() if "cell" in fixed)
 
 
-def build_mixer(name: MixerName, dim: int, num_heads: int, **mixer_kwargs: Any) -> nn.Module:
-    """The mixer called ``name`` (one of :data:`MIXERS`) with ``mixer_kwargs`` passed to its class."""
+def build_mixer(
+    name: MixerName, dim: int, num_heads: int, cell: CellFactory | None = None, **mixer_kwargs: Any
+) -> nn.Module:
+    """The mixer called ``name`` (one of :data:`MIXERS`) with ``mixer_kwargs`` passed to its class; ``cell``: a user
+    cell that replaces the ParaGRU/ParaLSTM of a ParaRNN mixer (``"paragru"``, ``"paralstm"``)."""
     if name not in MIXER_SPECS:
         raise ValueError(f"mixer={name!r} is not one of {MIXERS}")
+    check_mixer_cell(name, cell)
     cls, fixed = MIXER_SPECS[name]
+    if cell is not None:
+        fixed = {**fixed, "cell": cell}
     return cls(dim, num_heads=num_heads, **fixed, **mixer_kwargs)
+
+
+def check_mixer_cell(mixer: str, cell: Any, owner: str = "LanguageModel") -> None:
+    """A ``ValueError`` unless ``cell`` is ``None`` or goes with ``mixer``: a user cell replaces the cell of a ParaRNN
+    mixer, and a cell name is the mixer's name (``"paragru"``, ``"paralstm"``)."""
+    if cell is None:
+        return
+    if isinstance(cell, str):
+        raise ValueError(
+            f"{owner}: cell={cell!r}: the mixer names the built-in cell (mixer='paragru' or 'paralstm'); cell is "
+            "for a user cell (a ParaCell subclass, or in a config cell: {class_path: my_cells.MyCell})"
+        )
+    if mixer not in RNN_MIXERS:
+        raise ValueError(
+            f"{owner}: cell={describe_cell(cell)} replaces the cell of a ParaRNN mixer {RNN_MIXERS}, but "
+            f"mixer={mixer!r} has none: use mixer='paragru' with it, or drop cell"
+        )
 
 
 class Block(nn.Module):
@@ -82,15 +109,20 @@ class LanguageModel(nn.Module):
         mixer: ``"paragru"``, ``"paralstm"`` (:class:`~pararnn_ts.nn.mixers.ParaRNNMixer`),
             ``"transformer"`` (:class:`~pararnn_ts.nn.mixers.AttentionMixer`) or ``"mamba2"``
             (:class:`~pararnn_ts.nn.mixers.Mamba2Mixer`).
-        num_heads: heads of the mixer.
+        num_heads: heads of the mixer (with a user ``cell``: 1).
         mlp_ratio: SwiGLU hidden size over ``dim``, rounded up to a multiple of ``mlp_multiple_of``;
             0 leaves the MLPs out.
         tie_embeddings: the output projection reuses the embedding matrix.
         init_std: std of the normal init of embeddings and linear layers; the mixers' and MLPs'
-            output projections (``out_proj``) get ``init_std / √(2·num_layers)``. Recurrent cells,
-            convolutions and the SSM's own parameters keep their initialisation.
+            output projections (``out_proj``) get ``init_std / √(2·num_layers)``. Recurrent cells (a user cell's
+            linear layers too), convolutions and the SSM's own parameters keep their initialisation.
+        cell: a user cell for the ParaRNN mixers: a callable ``cell(input_size, hidden_size) → ParaCell`` (such as
+            a :class:`~pararnn_ts.core.cell.ParaCell` subclass) that replaces ParaGRU/ParaLSTM in every block
+            (``"paragru"`` and ``"paralstm"`` then build the same blocks), called as ``cell(hidden, hidden)``;
+            ``None``: the mixer's own (see :class:`~pararnn_ts.nn.mixers.ParaRNNMixer`).
         mixer_kwargs: passed to the mixer's class (for ParaRNN: ``hidden``, ``conv_kernel``,
-            ``max_norm``, ``mode``, ``fused_backend``, ...).
+            ``max_norm``, ``mode``, ``fused_backend``, ...; with a user ``cell`` those of the cell keep their
+            defaults).
 
     ``forward(tokens)`` gives logits ``(B, T, vocab_size)``; ``forward(tokens, state, return_state=True)``
     also the state after the last token, so a sequence can be processed in pieces; ``step(token, state)``
@@ -110,6 +142,7 @@ class LanguageModel(nn.Module):
         tie_embeddings: bool = True,
         init_std: float = 0.02,
         norm_eps: float = 1e-6,
+        cell: CellFactory | None = None,
         **mixer_kwargs: Any,
     ) -> None:
         super().__init__()
@@ -118,6 +151,7 @@ class LanguageModel(nn.Module):
                 raise ValueError(f"LanguageModel: {name} must be a positive int, got {value!r}")
         if mixer not in MIXERS:
             raise ValueError(f"LanguageModel: mixer={mixer!r} is not one of {MIXERS}")
+        check_mixer_cell(mixer, cell)
         if mlp_ratio < 0 or not isinstance(mlp_multiple_of, int) or mlp_multiple_of < 1:
             raise ValueError(
                 f"LanguageModel: mlp_ratio must be >= 0 and mlp_multiple_of a positive int, "
@@ -127,7 +161,7 @@ class LanguageModel(nn.Module):
         self.mlp_hidden = mlp_multiple_of * math.ceil(mlp_ratio * dim / mlp_multiple_of)
         self.embedding = nn.Embedding(vocab_size, dim)
         self.blocks = nn.ModuleList(
-            Block(dim, build_mixer(mixer, dim, num_heads, **mixer_kwargs), self.mlp_hidden, norm_eps)
+            Block(dim, build_mixer(mixer, dim, num_heads, cell, **mixer_kwargs), self.mlp_hidden, norm_eps)
             for _ in range(num_layers)
         )
         self.norm = RMSNorm(dim, norm_eps)
@@ -137,8 +171,9 @@ class LanguageModel(nn.Module):
     def reset_parameters(self) -> None:
         """DCLM-style init: normal ``init_std`` for embeddings and linear layers, scaled for ``out_proj``."""
         out_std = self.init_std / math.sqrt(2 * self.num_layers)
+        cells = [name for name, module in self.named_modules() if isinstance(module, ParaCell)]
         for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, nn.Linear) and not any(name.startswith(f"{cell}.") for cell in cells):
                 nn.init.normal_(module.weight, std=out_std if name.endswith("out_proj") else self.init_std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)

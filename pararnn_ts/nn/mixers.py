@@ -13,19 +13,24 @@ step, gives the same outputs as one ``forward`` over the whole sequence.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..cells import ParaGRU, ParaLSTM
+from ..cells.factory import BUILTIN_CELLS, CellSpec, build_cell, refuse_builtin_settings, resolve_cell, solver_settings
 from ..cells.headwise import check_head_sizes
 from .conv import CausalConv1d
 from .norms import GatedRMSNorm
 from .ssd import ssd_chunked, ssd_step
 
-RNN_CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
+#: the built-in cells by name (a ``cell`` may also be a user cell: :mod:`pararnn_ts.cells.factory`)
+RNN_CELLS = BUILTIN_CELLS
+#: the default ``max_norm`` of :class:`ParaRNNMixer` (paper: 0.5 for LMs)
+MAX_NORM = 0.5
+#: the arguments of :class:`ParaRNNMixer` besides ``dim`` that are its own, not its cell's
+MIXER_ARGUMENTS = ("hidden", "conv_kernel")
 
 
 def _wide(dtype: torch.dtype) -> torch.dtype:
@@ -39,21 +44,35 @@ def _check_positive(owner: str, **values: int) -> None:
             raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}")
 
 
+def builtin_cell_settings(
+    num_heads: int = 1, max_norm: float | None = MAX_NORM, **solver_kwargs: Any
+) -> dict[str, tuple[Any, Any]]:
+    """The arguments of :class:`ParaRNNMixer` that configure its built-in cell, each as ``name=(value, default)``
+    (for :func:`~pararnn_ts.cells.factory.refuse_builtin_settings`)."""
+    return {"num_heads": (num_heads, 1), "max_norm": (max_norm, MAX_NORM), **solver_settings(solver_kwargs)}
+
+
 class ParaRNNMixer(nn.Module):
     """The paper's ParaRNN block (Fig. 9)::
 
         u = silu(conv(W_in x))           short causal depthwise convolution
-        h = cell(u)                      ParaGRU / ParaLSTM, head-wise input projection inside
+        h = cell(u)                      ParaGRU / ParaLSTM (head-wise input projection inside), or a user cell
         y = W_out GatedRMSNorm(h, gate=W_gate x)
 
     Args:
         dim: features of ``x`` and ``y``.
-        cell: ``"gru"`` (ParaGRU) or ``"lstm"`` (ParaLSTM).
+        cell: ``"gru"`` (ParaGRU), ``"lstm"`` (ParaLSTM), or a user cell: a callable ``cell(input_size,
+            hidden_size) → ParaCell`` such as a :class:`~pararnn_ts.core.cell.ParaCell` subclass, called as
+            ``cell(hidden, hidden)``, whose output (``output_size``) must be ``hidden`` wide (see
+            :mod:`pararnn_ts.cells.factory`).
         num_heads: heads of the cell's block-diagonal input projection; must divide ``hidden``.
         hidden: the cell's hidden size (default ``dim``).
         conv_kernel: taps of the causal convolution.
         max_norm: norm clip of the cell's recurrent diagonals (paper: 0.5 for LMs).
         solver_kwargs: ``mode``, ``fused_backend``, ``tol``, ... for :class:`~pararnn_ts.core.cell.ParaCell`.
+
+    ``num_heads``, ``max_norm`` and ``solver_kwargs`` configure the built-in cells only: with a user cell, which takes
+    its own settings through its arguments, they must keep their defaults (a ``ValueError`` names those that do not).
 
     State: ``(conv_state (B, conv_kernel-1, hidden), cell_state)`` with the cell's own state form
     (ParaGRU: ``(B, hidden)``; ParaLSTM: the pair ``(c, h)``).
@@ -62,24 +81,27 @@ class ParaRNNMixer(nn.Module):
     def __init__(
         self,
         dim: int,
-        cell: Literal["gru", "lstm"] = "gru",
+        cell: CellSpec = "gru",
         num_heads: int = 1,
         hidden: int | None = None,
         conv_kernel: int = 4,
-        max_norm: float | None = 0.5,
+        max_norm: float | None = MAX_NORM,
         **solver_kwargs: Any,
     ) -> None:
         super().__init__()
-        if cell not in RNN_CELLS:
-            raise ValueError(f"ParaRNNMixer: cell={cell!r} is not one of {tuple(RNN_CELLS)}")
+        cell = resolve_cell(cell, "ParaRNNMixer")
         _check_positive("ParaRNNMixer", dim=dim)
         check_head_sizes("ParaRNNMixer", num_heads, **({"dim": dim} if hidden is None else {"hidden": hidden}))
+        refuse_builtin_settings("ParaRNNMixer", cell, **builtin_cell_settings(num_heads, max_norm, **solver_kwargs))
+        size_name = "dim" if hidden is None else "hidden"
         hidden = dim if hidden is None else hidden
         self.dim, self.hidden = dim, hidden
         self.in_proj = nn.Linear(dim, hidden, bias=False)
         self.gate_proj = nn.Linear(dim, hidden, bias=False)
         self.conv = CausalConv1d(hidden, conv_kernel)
-        self.cell = RNN_CELLS[cell](hidden, hidden, num_heads, max_norm=max_norm, **solver_kwargs)
+        self.cell = build_cell(
+            cell, hidden, hidden, "ParaRNNMixer", size_name, num_heads=num_heads, max_norm=max_norm, **solver_kwargs
+        )
         self.norm = GatedRMSNorm(hidden)
         self.out_proj = nn.Linear(hidden, dim, bias=False)
 

@@ -272,7 +272,14 @@ def model_row(
     else:
         kwargs = module_kwargs | ({"cell": "torch_gru"} if model == "torch_gru" else {})
         module, seconds = train_world_model(datamodule, epochs, seed, **kwargs)
-    return Row(CELL_NAMES[module.hparams.cell], module, seconds, sum(p.numel() for p in module.parameters()))
+    return Row(cell_name(module.hparams.cell), module, seconds, sum(p.numel() for p in module.parameters()))
+
+
+def cell_name(cell: Any) -> str:
+    """A table's name for a world model's recorded ``cell``: a built-in's, or a user cell's class path."""
+    if isinstance(cell, str):
+        return CELL_NAMES[cell]
+    return cell["class_path"] if isinstance(cell, dict) and "class_path" in cell else repr(cell)
 
 
 def train_world_model(datamodule: Any, max_epochs: int, seed: int = 0, **module_kwargs: Any) -> tuple[Any, float]:

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..cells.factory import CellSpec, CellWidthError, refuse_builtin_settings, resolve_cell, solver_settings
 from ..cells.headwise import check_head_sizes
 from ..core import Mode
 from ..nn import Block, ParaRNNMixer, RMSNorm
@@ -157,7 +158,11 @@ class Normalizer(nn.Module):
 
 
 class ParaRNNBackbone(nn.Module):
-    """``num_layers`` residual blocks of a ParaRNN mixer (ParaGRU/ParaLSTM) and a SwiGLU MLP.
+    """``num_layers`` residual blocks of a ParaRNN mixer (ParaGRU/ParaLSTM, or a user cell) and a SwiGLU MLP.
+
+    ``cell``: ``"gru"``, ``"lstm"``, or a user cell's factory ``cell(input_size, hidden_size) → ParaCell``, called
+    as ``cell(dim, dim)`` in each block (see :mod:`pararnn_ts.cells.factory`); ``num_heads``, ``max_norm`` and
+    ``solver_kwargs`` configure the built-in cells only and keep their defaults with a user cell.
 
     Shapes: ``forward`` ``(B, T, dim)`` → ``(B, T, dim)``, ``step`` ``(B, dim)`` → ``(B, dim)``;
     the state is a list with one :class:`~pararnn_ts.nn.mixers.ParaRNNMixer` state per block.
@@ -166,7 +171,7 @@ class ParaRNNBackbone(nn.Module):
     def __init__(
         self,
         dim: int,
-        cell: Literal["gru", "lstm"] = "gru",
+        cell: CellSpec = "gru",
         num_layers: int = 2,
         num_heads: int = 1,
         mlp_ratio: float = 2.0,
@@ -177,13 +182,14 @@ class ParaRNNBackbone(nn.Module):
         super().__init__()
         if not isinstance(num_layers, int) or num_layers < 1:
             raise ValueError(f"ParaRNNBackbone: num_layers must be a positive int, got {num_layers!r}")
+        cell = resolve_cell(cell, "ParaRNNBackbone")
+        settings = {"num_heads": (num_heads, 1), "max_norm": (max_norm, None), **solver_settings(solver_kwargs)}
+        refuse_builtin_settings("ParaRNNBackbone", cell, **settings)
+        # a user cell takes its own settings; the built-in ones get these
+        cell_kwargs = {"max_norm": max_norm, **solver_kwargs} if isinstance(cell, str) else {}
         mlp_hidden = max(1, round(mlp_ratio * dim)) if mlp_ratio > 0 else 0
         self.blocks = nn.ModuleList(
-            Block(
-                dim,
-                ParaRNNMixer(dim, cell, num_heads, conv_kernel=conv_kernel, max_norm=max_norm, **solver_kwargs),
-                mlp_hidden,
-            )
+            Block(dim, ParaRNNMixer(dim, cell, num_heads, conv_kernel=conv_kernel, **cell_kwargs), mlp_hidden)
             for _ in range(num_layers)
         )
 
@@ -209,13 +215,18 @@ class DynamicsModel(nn.Module):
     Args:
         obs_dim: features of an observation ``O``.
         action_dim: features of the model's action vector ``A`` (one-hot size for Discrete).
-        cell: ``"gru"`` (ParaGRU) or ``"lstm"`` (ParaLSTM).
+        cell: ``"gru"`` (ParaGRU), ``"lstm"`` (ParaLSTM), or a user cell: a callable ``cell(input_size,
+            hidden_size) → ParaCell`` such as a :class:`~pararnn_ts.core.cell.ParaCell` subclass, called as
+            ``cell(hidden_size, hidden_size)`` in each block, whose output (``output_size``) must be ``hidden_size``
+            wide (see :mod:`pararnn_ts.cells.factory`).
         hidden_size: width of the features and of the cells.
         num_layers: residual blocks.
         num_heads: heads of the cells' block-diagonal input projection (divides ``hidden_size``).
         mode: solver mode of the cells (``"auto"``, ``"sequential"``, ``"parallel"``, ``"fused"``).
         learn_reward, learn_termination: whether to have those heads.
-        max_norm: norm clip of the cells' recurrent diagonals (``None``: free).
+        max_norm: norm clip of the cells' recurrent diagonals (``None``: free). ``num_heads``, ``mode`` and
+            ``max_norm`` configure the built-in cells only: a user cell takes its own settings through its
+            arguments, and they must then keep their defaults (1, ``"auto"``, ``None``).
         mlp_ratio: SwiGLU width over ``hidden_size`` in each block (0: no MLP).
         conv_kernel: taps of each block's causal convolution.
         min_log_std, max_log_std: soft bounds of the delta's log-std (normalised units).
@@ -231,7 +242,7 @@ class DynamicsModel(nn.Module):
         self,
         obs_dim: int,
         action_dim: int,
-        cell: Literal["gru", "lstm"] = "gru",
+        cell: CellSpec = "gru",
         hidden_size: int = 128,
         num_layers: int = 2,
         num_heads: int = 1,
@@ -253,12 +264,16 @@ class DynamicsModel(nn.Module):
         if not min_log_std < max_log_std:
             raise ValueError(f"DynamicsModel: min_log_std={min_log_std} must be < max_log_std={max_log_std}")
         if backbone is None:
-            if cell not in ("gru", "lstm"):
-                raise ValueError(f"DynamicsModel: cell={cell!r} is not one of ('gru', 'lstm')")
+            cell = resolve_cell(cell, "DynamicsModel")
             check_head_sizes("DynamicsModel", num_heads, hidden_size=hidden_size)
-            backbone = ParaRNNBackbone(
-                hidden_size, cell, num_layers, num_heads, mlp_ratio, conv_kernel, max_norm, mode=mode
-            )
+            settings = {"num_heads": (num_heads, 1), "mode": (mode, "auto"), "max_norm": (max_norm, None)}
+            refuse_builtin_settings("DynamicsModel", cell, **settings)
+            try:
+                backbone = ParaRNNBackbone(
+                    hidden_size, cell, num_layers, num_heads, mlp_ratio, conv_kernel, max_norm, mode=mode
+                )
+            except CellWidthError as error:  # the mixer's width is this model's hidden_size
+                raise CellWidthError(f"DynamicsModel: hidden_size={hidden_size} is the cells' width; {error}") from None
         self.obs_dim, self.action_dim, self.hidden_size = obs_dim, action_dim, hidden_size
         self.learn_reward, self.learn_termination = learn_reward, learn_termination
         self.min_log_std, self.max_log_std = min_log_std, max_log_std

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..cells.factory import CellSpec, record_cell, refuse_builtin_settings, resolve_cell
 from ..core import Mode
 from .baselines import torch_gru_model
 from .evaluate import DEFAULT_KS, k_step_errors
@@ -104,8 +105,13 @@ class WorldModelModule(pl.LightningModule):
     (normalised by the training observations' variance).
 
     Args:
-        cell: ``"gru"`` (ParaGRU), ``"lstm"`` (ParaLSTM), or ``"torch_gru"`` (the sequential
-            ``nn.GRU`` baseline of :func:`~pararnn_ts.world.baselines.torch_gru_model`).
+        cell: ``"gru"`` (ParaGRU), ``"lstm"`` (ParaLSTM), ``"torch_gru"`` (the sequential
+            ``nn.GRU`` baseline of :func:`~pararnn_ts.world.baselines.torch_gru_model`), or a user cell: in a config
+            ``cell: {class_path: my_cells.MyCell, init_args: {...}}`` (without ``input_size`` and ``hidden_size``: each
+            block calls it as ``cell(hidden_size, hidden_size)``), in Python a ParaCell subclass or a
+            ``functools.partial`` of one, whose output is ``hidden_size`` wide; ``num_heads``, ``mode`` and
+            ``model_kwargs``' ``max_norm`` then keep their defaults (see :class:`DynamicsModel`). Checkpoints record
+            it as its ``{class_path, init_args}`` (see :mod:`pararnn_ts.cells.factory`).
         hidden_size, num_layers, num_heads, mode, learn_reward, learn_termination: of the model.
         model_kwargs: more :class:`DynamicsModel` keyword arguments (``max_norm``, ``mlp_ratio``, ...).
         obs_dim, action_dim: the data's sizes; ``None``: taken from the data module.
@@ -117,7 +123,7 @@ class WorldModelModule(pl.LightningModule):
 
     def __init__(
         self,
-        cell: Literal["gru", "lstm", "torch_gru"] = "gru",
+        cell: Literal["torch_gru"] | CellSpec = "gru",
         hidden_size: int = 128,
         num_layers: int = 2,
         num_heads: int = 1,
@@ -136,14 +142,16 @@ class WorldModelModule(pl.LightningModule):
         eval_stride: int = 5,
     ) -> None:
         super().__init__()
-        if cell not in CELLS:
-            raise ValueError(f"WorldModelModule: cell={cell!r} is not one of {CELLS}")
+        # hparams hold a user cell as a config names it
+        self.cell_spec = cell if cell == "torch_gru" else resolve_cell(cell, "WorldModelModule")
+        refuse_builtin_settings("WorldModelModule", self.cell_spec, num_heads=(num_heads, 1), mode=(mode, "auto"))
         if open_loop_weight < 0 or not 0 <= min_lr_ratio <= 1:
             raise ValueError(
                 f"WorldModelModule: open_loop_weight must be >= 0 and min_lr_ratio in [0, 1], "
                 f"got {open_loop_weight} and {min_lr_ratio}"
             )
         self.save_hyperparameters()
+        record_cell(self.hparams, "WorldModelModule")
         self.model: DynamicsModel | None = None
         if obs_dim is not None and action_dim is not None:
             self.configure_model()
@@ -158,11 +166,11 @@ class WorldModelModule(pl.LightningModule):
                 "WorldModelModule: obs_dim and action_dim are unknown; give them or fit with a data module"
             )
         heads = {"learn_reward": hp.learn_reward, "learn_termination": hp.learn_termination, **(hp.model_kwargs or {})}
-        if hp.cell == "torch_gru":
+        if self.cell_spec == "torch_gru":
             self.model = torch_gru_model(hp.obs_dim, hp.action_dim, hp.hidden_size, hp.num_layers, **heads)
         else:
             self.model = DynamicsModel(
-                hp.obs_dim, hp.action_dim, hp.cell, hp.hidden_size, hp.num_layers, hp.num_heads, hp.mode, **heads
+                hp.obs_dim, hp.action_dim, self.cell_spec, hp.hidden_size, hp.num_layers, hp.num_heads, hp.mode, **heads
             )
 
     def setup(self, stage: str) -> None:
