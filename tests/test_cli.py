@@ -167,7 +167,7 @@ def test_a_verb_logging_to_the_fixed_folder_of_a_fit_is_refused_before_the_logge
     main(["fit", "-c", str(PARITY_GRU), *fixed])
     folder = tmp_path / "runs" / "parity_paragru" / "fixed"
     before = snapshot(folder)
-    (checkpoint,) = (folder / "checkpoints").glob("*.ckpt")
+    (checkpoint,) = (folder / "checkpoints").glob("epoch=*.ckpt")
     for verb in ("validate", "test"):
         with pytest.raises(FileExistsError, match="config.yaml belongs to an earlier run"):
             main([verb, "-c", str(PARITY_GRU), *fixed, f"--ckpt_path={checkpoint}"])
@@ -196,7 +196,7 @@ def test_without_a_logger_a_failed_fit_leaves_no_config_and_a_learning_rate_moni
 def test_validate_test_and_predict_need_a_checkpoint_and_predict_a_predict_split(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "-c", str(PARITY_GRU), *TINY])
-    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("*.ckpt")
+    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("epoch=*.ckpt")
     for verb in ("validate", "test", "predict"):
         with pytest.raises(ValueError, match="--ckpt_path"):
             main([verb, "-c", str(PARITY_GRU), *TINY])
@@ -211,7 +211,7 @@ def test_test_without_a_test_split_is_refused_before_the_run(tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)
     main(["fit", "-c", str(PARITY_GRU), *TINY, "--trainer.limit_test_batches=0"])
-    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("*.ckpt")
+    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("epoch=*.ckpt")
     monkeypatch.setattr(ParityDataModule, "test_dataloader", LightningDataModule.test_dataloader)
     with pytest.raises(ValueError, match="no test split .* pararnn-ts validate"):
         main(["test", "-c", str(PARITY_GRU), *TINY, f"--ckpt_path={checkpoint}"])
@@ -221,7 +221,7 @@ def test_test_without_a_test_split_is_refused_before_the_run(tmp_path, monkeypat
 def test_arguments_a_checkpoint_replaces_are_named_in_a_warning(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "-c", str(PARITY_GRU), *TINY])
-    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("*.ckpt")
+    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("epoch=*.ckpt")
     trained_lr = torch.load(checkpoint, weights_only=True)["hyper_parameters"]["lr"]
     with pytest.warns(UserWarning, match=rf"not used: lr=0\.123 \(checkpoint: {trained_lr}\)$"):
         main(["test", "-c", str(PARITY_GRU), *TINY, "--model.init_args.lr=0.123", f"--ckpt_path={checkpoint}"])
@@ -366,7 +366,7 @@ def test_a_missing_checkpoint_file_is_refused_before_the_run(tmp_path, monkeypat
 def test_a_checkpoint_of_another_model_class_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "-c", str(PARITY_GRU), *TINY])
-    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("*.ckpt")
+    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("epoch=*.ckpt")
     world = ROOT / "experiments" / "world" / "pendulum.yaml"
     with pytest.raises(ValueError, match=r"holds a \S*SequenceTagger checkpoint, but the config's model is \S*World"):
         main(["test", "-c", str(world), f"--ckpt_path={checkpoint}"])
@@ -390,7 +390,7 @@ def test_a_checkpoint_restores_the_cell_it_was_trained_with(tmp_path, monkeypatc
 
     monkeypatch.chdir(tmp_path)
     main(["fit", "-c", str(PARITY_GRU), *TINY])
-    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("*.ckpt")
+    (checkpoint,) = (tmp_path / "runs" / "parity_paragru" / "version_0" / "checkpoints").glob("epoch=*.ckpt")
     cell = torch.load(checkpoint, weights_only=True)["hyper_parameters"]["cell"]
     assert cell["class_path"] == "pararnn_ts.ParaGRU"
     assert {key: cell["init_args"][key] for key in ("input_size", "hidden_size", "mode", "max_norm")} == {

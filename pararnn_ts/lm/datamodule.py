@@ -361,7 +361,15 @@ class TextDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """One item per prompt: ``{"prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed",
         "stop_at_eos"}``, the arguments of :func:`pararnn_ts.lm.generate.generate` besides model and tokenizer
-        (``CausalLM.predict_step``)."""
+        (``CausalLM.predict_step``). Each process samples its share of the prompts, so there must be at least one
+        prompt a process."""
+        processes = self.trainer.world_size if self.trainer is not None else 1
+        if len(self.predict_prompts) < processes:
+            raise ValueError(
+                f"TextDataModule: {len(self.predict_prompts)} predict_prompts for {processes} processes, each of which "
+                "samples its share: give at least one prompt a process (--data.init_args.predict_prompts) or predict "
+                "in fewer (--trainer.devices)"
+            )
         return DataLoader([{"prompt": prompt, **self.sampling} for prompt in self.predict_prompts], batch_size=None)
 
     def loader(
