@@ -200,7 +200,7 @@ def test_runner_end_to_end_then_resume_then_refuse_then_overwrite(tmp_path, coun
     assert all(np.isfinite(float(r[m])) for r in rows for m in ("MASE", "mean_wQL", "sMAPE", "coverage_80"))
     markdown = (out / "results.md").read_text()
     assert "## MASE" in markdown and "## epoch time relative to DeepAR" in markdown and "**" in markdown
-    assert "## mean_wQL minus DeepAR's, paired" in markdown and "toy (4 windows; largest" in markdown
+    assert "## mean_wQL minus DeepAR's, paired" in markdown and "toy (4 windows, 1 seed; largest" in markdown
     assert {p.name for p in (out / "plots").iterdir()} == {"toy__SeasonalNaive.png", "toy__DeepAR.png"}
     windows = read_csv(out / "window_losses.csv")
     for row in rows:  # each run's windows add up to its mean_wQL
@@ -278,9 +278,9 @@ def test_resume_refuses_kept_runs_made_with_other_settings(tmp_path, count_runs)
 def test_resume_keeps_rows_from_before_the_settings_column_and_warns(tmp_path, count_runs):
     config, out = naive_config(tmp_path), tmp_path / "out"
     benchmark.main(["--config", config, "--output-dir", str(out)])
-    with (ROOT / "experiments" / "forecast" / "results" / "results.csv").open() as file:
-        old_columns = next(csv.reader(file))  # a committed results.csv: no cpu, no settings
-    assert "settings" not in old_columns
+    # the columns of a results.csv written before the cpu, settings and provenance columns
+    old_columns = "dataset,model,seed,MASE,mean_wQL,sMAPE,coverage_80,fit_s,epochs,epoch_s,predict_s,threads"
+    old_columns = old_columns.split(",")
     old = [{key: row[key] for key in old_columns} for row in read_csv(out / "results.csv")]
     with (out / "results.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, old_columns)
@@ -297,7 +297,11 @@ def test_resume_keeps_rows_from_before_the_settings_column_and_warns(tmp_path, c
 
 def test_the_header_names_every_machine_and_thread_count_its_rows_record(tmp_path):
     bench = load_benchmark(write_config(tmp_path))
-    rows = [{"cpu": "CPU A", "threads": "2"}, {"threads": "1"}, {"cpu": "CPU A", "threads": "1"}]
+    rows = [
+        {"cpu": "CPU A", "threads": "2", "seed": 0},
+        {"threads": "1", "seed": 0},
+        {"cpu": "CPU A", "threads": "1", "seed": 0},
+    ]
     assert "cpu CPU A / not recorded; torch threads 1 / 2;" in describe(bench, False, rows)
 
 

@@ -14,22 +14,32 @@ seeds, best per dataset in bold; with ``paired_reference``, each model's ``mean_
 an interval from resampling the test windows, see :mod:`~pararnn_ts.forecast.paired`), ``window_losses.csv`` (each
 run's share of ``mean_wQL`` per test window) and ``plots/<dataset>__<model>.png``
 (:mod:`~pararnn_ts.forecast.benchmark_report`). ``--resume`` keeps the finished runs and refuses kept rows made
-with other settings than this invocation would use for them (e.g. a ``--quick`` run's).
+with other settings than this invocation would use for them (e.g. a ``--quick`` run's); kept rows made by other
+code or libraries (the ``commit``, ``torch``, ``gluonts`` and ``lightning`` columns, :func:`provenance`) are kept
+with a warning that counts them. Each file is rewritten whole after every run through a temporary file moved over
+it (:func:`~pararnn_ts.forecast.csv_rows.write_text`), so a killed run loses at most the run it was in; the output
+folder is made, and ``--overwrite`` clears it, only when the first result is written. A ``covariates`` column says
+whether the model took the covariates the dataset has (``used``), could not (``ignored: …``, marked † in
+``results.md``), or the dataset has none (``none``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
 import logging
 import math
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +60,7 @@ from .benchmark_config import (
     instantiate,
     load_benchmark,
     parameters,
+    refuse_duplicates,
 )
 from .benchmark_report import results_markdown
 from .data import ForecastData, seasonality_of, validation_split
@@ -64,6 +75,8 @@ QUIET_WARNINGS = (
     (UserWarning, ".*no `val_dataloader`"),  # GluonTS modules define validation_step; the runner has no val split
     (Warning, r".*isinstance\(treespec, LeafSpec\)"),  # Lightning on newer torch
 )
+#: what made a row besides its settings: the code's git commit (:func:`code_commit`) and the libraries' versions
+PROVENANCE = ("commit", "torch", "gluonts", "lightning")
 COLUMNS = (
     "dataset",
     "model",
@@ -77,6 +90,8 @@ COLUMNS = (
     "threads",
     "cpu",
     "settings",
+    "covariates",  # used / ignored: <kinds> (the model cannot take them) / none (the dataset has none)
+    *PROVENANCE,
 )
 #: the settings each ``results.csv`` fingerprint stands for (:func:`settings_of`), beside it in the output folder
 SETTINGS_FILE = "settings.json"
@@ -240,10 +255,162 @@ def check_kept_settings(
         )
 
 
+def code_commit(root: Path | None = None) -> str:
+    """The git commit of the checkout that holds this package (``root``: its folder, by default the one above
+    ``pararnn_ts``): ``<sha>``, or ``<sha>+dirty.<hash of git diff HEAD>`` when tracked files differ from it (the
+    hash tells two edited trees apart); ``"unknown"`` outside a git checkout (an installed wheel) or without git."""
+    root = Path(__file__).resolve().parents[2] if root is None else Path(root)
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
+            return "unknown"  # e.g. a wheel installed in a virtual environment that lies inside another repository
+        sha = git("rev-parse", "HEAD")
+        diff = subprocess.run(
+            ["git", "-C", str(root), "diff", "HEAD", "--no-ext-diff", "--binary"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{sha}+dirty.{hashlib.sha256(diff).hexdigest()[:8]}" if diff else sha
+
+
+def library_version(name: str) -> str:
+    """The installed version of the distribution ``name``, or ``"unknown"``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+@functools.cache
+def provenance() -> dict[str, str]:
+    """The :data:`PROVENANCE` columns of this process's rows: the code's commit (:func:`code_commit`, read once:
+    the modules were loaded when the process started) and the versions of torch, GluonTS and Lightning."""
+    return {
+        "commit": code_commit(),
+        "torch": torch.__version__,
+        "gluonts": library_version("gluonts"),
+        "lightning": library_version("lightning"),
+    }
+
+
+def check_kept_provenance(rows: list[dict[str, Any]], now: dict[str, str], out: Path) -> None:
+    """Warn about kept ``rows`` made by other code or library versions than ``now`` (:func:`provenance`), counted
+    per commit and version, and, once, about rows from before the provenance columns (their makers unknown).
+    They are kept: rows of older code are a legitimate part of a resumed file, but never silently."""
+    unrecorded, other = 0, Counter()
+    for row in rows:
+        recorded = {key: row.get(key) or "" for key in PROVENANCE}
+        if not any(recorded.values()):
+            unrecorded += 1
+            continue
+        differs = tuple(f"{key} {recorded[key] or 'unknown'}" for key in PROVENANCE if recorded[key] != now[key])
+        if differs:
+            other[differs] += 1
+    where = out / "results.csv"
+    if other:
+        lines = [f"  {count} by {', '.join(differs)}" for differs, count in other.most_common()]
+        warnings.warn(
+            f"--resume: {sum(other.values())} kept runs of {where} were made by other code or libraries than this "
+            f"run ({', '.join(f'{key} {value}' for key, value in now.items())}); kept, and the tables mix them with "
+            "this run's rows (pass --overwrite to rerun them):\n" + "\n".join(lines),
+            stacklevel=2,
+        )
+    if unrecorded:
+        warnings.warn(
+            f"--resume: {unrecorded} kept runs of {where} record no commit or library versions (written before "
+            "those columns): kept, made by unknown code",
+            stacklevel=2,
+        )
+
+
+#: the covariates a dataset may have: ``(kind, how many the data has, how many the model's arguments take)``
+COVARIATE_KINDS: tuple[tuple[str, Callable[[ForecastData], int], Callable[[dict[str, Any]], int]], ...] = (
+    (
+        "feat_dynamic_real",
+        lambda data: data.num_feat_dynamic_real,
+        lambda kwargs: max(
+            kwargs.get("num_feat_dynamic_real") or 0,
+            sum(kwargs.get("dynamic_dims") or []) + sum(kwargs.get("past_dynamic_dims") or []),  # TFT's
+        ),
+    ),
+    (
+        "feat_static_cat",
+        lambda data: len(data.cardinality),
+        lambda kwargs: max(kwargs.get("num_feat_static_cat") or 0, len(kwargs.get("static_cardinalities") or [])),
+    ),
+    (
+        "feat_static_real",
+        lambda data: data.num_feat_static_real,
+        lambda kwargs: max(kwargs.get("num_feat_static_real") or 0, sum(kwargs.get("static_dims") or [])),
+    ),
+)
+
+
+def covariates_of(model: ModelSpec, dataset: DatasetSpec, data: ForecastData, bench: Benchmark) -> str:
+    """The ``covariates`` column: ``"none"`` when ``data`` has no covariates, ``"used"`` when the model's arguments
+    (:func:`model_kwargs`) take all it has, else ``"ignored: <kinds>"``, the kinds the model runs without (its
+    class takes no argument for them, as DLinear and SimpleFeedForward take no dynamic reals, or its arguments
+    take fewer)."""
+    kwargs = model_kwargs(model, dataset, data, bench)
+    provided = [(kind, has(data), takes(kwargs)) for kind, has, takes in COVARIATE_KINDS if has(data)]
+    if not provided:
+        return "none"
+    ignored = [kind for kind, has, taken in provided if taken < has]
+    return f"ignored: {', '.join(ignored)}" if ignored else "used"
+
+
+def warm_up(model: ModelSpec, kwargs: dict[str, Any]) -> None:
+    """Build or load the fused kernels a ParaRNN forecaster's cell runs, before its fit is timed: a tiny forward
+    and backward of its cell kind in its mode (the first use of the CPU kernels builds them, about 30 s on a fresh
+    install). Nothing for other models, nor for a user cell (``cell`` not a built-in's name: it brings its own
+    kernels, if any)."""
+    from .estimator import ParaRNNEstimator
+    from .module import RNN_CELLS
+
+    if not issubclass(model.cls, ParaRNNEstimator):
+        return
+    defaults = parameters(model.cls)
+    cell = kwargs.get("cell", defaults["cell"].default)
+    mode = kwargs.get("mode", defaults["mode"].default)
+    if not isinstance(cell, str) or cell not in RNN_CELLS:
+        return
+    with torch.random.fork_rng(devices=[]):  # leaves the seeded streams of the run as they were
+        layer = RNN_CELLS[cell](4, 4, 1, mode=mode)
+        x = torch.linspace(-1, 1, 2 * 8 * 4).reshape(2, 8, 4).requires_grad_()
+        y, _ = layer(x)
+        y.sum().backward()
+
+
+def nan_forecasts(forecasts: list[Any]) -> int:
+    """How many ``forecasts`` hold a NaN (samples, quantiles or their mean)."""
+
+    def values(forecast: Any) -> Any:
+        for name in ("samples", "forecast_array"):
+            if getattr(forecast, name, None) is not None:
+                return getattr(forecast, name)
+        return forecast.mean
+
+    return sum(bool(np.isnan(np.asarray(values(forecast), dtype=float)).any()) for forecast in forecasts)
+
+
 def run_one(
     model: ModelSpec, dataset: DatasetSpec, data: ForecastData, seed: int, bench: Benchmark, quick: bool = False
 ) -> tuple[dict[str, Any], list[Any]]:
-    """Train (if ``model`` is an estimator), forecast every test window and score: the CSV row and forecasts."""
+    """Train (if ``model`` is an estimator), forecast every test window and score: the CSV row and forecasts.
+
+    A ParaRNN forecaster's kernels are built before its fit is timed (:func:`warm_up`). Forecasts holding NaN
+    are refused naming the dataset, model and seed."""
+    warm_up(model, model_kwargs(model, dataset, data, bench, quick))
     seed_everything(seed, verbose=False)
     timer = EpochTimer()
     with tempfile.TemporaryDirectory(prefix="pararnn_benchmark_") as root:  # GluonTS's checkpoints go there
@@ -259,7 +426,17 @@ def run_one(
     started = time.perf_counter()
     forecasts = list(predictor.predict(inputs))
     predict_s = time.perf_counter() - started
-    metrics = score(forecasts, data.test, data.prediction_length, season_of(data))
+    broken = nan_forecasts(forecasts)
+    if broken:
+        raise ValueError(
+            f"{dataset.name} × {model.name} seed {seed}: {broken} of {len(forecasts)} forecasts contain NaN values "
+            "(the training diverged?); the finished runs are saved, so fix the model's settings (e.g. a lower lr) "
+            "or leave it out with --models, and --resume"
+        )
+    try:
+        metrics = score(forecasts, data.test, data.prediction_length, season_of(data))
+    except ValueError as error:
+        raise ValueError(f"{dataset.name} × {model.name} seed {seed}: {error}") from error
     row = {
         "dataset": dataset.name,
         "model": model.name,
@@ -271,6 +448,8 @@ def run_one(
         "predict_s": predict_s,
         "threads": torch.get_num_threads(),
         "cpu": cpu_name(),
+        "covariates": covariates_of(model, dataset, data, bench),
+        **provenance(),
     }
     return row, forecasts
 
@@ -298,27 +477,41 @@ def read_settings(path: Path) -> dict[str, dict[str, Any]]:
     return settings
 
 
+#: what ``--overwrite`` removes from the output folder (when the first new result is written: :func:`clear_output`)
+OUTPUT_FILES = ("results.csv", "results.md", "window_losses.csv", SETTINGS_FILE)
+
+
 def prepare_output(
     out: Path, resume: bool, overwrite: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, dict[str, Any]]]:
-    """Make ``out`` ready; return the result rows, window-loss rows and settings (:data:`SETTINGS_FILE`) of
-    finished runs to keep (``resume``) or none."""
+    """Check ``out`` (made later, by the first result written); return the result rows, window-loss rows and
+    settings (:data:`SETTINGS_FILE`) of finished runs to keep (``resume``) or none. Window losses of a run that
+    ``results.csv`` does not hold (a run killed between the two files) are dropped: the run is done again."""
     if resume and overwrite:
         raise ValueError("--resume keeps earlier results and --overwrite deletes them: pass one of them")
     csv_path = out / "results.csv"
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--output-dir {out} is a file, not a folder; pass another --output-dir")
     if out.exists() and any(out.iterdir()) and not (resume or overwrite):
         raise FileExistsError(
             f"{out} is not empty; pass --resume to continue its runs, --overwrite to replace its results, "
             "or another --output-dir"
         )
-    if overwrite:
-        for name in ("results.csv", "results.md", "window_losses.csv", SETTINGS_FILE):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "plots", ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
     if not (resume and csv_path.exists()):
         return [], [], {}
-    return read_rows(csv_path), read_window_rows(out / "window_losses.csv"), read_settings(out / SETTINGS_FILE)
+    rows = read_rows(csv_path)
+    finished = {(row["dataset"], row["model"], row["seed"]) for row in rows}
+    windows = [
+        w for w in read_window_rows(out / "window_losses.csv") if (w["dataset"], w["model"], w["seed"]) in finished
+    ]
+    return rows, windows, read_settings(out / SETTINGS_FILE)
+
+
+def clear_output(out: Path) -> None:
+    """``--overwrite``: remove the results and plots of ``out`` (before its first new result is written)."""
+    for name in OUTPUT_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "plots", ignore_errors=True)
 
 
 def row_line(row: dict[str, Any]) -> str:
@@ -336,13 +529,16 @@ def run_benchmark(
     done: list[dict[str, Any]] | None = None,
     done_windows: list[dict[str, Any]] | None = None,
     done_settings: dict[str, dict[str, Any]] | None = None,
+    overwrite: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Check every (dataset, model), then run the missing (dataset, model, seed) triples; return all result
     and window-loss rows.
 
     ``done``, ``done_windows`` and ``done_settings``: the result rows, window-loss rows and settings
     (:data:`SETTINGS_FILE`) of finished runs (kept, not rerun); kept rows of a (dataset, model) made with other
-    settings than this invocation's are refused (:func:`check_kept_settings`)."""
+    settings than this invocation's are refused (:func:`check_kept_settings`), and those made by other code or
+    libraries warned about (:func:`check_kept_provenance`). ``overwrite``: clear ``out``'s results when the first
+    new one is written (a run that fails before keeps them)."""
     loaded = {}
     for dataset in bench.datasets:
         try:
@@ -365,6 +561,13 @@ def run_benchmark(
         return settings_of(model, dataset, loaded[dataset.name], bench, not quick)
 
     check_kept_settings(rows, current, kept, out, quick, flip_quick)
+    check_kept_provenance(rows, provenance(), out)
+    covariates = {
+        key: covariates_of(model, dataset, loaded[dataset.name], bench) for key, (model, dataset) in pairs.items()
+    }
+    for row in rows:  # kept rows from before the column: the model's class and arguments decide it, as now
+        if not row.get("covariates") and (row["dataset"], row["model"]) in covariates:
+            row["covariates"] = covariates[row["dataset"], row["model"]]
     settings = kept | {fingerprint(own): own for own in current.values()}
     finished = {(row["dataset"], row["model"], row["seed"]) for row in rows}
     todo = [(d, m, s) for d in bench.datasets for m in bench.models if m.runs_on(d.name) for s in bench.seeds]
@@ -379,6 +582,8 @@ def run_benchmark(
         windows += window_rows(
             row["dataset"], model.name, seed, *window_quantile_losses(forecasts, data.test, data.prediction_length)
         )
+        if overwrite and index == 1:
+            clear_output(out)
         save_results(rows, windows, out, bench, quick, settings)
         print(f"[{index}/{len(todo)}] {row_line(row)}", flush=True)
         if seed == bench.seeds[0]:
@@ -406,15 +611,18 @@ def save_results(
     quick: bool,
     settings: dict[str, dict[str, Any]] | None = None,
 ) -> None:
-    """``results.csv``, ``window_losses.csv``, ``results.md`` and :data:`SETTINGS_FILE` (the ``settings`` of the
-    fingerprints ``rows`` name) of ``rows`` and ``windows`` in ``out``."""
-    write_rows(rows, out / "results.csv")
+    """:data:`SETTINGS_FILE` (the ``settings`` of the fingerprints ``rows`` name), ``window_losses.csv``,
+    ``results.csv`` and ``results.md`` of ``rows`` and ``windows`` in ``out`` (made if need be), each replaced
+    whole in one step (:func:`~pararnn_ts.forecast.csv_rows.write_text`). ``results.csv`` comes after the files
+    it refers to: a run killed between two of them leaves a ``results.csv`` whose settings are on record, and
+    window losses of a run it lacks, which a ``--resume`` drops (:func:`prepare_output`)."""
     named = {row.get("settings") for row in rows}
     recorded = {key: value for key, value in (settings or {}).items() if key in named}
-    (out / SETTINGS_FILE).write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
+    csv_rows.write_text(out / SETTINGS_FILE, json.dumps(recorded, indent=1, sort_keys=True) + "\n")
     if windows:  # none for results kept from before window losses were recorded
         write_window_rows(windows, out / "window_losses.csv")
-    (out / "results.md").write_text(results_markdown(rows, windows, bench, quick))
+    write_rows(rows, out / "results.csv")
+    csv_rows.write_text(out / "results.md", results_markdown(rows, windows, bench, quick))
 
 
 def positive_int(text: str) -> int:
@@ -440,12 +648,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where results and plots go (default: %(default)s); a folder that is not empty is refused unless "
         "--resume or --overwrite is given",
     )
-    parser.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the config's seeds (each once)")
     parser.add_argument(
         "--threads", type=positive_int, help="torch intra-op threads, > 0 (overrides the config's threads)"
     )
-    parser.add_argument("--datasets", nargs="+", help="run only these dataset names")
-    parser.add_argument("--models", nargs="+", help="run only these model names")
+    parser.add_argument("--datasets", nargs="+", help="run only these dataset names (each once)")
+    parser.add_argument("--models", nargs="+", help="run only these model names (each once)")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -493,6 +701,8 @@ def run_settings(threads: int | None, verbose: bool) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Entry point of ``pararnn-ts benchmark``; returns the result rows."""
     args = parse_args(argv)
+    if args.seeds:
+        refuse_duplicates(args.seeds, "--seeds")
     bench = load_benchmark(args.config, args.datasets, args.models)
     if args.seeds:
         bench.seeds = args.seeds
@@ -503,9 +713,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     out = Path(args.output_dir)
     done, done_windows, done_settings = prepare_output(out, args.resume, args.overwrite)
     with run_settings(bench.threads, args.verbose):
-        rows, windows = run_benchmark(bench, out, args.quick, done, done_windows, done_settings)
+        rows, windows = run_benchmark(bench, out, args.quick, done, done_windows, done_settings, args.overwrite)
         print(results_markdown(rows, windows, bench, args.quick))
     print(
         f"results: {out / 'results.csv'}, {out / 'results.md'}, {out / 'window_losses.csv'}, plots in {out / 'plots'}"
     )
     return rows
+
+
+if __name__ == "__main__":  # python -m pararnn_ts.forecast.benchmark: the same command as pararnn-ts benchmark
+    from ..cli import console
+
+    console(["benchmark", *sys.argv[1:]])

@@ -184,6 +184,7 @@ def entries_of(config: dict[str, Any], key: str, allowed: set[str], keep: list[s
     if len(set(names)) != len(names):
         raise ValueError(f"benchmark.{key}: names must be unique, got {names}")
     if keep is not None:
+        refuse_duplicates(keep, f"--{key}")
         missing = sorted(set(keep) - set(names))
         if missing:
             raise ValueError(f"--{key} {missing}: not in the config; it has {names}")
@@ -193,8 +194,20 @@ def entries_of(config: dict[str, Any], key: str, allowed: set[str], keep: list[s
     return entries
 
 
+def refuse_duplicates(values: list[Any], where: str) -> None:
+    """Refuse a list that names something twice (``--seeds 0 0`` would run seed 0 twice and report two seeds)."""
+    repeated = sorted({value for value in values if values.count(value) > 1}, key=str)
+    if repeated:
+        raise ValueError(
+            f"{where} {list(values)}: {', '.join(map(repr, repeated))} given more than once; name each once"
+        )
+
+
 def read_config(path: Path, inside: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The ``benchmark:`` mapping of ``path``, on top of its ``base`` config's mapping when it names one."""
+    if not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ValueError(f"benchmark config {str(path)!r} {what}; give --config the path of a benchmark YAML file")
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict) or not isinstance(raw.get("benchmark"), dict):
         raise ValueError(f"{path}: a benchmark config holds a top-level 'benchmark:' mapping")
@@ -242,6 +255,7 @@ def load_benchmark(path: str | Path, datasets: list[str] | None = None, models: 
     seeds = config.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise ValueError(f"{path}: benchmark.seeds must be a non-empty list of ints, got {seeds!r}")
+    refuse_duplicates(seeds, f"{path}: benchmark.seeds")
     threads = config.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"{path}: benchmark.threads must be a positive int (torch intra-op threads), got {threads!r}")
