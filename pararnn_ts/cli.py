@@ -600,9 +600,22 @@ def main(args: list[str] | None = None) -> None:
             warnings.filterwarnings("ignore", message, category, module)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_a_tip)
     if argv and argv[0] in VERBS:
-        importlib.import_module(VERBS[argv[0]][0]).main(argv[1:])
+        import_verb(argv[0]).main(argv[1:])
     else:
         lightning_cli(args)
+
+
+def import_verb(verb: str) -> Any:
+    """The module of ``verb`` (:data:`VERBS`). A third-party module it needs that is missing is refused naming the
+    extra that installs it (the verb's subpackage: ``pararnn_ts.world.mpc`` needs ``pararnn-ts[world]``)."""
+    module = VERBS[verb][0]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as missing:
+        if (missing.name or "pararnn_ts").partition(".")[0] == "pararnn_ts":  # our own module: a bug
+            raise
+        extra = module.split(".")[1]
+        raise ImportError(f"pararnn-ts {verb} needs the {extra} extra: pip install 'pararnn-ts[{extra}]'") from missing
 
 
 def console(args: list[str] | None = None) -> None:

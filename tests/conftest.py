@@ -26,6 +26,15 @@ HIDDEN = 45  # not a multiple of 32, divisible by 3 heads
 CELLS = ("paragru", "paralstm", "oscillator")
 
 
+def read_pyproject() -> dict[str, Any]:
+    """The repository's ``pyproject.toml``, parsed (``tomllib``; ``tomli``, from the dev extra, on Python 3.10)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:
+        import tomli as tomllib
+    return tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+
+
 def make_cell(name: str, dtype: torch.dtype = torch.float64, seed: int = 0, hidden: int = HIDDEN, **kwargs) -> ParaCell:
     """A cell with random (not just initial) recurrent weights, so every gate matters."""
     torch.manual_seed(seed)
@@ -133,8 +142,9 @@ def small_lm(cache_dir: Path) -> list[str]:
 TWO_PROCESSES = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
 
 
-def run_in_two_processes(args: list[str], folder: Path) -> None:
-    """``pararnn-ts ARGS`` in two CPU processes in ``folder`` (Lightning's DDP starts the second from the first)."""
+def run_in_two_processes(args: list[str], folder: Path, refusal: str | None = None) -> None:
+    """``pararnn-ts ARGS`` in two CPU processes in ``folder`` (Lightning's DDP starts the second from the first);
+    it must succeed, or with ``refusal``, fail saying that."""
     done = subprocess.run(
         [sys.executable, "-m", "pararnn_ts.cli", *args, *TWO_PROCESSES],
         cwd=folder,
@@ -142,4 +152,7 @@ def run_in_two_processes(args: list[str], folder: Path) -> None:
         text=True,
         timeout=120,
     )
-    assert done.returncode == 0, done.stderr[-3000:]
+    if refusal is None:
+        assert done.returncode == 0, done.stderr[-3000:]
+    else:
+        assert done.returncode != 0 and refusal in done.stderr, done.stderr[-3000:]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from conftest import read_pyproject
 from setuptools import find_packages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,9 +22,7 @@ def test_only_pararnn_ts_is_packaged():
 
 
 def test_pyproject_lists_every_package_and_ships_kernel_sources():
-    import tomllib
-
-    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    config = read_pyproject()["tool"]["setuptools"]
     found = set(find_packages(str(ROOT), include=["pararnn_ts*"]))
     # kernels/ and each of its folders are packages of their own (setuptools ships no data of unlisted folders)
     kernel_packages = {"pararnn_ts._kernels"} | {

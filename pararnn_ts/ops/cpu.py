@@ -1,16 +1,17 @@
 """CPU backend: fused *sequential* ParaGRU / ParaLSTM kernels in C++ (``kernels/cpu``).
 
-Built on first use with :func:`torch.utils.cpp_extension.load` as ``pararnn_ts_cpu_<cpu tag>_<checkout tag>``
-and cached by torch (in ``$TORCH_EXTENSIONS_DIR`` when set); the CPU tag keeps one build per CPU type, since
-code built with ``-march=native`` may crash on another CPU sharing the cache, and the checkout tag one per
-install (:func:`~pararnn_ts.ops.sources.checkout_tag`). The kernels are exact
+Built on first use with :func:`torch.utils.cpp_extension.load` as ``pararnn_ts_cpu_<build tag>_<checkout tag>``
+and cached by torch (in ``$TORCH_EXTENSIONS_DIR`` when set); the build tag keeps one build per CPU type (code
+built with ``-march=native`` may crash on another CPU sharing the cache) and per content of the sources, compiler
+flags, Python and torch (:func:`~pararnn_ts.ops.sources.build_tag`), and the checkout tag one per install
+(:func:`~pararnn_ts.ops.sources.checkout_tag`). The kernels are exact
 (no Newton), so ``stats`` is ``None``. Shapes and layouts: ``kernels/README.md``; tensors are float32
 or float64, contiguous.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import platform
 import re
 import sys
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from ..notices import warn
 from .build import load_extension
-from .sources import checkout_tag, kernel_source_dir
+from .sources import build_tag, checkout_tag, kernel_source_dir
 
 NAME = "cpu"
 
@@ -41,16 +42,27 @@ def compiler_flags() -> list[str]:
     return flags
 
 
-def extension_name() -> str:
-    """``pararnn_ts_cpu_<cpu>_<checkout>``: hashes of this CPU's model and flags, and of the sources' folder."""
+def linker_flags() -> list[str]:
+    return [] if sys.platform == "win32" else ["-fopenmp"]
+
+
+def cpu_description() -> str:
+    """This CPU's model and instruction-set flags (what ``-march=native`` compiles for)."""
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             lines = {line for line in cpuinfo if line.startswith(("model name", "flags", "Features", "CPU part"))}
     except OSError:
         lines = set()
-    text = "".join(sorted(lines)) or f"{platform.machine()} {platform.processor()}"
-    cpu = hashlib.sha1(text.encode()).hexdigest()[:8]
-    return f"pararnn_ts_cpu_{cpu}_{checkout_tag(kernel_source_dir('cpu'))}"
+    return "".join(sorted(lines)) or f"{platform.machine()} {platform.processor()}"
+
+
+@functools.cache
+def extension_name() -> str:
+    """``pararnn_ts_cpu_<build>_<checkout>``: hashes of this CPU, the sources' contents, the flags, Python and
+    torch (:func:`~pararnn_ts.ops.sources.build_tag`), and of the sources' folder; computed once per process."""
+    source_dir = kernel_source_dir("cpu")
+    build = build_tag(source_dir, cpu_description(), compiler_flags(), linker_flags())
+    return f"pararnn_ts_cpu_{build}_{checkout_tag(source_dir)}"
 
 
 def _build() -> ModuleType:
@@ -61,7 +73,7 @@ def _build() -> ModuleType:
         sources=[str(path) for path in sorted(source_dir.glob("*.cpp"))],
         extra_include_paths=[str(source_dir)],
         extra_cflags=compiler_flags(),
-        extra_ldflags=[] if sys.platform == "win32" else ["-fopenmp"],
+        extra_ldflags=linker_flags(),
     )
 
 

@@ -2,7 +2,8 @@
 and standalone diagonal and 2×2-block linear scans.
 
 The extension is built with ``torch.utils.cpp_extension`` on first use, for the device's compute
-capability only, and cached by torch (``TORCH_EXTENSIONS_DIR``, else its default folder).
+capability only, and cached by torch (``TORCH_EXTENSIONS_DIR``, else its default folder) under a name that
+changes with the sources' contents, the flags, the toolkit, Python and torch (:func:`extension_name`).
 
 Tunables (keyword arguments of every op): ``warps`` (1..8) time runs per chunk, i.e. warps per thread
 block, and ``steps`` (4, 8 or 16) consecutive time steps per thread; a block solves chunks of
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from ..notices import warn
 from .build import load_extension, put_ninja_on_path
-from .sources import checkout_tag, kernel_source_dir
+from .sources import build_tag, checkout_tag, kernel_source_dir
 
 NAME = "cuda"
 
@@ -64,19 +65,37 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
+def _flags(arch: str) -> tuple[list[str], list[str]]:
+    """The C++ and the nvcc flags of a build for ``sm_<arch>``."""
+    return ["-O3"], ["-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-lineinfo"]
+
+
+@functools.cache
+def extension_name(arch: str) -> str:
+    """``pararnn_ts_cuda_sm<arch>_<build>_<checkout>``: the build tag hashes the sources' contents, the flags, the
+    CUDA toolkit, Python and torch (:func:`~pararnn_ts.ops.sources.build_tag`), so none of them changing can leave
+    an old build in use; the checkout tag keeps one build per install."""
+    from torch.utils import cpp_extension
+
+    folder = kernel_source_dir("cuda")
+    build = build_tag(folder, arch, *_flags(arch), cpp_extension.CUDA_HOME, os.environ.get("TORCH_CUDA_ARCH_LIST"))
+    return f"pararnn_ts_cuda_sm{arch}_{build}_{checkout_tag(folder)}"
+
+
 @functools.cache
 def _load(capability: tuple[int, int]) -> ModuleType | str:
     """The built extension for one compute capability, or why the build failed (warned once)."""
     arch = f"{capability[0]}{capability[1]}"
     folder = kernel_source_dir("cuda")
     sources = [str(folder / "bindings.cpp")] + sorted(str(path) for path in folder.glob("*.cu"))
+    cflags, cuda_cflags = _flags(arch)
     try:
         return load_extension(
-            f"pararnn_ts_cuda_sm{arch}_{checkout_tag(folder)}",
+            extension_name(arch),
             f"the CUDA kernels for sm_{arch} (a few minutes)",
             sources=sources,
-            extra_cflags=["-O3"],
-            extra_cuda_cflags=["-O3", f"-gencode=arch=compute_{arch},code=sm_{arch}", "-lineinfo"],
+            extra_cflags=cflags,
+            extra_cuda_cflags=cuda_cflags,
             extra_include_paths=[str(folder)],
         )
     except Exception as error:  # compiler or linker failure

@@ -2,6 +2,10 @@
 rollout), baselines and k-step evaluation, the learned model as a ``gymnasium.Env``, and CEM/MPPI planning.
 Needs the ``world`` extra."""
 
+from ..extras import require_extra
+
+require_extra("pararnn_ts.world", "world", ("gymnasium",))
+
 from .baselines import MLPEnsemble, persistence, torch_gru_model
 from .collect import Trajectories, collect, encode_actions
 from .datamodule import TrajectoryDataModule
