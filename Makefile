@@ -6,10 +6,16 @@ VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
+#: the TORCH the venv was set up with; rewritten when it changes, which sets the venv up again
+TORCH_SPEC := $(VENV)/.torch
 
-.PHONY: demo parity test lint bench
+.PHONY: demo parity test lint bench FORCE
 
-$(READY): pyproject.toml
+$(TORCH_SPEC): FORCE
+	@mkdir -p $(VENV)
+	@echo '$(TORCH)' | cmp -s - $@ || echo '$(TORCH)' > $@
+
+$(READY): pyproject.toml $(TORCH_SPEC)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q '$(TORCH)'

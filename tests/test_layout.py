@@ -63,3 +63,27 @@ def test_built_wheel_carries_the_kernel_sources(tmp_path):
     sources = [p.relative_to(ROOT / "kernels") for p in (ROOT / "kernels").rglob("*") if p.is_file()]
     missing = [str(p) for p in sources if f"pararnn_ts/_kernels/{p.as_posix()}" not in names]
     assert sources and not missing, f"wheel lacks kernel sources: {missing}"
+
+
+def test_source_distribution_carries_the_tests_and_configs(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import tarfile
+
+    source = tmp_path / "src"  # a copy without what a working tree gathers (runs, builds, caches)
+    skip = shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "runs", "lightning_logs", "__pycache__")
+    shutil.copytree(ROOT, source, ignore=skip)
+    build = "import sys, setuptools.build_meta as backend; backend.build_sdist(sys.argv[1])"
+    subprocess.run([sys.executable, "-c", build, str(tmp_path)], check=True, capture_output=True, cwd=source)
+    (sdist,) = tmp_path.glob("pararnn_ts-*.tar.gz")
+    with tarfile.open(sdist) as archive:
+        names = {name.partition("/")[2] for name in archive.getnames()}
+    wanted = {"LICENSE", "Makefile", "pyproject.toml", "README.md"} | {
+        p.relative_to(source).as_posix()
+        for folder in ("tests", "models", "datasets", "experiments", "kernels", "pararnn_ts")
+        for p in (source / folder).rglob("*")
+        if p.is_file() and p.suffix != ".png"
+    }
+    assert not wanted - names, f"the sdist lacks {sorted(wanted - names)[:10]}: see MANIFEST.in"
+    assert not [name for name in names if name.endswith(".png")]
