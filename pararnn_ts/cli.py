@@ -124,12 +124,12 @@ class ParaRNNCLI(LightningCLI):
         refuse_other_model_class(ckpt_path, model.get("class_path"))
         configured = init_args(model)
         super()._parse_ckpt_path()
-        restored = flat(init_args(self.config[subcommand]["model"]))
+        restored = init_args(self.config[subcommand]["model"])
         replaced = replaced_arguments(model.get("class_path"), configured, restored)
         if replaced:
             warnings.warn(
                 f"--ckpt_path {ckpt_path} restores the model's arguments it was trained with, so these of the config "
-                "or command line are not used: " + differences(replaced, restored),
+                "or command line are not used: " + differences(replaced),
                 stacklevel=1,
             )
 
@@ -425,7 +425,7 @@ def flat(arguments: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     ``{"cell": {"init_args": {"hidden_size": 32}}}`` → ``{"cell.init_args.hidden_size": 32}``."""
     items: dict[str, Any] = {}
     for key, value in arguments.items():
-        value = value.as_dict() if hasattr(value, "as_dict") else value
+        value = plain(value)
         if isinstance(value, dict) and value:
             items.update(flat(value, f"{prefix}{key}."))
         else:
@@ -433,20 +433,34 @@ def flat(arguments: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return items
 
 
-def differences(given: dict[str, Any], recorded: dict[str, Any]) -> str:
-    """``key=value (checkpoint: value)`` for every ``given`` argument, beside the checkpoint's ``recorded`` one."""
-    return ", ".join(f"{key}={value!r} (checkpoint: {recorded[key]!r})" for key, value in given.items())
+def differences(replaced: dict[str, tuple[Any, Any]]) -> str:
+    """``key=value (checkpoint: value)`` for every ``key: (given, recorded)`` of ``replaced``."""
+    return ", ".join(f"{key}={given!r} (checkpoint: {recorded!r})" for key, (given, recorded) in replaced.items())
 
 
-def replaced_arguments(class_path: str | None, configured: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
-    """The ``configured`` arguments of ``class_path`` (a section's ``init_args``, by dotted key: :func:`flat`) whose
-    value differs from the checkpoint's ``recorded`` one (flat too), but for those left to a ``None`` default."""
+def replaced_arguments(
+    class_path: str | None, configured: dict[str, Any], recorded: dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """The ``configured`` arguments of ``class_path`` (a section's ``init_args``) whose value differs from the
+    checkpoint's ``recorded`` one, as ``(configured, recorded)`` by dotted key (:func:`flat`), but for those left to a
+    ``None`` default. An argument recorded in another form (a cell's name where the checkpoint records a user cell's
+    ``class_path`` and ``init_args``, or the reverse) is named whole."""
     unset = left_to_default_none(class_path, configured)
-    return {
-        key: value
-        for key, value in flat(configured).items()
-        if key in recorded and recorded[key] != value and key.split(".")[0] not in unset
-    }
+    replaced: dict[str, tuple[Any, Any]] = {}
+    for name, value in configured.items():
+        if name in unset or name not in recorded:
+            continue
+        given, kept = flat({name: value}), flat({name: recorded[name]})
+        if given.keys().isdisjoint(kept):
+            replaced[name] = (plain(value), plain(recorded[name]))
+            continue
+        replaced.update({key: (v, kept[key]) for key, v in given.items() if key in kept and kept[key] != v})
+    return replaced
+
+
+def plain(value: Any) -> Any:
+    """``value`` with jsonargparse's namespaces as dicts (for messages)."""
+    return value.as_dict() if hasattr(value, "as_dict") else value
 
 
 def left_to_default_none(class_path: str | None, arguments: dict[str, Any]) -> set[str]:
@@ -488,12 +502,12 @@ def warn_if_data_changed(ckpt_path: str | None, checkpoint: dict[str, Any] | Non
     recorded = (checkpoint or {}).get("datamodule_hyper_parameters")
     if not (recorded and hasattr(data, "get")):
         return
-    recorded = flat({key: value for key, value in recorded.items() if not key.startswith("_")})
+    recorded = {key: value for key, value in recorded.items() if not key.startswith("_")}
     changed = replaced_arguments(data.get("class_path"), init_args(data), recorded)
     if changed:
         warnings.warn(
             f"--ckpt_path {ckpt_path} continues a run whose data had other arguments; this fit goes on with the "
-            f"config's: {differences(changed, recorded)}",
+            f"config's: {differences(changed)}",
             stacklevel=1,
         )
 
@@ -512,10 +526,11 @@ def warn_if_budget_changed(ckpt_path: str | None, checkpoint: dict[str, Any] | N
     recorded = (checkpoint or {}).get(BUDGET_KEY)
     if not recorded:
         return
-    changed = {key: value for key, value in budget(trainer).items() if key in recorded and recorded[key] != value}
+    now = budget(trainer).items()
+    changed = {key: (value, recorded[key]) for key, value in now if key in recorded and recorded[key] != value}
     if changed:
         warnings.warn(
-            f"--ckpt_path {ckpt_path} continues a run trained for another budget: {differences(changed, recorded)}; "
+            f"--ckpt_path {ckpt_path} continues a run trained for another budget: {differences(changed)}; "
             "a learning-rate schedule set over the run's steps (cosine, warmup then cosine; not a plateau schedule) "
             "then ends elsewhere than planned; to finish the run as planned, resume with its budget",
             stacklevel=1,

@@ -24,6 +24,7 @@ from pararnn_ts.cells.factory import CellWidthError, cell_record, record_cell, r
 from pararnn_ts.cli import main
 from pararnn_ts.forecast.cli_module import CHECKPOINT_KEY, ParaRNNForecaster
 from pararnn_ts.forecast.estimator import ParaRNNEstimator
+from pararnn_ts.forecast.lightning_module import ParaRNNLightningModule
 from pararnn_ts.forecast.module import ParaRNNForecastModel
 from pararnn_ts.lm import CausalLM
 from pararnn_ts.nn import LanguageModel
@@ -118,6 +119,14 @@ REFUSALS = [
     (lambda: DynamicsModel(3, 1, cell=PairCell, hidden_size=8), CellWidthError, "DynamicsModel: hidden_size=8"),
     (lambda: ParaRNNForecaster(cell=TanhCell, num_heads=2), ValueError, r"num_heads=2 .* leave it .*num_heads=1"),
     (lambda: ParaRNNEstimator("M", 4, cell=TanhCell, mode="sequential"), ValueError, "mode='sequential' configures"),
+    (lambda: ParaRNNEstimator("M", 4, cell=lambda i, h: TanhCell(i, h)), ValueError, "cell=<function .* top level"),
+    (
+        lambda: ParaRNNLightningModule(
+            {"freq": "M", "context_length": 8, "prediction_length": 4, "cell": lambda i, h: TanhCell(i, h)}
+        ),
+        ValueError,
+        r"ParaRNNLightningModule: model_kwargs\['cell'\]=<function .*<lambda> at .* functools.partial\(MyCell",
+    ),
     (lambda: ParaRNNMixer(8, cell=TanhCell, max_norm=None, tol=1e-3), ValueError, "max_norm=None, tol=0.001"),
     (lambda: DynamicsModel(3, 1, cell=TanhCell, max_norm=0.5), ValueError, "max_norm=0.5 configures"),
     (lambda: WorldModelModule(cell=TanhCell, mode="parallel"), ValueError, "mode='parallel' configures"),
@@ -207,8 +216,34 @@ def test_the_estimator_trains_a_user_cell_and_its_predictor_serializes(tmp_path)
     class Local(TanhCell):
         pass
 
-    with pytest.raises(ValueError, match="not a class importable by its name"):
-        ParaRNNEstimator("M", 4, cell=Local).create_lightning_module()
+    with pytest.raises(ValueError, match="not a class importable by its name"):  # before any training
+        ParaRNNEstimator("M", 4, cell=Local)
+
+
+@pytest.mark.parametrize(
+    "cell, gain", [(TanhCell, 1.0), (functools.partial(TanhCell, gain=0.5, mode="sequential"), 0.5)]
+)
+def test_a_gluonts_module_built_in_python_records_its_cell_for_weights_only_loading(tmp_path, cell, gain):
+    """``ParaRNNLightningModule`` given a cell class or partial in ``model_kwargs`` saves its ``{class_path,
+    init_args}``: ``load_from_checkpoint(..., weights_only=True)`` rebuilds it, and a predictor on the module
+    serializes as the estimator's does."""
+    import lightning
+
+    estimator = ParaRNNEstimator("M", 4, cell=cell, hidden_size=6, num_layers=1, num_parallel_samples=4)
+    module = ParaRNNLightningModule({**estimator.model_kwargs(), "cell": cell})
+    checkpoint = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    torch.save({**checkpoint, "pytorch-lightning_version": lightning.__version__}, tmp_path / "module.ckpt")
+    loaded = ParaRNNLightningModule.load_from_checkpoint(tmp_path / "module.ckpt", weights_only=True)
+    predictor = estimator.create_predictor(estimator.create_transformation(), module)
+    predictor.serialize(tmp_path)
+    deserialized = Predictor.deserialize(tmp_path).prediction_net
+    record = cell_record(cell)
+    assert estimator.model_kwargs()["cell"] == record
+    for net in (module, loaded, deserialized):
+        (layer,) = net.model.layers
+        assert type(layer.cell) is TanhCell and layer.cell.gain == gain
+        assert net.hparams["model_kwargs"]["cell"] == record
+        assert all(torch.equal(net.state_dict()[name], value) for name, value in module.state_dict().items())
 
 
 @pytest.fixture
@@ -225,7 +260,9 @@ def checkpoint_cells(path: Path) -> tuple[dict, list[str]]:
     return checkpoint["hyper_parameters"]["cell"], [k for k in checkpoint["state_dict"] if ".cell." in k]
 
 
-def test_cli_forecaster_fits_validates_tests_predicts_and_resumes_a_user_cell(cli, tmp_path):
+def tiny_forecaster(folder: Path) -> list[str]:
+    """The arguments of a tiny forecaster's CLI run in ``folder`` on Tourism quarterly, its config written there
+    (``tiny.yaml``, whose cell is ``models/forecast_paragru.yaml``'s gru); runs log to ``runs/lightning_logs``."""
     dataset = {
         "class_path": "pararnn_ts.forecast.data.FCompDataset",
         "init_args": {"collection": "tourism", "subset": "quarterly"},
@@ -247,9 +284,13 @@ def test_cli_forecaster_fits_validates_tests_predicts_and_resumes_a_user_cell(cl
             "limit_predict_batches": 1,
         },
     }
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    (folder / "tiny.yaml").write_text(yaml.safe_dump(config))
     tiny = ["-c", "tiny.yaml", "--model.init_args.hidden_size=8", "--model.init_args.num_layers=1"]
-    tiny += ["--model.init_args.num_parallel_samples=8"]
+    return tiny + ["--model.init_args.num_parallel_samples=8"]
+
+
+def test_cli_forecaster_fits_validates_tests_predicts_and_resumes_a_user_cell(cli, tmp_path):
+    tiny = tiny_forecaster(tmp_path)
     cli("fit", *tiny, "--trainer.max_steps=2", CLI_CELL)
     run = tmp_path / "runs" / "lightning_logs" / "version_0"
     record, names = checkpoint_cells(run / "checkpoints" / "last.ckpt")
@@ -268,6 +309,20 @@ def test_cli_forecaster_fits_validates_tests_predicts_and_resumes_a_user_cell(cl
     loaded = ParaRNNForecaster.load_from_checkpoint(last)
     (layer,) = loaded.model.layers
     assert type(layer.cell) is TanhCell and (layer.cell.gain, layer.cell.mode) == (0.5, "sequential")
+
+
+def test_cli_names_a_cell_the_checkpoint_replaces_in_the_config(cli, tmp_path):
+    """--ckpt_path restores the cell a checkpoint was trained with: a user cell where the config says gru, or gru
+    where it names a user cell, is named in the warning about the config's arguments not used."""
+    tiny = [*tiny_forecaster(tmp_path), "--trainer.max_steps=1", "--trainer.limit_test_batches=0"]
+    cli("fit", *tiny)
+    cli("fit", *tiny, CLI_CELL)
+    gru, user = (tmp_path / "runs" / "lightning_logs" / f"version_{n}" / "checkpoints" / "last.ckpt" for n in (0, 1))
+    record = rf"\{{'class_path': '{CELL}', 'init_args': \{{'gain': 0\.5, 'mode': 'sequential', .*\}}\}}"
+    with pytest.warns(UserWarning, match=rf"not used: cell='gru' \(checkpoint: {record}\)$"):
+        cli("validate", *tiny, "--ckpt_path", str(user))
+    with pytest.warns(UserWarning, match=rf"not used: cell={record} \(checkpoint: 'gru'\)$"):
+        cli("validate", *tiny, CLI_CELL, "--ckpt_path", str(gru))
 
 
 def test_cli_language_model_fits_validates_predicts_and_resumes_a_user_cell(cli, tmp_path):

@@ -180,12 +180,23 @@ def cell_record(cell: Any) -> dict[str, Any] | None:
     return {"class_path": path, "init_args": _plain(arguments)} if arguments else {"class_path": path}
 
 
-def portable_cell(cell: Any) -> Any:
-    """``cell`` in plain values where it can be: a name as it is, a user cell as its :func:`cell_record` (else the
-    callable itself)."""
-    if isinstance(cell, (str, Mapping)):
-        return cell
-    return cell_record(cell) or cell
+def portable_cell(cell: Any, owner: str, argument: str = "cell") -> str | dict[str, Any]:
+    """``cell`` (checked by :func:`resolve_cell`) in plain values: a name as it is, a user cell as its
+    :func:`cell_record`. A ``ValueError`` naming ``owner``'s ``argument`` and the fix for a user cell that has no
+    record (a lambda, a function, a class defined inside a function): checkpoints could hold it only pickled, which
+    ``load_from_checkpoint`` (``torch.load(weights_only=True)``) refuses."""
+    resolved = resolve_cell(cell, owner)
+    if isinstance(resolved, str):
+        return resolved
+    record = cell_record(resolved)
+    if record is None:
+        raise ValueError(
+            f"{owner}: {argument}={cell!r} is not a class importable by its name, nor a functools.partial of one "
+            "with plain keyword arguments, so checkpoints (read by load_from_checkpoint with weights_only=True) and "
+            "GluonTS's serialization cannot record it as {'class_path', 'init_args'}: define the cell class at the top "
+            "level of an importable module and pass it (or functools.partial(MyCell, gain=...))"
+        )
+    return record
 
 
 def record_cell(hparams: MutableMapping[str, Any], owner: str, key: str = "cell") -> None:

@@ -455,8 +455,9 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             hidden_size) → ParaCell`` building each layer's cell, such as a
             :class:`~pararnn_ts.core.cell.ParaCell` subclass (``cell=MyCell``, or
             ``functools.partial(MyCell, mode="parallel")`` with the cell's own arguments), whose output is
-            ``hidden_size`` wide. The predictor serializes it where it is a class importable by name (defined at the
-            top level of a module), or a ``functools.partial`` of one.
+            ``hidden_size`` wide. It must be a class importable by name (defined at the top level of a module), or
+            a ``functools.partial`` of one with plain keyword arguments: checkpoints and the predictor's
+            serialization record it as ``{"class_path", "init_args"}`` (anything else is refused here).
         hidden_size, num_layers, num_heads, dropout, copula_rank, lags_seq, scaling, mode: of the network
             (``num_heads`` and ``mode`` configure the built-in cells only: with a user cell they stay 1 and
             ``"auto"``, and the cell takes its own settings).
@@ -547,6 +548,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         )
         cell = resolve_cell(cell, "ParaRNNEstimator")
         refuse_builtin_settings("ParaRNNEstimator", cell, num_heads=(num_heads, 1), mode=(mode, "auto"))
+        cell = portable_cell(cell, "ParaRNNEstimator")  # as checkpoints and the predictor's serialization record it
         if mode not in get_args(Mode):
             raise ValueError(f"ParaRNNEstimator: mode={mode!r} is not one of {get_args(Mode)}")
         if distribution not in DISTRIBUTIONS:
@@ -656,7 +658,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             "num_feat_static_cat": self.num_feat_static_cat,
             "cardinality": self.cardinality,
             "embedding_dimension": self.embedding_dimension,
-            "cell": portable_cell(self.cell),
+            "cell": self.cell,
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
             "num_heads": self.num_heads,
@@ -769,12 +771,6 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
         return ValidationBatches(batches, data, self.prediction_length)
 
     def create_lightning_module(self) -> ParaRNNLightningModule:
-        if not isinstance(portable_cell(self.cell), (str, dict)):
-            raise ValueError(
-                f"ParaRNNEstimator: cell={self.cell!r} is not a class importable by its name (nor a functools.partial "
-                "of one with plain keyword arguments): training checkpoints and the predictor's serialization record "
-                "the cell by its class path; define the cell class at the top level of a module"
-            )
         return ParaRNNLightningModule(
             model_kwargs=self.model_kwargs(),
             lr=self.lr,

@@ -19,6 +19,7 @@ from gluonts.itertools import select
 from gluonts.torch.model.lightning_util import has_validation_loop
 from torch import Tensor
 
+from ..cells.factory import portable_cell
 from .module import ForecastLoss, ParaRNNForecastModel
 
 LR_SCHEDULES = ("plateau", "cosine", "none")
@@ -181,7 +182,10 @@ class ParaRNNLightningModule(ForecastTrainingModule):
 
     Args:
         model_kwargs: the network's arguments (:meth:`ParaRNNEstimator.model_kwargs
-            <pararnn_ts.forecast.estimator.ParaRNNEstimator.model_kwargs>`).
+            <pararnn_ts.forecast.estimator.ParaRNNEstimator.model_kwargs>`). A user cell in them is saved as its
+            ``{"class_path", "init_args"}`` (:func:`~pararnn_ts.cells.factory.portable_cell`), so that
+            ``load_from_checkpoint`` rebuilds it with ``weights_only=True``; one that has none (a lambda, a class
+            defined inside a function) is refused.
         lr, weight_decay, lr_schedule, patience, ema_decay: see :class:`ForecastTrainingModule`.
     """
 
@@ -198,7 +202,10 @@ class ParaRNNLightningModule(ForecastTrainingModule):
         super().__init__(
             lr=lr, weight_decay=weight_decay, lr_schedule=lr_schedule, patience=patience, ema_decay=ema_decay
         )
-        self.save_hyperparameters()
+        if "cell" in model_kwargs:  # saved as plain values, which torch.load(weights_only=True) reads
+            cell = portable_cell(model_kwargs["cell"], "ParaRNNLightningModule", "model_kwargs['cell']")
+            model_kwargs = {**model_kwargs, "cell": cell}
+        self.save_hyperparameters()  # reads model_kwargs as it is now
         self.set_model(ParaRNNForecastModel(**model_kwargs))
 
 
