@@ -10,6 +10,7 @@ import torch
 from conftest import make_cell
 
 from pararnn_ts import ParaGRU, ParaLSTM
+from pararnn_ts.core import Block
 from pararnn_ts.core.cell import ParaCell
 
 
@@ -136,3 +137,45 @@ def test_a_subclass_overriding_recurrence_runs_its_own_in_every_mode(cls):
 
 def test_a_subclass_keeping_the_recurrence_keeps_the_kernel_and_jacobian():
     assert ProjectedGRU.fused_kernel == "gru" and ProjectedGRU.jacobian is ParaGRU.jacobian
+
+
+class PlainBlock(Block):
+    """Block(2) with its own algebra, which keeps the scans in the ``(D, 2)`` layout (the plain path)."""
+
+    def apply(self, J, x):
+        return super().apply(J, x)
+
+    def compose(self, J2, J1):
+        return super().compose(J2, J1)
+
+
+class PlainLSTM(ParaLSTM):
+    """ParaLSTM on the plain path: Jacobian by forward-mode AD (stacked columns), scans in the ``(D, 2)`` layout."""
+
+    structure = PlainBlock(2)
+    jacobian = ParaCell.jacobian
+
+
+def test_paralstm_fast_path_equals_the_plain_path():
+    # The hand-written Jacobian (assembled by _interleave) and the channels-last Block scan against forward-mode AD
+    # and the (D, 2)-layout scan: outputs, final state and every gradient, at awkward sizes.
+    B, T, D = 3, 17, 5
+    results = []
+    for cls in (ParaLSTM, PlainLSTM):
+        torch.manual_seed(0)
+        cell = cls(4, D, max_norm=None, mode="parallel", chunk_size=None).double()
+        with torch.no_grad():
+            cell.A.uniform_(-0.9, 0.9)
+            cell.C.uniform_(-0.9, 0.9)
+            cell.b.uniform_(-0.9, 0.9)
+        g = torch.Generator().manual_seed(1)
+        x = torch.randn(B, T, 4, generator=g, dtype=torch.float64, requires_grad=True)
+        c0, h0 = (0.5 * torch.randn(B, D, generator=g, dtype=torch.float64).requires_grad_() for _ in range(2))
+        y, (c, h) = cell(x, (c0, h0))
+        w = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in (y, c, h)]
+        loss = (w[0] * y).sum() + (w[1] * c).sum() + (w[2] * h).sum()
+        grads = torch.autograd.grad(loss, [x, c0, h0, *cell.parameters()])
+        assert cell.last_stats.converged and cell.last_stats.iterations >= 2
+        results.append((y, c, h, *grads))
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)

@@ -79,3 +79,36 @@ def test_scan_is_work_efficient(T):
     J, b, _ = random_system(structure, (3,), 1, T)
     linear_scan(J, b, structure)
     assert structure.combined < T
+
+
+class OwnAlgebraBlock(Block):
+    """A Block with its own (here: the inherited) algebra: the scan keeps the ``(D, k)`` layout for it."""
+
+    def apply(self, J, x):
+        return super().apply(J, x)
+
+    def compose(self, J2, J1):
+        return super().compose(J2, J1)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+@pytest.mark.parametrize("T", [1, 2, 17, 64])
+def test_block_scan_in_channels_last_layout_equals_the_block_layout(k, T):
+    # Block scans with channels last ((..., k, k, D)); a subclass with its own algebra, in its own layout.
+    fast, plain = Block(k), OwnAlgebraBlock(k)
+    assert plain.scan_layout(torch.zeros(1, 1, 5, k, k), torch.zeros(1, 1, 5, k))[2] is plain
+    J, b, x0 = random_system(fast, (5, k), 3, T, seed=k)
+    J, b, x0 = (t.requires_grad_() for t in (J, b, x0))
+
+    def solves(structure):
+        return linear_scan(J, b, structure, x0), linear_scan(J, b, structure), reverse_linear_scan(J, b, structure)
+
+    outs_fast, outs_plain = solves(fast), solves(plain)
+    weights = [torch.randn_like(out) for out in outs_fast]
+    grads = []
+    for outs in (outs_fast, outs_plain):
+        assert all(out.is_contiguous() for out in outs)
+        loss = sum((w * out).sum() for w, out in zip(weights, outs, strict=True))
+        grads.append(torch.autograd.grad(loss, (J, b, x0)))
+    for got, expected in zip((*outs_fast, *grads[0]), (*outs_plain, *grads[1]), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)

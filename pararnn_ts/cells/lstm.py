@@ -84,5 +84,15 @@ class ParaLSTM(HeadwiseGatedCell):
         dh_dc_new = do * p_o * tanh_c + o * (1 - tanh_c * tanh_c)  # ∂h_t/∂c_t through o and tanh
         dhc = dh_dc_new * dcc
         dhh = do * a_o * tanh_c + dh_dc_new * dch
-        J = torch.stack([torch.stack([dcc, dch], -1), torch.stack([dhc, dhh], -1)], -2)
-        return torch.stack([c_new, o * tanh_c], dim=-1), J
+        J = _interleave(dcc, dch, dhc, dhh).unflatten(-1, (2, 2))  # [[dcc, dch], [dhc, dhh]] per channel
+        return _interleave(c_new, o * tanh_c), J
+
+
+def _interleave(*planes: Tensor) -> Tensor:
+    """``torch.stack(planes, dim=-1)`` by one copy per plane into a new tensor: on CPU a stack along the last
+    dimension is 1.5-5x slower (5x for nested stacks into 2×2 blocks), and Newton assembles a Jacobian per iteration.
+    """
+    out = planes[0].new_empty(*planes[0].shape, len(planes))
+    for i, plane in enumerate(planes):
+        out[..., i] = plane
+    return out

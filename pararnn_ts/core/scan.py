@@ -32,7 +32,7 @@ def linear_scan(J: Tensor, b: Tensor, structure: Structure, x0: Tensor | None = 
         return x
     if x0 is not None:
         b = torch.cat([b[:, :1] + structure.apply(J[:, 0], x0).unsqueeze(1), b[:, 1:]], dim=1)
-    return _odd_even(J, b, structure)
+    return _solve(J, b, structure)
 
 
 def reverse_linear_scan(J: Tensor, g: Tensor, structure: Structure) -> Tensor:
@@ -52,7 +52,7 @@ def reverse_linear_scan(J: Tensor, g: Tensor, structure: Structure) -> Tensor:
     # Reversed time s = T-1-t: λ_s = g_s + Jᵀ_{T-s} λ_{s-1}; the transition at s is J_{t+1}ᵀ.
     J_next_T = structure.transpose(J[:, 1:]).flip(1)
     J_rev = torch.cat([torch.zeros_like(J[:, :1]), J_next_T], dim=1)
-    return _odd_even(J_rev, g.flip(1), structure).flip(1)
+    return _solve(J_rev, g.flip(1), structure).flip(1)
 
 
 def _native_kind(J: Tensor, b: Tensor, structure: Structure) -> str | None:
@@ -62,6 +62,12 @@ def _native_kind(J: Tensor, b: Tensor, structure: Structure) -> str | None:
     if isinstance(structure, Diagonal):
         return "diagonal"
     return "block2" if isinstance(structure, Block) and structure.k == 2 else None
+
+
+def _solve(J: Tensor, b: Tensor, structure: Structure) -> Tensor:
+    """Odd–even reduction in the layout the structure computes fastest in (:meth:`Structure.scan_layout`)."""
+    J, b, inner, back = structure.scan_layout(J, b)
+    return back(_odd_even(J, b, inner))
 
 
 def _odd_even(J: Tensor, b: Tensor, structure: Structure) -> Tensor:
