@@ -149,9 +149,10 @@ def test_fast_math_module_switch(name, monkeypatch):
     """``triton_fused.fast_math = True``: on a GPU the sequential forward uses the approximate tanh (outputs
     and gradients still near the float64 twin, but not those of the exact kernel); the interpreter, which
     has no twin of that instruction, stays exact."""
-    exact, _ = fused_vs_sequential(name, 3, 300, 45, seed=5, algorithm="sequential")
+    T = 300 if torch.cuda.is_available() else 37  # the interpreter runs each step in Python
+    exact, _ = fused_vs_sequential(name, 3, T, 45, seed=5, algorithm="sequential")
     monkeypatch.setattr(triton_fused, "fast_math", True)
-    fast, stats = fused_vs_sequential(name, 3, 300, 45, seed=5, algorithm="sequential")
+    fast, stats = fused_vs_sequential(name, 3, T, 45, seed=5, algorithm="sequential")
     check(fast, stats, rtol=1e-3)
     assert (fast == exact) == (not torch.cuda.is_available()), (fast, exact)
 
