@@ -117,6 +117,22 @@ def forecast_config(dataset: dict[str, Any], **trainer: Any) -> dict[str, Any]:
     }
 
 
+@pytest.fixture
+def count_runs(monkeypatch):
+    """Counts the (dataset, model, seed) runs the forecast benchmark's runner trains and forecasts."""
+    from pararnn_ts.forecast import benchmark
+
+    calls = []
+    real = benchmark.run_one
+
+    def counted(model, dataset, data, seed, bench, quick=False):
+        calls.append((dataset.name, model.name, seed))
+        return real(model, dataset, data, seed, bench, quick=quick)
+
+    monkeypatch.setattr(benchmark, "run_one", counted)
+    return calls
+
+
 #: the json package's source: keys __init__.py, decoder.py, encoder.py, scanner.py, tool.py
 JSON_PY = stdlib_root() / "json" / "*.py"
 

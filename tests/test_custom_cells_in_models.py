@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import small_lm
+from conftest import forecast_config, small_lm
 from custom_cells import PairCell, TanhCell, linear_layer
 from gluonts.model import Predictor
 
@@ -267,23 +267,13 @@ def tiny_forecaster(folder: Path) -> list[str]:
         "class_path": "pararnn_ts.forecast.data.FCompDataset",
         "init_args": {"collection": "tourism", "subset": "quarterly"},
     }
-    config = {
-        "model": str(ROOT / "models" / "forecast_paragru.yaml"),
-        "data": {
-            "class_path": "pararnn_ts.forecast.datamodule.ForecastDataModule",
-            "init_args": {"dataset": dataset, "batch_size": 4, "num_batches_per_epoch": 2},
-        },
-        "trainer": {
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs"}},
-            "callbacks": [
-                {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True}}
-            ],
-            "enable_progress_bar": False,
-            "enable_model_summary": False,
-            "limit_test_batches": 1,
-            "limit_predict_batches": 1,
-        },
-    }
+    config = forecast_config(
+        dataset,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_test_batches=1,
+        limit_predict_batches=1,
+    )
     (folder / "tiny.yaml").write_text(yaml.safe_dump(config))
     tiny = ["-c", "tiny.yaml", "--model.init_args.hidden_size=8", "--model.init_args.num_layers=1"]
     return tiny + ["--model.init_args.num_parallel_samples=8"]

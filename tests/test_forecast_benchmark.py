@@ -172,20 +172,6 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(file))
 
 
-@pytest.fixture
-def count_runs(monkeypatch):
-    """Counts the (dataset, model, seed) runs the runner trains and forecasts."""
-    calls = []
-    real = benchmark.run_one
-
-    def counted(model, dataset, data, seed, bench, quick=False):
-        calls.append((dataset.name, model.name, seed))
-        return real(model, dataset, data, seed, bench, quick=quick)
-
-    monkeypatch.setattr(benchmark, "run_one", counted)
-    return calls
-
-
 def test_runner_end_to_end_then_resume_then_refuse_then_overwrite(tmp_path, count_runs):
     config, out = write_config(tmp_path), tmp_path / "out"
     benchmark.main(["--config", config, "--output-dir", str(out)])

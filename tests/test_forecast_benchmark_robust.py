@@ -25,20 +25,6 @@ from pararnn_ts.forecast.benchmark_report import describe
 NAIVE = {"name": "SeasonalNaive", "class_path": "gluonts.model.seasonal_naive.SeasonalNaivePredictor"}
 
 
-@pytest.fixture
-def count_runs(monkeypatch):
-    """Counts the (dataset, model, seed) runs the runner trains and forecasts."""
-    calls = []
-    real = benchmark.run_one
-
-    def counted(model, dataset, data, seed, bench, quick=False):
-        calls.append((dataset.name, model.name, seed))
-        return real(model, dataset, data, seed, bench, quick=quick)
-
-    monkeypatch.setattr(benchmark, "run_one", counted)
-    return calls
-
-
 def run(config: str, out: Path, *more: str) -> list[dict]:
     return benchmark.main(["--config", config, "--output-dir", str(out), *more])
 
