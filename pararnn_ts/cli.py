@@ -45,6 +45,7 @@ import pararnn_ts.lm  # noqa: F401
 import pararnn_ts.nn  # noqa: F401
 import pararnn_ts.synthetic  # noqa: F401
 from pararnn_ts.callbacks import LogNewtonStats, ResumeRandomState
+from pararnn_ts.extras import missing_extra
 from pararnn_ts.run_callbacks import INTERRUPTED_CHECKPOINT, EndProcessGroupAtExit, SaveLastAtEnd, SaveOnInterrupt
 
 #: the seed of a run unless the config or ``--seed_everything`` says otherwise
@@ -630,7 +631,7 @@ def import_verb(verb: str) -> Any:
         if (missing.name or "pararnn_ts").partition(".")[0] == "pararnn_ts":  # our own module: a bug
             raise
         extra = module.split(".")[1]
-        raise ImportError(f"pararnn-ts {verb} needs the {extra} extra: pip install 'pararnn-ts[{extra}]'") from missing
+        raise missing_extra(f"pararnn-ts {verb}", extra) from missing
 
 
 def console(args: list[str] | None = None) -> None:

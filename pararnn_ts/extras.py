@@ -5,6 +5,11 @@ from __future__ import annotations
 import importlib
 
 
+def missing_extra(what: str, extra: str) -> ImportError:
+    """The error that ``what`` (a subpackage, a command) needs the ``extra`` that is not installed, with its fix."""
+    return ImportError(f"{what} needs the {extra} extra: pip install 'pararnn-ts[{extra}]'")
+
+
 def require_extra(package: str, extra: str, modules: tuple[str, ...]) -> None:
     """Import each of ``modules`` (top-level names the ``extra`` installs); one that is not installed raises an
     :class:`ImportError` naming ``package``'s extra and the ``pip install`` that fixes it, the missing module as its
@@ -15,4 +20,4 @@ def require_extra(package: str, extra: str, modules: tuple[str, ...]) -> None:
         except ModuleNotFoundError as missing:
             if missing.name != module:
                 raise
-            raise ImportError(f"{package} needs the {extra} extra: pip install 'pararnn-ts[{extra}]'") from missing
+            raise missing_extra(package, extra) from missing
