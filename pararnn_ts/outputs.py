@@ -7,6 +7,7 @@ benchmark scripts under ``experiments/``.
 
 from __future__ import annotations
 
+import os
 import pickle
 import platform
 from collections.abc import Iterable, Mapping
@@ -97,12 +98,29 @@ def cpu_name() -> str:
     return name or platform.processor() or platform.machine()
 
 
+#: environment variables that change how memory is allocated, so how fast kernels that allocate their outputs run
+ALLOCATOR_VARIABLES = ("GLIBC_TUNABLES", "LD_PRELOAD", "PYTORCH_CUDA_ALLOC_CONF")
+
+
+def allocator_settings() -> dict[str, str]:
+    """The allocator settings in the environment: glibc's ``MALLOC_*`` and ``GLIBC_TUNABLES``, ``LD_PRELOAD`` (jemalloc,
+    tcmalloc) and ``PYTORCH_CUDA_ALLOC_CONF``. On Linux glibc hands large freed buffers back to the system, and
+    faulting them in again on the next call can cost as much as a fused CPU kernel (README, kernel benchmark)."""
+    return {
+        name: value
+        for name, value in sorted(os.environ.items())
+        if name.startswith("MALLOC_") or name in ALLOCATOR_VARIABLES
+    }
+
+
 def machine() -> dict[str, Any]:
-    """What ran a result: the CPU model, torch threads, the GPU if any, torch and Python."""
+    """What ran a result: the CPU model, torch threads, the GPU if any, torch, Python and the allocator
+    settings (:func:`allocator_settings`)."""
     return {
         "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,
         "python": platform.python_version(),
+        "allocator": allocator_settings(),
     }

@@ -1,6 +1,7 @@
 """The shared refusal to replace existing files, the run folder of a trainer, and reading back checkpoints."""
 
 import io
+import os
 import platform
 from types import SimpleNamespace
 
@@ -8,6 +9,8 @@ import pytest
 import torch
 
 from pararnn_ts.outputs import (
+    ALLOCATOR_VARIABLES,
+    allocator_settings,
     cpu_name,
     gathered,
     machine,
@@ -56,6 +59,16 @@ def test_cpu_name_is_the_model_name_cpuinfo_gives_or_platforms_guess(monkeypatch
 
     monkeypatch.setattr("builtins.open", missing)
     assert cpu_name() == (platform.processor() or platform.machine())
+
+
+def test_results_name_the_allocator_settings_that_change_their_speed(monkeypatch):
+    for name in [name for name in os.environ if name.startswith("MALLOC_") or name in ALLOCATOR_VARIABLES]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1073741824")
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libjemalloc.so.2")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    want = {"LD_PRELOAD": "/usr/lib/libjemalloc.so.2", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
+    assert allocator_settings() == want == machine()["allocator"]
 
 
 def test_only_the_global_zero_process_of_a_real_run_writes_results():

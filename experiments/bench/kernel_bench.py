@@ -57,7 +57,7 @@ from results_file import add_overwrite, results_path
 
 from pararnn_ts import ParaGRU, ParaLSTM
 from pararnn_ts.ops import unavailable_reason
-from pararnn_ts.outputs import cpu_name
+from pararnn_ts.outputs import allocator_settings, cpu_name
 
 CELLS = {"gru": ParaGRU, "lstm": ParaLSTM}
 STATE = {"gru": 1, "lstm": 2}  # state values per channel
@@ -381,6 +381,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "batch": args.batch,
         "hidden": args.hidden,
+        "allocator": allocator_settings(),
         "copy_bandwidth_GBps": bw / 1e9,
     }
     with contextlib.suppress(ImportError):

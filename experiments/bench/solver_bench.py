@@ -34,7 +34,7 @@ import torch
 from results_file import add_overwrite, results_path
 
 from pararnn_ts import ParaGRU, ParaLSTM
-from pararnn_ts.outputs import cpu_name
+from pararnn_ts.outputs import allocator_settings, cpu_name
 
 CELLS = {"paragru": ParaGRU, "paralstm": ParaLSTM}
 DEFAULT_NAME = "solver_cpu.json"  # under runs/bench/
@@ -179,6 +179,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "batch": args.batch,
         "hidden": args.hidden,
+        "allocator": allocator_settings(),
         "warmup": args.warmup,
         "repeats": args.repeats,
     }
