@@ -45,6 +45,7 @@ import pararnn_ts.lm  # noqa: F401
 import pararnn_ts.nn  # noqa: F401
 import pararnn_ts.synthetic  # noqa: F401
 from pararnn_ts.callbacks import LogNewtonStats, ResumeRandomState
+from pararnn_ts.cells.factory import describe_cell
 from pararnn_ts.extras import missing_extra
 from pararnn_ts.run_callbacks import INTERRUPTED_CHECKPOINT, EndProcessGroupAtExit, SaveLastAtEnd, SaveOnInterrupt
 
@@ -435,8 +436,16 @@ def flat(arguments: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def differences(replaced: dict[str, tuple[Any, Any]]) -> str:
-    """``key=value (checkpoint: value)`` for every ``key: (given, recorded)`` of ``replaced``."""
-    return ", ".join(f"{key}={given!r} (checkpoint: {recorded!r})" for key, (given, recorded) in replaced.items())
+    """``key=value (checkpoint: value)`` for every ``key: (given, recorded)`` of ``replaced``; a
+    ``{class_path, init_args}`` value (a user cell) as its class path and the arguments that differ from its
+    class's defaults (:func:`~pararnn_ts.cells.factory.describe_cell`)."""
+
+    def shown(value: Any) -> str:
+        return describe_cell(value) if isinstance(value, dict) and "class_path" in value else repr(value)
+
+    return ", ".join(
+        f"{key}={shown(given)} (checkpoint: {shown(recorded)})" for key, (given, recorded) in replaced.items()
+    )
 
 
 def replaced_arguments(

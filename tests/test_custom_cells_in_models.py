@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -126,6 +127,11 @@ REFUSALS = [
         ),
         ValueError,
         r"ParaRNNLightningModule: model_kwargs\['cell'\]=<function .*<lambda> at .* functools.partial\(MyCell",
+    ),
+    (
+        lambda: ParaRNNLightningModule({"freq": "M", "context_length": 8, "prediction_length": 4, "cell": "lstmm"}),
+        ValueError,
+        r"ParaRNNLightningModule: model_kwargs\['cell'\]='lstmm' is not one of",
     ),
     (lambda: ParaRNNMixer(8, cell=TanhCell, max_norm=None, tol=1e-3), ValueError, "max_norm=None, tol=0.001"),
     (lambda: DynamicsModel(3, 1, cell=TanhCell, max_norm=0.5), ValueError, "max_norm=0.5 configures"),
@@ -308,7 +314,7 @@ def test_cli_names_a_cell_the_checkpoint_replaces_in_the_config(cli, tmp_path):
     cli("fit", *tiny)
     cli("fit", *tiny, CLI_CELL)
     gru, user = (tmp_path / "runs" / "lightning_logs" / f"version_{n}" / "checkpoints" / "last.ckpt" for n in (0, 1))
-    record = rf"\{{'class_path': '{CELL}', 'init_args': \{{'gain': 0\.5, 'mode': 'sequential', .*\}}\}}"
+    record = re.escape(f"{CELL}(gain=0.5, mode='sequential')")  # the arguments that differ from the defaults
     with pytest.warns(UserWarning, match=rf"not used: cell='gru' \(checkpoint: {record}\)$"):
         cli("validate", *tiny, "--ckpt_path", str(user))
     with pytest.warns(UserWarning, match=rf"not used: cell={record} \(checkpoint: 'gru'\)$"):

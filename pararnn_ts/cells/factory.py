@@ -52,28 +52,29 @@ class CellWidthError(ValueError):
     """A user cell whose output is not as wide as its layer (raised by :func:`build_cell`)."""
 
 
-def resolve_cell(cell: Any, owner: str) -> str | CellFactory:
+def resolve_cell(cell: Any, owner: str, argument: str = "cell") -> str | CellFactory:
     """``cell`` checked: a built-in name as it is; a callable as ``functools.partial(cls, **init_args)`` where it is a
     class or a partial of one (jsonargparse's too), else as it is; a checkpoint's record ``{"class_path",
-    "init_args"}`` as the partial it names. A ``ValueError`` or ``TypeError`` naming ``owner`` otherwise."""
+    "init_args"}`` as the partial it names. A ``ValueError`` or ``TypeError`` naming ``owner``'s ``argument`` (as the
+    user wrote it: ``cell``, ``model_kwargs['cell']``) otherwise."""
     if isinstance(cell, str):
         if cell not in BUILTIN_CELLS:
             raise ValueError(
-                f"{owner}: cell={cell!r} is not one of {tuple(BUILTIN_CELLS)}, nor a callable (input_size, "
+                f"{owner}: {argument}={cell!r} is not one of {tuple(BUILTIN_CELLS)}, nor a callable (input_size, "
                 f"hidden_size) → ParaCell ({EXAMPLE})"
             )
         return cell
     if isinstance(cell, Mapping):
-        return _from_record(cell, owner)
+        return _from_record(cell, owner, argument)
     if isinstance(cell, nn.Module):
         raise TypeError(
-            f"{owner}: cell is a {type(cell).__name__} instance; each layer builds its own cell, so pass its class "
-            f"(cell={type(cell).__name__}) or a factory (functools.partial({type(cell).__name__}, mode=...)): it is "
-            "called as cell(input_size, hidden_size)"
+            f"{owner}: {argument} is a {type(cell).__name__} instance; each layer builds its own cell, so pass its "
+            f"class ({argument}={type(cell).__name__}) or a factory (functools.partial({type(cell).__name__}, "
+            "mode=...)): it is called as cell(input_size, hidden_size)"
         )
     if not callable(cell):
         raise TypeError(
-            f"{owner}: cell={cell!r} is neither one of {tuple(BUILTIN_CELLS)} nor a callable (input_size, "
+            f"{owner}: {argument}={cell!r} is neither one of {tuple(BUILTIN_CELLS)} nor a callable (input_size, "
             f"hidden_size) → ParaCell ({EXAMPLE})"
         )
     found = _class_and_arguments(cell)
@@ -143,10 +144,11 @@ def solver_settings(solver_kwargs: Mapping[str, Any]) -> dict[str, tuple[Any, An
 
 
 def describe_cell(cell: Any) -> str:
-    """``cell`` for messages: its name, its class path, or the record of a partial."""
+    """``cell`` for messages: its name, or its class path with the arguments that differ from the class's defaults,
+    for a class, a partial or a :func:`cell_record`."""
     if isinstance(cell, str):
         return repr(cell)
-    record = cell_record(cell)
+    record = cell if isinstance(cell, Mapping) and "class_path" in cell else cell_record(cell)
     if record is None:
         return repr(cell)
     try:  # the arguments that differ from the class's defaults (jsonargparse's partials list them all)
@@ -185,7 +187,7 @@ def portable_cell(cell: Any, owner: str, argument: str = "cell") -> str | dict[s
     :func:`cell_record`. A ``ValueError`` naming ``owner``'s ``argument`` and the fix for a user cell that has no
     record (a lambda, a function, a class defined inside a function): checkpoints could hold it only pickled, which
     ``load_from_checkpoint`` (``torch.load(weights_only=True)``) refuses."""
-    resolved = resolve_cell(cell, owner)
+    resolved = resolve_cell(cell, owner, argument)
     if isinstance(resolved, str):
         return resolved
     record = cell_record(resolved)
@@ -236,12 +238,12 @@ def _class_and_arguments(cell: Any) -> tuple[type, dict[str, Any]] | None:
     return None
 
 
-def _from_record(record: Mapping[str, Any], owner: str) -> CellFactory:
+def _from_record(record: Mapping[str, Any], owner: str, argument: str) -> CellFactory:
     """The factory a :func:`cell_record` names."""
     extra = set(record) - {"class_path", "init_args"}
     if "class_path" not in record or extra:
         raise ValueError(
-            f"{owner}: cell={dict(record)!r} is not a cell's record: give {{'class_path': 'my_cells.MyCell', "
+            f"{owner}: {argument}={dict(record)!r} is not a cell's record: give {{'class_path': 'my_cells.MyCell', "
             "'init_args': {...}}} (init_args optional), a built-in name or the cell class itself"
         )
     path, arguments = record["class_path"], dict(record.get("init_args") or {})
@@ -249,11 +251,11 @@ def _from_record(record: Mapping[str, Any], owner: str) -> CellFactory:
         cls = _import(path)
     except (ImportError, AttributeError, ValueError) as error:
         raise ImportError(
-            f"{owner}: cell class_path {path!r} cannot be imported ({error}); make its module importable (installed, "
-            "or on PYTHONPATH)"
+            f"{owner}: {argument} class_path {path!r} cannot be imported ({error}); make its module importable "
+            "(installed, or on PYTHONPATH)"
         ) from error
     if not callable(cls):
-        raise TypeError(f"{owner}: cell class_path {path!r} names a {type(cls).__name__}, not a cell class")
+        raise TypeError(f"{owner}: {argument} class_path {path!r} names a {type(cls).__name__}, not a cell class")
     return functools.partial(cls, **arguments) if arguments else cls
 
 
