@@ -172,3 +172,62 @@ def test_each_checkout_builds_its_own_extension(tmp_path):
     assert checkout_tag(here) == checkout_tag(here / ".." / "cpu")  # the same folder, however it is written
     assert checkout_tag(other) != checkout_tag(here)
     assert cpu.extension_name().endswith(f"_{checkout_tag(here)}")
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_the_kernels_are_torch_operators_with_shape_functions(kernels, name):
+    """``torch.ops.pararnn_ts.cpu_*``: what torch.compile traces. ``opcheck`` runs each on real and fake tensors
+    (its shape function), through its schema and through AOT autograd's dispatch; the results are the kernels'."""
+    cell, u, h0, g = problem(name, 17, 45, 3, 1.0)
+    weights = tuple(w.detach() for w in kernel_weights(name, cell))
+    kernel = "gru" if name == "paragru" else "lstm"
+    forward, backward = (getattr(torch.ops.pararnn_ts, f"cpu_{kernel}_{part}") for part in ("forward", "backward"))
+    h, grads = run_kernel(name, u, weights, h0, g)
+    assert torch.equal(forward(u, *weights, h0), h)
+    assert all(torch.equal(a, b) for a, b in zip(backward(g, u, *weights, h0, h), grads, strict=True))
+    torch.library.opcheck(forward.default, (u, *weights, h0))
+    torch.library.opcheck(backward.default, (g, u, *weights, h0, h))
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_torch_compile_traces_the_fused_solve_whole(kernels, name):
+    """``torch.compile(fullgraph=True)`` of a fused cell (any graph break would raise) runs the CPU kernels, and
+    its outputs, final state and every gradient equal the eager module's."""
+    cell = make_cell(name, torch.float64, hidden=45, mode="fused", fused_backend="cpu")
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 37, cell.input_size, generator=gen, dtype=torch.float64)
+    h0 = 0.5 * torch.randn(3, *cell.state_shape, generator=gen, dtype=torch.float64)
+    leaves = [*cell.parameters()]
+
+    def outputs_and_grads(module):
+        x_leaf, h0_leaf = x.clone().requires_grad_(), h0.clone().requires_grad_()
+        y, last = module(x_leaf, cell.tensor_to_state(h0_leaf))
+        last = torch.stack(last, -1) if isinstance(last, tuple) else last
+        loss = (y * torch.linspace(-1, 1, y.shape[-1], dtype=y.dtype)).sum() + last.square().sum()
+        return y, last, torch.autograd.grad(loss, [x_leaf, h0_leaf, *leaves])
+
+    want = outputs_and_grads(cell)
+    cell.last_stats = None
+    got = outputs_and_grads(torch.compile(cell, backend="aot_eager", fullgraph=True))
+    assert (cell.last_stats.mode, cell.last_stats.backend) == ("fused", "cpu")
+    assert rel_err(want[0], got[0]) < 1e-12 and rel_err(want[1], got[1]) < 1e-12
+    for a, b in zip(want[2], got[2], strict=True):
+        assert rel_err(a, b) < 1e-12
+
+
+def test_torch_compile_of_a_func_transform_still_runs_the_loop(kernels):
+    """Under torch.compile the tensors a ``torch.func`` transform wraps are fakes: the transform is read from
+    functorch's level instead, and the solve runs the loop, as in eager mode (the fused Function has no rules)."""
+    cell = make_cell("paragru", torch.float64, hidden=45, mode="fused", fused_backend="cpu")
+    x = torch.randn(2, 9, cell.input_size, dtype=torch.float64)
+    params = dict(cell.named_parameters())
+
+    def loss(p, x):
+        return torch.func.functional_call(cell, p, (x,))[0].square().sum()
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # mode="fused" under a transform: warned once, about the loop
+        want = torch.func.grad(loss)(params, x)
+        got = torch.compile(torch.func.grad(loss), backend="aot_eager")(params, x)
+    assert cell.last_stats.mode == "sequential"
+    assert all(rel_err(want[key], got[key]) < 1e-12 for key in want)

@@ -39,6 +39,8 @@ def traced(x: Tensor) -> bool:
 
 def functorch_wrapped(*tensors: Tensor) -> bool:
     """Whether any of ``tensors`` is wrapped by a ``torch.func`` transform (grad, vjp, jacrev, jacfwd, vmap)."""
+    if torch.compiler.is_compiling():  # traced, the tensors are fakes; torch.compile reads the transforms' stack
+        return torch._C._functorch.maybe_current_level() is not None
     wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
     return wrapped is not None and any(wrapped(t) for t in tensors)
 

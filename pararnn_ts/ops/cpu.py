@@ -122,24 +122,69 @@ def _kernels() -> ModuleType:
     return extension
 
 
+#: the kernels' schemas as torch operators ``torch.ops.pararnn_ts.cpu_<name>`` (:func:`_run`)
+SCHEMAS = {
+    "gru_forward": "(Tensor u, Tensor A, Tensor h0) -> Tensor",
+    "gru_backward": "(Tensor grad_h, Tensor u, Tensor A, Tensor h0, Tensor h) -> (Tensor, Tensor, Tensor)",
+    "lstm_forward": "(Tensor u, Tensor A, Tensor C, Tensor h0) -> Tensor",
+    "lstm_backward": (
+        "(Tensor grad_h, Tensor u, Tensor A, Tensor C, Tensor h0, Tensor h) -> (Tensor, Tensor, Tensor, Tensor)"
+    ),
+}
+
+
+def _shapes(name: str, *args: Tensor) -> Tensor | tuple[Tensor, ...]:
+    """Kernel ``name``'s outputs as empty tensors: what torch.compile traces it with. Forwards give the trajectory
+    ``(B, T, *S)`` of ``u`` ``(B, T, 3, D)`` from ``h0`` ``(B, *S)``; backwards the gradients of their inputs between
+    ``grad_h`` and ``h``."""
+    if name.endswith("_forward"):
+        u, h0 = args[0], args[-1]
+        return h0.new_empty(*u.shape[:2], *h0.shape[1:])
+    return tuple(torch.empty_like(t) for t in args[1:-1])
+
+
+def _register_operators() -> torch.library.Library:
+    library = torch.library.Library("pararnn_ts", "FRAGMENT")
+    for name, schema in SCHEMAS.items():
+        library.define(f"cpu_{name}{schema}")
+        library.impl(f"cpu_{name}", functools.partial(_call, name), "CPU")
+        torch.library.register_fake(f"pararnn_ts::cpu_{name}", functools.partial(_shapes, name), lib=library)
+    return library
+
+
+def _call(name: str, *args: Tensor) -> Tensor | tuple[Tensor, ...]:
+    return getattr(_kernels(), name)(*args)
+
+
+_library = _register_operators()
+
+
+def _run(name: str, *args: Tensor) -> Tensor | tuple[Tensor, ...]:
+    """Kernel ``name`` on ``args``: through its torch operator where torch.compile traces it (a pybind call would
+    break its graph), else directly (the operator's dispatch costs about 12 µs a call)."""
+    if torch.compiler.is_compiling():
+        return getattr(torch.ops.pararnn_ts, f"cpu_{name}")(*args)
+    return _call(name, *args)
+
+
 def gru_forward(u: Tensor, A: Tensor, h0: Tensor, tol: float, max_iters: int) -> tuple[Tensor, None]:
     """ParaGRU ``h`` ``(B, T, D)`` from ``u`` ``(B, T, 3, D)``, ``A`` ``(3, D)``, ``h0`` ``(B, D)``; exact."""
-    return _kernels().gru_forward(u, A, h0), None
+    return _run("gru_forward", u, A, h0), None
 
 
 def gru_backward(grad_h: Tensor, u: Tensor, A: Tensor, h0: Tensor, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``(grad_u (B, T, 3, D), grad_A (3, D), grad_h0 (B, D))`` from ``grad_h`` ``(B, T, D)``."""
-    return tuple(_kernels().gru_backward(grad_h, u, A, h0, h))
+    return tuple(_run("gru_backward", grad_h, u, A, h0, h))
 
 
 def lstm_forward(u: Tensor, A: Tensor, C: Tensor, h0: Tensor, tol: float, max_iters: int) -> tuple[Tensor, None]:
     """ParaLSTM state ``(B, T, D, 2)`` (``[c, h]``) from ``u`` ``(B, T, 3, D)``, ``A`` ``(3, D)``,
     ``C`` ``(2, D)``, ``h0`` ``(B, D, 2)``; exact."""
-    return _kernels().lstm_forward(u, A, C, h0), None
+    return _run("lstm_forward", u, A, C, h0), None
 
 
 def lstm_backward(
     grad_h: Tensor, u: Tensor, A: Tensor, C: Tensor, h0: Tensor, h: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(grad_u (B, T, 3, D), grad_A (3, D), grad_C (2, D), grad_h0 (B, D, 2))`` from ``grad_h`` ``(B, T, D, 2)``."""
-    return tuple(_kernels().lstm_backward(grad_h, u, A, C, h0, h))
+    return tuple(_run("lstm_backward", grad_h, u, A, C, h0, h))

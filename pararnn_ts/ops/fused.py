@@ -14,7 +14,6 @@ the layouts.
 
 from __future__ import annotations
 
-import functools
 import importlib
 from types import ModuleType
 from typing import Literal
@@ -34,19 +33,19 @@ _MODULES = {"cpu": "cpu", "triton": "triton_fused", "cuda": "cuda"}
 AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
 
 _warned: set[tuple[str, str]] = set()
+_imported: dict[str, ModuleType] = {}
 
 
 def backend_module(name: str) -> ModuleType:
     """The module implementing backend ``name`` (imported on first use)."""
     if name not in _MODULES:
         raise ValueError(f"backend={name!r} is not one of {BACKENDS}")
-    return _import_backend(name)
-
-
-@functools.cache
-def _import_backend(name: str) -> ModuleType:
-    # cached: ``import_module`` costs microseconds per call, twice per solve (selection and run)
-    return importlib.import_module(f"{__package__}.{_MODULES[name]}")
+    # a plain dict, not functools.cache: ``import_module`` costs microseconds per call, twice per solve, and
+    # torch.compile traces a dict lookup where it would break its graph at the import
+    module = _imported.get(name)
+    if module is None:
+        module = _imported[name] = importlib.import_module(f"{__package__}.{_MODULES[name]}")
+    return module
 
 
 def unavailable_reason(name: str, device: torch.device) -> str | None:
@@ -138,7 +137,9 @@ def _clipped(weights: tuple[Tensor, ...], max_norm: float | None) -> tuple[Tenso
 
 
 def _contiguous(*tensors: Tensor) -> tuple[Tensor, ...]:
-    return tuple(t.contiguous() for t in tensors)
+    # a contiguous tensor as itself, not as the alias .contiguous() makes: torch.compile refuses a Function that saves
+    # an alias of its input made inside it
+    return tuple(t if t.is_contiguous() else t.contiguous() for t in tensors)
 
 
 class FusedSolve(torch.autograd.Function):
