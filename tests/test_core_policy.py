@@ -146,6 +146,10 @@ def test_bad_state_and_arguments():
     c, h = torch.zeros(2, 45, dtype=torch.float64), torch.zeros(2, 44, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"hidden_size=45\) tensors, got \[\(2, 45\), \(2, 44\)\]"):
         lstm(torch.randn(2, 4, 6, dtype=torch.float64), (c, h))
+    with pytest.raises(
+        ValueError, match=r"state has shape \(\(2, 45\), \(2, 45\)\), expected \(\(3, 45\), \(3, 45\)\)"
+    ):
+        lstm(torch.randn(3, 4, 6, dtype=torch.float64), (c, c))  # in the form it was given: the pair (c, h)
 
 
 @pytest.mark.parametrize("num_heads", [1, 3])

@@ -357,10 +357,11 @@ class ParaCell(nn.Module):
         check_state_device(type(self).__name__, state, x, x_name)
         h0 = self.state_to_tensor(state)
         expected = (batch, *self.state_shape)
-        if tuple(h0.shape) != expected:
+        if tuple(h0.shape) != expected:  # shapes in the user's form of the state (ParaLSTM: the pair (c, h))
+            wanted = _shapes(self.tensor_to_state(torch.empty(expected, device="meta")))
             raise ValueError(
-                f"{type(self).__name__}: state has shape {tuple(h0.shape)}, expected {expected} "
-                "(batch, *state_shape); pass None to start from zeros"
+                f"{type(self).__name__}: state has shape {_shapes(state)}, expected {wanted} for {x_name}'s batch of "
+                f"{batch}; pass None to start from zeros"
             )
         if self.check_inputs and not all_finite(h0):
             raise ValueError(f"{type(self).__name__}: state contains NaN or inf")
@@ -422,6 +423,13 @@ class ParaCell(nn.Module):
                     "(--trainer.gradient_clip_val), or look for NaN in the data those layers read"
                 )
             raise ValueError(f"{type(self).__name__}: {name} contains NaN or inf; clean or mask the input first")
+
+
+def _shapes(state: Any) -> tuple:
+    """The shape of a state tensor, or the shapes of a tuple or list of them (for messages)."""
+    if isinstance(state, (tuple, list)):
+        return tuple(_shapes(part) for part in state)
+    return tuple(state.shape) if isinstance(state, Tensor) else type(state).__name__
 
 
 def _cast(t: Tensor, dtype: torch.dtype) -> Tensor:
