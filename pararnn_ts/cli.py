@@ -593,6 +593,8 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI
             "description": "Train and evaluate ParaRNN models. Other verbs: "
             + "; ".join(f"{verb} ({purpose})" for verb, (_, purpose) in VERBS.items()),
             "allow_abbrev": False,  # a typo such as --trainer.max_step must not pass for max_steps
+            # the verbs' own parsers too: jsonargparse before 4.53 let them take abbreviations
+            **{verb: {"allow_abbrev": False} for verb in LightningCLI.subcommands()},
         },
         seed_everything_default=DEFAULT_SEED,
         # SaveLastAtEnd before SaveOnInterrupt: a Ctrl-C held until the fit ends stops it in on_train_end
