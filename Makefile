@@ -9,7 +9,7 @@ READY := $(VENV)/.installed
 #: the TORCH the venv was set up with; rewritten when it changes, which sets the venv up again
 TORCH_SPEC := $(VENV)/.torch
 
-.PHONY: demo parity test lint bench FORCE
+.PHONY: demo parity test lint bench floors FORCE
 
 $(TORCH_SPEC): FORCE
 	@mkdir -p $(VENV)
@@ -37,3 +37,17 @@ test: lint
 bench: $(READY)
 	$(BIN)/python experiments/bench/solver_bench.py --overwrite  # runs/bench/, replaced on every make bench
 	$(BIN)/python experiments/bench/kernel_bench.py --overwrite
+
+# The lowest versions pyproject.toml allows of Lightning, jsonargparse, torchmetrics and GluonTS (tests/floors.txt),
+# in a venv of their own, under the tests that use them most (CI runs this after `make test`).
+FLOORS_VENV ?= .venv-floors
+FLOOR_TESTS := tests/test_cli.py tests/test_cli_resume.py tests/test_forecast_cli.py tests/test_forecast_estimator.py \
+	tests/test_custom_cells_in_models.py tests/test_lm_module.py tests/test_world_data.py tests/test_install_errors.py
+floors:
+	rm -rf $(FLOORS_VENV)
+	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/pip install -q --upgrade pip
+	$(FLOORS_VENV)/bin/pip install -q '$(TORCH)'
+	$(FLOORS_VENV)/bin/pip install -q -c tests/floors.txt -e '.[dev,lm,forecast,world]'
+	$(FLOORS_VENV)/bin/pip list 2>/dev/null | grep -iE '^(lightning|jsonargparse|torchmetrics|gluonts) '
+	$(FLOORS_VENV)/bin/pytest -q -p no:cacheprovider $(FLOOR_TESTS)

@@ -87,3 +87,22 @@ def test_source_distribution_carries_the_tests_and_configs(tmp_path):
     }
     assert not wanted - names, f"the sdist lacks {sorted(wanted - names)[:10]}: see MANIFEST.in"
     assert not [name for name in names if name.endswith(".png")]
+
+
+def test_the_floors_ci_installs_are_the_lower_bounds_of_pyproject():
+    """``tests/floors.txt`` pins each package to the lowest version ``pyproject.toml`` allows (``make floors``)."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    project = read_pyproject()["project"]
+    declared = [*project["dependencies"], *(d for extra in project["optional-dependencies"].values() for d in extra)]
+    lower = {}
+    for requirement in map(Requirement, declared):
+        bounds = [Version(spec.version) for spec in requirement.specifier if spec.operator == ">="]
+        lower.setdefault(requirement.name, set()).update(bounds)
+    lines = (ROOT / "tests" / "floors.txt").read_text().splitlines()
+    pins = [Requirement(line) for line in lines if line.strip() and not line.startswith("#")]
+    assert pins
+    for pin in pins:
+        (spec,) = pin.specifier
+        assert spec.operator == "==" and lower.get(pin.name) == {Version(spec.version)}, (pin, lower.get(pin.name))
