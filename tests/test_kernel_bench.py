@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,65 @@ def test_a_run_with_cases_times_only_those(tmp_path, monkeypatch):
     assert {r["case"] for r in json.loads(out.read_text())["rows"]} == {"gru/nn.GRU"}
 
 
+def test_resume_times_only_the_cases_a_stopped_run_lacks(tmp_path, monkeypatch):
+    out = tmp_path / "kernels.json"
+    tiny = ["--cells", "gru", "--modes", "sequential", "--T", "5", "--batch", "1", "--hidden", "4", "--warmup", "1"]
+    tiny += ["--repeats", "1", "--out", str(out)]
+    timed = []
+
+    def counted(args, name, T, passes):  # the bookkeeping, not the timing, is under test: a made-up row
+        timed.append((name, T, passes))
+        if name == "gru/nn.GRU" and passes == "fwd+bwd" and len(timed) > 2:
+            raise KeyboardInterrupt  # stopped midway: the rows timed so far are in --out
+        return {"case": name, "T": T, "passes": passes, "time_s": 1e-3 * len(timed), "floor_bytes": 1000}
+
+    monkeypatch.setattr(kernel_bench, "run_case", counted)
+    monkeypatch.setattr(sys, "argv", ["kernel_bench.py", *tiny])
+    with pytest.raises(KeyboardInterrupt):
+        kernel_bench.main()
+    partial = json.loads(out.read_text())
+    assert partial["machine"] is None and len(partial["rows"]) == 3
+    monkeypatch.setattr(sys, "argv", ["kernel_bench.py", *tiny])
+    with pytest.raises(SystemExit):  # without --resume a file that exists is refused
+        kernel_bench.main()
+    timed.clear()
+    monkeypatch.setattr(sys, "argv", ["kernel_bench.py", *tiny, "--resume"])
+    kernel_bench.main()
+    assert timed == [("gru/nn.GRU", 5, "fwd+bwd")]
+    report = json.loads(out.read_text())
+    assert report["rows"][:3] == partial["rows"] and len(report["rows"]) == 4 and report["machine"]["hidden"] == 4
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--hidden", "8"], r"was made with \{.*'hidden': 4.*asks for \{.*'hidden': 8"),
+        (["--overwrite"], "give one of them"),
+    ],
+)
+def test_resume_refuses_a_file_of_other_settings_before_timing(tmp_path, monkeypatch, capsys, extra, message):
+    out = tmp_path / "kernels.json"
+    settings = {"device": "cpu", "batch": 1, "hidden": 4, "warmup": 1, "repeats": 1}
+    out.write_text(json.dumps({"settings": settings, "machine": None, "rows": []}))
+    tiny = ["--cells", "gru", "--T", "5", "--batch", "1", "--hidden", "4", "--warmup", "1", "--repeats", "1"]
+    monkeypatch.setattr(kernel_bench, "run_case", fail)
+    monkeypatch.setattr(sys, "argv", ["kernel_bench.py", *tiny, "--out", str(out), "--resume", *extra])
+    with pytest.raises(SystemExit):
+        kernel_bench.main()
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_resume_refuses_a_file_that_records_no_settings(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "kernels.json"
+    out.write_text(json.dumps({"machine": {"hidden": 4}, "rows": []}))
+    argv = ["kernel_bench.py", "--cells", "gru", "--T", "5", "--out", str(out), "--resume"]
+    monkeypatch.setattr(kernel_bench, "run_case", fail)
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit):
+        kernel_bench.main()
+    assert "records none (a run from before --resume)" in capsys.readouterr().err
+
+
 def test_the_accelerated_scan_peer_computes_the_linear_scan_and_its_gradients():
     """The peer's Triton scan (in the interpreter without a GPU) against ``x_t = a_t x_{t-1} + b_t`` in float64."""
     import accelerated_scan  # noqa: F401  (a plain import: `make test` installs the bench extra, so it must not skip)
@@ -224,3 +284,25 @@ def test_gpu_session_help_prints_the_usage(tmp_path, flag):
     done = subprocess.run(["bash", str(script), flag], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("usage: ") and GPU_STEPS in done.stdout
     assert not out.exists()
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_gpu_session_resumes_a_benchmark_step_from_the_files_it_is_given(tmp_path, resume):
+    """``RESUME_FROM=DIR``: the step's partial results file is copied to ``$OUT`` and the benchmark gets
+    ``--resume``; without the variable (or the file) it starts afresh. ``python3`` and ``nvidia-smi`` are stand-ins
+    that record their arguments."""
+    out, given, fake = tmp_path / "out", tmp_path / "given", tmp_path / "bin"
+    for folder in (given, fake):
+        folder.mkdir()
+    (given / "kernels_cuda_gru.json").write_text('{"rows": []}')
+    for tool in ("python3", "nvidia-smi"):
+        (fake / tool).write_text(f'#!/bin/sh\necho "$@" >> "{tmp_path}/calls"\n')
+        (fake / tool).chmod(0o755)
+    env = {**os.environ, "OUT": str(out), "PATH": f"{fake}:{os.environ['PATH']}"}
+    if resume:
+        env["RESUME_FROM"] = str(given)
+    script = ROOT / "experiments" / "bench" / "gpu_session.sh"
+    subprocess.run(["bash", str(script), "bench-gru"], cwd=ROOT, env=env, capture_output=True, check=True)
+    (bench,) = [line for line in (tmp_path / "calls").read_text().splitlines() if "kernel_bench.py" in line]
+    assert bench.split().count("--resume") == resume and f"--out {out}/kernels_cuda_gru.json" in bench
+    assert (out / "kernels_cuda_gru.json").exists() == resume

@@ -13,6 +13,9 @@
 # The device has no network: the peers travel as wheels in .whl (ignored by git), made here with
 #   pip download --no-deps --only-binary :all: -d .whl accelerated-scan fla-core einops
 # and named in the device call's `carry` (".whl").
+# A benchmark step that the time limit stopped has left its partial results file in $OUT: put the files that came back
+# in a folder of the working tree, name it in `carry`, and run the step again with RESUME_FROM=that/folder: the
+# benchmark keeps their rows and times only the cases they lack (kernel_bench.py --resume).
 set -uo pipefail
 STEPS=(tests tests-triton tests-other bench-gru bench-lstm remaining lm tune all)
 USAGE="usage: OUT=/tmp/gpu bash experiments/bench/gpu_session.sh STEP, STEP one of: ${STEPS[*]}"
@@ -38,6 +41,9 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
 status=0
+resume_args() {  # $1: a results file's name; with RESUME_FROM holding it, copied to $OUT and --resume printed
+    if [[ -n ${RESUME_FROM:-} && -f $RESUME_FROM/$1 ]]; then cp "$RESUME_FROM/$1" "$OUT/$1" && echo --resume; fi
+}
 # `tests-triton` and `tests-other` split `tests` in two calls where 9 minutes is too close to the 10-minute limit
 TEST_FILES=(tests/test_ops_triton.py tests/test_ops_cuda.py tests/test_ops_gpu.py tests/test_core_dispatch.py)
 case $WHAT in
@@ -54,13 +60,14 @@ for cell in gru lstm; do
     if [[ $WHAT == bench-$cell || $WHAT == all ]]; then
         python3 experiments/bench/kernel_bench.py --device cuda --cells $cell --batch 16 --hidden 1024 \
             --T 512 2048 8192 65536 --max-sequential-T 8192 --reference-T 512 --out "$OUT/kernels_cuda_$cell.json" \
-            2>"$OUT/bench_$cell.err" | tee "$OUT/bench_$cell.log"
+            $(resume_args "kernels_cuda_$cell.json") 2>"$OUT/bench_$cell.err" | tee "$OUT/bench_$cell.log"
         status=$((status || PIPESTATUS[0]))
     fi
 done
 if [[ $WHAT == remaining ]]; then
     python3 experiments/bench/kernel_bench.py --device cuda --cells gru lstm --modes fused --batch 16 --hidden 1024 \
         --T 512 2048 8192 65536 --reference-T 65536 --out "$OUT/kernels_cuda_remaining.json" \
+        $(resume_args kernels_cuda_remaining.json) \
         --cases 'gru/fused-triton' 'gru/fused-triton-fast' 'peer/accelerated-scan-triton*' 'lstm/fused-triton-newton' \
         2>"$OUT/bench_remaining.err" | tee "$OUT/bench_remaining.log"
     status=$((status || PIPESTATUS[0]))
