@@ -19,9 +19,16 @@ import yaml
 from conftest import run_in_two_processes
 
 from pararnn_ts.cli import main
-from pararnn_ts.forecast.cli_module import CHECKPOINT_KEY, METRICS_FILE, PLOT_FILE, ParaRNNForecaster, data_sizes
+from pararnn_ts.forecast.cli_module import (
+    CHECKPOINT_KEY,
+    METRICS_FILE,
+    PLOT_FILE,
+    ParaRNNForecaster,
+    data_sizes,
+    in_order,
+)
 from pararnn_ts.forecast.data import ForecastData, ForecastDataset, JsonLinesDataset, write_json_lines
-from pararnn_ts.forecast.datamodule import ForecastDataModule, holdout_windows
+from pararnn_ts.forecast.datamodule import EntryBatches, ForecastDataModule, holdout_windows
 from pararnn_ts.forecast.predictions import FORECASTS_FILE, SAMPLES_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,13 +196,15 @@ def new_version(folder: Path, run) -> Path:
 
 def test_two_processes_validate_test_and_predict_as_one_does(first_run, tmp_path, monkeypatch):
     """Under DDP each process validates on its share of the validation windows and ``val_loss`` is their mean over
-    all; test and predict forecast every window in each process (sample paths depend on the order they are drawn
-    in), and the first process alone writes the files: those of one process, on the same checkpoint."""
+    all; test and predict forecast each process's share of the batches (3 batches of 2 windows here: the first
+    process forecasts two, the second one), each batch's sample paths drawn from a state seeded by its number, and
+    the first process writes them all: the files of one process, on the same checkpoint."""
     config, version_dir, _ = first_run
     monkeypatch.chdir(tmp_path)
     versions = {}
     for verb in ("validate", "test", "predict"):
         args = [verb, "-c", str(config), *TINY, f"--ckpt_path={version_dir / 'checkpoints' / 'last.ckpt'}"]
+        args.append("--data.init_args.batch_size=2")
         versions[1, verb] = new_version(tmp_path, lambda args=args: capture_stdout(lambda: main(args)))
         versions[2, verb] = new_version(tmp_path, lambda args=args: run_in_two_processes(args, tmp_path))
     one, two = (read_metrics(versions[n, "validate"])["val_loss"] for n in (1, 2))
@@ -208,6 +217,36 @@ def test_two_processes_validate_test_and_predict_as_one_does(first_run, tmp_path
     one, two = (np.load(versions[n, "predict"] / SAMPLES_FILE) for n in (1, 2))
     assert one.files == two.files and all(np.array_equal(one[key], two[key]) for key in one.files if key != "samples")
     np.testing.assert_allclose(two["samples"], one["samples"], rtol=1e-6)
+
+
+def test_test_and_predict_batches_are_shared_between_processes_and_put_back_in_order():
+    entries = list(range(7))  # batches of 2: [0, 1], [2, 3], [4, 5], [6]
+    shares = [EntryBatches(entries, 2, rank, 3) for rank in range(3)]
+    assert [share.indices for share in shares] == [[0, 3], [1], [2]]
+    assert [list(share) for share in shares] == [[[0, 1], [6]], [[2, 3]], [[4, 5]]]
+    assert all(len(share) == len(share.indices) for share in shares)
+    everyone = [EntryBatches(entries, 4, rank, 3) for rank in range(3)]  # 2 batches for 3 processes: all take both
+    assert [share.indices for share in everyone] == [[0, 1]] * 3
+    gathered = [(0, "a", 1), (3, "d", 1), (1, "b", 2), (2, "c", 3), (1, "b", 3)]  # rank 0's, 1's, 2's
+    assert [batch[1] for batch in in_order(gathered)] == ["a", "b", "c", "d"]
+    assert in_order(gathered)[1] == (1, "b", 2)  # a batch forecast twice: the first record of it
+
+
+def test_each_batch_draws_its_sample_paths_from_a_state_of_its_own_number(monkeypatch):
+    """So that a batch's forecasts do not depend on the process that makes them, nor on the batches before."""
+    model = tiny_forecaster({"freq": "M", "prediction_length": H, "num_feat_dynamic_real": 0, "cardinality": []})
+    predictor, entries = model.predictor(), level_series()[:2]
+    before = torch.get_rng_state()
+    first = [forecast.samples for forecast in model.forecast_batch(predictor, entries, 3)]
+    assert torch.equal(torch.get_rng_state(), before)  # the global state is left as it was
+    torch.rand(5)  # whatever ran before does not matter
+    again = [forecast.samples for forecast in model.forecast_batch(predictor, entries, 3)]
+    other = [forecast.samples for forecast in model.forecast_batch(predictor, entries, 4)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not any(np.allclose(a, b) for a, b in zip(first, other, strict=True))
+    monkeypatch.setenv("PL_GLOBAL_SEED", "7")  # another run's seed: other paths
+    seeded = [forecast.samples for forecast in model.forecast_batch(predictor, entries, 3)]
+    assert not any(np.allclose(a, b) for a, b in zip(first, seeded, strict=True))
 
 
 def test_load_from_checkpoint_rebuilds_the_network_without_data(first_run):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from typing import Any, Literal
 
 import numpy as np
@@ -28,7 +29,7 @@ from gluonts.transform import InstanceSplitter, Transformation
 
 from ..cells.factory import CellSpec, record_cell, refuse_builtin_settings, resolve_cell
 from ..core.cell import Mode
-from ..outputs import results_folder
+from ..outputs import gathered, results_folder
 from .data import ForecastData, seasonality_of
 from .datamodule import PredictItem
 from .estimator import ParaRNNEstimator
@@ -145,6 +146,9 @@ class ParaRNNForecaster(ForecastTrainingModule):
         self.test_forecasts: list[Forecast] = []
         self.test_entries: list[dict[str, Any]] = []
         self.predicted: list[tuple[PredictItem, Forecast]] = []
+        # (batch number, ...) of this process's batches of a test or predict loop, gathered at its end
+        self._test_batches: list[tuple[int, list[Forecast], list[dict[str, Any]]]] = []
+        self._predict_batches: list[tuple[int, list[tuple[PredictItem, Forecast]]]] = []
 
     def setup(self, stage: str) -> None:
         """Code the data's static categories as the network was trained when it is built already
@@ -273,17 +277,31 @@ class ParaRNNForecaster(ForecastTrainingModule):
         with torch.autocast(self.device.type, enabled=False):
             return list(predictor.predict(entries))
 
+    def forecast_batch(self, predictor: PyTorchPredictor, entries: list[dict[str, Any]], index: int) -> list[Forecast]:
+        """:meth:`forecast` of batch number ``index`` of a test or predict loop, its sample paths drawn from the
+        random state seeded by the run's seed and ``index`` (the global state is left as it was): the same in
+        whichever process forecasts the batch, so a DDP run forecasts as one process does."""
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # the run's seed (Lightning's seed_everything)
+            torch.manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+            return self.forecast(predictor, entries)
+
     def on_test_epoch_start(self) -> None:
-        self.test_forecasts, self.test_entries = [], []
+        self.test_forecasts, self.test_entries, self._test_batches = [], [], []
         self._test_predictor = self.predictor()
 
     def test_step(self, batch: list[dict[str, Any]], batch_idx: int) -> None:
         """Forecast the last ``H`` steps of each official test entry in ``batch`` (GluonTS data entries)."""
         inputs, _ = split_windows(batch, self.data_sizes["prediction_length"])
-        self.test_forecasts.extend(self.forecast(self._test_predictor, inputs))
-        self.test_entries.extend(batch)
+        index = batch_number(self.trainer.test_dataloaders, batch_idx)
+        self._test_batches.append((index, self.forecast_batch(self._test_predictor, inputs, index), batch))
 
     def on_test_epoch_end(self) -> None:
+        # under DDP each process forecast its share of the batches: every process gets them all, in order
+        for _, forecasts, entries in in_order(gathered(self.trainer, self._test_batches)):
+            self.test_forecasts.extend(forecasts)
+            self.test_entries.extend(entries)
         horizon = self.data_sizes["prediction_length"]
         data = getattr(self.trainer.datamodule, "data", None)
         seasonality = getattr(data, "seasonality", None) or seasonality_of(self.data_sizes["freq"])
@@ -304,16 +322,20 @@ class ParaRNNForecaster(ForecastTrainingModule):
         self._test_predictor = None
 
     def on_predict_epoch_start(self) -> None:
-        self.predicted = []
+        self.predicted, self._predict_batches = [], []
         self._predict_predictor = self.predictor()
 
     def predict_step(self, batch: list[PredictItem], batch_idx: int) -> list[Forecast]:
         """Forecast the ``H`` steps after each item's ``history`` in ``batch`` (``PredictItem`` s)."""
-        forecasts = self.forecast(self._predict_predictor, [item.history for item in batch])
-        self.predicted.extend(zip(batch, forecasts, strict=True))
+        index = batch_number(self.trainer.predict_dataloaders, batch_idx)
+        forecasts = self.forecast_batch(self._predict_predictor, [item.history for item in batch], index)
+        self._predict_batches.append((index, list(zip(batch, forecasts, strict=True))))
         return forecasts
 
     def on_predict_epoch_end(self) -> None:
+        # under DDP each process forecast its share of the batches; the first one writes them all, in order
+        batches = in_order(gathered(self.trainer, self._predict_batches))
+        self.predicted = [pair for _, pairs in batches for pair in pairs]
         folder = results_folder(self.trainer)
         if folder is not None and self.predicted:
             items, forecasts = zip(*self.predicted, strict=True)
@@ -328,6 +350,19 @@ class ParaRNNForecaster(ForecastTrainingModule):
                 f"{folder / PLOT_FILE}"
             )
         self._predict_predictor = None
+
+
+def batch_number(loader: Any, batch_idx: int) -> int:
+    """The number among all batches of this process's batch ``batch_idx`` of ``loader`` (its ``indices``, as
+    :class:`~pararnn_ts.forecast.datamodule.EntryBatches` has; ``batch_idx`` for a loader without)."""
+    indices = getattr(loader, "indices", None)
+    return batch_idx if indices is None else indices[batch_idx]
+
+
+def in_order(batches: list[tuple]) -> list[tuple]:
+    """``(number, ...)`` records of batches gathered from every process, each number once, in number order (with
+    fewer batches than processes every process forecast them all)."""
+    return sorted({batch[0]: batch for batch in reversed(batches)}.values(), key=lambda batch: batch[0])
 
 
 def check_precision(precision: str, data: ForecastData) -> None:

@@ -202,16 +202,24 @@ class EpochTrainingBatches(ResumablePasses):
 
 class EntryBatches(Generic[Item]):
     """Items (data entries) in lists of ``batch_size``: sized and iterable, but no list (Lightning reads a list
-    as many loaders)."""
+    as many loaders).
 
-    def __init__(self, entries: Sequence[Item], batch_size: int) -> None:
+    Under DDP (``world_size`` processes) the process of ``rank`` takes batches ``rank, rank + world_size, ...`` of
+    them all; with fewer batches than processes each takes them all (a process without a batch would skip the
+    end of the loop, where the processes meet). ``indices``: the numbers of this process's batches among all.
+    """
+
+    def __init__(self, entries: Sequence[Item], batch_size: int, rank: int = 0, world_size: int = 1) -> None:
         self.entries, self.batch_size = entries, batch_size
+        count = -(-len(entries) // batch_size)
+        self.indices = list(range(rank, count, world_size)) if count >= world_size else list(range(count))
 
     def __iter__(self) -> Iterator[list[Item]]:
-        return (list(self.entries[i : i + self.batch_size]) for i in range(0, len(self.entries), self.batch_size))
+        size = self.batch_size
+        return (list(self.entries[i * size : (i + 1) * size]) for i in self.indices)
 
     def __len__(self) -> int:
-        return -(-len(self.entries) // self.batch_size)
+        return len(self.indices)
 
 
 class PredictItem(NamedTuple):
@@ -284,8 +292,9 @@ class ForecastDataModule(pl.LightningDataModule):
 
     Under DDP each process draws its own training stream (seeded by its rank too, :func:`training_stream`) and
     validates on its share of the validation windows (``val_loss`` is their mean over all processes). Test and
-    predict forecast every window in every process: sample paths come from one random stream in window order, so
-    only then are they, and the test scores, those of a single process.
+    predict forecast its share of the batches (:class:`EntryBatches`); each batch draws its sample paths from a
+    state seeded by its number (``ParaRNNForecaster.forecast_batch``), so they, and the test scores, are those of a
+    single process.
 
     The arguments are saved in checkpoints (``datamodule_hyper_parameters``, the dataset as ``{class_path,
     init_args}``), so that ``pararnn-ts fit --ckpt_path`` warns when a resumed fit's data arguments differ.
@@ -420,7 +429,8 @@ class ForecastDataModule(pl.LightningDataModule):
         return validation_batches(data, module.instance_splitter("validation"), self.batch_size)
 
     def test_dataloader(self) -> EntryBatches[Entry]:
-        """The test windows; warns when some have no observed actual (they are not scored)."""
+        """The test windows, under DDP this process's share of their batches; warns when some have no observed
+        actual (they are not scored)."""
         unobserved = unobserved_windows(self.data)
         if unobserved:
             warnings.warn(
@@ -431,10 +441,11 @@ class ForecastDataModule(pl.LightningDataModule):
                 "and test on the data without them",
                 stacklevel=2,
             )
-        return EntryBatches(self.data.test, self.batch_size)
+        return EntryBatches(self.data.test, self.batch_size, *process_rank(self.trainer))
 
     def predict_dataloader(self) -> EntryBatches[PredictItem]:
-        return EntryBatches(self.predict_items(), self.batch_size)
+        """The :meth:`predict_items` in batches, under DDP this process's share."""
+        return EntryBatches(self.predict_items(), self.batch_size, *process_rank(self.trainer))
 
     def predict_items(self) -> list[PredictItem]:
         """The forecasts ``predict`` makes, as ``predict_split`` says (the data must be set up)."""
