@@ -46,7 +46,7 @@ from gluonts.transform import (
     VstackFeatures,
 )
 
-from ..cells.factory import portable_cell, refuse_builtin_settings, resolve_cell
+from ..cells.factory import portable_cell, refuse_builtin_settings
 from ..core.cell import Mode
 from ..nn.distribution_heads import DISTRIBUTION_HEADS, check_quantiles
 from .lightning_module import (
@@ -546,9 +546,8 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             num_parallel_samples=num_parallel_samples,
             lr=lr,
         )
-        cell = resolve_cell(cell, "ParaRNNEstimator")
-        refuse_builtin_settings("ParaRNNEstimator", cell, num_heads=(num_heads, 1), mode=(mode, "auto"))
         cell = portable_cell(cell, "ParaRNNEstimator")  # as checkpoints and the predictor's serialization record it
+        refuse_builtin_settings("ParaRNNEstimator", cell, num_heads=(num_heads, 1), mode=(mode, "auto"))
         if mode not in get_args(Mode):
             raise ValueError(f"ParaRNNEstimator: mode={mode!r} is not one of {get_args(Mode)}")
         if distribution not in DISTRIBUTIONS:
