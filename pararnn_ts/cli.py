@@ -579,6 +579,10 @@ def can_test(model: LightningModule, datamodule: LightningDataModule | None) -> 
     return has_split and is_overridden("test_step", model, LightningModule)
 
 
+#: the usage line of each Lightning verb (``%(prog)s`` is e.g. ``pararnn-ts fit``); ``--help`` lists the options
+VERB_USAGE = "%(prog)s [-h] [-c CONFIG] [--print_config[=flags]] [--KEY VALUE ...]"
+
+
 def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI:
     """Parse ``args`` (default ``sys.argv[1:]``), build model, data and trainer, and run the verb.
 
@@ -594,7 +598,8 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI
             + "; ".join(f"{verb} ({purpose})" for verb, (_, purpose) in VERBS.items()),
             "allow_abbrev": False,  # a typo such as --trainer.max_step must not pass for max_steps
             # the verbs' own parsers too: jsonargparse before 4.53 let them take abbreviations
-            **{verb: {"allow_abbrev": False} for verb in LightningCLI.subcommands()},
+            # and a one-line usage: argparse's would list every option before the error that names the bad one
+            **{verb: {"allow_abbrev": False, "usage": VERB_USAGE} for verb in LightningCLI.subcommands()},
         },
         seed_everything_default=DEFAULT_SEED,
         # SaveLastAtEnd before SaveOnInterrupt: a Ctrl-C held until the fit ends stops it in on_train_end
