@@ -61,6 +61,26 @@ def test_reverse_scan_matches_adjoint_loop(name, T):
     )
 
 
+@pytest.mark.parametrize("name", STRUCTURES)
+@pytest.mark.parametrize(("B", "T"), [(2, 0), (0, 5), (0, 0)])
+def test_scans_of_empty_systems_are_empty(name, B, T):
+    structure, shape = STRUCTURES[name]
+    J, b, x0 = random_system(structure, shape, B, T)
+    for x in (linear_scan(J, b, structure, x0), linear_scan(J, b, structure), reverse_linear_scan(J, b, structure)):
+        assert x.shape == b.shape
+
+
+@pytest.mark.parametrize("name", STRUCTURES)
+def test_reverse_scan_does_not_read_the_first_jacobian(name):
+    # λ's recurrence uses J_1 ... J_{T-1}; J_0 (∂h_0/∂h_init) may hold anything, even NaN.
+    structure, shape = STRUCTURES[name]
+    J, g, _ = random_system(structure, shape, 2, 9, seed=5)
+    J[:, 0] = float("nan")
+    torch.testing.assert_close(
+        reverse_linear_scan(J, g, structure), loop_adjoint(structure, J, g), rtol=1e-10, atol=1e-10
+    )
+
+
 class CountingDiagonal(Diagonal):
     """Counts how many step-Jacobians the scan combines."""
 

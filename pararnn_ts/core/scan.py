@@ -31,7 +31,7 @@ def linear_scan(J: Tensor, b: Tensor, structure: Structure, x0: Tensor | None = 
     if kind is not None and (x := native_scan(kind, J, b, x0)) is not None:
         return x
     if x0 is not None:
-        b = torch.cat([b[:, :1] + structure.apply(J[:, 0], x0).unsqueeze(1), b[:, 1:]], dim=1)
+        b = torch.cat([b[:, :1] + structure.apply(J[:, :1], x0.unsqueeze(1)), b[:, 1:]], dim=1)
     return _solve(J, b, structure)
 
 
@@ -49,15 +49,17 @@ def reverse_linear_scan(J: Tensor, g: Tensor, structure: Structure) -> Tensor:
         J_next_T = torch.cat([structure.transpose(J[:, 1:]), torch.zeros_like(J[:, :1])], dim=1)
         if (adjoint := native_scan(kind, J_next_T, g, reverse=True)) is not None:
             return adjoint
-    # Reversed time s = T-1-t: λ_s = g_s + Jᵀ_{T-s} λ_{s-1}; the transition at s is J_{t+1}ᵀ.
-    J_next_T = structure.transpose(J[:, 1:]).flip(1)
-    J_rev = torch.cat([torch.zeros_like(J[:, :1]), J_next_T], dim=1)
+    # Reversed time s = T-1-t: λ_s = g_s + Jᵀ_{T-s} λ_{s-1}; the transition at s is J_{t+1}ᵀ. One gather
+    # builds it (order 0, T-1, ..., 1; step 0's transition meets λ_{-1} = 0, so it is zeroed, not read).
+    order = torch.arange(g.shape[1], 0, -1, device=g.device) % g.shape[1]
+    J_rev = structure.transpose(J).index_select(1, order)
+    J_rev[:, :1] = 0
     return _solve(J_rev, g.flip(1), structure).flip(1)
 
 
 def _native_kind(J: Tensor, b: Tensor, structure: Structure) -> str | None:
-    """The native scan for these tensors (float32 CUDA, no autograd), if one exists."""
-    if not (b.is_cuda and b.dtype == J.dtype == torch.float32) or J.requires_grad or b.requires_grad:
+    """The native scan for these tensors (float32 CUDA, not empty, no autograd), if one exists."""
+    if b.numel() == 0 or not (b.is_cuda and b.dtype == J.dtype == torch.float32) or J.requires_grad or b.requires_grad:
         return None
     if isinstance(structure, Diagonal):
         return "diagonal"
@@ -72,7 +74,7 @@ def _solve(J: Tensor, b: Tensor, structure: Structure) -> Tensor:
 
 def _odd_even(J: Tensor, b: Tensor, structure: Structure) -> Tensor:
     T = b.shape[1]
-    if T == 1:
+    if T <= 1:
         return b
     n = T // 2  # number of (even, odd) pairs
     J_even, J_odd = J[:, 0 : 2 * n : 2], J[:, 1 : 2 * n : 2]
