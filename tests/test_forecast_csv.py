@@ -145,7 +145,7 @@ def daily(item: str, n: int, **columns) -> list[dict]:
         (
             [*daily("a", 8, temp=1.0), {**daily("a", 9)[8]}],
             {"feat_dynamic_real_columns": ["temp"]},
-            r"covariate 'temp' is empty on lines \[10\]",
+            r"covariate 'temp' is empty or NA on lines \[10\]",
         ),
         (
             [*daily("a", 4, shop="x"), *daily("a", 9, shop="y")[4:]],
@@ -166,6 +166,32 @@ def test_a_freq_finer_than_the_data_is_warned_about(tmp_path):
     path = write_rows(tmp_path / "daily.csv", daily("a", 9))
     with pytest.warns(UserWarning, match=r"series 'a' has rows for only 9 of its 193 steps of freq='h'"):
         CsvDataset(str(path), "h", 2).load()
+
+
+def test_ids_and_categories_are_read_as_written_and_na_words_in_numbers_are_missing(tmp_path):
+    rows = [*daily("NA", 6, region="NA"), *daily("None", 6, region="null"), *daily("n/a", 6, region="NA")]
+    rows[2]["target"] = "NA"
+    path = write_rows(tmp_path / "na.csv", rows)
+    data = CsvDataset(str(path), "D", 1, feat_static_cat_columns=["region"]).load()
+    assert [e["item_id"] for e in data.test] == ["NA", "None", "n/a"]
+    assert data.categories == {"region": ["NA", "null"]}
+    assert [int(e["feat_static_cat"][0]) for e in data.test] == [0, 1, 0]
+    assert np.isnan(data.test[0]["target"][2]) and np.isfinite(data.test[1]["target"]).all()
+
+
+def test_a_multiple_freq_takes_rows_on_its_steps_and_refuses_rows_between_them(tmp_path):
+    # pandas begins each step of "7D" at the series' first row; the days between are not dropped but refused
+    weekly = write_rows(tmp_path / "weekly.csv", [*daily("a", 36)[::7], *daily("b", 36)[3::7]])
+    data = CsvDataset(str(weekly), "7D", 1).load()
+    assert [len(e["target"]) for e in data.test] == [6, 5]
+    np.testing.assert_array_equal(data.test[0]["target"], np.arange(0, 36, 7))
+    path = write_rows(tmp_path / "daily.csv", daily("a", 21))
+    with pytest.raises(ValueError, match=r"series 'a' has rows between the steps of freq='7D'.* lines \[3, 4, 5, 6, "):
+        CsvDataset(str(path), "7D", 2).load()
+    monthly = pd.date_range("2020-01-31", periods=12, freq="ME").strftime("%Y-%m-%d")
+    path = write_rows(tmp_path / "monthly.csv", [{"timestamp": t, "target": 1.0} for t in monthly])
+    with pytest.raises(ValueError, match=r"rows between the steps of freq='3M'.*or pass freq='M'"):
+        CsvDataset(str(path), "3M", 1, item_id_column=None).load()
 
 
 def test_bad_arguments(tmp_path):

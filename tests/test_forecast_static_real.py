@@ -80,7 +80,10 @@ def changed(rows: list[dict], lines: list[int], **values) -> list[dict]:
             r"series 'b': static real 'size' changes within the series: 2 on line 32, 2.5 on lines \[40, 41\]; "
             r"a static real holds one number per series \(a changing one is a covariate",
         ),
-        (changed(sales_rows(SIZES), [5, 70], size=None), r"static real 'size' is empty on lines \[5, 70\]; fill it"),
+        (
+            changed(sales_rows(SIZES), [5, 70], size=None),
+            r"static real 'size' is empty or NA on lines \[5, 70\]; fill it",
+        ),
         (changed(sales_rows(SIZES), [9], size="big"), r"'size' is not a number on lines \[9\] \(e.g. 'big'\)"),
     ],
 )

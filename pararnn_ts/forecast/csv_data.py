@@ -118,12 +118,17 @@ class CsvDataset(SeriesFile):
         return replace(data, categories=codes, anchors=anchors, time_zone="UTC" if in_utc else None)
 
     def read(self) -> pd.DataFrame:
-        """The file's rows (row ``i`` is line ``i + 2``), with the time, id and category columns as text."""
+        """The file's rows (row ``i`` is line ``i + 2``), with the time, id and category columns as text: ids and
+        categories as written (``NA`` is Namibia, not a missing value; ``""`` where empty)."""
         self.require_file()
-        text = {column: str for column in [self.timestamp_column, *self.item_columns, *self.category_columns]}
+        labels = [*self.item_columns, *self.category_columns]
+        text = {column: str for column in [self.timestamp_column, *labels]}
         options = {"dtype": text, "sep": self.sep, "decimal": self.decimal, "encoding": self.encoding}
         try:
             frame = pd.read_csv(self.path, **options)
+            if labels and set(labels) <= set(frame.columns):
+                literal = pd.read_csv(self.path, **options, usecols=labels, keep_default_na=False)
+                frame[labels] = literal[labels]
         except UnicodeDecodeError as error:
             raise ValueError(
                 f"{self.name}: {self.path} is not {self.encoding or 'UTF-8'} text ({error}); pass its encoding, "
@@ -142,8 +147,8 @@ class CsvDataset(SeriesFile):
             )
         if frame.empty:
             raise ValueError(f"{self.name}: {self.path} has no rows")
-        for column in self.item_columns + self.category_columns:
-            empty = frame[column].isna()
+        for column in labels:
+            empty = frame[column].str.strip() == ""
             if empty.any():
                 raise ValueError(f"{self.name}: {column!r} is empty on lines {self.lines(empty)}; fill it in every row")
         return frame
@@ -193,8 +198,8 @@ class CsvDataset(SeriesFile):
             )
         if not allow_missing and values.isna().any():
             raise ValueError(
-                f"{self.name}: {role} {column!r} is empty on lines {self.lines(values.isna())}; fill it (a {role} is "
-                f"an input and cannot be masked) or drop the {role}"
+                f"{self.name}: {role} {column!r} is empty or NA on lines {self.lines(values.isna())}; fill it "
+                f"(a {role} is an input and cannot be masked) or drop the {role}"
             )
         return values.astype(np.float64)
 
@@ -209,9 +214,15 @@ class CsvDataset(SeriesFile):
                 f"{self.lines(rows['_period'] == period)}; aggregate them first, or pass a finer freq"
             )
         extra = self.static_reals(where, rows)
-        rows = rows.set_index("_period").sort_index()
-        grid = pd.period_range(rows.index[0], rows.index[-1], freq=self.freq)
-        rows = rows.reindex(grid)
+        grid = pd.period_range(rows["_period"].min(), rows["_period"].max(), freq=self.freq)
+        between = ~rows["_period"].isin(grid)
+        if between.any():  # a multiple freq ("7D", "3M"): its steps begin at the series' first row
+            raise ValueError(
+                f"{where} has rows between the steps of freq={self.freq!r}, which begin at its first row "
+                f"({grid[0].start_time}), on lines {self.lines(between)}; aggregate them to one row per step first, "
+                f"or pass freq={self.freq.lstrip('0123456789') or self.freq!r}"
+            )
+        rows = rows.set_index("_period").sort_index().reindex(grid)
         gaps = grid[rows[self.timestamp_column].isna().to_numpy()]
         if len(gaps) > len(grid) / 2:
             warnings.warn(
