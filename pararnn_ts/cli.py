@@ -19,6 +19,7 @@ import linecache
 import logging
 import os
 import pickle
+import re
 import shutil
 import sys
 import time
@@ -384,11 +385,13 @@ def read_checkpoint(ckpt_path: str | None) -> dict[str, Any] | None:
 
 def latest_last_checkpoint(config: Any) -> Path:
     """What ``--ckpt_path last`` resumes: in the checkpoint folder of the newest run of ``config`` (a subcommand's
-    parsed config) that holds one (:func:`checkpoint_folders`), ``interrupted.ckpt`` (:class:`SaveOnInterrupt`) if it
-    is newer than ``last.ckpt``, else that. Raises ``FileNotFoundError`` naming where it looked and what is there."""
+    parsed config) that holds one (:func:`checkpoint_folders`), the newest of ``last.ckpt`` and ``interrupted.ckpt``
+    (:class:`SaveOnInterrupt`), or of their ``-vN`` versions that runs sharing a ``dirpath`` write. Raises
+    ``FileNotFoundError`` naming where it looked and what is there."""
     pattern, folders = checkpoint_folders(config["trainer"])
+    names = re.compile(rf"(last|{re.escape(Path(INTERRUPTED_CHECKPOINT).stem)})(-v\d+)?\.ckpt")
     for folder in folders:
-        saved = [p for p in (folder / name for name in ("last.ckpt", INTERRUPTED_CHECKPOINT)) if p.is_file()]
+        saved = [p for p in folder.glob("*.ckpt") if names.fullmatch(p.name) and p.is_file()]
         if saved:
             return max(saved, key=lambda p: p.stat().st_mtime_ns)
     found = sorted(str(p) for folder in folders for p in folder.glob("*.ckpt"))

@@ -343,6 +343,20 @@ def test_ckpt_path_last_without_a_logger_is_the_checkpoint_in_the_root_folder(ca
         latest_last_checkpoint({"trainer": {"logger": None, "callbacks": callbacks}})
 
 
+def test_ckpt_path_last_in_a_dirpath_that_runs_share_is_the_newest_versioned_one():
+    """Runs of one ModelCheckpoint dirpath: Lightning names the second run's files last-v1.ckpt, ... ."""
+    folder = Path("shared")
+    folder.mkdir()
+    config = {"trainer": {"callbacks": [{"class_path": "ModelCheckpoint", "init_args": {"dirpath": "shared"}}]}}
+    # newest first; the first two are not what a fit ends with
+    for age, name in enumerate(["epoch=0-step=3-v1.ckpt", "last-x.ckpt", "last-v2.ckpt", "last-v1.ckpt", "last.ckpt"]):
+        (folder / name).write_bytes(b"")
+        os.utime(folder / name, ns=(10**18 - age * 10**9,) * 2)
+    assert latest_last_checkpoint(config) == folder / "last-v2.ckpt"
+    (folder / "interrupted-v1.ckpt").write_bytes(b"")
+    assert latest_last_checkpoint(config) == folder / "interrupted-v1.ckpt"
+
+
 def test_ckpt_path_last_names_the_checkpoints_it_found_when_none_is_last():
     saved = Path("runs/x/version_0/checkpoints/epoch=1-step=10.ckpt")
     saved.parent.mkdir(parents=True)
