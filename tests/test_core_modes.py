@@ -120,6 +120,24 @@ def test_parameters_swapped_in_by_functional_call_get_the_gradients(cell_name):
         assert all(p.grad is None for p in cell.parameters()), mode
 
 
+def test_parameters_computed_from_others_get_the_gradients(cell_name):
+    """A meta-learning inner step or a hypernetwork hands functional_call computed (non-leaf) weights: every mode
+    takes them as the cell's parameters and passes their gradients on to what they were computed from."""
+    cell = make_cell(cell_name, torch.float64)
+    x = torch.randn(3, 17, cell.input_size, dtype=torch.float64)
+    grads = {}
+    for mode in ["sequential", "parallel"] + (["fused"] if cell.fused_kernel else []):
+        cell.mode = mode
+        scale = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+        bases = {n: p.detach().clone().requires_grad_() for n, p in cell.named_parameters()}
+        y, _ = torch.func.functional_call(cell, {n: b * scale for n, b in bases.items()}, (x,))
+        grads[mode] = torch.autograd.grad(y.square().sum(), [scale, *bases.values()])
+        assert cell.last_stats.mode == mode
+    for mode, got in grads.items():
+        for g, expected in zip(got, grads["sequential"], strict=True):
+            torch.testing.assert_close(g, expected, rtol=1e-9, atol=1e-12, msg=mode)
+
+
 def test_a_parameter_changed_in_place_before_the_backward_is_refused(cell_name):
     """As torch.nn.GRU refuses: the gradient would be taken at weights the forward did not run with."""
     cell = make_cell(cell_name, torch.float64)

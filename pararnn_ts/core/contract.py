@@ -245,7 +245,9 @@ def check_inputs(cell: ParaCell, h_prev: Tensor, u: Tensor, mode: str) -> bool:
     if out.grad_fn is None:
         return False
     params = {id(p) for p in cell.parameters()}
-    hidden = [leaf for leaf in _leaves(out) if id(leaf) not in params]
+    # a parameter computed from others (torch.func.functional_call(cell, {"A": A - lr * grad}, ...)) is one too
+    computed = {p.grad_fn for p in cell.parameters() if p.grad_fn is not None}
+    hidden = [leaf for leaf in _leaves(out, stop=computed) if id(leaf) not in params]
     if hidden:
         name = type(cell).__name__
         attrs = [
@@ -362,12 +364,12 @@ def _relative(diff: Tensor, ref: Tensor) -> float:
     return (diff.abs().amax() / ref.abs().amax().clamp_min(1)).item()
 
 
-def _leaves(out: Tensor) -> list[Tensor]:
-    """The leaf tensors requiring grad that ``out``'s autograd graph reaches."""
+def _leaves(out: Tensor, stop: set[object] | frozenset[object] = frozenset()) -> list[Tensor]:
+    """The leaf tensors requiring grad that ``out``'s autograd graph reaches without passing a node of ``stop``."""
     leaves, seen, stack = [], set(), [out.grad_fn]
     while stack:
         node = stack.pop()
-        if node is None or node in seen:
+        if node is None or node in seen or node in stop:
             continue
         seen.add(node)
         variable = getattr(node, "variable", None)
