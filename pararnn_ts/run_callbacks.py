@@ -22,6 +22,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
+from .callbacks import ResumeRandomState
 from .loaders import ResumablePasses
 
 #: the checkpoint a fit stopped by Ctrl-C leaves in its checkpoint folder (:class:`SaveOnInterrupt`)
@@ -188,14 +189,41 @@ class SaveLastAtEnd(Callback):
     """When a fit ends (``max_steps``, ``max_epochs``, ``max_time``) after steps that no checkpoint holds, bring the
     ``last.ckpt`` of each ``ModelCheckpoint`` with ``save_last: true`` up to date: Lightning writes it with the
     checkpoints it saves after validations only, so ``--ckpt_path last`` would resume, and ``test`` or ``predict``
-    score, weights from before the fit's last steps."""
+    score, weights from before the fit's last steps.
+
+    A fit that ``max_steps`` ends within an epoch is saved at its last batch's end, where Lightning's step checkpoints
+    resume exactly: at ``on_train_end`` Lightning counts the epoch as finished, and a fit resumed from there would
+    start the next epoch, skipping the rest of this one."""
+
+    def __init__(self) -> None:
+        self.saved_step: int | None = None  # the global step this callback last saved
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        ends_fit = 0 <= trainer.max_steps <= trainer.global_step
+        if ends_fit and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            for callback in trainer.callbacks:  # the step has ended for them too, whichever comes first in the list
+                if isinstance(callback, ResumeRandomState):
+                    callback.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+            self.save(trainer, keep_validation_saves=True)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.saved_step != trainer.global_step:
+            self.save(trainer)
+
+    def save(self, trainer: Trainer, keep_validation_saves: bool = False) -> None:
+        """Write the ``last.ckpt`` of each ``ModelCheckpoint`` with ``save_last: true`` that has not saved this
+        step. ``keep_validation_saves``: it may still save this step's checkpoints after a validation."""
         for callback in trainer.checkpoint_callbacks:
             # Lightning's own test of whether the fit's last step was saved, and its own way to write last.ckpt
             if isinstance(callback, ModelCheckpoint) and callback.save_last is True:
                 if not callback._should_skip_saving_checkpoint(trainer):
+                    saved_before = callback._last_global_step_saved
                     callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+                    if keep_validation_saves:  # else it would skip them as saved already
+                        callback._last_global_step_saved = saved_before
+        self.saved_step = trainer.global_step
 
 
 class EndProcessGroupAtExit(Callback):

@@ -308,22 +308,29 @@ def test_ctrl_c_before_any_step_finished_saves_nothing(monkeypatch, capsys):
 
 
 def test_last_ckpt_holds_the_last_steps_of_a_fit_that_ends_between_validations(monkeypatch, capsys):
-    """Validation (and with it Lightning's last.ckpt) every 2 steps, max_steps 3: last.ckpt holds step 3, the weights
-    the test after the fit scores, and --ckpt_path last resumes from there."""
+    """Validation (and with it Lightning's last.ckpt) every 2 steps, max_steps 3, within the second epoch of 2
+    batches: last.ckpt holds step 3, the weights the test after the fit scores, and --ckpt_path last resumes from
+    there, mid-epoch, to the weights of the uninterrupted fit (the same batches and dropout)."""
     from pararnn_ts.forecast.cli_module import ParaRNNForecaster
 
+    every_2_steps = [*TINY, "--trainer.val_check_interval=2", "--trainer.check_val_every_n_epoch=null"]
+    main(["fit", "-c", str(QUICKSTART), *every_2_steps, "--trainer.max_steps=4"])
     tested = {}
     monkeypatch.setattr(
         ParaRNNForecaster, "on_test_start", lambda self: tested.update(self.state_dict()), raising=False
     )
-    every_2_steps = [*TINY, "--trainer.val_check_interval=2", "--trainer.check_val_every_n_epoch=null"]
     main(["fit", "-c", str(QUICKSTART), *every_2_steps, "--trainer.max_steps=3"])
-    last = torch.load("runs/quickstart/version_0/checkpoints/last.ckpt", weights_only=False)
-    assert last["global_step"] == 3 and tested.keys() == last["state_dict"].keys()
+    last = torch.load("runs/quickstart/version_1/checkpoints/last.ckpt", weights_only=False)
+    assert last["global_step"] == 3 and last["epoch"] == 1 and tested.keys() == last["state_dict"].keys()
     assert all(torch.equal(tested[name], weights) for name, weights in last["state_dict"].items())
     capsys.readouterr()
     main(["fit", "-c", str(QUICKSTART), *every_2_steps, "--trainer.max_steps=4", "--ckpt_path=last"])
-    assert "resuming at step 3" in capsys.readouterr().err
+    assert "resuming at step 3 (epoch 1)" in capsys.readouterr().err
+    resumed, uninterrupted = (
+        torch.load(f"runs/quickstart/version_{v}/checkpoints/last.ckpt", weights_only=False)["state_dict"]
+        for v in (2, 0)
+    )
+    assert all(torch.equal(resumed[name], weights) for name, weights in uninterrupted.items())
 
 
 def test_ckpt_path_last_without_a_logger_is_the_checkpoint_in_the_root_folder(capsys):
