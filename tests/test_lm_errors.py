@@ -63,6 +63,21 @@ def test_generate_refuses_the_checkpoint_of_another_model(tmp_path):
         generate_main(["--ckpt", str(plain)])
 
 
+def test_generate_names_a_cell_that_cannot_be_imported_here(byte_ckpt, tmp_path, capsys):
+    """A checkpoint of the user's cell, generated from where its module is not importable: one error line, exit 2."""
+    from pararnn_ts.cli import console
+
+    checkpoint = torch.load(byte_ckpt, weights_only=False)
+    checkpoint["hyper_parameters"]["cell"] = {"class_path": "my_cells.TanhRNN", "init_args": {"mode": "parallel"}}
+    moved = tmp_path / "mycell.ckpt"
+    torch.save(checkpoint, moved)
+    with pytest.raises(SystemExit) as exit_:
+        console(["generate", "--ckpt", str(moved), "--prompt", "a"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(f"error: --ckpt {moved} was trained with the cell 'my_cells.Tan")
+    assert "PYTHONPATH" in err and "Traceback" not in err
+
+
 def test_generate_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
     text = tmp_path / "notes.ckpt"
     text.write_text("not a checkpoint")

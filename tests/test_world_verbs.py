@@ -159,6 +159,17 @@ def test_fit_checkpoints_carry_their_env(fit_checkpoint):
     assert env_id == "Pendulum-v1" and module.hparams.hidden_size == 4 and not module.training
 
 
+def test_a_checkpoint_of_a_cell_that_cannot_be_imported_here_is_refused_naming_the_fix(fit_checkpoint, tmp_path):
+    from pararnn_ts.world.checkpoints import read_world_checkpoint
+
+    checkpoint = torch.load(fit_checkpoint, weights_only=False)
+    checkpoint["hyper_parameters"]["cell"] = {"class_path": "my_cells.TanhRNN", "init_args": {}}
+    moved = tmp_path / "mycell.ckpt"
+    torch.save(checkpoint, moved)
+    with pytest.raises(ImportError, match=rf"--checkpoint {moved} was trained with the cell 'my_cells.TanhRNN', wh"):
+        read_world_checkpoint(moved)
+
+
 def test_world_eval_scores_a_checkpoint_on_its_env(fit_checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "train_world_model", lambda *a, **k: pytest.fail("training started"))
     argv = ["--checkpoint", str(fit_checkpoint), "--models", "persistence", "pararnn"]

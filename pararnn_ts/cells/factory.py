@@ -221,6 +221,23 @@ def record_cell(hparams: MutableMapping[str, Any], owner: str, key: str = "cell"
     hparams[key] = record
 
 
+def require_recorded_cell(hparams: Mapping[str, Any], where: str, key: str = "cell") -> None:
+    """Raise ``ImportError`` naming ``where`` (``--ckpt run/last.ckpt``) and the fix if the cell that a checkpoint's
+    ``hparams[key]`` records (:func:`cell_record`) cannot be imported here, before the model is built (jsonargparse
+    would bury the reason in its own message). Built-in cells and ``None`` pass."""
+    record = hparams.get(key)
+    if not (isinstance(record, Mapping) and isinstance(record.get("class_path"), str)):
+        return
+    try:
+        _import(record["class_path"])
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ImportError(
+            f"{where} was trained with the cell {record['class_path']!r}, which cannot be imported here ({error}); "
+            "make its module importable: installed, or on PYTHONPATH (e.g. PYTHONPATH=<the folder it was trained "
+            "from>)"
+        ) from error
+
+
 def _class_and_arguments(cell: Any) -> tuple[type, dict[str, Any]] | None:
     """The class and keyword arguments of a class, or of a ``functools.partial`` of a class (also jsonargparse's,
     which wraps the class in its instantiator), with no positional arguments; ``None`` for anything else."""

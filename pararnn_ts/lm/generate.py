@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from ..cells.factory import require_recorded_cell
 from ..nn import LanguageModel
 from ..outputs import read_checkpoint_file
 from .tokenizers import BPETokenizer, Tokenizer, check_vocab_size, import_tokenizers, load_tokenizer
@@ -163,6 +164,7 @@ def load_checkpoint(path: str, tokenizer: str | None = None) -> tuple[CausalLM, 
         raise ValueError(f"{path} is a {trained} checkpoint, not a CausalLM one ({WRITTEN_BY})")
     if "vocab_size" not in hparams:
         raise ValueError(f"{path} holds no CausalLM hyperparameters: not a CausalLM checkpoint ({WRITTEN_BY})")
+    require_recorded_cell(hparams, f"--ckpt {path}")
     loaded = load_tokenizer(tokenizer) if tokenizer else checkpoint_tokenizer(checkpoint, path)
     fix = "pass that one as --tokenizer, or leave --tokenizer out (the checkpoint's own)"
     check_vocab_size(loaded, hparams["vocab_size"], f"{path} was trained with another one: {fix}")

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..cells.factory import require_recorded_cell
 from ..outputs import read_checkpoint_file
 from .module import WorldModelModule
 
@@ -131,7 +132,9 @@ def _differing(given: dict[str, Any], recorded: dict[str, Any]) -> list[tuple[st
 
 def read_world_checkpoint(path: str | Path) -> tuple[WorldModelModule, str | None]:
     """The trained module at ``path`` (CPU, eval mode) and the env id it was trained on (``None``: unknown)."""
-    env_id = checkpoint_env(load_checkpoint(path))
+    checkpoint = load_checkpoint(path)
+    require_recorded_cell(checkpoint["hyper_parameters"], f"--checkpoint {path}")
+    env_id = checkpoint_env(checkpoint)
     return WorldModelModule.load_from_checkpoint(path, map_location="cpu").eval(), env_id
 
 
