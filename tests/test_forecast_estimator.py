@@ -398,6 +398,35 @@ def test_validation_data_without_a_window_is_refused_by_name(tmp_path):
         make_estimator(tmp_path).train(sine_series(), validation_data=short)
 
 
+def test_training_data_without_a_window_is_refused_by_name(tmp_path):
+    """GluonTS would give up after 100 idle series with "Reached maximum number of idle transformation calls"."""
+    message = rf"training_data gives no training window: .* its series \(2, the longest of {H - 1} steps\)"
+    with pytest.raises(ValueError, match=message):
+        make_estimator(tmp_path).train(sine_series([H - 1, H - 2]))
+
+
+def test_a_start_of_another_freq_is_refused_naming_the_series():
+    entries = sine_series([30, 40])
+    entries[1]["start"] = pd.Period("2000-01-01", freq="D")
+    transformation = ParaRNNEstimator(FREQ, H, **TINY).create_transformation()
+    for is_train in (True, False):
+        with pytest.raises(ValueError, match=r"start of series 1 \(item_id 's1'\) is 2000-01-01 of freq 'D', but f"):
+            list(transformation.apply(entries, is_train=is_train))
+    for freq in ("M", "ME", "1M"):  # aliases of the data's: no error
+        list(ParaRNNEstimator(freq, H, **TINY).create_transformation().apply(entries[:1], is_train=True))
+
+
+def test_a_training_series_without_an_observed_value_warns_once():
+    entries = sine_series([30, 40, 20])
+    entries[1]["target"][:] = np.nan
+    entries[2]["target"][:] = np.nan
+    transformation = ParaRNNEstimator(FREQ, H, **TINY).create_transformation()
+    with pytest.warns(UserWarning, match=r"series 1 \(item_id 's1'\) has no observed value") as caught:
+        for _ in range(2):
+            list(transformation.apply(entries, is_train=True))
+    assert sum("no observed value" in str(w.message) for w in caught) == 1
+
+
 def test_fewer_time_features_than_the_frequencys_are_zero_inputs():
     estimator = ParaRNNEstimator(FREQ, H, **TINY, time_features=[])
     module = estimator.create_lightning_module()

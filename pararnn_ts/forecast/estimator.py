@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import numpy as np
+import pandas as pd
 import torch
 from gluonts.core.component import validated
 from gluonts.dataset.common import DataEntry, Dataset
@@ -203,17 +204,27 @@ class CheckEntries(Transformation):
     as long as the target (``is_train``) or the target and the horizon (to forecast). In training, each field the
     settings leave unused warns once.
 
+    A ``start`` period of another frequency than ``freq`` is refused; a training series without an observed value
+    warns (once), as it adds nothing to the loss.
+
     Args:
         prediction_length: steps ``feat_dynamic_real`` reaches beyond the target to forecast.
         num_feat_dynamic_real, num_feat_static_real: features each series has.
         cardinality: the categories of each ``feat_static_cat`` value (empty: no categorical feature is used).
+        freq: the estimator's ``freq`` (``None``: not checked).
     """
 
     @validated()
     def __init__(
-        self, prediction_length: int, num_feat_dynamic_real: int, num_feat_static_real: int, cardinality: list[int]
+        self,
+        prediction_length: int,
+        num_feat_dynamic_real: int,
+        num_feat_static_real: int,
+        cardinality: list[int],
+        freq: str | None = None,
     ) -> None:
         self.prediction_length = prediction_length
+        self.freq = freq
         self.counts = {
             FieldName.FEAT_DYNAMIC_REAL: num_feat_dynamic_real,
             FieldName.FEAT_STATIC_CAT: len(cardinality),
@@ -225,8 +236,10 @@ class CheckEntries(Transformation):
     def __call__(self, data_it: Iterable[DataEntry], is_train: bool) -> Iterator[DataEntry]:
         for index, entry in enumerate(data_it):
             series = series_label(entry, index)
+            self.check_start(entry, series)
             if is_train:
                 self.warn_unused(entry, series)
+                self.warn_unobserved(entry, series)
             if self.counts[FieldName.FEAT_DYNAMIC_REAL]:
                 self.check_dynamic(entry, series, is_train)
             if self.cardinality:
@@ -277,6 +290,35 @@ class CheckEntries(Transformation):
             raise ValueError(
                 f"ParaRNNEstimator: feat_static_real of {series} is {values.tolist()}: NaN or inf; fill it in"
             )
+
+    def check_start(self, entry: DataEntry, series: str) -> None:
+        """Refuse a ``start`` period whose frequency is not ``freq`` (calendar features and lags would be read at the
+        wrong times, and forecasts stamped on them)."""
+        start = entry.get(FieldName.START)
+        if self.freq is None or not isinstance(start, pd.Period):
+            return
+        try:
+            expected = pd.Period(start.start_time, freq=self.freq).freq
+        except ValueError:  # an alias pandas has for offsets, not periods ("ME"): GluonTS checks it
+            return
+        if start.freq != expected:
+            raise ValueError(
+                f"ParaRNNEstimator: the start of {series} is {start} of freq {start.freqstr!r}, but freq="
+                f"{self.freq!r}; give the estimator the data's freq, or start the series with a period of freq="
+                f"{self.freq!r} (values at another frequency need resampling first)"
+            )
+
+    def warn_unobserved(self, entry: DataEntry, series: str) -> None:
+        """Warn, once, where a training series has no observed value (all NaN)."""
+        if "unobserved" in self.warned or not np.isnan(np.asarray(entry[FieldName.TARGET], dtype=float)).all():
+            return
+        self.warned.add("unobserved")
+        warnings.warn(
+            f"ParaRNNEstimator: the training data's {series} has no observed value (all NaN), so it adds nothing to "
+            "the loss; drop it (warned once)",
+            UserWarning,
+            stacklevel=2,
+        )
 
     def warn_unused(self, entry: DataEntry, series: str) -> None:
         """Warn, once per field, where a training entry has a field that the settings leave unused."""
@@ -363,13 +405,30 @@ def training_batches(
     """
     instances = splitter.apply(Cyclic(data).stream(), is_train=True)
     batches = as_stacked_batches(
-        instances,
+        windows_or_error(instances, data),
         batch_size=batch_size,
         shuffle_buffer_length=shuffle_buffer_length,
         field_names=TRAINING_INPUT_NAMES,
         output_type=torch.tensor,
     )
     return EpochOfBatches(batches, num_batches_per_epoch)
+
+
+def windows_or_error(instances: Iterable[DataEntry], data: Dataset) -> Iterator[DataEntry]:
+    """``instances``, the training windows cut from ``data``; a ``ValueError`` with the series' lengths where GluonTS
+    gives up on cutting any (its "maximum number of idle transformation calls")."""
+    try:
+        yield from instances
+    except Exception as error:
+        if not str(error).startswith("Reached maximum number of idle transformation"):
+            raise
+        lengths = [len(entry[FieldName.TARGET]) for entry in data]
+        raise ValueError(
+            "ParaRNNEstimator: training_data gives no training window: the train_sampler (by default windows whose "
+            "prediction_length steps lie within the series) cut none from its series "
+            f"({len(lengths)}, the longest of {max(lengths, default=0)} steps); give series longer than "
+            "prediction_length, or lower it"
+        ) from error
 
 
 def validation_batches(data: Dataset, splitter: Transformation, batch_size: int) -> Iterable[dict[str, torch.Tensor]]:
@@ -694,6 +753,7 @@ class ParaRNNEstimator(PyTorchLightningEstimator):
             num_feat_dynamic_real=self.num_feat_dynamic_real,
             num_feat_static_real=self.num_feat_static_real,
             cardinality=self.cardinality if self.num_feat_static_cat else [],
+            freq=self.freq,
         )
         return Chain(
             [
