@@ -402,6 +402,15 @@ def test_a_mismatch_of_structure_state_and_output_is_named_in_every_mode(cls, ma
         cls(mode=mode)(inputs())
 
 
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_a_cell_without_project_whose_input_is_not_its_state_names_project(mode):
+    # ElementwiseCell reads u as a state-shaped (4,) input; x of 6 features reaches it unchanged
+    with pytest.raises(ValueError, match=r"ElementwiseCell has no project\(x\), so u is x itself \(its last dim inp"):
+        ElementwiseCell(mode=mode)(inputs(features=6))
+    with pytest.raises(ValueError, match=r"recurrence failed on h_prev of shape \(2, 4, 4\).*batched over any"):
+        StepOnly(mode="parallel")(inputs())  # u of the state's shape: its own error, not project's
+
+
 @pytest.mark.parametrize(
     "cls, match",
     [

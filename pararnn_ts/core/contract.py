@@ -288,7 +288,7 @@ def _slice(cell: ParaCell, u: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tenso
     name = type(cell).__name__
     states = [h0]
     for t in range(u.shape[1]):
-        out = cell.recurrence(states[-1], u[:, t])
+        out = _first_step(cell, states[-1], u[:, t]) if t == 0 else cell.recurrence(states[-1], u[:, t])
         check_state(name, out, states[-1], u[:, t])
         states.append(out)
     h_prev = torch.stack(states[:-1], dim=1)
@@ -303,6 +303,25 @@ def _slice(cell: ParaCell, u: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tenso
         ) from err
     check_state(name, f, h_prev, u)
     return h_prev, f, torch.stack(states[1:], dim=1)
+
+
+def _first_step(cell: ParaCell, h_prev: Tensor, u: Tensor) -> Tensor:
+    """``recurrence(h_prev, u)`` of one step; where it fails, the cell has no :meth:`~ParaCell.project` of its own
+    and ``u`` is not of the state's shape, a ``ValueError`` saying that ``u`` is then ``x`` itself."""
+    from .cell import ParaCell
+
+    try:
+        return cell.recurrence(h_prev, u)
+    except (RuntimeError, IndexError, ValueError) as err:
+        if type(cell).project is not ParaCell.project or u.shape[1:] == h_prev.shape[1:]:
+            raise
+        name = type(cell).__name__
+        raise ValueError(
+            f"{name}.recurrence failed on h_prev of shape {tuple(h_prev.shape)} and u of shape {tuple(u.shape)}: "
+            f"{name} has no project(x), so u is x itself (its last dim input_size={u.shape[-1]}); define project(x) "
+            f"→ u, the time-parallel input map that gives recurrence what it reads (e.g. nn.Linear(input_size, "
+            f"hidden_size) applied to x). The error: {err}"
+        ) from err
 
 
 def check_state(name: str, out: Tensor, h_prev: Tensor, u: Tensor) -> None:
