@@ -48,7 +48,13 @@ import pararnn_ts.synthetic  # noqa: F401
 from pararnn_ts.callbacks import LogNewtonStats, ResumeRandomState
 from pararnn_ts.cells.factory import describe_cell
 from pararnn_ts.extras import missing_extra
-from pararnn_ts.run_callbacks import INTERRUPTED_CHECKPOINT, EndProcessGroupAtExit, SaveLastAtEnd, SaveOnInterrupt
+from pararnn_ts.run_callbacks import (
+    INTERRUPTED_CHECKPOINT,
+    CountStepBeforeStopValidation,
+    EndProcessGroupAtExit,
+    SaveLastAtEnd,
+    SaveOnInterrupt,
+)
 
 #: the seed of a run unless the config or ``--seed_everything`` says otherwise
 DEFAULT_SEED = 0
@@ -610,6 +616,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI
             "callbacks": [
                 SaveLastAtEnd(),
                 SaveOnInterrupt(),
+                CountStepBeforeStopValidation(),
                 RecordBudget(),
                 LogNewtonStats(),
                 EndProcessGroupAtExit(),

@@ -1,6 +1,8 @@
 """Callbacks the ``pararnn-ts`` CLI adds to every fit so that a run stops, resumes and ends cleanly: Ctrl-C saves a
 checkpoint that resumes exactly (:class:`SaveOnInterrupt`), ``last.ckpt`` holds the fit's last steps
-(:class:`SaveLastAtEnd`), and gloo process groups end with their process (:class:`EndProcessGroupAtExit`).
+(:class:`SaveLastAtEnd`), a fit resumed after a stop logs at the steps of the uninterrupted one
+(:class:`CountStepBeforeStopValidation`), and gloo process groups end with their process
+(:class:`EndProcessGroupAtExit`).
 
 Each works with a ``Trainer`` built in Python too; they set Lightning's loop progress as its own checkpoints do.
 """
@@ -22,7 +24,6 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
-from .callbacks import ResumeRandomState
 from .loaders import ResumablePasses
 
 #: the checkpoint a fit stopped by Ctrl-C leaves in its checkpoint folder (:class:`SaveOnInterrupt`)
@@ -186,44 +187,91 @@ def resumable_training_loaders(trainer: Trainer) -> list[ResumablePasses]:
 
 
 class SaveLastAtEnd(Callback):
-    """When a fit ends (``max_steps``, ``max_epochs``, ``max_time``) after steps that no checkpoint holds, bring the
-    ``last.ckpt`` of each ``ModelCheckpoint`` with ``save_last: true`` up to date: Lightning writes it with the
-    checkpoints it saves after validations only, so ``--ckpt_path last`` would resume, and ``test`` or ``predict``
-    score, weights from before the fit's last steps.
+    """When a fit ends (``max_steps``, ``max_epochs``, ``max_time``, ``trainer.should_stop``) after steps that no
+    checkpoint holds, bring the ``last.ckpt`` of each ``ModelCheckpoint`` with ``save_last: true`` up to date:
+    Lightning writes it with the checkpoints it saves after validations only, so ``--ckpt_path last`` would resume,
+    and ``test`` or ``predict`` score, weights from before the fit's last steps.
 
-    A fit that ``max_steps`` ends within an epoch is saved at its last batch's end, where Lightning's step checkpoints
-    resume exactly: at ``on_train_end`` Lightning counts the epoch as finished, and a fit resumed from there would
-    start the next epoch, skipping the rest of this one."""
+    It is saved at the last epoch's end, as Lightning's epoch-end checkpoints are. A fit that ends within an epoch
+    is saved there as the epoch under way, as if in a validation after its last step (every checkpoint taken at that
+    epoch's end is): Lightning would count the epoch as finished, and a fit resumed from there would start the next
+    one, skipping the rest of this one."""
 
     def __init__(self) -> None:
         self.saved_step: int | None = None  # the global step this callback last saved
+        self.cut_short = False  # in the end-of-epoch hooks of an epoch that the fit's end cut short
 
-    def on_train_batch_end(
-        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        ends_fit = 0 <= trainer.max_steps <= trainer.global_step
-        if ends_fit and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            for callback in trainer.callbacks:  # the step has ended for them too, whichever comes first in the list
-                if isinstance(callback, ResumeRandomState):
-                    callback.on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-            self.save(trainer, keep_validation_saves=True)
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        within = trainer.fit_loop.epoch_loop.batch_progress.current.completed < trainer.num_training_batches
+        self.cut_short = within and after_a_step(trainer)
+        if ends_fit(trainer) and self.saved_step != trainer.global_step:
+            self.save(trainer, keep_later_saves=True)
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        if self.cut_short:
+            fit = checkpoint["loops"]["fit_loop"]
+            for tracker in fit["epoch_progress"].values():  # the epoch under way
+                tracker["processed"] = tracker["completed"]
+            if validates_there_on_resuming(trainer):  # Lightning counts the last step again
+                fit["epoch_loop.state_dict"]["_batches_that_stepped"] -= 1
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.cut_short = False
         if self.saved_step != trainer.global_step:
             self.save(trainer)
 
-    def save(self, trainer: Trainer, keep_validation_saves: bool = False) -> None:
+    def save(self, trainer: Trainer, keep_later_saves: bool = False) -> None:
         """Write the ``last.ckpt`` of each ``ModelCheckpoint`` with ``save_last: true`` that has not saved this
-        step. ``keep_validation_saves``: it may still save this step's checkpoints after a validation."""
+        step. ``keep_later_saves``: it may still save this step's checkpoints (at this epoch's end)."""
         for callback in trainer.checkpoint_callbacks:
             # Lightning's own test of whether the fit's last step was saved, and its own way to write last.ckpt
             if isinstance(callback, ModelCheckpoint) and callback.save_last is True:
                 if not callback._should_skip_saving_checkpoint(trainer):
                     saved_before = callback._last_global_step_saved
                     callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
-                    if keep_validation_saves:  # else it would skip them as saved already
+                    if keep_later_saves:  # else it would skip them as saved already
                         callback._last_global_step_saved = saved_before
         self.saved_step = trainer.global_step
+
+
+def ends_fit(trainer: Trainer) -> bool:
+    """Whether the fit ends at the end of the epoch whose end-of-epoch hooks run (it has been counted processed)."""
+    fit = trainer.fit_loop
+    steps = 0 <= trainer.max_steps <= trainer.global_step
+    epochs = fit.max_epochs is not None and 0 <= fit.max_epochs <= fit.epoch_progress.current.processed
+    return steps or epochs or (trainer.should_stop and fit._can_stop_early)
+
+
+class CountStepBeforeStopValidation(Callback):
+    """A checkpoint saved in the validation that a stop (``max_time``, or ``trainer.should_stop`` set as a training
+    batch ends) runs between the scheduled ones counts that batch's step among the steps logged: Lightning saves it
+    uncounted and, resuming there, does not count it either, so the resumed fit would log every metric one step
+    behind the uninterrupted fit (its ``metrics.csv`` repeating the step it stopped at). A scheduled validation's
+    checkpoint Lightning counts on resuming."""
+
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        stop_validation = trainer.validating and trainer.should_stop and after_a_step(trainer)
+        if stop_validation and not validates_there_on_resuming(trainer):
+            checkpoint["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"] += 1
+
+
+def after_a_step(trainer: Trainer) -> bool:
+    """Whether a fit is where a training step has ended and only the hooks that follow it run (a validation, the
+    epoch's end): its last batch completed, and not one whose gradient is accumulated for a later step."""
+    loop = trainer.fit_loop.epoch_loop
+    total = loop.batch_progress.total
+    fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+    return fitting and total.completed == total.processed > 0 and not loop._should_accumulate()
+
+
+def validates_there_on_resuming(trainer: Trainer) -> bool:
+    """Whether a fit resumed after the training batch that ended last validates there (and so Lightning counts its
+    step on resuming), as an uninterrupted fit would."""
+    stop, trainer.should_stop = trainer.should_stop, False  # a resumed fit has not been told to stop
+    try:
+        return trainer.fit_loop.epoch_loop._should_check_val_fx(trainer.fit_loop._data_fetcher)
+    finally:
+        trainer.should_stop = stop
 
 
 class EndProcessGroupAtExit(Callback):

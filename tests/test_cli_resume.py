@@ -333,6 +333,74 @@ def test_last_ckpt_holds_the_last_steps_of_a_fit_that_ends_between_validations(m
     assert all(torch.equal(resumed[name], weights) for name, weights in uninterrupted.items())
 
 
+# Epochs of 4 batches, validations (when limit_val_batches > 0) every 3 steps across them
+STOPPED_FIT = [
+    "fit",
+    "-c",
+    str(QUICKSTART),
+    *TINY,
+    "--trainer.max_steps=8",
+    "--trainer.limit_test_batches=0",
+    "--trainer.val_check_interval=3",
+    "--trainer.check_val_every_n_epoch=null",
+    "--data.init_args.num_batches_per_epoch=4",
+]
+
+
+def logged_steps(run: Path) -> list[tuple[str, str]]:
+    """``(step, "val" or "train")`` of each row of a run's ``metrics.csv``."""
+    with open(run / "metrics.csv") as f:
+        return [(row["step"], "val" if row.get("val_loss") else "train") for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def fits_to_the_end(tmp_path_factory) -> dict[str, tuple[dict, list[tuple[str, str]]]]:
+    """The weights and logged steps of :data:`STOPPED_FIT` uninterrupted, by ``limit_val_batches``."""
+    ends = {}
+    for validations in ("0", "1"):
+        folder = tmp_path_factory.mktemp(f"to_the_end_{validations}")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(folder)
+            patch.setattr(sys, "argv", ["pararnn-ts"])
+            main([*STOPPED_FIT, f"--trainer.limit_val_batches={validations}"])
+        run = folder / "runs" / "quickstart" / "version_0"
+        ends[validations] = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False), logged_steps(run)
+    return ends
+
+
+@pytest.mark.parametrize(
+    ("validations", "step"),
+    [
+        ("1", 5),  # mid-epoch, between validations: Lightning validates before it stops
+        ("0", 5),  # mid-epoch, no validation: last.ckpt is written at the epoch's end, cut short
+        ("0", 4),  # at an epoch's last batch, no validation
+        ("0", 6),  # where a validation is scheduled but has no batches
+    ],
+)
+def test_a_fit_resumed_after_a_stop_is_the_uninterrupted_fit(fits_to_the_end, monkeypatch, validations, step):
+    """A fit that trainer.should_stop (max_time's Timer, a user's callback) stops as a step ends, resumed with
+    --ckpt_path last: the uninterrupted fit's weights, and its metrics logged at the same steps."""
+    from pararnn_ts.forecast.cli_module import ParaRNNForecaster
+
+    def stop_at_step(self, *args):
+        self.trainer.should_stop = self.trainer.should_stop or self.global_step == step
+
+    fit = [*STOPPED_FIT, f"--trainer.limit_val_batches={validations}"]
+    with monkeypatch.context() as patch:
+        patch.setattr(ParaRNNForecaster, "on_train_batch_end", stop_at_step, raising=False)
+        main(fit)
+    main([*fit, "--ckpt_path=last"])
+    runs = sorted(Path("runs/quickstart").iterdir())
+    stopped = torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=False)
+    resumed = torch.load(runs[1] / "checkpoints" / "last.ckpt", weights_only=False)
+    expected, steps = fits_to_the_end[validations]
+    assert stopped["global_step"] == step and resumed["global_step"] == expected["global_step"] == 8
+    for name, weights in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], weights), name
+    resumed_steps = logged_steps(runs[1])
+    assert resumed_steps == [(at, kind) for at, kind in steps if int(at) >= step]
+
+
 def test_ckpt_path_last_without_a_logger_is_the_checkpoint_in_the_root_folder(capsys):
     """Without a logger a fit writes root/checkpoints/last.ckpt; a fit resuming it writes to another root, which the
     refusal to reuse this one says with the checkpoint's path; a ModelCheckpoint's dirpath is where it looks too."""
