@@ -9,6 +9,7 @@ and every parameter of the cell. Nothing is differentiated through the Newton it
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..notices import warn
-from .checks import autocast_enabled, first_order_only
+from .checks import all_finite, autocast_enabled, first_order_only
 from .contract import check_adjoint
 from .newton import NewtonConvergenceError, SolverStats, newton_solve, shift_right
 from .scan import reverse_linear_scan
@@ -82,10 +83,14 @@ def keep_iterate(cell: ParaCell, stats: SolverStats, u: Tensor) -> bool:
 
     Returns ``True`` when the iterate is to be used (converged, or ``fallback="warn"``); ``False``
     (with ``stats.fell_back`` set, and a warning the first time for this cell) when the caller must recompute
-    the trajectory exactly; raises :class:`NewtonConvergenceError` for ``fallback="raise"``.
+    the trajectory exactly; raises :class:`NewtonConvergenceError` for ``fallback="raise"``. A solve that a NaN or
+    inf parameter spoilt is recomputed whatever the policy, without a warning: the caller's check names it.
     """
     if stats.converged:
         return True
+    if not math.isfinite(stats.residual) and not all(all_finite(p) for p in cell.parameters()):
+        stats.fell_back = True  # not Newton's fault: the exact trajectory has NaN too, which the caller names
+        return False
     tol = cell.resolved_tol(torch.promote_types(u.dtype, torch.float32))
     message = (
         f"{type(cell).__name__}: Newton did not converge in {stats.iterations} iterations "
