@@ -109,6 +109,12 @@ def test_bad_shapes_and_normalizer_are_clear_errors():
         model.set_normalizer(random_stats())  # ACT = 2 action features, the model takes 1
     with pytest.raises(ValueError, match="num_heads"):
         DynamicsModel(OBS, 1, hidden_size=10, num_heads=3)
+    nan_plan = torch.randn(2, 4, 1)
+    nan_plan[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="DynamicsModel: plan contains NaN or inf; the model needs finite actions"):
+        model.imagine(torch.randn(2, 3, OBS), torch.randn(2, 2, 1), nan_plan)
+    with pytest.raises(ValueError, match="last_obs contains NaN or inf; the model needs finite observations"):
+        model.imagine_from_state(model.initial_state(2), torch.full((2, OBS), float("inf")), torch.randn(2, 4, 1))
 
 
 # ---- losses -------------------------------------------------------------------------------------

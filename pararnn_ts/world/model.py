@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from ..cells.factory import CellSpec, CellWidthError, refuse_builtin_settings, resolve_cell, solver_settings
 from ..cells.headwise import check_head_sizes
 from ..core import Mode
+from ..core.checks import all_finite
 from ..nn import Block, ParaRNNMixer, RMSNorm
 
 State = Any
@@ -449,3 +450,6 @@ class DynamicsModel(nn.Module):
                 f"DynamicsModel: {name} must be {layout} with {size}={features} features, "
                 f"got shape {tuple(x.shape)}{hint}"
             )
+        if not all_finite(x):
+            kind = "observations" if size == "obs_dim" else "actions"
+            raise ValueError(f"DynamicsModel: {name} contains NaN or inf; the model needs finite {kind}")
