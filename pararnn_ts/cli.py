@@ -47,6 +47,7 @@ import pararnn_ts.nn  # noqa: F401
 import pararnn_ts.synthetic  # noqa: F401
 from pararnn_ts.callbacks import LogNewtonStats, ResumeRandomState
 from pararnn_ts.cells.factory import describe_cell
+from pararnn_ts.cli_parser import SuggestingArgumentParser
 from pararnn_ts.extras import missing_extra
 from pararnn_ts.run_callbacks import (
     INTERRUPTED_CHECKPOINT,
@@ -599,6 +600,7 @@ def lightning_cli(args: list[str] | None = None, run: bool = True) -> ParaRNNCLI
     instantiates the classes, e.g. to check a config.
     """
     return ParaRNNCLI(
+        parser_class=SuggestingArgumentParser,
         subclass_mode_model=True,
         subclass_mode_data=True,
         parser_kwargs={

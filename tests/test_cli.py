@@ -106,19 +106,25 @@ def named_class(path: str) -> type:
 
 
 @pytest.mark.parametrize(
-    "override, key",
+    "override, key, hint",
     [
-        ("--model.init_args.cell.init_args.hiden_size=8", "hiden_size"),
-        ("--model.init_args.learning_rate=0.1", "learning_rate"),
-        ("--data.init_args.max_length=9", "max_length"),
-        ("--trainer.max_step=3", "max_step"),
+        (
+            "--model.init_args.cell.init_args.hiden_size=8",
+            "hiden_size",
+            "\ndid you mean --model.init_args.cell.init_args.hidden_size?",
+        ),
+        ("--model.init_args.learning_rate=0.1", "learning_rate", None),
+        ("--data.init_args.max_length=9", "max_length", "\ndid you mean --data.init_args.max_len?"),
+        ("--trainer.max_step=3", "max_step", "--trainer.max_step=3; did you mean --trainer.max_steps?"),
     ],
 )
-def test_unknown_key_on_the_command_line_is_an_error(override, key, capsys):
+def test_unknown_key_on_the_command_line_is_an_error(override, key, hint, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "-c", str(PARITY_GRU), override])
     assert exit_info.value.code != 0
-    assert_short_error_naming(key, capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert_short_error_naming(key, err)
+    assert (hint in err) if hint else ("did you mean" not in err)
 
 
 def test_unknown_key_in_a_config_file_is_an_error(tmp_path, capsys):
@@ -127,14 +133,16 @@ def test_unknown_key_in_a_config_file_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", "-c", str(config)])
     assert exit_info.value.code != 0
-    assert_short_error_naming("max_epoch", capsys.readouterr().err)
+    err = capsys.readouterr().err
+    assert_short_error_naming("max_epoch", err)
+    assert "does not accept option 'trainer.max_epoch'; did you mean --trainer.max_epochs?" in err
 
 
 def assert_short_error_naming(key: str, err: str) -> None:
     """The error names ``key`` after a one-line usage, not after argparse's list of every option."""
     assert key in err
     usage = [line for line in err.splitlines() if line.startswith("usage:")]
-    assert len(usage) == 1 and "--trainer.max_epochs" not in err, err
+    assert len(usage) == 1 and "[--trainer.max_epochs" not in err, err
 
 
 def test_missing_fragment_is_an_error_naming_it(tmp_path, capsys):
