@@ -105,6 +105,18 @@ class HalvedLSTM(ParaLSTM):
         return 0.5 * super().recurrence(h_prev, u)
 
 
+class SquashedGRU(ParaGRU):
+    """Its own bound on A instead of the row-norm clip, which ParaGRU's kernel applies."""
+
+    def clipped(self, p):
+        return 0.9 * torch.tanh(p)
+
+
+class SharpGatesLSTM(ParaLSTM):
+    def _gates(self, s, u):
+        return super()._gates(s, 2 * u)
+
+
 class ProjectedGRU(ParaGRU):
     """Overrides only the input map: ParaGRU's recurrence, so ParaGRU's kernel still applies."""
 
@@ -112,8 +124,12 @@ class ProjectedGRU(ParaGRU):
         return super().project(2 * x)
 
 
-@pytest.mark.parametrize("cls", [HalvedGRU, HalvedLSTM])
-def test_a_subclass_overriding_recurrence_runs_its_own_in_every_mode(cls):
+@pytest.mark.parametrize(
+    "cls, method",
+    [(HalvedGRU, "recurrence"), (HalvedLSTM, "recurrence"), (SquashedGRU, "clipped"), (SharpGatesLSTM, "_gates")],
+)
+def test_a_subclass_overriding_recurrence_runs_its_own_in_every_mode(cls, method):
+    """Overriding the recurrence, or a method it calls, drops the parent's kernel and hand-written Jacobian."""
     torch.manual_seed(0)
     cell = cls(4, 6, num_heads=2).double()
     x = torch.randn(2, 9, 4, dtype=torch.float64)
@@ -128,10 +144,10 @@ def test_a_subclass_overriding_recurrence_runs_its_own_in_every_mode(cls):
                 y, _ = cell(x)
             torch.testing.assert_close(y[:, -1], cell.output(h), msg=mode)
             assert cell.last_stats.backend == "pytorch"
-            refused = [str(w.message) for w in caught if "overrides recurrence" in str(w.message)]
+            refused = [str(w.message) for w in caught if f"overrides {method}" in str(w.message)]
             assert bool(refused) == (mode == "fused")
     parent = cls.__mro__[1].__name__
-    assert refused and f"{cls.__name__} overrides recurrence, so the fused kernel of {parent}" in refused[0]
+    assert refused and f"{cls.__name__} overrides {method}, so the fused kernel of {parent}" in refused[0]
     assert cls.jacobian is ParaCell.jacobian and cls.fused_kernel is None
 
 

@@ -38,6 +38,7 @@ class HeadwiseGatedCell(ParaCell):
 
     gates: int = 3
     peepholes: int = 0
+    kernel_replicates = ("recurrence", "_gates", "clipped")
 
     def __init__(
         self,

@@ -80,8 +80,11 @@ class ParaCell(nn.Module):
     input_size: int | None = None
     #: the kernel of :mod:`pararnn_ts.ops` computing this recurrence (``None``: no fused kernel)
     fused_kernel: str | None = None
-    #: the class whose fused kernel a subclass overriding :meth:`recurrence` no longer uses (``None``: none)
-    _kernel_of_parent: str | None = None
+    #: the methods whose maths a fused kernel and a hand-written :meth:`jacobian` repeat: a subclass that overrides
+    #: one of them drops both (a cell whose recurrence calls other methods names them too)
+    kernel_replicates: tuple[str, ...] = ("recurrence",)
+    #: why a subclass no longer uses its parent's fused kernel: ``(parent class, the method it overrides)``
+    _kernel_of_parent: tuple[str, str] | None = None
     #: the rows of every fused weight are norm-clipped to this in each solve (``None``: not clipped)
     max_norm: float | None = None
     #: the first-use checks of :mod:`~pararnn_ts.core.contract` still to run (none for a cell unpickled from
@@ -129,14 +132,17 @@ class ParaCell(nn.Module):
         self._contract_pending = set(CHECKS)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """A subclass that overrides :meth:`recurrence` drops what it inherits for its parent's recurrence: the
-        parent's fused kernel and hand-written :meth:`jacobian` (unless it sets or overrides them itself)."""
+        """A subclass that overrides :meth:`recurrence` (or another of :attr:`kernel_replicates`) drops what it
+        inherits for its parent's recurrence: the parent's fused kernel and hand-written :meth:`jacobian` (unless it
+        sets or overrides them itself)."""
         super().__init_subclass__(**kwargs)
         own = vars(cls)
-        if "recurrence" in own:
+        overridden = next((name for name in cls.kernel_replicates if name in own), None)
+        if overridden is not None:
             if "fused_kernel" not in own and cls.fused_kernel is not None:
                 cls.fused_kernel = None
-                cls._kernel_of_parent = next(c.__name__ for c in cls.__mro__[1:] if "fused_kernel" in vars(c))
+                parent = next(c.__name__ for c in cls.__mro__[1:] if "fused_kernel" in vars(c))
+                cls._kernel_of_parent = (parent, overridden)
             if "jacobian" not in own and cls.jacobian is not ParaCell.jacobian:
                 cls.jacobian = ParaCell.jacobian
 
@@ -271,8 +277,8 @@ class ParaCell(nn.Module):
     def _fused_backend_for(self, device: torch.device, dtype: torch.dtype) -> tuple[str | None, str]:
         if self.fused_kernel is None:
             if self._kernel_of_parent is not None:
-                parent = self._kernel_of_parent
-                return None, f"{type(self).__name__} overrides recurrence, so the fused kernel of {parent} is not its"
+                parent, method = self._kernel_of_parent
+                return None, f"{type(self).__name__} overrides {method}, so the fused kernel of {parent} is not its"
             return None, f"{type(self).__name__} has no fused kernel"
         if device.type != "cpu" and dtype != torch.float32:
             return None, f"the GPU kernels compute in float32, not {dtype}"
