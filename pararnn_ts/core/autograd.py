@@ -73,46 +73,55 @@ def _loop(cell: ParaCell, u: Tensor, h0: Tensor) -> Tensor:
 def solve_with_policy(cell: ParaCell, u: Tensor, h0: Tensor) -> tuple[Tensor, SolverStats]:
     """Newton, then the cell's non-convergence policy (``fallback``); runs without a graph."""
     h, stats = newton_solve(cell, u, h0, cell.resolved_tol(u.dtype), cell.max_iters)
-    if keep_iterate(cell, stats, u):
-        return h, stats
-    return sequential_solve(cell, u, h0), stats
+    return settle(cell, stats, u, h, lambda: sequential_solve(cell, u, h0)), stats
 
 
-def keep_iterate(cell: ParaCell, stats: SolverStats, u: Tensor) -> bool:
-    """Apply the cell's ``fallback`` policy to a Newton solve of ``u`` ``(B, T, ...)``.
+def settle(cell: ParaCell, stats: SolverStats, u: Tensor, h: Tensor, exact: Callable[[], Tensor]) -> Tensor:
+    """The trajectory to return for a Newton solve ``h`` ``(B, T, *S)`` of ``u`` ``(B, T, ...)``, by the cell's
+    ``fallback`` policy when it did not converge: the exact one, ``exact()`` (``"sequential"``: ``stats.fell_back``
+    set, and a warning the first time for this cell), the iterate (``"warn"``: a warning the first time), or a
+    :class:`NewtonConvergenceError` (``"raise"``).
 
-    Returns ``True`` when the iterate is to be used (converged, or ``fallback="warn"``); ``False``
-    (with ``stats.fell_back`` set, and a warning the first time for this cell) when the caller must recompute
-    the trajectory exactly; raises :class:`NewtonConvergenceError` for ``fallback="raise"``. A solve that a NaN or
-    inf parameter spoilt is recomputed whatever the policy, without a warning: the caller's check names it.
+    A NaN or inf residual whose exact trajectory has NaN or inf too is not Newton's doing (a NaN parameter, a
+    recurrence outside its domain): the exact trajectory is returned whatever the policy, without a warning, for the
+    caller's check to say where and why.
     """
     if stats.converged:
-        return True
-    if not math.isfinite(stats.residual) and not all(all_finite(p) for p in cell.parameters()):
-        stats.fell_back = True  # not Newton's fault: the exact trajectory has NaN too, which the caller names
-        return False
+        return h
+    exact_h = None
+    if not math.isfinite(stats.residual):
+        exact_h = exact()
+        if not all_finite(exact_h):
+            stats.fell_back = True
+            return exact_h
     tol = cell.resolved_tol(torch.promote_types(u.dtype, torch.float32))
     message = (
-        f"{type(cell).__name__}: Newton did not converge in {stats.iterations} iterations "
-        f"(residual {stats.residual:.3g} > tol {tol:.3g}, T={u.shape[1]}, {stats.mode} mode, {stats.backend})"
+        f"{type(cell).__name__}: Newton did not converge in {stats.iterations} iterations (residual "
+        f"{stats.residual:.3g} > tol {tol:.3g} in a solve of {u.shape[1]} steps, {stats.mode} mode, {stats.backend})"
     )
     if cell.fallback == "raise":
         raise NewtonConvergenceError(message + "; raise max_iters or tol, or use fallback='sequential'")
+    once = "Warned once per cell; cell.last_stats tells each solve (a chunk's, where chunk_size splits the sequence)"
     if cell.fallback == "warn":
-        warn(message + "; returning the last Newton iterate")
-        return True
+        warn_once_per_cell(cell, f"{message}; returning the last Newton iterate. {once}")
+        return h
     stats.fell_back = True
+    warn_once_per_cell(
+        cell,
+        message + "; the trajectory was recomputed exactly by a sequential solve (fallback='sequential'), "
+        "without the parallel speed-up. Likely causes: a Jacobian that does not match the declared structure, "
+        "a non-deterministic recurrence (dropout or sampling inside it), or a genuinely hard (chaotic or "
+        "near-bistable) recurrence: raise max_iters, or use mode='sequential'; fallback='warn' returns the "
+        f"Newton iterate instead, fallback='raise' raises. {once}",
+    )
+    return exact() if exact_h is None else exact_h
+
+
+def warn_once_per_cell(cell: ParaCell, message: str) -> None:
+    """Warn ``message`` unless a solve of ``cell`` has warned already."""
     if not cell._fallback_warned:
         cell._fallback_warned = True
-        warn(
-            message + "; the trajectory was recomputed exactly by a sequential solve (fallback='sequential'), "
-            "without the parallel speed-up. Likely causes: a Jacobian that does not match the declared structure, "
-            "a non-deterministic recurrence (dropout or sampling inside it), or a genuinely hard (chaotic or "
-            "near-bistable) recurrence: raise max_iters, or use mode='sequential'; fallback='warn' returns the "
-            "Newton iterate instead, fallback='raise' raises. Warned once per cell; cell.last_stats.fell_back "
-            "tells each solve"
-        )
-    return False
+        warn(message)
 
 
 def parallel_solve(cell: ParaCell, u: Tensor, h0: Tensor, chunk_size: int | None) -> tuple[Tensor, SolverStats]:

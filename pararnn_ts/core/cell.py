@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import fused as fused_ops
-from .autograd import keep_iterate, parallel_solve, sequential_solve
+from .autograd import parallel_solve, sequential_solve, settle
 from .checks import all_finite, autocast_enabled, check_state_device, functorch_wrapped
 from .contract import CHECKS, MODE_CHECKS, check_contract, check_state
 from .newton import SolverStats, default_tol
@@ -92,7 +92,7 @@ class ParaCell(nn.Module):
     _contract_pending: set[str] | frozenset[str] = frozenset()
     #: whether :meth:`step` has checked what :meth:`recurrence` returns (once per cell)
     _step_checked: bool = False
-    #: whether a solve of this cell has warned that Newton fell back to an exact sequential solve (once per cell)
+    #: whether a solve of this cell has warned that Newton did not converge (once per cell)
     _fallback_warned: bool = False
 
     def __init__(
@@ -298,11 +298,13 @@ class ParaCell(nn.Module):
         residual, iterations = raw.tolist()
         stats = SolverStats("fused", backend, iterations=int(iterations), residual=residual, converged=residual <= tol)
         self.last_stats = stats
-        if keep_iterate(self, stats, u_k):
-            return h
-        if not fused_ops.has_exact_kernels(backend):
-            return sequential_solve(self, u.to(dtype), h0)
-        return fused_ops.fused_solve(backend, kernel, u_k, h0, weights, tol, self.max_iters, self.max_norm, True)[0]
+
+        def exact() -> Tensor:
+            if not fused_ops.has_exact_kernels(backend):
+                return sequential_solve(self, u.to(dtype), h0)
+            return fused_ops.fused_solve(backend, kernel, u_k, h0, weights, tol, self.max_iters, self.max_norm, True)[0]
+
+        return settle(self, stats, u_k, h, exact)
 
     def _loop_only(self, u: Tensor, h0: Tensor, requested: str) -> bool:
         """Whether only the sequential loop can solve ``u`` ``(B, T, ...)`` from ``h0`` here; warns once why if
