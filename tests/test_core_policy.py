@@ -150,6 +150,14 @@ def test_bad_state_and_arguments():
         ValueError, match=r"state has shape \(\(2, 45\), \(2, 45\)\), expected \(\(3, 45\), \(3, 45\)\)"
     ):
         lstm(torch.randn(3, 4, 6, dtype=torch.float64), (c, c))  # in the form it was given: the pair (c, h)
+    gru, x = ParaGRU(6, 9), torch.randn(2, 4, 6)
+    for state in [(torch.zeros(2, 9), torch.zeros(2, 9)), torch.zeros(2, 9).numpy()]:  # an LSTM's pair, NumPy
+        with pytest.raises(TypeError, match=r"ParaGRU: state must be a Tensor \(batch, 9\), got (tuple|ndarray)"):
+            gru(x, state)
+        with pytest.raises(TypeError, match=r"ParaGRU: state must be a Tensor \(batch, 9\), got (tuple|ndarray)"):
+            gru.step(x[:, 0], state)
+    with pytest.raises(TypeError, match=r"ParaGRU: state is torch.int64; pass a floating-point state"):
+        gru(x, torch.zeros(2, 9, dtype=torch.long))
 
 
 @pytest.mark.parametrize("num_heads", [1, 3])

@@ -196,6 +196,9 @@ class ParaCell(nn.Module):
 
     def state_to_tensor(self, state: Any) -> Tensor:
         """User-facing state → ``(B, *S)`` tensor (ParaLSTM: ``(c, h)`` pair → stacked)."""
+        if not isinstance(state, Tensor):
+            name, shape = type(self).__name__, ", ".join(map(str, self.state_shape))
+            raise TypeError(f"{name}: state must be a Tensor (batch, {shape}), got {type(state).__name__}")
         return state
 
     def tensor_to_state(self, h: Tensor) -> Any:
@@ -364,6 +367,9 @@ class ParaCell(nn.Module):
             return torch.zeros(batch, *self.state_shape, dtype=dtype, device=x.device)
         check_state_device(type(self).__name__, state, x, x_name)
         h0 = self.state_to_tensor(state)
+        if not h0.is_floating_point():
+            name = type(self).__name__
+            raise TypeError(f"{name}: state is {h0.dtype}; pass a floating-point state (e.g. h0.float())")
         expected = (batch, *self.state_shape)
         if tuple(h0.shape) != expected:  # shapes in the user's form of the state (ParaLSTM: the pair (c, h))
             wanted = _shapes(self.tensor_to_state(torch.empty(expected, device="meta")))
