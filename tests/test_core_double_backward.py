@@ -69,3 +69,20 @@ def test_hessian_vector_product_names_the_mode_and_the_fix(mode):
     with pytest.raises(RuntimeError, match=FIX.format(mode)):
         grads = torch.autograd.grad(y.sum(), params, create_graph=True)
         torch.autograd.grad(sum((g * torch.ones_like(g)).sum() for g in grads), params)
+
+
+@pytest.mark.parametrize("mode", ["parallel", "fused"])
+def test_a_vectorized_backward_names_the_mode_and_the_fix(mode):
+    """``jacobian(vectorize=True)`` and ``is_grads_batched=True`` run the backward under vmap, which the scans and
+    native kernels do not support; the loop does."""
+    fix = f'mode="{mode}" solve.*no vectorized backward.*pass mode="sequential" to the layer'
+    cell = solver_cell("paragru", mode)
+    x = torch.randn(1, 4, cell.input_size, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=fix):
+        torch.autograd.functional.jacobian(lambda x: cell(x)[0], x, vectorize=True)
+    y, _ = cell(x.requires_grad_())
+    with pytest.raises(RuntimeError, match=fix):
+        torch.autograd.grad(y, x, torch.eye(y.numel(), dtype=y.dtype).view(-1, *y.shape), is_grads_batched=True)
+    cell.mode = "sequential"
+    vectorized = torch.autograd.functional.jacobian(lambda x: cell(x)[0], x.detach(), vectorize=True)
+    torch.testing.assert_close(vectorized, torch.autograd.functional.jacobian(lambda x: cell(x)[0], x.detach()))

@@ -84,3 +84,15 @@ def test_torch_export_gives_the_eager_outputs(mode):
     y, last = exported.module()(other)
     y_eager, last_eager = cell(other)
     assert rel_err(y_eager, y) < 1e-5 and rel_err(last_eager, last) < 1e-5
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+@pytest.mark.parametrize("cell_name", ["paragru", "oscillator"])
+def test_torch_jit_trace_of_a_fresh_cell_gives_the_eager_outputs(cell_name):
+    """The first-use checks wait for an eager call: run under the tracer, forward-mode AD crashed the process."""
+    cell = make_cell(cell_name, torch.float32, mode="parallel")
+    traced = torch.jit.trace(cell, torch.randn(3, 17, cell.input_size))
+    other = torch.randn(3, 17, cell.input_size)
+    y, last = traced(other)
+    y_eager, last_eager = cell(other)
+    assert rel_err(y_eager, y) < 1e-5 and rel_err(last_eager, last) < 1e-5

@@ -28,9 +28,9 @@ def all_finite(x: Tensor) -> bool:
 
 
 def traced(x: Tensor) -> bool:
-    """Whether ``x`` is being traced or captured (torch.compile/export, CUDA graphs, functorch transforms, meta
-    tensors), so that its values cannot be read back."""
-    if torch.compiler.is_compiling() or x.device.type == "meta":
+    """Whether ``x`` is being traced or captured (torch.compile/export, torch.jit.trace, CUDA graphs, functorch
+    transforms, meta tensors), so that its values cannot be read back."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or x.device.type == "meta":
         return True
     if x.is_cuda and torch.cuda.is_current_stream_capturing():
         return True
@@ -71,18 +71,24 @@ def check_state_device(owner: str, state: Any, x: Tensor, x_name: str = "x") -> 
 def first_order_only(mode: str) -> Callable[[_Backward], _Backward]:
     """Decorate the ``backward`` of an autograd Function that cannot be differentiated again (the ``mode`` solve).
 
-    A backward asked for a graph (``create_graph=True``: grad mode on inside it) raises, at that call, a
-    ``RuntimeError`` naming ``mode`` and the fix (``mode="sequential"``, autograd through the loop); a plain
-    backward runs as it is (one grad-mode test, no sync). Not
+    A backward asked for a graph (``create_graph=True``: grad mode on inside it), or vectorized over a batch of
+    output gradients (``is_grads_batched=True``), raises, at that call, a ``RuntimeError`` naming ``mode`` and the
+    fix (``mode="sequential"``, autograd through the loop); a plain backward runs as it is (one grad-mode test, no
+    sync). Not
     :func:`~torch.autograd.function.once_differentiable`: its error is generic and delayed, and it marks the
     gradients only when a grad output requires grad, so the second derivative of a loss linear in the
     solve's output silently lost the solve's part.
     """
+    solve = f'the mode="{mode}" solve (also what mode="auto" may pick)'
+    fix = 'pass mode="sequential" to the layer (e.g. ParaGRU(..., mode="sequential"))'
     message = (
-        f'the mode="{mode}" solve (also what mode="auto" may pick) has a first-order backward only, and '
-        "a graph of the gradients was asked for (create_graph=True: a gradient penalty, MAML, Hessian-vector "
-        'products); pass mode="sequential" to the layer (e.g. ParaGRU(..., mode="sequential")) for second '
-        "derivatives, by autograd through the loop"
+        f"{solve} has a first-order backward only, and a graph of the gradients was asked for (create_graph=True: "
+        f"a gradient penalty, MAML, Hessian-vector products); {fix} for second derivatives, by autograd through "
+        "the loop"
+    )
+    batched = (
+        f"{solve} has no vectorized backward, and one was asked for (torch.autograd.grad(..., is_grads_batched=True), "
+        f"torch.autograd.functional.jacobian or hessian with vectorize=True); {fix}, or leave vectorize off"
     )
 
     def decorate(backward: _Backward) -> _Backward:
@@ -90,8 +96,19 @@ def first_order_only(mode: str) -> Callable[[_Backward], _Backward]:
         def wrapper(ctx: Any, *grad_outputs: Any) -> Any:
             if torch.is_grad_enabled():  # the engine turns grad mode on in a backward only for create_graph=True
                 raise RuntimeError(message)
+            compiled = torch.compiler.is_compiling()  # traced by torch.compile: fakes, never batched
+            if not compiled and any(isinstance(g, Tensor) and batched_over(g) for g in grad_outputs):
+                raise RuntimeError(batched)
             return backward(ctx, *grad_outputs)
 
         return wrapper  # type: ignore[return-value]
 
     return decorate
+
+
+def batched_over(x: Tensor) -> bool:
+    """Whether ``x`` is a batch of tensors under a vmap (``torch.func.vmap``, or the vmap behind
+    ``is_grads_batched=True``)."""
+    functorch = torch._C._functorch
+    legacy = getattr(functorch, "is_legacy_batchedtensor", None)
+    return functorch.is_batchedtensor(x) or (legacy is not None and legacy(x))
