@@ -60,22 +60,34 @@ class ResumeRandomState(Callback):
     so that dropout, sampled contexts and anything else drawn from it continue as in the uninterrupted fit.
 
     A checkpoint taken inside a training step (Ctrl-C) keeps the state from the step's start, which the resumed
-    fit runs again. The state is restored at the start of training, after the sanity-check validation. Checkpoints
-    stay loadable with ``torch.load(..., weights_only=True)``. Under DDP every rank resumes with rank 0's state.
-    The ``pararnn-ts`` CLI adds it to every fit.
+    fit runs again (from the start of its accumulation window, where the fit is rewound to it:
+    :meth:`rewind_to_window`). The state is restored at the start of training, after the sanity-check validation.
+    Checkpoints stay loadable with ``torch.load(..., weights_only=True)``. Under DDP every rank resumes with rank 0's
+    state. The ``pararnn-ts`` CLI adds it to every fit.
     """
 
     def __init__(self) -> None:
         self.step_start: dict[str, Any] | None = None  # the state at the start of the training step under way
+        # the state at the start of the first batch of the optimizer step under way (accumulate_grad_batches > 1)
+        self.window_start: dict[str, Any] | None = None
         self.resumed: dict[str, Any] | None = None
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self.step_start = random_state()
+        if self.window_start is None:
+            self.window_start = self.step_start
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self.step_start = None
+        if not trainer.fit_loop.epoch_loop._should_accumulate():  # the batch stepped the optimizer
+            self.window_start = None
+
+    def rewind_to_window(self) -> None:
+        """Save the state from the start of the accumulation window under way: a Ctrl-C within it rewinds the fit
+        to the window's start (the gradients accumulated so far are not saved)."""
+        self.step_start = self.window_start
 
     def state_dict(self) -> dict[str, Any]:
         return self.step_start if self.step_start is not None else random_state()

@@ -24,6 +24,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 
+from .callbacks import ResumeRandomState
 from .loaders import ResumablePasses
 
 #: the checkpoint a fit stopped by Ctrl-C leaves in its checkpoint folder (:class:`SaveOnInterrupt`)
@@ -34,7 +35,7 @@ class SaveOnInterrupt(Callback):
     """On Ctrl-C during ``fit``, save the run to ``interrupted.ckpt`` in its checkpoint folder, so that
     ``--ckpt_path`` resumes it; without it only the last checkpoint written before survives.
 
-    The run is saved as it stood when its last finished training batch ended (:func:`rewind_to_finished_batch`), or
+    The run is saved as it stood when its last finished training step ended (:func:`rewind_to_finished_step`), or
     with the validation under way not yet run (:func:`restart_validation`): a fit resumed from there trains on the
     batches, and validates at the steps, that the uninterrupted fit would have. A Ctrl-C from the moment a step
     updates the weights until the next batch or validation starts is held until then (:class:`HeldInterrupt`), so
@@ -88,7 +89,7 @@ class SaveOnInterrupt(Callback):
             return
         if trainer.validating:
             restart_validation(trainer)
-        elif not (self.trained or rewind_to_finished_batch(trainer)):
+        elif not (self.trained or rewind_to_finished_step(trainer)):
             if trainer.is_global_zero:
                 print("\nstopped before a training step finished: nothing to save", file=sys.stderr)
             return
@@ -127,34 +128,42 @@ class HeldInterrupt:
         return self.pending
 
 
-def rewind_to_finished_batch(trainer: Trainer) -> bool:
-    """Set the fit's loops and its resumable training loaders back to the end of its last finished training batch
-    (its ``on_train_batch_end``, where Lightning writes step checkpoints and resumes them exactly), after the
-    validation that followed it. Returns ``False`` if no batch has finished.
+def rewind_to_finished_step(trainer: Trainer) -> bool:
+    """Set the fit's loops and its resumable training loaders back to the end of its last finished optimizer step
+    (its last batch's ``on_train_batch_end``, where Lightning writes step checkpoints and resumes them exactly), after
+    the validation that followed it. Returns ``False`` if no step has finished.
 
     A Ctrl-C lands mid-batch, where Lightning counts the unfinished batch as started (a fit resumed from there
-    trains on it again, and validates one batch early) and the loader counts it as served (and skips it)."""
+    trains on it again, and validates one batch early) and the loader counts it as served (and skips it). With
+    ``accumulate_grad_batches > 1`` it may land within a step's window of batches, whose gradients a checkpoint
+    does not hold: the fit goes back to the window's start (and the random state with it, :class:`ResumeRandomState`).
+    """
     fit, loop = trainer.fit_loop, trainer.fit_loop.epoch_loop
     progress = loop.batch_progress
-    served = progress.current.processed  # this epoch's batches whose step finished
+    served = progress.current.processed  # this epoch's batches whose training step finished
     advanced = progress.current.completed == served  # and what follows a batch's end (validation, step count)
-    finished, epoch = served, trainer.current_epoch
-    if finished == 0:  # the first batch of an epoch: back to the end of the last one of the epoch before
+    stepped = served if served >= trainer.num_training_batches else served - served % trainer.accumulate_grad_batches
+    finished, epoch = stepped, trainer.current_epoch
+    if finished == 0:  # before the first step of an epoch: back to the end of the last one of the epoch before
         finished, epoch = trainer.num_training_batches, epoch - 1
     if epoch < 0 or not math.isfinite(finished):
         return False
     for loader in resumable_training_loaders(trainer):
-        loader.rewind(served)
+        loader.rewind(stepped)
     ended_batch(progress.current, int(finished))
-    ended_batch(progress.total, progress.total.processed)
+    ended_batch(progress.total, progress.total.processed - (served - stepped))
     progress.is_last_batch = finished >= trainer.num_training_batches
     for tracker in (fit.epoch_progress.current, fit.epoch_progress.total):
         under_way(tracker, epoch)
     automatic = loop.automatic_optimization.optim_progress.optimizer.step
     for steps in (automatic, loop.manual_optimization.optim_step_progress):  # the unfinished batch's step
         steps.current.ready, steps.total.ready = steps.current.completed, steps.total.completed
-    if advanced and not loop._should_accumulate():
+    if (advanced or stepped < served) and not loop._should_accumulate():
         loop._batches_that_stepped -= 1  # Lightning counts it again when it resumes after a batch's end
+    if stepped < served:
+        for callback in trainer.callbacks:
+            if isinstance(callback, ResumeRandomState):
+                callback.rewind_to_window()
     return True
 
 

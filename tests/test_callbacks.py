@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import random
+from types import SimpleNamespace
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -142,5 +144,25 @@ def test_a_checkpoint_taken_inside_a_step_keeps_the_state_of_the_steps_start():
     resuming.load_state_dict(saving.state_dict())
     resuming.on_train_start(None, None)
     assert torch.equal(torch.rand(2), started[0]) and np.random.rand() == started[1] and random.random() == started[2]
-    saving.on_train_batch_end(None, None, None, None, 0)
+    saving.on_train_batch_end(accumulating(False), None, None, None, 0)
     assert torch.equal(saving.state_dict()["torch"], torch.get_rng_state())  # between steps: the state as it is
+
+
+def test_a_step_rewound_to_its_accumulation_window_keeps_the_state_of_the_windows_start():
+    saving = ResumeRandomState()
+    saving.on_train_batch_start(None, None, None, 0)
+    window_start = torch.get_rng_state()
+    torch.rand(5)
+    saving.on_train_batch_end(accumulating(True), None, None, None, 0)  # its gradient waits for the next batch
+    saving.on_train_batch_start(None, None, None, 1)
+    torch.rand(5)
+    saving.rewind_to_window()
+    assert torch.equal(saving.state_dict()["torch"], window_start)
+    saving.on_train_batch_end(accumulating(False), None, None, None, 1)  # the window's step
+    saving.on_train_batch_start(None, None, None, 2)
+    assert torch.equal(saving.window_start["torch"], torch.get_rng_state())  # the next window starts here
+
+
+def accumulating(waits: bool) -> Any:
+    """A stand-in ``Trainer`` whose batch ``waits`` for the next one's gradient before the optimizer steps."""
+    return SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_should_accumulate=lambda: waits)))

@@ -294,6 +294,53 @@ def test_a_fit_resumed_after_ctrl_c_is_the_uninterrupted_fit(uninterrupted, monk
     assert val_losses(*Path("runs/quickstart").iterdir()) == validations
 
 
+# Optimizer steps of 2 batches: the windows are batches (0, 1), (2, 3) of each epoch of 4
+ACCUMULATED_FIT = [
+    "fit",
+    "-c",
+    str(QUICKSTART),
+    *TINY,
+    "--trainer.max_steps=4",
+    "--trainer.accumulate_grad_batches=2",
+    "--trainer.limit_test_batches=0",
+    "--data.init_args.num_batches_per_epoch=4",
+]
+
+
+@pytest.fixture(scope="module")
+def accumulated_to_the_end(tmp_path_factory) -> dict:
+    """The last checkpoint of :data:`ACCUMULATED_FIT` uninterrupted."""
+    folder = tmp_path_factory.mktemp("accumulated")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        patch.setattr(sys, "argv", ["pararnn-ts"])
+        main(ACCUMULATED_FIT)
+    return torch.load(folder / "runs/quickstart/version_0/checkpoints/last.ckpt", weights_only=False)
+
+
+@pytest.mark.parametrize("batch", [3, 5])  # the second batch of a window: in epoch 0, in epoch 1
+def test_a_ctrl_c_within_an_accumulation_window_resumes_from_its_start(accumulated_to_the_end, monkeypatch, batch):
+    """The gradients of the window's first batch are not in the checkpoint: the fit goes back to the window's start
+    (batches, step counts, random state), so that the resumed fit is the uninterrupted one, dropout and all."""
+    from pararnn_ts.forecast.cli_module import ParaRNNForecaster
+
+    real = ParaRNNForecaster.training_step
+
+    def ctrl_c_in_batch(self, *args):
+        if self.trainer.fit_loop.total_batch_idx == batch:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *args)
+
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
+        patch.setattr(ParaRNNForecaster, "training_step", ctrl_c_in_batch)
+        main(ACCUMULATED_FIT)
+    main([*ACCUMULATED_FIT, "--ckpt_path=runs/quickstart/version_0/checkpoints/interrupted.ckpt"])
+    resumed = torch.load("runs/quickstart/version_1/checkpoints/last.ckpt", weights_only=False)
+    assert resumed["global_step"] == accumulated_to_the_end["global_step"] == 4
+    for name, weights in accumulated_to_the_end["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], weights), name
+
+
 def test_ctrl_c_before_any_step_finished_saves_nothing(monkeypatch, capsys):
     from pararnn_ts.forecast.cli_module import ParaRNNForecaster
 
