@@ -341,6 +341,44 @@ def test_a_ctrl_c_within_an_accumulation_window_resumes_from_its_start(accumulat
         assert torch.equal(resumed["state_dict"][name], weights), name
 
 
+PARITY_FIT = [
+    "fit",
+    "-c",
+    str(ROOT / "experiments" / "synthetic" / "parity_paragru.yaml"),
+    "--trainer.max_steps=6",
+    "--trainer.limit_val_batches=1",
+    "--trainer.limit_test_batches=0",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.init_args.batches_per_epoch=4",
+    "--data.init_args.batch_size=4",
+    "--data.init_args.max_len=24",
+]
+
+
+def test_a_parity_fit_resumed_mid_epoch_trains_on_the_rest_of_the_epoch(monkeypatch):
+    """The Parity task's training batches resume mid-epoch too (its loader restarted the epoch at batch 0)."""
+    from pararnn_ts.synthetic import SequenceTagger
+
+    main(PARITY_FIT)
+    real = SequenceTagger.training_step
+
+    def ctrl_c_in_the_sixth_step(self, *args):  # the second epoch's second batch
+        if self.global_step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *args)
+
+    with monkeypatch.context() as patch, pytest.raises(SystemExit):
+        patch.setattr(SequenceTagger, "training_step", ctrl_c_in_the_sixth_step)
+        main(PARITY_FIT)
+    run = Path("runs/parity_paragru")
+    main([*PARITY_FIT, f"--ckpt_path={run}/version_1/checkpoints/interrupted.ckpt"])
+    expected, resumed = (torch.load(run / f"version_{v}/checkpoints/last.ckpt", weights_only=False) for v in (0, 2))
+    assert resumed["global_step"] == expected["global_step"] == 6
+    for name, weights in expected["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][name], weights), name
+
+
 def test_ctrl_c_before_any_step_finished_saves_nothing(monkeypatch, capsys):
     from pararnn_ts.forecast.cli_module import ParaRNNForecaster
 

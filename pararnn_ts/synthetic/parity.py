@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..loaders import ResumableDataLoader
+
 #: stream ids that keep the splits' random numbers apart
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
@@ -150,8 +152,9 @@ class ParityDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Epoch ``e``'s batches depend on ``(seed, e)`` alone, and a fit resumed mid-epoch goes on with the rest."""
         data = RandomLengthParity(self.batch_size, self.min_len, self.max_len, self.seed, "train")
-        return DataLoader(data, batch_size=None, sampler=EpochSampler(self.batches_per_epoch))
+        return ResumableDataLoader(data, batch_size=None, sampler=EpochSampler(self.batches_per_epoch)).follow(self)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self._eval_set("val"), batch_size=None)
