@@ -31,7 +31,7 @@ from pararnn_ts.lm.tokenizers import BPETokenizer, ByteTokenizer, Tokenizer
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", action="append", required=True, help="file or glob (quoted); repeatable")
     parser.add_argument("--out", required=True, type=Path, help="output folder for the shards")
     parser.add_argument("--format", choices=("text", "jsonl"), default="text", help="one document per file or line")

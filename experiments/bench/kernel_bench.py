@@ -352,7 +352,9 @@ def speedups(rows: list[dict], reference_T: int) -> list[str]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     p.add_argument("--modes", nargs="*", default=list(MODES), choices=MODES)
     p.add_argument("--T", nargs="+", type=int, default=[256, 1024, 4096, 16384])

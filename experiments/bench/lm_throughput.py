@@ -192,7 +192,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=list(ARCHITECTURES))
     p.add_argument("--T", nargs="+", type=int, default=[512, 1024, 2048, 4096, 8192])
     p.add_argument("--tokens-per-step", type=int, default=8192)

@@ -149,7 +149,9 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--arch", type=int, default=90, help="compute capability × 10 (90: H100, 100: B200)")
     p.add_argument("--only", nargs="+", default=["*"], help="launches matching these globs, e.g. 'gru_*/fp32/*'")
     p.add_argument(

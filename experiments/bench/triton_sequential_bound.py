@@ -141,7 +141,9 @@ def sweep(T: int, bw: float, device: torch.device) -> list[dict]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument(
         "--out", type=Path, default=None, help="results file (default runs/bench/triton_sequential_bound_cuda.json)"
     )

@@ -64,7 +64,9 @@ def timings(name: str, w, u, h0, h, g, **tuning) -> tuple[float, float]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, required=True, help="folder of tune.json")
     p.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
     add_overwrite(p)

@@ -145,7 +145,9 @@ def table(result: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--candidates", type=int, default=1000)
     p.add_argument("--horizon", type=int, default=30)
     p.add_argument("--context", type=int, default=4, help="real observations before the plans")
@@ -160,6 +162,8 @@ def main() -> None:
     p.add_argument("--out-dir", type=Path, default=DEFAULT_DIR / "world_planning", help="folder of the results files")
     add_overwrite(p)
     args = p.parse_args()
+    if args.out_dir.exists() and not args.out_dir.is_dir():
+        p.error(f"--out-dir {args.out_dir} is a file: pass the folder to write world_planning_<device>.json into")
     paths = {name: args.out_dir / f"world_planning_{name}.json" for name in args.devices}
     refuse_existing(paths.values(), args.overwrite, option="--out-dir", parser=p)
     torch.set_num_threads(args.threads)

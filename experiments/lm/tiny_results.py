@@ -123,7 +123,9 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     argv, overrides = split_overrides(argv)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--architectures", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     p.add_argument("--max-steps", type=int, default=1200, help="the same for all: the LR schedule spans them")
     p.add_argument("--max-time", default="00:00:15:00", help="the same cap for all (DD:HH:MM:SS)")

@@ -638,6 +638,7 @@ def positive_int(text: str) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a misspelt option must not pass for another one
         prog="pararnn-ts benchmark",
         description="Train, forecast and score every dataset × model × seed of a benchmark config.",
     )

@@ -2,7 +2,7 @@
 
 The network reads one sequence ``[context | horizon]`` of ``C + H`` steps and never feeds anything
 computed from its states back into its inputs, so training and forecasting are both a single
-parallel solve per layer (DESIGN.md §6):
+parallel solve per layer:
 
 - context step ``t`` sees the scaled lags ``y_{t−l} / scale`` of every ``l`` in ``lags_seq`` with a
   per-lag "observed" flag, the time features, the static features (embeddings, reals, ``log scale``)

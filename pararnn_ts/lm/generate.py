@@ -240,6 +240,7 @@ def existing_file(text: str) -> str:
 def main(args: Sequence[str] | None = None) -> None:
     """``pararnn-ts generate``: print ``--prompt`` and its sampled continuation."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a misspelt option must not pass for another one
         prog="pararnn-ts generate",
         description="Generate text from a CausalLM checkpoint.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

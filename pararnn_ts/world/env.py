@@ -1,6 +1,6 @@
 """``WorldModelEnv``: a learned dynamics model served as a ``gymnasium.Env``.
 
-The model follows the :class:`~pararnn_ts.world.model.DynamicsModel` interface (DESIGN.md §6)::
+The model follows the :class:`~pararnn_ts.world.model.DynamicsModel` interface::
 
     state = model.initial_state(batch_size)
     state, pred = model.observe(state, obs (B, O), action (B, A))            # real observation

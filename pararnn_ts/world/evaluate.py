@@ -372,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from .datamodule import TrajectoryDataModule
 
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a misspelt option must not pass for another one
         prog="pararnn-ts world-eval",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

@@ -1,4 +1,4 @@
-"""``DynamicsModel``: an action-conditioned ParaRNN world model (DESIGN.md §6).
+"""``DynamicsModel``: an action-conditioned ParaRNN world model.
 
 Every step ``t`` reads ``x_t = [ô_t · f_t, f_t, â_t]`` with ``ô_t`` the normalised observation,
 ``f_t`` the observed flag and ``â_t`` the normalised action. With ``f_t = 0`` (no observation)

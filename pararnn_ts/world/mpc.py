@@ -520,6 +520,7 @@ def plot_report(report: dict[str, Any], path: Path) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> MPCSettings:
     """``--flag`` per :class:`MPCSettings` field."""
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # a misspelt option must not pass for another one
         prog="pararnn-ts plan",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
