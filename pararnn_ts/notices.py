@@ -18,11 +18,18 @@ LIBRARY_FOLDERS = (str(Path(__file__).resolve().parent), str(Path(torch.__file__
 
 def user_stacklevel() -> int:
     """The ``stacklevel`` of :func:`warnings.warn`, called by the caller of this function, that names the first
-    frame outside :data:`LIBRARY_FOLDERS`."""
+    frame outside :data:`LIBRARY_FOLDERS`: the first one of a file, where code that a tracer generated (torch.export,
+    torch.fx: ``<string>``, ``<eval_with_key>``) sits between it and the package."""
     frame, level = sys._getframe(1), 1  # the caller's frame is warnings.warn's stacklevel 1
-    while frame is not None and str(Path(frame.f_code.co_filename).resolve()).startswith(LIBRARY_FOLDERS):
+    first = None
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not str(Path(name).resolve()).startswith(LIBRARY_FOLDERS):
+            if not name.startswith(("<string>", "<eval_with_key")):
+                return level
+            first = level if first is None else first
         frame, level = frame.f_back, level + 1
-    return level
+    return first if first is not None else level
 
 
 def warn(message: str, category: type[Warning] = RuntimeWarning) -> None:
