@@ -379,6 +379,8 @@ BAD_SETTINGS = [
     ({"threads": 0}, "threads must be a positive int"),
     ({"timing_reference": "LSTM"}, "timing_reference 'LSTM' is not a model"),
     ({"paired_reference": "LSTM"}, "paired_reference 'LSTM' is not a model"),
+    ({"num_samples": 0}, "num_samples must be a positive int"),
+    ({"num_samples": True}, "num_samples must be a positive int"),
     (
         {"trainer_kwargs": {"max_epoch": 3}},
         r"benchmark.trainer_kwargs: lightning.pytorch.Trainer takes no argument 'max_epoch' \(did you mean "
@@ -510,3 +512,13 @@ def test_benchmark_configs_parse_load_and_build(path):
 
 def test_the_forecast_benchmark_config_is_found():
     assert ROOT / "experiments" / "forecast" / "benchmark.yaml" in BENCHMARK_CONFIGS
+
+
+def test_num_samples_reaches_the_predictors_that_sample_only():
+    from gluonts.model.seasonal_naive import SeasonalNaivePredictor
+    from gluonts.torch.model.predictor import PyTorchPredictor
+
+    naive = SeasonalNaivePredictor(prediction_length=3, season_length=1)
+    sampling = PyTorchPredictor.__new__(PyTorchPredictor)  # its predict's signature is what is read
+    assert benchmark.predict_kwargs(sampling, 1000) == {"num_samples": 1000}
+    assert benchmark.predict_kwargs(naive, 1000) == {} and benchmark.predict_kwargs(sampling, None) == {}

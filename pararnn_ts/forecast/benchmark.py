@@ -403,6 +403,13 @@ def nan_forecasts(forecasts: list[Any]) -> int:
     return sum(bool(np.isnan(np.asarray(values(forecast), dtype=float)).any()) for forecast in forecasts)
 
 
+def predict_kwargs(predictor: Any, num_samples: int | None) -> dict[str, Any]:
+    """``{"num_samples": num_samples}`` where given and ``predictor.predict`` names it (a sampling model; seasonal
+    naive and other predictors that make no samples do not)."""
+    takes = "num_samples" in inspect.signature(predictor.predict).parameters
+    return {"num_samples": num_samples} if num_samples is not None and takes else {}
+
+
 def run_one(
     model: ModelSpec, dataset: DatasetSpec, data: ForecastData, seed: int, bench: Benchmark, quick: bool = False
 ) -> tuple[dict[str, Any], list[Any]]:
@@ -424,7 +431,7 @@ def run_one(
         fit_s = time.perf_counter() - started
     inputs, _ = split_windows(data.test, data.prediction_length)
     started = time.perf_counter()
-    forecasts = list(predictor.predict(inputs))
+    forecasts = list(predictor.predict(inputs, **predict_kwargs(predictor, bench.num_samples)))
     predict_s = time.perf_counter() - started
     broken = nan_forecasts(forecasts)
     if broken:

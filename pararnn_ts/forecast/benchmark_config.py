@@ -7,6 +7,8 @@ The config's top-level ``benchmark:`` mapping holds::
     model_args: {batch_size: 32, ...}      # given to every model whose signature takes them
     timing_reference: DeepAR               # optional: epoch times are also reported relative to it
     paired_reference: DeepAR               # optional: mean_wQL differences to it, paired over test windows
+    num_samples: 1000                      # optional: sample paths of every predictor that takes num_samples
+                                           # (default: each one's own, GluonTS's 100)
     base: benchmark.yaml                   # optional: start from that config's mapping (path relative
                                            # to this file); the keys given here replace its keys
     datasets:                              # ForecastDataset specs
@@ -57,6 +59,7 @@ CONFIG_KEYS = {
     "model_args",
     "timing_reference",
     "paired_reference",
+    "num_samples",
     "plot_series",
     "datasets",
     "models",
@@ -111,6 +114,9 @@ class Benchmark:
     split: str = "test"
     #: the model ``results.md`` compares every other model's ``mean_wQL`` with, window by window
     paired_reference: str | None = None
+    #: sample paths per forecast of every predictor whose ``predict`` takes ``num_samples`` (``None``: its own);
+    #: more paths take the Monte Carlo error out of the sampled models' quantiles (ours are an exact grid)
+    num_samples: int | None = None
 
 
 def import_class(path: Any, where: str) -> type:
@@ -259,6 +265,9 @@ def load_benchmark(path: str | Path, datasets: list[str] | None = None, models: 
     threads = config.get("threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"{path}: benchmark.threads must be a positive int (torch intra-op threads), got {threads!r}")
+    num_samples = config.get("num_samples")
+    if num_samples is not None and (type(num_samples) is not int or num_samples < 1):
+        raise ValueError(f"{path}: benchmark.num_samples must be a positive int (sample paths), got {num_samples!r}")
     for key in ("timing_reference", "paired_reference"):
         if config.get(key) is not None and config[key] not in [m["name"] for m in config["models"]]:
             raise ValueError(f"{path}: {key} {config[key]!r} is not a model of the config")
@@ -272,6 +281,7 @@ def load_benchmark(path: str | Path, datasets: list[str] | None = None, models: 
         int(config.get("plot_series", 4)),
         threads,
         paired_reference=config.get("paired_reference"),
+        num_samples=num_samples,
     )
 
 
