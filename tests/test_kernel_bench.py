@@ -95,7 +95,7 @@ def test_a_tiny_cpu_run_writes_every_case_and_the_machine(tmp_path, monkeypatch,
     kernel_bench.main()
     report = json.loads(out.read_text())
     cases = {(r["case"], r["passes"]) for r in report["rows"]}
-    assert cases == {(c, p) for c in ("gru/sequential", "gru/nn.GRU") for p in ("fwd", "fwd+bwd")}
+    assert cases == {(c, p) for c in ("gru/sequential", "gru/layer", "gru/nn.GRU") for p in ("fwd", "fwd+bwd")}
     assert all(r["time_s"] > 0 and r["floor_bytes"] > 0 for r in report["rows"])
     assert report["machine"]["copy_bandwidth_GBps"] > 0 and report["machine"]["hidden"] == 8
     printed = capsys.readouterr().out
@@ -122,7 +122,7 @@ def test_a_run_with_cases_times_only_those(tmp_path, monkeypatch):
 def test_resume_times_only_the_cases_a_stopped_run_lacks(tmp_path, monkeypatch):
     out = tmp_path / "kernels.json"
     tiny = ["--cells", "gru", "--modes", "sequential", "--T", "5", "--batch", "1", "--hidden", "4", "--warmup", "1"]
-    tiny += ["--repeats", "1", "--out", str(out)]
+    tiny += ["--repeats", "1", "--out", str(out), "--cases", "gru/sequential", "gru/nn.*"]
     timed = []
 
     def counted(args, name, T, passes):  # the bookkeeping, not the timing, is under test: a made-up row
@@ -306,3 +306,20 @@ def test_gpu_session_resumes_a_benchmark_step_from_the_files_it_is_given(tmp_pat
     (bench,) = [line for line in (tmp_path / "calls").read_text().splitlines() if "kernel_bench.py" in line]
     assert bench.split().count("--resume") == resume and f"--out {out}/kernels_cuda_gru.json" in bench
     assert (out / "kernels_cuda_gru.json").exists() == resume
+
+
+def test_a_cpu_peak_leaves_out_what_the_setup_freed_before_the_case_started():
+    """A case's inputs are made, and their temporaries freed, before it starts: they are not its peak."""
+    import peak_memory
+
+    script = (
+        "import torch, peak_memory\n"
+        "cpu = torch.device('cpu')\n"
+        "setup = torch.ones(2**26); del setup\n"  # 256 MiB made and freed before the case
+        "base = peak_memory.start(cpu)\n"
+        "case = torch.ones(2**24)\n"  # 64 MiB
+        "print(peak_memory.peak_mib(cpu, base))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "experiments" / "bench")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
+    assert 60 < float(done.stdout) < 100 and peak_memory.reset_peak_rss()

@@ -6,18 +6,21 @@ fused backend that can run; on GPU also ``fused-triton-newton``, Triton held to 
 where its own choice for the size is the sequential ones, and ``fused-triton-fast``, its own choice
 with ``fast_math``), next to ``torch.nn.GRU`` /
 ``torch.nn.LSTM`` of the same hidden size (oneDNN on CPU, cuDNN on GPU; they also do their input
-and dense recurrent matmuls) and, on GPU, the peer linear-scan kernels ``accelerated-scan`` and
+and dense recurrent matmuls; ``<cell>/layer`` is the case that does their work, the whole ParaGRU/ParaLSTM
+layer in ``mode="auto"``: input projection (4 heads) and solve, backward to ``x`` and every weight) and, on GPU,
+the peer linear-scan kernels ``accelerated-scan`` and
 flash-linear-attention's HGRN when installed (``accelerated-scan-triton-wide``: the same scan over
 ``WIDE`` times the channels, as many bytes as a ParaGRU forward+backward).
 
 The floor is the fewest bytes a kernel must move (``u`` read once, ``h`` written once; backward:
 ``u``, ``h``, ``∂L/∂h`` read once, ``∂L/∂u`` written once) over the memory bandwidth measured in
-the same run by a large copy. Times are medians after warm-up calls (at least ``--warmup`` calls
-and one second). On CUDA each timed repeat is a burst of back-to-back calls (about ``BURST_S``)
+the same run by a large copy. Times are medians after warm-up calls (at least ``--warmup`` calls, then
+more up to one second or 50 calls). On CUDA each timed repeat is a burst of back-to-back calls (about ``BURST_S``)
 divided by its length, the steady state of a training loop whose host runs ahead of the GPU; the
 median of single synchronised calls, which also counts the host's launch overhead, is kept as
-``latency_s`` ("1 call" in the table). Peak memory is the growth of peak RSS over the first call
-(CPU, one subprocess per case) or ``max_memory_allocated`` (CUDA).
+``latency_s`` ("1 call" in the table; on CPU the same as the median). Peak memory is the growth of peak RSS over
+the first call, the peak reset after the inputs are made (CPU, one subprocess per case), or
+``max_memory_allocated`` (CUDA).
 
     python experiments/bench/kernel_bench.py                          # CPU, the issue's sizes (about 10 minutes)
     python experiments/bench/kernel_bench.py --T 64 --batch 1 --hidden 16 --warmup 1 --repeats 1   # a quick check
@@ -33,7 +36,7 @@ there, and times only the cases they lack). The committed ``experiments/bench/re
 
 and ``kernels_cuda.json`` merges the two runs of ``gpu_session.sh bench-gru`` and ``bench-lstm`` (see its note).
 
-The CPU run at the defaults (64 cases, one subprocess each, calls of up to 20 s) takes about 10 minutes on 2 cores:
+The CPU run at the defaults (80 cases, one subprocess each, calls of up to 20 s) takes about 10 minutes on 2 cores:
 the committed file's times add up to about 6.5 minutes of calls, plus each worker's start, inputs and warm-up. The
 quick check above (small ``--T``, ``--batch``, ``--hidden``, ``--repeats``) takes under a minute.
 """
@@ -97,7 +100,7 @@ def case_names(cell: str, device: torch.device, modes: list[str], peers: list[st
                     names.append(f"{cell}/fused-triton-newton")
                     if device.type == "cuda":
                         names.append(f"{cell}/fused-triton-fast")
-    names.append(f"{cell}/nn.{cell.upper()}")
+    names += [f"{cell}/layer", f"{cell}/nn.{cell.upper()}"]
     if device.type == "cuda" and cell == "gru":
         names += [f"peer/{p}" for p in peers if importlib.util.find_spec(_peer_module(p)) is not None]
     return names
@@ -136,6 +139,11 @@ def build(name: str, B: int, T: int, D: int, device: torch.device, passes: str) 
         rnn = getattr(torch.nn, variant[3:])(D, D, batch_first=True).to(device)
         x = torch.randn(B, T, D, device=device, requires_grad=train)
         return _call(lambda: rnn(x)[0], train, [x, *rnn.parameters()]), None
+    if variant == "layer":  # the whole layer, as nn.GRU: the input projection too, gradients to x and every weight
+        _hold_triton("")
+        cell = CELLS[cell_name](D, D, num_heads=4).to(device)
+        x = torch.randn(B, T, D, device=device, requires_grad=train)
+        return _call(lambda: cell(x)[0], train, [x, *cell.parameters()]), cell
     mode, _, backend = variant.partition("-")
     backend, _, algorithm = backend.partition("-")
     _hold_triton(algorithm)
@@ -334,20 +342,23 @@ def speedups(rows: list[dict], reference_T: int) -> list[str]:
     t = {(r["case"], r["T"], r["passes"]): r.get("time_s") for r in rows}
     out = []
     for cell in CELLS:
-        for fused in sorted({r["case"] for r in rows if r["case"].startswith(f"{cell}/fused-")}):
+        fused = sorted({r["case"] for r in rows if r["case"].startswith(f"{cell}/fused-")})
+        for case in [*fused, f"{cell}/layer"]:  # the layer against nn.GRU/nn.LSTM, which do its work
             for passes in ("fwd", "fwd+bwd"):
-                mine = t.get((fused, reference_T, passes))
+                mine = t.get((case, reference_T, passes))
                 if mine is None:
                     continue
                 others = [
                     c
                     for c in dict.fromkeys(r["case"] for r in rows)
-                    if c != fused and (c.startswith(f"{cell}/") or (cell == "gru" and c.startswith("peer/")))
+                    if c != case
+                    and (c.startswith(f"{cell}/") or (cell == "gru" and c.startswith("peer/")))
+                    and (case in fused or c == f"{cell}/nn.{cell.upper()}")
                 ]
                 ratios = [
                     f"{t[(c, reference_T, passes)] / mine:.2f}× {c}" for c in others if t.get((c, reference_T, passes))
                 ]
-                out.append(f"{fused} {passes} at T={reference_T} is faster than: " + ", ".join(ratios))
+                out.append(f"{case} {passes} at T={reference_T} is faster than: " + ", ".join(ratios))
     return out
 
 
