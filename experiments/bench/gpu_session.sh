@@ -6,8 +6,9 @@
 # benchmark with the peers about 4 (252 s), the ParaLSTM one about 4; bench-gru and bench-lstm fit in one call.
 # The tuning sweeps took about 5 (session 11). `remaining` measures only what session 14's lease left open:
 # the wide accelerated-scan peer (a linear scan over 1.5 D channels, as many bytes as a ParaGRU) next to our
-# ParaGRU and the plain peer in the same run, a rerun of the ParaLSTM Newton rows (their T=512 outlier), and the
-# Newton kernels' tiles at B=4 (triton_compile_check.py: the ParaLSTM backward's tile spills under Triton 3.9).
+# ParaGRU and the plain peer in the same run, a rerun of the ParaLSTM Newton rows (their T=512 outlier), the whole
+# ParaGRU/ParaLSTM layers against cuDNN's in one run (the `layer` cases, session 30), and the Newton kernels' tiles
+# at B=4 (triton_compile_check.py: the ParaLSTM backward's tile spills under Triton 3.9).
 # `lm` times the language models' training step (lm_throughput.py) at width 1024 × 24 layers, not run yet.
 #   OUT=/tmp/gpu bash experiments/bench/gpu_session.sh STEP   (STEP: one of STEPS below; -h, --help: the usage)
 # The device has no network: the peers travel as wheels in .whl (ignored by git), made here with
@@ -69,6 +70,7 @@ if [[ $WHAT == remaining ]]; then
         --T 512 2048 8192 65536 --reference-T 65536 --out "$OUT/kernels_cuda_remaining.json" \
         $(resume_args kernels_cuda_remaining.json) \
         --cases 'gru/fused-triton' 'gru/fused-triton-fast' 'peer/accelerated-scan-triton*' 'lstm/fused-triton-newton' \
+        'gru/layer' 'lstm/layer' 'gru/nn.GRU' 'lstm/nn.LSTM' \
         2>"$OUT/bench_remaining.err" | tee "$OUT/bench_remaining.log"
     status=$((status || PIPESTATUS[0]))
     python3 experiments/bench/triton_tuning.py --out "$OUT/newton_tiles" --sections newton-tiles > "$OUT/newton_tiles.log" 2>&1
