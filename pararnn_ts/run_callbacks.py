@@ -211,7 +211,8 @@ class SaveLastAtEnd(Callback):
         self.cut_short = False  # in the end-of-epoch hooks of an epoch that the fit's end cut short
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        within = trainer.fit_loop.epoch_loop.batch_progress.current.completed < trainer.num_training_batches
+        progress = trainer.fit_loop.epoch_loop.batch_progress  # an iterable's epoch of unknown length ends at its end
+        within = not progress.is_last_batch and progress.current.completed < trainer.num_training_batches
         self.cut_short = within and after_a_step(trainer)
         if ends_fit(trainer) and self.saved_step != trainer.global_step:
             self.save(trainer, keep_later_saves=True)

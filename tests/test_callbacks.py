@@ -19,6 +19,7 @@ from pararnn_ts import ParaGRU
 from pararnn_ts.callbacks import LogNewtonStats, ResumeRandomState
 from pararnn_ts.cli import lightning_cli
 from pararnn_ts.loaders import EpochShuffleSampler, ResumableDataLoader
+from pararnn_ts.run_callbacks import SaveLastAtEnd
 
 STEPS = 3
 #: (B, T, F): Newton needs up to T updates, so max_iters=1 never converges here and 12 always does
@@ -166,3 +167,26 @@ def test_a_step_rewound_to_its_accumulation_window_keeps_the_state_of_the_window
 def accumulating(waits: bool) -> Any:
     """A stand-in ``Trainer`` whose batch ``waits`` for the next one's gradient before the optimizer steps."""
     return SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_should_accumulate=lambda: waits)))
+
+
+class ThreeItems(torch.utils.data.IterableDataset):
+    """An iterable of unknown length: Lightning learns where its epoch ends when it runs out."""
+
+    def __iter__(self):
+        return iter([torch.zeros(1)] * 3)
+
+
+def test_an_iterable_epoch_that_ran_out_is_saved_as_finished(tmp_path):
+    """SaveLastAtEnd saves a fit cut short within an epoch as the epoch under way; an iterable's epoch that ended
+    because its data ran out is not cut short, though its length is unknown (infinite to Lightning)."""
+    pl.seed_everything(0, verbose=False)
+    trainer = pl.Trainer(
+        max_epochs=1,
+        callbacks=[ModelCheckpoint(tmp_path, save_last=True), SaveLastAtEnd()],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(NoisySteps(), DataLoader(ThreeItems(), batch_size=None))
+    epochs = torch.load(tmp_path / "last.ckpt", weights_only=False)["loops"]["fit_loop"]["epoch_progress"]
+    assert trainer.global_step == 3 and epochs["current"]["processed"] == 1
