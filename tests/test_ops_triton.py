@@ -7,6 +7,7 @@ the ``gpu`` cases run the full sizes on CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import os
@@ -303,6 +304,57 @@ def test_unavailable_reason():
     assert triton_fused.NAME == "triton"
     assert triton_fused.unavailable_reason(DEVICE) is None
     assert isinstance(triton_fused.unavailable_reason(torch.device("meta")), str)
+
+
+def test_launch_enters_the_tensors_cuda_device(monkeypatch):
+    """Triton launches on the current CUDA device: ``launch`` makes the tensors' device current first."""
+    entered = []
+
+    @contextlib.contextmanager
+    def device(where):
+        entered.append(torch.device(where))
+        yield
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **meta: entered.append((grid, args, meta))
+
+    monkeypatch.setattr(torch.cuda, "device", device)
+    triton_fused.launch(Kernel(), (2, 1), torch.device("cuda", 1), "u", BLOCK_D=8)
+    assert entered == [torch.device("cuda", 1), ((2, 1), ("u",), {"BLOCK_D": 8})]
+    entered.clear()
+    triton_fused.launch(Kernel(), (1,), torch.device("cpu"), "u")  # the interpreter: no CUDA context to enter
+    assert entered == [((1,), ("u",), {})]
+
+
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_every_op_launches_on_its_tensors_device(name, monkeypatch):
+    """Forward, backward (with the weight clip's own kernel) and both scans go through ``launch`` with the
+    device of their tensors."""
+    devices = []
+    real = triton_fused.launch
+
+    def recording(kernel, grid, device, *args, **meta):
+        devices.append(device)
+        assert all(a.device == device for a in args if isinstance(a, torch.Tensor))
+        real(kernel, grid, device, *args, **meta)
+
+    monkeypatch.setattr(triton_fused, "launch", recording)
+    monkeypatch.setattr(triton_scan, "launch", recording)
+    lstm = name == "paralstm"
+    B, T, D = 2, 3, 5
+    u, h0 = torch.randn(B, T, 3, D, device=DEVICE), torch.randn(B, D, *((2,) if lstm else ()), device=DEVICE)
+    weights = (torch.randn(3, D, device=DEVICE), *((torch.randn(2, D, device=DEVICE),) if lstm else ()))
+    forward, backward = (
+        (triton_fused.lstm_forward, triton_fused.lstm_backward)
+        if lstm
+        else (triton_fused.gru_forward, triton_fused.gru_backward)
+    )
+    h, _ = forward(u, *weights, h0, TOL32, 12, max_norm=0.5)
+    backward(torch.ones_like(h), u, *weights, h0, h, max_norm=0.5)
+    J, b, x0 = scan_system(lstm, B, T, D, dtype=torch.float32)
+    run_scan(lstm, J, b, x0, reverse=False)
+    assert devices == [DEVICE] * (2 + len(weights) + 1)  # forward, backward, one clip per weight, the scan
 
 
 # ---- scans ---------------------------------------------------------------------------------------

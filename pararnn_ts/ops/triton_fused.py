@@ -28,6 +28,7 @@ around the ``h`` it is given).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -88,6 +89,16 @@ def _kernels():
     return _triton_kernels
 
 
+def launch(kernel, grid: tuple[int, ...], device: torch.device, *args, **meta) -> None:
+    """``kernel[grid](*args, **meta)`` on ``device``, the device of the tensors in ``args``.
+
+    Triton compiles for and launches on the *current* CUDA device, which need not be the tensors' (a
+    model on ``cuda:1`` while ``cuda:0`` is current): it would then read another GPU's addresses.
+    """
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        kernel[grid](*args, **meta)
+
+
 def choose_algorithm(B: int, D: int, algorithm: str | None = None) -> str:
     """``"newton"`` or ``"sequential"`` for ``B`` rows of ``D`` channels; ``None``/``"auto"``: by ``B·D``."""
     algorithm = algorithm or default_algorithm
@@ -98,7 +109,7 @@ def choose_algorithm(B: int, D: int, algorithm: str | None = None) -> str:
     return "sequential" if B * D >= SEQUENTIAL_MIN_CHAINS else "newton"
 
 
-def _launch(name: str, B: int, D: int, device: torch.device, tuning: dict) -> tuple[object, tuple[int, int], dict]:
+def _choose_kernel(name: str, B: int, D: int, device: torch.device, tuning: dict) -> tuple[object, tuple, dict]:
     algorithm = choose_algorithm(B, D, tuning.pop("algorithm", None))
     if algorithm == "newton" and tuning.pop("fast_math", False):
         raise ValueError("fast_math applies to the sequential kernels only: pass algorithm='sequential'")
@@ -133,13 +144,13 @@ def gru_forward(
     h = torch.empty(B, T, D, device=u.device, dtype=torch.float32)
     if T == 0 or B == 0 or D == 0:
         return h, torch.zeros(2, device=u.device, dtype=torch.float32)
-    kernel, grid, cfg = _launch("gru_forward", B, D, u.device, tuning)
+    kernel, grid, cfg = _choose_kernel("gru_forward", B, D, u.device, tuning)
     max_norm, clip = _clip_args(max_norm)
     if "STAGES" in cfg:
-        kernel[grid](u, A, h0, h, T, D, max_norm, CLIP=clip, **cfg)
+        launch(kernel, grid, u.device, u, A, h0, h, T, D, max_norm, CLIP=clip, **cfg)
         return h, None
     stats = torch.empty(grid[0] * grid[1], 2, device=u.device, dtype=torch.float32)
-    kernel[grid](u, A, h0, h, stats, T, D, float(tol), int(max_iters), max_norm, CLIP=clip, **cfg)
+    launch(kernel, grid, u.device, u, A, h0, h, stats, T, D, float(tol), int(max_iters), max_norm, CLIP=clip, **cfg)
     return h, stats.amax(0)
 
 
@@ -160,11 +171,11 @@ def gru_backward(
     grad_u = torch.empty(B, T, 3, D, device=u.device, dtype=torch.float32)
     if T == 0 or B == 0 or D == 0:
         return grad_u, torch.zeros(3, D, device=u.device), torch.zeros(B, D, device=u.device)
-    kernel, grid, cfg = _launch("gru_backward", B, D, u.device, tuning)
+    kernel, grid, cfg = _choose_kernel("gru_backward", B, D, u.device, tuning)
     grad_A = torch.empty(B, 3, D, device=u.device, dtype=torch.float32)
     grad_h0 = torch.empty(B, D, device=u.device, dtype=torch.float32)
     max_norm, clip = _clip_args(max_norm)
-    kernel[grid](grad_h, u, A, h0, h, grad_u, grad_A, grad_h0, T, D, max_norm, CLIP=clip, **cfg)
+    launch(kernel, grid, u.device, grad_h, u, A, h0, h, grad_u, grad_A, grad_h0, T, D, max_norm, CLIP=clip, **cfg)
     return grad_u, _weight_grad(A, grad_A, max_norm, clip), grad_h0
 
 
@@ -175,8 +186,17 @@ def _weight_grad(weight: Tensor, partials: Tensor, max_norm: float, clip: bool) 
         return partials.sum(0)
     out = torch.empty_like(weight, dtype=torch.float32)
     k = _kernels()
-    k.clip_rows_backward_kernel[(weight.shape[0],)](
-        weight, partials, out, *partials.shape, max_norm, **k.COMPILER_OPTIONS
+    grid = (weight.shape[0],)
+    launch(
+        k.clip_rows_backward_kernel,
+        grid,
+        weight.device,
+        weight,
+        partials,
+        out,
+        *partials.shape,
+        max_norm,
+        **k.COMPILER_OPTIONS,
     )
     return out
 
@@ -193,13 +213,13 @@ def lstm_forward(
     h = torch.empty(B, T, D, 2, device=u.device, dtype=torch.float32)
     if T == 0 or B == 0 or D == 0:
         return h, torch.zeros(2, device=u.device, dtype=torch.float32)
-    kernel, grid, cfg = _launch("lstm_forward", B, D, u.device, tuning)
+    kernel, grid, cfg = _choose_kernel("lstm_forward", B, D, u.device, tuning)
     max_norm, clip = _clip_args(max_norm)
     if "STAGES" in cfg:
-        kernel[grid](u, A, C, h0, h, T, D, max_norm, CLIP=clip, **cfg)
+        launch(kernel, grid, u.device, u, A, C, h0, h, T, D, max_norm, CLIP=clip, **cfg)
         return h, None
     stats = torch.empty(grid[0] * grid[1], 2, device=u.device, dtype=torch.float32)
-    kernel[grid](u, A, C, h0, h, stats, T, D, float(tol), int(max_iters), max_norm, CLIP=clip, **cfg)
+    launch(kernel, grid, u.device, u, A, C, h0, h, stats, T, D, float(tol), int(max_iters), max_norm, CLIP=clip, **cfg)
     return h, stats.amax(0)
 
 
@@ -213,10 +233,29 @@ def lstm_backward(
     if T == 0 or B == 0 or D == 0:
         zeros = functools.partial(torch.zeros, device=u.device, dtype=torch.float32)
         return grad_u, zeros(3, D), zeros(2, D), zeros(B, D, 2)
-    kernel, grid, cfg = _launch("lstm_backward", B, D, u.device, tuning)
+    kernel, grid, cfg = _choose_kernel("lstm_backward", B, D, u.device, tuning)
     grad_A = torch.empty(B, 3, D, device=u.device, dtype=torch.float32)
     grad_C = torch.empty(B, 2, D, device=u.device, dtype=torch.float32)
     grad_h0 = torch.empty(B, D, 2, device=u.device, dtype=torch.float32)
     max_norm, clip = _clip_args(max_norm)
-    kernel[grid](grad_h, u, A, C, h0, h, grad_u, grad_A, grad_C, grad_h0, T, D, max_norm, CLIP=clip, **cfg)
+    launch(
+        kernel,
+        grid,
+        u.device,
+        grad_h,
+        u,
+        A,
+        C,
+        h0,
+        h,
+        grad_u,
+        grad_A,
+        grad_C,
+        grad_h0,
+        T,
+        D,
+        max_norm,
+        CLIP=clip,
+        **cfg,
+    )
     return grad_u, _weight_grad(A, grad_A, max_norm, clip), _weight_grad(C, grad_C, max_norm, clip), grad_h0

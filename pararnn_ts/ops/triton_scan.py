@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .triton_fused import launch
+
 
 def _scan(name: str, J: Tensor, b: Tensor, x0: Tensor | None, reverse: bool, tuning: dict) -> Tensor:
     from . import _triton_kernels as k
@@ -22,7 +24,8 @@ def _scan(name: str, J: Tensor, b: Tensor, x0: Tensor | None, reverse: bool, tun
     x0 = torch.zeros((B, *b.shape[2:]), device=b.device, dtype=torch.float32) if x0 is None else x0.contiguous()
     cfg = k.launch_config(name, b.device.type == "cuda", **tuning)
     grid = (B, -(-D // cfg["BLOCK_D"]))
-    getattr(k, f"{name}_kernel")[grid](J.contiguous(), b.contiguous(), x0, x, T, D, REVERSE=bool(reverse), **cfg)
+    kernel = getattr(k, f"{name}_kernel")
+    launch(kernel, grid, b.device, J.contiguous(), b.contiguous(), x0, x, T, D, REVERSE=bool(reverse), **cfg)
     return x
 
 
