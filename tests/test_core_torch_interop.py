@@ -101,3 +101,13 @@ def test_torch_jit_trace_of_a_fresh_cell_gives_the_eager_outputs(cell_name):
     y, last = traced(other)
     y_eager, last_eager = cell(other)
     assert rel_err(y_eager, y) < 1e-5 and rel_err(last_eager, last) < 1e-5
+
+
+def test_torch_jit_script_is_refused_naming_what_works(cell_name):
+    """TorchScript cannot compile the Python solvers: refused up front, also for a module holding a cell, instead of
+    an error from deep inside the cell's code."""
+    cell = make_cell(cell_name)
+    holder = torch.nn.Sequential(torch.nn.Identity(), cell)
+    for module in (cell, holder):
+        with pytest.raises(TypeError, match=rf"{type(cell).__name__} cannot be compiled by torch.jit.script.*compile"):
+            torch.jit.script(module)

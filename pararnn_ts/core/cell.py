@@ -146,6 +146,14 @@ class ParaCell(nn.Module):
             if "jacobian" not in own and cls.jacobian is not ParaCell.jacobian:
                 cls.jacobian = ParaCell.jacobian
 
+    def __prepare_scriptable__(self) -> ParaCell:
+        """``torch.jit.script`` (also of a module holding a cell) calls this first: refuse, naming what works."""
+        raise TypeError(
+            f"{type(self).__name__} cannot be compiled by torch.jit.script: its solvers are Python code that "
+            "TorchScript does not support (and PyTorch has deprecated torch.jit). Use torch.compile, or torch.export "
+            "for a graph to save"
+        )
+
     # ---- what a cell declares -------------------------------------------------------------
     @property
     def state_shape(self) -> tuple[int, ...]:
