@@ -69,7 +69,8 @@ class ParaCell(nn.Module):
             with the declared Jacobian agrees with autograd's derivative of :meth:`recurrence`; ``False`` skips
             them.
 
-    ``cell.last_stats`` tells what the last solve ran (mode, backend, Newton iterations, residual).
+    ``cell.last_stats`` tells what the last solve ran (mode, backend, Newton iterations, residual): the last
+    :meth:`forward` or :meth:`solve`; :meth:`step`, one application of the recurrence, leaves it as it was.
     """
 
     #: state values per chunk for ``chunk_size="auto"`` on CPU (4 MiB of float32)
