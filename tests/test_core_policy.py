@@ -72,6 +72,24 @@ def test_fallback_warn_returns_last_iterate_not_the_solution():
     assert not torch.allclose(y, y_ref)
 
 
+def test_fallback_warn_refuses_an_iterate_that_overflowed_where_the_exact_trajectory_is_finite():
+    """Over 800 steps the products of the chaotic cell's Jacobians (up to 3π each) overflow float64, so Newton's
+    iterate turns NaN though ``sin`` keeps the exact trajectory bounded: ``"warn"`` would return NaN, and the
+    non-finite check says so and names the default policy; ``"sequential"`` returns the exact trajectory."""
+    x = chaotic_input(800)
+    cell = ChaoticCell(mode="parallel", max_iters=3, fallback="warn", chunk_size=None)
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        with pytest.raises(
+            ValueError, match=r"last Newton iterate, returned by fallback='warn'.*fallback='sequential'"
+        ):
+            cell(x)
+    assert math.isnan(cell.last_stats.residual)
+    cell = ChaoticCell(mode="parallel", max_iters=3, chunk_size=None)
+    with pytest.warns(RuntimeWarning, match="recomputed exactly"):
+        y, _ = cell(x)
+    assert cell.last_stats.fell_back and torch.isfinite(y).all()
+
+
 class DenseTanhCell(ParaCell):
     """``h_t = tanh(W h_{t-1} + u_t)`` with a full ``W``: the Dense structure."""
 
