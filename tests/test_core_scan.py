@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 from pararnn_ts.core import Block, Dense, Diagonal, linear_scan, reverse_linear_scan
+from pararnn_ts.core import scan as scan_module
 
 STRUCTURES = {
     "diag": (Diagonal(), (7,)),
@@ -109,6 +111,29 @@ class OwnAlgebraBlock(Block):
 
     def compose(self, J2, J1):
         return super().compose(J2, J1)
+
+
+class OwnAlgebraDiagonal(Diagonal):
+    """A Diagonal with its own (here: the inherited) algebra."""
+
+    def apply(self, J, x):
+        return super().apply(J, x)
+
+
+@pytest.mark.parametrize(
+    ("structure", "native"),
+    [(Diagonal(), "diagonal"), (Block(2), "block2"), (OwnAlgebraDiagonal(), None), (OwnAlgebraBlock(2), None)],
+    ids=["diagonal", "block2", "own-diagonal", "own-block2"],
+)
+def test_only_the_standard_algebras_go_to_the_native_gpu_scans(structure, native):
+    """On float32 CUDA tensors (fake ones here) the scans hand the standard algebras to the native kernels, which
+    compute them; a subclass with an algebra of its own keeps the PyTorch scan, which runs its maths."""
+    block = isinstance(structure, Block)
+    with FakeTensorMode():
+        J = torch.empty(2, 5, 3, *((2, 2) if block else ()), device="cuda")
+        b = torch.empty(2, 5, 3, *((2,) if block else ()), device="cuda")
+    assert scan_module._native_kind(J, b, structure) == native
+    assert scan_module._native_kind(J.to("cpu"), b.to("cpu"), structure) is None
 
 
 @pytest.mark.parametrize("k", [2, 3])

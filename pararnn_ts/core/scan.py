@@ -58,12 +58,13 @@ def reverse_linear_scan(J: Tensor, g: Tensor, structure: Structure) -> Tensor:
 
 
 def _native_kind(J: Tensor, b: Tensor, structure: Structure) -> str | None:
-    """The native scan for these tensors (float32 CUDA, not empty, no autograd), if one exists."""
+    """The native scan for these tensors (float32 CUDA, not empty, no autograd), if one exists: for the standard
+    algebras only (a subclass of :class:`Diagonal` or :class:`Block` with its own keeps the PyTorch scan)."""
     if b.numel() == 0 or not (b.is_cuda and b.dtype == J.dtype == torch.float32) or J.requires_grad or b.requires_grad:
         return None
-    if isinstance(structure, Diagonal):
+    if structure.multiplies_as(Diagonal):
         return "diagonal"
-    return "block2" if isinstance(structure, Block) and structure.k == 2 else None
+    return "block2" if structure.multiplies_as(Block) and structure.k == 2 else None
 
 
 def _solve(J: Tensor, b: Tensor, structure: Structure) -> Tensor:

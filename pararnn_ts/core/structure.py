@@ -57,6 +57,12 @@ class Structure:
         """Whether states of ``state_shape`` (without the batch dimension) have this structure's layout."""
         return len(state_shape) == self.state_dims
 
+    def multiplies_as(self, base: type[Structure]) -> bool:
+        """Whether this is a ``base`` whose :meth:`apply` and :meth:`compose` are ``base``'s own: what the native
+        scans and the channels-last layout compute. A subclass with an algebra of its own must keep it."""
+        kind = type(self)
+        return isinstance(self, base) and kind.apply is base.apply and kind.compose is base.compose
+
     def scan_layout(self, J: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Structure, Callable[[Tensor], Tensor]]:
         """``(J, b, structure, back)``: the system in the layout the PyTorch scan computes in, the structure of
         that layout, and the map of its solution back to this structure's states.
@@ -135,7 +141,7 @@ class Block(Structure):
         # Channels last: (..., k, k, D) and (..., k, D), so that each combine is a few elementwise ops over D
         # contiguous channels instead of products broadcast over trailing dims of size k (7x slower on CPU).
         # A subclass with its own algebra keeps its layout: the channels-last one would bypass it.
-        if type(self).apply is not Block.apply or type(self).compose is not Block.compose:
+        if not self.multiplies_as(Block):
             return J, b, self, _same
         return J.movedim(-3, -1).contiguous(), b.movedim(-2, -1).contiguous(), _ChannelsLastBlock(), _channels_back
 
