@@ -9,6 +9,8 @@ import torch
 from conftest import make_cell, rel_err
 from torch.utils.checkpoint import checkpoint
 
+from pararnn_ts.core import cell as cell_module
+
 MODES = ("auto", "sequential", "parallel", "fused")
 
 
@@ -111,3 +113,19 @@ def test_torch_jit_script_is_refused_naming_what_works(cell_name):
     for module in (cell, holder):
         with pytest.raises(TypeError, match=rf"{type(cell).__name__} cannot be compiled by torch.jit.script.*compile"):
             torch.jit.script(module)
+
+
+@pytest.mark.parametrize("mode", ["parallel", "auto"])
+def test_under_cuda_graph_capture_newton_gives_way_to_the_loop(mode, monkeypatch):
+    """Newton reads its residual on the host, which CUDA graph capture forbids: under capture (pretended here on
+    the CPU) the parallel mode runs the loop instead, warning once where it was asked for by name."""
+    cell = make_cell("paragru", torch.float64, mode=mode, fused_backend="auto")
+    x = torch.randn(2, 9, cell.input_size, dtype=torch.float64)
+    want, _ = make_cell("paragru", torch.float64, mode="sequential")(x)
+    monkeypatch.setattr(cell_module, "capturing", lambda t: True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y, _ = cell(x)
+    assert cell.last_stats.algorithm == "sequential" and rel_err(want, y) < 1e-12
+    named = [str(w.message) for w in caught if "CUDA graph capture" in str(w.message)]
+    assert len(named) == (mode == "parallel")

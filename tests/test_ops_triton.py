@@ -300,6 +300,27 @@ def test_newton_that_does_not_converge_is_recomputed_by_the_sequential_kernels(n
             assert rel_err(a, b.double()) < RTOL, key
 
 
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_under_cuda_graph_capture_the_fused_solve_runs_the_exact_kernels(name, monkeypatch):
+    """Newton's residual is read on the host, which CUDA graph capture forbids: under capture (pretended here) the
+    Triton backend runs its exact sequential kernels alone, not Newton and not the PyTorch loop."""
+    monkeypatch.setattr(triton_fused, "default_algorithm", "newton")
+    cell = make_cell(name, torch.float32, seed=2, hidden=45).to(DEVICE)
+    cell.mode, cell.fused_backend = "fused", "triton"
+    u = torch.randn(2, 40, 3, 45, device=DEVICE)
+    h0 = 0.5 * torch.randn(2, *cell.state_shape, device=DEVICE)
+    want = cell.solve(u, h0)
+    launched = []
+    real_choose = triton_fused.choose_algorithm
+    monkeypatch.setattr(triton_fused, "choose_algorithm", lambda *a: launched.append(real_choose(*a)) or launched[-1])
+    monkeypatch.setattr(cell_module, "sequential_solve", lambda *a: pytest.fail("the PyTorch loop ran"))
+    monkeypatch.setattr(cell_module, "capturing", lambda t: True)
+    h = cell.solve(u, h0)
+    assert launched == [triton_fused.EXACT_OPTIONS["algorithm"]]
+    assert cell.last_stats.backend == "triton" and cell.last_stats.algorithm == "sequential"
+    assert rel_err(want.double(), h.double()) < RTOL
+
+
 def test_unavailable_reason():
     assert triton_fused.NAME == "triton"
     assert triton_fused.unavailable_reason(DEVICE) is None

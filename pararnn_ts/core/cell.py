@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from ..ops import fused as fused_ops
 from .autograd import parallel_solve, sequential_solve, settle
-from .checks import all_finite, autocast_enabled, check_state_device, functorch_wrapped
+from .checks import all_finite, autocast_enabled, capturing, check_state_device, functorch_wrapped
 from .contract import CHECKS, MODE_CHECKS, check_contract, check_state
 from .newton import SolverStats, default_tol
 from .structure import Diagonal, Structure
@@ -250,7 +250,7 @@ class ParaCell(nn.Module):
         with self._solve_precision(u) as dtype:
             requested = mode or self.mode
             mode, backend = self.resolve_backend(u.device, dtype, mode)
-            if mode != "sequential" and self._loop_only(u, h0, requested):
+            if mode != "sequential" and self._loop_only(u, h0, requested, mode, backend):
                 mode, backend = "sequential", "pytorch"
             h0 = _cast(h0, dtype)
             if self.check_contract and not self._contract_pending.isdisjoint(MODE_CHECKS[mode]):
@@ -303,7 +303,8 @@ class ParaCell(nn.Module):
         weights = tuple(_cast(w, dtype) for w in self.fused_weights(clip=False))
         tol = self.resolved_tol(dtype)
         kernel = self.fused_kernel
-        h, raw = fused_ops.fused_solve(backend, kernel, u_k, h0, weights, tol, self.max_iters, self.max_norm)
+        exact = capturing(u)  # Newton's residual would be read on the host, which CUDA graph capture forbids
+        h, raw = fused_ops.fused_solve(backend, kernel, u_k, h0, weights, tol, self.max_iters, self.max_norm, exact)
         if raw is None:
             self.last_stats = SolverStats("fused", backend=backend, algorithm="sequential")
             return h
@@ -318,15 +319,17 @@ class ParaCell(nn.Module):
 
         return settle(self, stats, u_k, h, exact)
 
-    def _loop_only(self, u: Tensor, h0: Tensor, requested: str) -> bool:
-        """Whether only the sequential loop can solve ``u`` ``(B, T, ...)`` from ``h0`` here; warns once why if
-        ``requested`` named another mode and there is something to solve."""
+    def _loop_only(self, u: Tensor, h0: Tensor, requested: str, mode: str, backend: str) -> bool:
+        """Whether only the sequential loop can solve ``u`` ``(B, T, ...)`` from ``h0`` here, rather than ``mode``
+        on ``backend``; warns once why if ``requested`` named another mode and there is something to solve."""
         if u.shape[0] == 0 or u.device.type == "meta":  # nothing to solve: the loop gives the shapes
             return True
         if torch.compiler.is_exporting():
             why = "torch.export"
         elif functorch_wrapped(u, h0, *self.parameters()):  # the solves' autograd Functions have no functorch rules
             why = "a torch.func transform (grad, vjp, jacrev, jacfwd, vmap)"
+        elif capturing(u) and not (mode == "fused" and fused_ops.has_exact_kernels(backend)):
+            why = "CUDA graph capture (Newton reads its residual on the host)"  # the exact fused kernels read none
         else:
             return False
         if requested != "auto":

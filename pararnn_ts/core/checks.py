@@ -32,9 +32,12 @@ def traced(x: Tensor) -> bool:
     transforms, meta tensors), so that its values cannot be read back."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing() or x.device.type == "meta":
         return True
-    if x.is_cuda and torch.cuda.is_current_stream_capturing():
-        return True
-    return functorch_wrapped(x)
+    return capturing(x) or functorch_wrapped(x)
+
+
+def capturing(x: Tensor) -> bool:
+    """Whether ``x`` is on a CUDA stream that is capturing a CUDA graph (no reads back to the host allowed)."""
+    return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
 def functorch_wrapped(*tensors: Tensor) -> bool:
