@@ -62,8 +62,9 @@ class ResumeRandomState(Callback):
     A checkpoint taken inside a training step (Ctrl-C) keeps the state from the step's start, which the resumed
     fit runs again (from the start of its accumulation window, where the fit is rewound to it:
     :meth:`rewind_to_window`). The state is restored at the start of training, after the sanity-check validation.
-    Checkpoints stay loadable with ``torch.load(..., weights_only=True)``. Under DDP every rank resumes with rank 0's
-    state. The ``pararnn-ts`` CLI adds it to every fit.
+    Checkpoints stay loadable with ``torch.load(..., weights_only=True)``. CUDA's state is that of the device the fit
+    trains on. Under DDP every rank resumes with rank 0's state (its CUDA state on the rank's own device). The
+    ``pararnn-ts`` CLI adds it to every fit.
     """
 
     def __init__(self) -> None:
@@ -71,9 +72,13 @@ class ResumeRandomState(Callback):
         # the state at the start of the first batch of the optimizer step under way (accumulate_grad_batches > 1)
         self.window_start: dict[str, Any] | None = None
         self.resumed: dict[str, Any] | None = None
+        self.device: torch.device | None = None  # the device the fit trains on (CUDA: whose generator is saved)
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.device = trainer.strategy.root_device
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self.step_start = random_state()
+        self.step_start = random_state(self.device)
         if self.window_start is None:
             self.window_start = self.step_start
 
@@ -90,34 +95,39 @@ class ResumeRandomState(Callback):
         self.step_start = self.window_start
 
     def state_dict(self) -> dict[str, Any]:
-        return self.step_start if self.step_start is not None else random_state()
+        return self.step_start if self.step_start is not None else random_state(self.device)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.resumed = state_dict
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.resumed is not None:
-            set_random_state(self.resumed)
+            set_random_state(self.resumed, self.device)
             self.resumed = None
 
 
-def random_state() -> dict[str, Any]:
-    """The global random state of torch (and each CUDA device), NumPy and Python, as tensors, lists and numbers."""
+def random_state(device: torch.device | None = None) -> dict[str, Any]:
+    """The global random state of torch (and of ``device``'s generator if it is a CUDA device), NumPy and Python, as
+    tensors, lists and numbers."""
     kind, keys, position, has_gauss, gauss = np.random.get_state()
     version, python, python_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if device is not None and device.type == "cuda" else [],
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss],
         "python": [version, list(python), python_gauss],
     }
 
 
-def set_random_state(state: dict[str, Any]) -> None:
-    """Restore a :func:`random_state` (CUDA's only on as many devices as it was taken on)."""
+def set_random_state(state: dict[str, Any], device: torch.device | None = None) -> None:
+    """Restore a :func:`random_state`, its CUDA state on ``device`` if that is a CUDA device (a checkpoint written
+    by an older version holds every device's state: restored where there are as many devices)."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state["cuda"]
+    if len(cuda) == 1 and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda[0], device)
+    elif len(cuda) > 1 and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
     kind, keys, position, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     version, python, python_gauss = state["python"]

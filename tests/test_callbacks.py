@@ -164,6 +164,25 @@ def test_a_step_rewound_to_its_accumulation_window_keeps_the_state_of_the_window
     assert torch.equal(saving.window_start["torch"], torch.get_rng_state())  # the next window starts here
 
 
+def test_the_cuda_state_saved_and_restored_is_that_of_the_device_the_fit_trains_on(monkeypatch):
+    """Under DDP rank 0 writes the checkpoint and every rank resumes from it: rank 0 saves its own device's CUDA state
+    and each rank restores it on its own device (a pretend CUDA generator per device here). Before, rank 0 saved every
+    device's state and rank k restored device k's, which rank 0 never drew from."""
+    generators = {index: torch.tensor([index], dtype=torch.uint8) for index in range(3)}
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: generators[torch.device(device).index].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: generators.update({device.index: state}))
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: pytest.fail("every device's state was read"))
+    rank0 = ResumeRandomState()
+    rank0.setup(SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 0))), None, "fit")
+    generators[0] = torch.tensor([7], dtype=torch.uint8)  # rank 0 drew from its device
+    saved = rank0.state_dict()
+    rank2 = ResumeRandomState()
+    rank2.setup(SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("cuda", 2))), None, "fit")
+    rank2.load_state_dict(saved)
+    rank2.on_train_start(None, None)
+    assert generators[2].tolist() == [7] and generators[1].tolist() == [1]
+
+
 def accumulating(waits: bool) -> Any:
     """A stand-in ``Trainer`` whose batch ``waits`` for the next one's gradient before the optimizer steps."""
     return SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_should_accumulate=lambda: waits)))
