@@ -233,7 +233,9 @@ def test_test_and_predict_batches_are_shared_between_processes_and_put_back_in_o
 
 
 def test_each_batch_draws_its_sample_paths_from_a_state_of_its_own_number(monkeypatch):
-    """So that a batch's forecasts do not depend on the process that makes them, nor on the batches before."""
+    """So that a batch's forecasts do not depend on the process that makes them, nor on the batches before. Seeded
+    on the CPU and the model's device only: ``torch.manual_seed`` would reseed every CUDA device, for good."""
+    monkeypatch.setattr(torch, "manual_seed", lambda seed: pytest.fail("torch.manual_seed reseeds every device"))
     model = tiny_forecaster({"freq": "M", "prediction_length": H, "num_feat_dynamic_real": 0, "cardinality": []})
     predictor, entries = model.predictor(), level_series()[:2]
     before = torch.get_rng_state()

@@ -281,10 +281,13 @@ class ParaRNNForecaster(ForecastTrainingModule):
         """:meth:`forecast` of batch number ``index`` of a test or predict loop, its sample paths drawn from the
         random state seeded by the run's seed and ``index`` (the global state is left as it was): the same in
         whichever process forecasts the batch, so a DDP run forecasts as one process does."""
-        devices = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # the run's seed (Lightning's seed_everything)
-            torch.manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+        cuda = self.device.index if self.device.type == "cuda" else None  # Lightning's module device has an index
+        with torch.random.fork_rng(devices=[] if cuda is None else [cuda]):
+            run_seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # the run's seed (Lightning's seed_everything)
+            seed = int(np.random.SeedSequence([run_seed, index]).generate_state(1)[0])
+            torch.default_generator.manual_seed(seed)  # torch.manual_seed would reseed every CUDA device for good
+            if cuda is not None:
+                torch.cuda.default_generators[cuda].manual_seed(seed)
             return self.forecast(predictor, entries)
 
     def on_test_epoch_start(self) -> None:
