@@ -22,6 +22,9 @@ from pararnn_ts.world.collect import (
     space_to_dict,
 )
 from pararnn_ts.world.datamodule import TrajectoryDataModule, normalizer_stats, window_starts
+from pararnn_ts.world.env import read_spaces
+from pararnn_ts.world.model import DynamicsModel
+from pararnn_ts.world.planners import CEMPlanner
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +128,44 @@ def test_bad_env_id_and_unsupported_spaces_are_clear_errors():
         collect("FrozenLake-v1", 10)
     with pytest.raises(ValueError, match="num_steps"):
         collect("Pendulum-v1", 0)
+
+
+class ShapedBoxes(gym.Env):
+    """Box observations and actions of any shape, random."""
+
+    def __init__(self, obs_shape: tuple[int, ...] = (3,), action_shape: tuple[int, ...] = (1,)) -> None:
+        self.observation_space = gym.spaces.Box(-1, 1, obs_shape, np.float32)
+        self.action_space = gym.spaces.Box(-1, 1, action_shape, np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+@pytest.mark.parametrize(
+    ("shapes", "match"),
+    [
+        ({"obs_shape": (2, 3)}, r"observations of shape \(2, 3\); world models take vectors.*FlattenObservation"),
+        ({"obs_shape": (16, 16, 3)}, "Images need an encoder"),
+        ({"action_shape": (2, 2)}, r"Box actions of shape \(2, 2\); world models take 1-D ones"),
+    ],
+)
+def test_box_spaces_that_are_not_vectors_are_refused_where_data_is_collected_and_models_are_made(shapes, match):
+    """Collecting them flattened an image into a huge vector, and planning sized the model by the first dimension."""
+    gym.register("ShapedBoxes-v0", entry_point=ShapedBoxes, kwargs=shapes)
+    try:
+        with pytest.raises(ValueError, match=match):
+            collect("ShapedBoxes-v0", 10)
+        with pytest.raises(ValueError, match=match):
+            read_spaces(ShapedBoxes(**shapes))  # what WorldModelEnv and rollouts are made with
+        if "action_shape" in shapes:
+            with pytest.raises(ValueError, match=match):
+                CEMPlanner(DynamicsModel(3, 4, hidden_size=4), ShapedBoxes(**shapes).action_space)
+    finally:
+        del gym.registry["ShapedBoxes-v0"]
 
 
 # ---- the data module ------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def flatten_fix(env_id: str) -> str:
 def flatten_fix_cli(env_id: str) -> str:
     """The same for the ``pararnn-ts`` verbs, which take registered ids only."""
     return (
-        "the pararnn-ts verbs take ids of envs with Box observations only (e.g. Pendulum-v1, CartPole-v1); from "
+        "the pararnn-ts verbs take ids of envs with 1-D Box observations only (e.g. Pendulum-v1, CartPole-v1); from "
         f"Python, {flatten_fix(env_id)}, then collect() and train on that id"
     )
 
@@ -84,15 +84,30 @@ def flatten_fix_cli(env_id: str) -> str:
 def check_spaces(
     observation_space: spaces.Space, action_space: spaces.Space, env_id: str = "the env", fix: str = FLATTEN_ENV
 ) -> None:
-    """Raise ``ValueError`` unless observations are a ``Box`` and actions a ``Box`` or ``Discrete``; ``fix``: how
-    the caller gets a Box observation space."""
+    """Raise ``ValueError`` unless observations are a 1-D ``Box`` and actions a 1-D ``Box`` or ``Discrete``; ``fix``:
+    how the caller gets a 1-D Box observation space."""
     if not isinstance(observation_space, spaces.Box):
         raise ValueError(
             f"{env_id} has a {type(observation_space).__name__} observation space; world models need a Box ({fix})"
         )
+    if len(observation_space.shape) != 1:
+        raise ValueError(
+            f"{env_id} has observations of shape {observation_space.shape}; world models take vectors, 1-D Box "
+            f"observations ({fix}). Images need an encoder, which these models do not have"
+        )
+    check_action_space(action_space, env_id)
+
+
+def check_action_space(action_space: spaces.Space, env_id: str = "the env") -> None:
+    """Raise ``ValueError`` unless ``action_space`` is a 1-D ``Box`` or a ``Discrete``."""
     if not isinstance(action_space, (spaces.Box, spaces.Discrete)):
         raise ValueError(
             f"{env_id} has a {type(action_space).__name__} action space; world models support Box and Discrete actions"
+        )
+    if isinstance(action_space, spaces.Box) and len(action_space.shape) != 1:
+        raise ValueError(
+            f"{env_id} has Box actions of shape {action_space.shape}; world models take 1-D ones (wrap the env with "
+            "gymnasium.wrappers.TransformAction to take a flat vector)"
         )
 
 

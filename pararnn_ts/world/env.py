@@ -143,9 +143,6 @@ def read_spaces(
         if isinstance(env, str):
             real.close()
     check_spaces(observation_space, action_space)
-    for name, space in (("observation_space", observation_space), ("action_space", action_space)):
-        if isinstance(space, spaces.Box) and len(space.shape) != 1:
-            raise ValueError(f"{name} must be 1-D, got shape {space.shape}; flatten it (gymnasium.wrappers.Flatten*)")
     return observation_space, action_space
 
 

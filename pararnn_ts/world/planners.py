@@ -25,6 +25,7 @@ import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
+from .collect import check_action_space
 from .env import (
     ActionSpace,
     Outcome,
@@ -163,8 +164,7 @@ class SamplingPlanner:
             raise ValueError(f"{name}: smoothing must lie in [0, 1), got {smoothing}")
         if not init_std > 0:
             raise ValueError(f"{name}: init_std must be > 0 (a fraction of the action range), got {init_std}")
-        if not isinstance(action_space, spaces.Box | spaces.Discrete):
-            raise TypeError(f"{name}: action_space must be a Box or Discrete space, got {action_space}")
+        check_action_space(action_space, f"{name}'s action_space")
         self.model, self.action_space, self.observation_space = model, action_space, observation_space
         self.observation_dim = model.obs_dim
         check_model_spaces(model, observation_space, action_space)
