@@ -187,11 +187,19 @@ class ParaRNNCLI(LightningCLI):
         # matters to a fit's top-k bookkeeping
         warnings.filterwarnings("ignore", "The dirpath has changed from", UserWarning, r"lightning\.")
 
+    def warn_if_scored_on_other_data(self) -> None:
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        warn_if_data_changed(
+            ckpt_path, read_checkpoint(ckpt_path), self.config[self.subcommand].get("data"), self.subcommand
+        )
+
     def before_validate(self) -> None:
         self.before_evaluation()
+        self.warn_if_scored_on_other_data()
 
     def before_test(self) -> None:
         self.before_evaluation()
+        self.warn_if_scored_on_other_data()
         refuse_existing_results(self.trainer, self.model, "test")
         check = getattr(self.datamodule, "check_test_split", None)
         if callable(check):  # a data module whose test split is optional says how to make one
@@ -515,21 +523,28 @@ def refuse_spent_max_time(trainer: Trainer, ckpt_path: str | None, checkpoint: d
         )
 
 
-def warn_if_data_changed(ckpt_path: str | None, checkpoint: dict[str, Any] | None, data: Any) -> None:
-    """Warn, when resuming a fit from the ``checkpoint`` read from ``ckpt_path``, about the arguments of the
-    ``data:`` section that differ from those the checkpoint's data module recorded (sizes, seeds, files): the run
-    goes on with the config's, not the data it started on. Data modules that record none are not checked."""
+def warn_if_data_changed(
+    ckpt_path: str | None, checkpoint: dict[str, Any] | None, data: Any, verb: str = "fit"
+) -> None:
+    """Warn about the arguments of the ``data:`` section that differ from those the data module of the ``checkpoint``
+    read from ``ckpt_path`` recorded (sizes, seeds, files): a resumed fit goes on with the config's, not the data it
+    started on; a ``validate`` or ``test`` scores the model on splits drawn otherwise, which may hold data it trained
+    on. Data modules that record none are not checked."""
     recorded = (checkpoint or {}).get("datamodule_hyper_parameters")
     if not (recorded and hasattr(data, "get")):
         return
     recorded = {key: value for key, value in recorded.items() if not key.startswith("_")}
     changed = replaced_arguments(data.get("class_path"), init_args(data), recorded)
-    if changed:
-        warnings.warn(
-            f"--ckpt_path {ckpt_path} continues a run whose data had other arguments; this fit goes on with the "
-            f"config's: {differences(changed)}",
-            stacklevel=1,
+    if not changed:
+        return
+    if verb == "fit":
+        what = "continues a run whose data had other arguments; this fit goes on with the config's"
+    else:
+        what = (
+            f"was trained on data with other arguments; this {verb} scores it on the config's, whose splits may hold "
+            "data it trained on (pass the fit's data arguments to score it on its own held-out split)"
         )
+    warnings.warn(f"--ckpt_path {ckpt_path} {what}: {differences(changed)}", stacklevel=1)
 
 
 def budget(trainer: Trainer) -> dict[str, int | None]:

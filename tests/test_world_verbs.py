@@ -358,5 +358,5 @@ def test_plan_with_a_checkpoint_reports_the_settings_it_used(fit_checkpoint, tmp
 
 
 def test_world_eval_says_how_to_flatten_an_unusable_env_before_any_work(tmp_path, no_work):
-    with pytest.raises(ValueError, match=r"Blackjack-v1 has a Tuple .*the pararnn-ts verbs take ids of envs with 1-D Box"):
+    with pytest.raises(ValueError, match=r"Blackjack-v1 has a Tuple .*pararnn-ts verbs take ids of envs with 1-D Box"):
         evaluate.main(["--env", "Blackjack-v1", "--out", str(tmp_path)])
