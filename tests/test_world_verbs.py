@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 import torch
 
+from pararnn_ts.cli import can_test
 from pararnn_ts.cli import main as cli_main
 from pararnn_ts.world import evaluate, mpc
 from pararnn_ts.world.baselines import persistence
 from pararnn_ts.world.collect import collect, make_env
 from pararnn_ts.world.datamodule import TrajectoryDataModule
+from pararnn_ts.world.module import WorldModelModule
 
 CONFIG = Path(__file__).parents[1] / "experiments" / "world" / "pendulum.yaml"
 #: world-eval settings small enough for a test
@@ -48,6 +50,22 @@ def fit_checkpoint(tmp_path_factory) -> Path:
         )
     (checkpoint,) = runs.glob("world_pendulum/version_0/checkpoints/epoch=*.ckpt")  # beside last.ckpt
     return checkpoint
+
+
+def test_without_test_episodes_fit_runs_no_test_and_test_is_refused(fit_checkpoint, tmp_path):
+    """``test_fraction=0``: a fit trained whole and then failed on the test after it (status 2)."""
+    assert not can_test(WorldModelModule(obs_dim=3, action_dim=1), TrajectoryDataModule("Pendulum-v1", test_fraction=0))
+    assert can_test(WorldModelModule(obs_dim=3, action_dim=1), TrajectoryDataModule("Pendulum-v1", test_fraction=0.1))
+    score = [
+        "test",
+        "-c",
+        str(CONFIG),
+        f"--ckpt_path={fit_checkpoint}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
+    with mock.patch.object(sys, "argv", ["pararnn-ts"]):
+        with pytest.raises(ValueError, match="no test split: test_fraction=0 holds out no episodes"):
+            cli_main([*score, "--data.init_args.num_steps=1000", "--data.init_args.test_fraction=0"])
 
 
 @pytest.fixture

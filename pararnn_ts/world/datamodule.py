@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -308,8 +309,25 @@ class TrajectoryDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    @property
+    def test_dataloader(self) -> Callable[[], DataLoader]:
+        """The test episodes' windows, when ``test_fraction > 0``. With ``test_fraction=0`` this is Lightning's
+        unimplemented hook, so ``pararnn-ts fit`` runs no test after training and ``pararnn-ts test`` is refused."""
+        if self.fractions["test"] > 0:
+            return self.held_out_test_dataloader
+        return super().test_dataloader
+
+    def held_out_test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def check_test_split(self) -> None:
+        """Raise ``ValueError`` saying how to make one if there is no test split (for ``pararnn-ts test``)."""
+        if self.fractions["test"] == 0:
+            raise ValueError(
+                "TrajectoryDataModule has no test split: test_fraction=0 holds out no episodes; train with "
+                "--data.init_args.test_fraction (e.g. 0.1) and test with it, or score a checkpoint with pararnn-ts "
+                "validate"
+            )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         dataset = self.dataset(split)
