@@ -3,6 +3,7 @@ the trajectory file format, and the data module's episode splits, windows and st
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import gymnasium as gym
@@ -166,6 +167,18 @@ def test_box_spaces_that_are_not_vectors_are_refused_where_data_is_collected_and
                 CEMPlanner(DynamicsModel(3, 4, hidden_size=4), ShapedBoxes(**shapes).action_space)
     finally:
         del gym.registry["ShapedBoxes-v0"]
+
+
+@pytest.mark.parametrize("field", ["obs", "next_obs", "reward", "action"])
+def test_transitions_with_nan_or_inf_are_refused_naming_the_field_row_and_episode(field):
+    """A NaN observation made a NaN normaliser mean (and a std of 1), and training then blamed the cell's input."""
+    data = labelled([3, 4])
+    columns = {name: getattr(data, name).copy() for name in ("obs", "action", "reward", "next_obs")}
+    columns["action"] = columns["action"].astype(np.float32)
+    columns[field][4] = np.inf if field == "reward" else np.nan
+    fields = {**dataclasses.asdict(data), **columns}
+    with pytest.raises(ValueError, match=rf"{field} has NaN or inf in 1 of 7 rows, first row 4 \(episode 1\)"):
+        Trajectories(**fields)
 
 
 # ---- the data module ------------------------------------------------------------------------

@@ -174,6 +174,17 @@ class Trajectories:
                 raise ValueError(f"Trajectories: {name} has {len(getattr(self, name))} rows, obs has {n}")
         if n and np.any(np.diff(self.episode) < 0):
             raise ValueError("Trajectories: episode ids must be non-decreasing (episodes stored one after another)")
+        for name in ("obs", "action", "reward", "next_obs"):
+            values = getattr(self, name)
+            bad = ~np.isfinite(values.reshape(n, -1)).all(axis=1) if values.dtype.kind == "f" else np.zeros(n, bool)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                source = self.meta.get("env_id") or "the env"
+                raise ValueError(
+                    f"Trajectories: {name} has NaN or inf in {int(bad.sum())} of {n} rows, first row {row} (episode "
+                    f"{int(self.episode[row])}); {source} or the policy produced them: drop those episodes, or wrap "
+                    "the env so that it returns finite values (a world model cannot learn from them)"
+                )
 
     def __len__(self) -> int:
         return len(self.obs)
