@@ -357,3 +357,11 @@ def test_an_eval_context_no_held_out_episode_reaches_is_refused_before_training(
     longest = min(max(len(e.obs) for e in dm.episodes(split)) for split in ("val", "test"))
     fix = f"lower eval_context to at most {longest} (pararnn-ts fit: --model.init_args.eval_context"
     assert fix in str(error.value)
+
+
+@pytest.mark.parametrize("setting", [{"num_heads": 2}, {"mode": "parallel"}])
+def test_torch_gru_refuses_the_settings_of_the_parallel_cells(setting):
+    """``torch.nn.GRU`` has neither: they were ignored, the fit the same as without them."""
+    with pytest.raises(ValueError, match=rf"cell='torch_gru' is torch.nn.GRU.*{next(iter(setting))}="):
+        WorldModelModule(cell="torch_gru", **setting)
+    WorldModelModule(cell="torch_gru")

@@ -145,6 +145,11 @@ class WorldModelModule(pl.LightningModule):
         # hparams hold a user cell as a config names it
         self.cell_spec = cell if cell == "torch_gru" else resolve_cell(cell, "WorldModelModule")
         refuse_builtin_settings("WorldModelModule", self.cell_spec, num_heads=(num_heads, 1), mode=(mode, "auto"))
+        if cell == "torch_gru" and (num_heads, mode) != (1, "auto"):
+            raise ValueError(
+                f"WorldModelModule: cell='torch_gru' is torch.nn.GRU, which has no heads or solver modes, but got "
+                f"num_heads={num_heads!r}, mode={mode!r}: leave them at the defaults (num_heads=1, mode='auto')"
+            )
         if open_loop_weight < 0 or not 0 <= min_lr_ratio <= 1:
             raise ValueError(
                 f"WorldModelModule: open_loop_weight must be >= 0 and min_lr_ratio in [0, 1], "
