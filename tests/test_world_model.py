@@ -341,7 +341,10 @@ def test_model_sizes_that_do_not_fit_the_data_are_a_clear_error(pendulum_data, t
         pendulum_data, window=12, batch_size=8, val_fraction=0.25, test_fraction=0.25
     )
     module = tiny_module(obs_dim=3, action_dim=2)
-    with pytest.raises(ValueError, match=r"action_dim=2, but the data \(Pendulum-v1.*Box.*has 1"):
+    with pytest.raises(
+        ValueError,
+        match=r"action_dim=2 \(given, or recorded in the checkpoint\), but the data \(Pendulum-v1.*Box.*has 1; score",
+    ):
         tiny_trainer(tmp_path, fast_dev_run=True).fit(module, datamodule=dm)
 
 

@@ -187,9 +187,10 @@ class WorldModelModule(pl.LightningModule):
             given, found = self.hparams[name], getattr(datamodule, name)
             if given is not None and given != found:
                 raise ValueError(
-                    f"WorldModelModule: {name}={given}, but the data ({datamodule.env_id}, observation space "
-                    f"{datamodule.observation_space}, action space {datamodule.action_space}) has {found}; "
-                    f"drop {name} to take it from the data, or use data of the env the model was trained on"
+                    f"WorldModelModule: {name}={given} (given, or recorded in the checkpoint), but the data "
+                    f"({datamodule.env_id}, observation space {datamodule.observation_space}, action space "
+                    f"{datamodule.action_space}) has {found}; score a checkpoint on data of the env it was trained "
+                    f"on, or, training a new model, drop {name} to take it from the data"
                 )
             self.hparams[name] = found
         self.configure_model()
