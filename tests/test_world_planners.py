@@ -239,3 +239,14 @@ def test_planners_refuse_observations_that_are_not_finite_of_another_shape_or_ou
         bounded.plan(np.array([5.0]))
     with pytest.raises(ValueError, match="rollout: history_obs must be finite"):
         rollout(PointMass(), np.array([np.nan]), np.zeros((2, 3, 1)))
+
+
+@pytest.mark.parametrize("name", PLANNERS)
+def test_discrete_history_actions_given_as_rows_must_be_one_hot(name: str) -> None:
+    """Rows of numbers are taken as one-hot vectors: anything else (here ``[5, 7]``) was planned from as given."""
+    planner = make_planner(name, PointMass(moves=[-0.1, 0.1]), spaces.Discrete(2), reward_fn=distance_to(0.5))
+    obs = np.zeros((2, 1))
+    assert planner.plan(obs, np.array([[0.0, 1.0]])) in spaces.Discrete(2)
+    for bad in ([[5.0, 7.0]], [[1.0, 1.0]], [[0.0, 1.0, 0.0]]):
+        with pytest.raises(ValueError, match=r"history_actions of shape .* are taken as one-hot vectors"):
+            planner.plan(obs, np.array(bad))

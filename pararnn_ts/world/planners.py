@@ -227,6 +227,14 @@ class SamplingPlanner:
         if actions.size == 0:  # e.g. np.array([]) at the start of an episode
             actions = actions.reshape(0, *self.action_space.shape)
         if isinstance(self.action_space, spaces.Discrete) and actions.ndim == 2:  # already one-hot
+            n = int(self.action_space.n)
+            one_hot = actions.shape[1] == n and np.isin(actions, (0, 1)).all() and (actions.sum(axis=1) == 1).all()
+            if actions.size and not one_hot:
+                raise ValueError(
+                    f"history_actions of shape {actions.shape} are taken as one-hot vectors, each {n} numbers of "
+                    f"which one is 1 and the others 0, for the action space {self.action_space}; they are not "
+                    "(pass the actions as integers, shape (C-1,))"
+                )
             vectors = torch.as_tensor(actions, dtype=self.like.dtype, device=self.like.device)
         else:
             vectors = action_vectors(self.action_space, actions, self.like, ("C-1",), "history_actions")
