@@ -181,6 +181,12 @@ def test_transitions_with_nan_or_inf_are_refused_naming_the_field_row_and_episod
         Trajectories(**fields)
 
 
+def test_empty_trajectories_are_still_data():
+    data = labelled([3])
+    names = ("obs", "action", "reward", "next_obs", "terminated", "truncated", "episode")
+    assert len(Trajectories(**{name: getattr(data, name)[:0] for name in names}, meta=data.meta)) == 0
+
+
 # ---- the data module ------------------------------------------------------------------------
 def labelled(lengths: list[int]) -> Trajectories:
     """Synthetic transitions whose observation is ``[episode, t, t²]``: every row says where it came from."""

@@ -176,7 +176,9 @@ class Trajectories:
             raise ValueError("Trajectories: episode ids must be non-decreasing (episodes stored one after another)")
         for name in ("obs", "action", "reward", "next_obs"):
             values = getattr(self, name)
-            bad = ~np.isfinite(values.reshape(n, -1)).all(axis=1) if values.dtype.kind == "f" else np.zeros(n, bool)
+            if not (n and values.dtype.kind == "f"):
+                continue
+            bad = ~np.isfinite(values.reshape(n, -1)).all(axis=1)
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
                 source = self.meta.get("env_id") or "the env"
