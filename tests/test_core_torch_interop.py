@@ -7,9 +7,11 @@ import warnings
 import pytest
 import torch
 from conftest import make_cell, rel_err
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils.checkpoint import checkpoint
 
 from pararnn_ts.core import cell as cell_module
+from pararnn_ts.core.checks import capturing
 
 MODES = ("auto", "sequential", "parallel", "fused")
 
@@ -129,3 +131,13 @@ def test_under_cuda_graph_capture_newton_gives_way_to_the_loop(mode, monkeypatch
     assert cell.last_stats.algorithm == "sequential" and rel_err(want, y) < 1e-12
     named = [str(w.message) for w in caught if "CUDA graph capture" in str(w.message)]
     assert len(named) == (mode == "parallel")
+
+
+def test_capture_is_not_asked_about_under_torch_compile(monkeypatch):
+    """torch.compile would trace the question (a graph break, an error under fullgraph=True); its own CUDA graphs
+    capture compiled code only."""
+    with FakeTensorMode():
+        x = torch.empty(2, device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: pytest.fail("asked under compile"))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not capturing(x)

@@ -36,8 +36,9 @@ def traced(x: Tensor) -> bool:
 
 
 def capturing(x: Tensor) -> bool:
-    """Whether ``x`` is on a CUDA stream that is capturing a CUDA graph (no reads back to the host allowed)."""
-    return x.is_cuda and torch.cuda.is_current_stream_capturing()
+    """Whether ``x`` is on a CUDA stream that is capturing a CUDA graph (no reads back to the host allowed). Not
+    asked under torch.compile, which would trace the question (its own CUDA graphs capture compiled code only)."""
+    return x.is_cuda and not torch.compiler.is_compiling() and torch.cuda.is_current_stream_capturing()
 
 
 def functorch_wrapped(*tensors: Tensor) -> bool:
