@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import timedelta
 from pathlib import Path
 from types import TracebackType
@@ -188,10 +188,14 @@ class ParaRNNCLI(LightningCLI):
         warnings.filterwarnings("ignore", "The dirpath has changed from", UserWarning, r"lightning\.")
 
     def warn_if_scored_on_other_data(self) -> None:
+        """Warn if the arguments by which the data module picks its held-out data (its ``split_arguments``; a module
+        without them is not checked) differ from the checkpoint's."""
+        split_arguments = getattr(self.datamodule, "split_arguments", None)
+        if split_arguments is None:
+            return
         ckpt_path = self.config[self.subcommand].get("ckpt_path")
-        warn_if_data_changed(
-            ckpt_path, read_checkpoint(ckpt_path), self.config[self.subcommand].get("data"), self.subcommand
-        )
+        data = self.config[self.subcommand].get("data")
+        warn_if_data_changed(ckpt_path, read_checkpoint(ckpt_path), data, self.subcommand, split_arguments)
 
     def before_validate(self) -> None:
         self.before_evaluation()
@@ -524,25 +528,32 @@ def refuse_spent_max_time(trainer: Trainer, ckpt_path: str | None, checkpoint: d
 
 
 def warn_if_data_changed(
-    ckpt_path: str | None, checkpoint: dict[str, Any] | None, data: Any, verb: str = "fit"
+    ckpt_path: str | None,
+    checkpoint: dict[str, Any] | None,
+    data: Any,
+    verb: str = "fit",
+    only: Collection[str] | None = None,
 ) -> None:
-    """Warn about the arguments of the ``data:`` section that differ from those the data module of the ``checkpoint``
-    read from ``ckpt_path`` recorded (sizes, seeds, files): a resumed fit goes on with the config's, not the data it
-    started on; a ``validate`` or ``test`` scores the model on splits drawn otherwise, which may hold data it trained
-    on. Data modules that record none are not checked."""
+    """Warn about the arguments of the ``data:`` section (those named in ``only``, if given) that differ from those the
+    data module of the ``checkpoint`` read from ``ckpt_path`` recorded (sizes, seeds, files): a resumed fit goes on
+    with the config's, not the data it started on; a ``validate`` or ``test`` scores the model on held-out data picked
+    otherwise, which may then hold data it trained on. Data modules that record none are not checked."""
     recorded = (checkpoint or {}).get("datamodule_hyper_parameters")
     if not (recorded and hasattr(data, "get")):
         return
     recorded = {key: value for key, value in recorded.items() if not key.startswith("_")}
     changed = replaced_arguments(data.get("class_path"), init_args(data), recorded)
+    if only is not None:
+        changed = {key: value for key, value in changed.items() if key.split(".")[0] in only}
     if not changed:
         return
     if verb == "fit":
         what = "continues a run whose data had other arguments; this fit goes on with the config's"
     else:
         what = (
-            f"was trained on data with other arguments; this {verb} scores it on the config's, whose splits may hold "
-            "data it trained on (pass the fit's data arguments to score it on its own held-out split)"
+            f"was trained on data picked and split with other arguments; this {verb} scores it on the config's "
+            "held-out data, which may then hold data it trained on (pass the fit's data arguments to score it on its "
+            "own)"
         )
     warnings.warn(f"--ckpt_path {ckpt_path} {what}: {differences(changed)}", stacklevel=1)
 

@@ -183,21 +183,6 @@ def test_resuming_with_other_data_arguments_warns_about_them(first_run, tmp_path
     assert torch.load(tmp_path / "hparams.pt", weights_only=True) == hparams
 
 
-@pytest.mark.parametrize("verb", ["validate", "test"])
-def test_scoring_on_data_with_other_arguments_warns_about_them(first_run, tmp_path, monkeypatch, verb):
-    """Splits drawn with other sizes or seeds than the fit's may hold data the model trained on."""
-    config, version_dir, _ = first_run
-    monkeypatch.chdir(tmp_path)
-    score = [verb, "-c", str(config), *TINY, f"--ckpt_path={version_dir / 'checkpoints' / 'last.ckpt'}"]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        capture_stdout(lambda: main(score))
-    assert not [w for w in caught if "trained on data with other arguments" in str(w.message)]
-    want = rf"trained on data with other arguments; this {verb} scores it.*validation_windows=2 \(checkpoint: 1\)"
-    with pytest.warns(UserWarning, match=want):
-        capture_stdout(lambda: main([*score, "--data.init_args.validation_windows=2"]))
-
-
 #: the options that run a ``pararnn-ts`` command in two CPU processes (DDP over gloo)
 
 

@@ -68,6 +68,28 @@ def test_without_test_episodes_fit_runs_no_test_and_test_is_refused(fit_checkpoi
             cli_main([*score, "--data.init_args.num_steps=1000", "--data.init_args.test_fraction=0"])
 
 
+@pytest.mark.parametrize("verb", ["validate", "test"])
+def test_scoring_on_episodes_picked_otherwise_warns_naming_the_arguments(fit_checkpoint, tmp_path, verb):
+    """Another seed or size draws other held-out episodes, which may then include ones the model trained on; other
+    loader settings (batch_size) change no episode and are not warned about."""
+    score = [
+        verb,
+        "-c",
+        str(CONFIG),
+        f"--ckpt_path={fit_checkpoint}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+    ]
+    score += ["--data.init_args.num_steps=1000", "--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1"]
+    with mock.patch.object(sys, "argv", ["pararnn-ts"]):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cli_main([*score, "--data.init_args.batch_size=4"])
+        assert not [w for w in caught if "other arguments" in str(w.message)]
+        want = rf"trained on data picked and split with other arguments; this {verb} scores.*seed=3 \(checkpoint: 0\)"
+        with pytest.warns(UserWarning, match=want):
+            cli_main([*score, "--data.init_args.seed=3"])
+
+
 @pytest.fixture
 def no_work(monkeypatch):
     """Make collecting data or training a model fail loudly: what is checked must be checked before them."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..cells.factory import require_recorded_cell
 from ..outputs import read_checkpoint_file
+from .datamodule import TrajectoryDataModule
 from .module import WorldModelModule
 
 WRITTEN_BY = "written by pararnn-ts fit -c experiments/world/... or pararnn-ts plan --save-model"
@@ -43,8 +44,8 @@ def checkpoint_env(checkpoint: dict[str, Any]) -> str | None:
     return (checkpoint.get("datamodule_hyper_parameters") or {}).get("env_id")
 
 
-#: the data module arguments that decide which transitions are collected and how episodes are split
-DATA_ARGUMENTS = ("path", "num_steps", "seed", "num_envs", "val_fraction", "test_fraction")
+#: the data module arguments that decide which transitions are collected and how episodes are split (but the env)
+DATA_ARGUMENTS = tuple(name for name in TrajectoryDataModule.split_arguments if name != "env_id")
 
 
 def checkpoint_data(checkpoint: dict[str, Any], given: dict[str, Any], path: str | Path) -> dict[str, Any] | None:

@@ -140,6 +140,9 @@ class TrajectoryDataModule(pl.LightningDataModule):
     options: dict[str, str] = {
         name: f"--data.init_args.{name}" for name in ("env_id", "path", "num_steps", "seed", "num_envs")
     }
+    #: the arguments that decide which transitions there are and which episodes are held out (``pararnn-ts validate``
+    #: and ``test`` warn when they differ from the checkpoint's)
+    split_arguments = ("env_id", "path", "num_steps", "seed", "num_envs", "val_fraction", "test_fraction")
 
     def __init__(
         self,
