@@ -26,6 +26,7 @@ from torch import Tensor
 
 from ..cells.factory import CellSpec, record_cell, refuse_builtin_settings, resolve_cell
 from ..core import Mode
+from ..notices import warn
 from .baselines import torch_gru_model
 from .evaluate import DEFAULT_KS, k_step_errors
 from .model import DynamicsModel, gaussian_nll
@@ -145,10 +146,11 @@ class WorldModelModule(pl.LightningModule):
         # hparams hold a user cell as a config names it
         self.cell_spec = cell if cell == "torch_gru" else resolve_cell(cell, "WorldModelModule")
         refuse_builtin_settings("WorldModelModule", self.cell_spec, num_heads=(num_heads, 1), mode=(mode, "auto"))
-        if cell == "torch_gru" and (num_heads, mode) != (1, "auto"):
-            raise ValueError(
-                f"WorldModelModule: cell='torch_gru' is torch.nn.GRU, which has no heads or solver modes, but got "
-                f"num_heads={num_heads!r}, mode={mode!r}: leave them at the defaults (num_heads=1, mode='auto')"
+        if cell == "torch_gru" and (num_heads, mode) != (1, "auto"):  # a warning: checkpoints that have them load
+            warn(
+                f"WorldModelModule: cell='torch_gru' is torch.nn.GRU, which has no heads or solver modes: "
+                f"num_heads={num_heads!r}, mode={mode!r} are ignored (leave them at the defaults, 1 and 'auto')",
+                UserWarning,
             )
         if open_loop_weight < 0 or not 0 <= min_lr_ratio <= 1:
             raise ValueError(
