@@ -321,6 +321,29 @@ def test_under_cuda_graph_capture_the_fused_solve_runs_the_exact_kernels(name, m
     assert rel_err(want.double(), h.double()) < RTOL
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning:torch._dynamo")
+@pytest.mark.parametrize("name", ["paragru", "paralstm"])
+def test_torch_compile_runs_the_triton_launches_as_they_are(name):
+    """Dynamo does not trace into a launch (it would pass ``enable_fp_fusion`` to the kernel as an argument, and
+    under the interpreter trace the interpreter): outputs, final state and every gradient equal the eager ones."""
+    cell = make_cell(name, torch.float32, seed=3, hidden=45).to(DEVICE)
+    cell.mode, cell.fused_backend = "fused", "triton"
+    x = torch.randn(2, 17, cell.input_size, device=DEVICE)
+
+    def outputs_and_grads(run):
+        x_ = x.clone().requires_grad_()
+        y, last = run(x_)
+        last = torch.stack(last) if isinstance(last, tuple) else last
+        grads = torch.autograd.grad(y.square().sum() + last.sum(), [x_, *cell.parameters()])
+        return y, last, grads
+
+    want = outputs_and_grads(cell)
+    got = outputs_and_grads(torch.compile(cell, backend="aot_eager"))
+    assert cell.last_stats.backend == "triton"
+    for a, b in zip([want[0], want[1], *want[2]], [got[0], got[1], *got[2]], strict=True):
+        assert rel_err(a.double(), b.double()) < 1e-6
+
+
 def test_unavailable_reason():
     assert triton_fused.NAME == "triton"
     assert triton_fused.unavailable_reason(DEVICE) is None

@@ -89,11 +89,15 @@ def _kernels():
     return _triton_kernels
 
 
+@torch.compiler.disable
 def launch(kernel, grid: tuple[int, ...], device: torch.device, *args, **meta) -> None:
     """``kernel[grid](*args, **meta)`` on ``device``, the device of the tensors in ``args``.
 
     Triton compiles for and launches on the *current* CUDA device, which need not be the tensors' (a
     model on ``cuda:1`` while ``cuda:0`` is current): it would then read another GPU's addresses.
+    torch.compile runs the launch as it is, outside its graph: Dynamo's capture of user Triton kernels passes
+    compiler options such as ``enable_fp_fusion`` to the kernel as arguments, and under the interpreter it
+    traces the interpreter itself.
     """
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         kernel[grid](*args, **meta)
