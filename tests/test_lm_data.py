@@ -299,6 +299,13 @@ def test_stdlib_bytes_fragment_builds_the_datamodule():
     assert (dm.source, dm.seq_len, dm.batch_size, dm.vocab_size) == ("stdlib", 256, 16, 257)
 
 
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_a_seed_outside_numpys_range_is_refused_where_the_data_module_is_made(seed):
+    """It seeds the training windows (NumPy: 0 to 2**64 - 1): -1 failed inside the fit with NumPy's traceback."""
+    with pytest.raises(ValueError, match=rf"TextDataModule: need 0 <= seed <= {2**64 - 1} \(got {seed}\)"):
+        TextDataModule("stdlib", seed=seed)
+
+
 @pytest.mark.parametrize("source, glob", [("files", "**/*.py"), ("jsonl", "*.jsonl")])
 def test_a_folder_in_paths_says_to_give_a_glob_of_its_files(source, glob, tmp_path):
     import re

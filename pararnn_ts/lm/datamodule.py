@@ -134,7 +134,7 @@ class TextDataModule(pl.LightningDataModule):
         for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"TextDataModule: {name} must be a positive int, got {value!r}")
-        check_sampling(max_new_tokens, temperature, top_k, top_p)
+        check_sampling(max_new_tokens, temperature, top_k, top_p, seed, owner="TextDataModule")
         self.save_hyperparameters()
         self.source, self.paths, self.text_field = source, list(paths or []), text_field
         self.seq_len, self.batch_size, self.num_workers, self.seed = seq_len, batch_size, num_workers, seed

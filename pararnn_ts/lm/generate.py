@@ -37,9 +37,14 @@ TOKENIZER_KEY = "tokenizer"
 
 
 def check_sampling(
-    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float = 1.0, seed: int = 0
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float = 1.0,
+    seed: int = 0,
+    owner: str = "generate",
 ) -> None:
-    """Raise ``ValueError`` naming every setting outside its range: ``max_new_tokens >= 0``, a finite
+    """Raise ``ValueError`` naming ``owner`` and every setting outside its range: ``max_new_tokens >= 0``, a finite
     ``temperature >= 0``, ``top_k >= 1`` or ``None``, ``0 < top_p <= 1`` and ``0 <= seed <= 2**64 - 1``."""
     rules = [
         ("max_new_tokens >= 0", max_new_tokens, max_new_tokens >= 0),
@@ -50,7 +55,7 @@ def check_sampling(
     ]
     broken = [f"{rule} (got {value!r})" for rule, value, ok in rules if not ok]
     if broken:
-        raise ValueError(f"generate: need {'; '.join(broken)}")
+        raise ValueError(f"{owner}: need {'; '.join(broken)}")
 
 
 def sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float, generator: torch.Generator) -> Tensor:
