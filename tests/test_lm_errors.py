@@ -15,8 +15,10 @@ from lm_training import fit
 from pararnn_ts.cli import lightning_cli
 from pararnn_ts.lm import BPETokenizer, CausalLM, TextDataModule
 from pararnn_ts.lm.corpus import stdlib_root
+from pararnn_ts.lm.generate import generate
 from pararnn_ts.lm.generate import main as generate_main
 from pararnn_ts.lm.module import mixer_arguments
+from pararnn_ts.lm.tokenizers import load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 LM_CONFIGS = sorted(ROOT.glob("models/lm_*.yaml")) + sorted(ROOT.glob("experiments/lm/paper/*.yaml"))
@@ -121,6 +123,20 @@ def test_generate_refuses_bad_sampling_flags_before_loading(flag, value, message
     with pytest.raises(SystemExit) as exit_:
         generate_main(["--ckpt", str(not_a_checkpoint), flag, value])
     assert exit_.value.code == 2 and f"argument {flag}: {message}" in capsys.readouterr().err
+
+
+def test_a_prompt_that_is_not_utf8_text_is_refused_naming_the_byte(byte_ckpt):
+    """A Latin-1 terminal hands Python the byte 0xe9 of "café" as a lone surrogate: the byte tokenizer failed on it
+    with UnicodeEncodeError, the BPE one with "TextInputSequence must be str"."""
+    prompt = b"caf\xe9".decode("utf-8", "surrogateescape")
+    with pytest.raises(ValueError, match=r"generate: prompt is not UTF-8 text \(byte 0xe9 at position 3\); set"):
+        generate_main(["--ckpt", str(byte_ckpt), "--prompt", prompt, "--max-new-tokens", "1"])
+    with pytest.raises(ValueError, match=r"predict_prompts\[1\] is not UTF-8 text \(byte 0xe9"):
+        TextDataModule("stdlib", predict_prompts=["ok", prompt])
+    model = CausalLM(300, **TINY)
+    model.configure_model()
+    with pytest.raises(TypeError, match="prompt must be a str, got list; for several prompts call generate once"):
+        generate(model, load_tokenizer("byte"), ["a", "b"], 1)
 
 
 def test_generate_refuses_a_tokenizer_larger_than_the_checkpoints_vocabulary(byte_ckpt, bpe600, capsys):

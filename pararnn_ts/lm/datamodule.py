@@ -25,7 +25,7 @@ from .corpus import (
     split_documents,
     trains_on_test,
 )
-from .generate import check_sampling
+from .generate import check_prompt, check_sampling
 from .shards import (
     SHARD_FORMAT,
     ContiguousWindowSampler,
@@ -142,7 +142,8 @@ class TextDataModule(pl.LightningDataModule):
         if test_fraction > 0:  # only then: the cache config of test_fraction=0 stays that of earlier versions
             self.max_bytes[TEST_SPLIT] = max_test_bytes
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.predict_prompts = [""] if predict_prompts is None else list(predict_prompts)
+        prompts = [""] if predict_prompts is None else list(predict_prompts)
+        self.predict_prompts = [check_prompt(p, f"TextDataModule: predict_prompts[{i}]") for i, p in enumerate(prompts)]
         self.sampling = {
             "max_new_tokens": max_new_tokens,
             "temperature": temperature,

@@ -58,6 +58,26 @@ def check_sampling(
         raise ValueError(f"{owner}: need {'; '.join(broken)}")
 
 
+def check_prompt(prompt: Any, where: str = "generate: prompt") -> str:
+    """``prompt`` if it is text UTF-8 can encode, else a ``ValueError`` naming ``where`` (a terminal in another
+    encoding hands Python its bytes as lone surrogates) or a ``TypeError`` for what is not a ``str``."""
+    if not isinstance(prompt, str):
+        raise TypeError(
+            f"{where} must be a str, got {type(prompt).__name__}; for several prompts call generate once per prompt, "
+            "or generate_tokens with a (batch, time) tensor of prompts of one length"
+        )
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as error:
+        code = ord(prompt[error.start])
+        what = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"character U+{code:04X}"
+        raise ValueError(
+            f"{where} is not UTF-8 text ({what} at position {error.start}); set the terminal to UTF-8 (e.g. "
+            "LANG=C.UTF-8) or write the prompt in a UTF-8 file"
+        ) from None
+    return prompt
+
+
 def sample(logits: Tensor, temperature: float, top_k: int | None, top_p: float, generator: torch.Generator) -> Tensor:
     """One token per row of ``logits`` ``(B, V)`` → ``(B,)``; ``temperature=0`` is greedy.
 
@@ -141,7 +161,7 @@ def generate(
     from a model whose ``vocab_size`` is padded beyond it.
     """
     lm = model if isinstance(model, LanguageModel) else model.model
-    ids = tokenizer.encode(prompt) or ([] if tokenizer.eos_id is None else [tokenizer.eos_id])
+    ids = tokenizer.encode(check_prompt(prompt)) or ([] if tokenizer.eos_id is None else [tokenizer.eos_id])
     if not ids:
         raise ValueError("generate: empty prompt and the tokenizer has no end-of-text token to start from")
     prompt_ids = torch.tensor([ids], device=lm.embedding.weight.device)
