@@ -175,6 +175,16 @@ def test_a_short_split_is_told_which_way_to_move_val_fraction(tmp_path):
         refused(error, f"the {split} split", advice, f"max_{split}_bytes")
 
 
+def test_a_train_split_of_fewer_windows_than_one_batch_is_refused(tmp_path):
+    """The training loader drops an incomplete batch: such a fit trained nothing, exited 0 and tested the initial
+    weights."""
+    write_shards([("train", "a" * 100), ("val", "b" * 100)], ByteTokenizer(), tmp_path)  # 101 tokens: 12 windows of 8
+    TextDataModule("shards", [str(tmp_path)], seq_len=8, batch_size=12).setup("fit")
+    with pytest.raises(ValueError) as error:
+        TextDataModule("shards", [str(tmp_path)], seq_len=8, batch_size=13).setup("fit")
+    refused(error, "12 windows of seq_len=8, fewer than one batch (batch_size=13)", "a smaller batch_size")
+
+
 # --- F13: arguments that source="shards" ignores, tokenizers without end-of-text -------------------------------
 
 

@@ -247,6 +247,14 @@ class TextDataModule(pl.LightningDataModule):
             self.tokens[split], info = open_shard(self.cache_dir, split)
             if split in read and info.num_tokens < self.seq_len + 1:
                 raise ValueError(self.short_split_message(split, info.num_tokens))
+            windows = (info.num_tokens - 1) // self.seq_len
+            if split == "train" and split in read and windows < self.batch_size:
+                raise ValueError(
+                    f"TextDataModule: the train split in {self.cache_dir} has {info.num_tokens} tokens, {windows} "
+                    f"windows of seq_len={self.seq_len}, fewer than one batch (batch_size={self.batch_size}); the "
+                    "training loader drops an incomplete batch, so nothing would train: give more text, or a smaller "
+                    "batch_size or seq_len"
+                )
 
     def short_split_message(self, split: str, num_tokens: int) -> str:
         """Why ``split`` (of ``num_tokens``) is refused, and how to give it a window."""
