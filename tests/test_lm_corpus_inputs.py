@@ -21,6 +21,7 @@ from pararnn_ts.lm import (
     write_shards,
 )
 from pararnn_ts.lm.corpus import import_hf_datasets, source_fingerprint, stdlib_root
+from pararnn_ts.lm.shards import build_shard_dir
 from pararnn_ts.lm.tokenizers import EOS
 
 CAPS = {"max_train_bytes": 10_000, "max_val_bytes": 10_000}
@@ -157,6 +158,25 @@ def test_a_cache_dir_that_is_a_file_or_holds_a_foreign_config_is_refused_naming_
             TextDataModule(cache_dir=str(foreign), **CAPS).prepare_data()
         refused(error, f"{foreign} holds a config.json that is not a shard recipe")
     assert a_file.read_text() == "mine" and (foreign / "config.json").read_text() == "[1, 2]"
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_cache_another_run_finished_while_this_one_built_is_reused_or_refused(tmp_path, same):
+    """Two fits of one config started together both build the shards: the second to finish found the folder full
+    (a raw ``OSError: Directory not empty``); it now takes the other's if they are of its config."""
+    target, config = tmp_path / "cache", {"seq_len": 8}
+
+    def build(staging):  # meanwhile the other run finishes first
+        (staging / "mine").write_text("shard")
+        target.mkdir()
+        (target / "config.json").write_text(json.dumps(config if same else {"seq_len": 9}))
+
+    if same:
+        assert build_shard_dir(target, config, build) is False
+    else:
+        with pytest.raises(FileExistsError, match="was filled by another run while this one built its shards"):
+            build_shard_dir(target, config, build)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"] and not (target / "mine").exists()
 
 
 def test_a_short_split_is_told_which_way_to_move_val_fraction(tmp_path):

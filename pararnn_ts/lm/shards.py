@@ -224,9 +224,17 @@ def build_shard_dir(directory: str | Path, config: Mapping[str, Any], build: Cal
     try:
         build(staging)
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=1, sort_keys=True))
-        if directory.exists():
-            directory.rmdir()  # empty, checked above
-        os.rename(staging, directory)
+        try:
+            if directory.exists():
+                directory.rmdir()  # empty, checked above
+            os.rename(staging, directory)
+        except OSError:  # another run filled it meanwhile (two fits of one config started together)
+            if read_config(directory) == config:
+                return False  # the same shards: its folder stays
+            raise FileExistsError(
+                f"{directory} was filled by another run while this one built its shards; it is left as it is: "
+                "choose another cache_dir/output folder, or run again to reuse it if it holds this config's"
+            ) from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return True
