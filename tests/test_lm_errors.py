@@ -134,7 +134,6 @@ def test_a_prompt_that_is_not_utf8_text_is_refused_naming_the_byte(byte_ckpt):
     with pytest.raises(ValueError, match=r"predict_prompts\[1\] is not UTF-8 text \(byte 0xe9"):
         TextDataModule("stdlib", predict_prompts=["ok", prompt])
     model = CausalLM(300, **TINY)
-    model.configure_model()
     with pytest.raises(TypeError, match="prompt must be a str, got list; for several prompts call generate once"):
         generate(model, load_tokenizer("byte"), ["a", "b"], 1)
 
@@ -179,3 +178,10 @@ def test_shipped_lm_configs_pass_the_mixer_kwargs_check(config):
     section = yaml.safe_load(config.read_text())
     init_args = section["init_args"] if "init_args" in section else section["model"]["init_args"]
     CausalLM(**init_args)  # lazy: the backbone is only built in configure_model
+
+
+def test_a_causal_lm_used_outside_a_trainer_builds_its_network_on_first_use():
+    """A Trainer calls configure_model; outside one ``model(x)`` failed on None and ``generate`` on ``.embedding``."""
+    assert CausalLM(300, **TINY)(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, 300)
+    text = generate(CausalLM(300, **TINY), load_tokenizer("byte"), "def ", 3, temperature=0)
+    assert isinstance(text, str)

@@ -160,6 +160,8 @@ def generate(
     An empty prompt starts from the tokenizer's end-of-text token. Only the tokenizer's ids are sampled, also
     from a model whose ``vocab_size`` is padded beyond it.
     """
+    if not isinstance(model, LanguageModel):
+        model.configure_model()  # built by a Trainer, or here for a CausalLM used outside one
     lm = model if isinstance(model, LanguageModel) else model.model
     ids = tokenizer.encode(check_prompt(prompt)) or ([] if tokenizer.eos_id is None else [tokenizer.eos_id])
     if not ids:

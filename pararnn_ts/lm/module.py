@@ -223,7 +223,9 @@ class CausalLM(pl.LightningModule):
             check_trained_tokenizer(checkpoint, self.tokenizer, f"checkpoint {self.trainer.ckpt_path}", fix)
 
     def forward(self, tokens: Tensor) -> Tensor:
-        """``tokens`` ``(B, T)`` → logits ``(B, T, vocab_size)``."""
+        """``tokens`` ``(B, T)`` → logits ``(B, T, vocab_size)``. Outside a Trainer the first call builds the network
+        (:meth:`configure_model`; call it first to hand its parameters to an optimizer)."""
+        self.configure_model()
         return self.model(tokens)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
