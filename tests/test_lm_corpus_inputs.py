@@ -208,6 +208,12 @@ def test_a_train_split_of_fewer_windows_than_one_batch_is_refused(tmp_path):
 # --- F13: arguments that source="shards" ignores, tokenizers without end-of-text -------------------------------
 
 
+def test_shards_take_one_folder(tmp_path):
+    """Of several paths only the first was read, without a word."""
+    with pytest.raises(ValueError, match=r"source='shards' reads one shard folder: .* got 2 paths"):
+        TextDataModule("shards", [str(tmp_path / "a"), str(tmp_path / "b")])
+
+
 def test_shards_warn_about_the_arguments_they_ignore(tmp_path):
     write_shards([("train", "a" * 100), ("val", "b" * 100)], ByteTokenizer(), tmp_path)
     with pytest.warns(RuntimeWarning, match="max_train_bytes, max_val_bytes are ignored"):

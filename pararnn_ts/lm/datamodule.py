@@ -122,6 +122,10 @@ class TextDataModule(pl.LightningDataModule):
             raise ValueError(f"unknown source {source!r}; use 'stdlib', 'files', 'jsonl', 'shards' or 'hf'")
         if source != "stdlib" and not paths:
             raise ValueError(f"source={source!r} needs paths")
+        if source == "shards" and len(paths) != 1:
+            raise ValueError(
+                f"source='shards' reads one shard folder: give paths=[<the folder>], got {len(paths)} paths"
+            )
         check_fractions(val_fraction, test_fraction)
         if source != "shards" and max_test_bytes is not None and test_fraction == 0:
             raise ValueError("TextDataModule: max_test_bytes caps a test split, and test_fraction=0 makes none")
