@@ -185,3 +185,8 @@ def test_a_causal_lm_used_outside_a_trainer_builds_its_network_on_first_use():
     assert CausalLM(300, **TINY)(torch.zeros(2, 5, dtype=torch.long)).shape == (2, 5, 300)
     text = generate(CausalLM(300, **TINY), load_tokenizer("byte"), "def ", 3, temperature=0)
     assert isinstance(text, str)
+
+
+def test_a_tokenizer_that_is_neither_byte_nor_a_file_names_both_kinds():
+    with pytest.raises(FileNotFoundError, match=r"no BPE tokenizer file at bytes: the tokenizer is 'byte' or the path"):
+        load_tokenizer("bytes")

@@ -108,7 +108,10 @@ class BPETokenizer:
         """Load a tokeniser saved by :meth:`save` (any ``tokenizers`` JSON file)."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"no BPE tokenizer file at {path}")
+            raise FileNotFoundError(
+                f"no BPE tokenizer file at {path}: the tokenizer is 'byte' or the path of a tokenizers JSON file (make "
+                "one with datasets/text_files/prepare.py --tokenizer bpe, or BPETokenizer.train)"
+            )
         return cls(import_tokenizers().Tokenizer.from_file(str(path)))
 
     def save(self, path: str | Path) -> None:
