@@ -251,8 +251,10 @@ class TextDataModule(pl.LightningDataModule):
             self.tokens[split], info = open_shard(self.cache_dir, split)
             if split in read and info.num_tokens < self.seq_len + 1:
                 raise ValueError(self.short_split_message(split, info.num_tokens))
-            windows = (info.num_tokens - 1) // self.seq_len
-            if split == "train" and split in read and windows < self.batch_size:
+            if split != "train" or split not in read:
+                continue
+            windows = TokenWindowDataset(self.tokens[split], self.seq_len).num_windows  # one epoch's
+            if windows < self.batch_size:
                 raise ValueError(
                     f"TextDataModule: the train split in {self.cache_dir} has {info.num_tokens} tokens, {windows} "
                     f"windows of seq_len={self.seq_len}, fewer than one batch (batch_size={self.batch_size}); the "
