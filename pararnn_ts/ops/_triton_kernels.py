@@ -252,7 +252,7 @@ def _forward_chunk(t0, i, T, pid_b, dmask):
     """``(mask, bt)`` of the forward tile of steps ``t = t0 + i``: ``t < T`` on valid channels, ``b·T + t`` (int64)."""
     t = t0 + i
     mask = (t < T)[:, None] & dmask[None, :]
-    bt = (pid_b.to(tl.int64) * T + t).to(tl.int64)
+    bt = pid_b.to(tl.int64) * T + t
     return mask, bt
 
 
@@ -262,7 +262,7 @@ def _backward_chunk(t0, i, T, pid_b, dmask):
     end = T - t0
     t = end - 1 - i
     mask = (t >= 0)[:, None] & dmask[None, :]
-    bt = (pid_b.to(tl.int64) * T + t).to(tl.int64)
+    bt = pid_b.to(tl.int64) * T + t
     return end, t, mask, bt
 
 
@@ -493,9 +493,7 @@ def gru_backward_kernel(
         # h_{t-1} is the next row; past the tile it is h[end - CHUNK_T - 1], or h0.
         # (The row index is clamped rather than masked: newer interpreters reject a scalar in a load mask.)
         t_edge = end - CHUNK_T - 1
-        h_edge = tl.load(
-            h_ptr + (pid_b.to(tl.int64) * T + tl.maximum(t_edge, 0)).to(tl.int64) * D + d, mask=dmask, other=0.0
-        )
+        h_edge = tl.load(h_ptr + (pid_b.to(tl.int64) * T + tl.maximum(t_edge, 0)) * D + d, mask=dmask, other=0.0)
         h_edge = tl.where(t_edge >= 0, h_edge, h0)
         hp = _state_before(h, h_edge, h0, rows, tl.minimum(rows + 1, CHUNK_T - 1), (t == 0)[:, None], CHUNK_T)
         z, r, c, J = _gru_linearised(hp, uz, ur, uc, az, ar, ac)
@@ -599,7 +597,7 @@ def lstm_backward_kernel(
         uf, uz, uo = _load_gates(u_ptr, u_off, D, mask)
         # the state before step t is the next row; past the tile it is s[end - CHUNK_T - 1], or s0.
         t_edge = end - CHUNK_T - 1
-        e_off = ((pid_b.to(tl.int64) * T + tl.maximum(t_edge, 0)).to(tl.int64) * D + d) * 2  # clamped, as in the GRU
+        e_off = ((pid_b.to(tl.int64) * T + tl.maximum(t_edge, 0)) * D + d) * 2  # clamped, as in the GRU
         c_edge = tl.where(t_edge >= 0, tl.load(h_ptr + e_off, mask=dmask, other=0.0), c0)
         h_edge = tl.where(t_edge >= 0, tl.load(h_ptr + e_off + 1, mask=dmask, other=0.0), h0)
         nxt = tl.minimum(rows + 1, CHUNK_T - 1)
@@ -681,7 +679,7 @@ def gru_sequential_forward_kernel(
     az, ar, ac = _vector_rows3(a_ptr, D, d, dmask, BLOCK_D)
     az, ar, ac = _clip_rows3(a_ptr, D, max_norm, az, ar, ac, CLIP)
     h = tl.load(h0_ptr + pid_b * D + d, mask=dmask, other=0.0)
-    base = (pid_b.to(tl.int64) * T).to(tl.int64)
+    base = pid_b.to(tl.int64) * T
     if INTERPRET:
         t = 0
         while t < T:
@@ -721,7 +719,7 @@ def gru_sequential_backward_kernel(
     h0 = tl.load(h0_ptr + pid_b * D + d, mask=dmask, other=0.0)
     mu = tl.zeros([BLOCK_D], tl.float32)
     acc_z, acc_r, acc_c = _zeros3(BLOCK_D)
-    base = (pid_b.to(tl.int64) * T).to(tl.int64)
+    base = pid_b.to(tl.int64) * T
     if INTERPRET:
         s = 0
         while s < T:
@@ -763,7 +761,7 @@ def lstm_sequential_forward_kernel(
     af, az, ao = _clip_rows3(a_ptr, D, max_norm, af, az, ao, CLIP)
     pf, po = _clip_rows2(c_ptr, D, max_norm, pf, po, CLIP)
     c, h = _load_pair(h0_ptr, pid_b, D, d, dmask)
-    base = (pid_b.to(tl.int64) * T).to(tl.int64)
+    base = pid_b.to(tl.int64) * T
     if INTERPRET:
         t = 0
         while t < T:
@@ -811,7 +809,7 @@ def lstm_sequential_backward_kernel(
     mu_c, mu_h = _zeros2(BLOCK_D)
     acc_f, acc_z, acc_o = _zeros3(BLOCK_D)
     acc_pf, acc_po = _zeros2(BLOCK_D)
-    base = (pid_b.to(tl.int64) * T).to(tl.int64)
+    base = pid_b.to(tl.int64) * T
     if INTERPRET:
         s = 0
         while s < T:
@@ -869,7 +867,7 @@ def diagonal_scan_kernel(
     t0 = tl.full([], 0, tl.int32)
     while t0 < T:
         t, mask = _scan_chunk(t0, i, T, dmask, REVERSE)
-        off = (pid_b.to(tl.int64) * T + t).to(tl.int64)[:, None] * D + d[None, :]
+        off = (pid_b.to(tl.int64) * T + t)[:, None] * D + d[None, :]
         a = tl.load(j_ptr + off, mask=mask, other=0.0).to(tl.float32)
         b = tl.load(b_ptr + off, mask=mask, other=0.0).to(tl.float32)
         b += tl.where(rows == 0, a * carry[None, :], 0.0)
@@ -894,7 +892,7 @@ def block2_scan_kernel(
     while t0 < T:
         t, mask = _scan_chunk(t0, i, T, dmask, REVERSE)
         mask3 = mask[:, :, None] & (kk < 2)
-        off = ((pid_b.to(tl.int64) * T + t).to(tl.int64)[:, None] * D + d[None, :])[:, :, None] * 2 + kk  # [CT, BD, 2]
+        off = ((pid_b.to(tl.int64) * T + t)[:, None] * D + d[None, :])[:, :, None] * 2 + kk  # [CT, BD, 2]
         col = tl.arange(0, 2)[None, None, None, :]
         j_off = off[:, :, :, None] * 2 + col  # [CHUNK_T, BLOCK_D, row, col]
         col0, col1 = tl.split(tl.load(j_ptr + j_off, mask=mask3[:, :, :, None] & (col < 2), other=0.0))
