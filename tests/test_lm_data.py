@@ -108,6 +108,12 @@ def test_bpe_trains_saves_and_loads_with_round_trip(text_corpus, tmp_path):
     assert all(loaded.encode(text) == tokenizer.encode(text) for text in samples)
 
 
+def test_bpe_vocab_with_no_room_for_merges_is_refused():
+    with pytest.raises(ValueError, match="vocab_size=100 leaves no room for merges.*vocab_size >= 258"):
+        BPETokenizer.train(["some text"], vocab_size=100)
+    assert BPETokenizer.train(["some text"] * 3, vocab_size=258).vocab_size == 258
+
+
 def test_bpe_without_tokenizers_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "tokenizers", None)  # makes `import tokenizers` fail
     with pytest.raises(ImportError, match="pip install tokenizers"):

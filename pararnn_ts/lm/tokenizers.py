@@ -90,6 +90,12 @@ class BPETokenizer:
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, special_tokens: Sequence[str] = (EOS,)) -> BPETokenizer:
         """Learn ``vocab_size`` tokens (256 bytes + specials + merges) from ``texts``, locally."""
+        smallest = 256 + len(special_tokens) + 1
+        if vocab_size < smallest:
+            raise ValueError(
+                f"vocab_size={vocab_size} leaves no room for merges: the 256 bytes and {len(special_tokens)} special "
+                f"token(s) take {smallest - 1} ids. Pass vocab_size >= {smallest}, or use the byte tokenizer"
+            )
         tk = import_tokenizers()
         tokenizer = tk.Tokenizer(tk.models.BPE())
         tokenizer.pre_tokenizer = tk.pre_tokenizers.ByteLevel(add_prefix_space=False)
