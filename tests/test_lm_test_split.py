@@ -342,6 +342,10 @@ def test_training_without_a_validation_split(tmp_path):
     logged = metrics(run)
     assert "train/loss" in logged and not any(key.startswith("val/") for key in logged)
     assert json.loads((tmp_path / "cache" / "val.json").read_text())["num_tokens"] == 0
+    with pytest.raises(ValueError) as error:  # validating it: the fit's way round does not apply
+        cli_main(["validate", *config, *no_val, "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    refused(error, "the val split", "has 0 tokens", "val_fraction above 0")
+    assert "limit_val_batches" not in str(error.value)
     # and with a test split instead: fit tests it, and pararnn-ts test reads no validation split
     held_out = [*small_lm(tmp_path / "held"), "--data.init_args.val_fraction=0", "--data.init_args.test_fraction=0.3"]
     cli_main(["fit", *config, *held_out, "--trainer.limit_val_batches=0"])

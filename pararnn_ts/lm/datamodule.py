@@ -250,7 +250,7 @@ class TextDataModule(pl.LightningDataModule):
         for split in self.splits:
             self.tokens[split], info = open_shard(self.cache_dir, split)
             if split in read and info.num_tokens < self.seq_len + 1:
-                raise ValueError(self.short_split_message(split, info.num_tokens))
+                raise ValueError(self.short_split_message(split, info.num_tokens, stage))
             if split != "train" or split not in read:
                 continue
             windows = TokenWindowDataset(self.tokens[split], self.seq_len).num_windows  # one epoch's
@@ -262,8 +262,9 @@ class TextDataModule(pl.LightningDataModule):
                     "batch_size or seq_len"
                 )
 
-    def short_split_message(self, split: str, num_tokens: int) -> str:
-        """Why ``split`` (of ``num_tokens``) is refused, and how to give it a window."""
+    def short_split_message(self, split: str, num_tokens: int, stage: str | None = None) -> str:
+        """Why ``split`` (of ``num_tokens``) is refused, and how to give it a window; for a fit (``stage`` ``"fit"``
+        or ``None``), also how to fit without it."""
         prepared = " when preparing it" if self.source == "shards" else ""
         window = self.seq_len + 1
         short = f"the {split} split in {self.cache_dir} has {num_tokens} tokens, fewer than seq_len + 1 = {window}"
@@ -276,9 +277,11 @@ class TextDataModule(pl.LightningDataModule):
         fix = f"give more text, a larger max_{split}_bytes (if set) or a larger {share}{prepared}, or a smaller seq_len"
         if self.split_fractions()[share] == 0:
             fix = f"{share}=0 holds out no documents: give a {share} above 0{prepared}"
+        if stage not in ("fit", None):  # validate/test read this split only: there is nothing to skip
+            return f"{short}: {fix}"
         if split == "val":
             return f"{short}: {fix}; or train without validation: --trainer.limit_val_batches 0"
-        return f"{short}: {fix}; or skip the test: --trainer.limit_test_batches 0"
+        return f"{short}: {fix}; or skip the test after the fit: --trainer.limit_test_batches 0"
 
     def split_fractions(self) -> dict[str, float | None]:
         """``{"val_fraction", "test_fraction"}`` that made the splits: a shard folder's own, from its recipe (``None``
