@@ -9,7 +9,8 @@ File format (``FORMAT_VERSION`` 1). One ``.npz`` (numpy, uncompressed) per colle
 transitions stored episode after episode, each episode's steps in time order:
 
     obs          (N, O) float32   o_t, the observation the action was taken in (flattened Box)
-    action       (N, *A) raw actions as the env received them: Box (N, A) float32, Discrete (N,) int64
+    action       (N, *A) raw actions as the env received them: Box (N, A) float32 (a policy's clipped to the
+                 space's bounds), Discrete (N,) int64
     reward       (N,)   float32   r_t
     next_obs     (N, O) float32   o_{t+1}; on the last step of a finished episode the final observation
     terminated   (N,)   bool      the MDP ended at o_{t+1} (no bootstrapping past it)
@@ -355,7 +356,8 @@ def collect(
         num_steps: transitions to record, exactly (summed over the copies).
         seed: env ``i`` is reset with seed ``seed + i`` (later episodes continue its RNG); the random
             policy's action space is seeded with ``seed``.
-        policy: batched policy, observations ``(num_envs, O)`` → actions ``(num_envs, *A)``.
+        policy: batched policy, observations ``(num_envs, O)`` → actions ``(num_envs, *A)``; Box actions are
+            clipped to the space's bounds, as the world model's envs clip them.
         policy_name: stored in the metadata (default: the policy's ``__name__``, or ``"random"``).
         num_envs: copies stepped together (sync vector env, next-step autoreset).
         env_kwargs: passed to the environment's constructor.
@@ -399,7 +401,7 @@ def _run(envs: gym.vector.VectorEnv, num_steps: int, seed: int, policy: Policy |
     resetting = np.zeros(envs.num_envs, dtype=bool)  # next-step autoreset: this step only resets
     recorded = 0
     while recorded < num_steps:
-        actions = envs.action_space.sample() if policy is None else np.asarray(policy(obs))
+        actions = envs.action_space.sample() if policy is None else policy_actions(envs, policy(obs))
         next_obs, rewards, terminated, truncated, _ = envs.step(actions)
         for i in range(envs.num_envs):
             if resetting[i] or recorded >= num_steps:
@@ -412,6 +414,26 @@ def _run(envs: gym.vector.VectorEnv, num_steps: int, seed: int, policy: Policy |
         resetting = terminated | truncated
         obs = next_obs
     return finished + [steps for steps in open_episodes if steps], env_seeds
+
+
+def policy_actions(envs: gym.vector.VectorEnv, actions: Any) -> np.ndarray:
+    """A policy's ``actions``, checked: ``(num_envs,)`` Discrete indices in range, or ``(num_envs, A)`` finite Box
+    vectors, clipped to the space's bounds (as :class:`~pararnn_ts.world.env.WorldModelEnv` and the real envs clip
+    them, so the data holds what the model will be given)."""
+    space, actions = envs.single_action_space, np.asarray(actions)
+    expected = (envs.num_envs, *space.shape)
+    if actions.shape != expected:
+        raise ValueError(
+            f"collect: the policy returned actions of shape {actions.shape}, expected {expected} (one action of "
+            f"{space} per env, for observations of shape (num_envs, O))"
+        )
+    if isinstance(space, spaces.Discrete):
+        if actions.dtype.kind not in "iu" or not all(space.contains(a) for a in actions.tolist()):
+            raise ValueError(f"collect: the policy returned actions {actions.tolist()}, not integers of {space}")
+        return actions
+    if not np.isfinite(actions).all():
+        raise ValueError(f"collect: the policy returned non-finite actions {actions.tolist()}")
+    return np.clip(actions, space.low, space.high).astype(space.dtype)
 
 
 def _stack(episodes: list[list[tuple]], action_space: spaces.Space, meta: dict[str, Any]) -> Trajectories:
