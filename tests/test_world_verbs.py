@@ -229,6 +229,28 @@ def test_world_eval_scores_a_checkpoint_on_its_env(fit_checkpoint, tmp_path, mon
         evaluate.main(["--checkpoint", str(fit_checkpoint), "--models", "persistence", "--out", str(tmp_path / "b")])
 
 
+def test_a_checkpoint_fit_on_a_file_read_as_it_is_is_scored_on_that_file_and_its_env(
+    fit_checkpoint, tmp_path, monkeypatch
+):
+    """``env_id: null`` with a ``path``: the env is the file's, and its unused num_steps/num_envs are not checked."""
+    monkeypatch.setattr(evaluate, "train_world_model", lambda *a, **k: pytest.fail("training started"))
+    file = collect("Pendulum-v1", 800, seed=3, num_envs=4).save(tmp_path / "mine.npz")
+    checkpoint = torch.load(fit_checkpoint, weights_only=False)
+    checkpoint["datamodule_hyper_parameters"] |= {"env_id": None, "path": str(file), "num_steps": 10_000}
+    path = tmp_path / "from_file.ckpt"
+    torch.save(checkpoint, path)
+    argv = ["--checkpoint", str(path), "--models", "persistence", "pararnn", "--context", "4", "--ks", "1", "5"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # nothing differs from how it was trained
+        results = evaluate.main([*argv, "--out", str(tmp_path / "eval")])
+    trained = TrajectoryDataModule(None, str(file), seed=0)  # the fit's data and split
+    trained.setup("fit")
+    assert results["env_id"] == "Pendulum-v1" and results["num_steps"] == 800
+    assert results["episodes"] == {split: len(ids) for split, ids in trained.split_ids.items()}
+    assert (tmp_path / "eval" / "kstep_Pendulum-v1.md").is_file()
+    assert mpc.parse_args(["--checkpoint", str(path), "--eval-episodes", "0"]).env == "Pendulum-v1"
+
+
 def test_world_eval_scores_a_checkpoint_with_its_k_step_settings_unless_a_flag_says_otherwise(
     fit_checkpoint, tmp_path, monkeypatch, capsys
 ):

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..cells.factory import require_recorded_cell
 from ..outputs import read_checkpoint_file
+from .collect import recorded_env
 from .datamodule import TrajectoryDataModule
 from .module import WorldModelModule
 
@@ -40,8 +41,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def checkpoint_env(checkpoint: dict[str, Any]) -> str | None:
-    """The env id of the data module a checkpoint was trained with; ``None`` if it carries none."""
-    return (checkpoint.get("datamodule_hyper_parameters") or {}).get("env_id")
+    """The env id of the data module a checkpoint was trained with, else the one the trajectory file it read as it
+    is (``env_id`` null) records; ``None`` if neither says."""
+    trained = checkpoint.get("datamodule_hyper_parameters") or {}
+    return recorded_env(trained["path"]) if read_as_is(trained) else trained.get("env_id")
+
+
+def read_as_is(trained: dict[str, Any]) -> bool:
+    """Whether the data module hyperparameters ``trained`` read a trajectory file as it is (``env_id`` null): its
+    ``num_steps`` and ``num_envs`` were then unused."""
+    return "env_id" in trained and trained["env_id"] is None and trained.get("path") is not None
 
 
 #: the data module arguments that decide which transitions are collected and how episodes are split (but the env)
@@ -49,7 +58,8 @@ DATA_ARGUMENTS = tuple(name for name in TrajectoryDataModule.split_arguments if 
 
 
 def checkpoint_data(checkpoint: dict[str, Any], given: dict[str, Any], path: str | Path) -> dict[str, Any] | None:
-    """The data arguments (:data:`DATA_ARGUMENTS`) a checkpoint was trained with, ``None`` if it carries none.
+    """The data arguments (:data:`DATA_ARGUMENTS`) a checkpoint was trained with, ``None`` if it carries none; with
+    ``env_id`` ``None`` (and no ``num_steps``, ``num_envs``) if it read a trajectory file as it is.
 
     Warns about the ``given`` ones (``None``: not given) that differ: other data or another split can put the
     checkpoint's training episodes among the test episodes it is scored on. A checkpoint trained on all of its
@@ -60,7 +70,10 @@ def checkpoint_data(checkpoint: dict[str, Any], given: dict[str, Any], path: str
     if not held_out(trained):
         check_fresh_data(trained, given, path)
         return None
-    data = {name: trained[name] for name in DATA_ARGUMENTS if name in trained}
+    unused = ("num_steps", "num_envs") if read_as_is(trained) else ()
+    data = {name: trained[name] for name in DATA_ARGUMENTS if name in trained and name not in unused}
+    if read_as_is(trained):
+        data["env_id"] = None
     differ = [f"{name}={value!r} (trained: {recorded!r})" for name, value, recorded in _differing(given, data)]
     if differ:
         warnings.warn(

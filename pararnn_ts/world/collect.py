@@ -260,16 +260,28 @@ class Trajectories:
     def load(cls, path: str | Path) -> Trajectories:
         """Read what :meth:`save` wrote."""
         path = Path(path).with_suffix(".npz")
-        sidecar = path.with_suffix(".json")
-        if not path.is_file() or not sidecar.is_file():
+        if not path.is_file() or not path.with_suffix(".json").is_file():
             raise FileNotFoundError(
-                f"{path} and its sidecar {sidecar.name} must both exist (written by Trajectories.save)"
+                f"{path} and its sidecar {path.with_suffix('.json').name} must both exist (written by Trajectories.save)"
             )
-        meta = json.loads(sidecar.read_text())
-        if meta.pop("format", None) != FORMAT_VERSION:
-            raise ValueError(f"{sidecar} is not trajectory format {FORMAT_VERSION}")
+        meta = read_sidecar(path)
         with np.load(path) as arrays:
             return cls(**{name: arrays[name] for name in ARRAYS}, meta=meta)
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    """The metadata that :meth:`Trajectories.save` wrote beside ``path`` (``.npz`` or ``.json``)."""
+    sidecar = Path(path).with_suffix(".json")
+    meta = json.loads(sidecar.read_text())
+    if meta.pop("format", None) != FORMAT_VERSION:
+        raise ValueError(f"{sidecar} is not trajectory format {FORMAT_VERSION}")
+    return meta
+
+
+def recorded_env(path: str | Path) -> str | None:
+    """The env id the trajectory file at ``path`` records; ``None`` if it records none or has no sidecar."""
+    sidecar = Path(path).with_suffix(".json")
+    return read_sidecar(sidecar).get("env_id") if sidecar.is_file() else None
 
 
 def is_sidecar(path: Path) -> bool:

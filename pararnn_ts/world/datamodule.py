@@ -14,7 +14,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..loaders import EpochShuffleSampler, ResumableDataLoader
-from .collect import Episode, Trajectories, collect, refuse_foreign
+from .collect import Episode, Trajectories, collect, recorded_env, refuse_foreign
 
 SPLITS = ("train", "val", "test")
 #: standard deviations below this are treated as constant features (std 1)
@@ -278,6 +278,14 @@ class TrajectoryDataModule(pl.LightningDataModule):
         if split not in SPLITS:
             raise ValueError(f"split={split!r} is not one of {SPLITS}")
         return self._require_setup().episodes(self.split_ids[split])
+
+    @property
+    def source_env(self) -> str | None:
+        """The env the transitions come from: ``env_id``, else the one a file read as it is records (``None``:
+        unknown)."""
+        if self.env_id is not None or self.data is not None:
+            return self.env_id or self.data.meta.get("env_id")
+        return None if self.path is None else recorded_env(self.path)
 
     @property
     def obs_dim(self) -> int:

@@ -195,7 +195,7 @@ def compare_models(
         raise ValueError(f"--checkpoint {checkpoint} is scored as the pararnn row; add pararnn to --models")
     if context < 1 or stride < 1 or not ks or min(ks) < 1:
         raise ValueError(f"--context, --stride and every --ks must be >= 1, got {context}, {stride}, {list(ks)}")
-    paths = output_paths(out_dir, datamodule.env_id)
+    paths = output_paths(out_dir, datamodule.source_env or "trajectories")
     refuse_existing(paths.values(), overwrite)
     start = time.perf_counter()
     datamodule.setup("fit")
@@ -220,7 +220,7 @@ def compare_models(
     settings |= {"open_loop_weight": open_loop_weight, "mlp_epochs": mlp_epochs, "window": datamodule.window}
     settings |= {"context": context, "stride": stride, "seed": seed}
     results = {
-        "env_id": datamodule.env_id,
+        "env_id": datamodule.source_env,
         "num_steps": len(datamodule.data),
         "episodes": {split: len(ids) for split, ids in datamodule.split_ids.items()},
         "settings": settings,
@@ -236,7 +236,7 @@ def compare_models(
     paths["md"].write_text(markdown_table(results, ks))
     longest = max(test, key=lambda e: len(e.obs))
     predictors = {row.name: row.predict for row in rows}
-    plot_rollout(paths["png"], longest, predictors, context, max(ks), datamodule.env_id)
+    plot_rollout(paths["png"], longest, predictors, context, max(ks), datamodule.source_env or "trajectories")
     return results
 
 
@@ -266,8 +266,8 @@ def model_row(
         return Row("MLP ensemble", ensemble.rollout, time.perf_counter() - start, size)
     if model == "pararnn" and checkpoint is not None:
         module, trained_on = read_world_checkpoint(checkpoint)
-        env_for_checkpoint(datamodule.env_id, trained_on, checkpoint)
-        check_sizes(module, datamodule.obs_dim, datamodule.action_dim, datamodule.env_id, checkpoint)
+        env = env_for_checkpoint(datamodule.source_env, trained_on, checkpoint)
+        check_sizes(module, datamodule.obs_dim, datamodule.action_dim, env, checkpoint)
         seconds = None
     else:
         kwargs = module_kwargs | ({"cell": "torch_gru"} if model == "torch_gru" else {})
@@ -451,12 +451,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         data = checkpoint_data(checkpoint, given, args.checkpoint) or data
         evaluation |= checkpoint_evaluation(checkpoint, given_evaluation, args.checkpoint)
     data |= {name: value for name, value in given.items() if value is not None}
+    if args.steps is not None:  # fresh episodes: collected from (or a --data file checked against) the env
+        data.pop("env_id", None)
     evaluation |= {name: value for name, value in given_evaluation.items() if value is not None}
     env = env or "Pendulum-v1"
     make_env(env, flatten_fix_cli).close()  # an unknown id or unsupported spaces: a clear error before any work
     datamodule = TrajectoryDataModule(
-        env,
-        **data,
+        **{"env_id": env, **data},
         window=args.window,
         stride=args.train_stride,
         batch_size=args.batch_size,

@@ -190,7 +190,7 @@ class WorldModelModule(pl.LightningModule):
             if given is not None and given != found:
                 raise ValueError(
                     f"WorldModelModule: {name}={given} (given, or recorded in the checkpoint), but the data "
-                    f"({datamodule.env_id}, observation space {datamodule.observation_space}, action space "
+                    f"({datamodule.source_env}, observation space {datamodule.observation_space}, action space "
                     f"{datamodule.action_space}) has {found}; score a checkpoint on data of the env it was trained "
                     f"on, or, training a new model, drop {name} to take it from the data"
                 )
