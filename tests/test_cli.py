@@ -395,11 +395,12 @@ def test_a_checkpoint_of_another_model_class_is_refused(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["parity_paragru"]
 
 
-def test_short_class_names_resolve_in_a_fresh_process(tmp_path):
-    """The command itself imports every shipped class, so configs may name them without modules."""
+@pytest.mark.parametrize("module", ["pararnn_ts", "pararnn_ts.cli"])
+def test_short_class_names_resolve_in_a_fresh_process(tmp_path, module):
+    """The command (also as ``python -m``) imports every shipped class, so configs may name them without modules."""
     args = ["fit", "--model=SequenceTagger", "--model.cell=GatedLinearRNN", "--model.cell.input_size=4"]
     args += ["--model.cell.hidden_size=4", "--data=ParityDataModule", "--print_config"]
-    done = subprocess.run([sys.executable, "-m", "pararnn_ts.cli", *args], cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert yaml.safe_load(done.stdout)["model"]["init_args"]["cell"]["class_path"] == "pararnn_ts.nn.GatedLinearRNN"
 
