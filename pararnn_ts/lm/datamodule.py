@@ -220,8 +220,9 @@ class TextDataModule(pl.LightningDataModule):
         return config
 
     def prepare_data(self) -> None:
-        """Tokenise the source into ``cache_dir``, unless it already holds these shards."""
-        if self.source == "shards":
+        """Tokenise the source into ``cache_dir``, unless it already holds these shards (or ``predict`` runs: it
+        reads no split)."""
+        if self.source == "shards" or getattr(getattr(self, "trainer", None), "predicting", False):
             return
         # a split that gets no documents is full from the start, so that a capped stream is not read to its end
         shares = {"val": self.val_fraction, TEST_SPLIT: self.test_fraction}
@@ -237,7 +238,9 @@ class TextDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Open the shards; refuse a split that ``stage`` reads (every split without a stage) if it is too short for
         one window. ``fit`` reads train, val and the test split that follows it; a trainer with
-        ``limit_val_batches=0`` (``limit_test_batches=0``) reads no val (test) split."""
+        ``limit_val_batches=0`` (``limit_test_batches=0``) reads no val (test) split, ``predict`` none."""
+        if stage == "predict":  # prompts only: the shards need not exist
+            return
         if not (self.cache_dir / "train.json").is_file():
             raise FileNotFoundError(f"no shards in {self.cache_dir}: call prepare_data() before setup()")
         self.restored_splits = None  # this run's checkpoint, if any, is restored after setup (load_state_dict)
