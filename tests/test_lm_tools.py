@@ -153,7 +153,8 @@ def test_predict_generates_text_from_a_checkpoint(tmp_path, capsys):
     sampling = {"max_new_tokens": 8, "temperature": 0.0, "top_k": None, "top_p": 0.9, "seed": 0, "stop_at_eos": True}
     assert records[0] == {"prompt": "def ", **sampling, "completion": texts[0].removeprefix("def ")}
     # predicting reads no split: a config whose shards were never written does not tokenise its corpus
-    elsewhere = ["--data.init_args.cache_dir", str(tmp_path / "unwritten"), *settings, "--data.init_args.max_new_tokens=8"]
+    elsewhere = ["--data.init_args.cache_dir", str(tmp_path / "unwritten"), *settings]
+    elsewhere.append("--data.init_args.max_new_tokens=8")
     cli_main(["predict", *config, "--ckpt_path", str(ckpt), *elsewhere])
     out = capsys.readouterr().out
     assert all(f"--- sample {i} ---\n{text}\n" in out for i, text in enumerate(texts))

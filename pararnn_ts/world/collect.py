@@ -260,11 +260,12 @@ class Trajectories:
     def load(cls, path: str | Path) -> Trajectories:
         """Read what :meth:`save` wrote."""
         path = Path(path).with_suffix(".npz")
-        if not path.is_file() or not path.with_suffix(".json").is_file():
+        sidecar = path.with_suffix(".json")
+        if not path.is_file() or not sidecar.is_file():
             raise FileNotFoundError(
-                f"{path} and its sidecar {path.with_suffix('.json').name} must both exist (written by Trajectories.save)"
+                f"{path} and its sidecar {sidecar.name} must both exist (written by Trajectories.save)"
             )
-        meta = read_sidecar(path)
+        meta = read_sidecar(sidecar)
         with np.load(path) as arrays:
             return cls(**{name: arrays[name] for name in ARRAYS}, meta=meta)
 
