@@ -313,6 +313,32 @@ def test_parameters_and_buffers_pass():
     assert not cell._contract_pending
 
 
+def test_buffers_swapped_in_or_changed_in_place_are_those_the_backward_uses():
+    """As parameters are: the backward differentiates at the buffers the forward ran with (functional_call), and
+    refuses to run after one was changed in place."""
+    other = {"scale": torch.full((4,), 0.3, dtype=torch.float64)}
+    expected = None
+    for mode in ("sequential", "parallel"):
+        cell = BufferCell(mode=mode)
+        x = inputs().requires_grad_()
+        y, _ = torch.func.functional_call(cell, other, (x,))
+        got = torch.autograd.grad(y.sin().sum(), (x, *cell.parameters()))
+        expected = expected or got
+        for a, b in zip(expected, got, strict=True):
+            torch.testing.assert_close(b, a, msg=mode)
+        y, _ = cell(inputs().requires_grad_())
+        with torch.no_grad():
+            cell.scale.mul_(0.5)
+        with pytest.raises(RuntimeError, match="inplace"):
+            y.sum().backward()
+    # vmap over a buffer: the solves' autograd Functions have no vmap rule, so the loop runs (Newton failed on .item())
+    scales, x = torch.stack([torch.full((4,), v, dtype=torch.float64) for v in (0.3, 0.6)]), inputs()
+    with pytest.warns(RuntimeWarning, match="torch.func transform"):
+        y = torch.func.vmap(lambda b: torch.func.functional_call(cell, {"scale": b}, (x,))[0])(scales)
+    for b, y_b in zip(scales, y, strict=True):
+        torch.testing.assert_close(y_b, torch.func.functional_call(cell, {"scale": b}, (x,))[0])
+
+
 # ---- 3. what a subclass must implement -------------------------------------------------------------------------
 class NoRecurrence(ParaCell):
     state_shape = (4,)

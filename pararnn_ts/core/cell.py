@@ -326,7 +326,7 @@ class ParaCell(nn.Module):
             return True
         if torch.compiler.is_exporting():
             why = "torch.export"
-        elif functorch_wrapped(u, h0, *self.parameters()):  # the solves' autograd Functions have no functorch rules
+        elif functorch_wrapped(u, h0, *self.parameters(), *self.buffers()):  # the solves' Functions: no functorch rules
             why = "a torch.func transform (grad, vjp, jacrev, jacfwd, vmap)"
         elif capturing(u) and not (mode == "fused" and fused_ops.has_exact_kernels(backend)):
             why = "CUDA graph capture (Newton reads its residual on the host)"  # the exact fused kernels read none
