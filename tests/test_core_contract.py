@@ -420,12 +420,26 @@ class StepOnly(ElementwiseCell):
         (DenseOnBlockState, r"structure Dense\(\) is for a state of shape \(N,\).*\(2, 2\).*Block\(2\)"),
         (WrongOutputShape, r"recurrence returned \(2, 3\) for h_prev of shape \(2, 4\).*must return the next state"),
         (WrongOutputDtype, r"recurrence returned torch\.float32 for a torch\.float64 state"),
-        (StepOnly, r"recurrence failed on h_prev of shape \(2, 4, 4\).*batched over any leading dims"),
     ],
 )
 def test_a_mismatch_of_structure_state_and_output_is_named_in_every_mode(cls, match, mode):
     with pytest.raises(ValueError, match=match):
         cls(mode=mode)(inputs())
+
+
+@pytest.mark.parametrize("cls", [StepOnly, LeadingDimCell])
+def test_a_recurrence_written_for_one_step_runs_sequentially_and_is_refused_in_parallel(cls):
+    """The sequential mode calls it step by step, as a plain loop would; only the parallel mode needs the batched
+    (batch, time, ...) layout."""
+    cell, x = cls(mode="sequential"), inputs()
+    y, last = cell(x)
+    h, loop = torch.zeros(x.shape[0], 4, dtype=x.dtype), []
+    for x_t in x.unbind(1):
+        h = cell.recurrence(h, x_t)
+        loop.append(h)
+    torch.testing.assert_close(y, torch.stack(loop, 1), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"batched over any leading dims|index from the end"):
+        cls(mode="parallel")(inputs())
 
 
 @pytest.mark.parametrize("mode", ["sequential", "parallel"])

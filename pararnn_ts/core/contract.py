@@ -79,8 +79,8 @@ def check_contract(cell: ParaCell, mode: str, u: Tensor, h0: Tensor, pending: se
     # hooks: the graphs built here are not counted by an enclosing checkpoint (torch.utils.checkpoint with
     # use_reentrant=False), whose recomputation finds the checks done
     with torch.random.fork_rng(cuda), torch.autograd.graph.saved_tensors_hooks(_same, _same):
-        with torch.no_grad():
-            h_prev, f, h = _slice(cell, u_s, h0_s)
+        with torch.no_grad():  # the recurrence in the parallel layout only for the checks that read it
+            h_prev, f, h = _slice(cell, u_s, h0_s, batched=bool(due & {"jacobian", "train_mode"}))
         pending.discard("declaration")
         if due & {"jacobian", "train_mode"}:
             check_batched(cell, h_prev, u_s, f, h)
@@ -281,17 +281,19 @@ def _rows(u: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
     return u_s, h0_s
 
 
-def _slice(cell: ParaCell, u: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _slice(cell: ParaCell, u: Tensor, h0: Tensor, batched: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
     """``(h_prev, f, h)``: the states before and after each of the ``n`` steps of ``u`` ``(R, n, *U)`` from ``h0``
-    ``(R, *S)`` by the loop, and ``f = recurrence(h_prev, u)`` in the parallel layout; checks each one's shape and
-    dtype."""
+    ``(R, *S)`` by the loop, and ``f = recurrence(h_prev, u)`` in the parallel layout (``None`` unless ``batched``);
+    checks each one's shape and dtype."""
     name = type(cell).__name__
     states = [h0]
     for t in range(u.shape[1]):
         out = _first_step(cell, states[-1], u[:, t]) if t == 0 else cell.recurrence(states[-1], u[:, t])
         check_state(name, out, states[-1], u[:, t])
         states.append(out)
-    h_prev = torch.stack(states[:-1], dim=1)
+    h_prev, h = torch.stack(states[:-1], dim=1), torch.stack(states[1:], dim=1)
+    if not batched:  # the loop's checks only: a sequential solve calls the recurrence step by step
+        return h_prev, None, h
     try:
         f = cell.recurrence(h_prev, u)
     except (RuntimeError, IndexError, ValueError) as err:
@@ -302,7 +304,7 @@ def _slice(cell: ParaCell, u: Tensor, h0: Tensor) -> tuple[Tensor, Tensor, Tenso
             f"({_OFF}). The error: {err}"
         ) from err
     check_state(name, f, h_prev, u)
-    return h_prev, f, torch.stack(states[1:], dim=1)
+    return h_prev, f, h
 
 
 def _first_step(cell: ParaCell, h_prev: Tensor, u: Tensor) -> Tensor:
