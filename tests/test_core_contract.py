@@ -393,6 +393,10 @@ class DenseOnBlockState(ElementwiseCell):
         return torch.tanh(0.5 * h + u)
 
 
+class IntStateShape(ElementwiseCell):
+    state_shape = 4  # not (4,)
+
+
 class WrongOutputShape(ElementwiseCell):
     def recurrence(self, h, u):
         return super().recurrence(h, u)[..., :3]
@@ -418,6 +422,7 @@ class StepOnly(ElementwiseCell):
         (StructureClass, r"StructureClass\.structure is the class Diagonal; it must be an instance: .*Diagonal\(\)"),
         (StructureString, r"must be a Structure instance \(Diagonal\(\), Block\(k\) or Dense\(\).*'diagonal'"),
         (DenseOnBlockState, r"structure Dense\(\) is for a state of shape \(N,\).*\(2, 2\).*Block\(2\)"),
+        (IntStateShape, r"IntStateShape\.state_shape must be a tuple of positive ints.*\(D,\).*got 4$"),
         (WrongOutputShape, r"recurrence returned \(2, 3\) for h_prev of shape \(2, 4\).*must return the next state"),
         (WrongOutputDtype, r"recurrence returned torch\.float32 for a torch\.float64 state"),
     ],

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from ..ops import fused as fused_ops
 from .autograd import parallel_solve, sequential_solve, settle
 from .checks import all_finite, autocast_enabled, capturing, check_state_device, functorch_wrapped
-from .contract import CHECKS, MODE_CHECKS, check_contract, check_state
+from .contract import CHECKS, MODE_CHECKS, check_contract, check_declaration, check_state
 from .newton import SolverStats, default_tol
 from .structure import Diagonal, Structure
 
@@ -373,6 +373,8 @@ class ParaCell(nn.Module):
 
     def _initial_state(self, state: Any, x: Tensor, x_name: str = "x") -> Tensor:
         """The state ``(B, *S)`` to start from: ``state`` checked (device, shape, values) and converted, or zeros."""
+        if self.check_contract and "declaration" in self._contract_pending:
+            check_declaration(self)  # state_shape is read here first
         batch = x.shape[0]
         if state is None:
             dtype = torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32
