@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 from conftest import make_cell, random_state, rel_err, state_tensors
+from test_core_policy import DenseTanhCell
 
 EPS32 = torch.finfo(torch.float32).eps
 
@@ -217,3 +218,8 @@ def test_auto_chunks_bound_the_working_set_on_cpu():
     steps = cell.resolve_chunk_size(torch.empty(8, 100_000, 3, 256))
     assert steps * 8 * 45 <= 2 * cell.CPU_CHUNK_ELEMENTS
     assert make_cell("paragru", chunk_size=None).resolve_chunk_size(torch.empty(8, 10, 3, 45)) is None
+    # by the Jacobian's values: a dense one has N² a step (here 25), a 2×2 block one 4·D
+    dense = DenseTanhCell()
+    assert dense.resolve_chunk_size(torch.empty(4, 100_000, 5)) * 4 * 25 <= 2 * dense.CPU_CHUNK_ELEMENTS
+    lstm = make_cell("paralstm", torch.float32, hidden=258)
+    assert lstm.resolve_chunk_size(torch.empty(8, 100_000, 4, 258)) * 8 * 258 * 4 <= 2 * lstm.CPU_CHUNK_ELEMENTS

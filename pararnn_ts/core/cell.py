@@ -55,8 +55,8 @@ class ParaCell(nn.Module):
             iterate, ``"raise"`` raises :class:`~pararnn_ts.core.newton.NewtonConvergenceError`.
         chunk_size: the parallel mode solves time chunks of this many steps one after the other,
             each from the exact final state of the previous one; ``"auto"`` (default) picks chunks
-            of about :attr:`CPU_CHUNK_ELEMENTS` state values on CPU, so Newton's passes stay in
-            cache, and the whole sequence at once on GPU; ``None`` never chunks.
+            of about :attr:`CPU_CHUNK_ELEMENTS` Jacobian values on CPU (64 steps at least), so Newton's passes stay
+            in cache, and the whole sequence at once on GPU; ``None`` never chunks.
         check_inputs: validate shapes and finiteness of inputs, and that the solve's trajectory is finite (one
             pass over each).
         fused_backend: which fused backend ``"fused"``/``"auto"`` may use: ``"auto"`` (the
@@ -344,7 +344,8 @@ class ParaCell(nn.Module):
             return self.chunk_size
         if u.device.type == "cuda":
             return None
-        return max(64, self.CPU_CHUNK_ELEMENTS // (u.shape[0] * math.prod(self.state_shape)))
+        per_step = math.prod(self.structure.jacobian_shape(self.state_shape))  # D, D·k or N² values
+        return max(64, self.CPU_CHUNK_ELEMENTS // (u.shape[0] * per_step))
 
     def resolved_tol(self, dtype: torch.dtype) -> float:
         return self.tol if self.tol is not None else default_tol(dtype)
