@@ -190,6 +190,9 @@ def check_jacobian(cell: ParaCell, h_prev: Tensor, u: Tensor, f: Tensor, h: Tens
                 f"recurrence mixes state entries that {s} keeps apart; declare the structure it has: Dense() for a "
                 "full N×N Jacobian, Block(k) when only the k entries of each channel mix"
             )
+            if len(cell.state_shape) == 2:  # Dense() lays the state out flat
+                d, k = cell.state_shape
+                fix += f" (Dense() takes a flat state: state_shape ({d * k},), with recurrence reading it so)"
         raise ValueError(
             f"{name}: the Jacobian from {source} is not the derivative of recurrence: {what} differ by {err:.3g} "
             f"(relative to their size; tolerance {tol:.2g}) on the first {h_prev.shape[1]} steps of "
