@@ -46,7 +46,7 @@ import pararnn_ts.lm  # noqa: F401
 import pararnn_ts.nn  # noqa: F401
 import pararnn_ts.synthetic  # noqa: F401
 from pararnn_ts.callbacks import LogNewtonStats, ResumeRandomState
-from pararnn_ts.cells.factory import describe_cell
+from pararnn_ts.cells.factory import describe_cell, require_recorded_cell
 from pararnn_ts.cli_parser import SuggestingArgumentParser
 from pararnn_ts.extras import missing_extra
 from pararnn_ts.run_callbacks import (
@@ -379,10 +379,12 @@ def refuse_missing_checkpoint(ckpt_path: str | None) -> None:
 
 def refuse_other_model_class(ckpt_path: str | None, configured: str | None) -> None:
     """Raise ``ValueError`` if the checkpoint at ``ckpt_path`` was written by another model class than the
-    config's ``configured`` class path (as recorded by the CLI that trained it)."""
+    config's ``configured`` class path (as recorded by the CLI that trained it), and ``ImportError`` if the cell it
+    records cannot be imported here (:func:`~pararnn_ts.cells.factory.require_recorded_cell`)."""
     checkpoint = read_checkpoint(ckpt_path) if configured else None
     if checkpoint is None:
         return
+    require_recorded_cell(checkpoint.get("hyper_parameters", {}), f"--ckpt_path {ckpt_path}")
     trained = checkpoint.get("hyper_parameters", {}).get("_class_path")
     if trained is not None and trained != configured:
         raise ValueError(

@@ -433,6 +433,13 @@ def test_a_checkpoint_restores_the_cell_it_was_trained_with(tmp_path, monkeypatc
     # in Python too: the checkpoint alone builds the model
     model = SequenceTagger.load_from_checkpoint(checkpoint)
     assert isinstance(model.cell, ParaGRU) and model.cell.hidden_size == 32 and model.cell.mode == "sequential"
+    # a cell that cannot be imported here: one error naming it and the fix, not jsonargparse's union dump
+    trained = torch.load(checkpoint, weights_only=False)
+    trained["hyper_parameters"]["cell"]["class_path"] = "my_missing_cells.TanhRNN"
+    torch.save(trained, tmp_path / "elsewhere.ckpt")
+    fix = r"--ckpt_path \S*elsewhere.ckpt was trained with the cell 'my_missing_cells.TanhRNN', which cannot be imp"
+    with pytest.raises(ImportError, match=fix + r".*PYTHONPATH"):
+        main(["test", "-c", str(PARITY_GRU), *TINY, f"--ckpt_path={tmp_path / 'elsewhere.ckpt'}"])
 
 
 def test_limit_test_batches_0_skips_the_test_after_fit(tmp_path, monkeypatch):
