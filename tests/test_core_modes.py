@@ -102,6 +102,27 @@ def test_bf16_parameters_get_gradients_summed_in_the_solve_dtype(cell_name, mode
     assert max(errors.values()) <= torch.finfo(torch.bfloat16).eps, errors  # twice the rounding of the gradient
 
 
+@pytest.mark.parametrize("mode", ["sequential", "parallel"])
+def test_a_bf16_cell_that_multiplies_matrices_reads_its_weights_in_the_solve_dtype(mode):
+    """A matmul takes operands of one dtype: the checks, Newton, the backward and step read bf16 weights widened to
+    the float32 solve (they failed with 'expected m1 and m2 to have the same dtype'), gradients summed in it."""
+    torch.manual_seed(0)
+    cell = DenseTanhCell(mode=mode).to(torch.bfloat16)
+    x = torch.randn(2, 400, 5, dtype=torch.bfloat16)
+    exact = copy.deepcopy(cell).double()
+    grads = {}
+    for model in (cell, exact):
+        y, _ = model(x.to(model.W.dtype))
+        weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+        (y.double() * weights).sum().backward()
+        grads[model] = model.W.grad.double()
+    assert cell.last_stats.mode == mode and not cell.last_stats.fell_back
+    assert rel_err(grads[exact], grads[cell]) <= torch.finfo(torch.bfloat16).eps
+    h = cell.step(x[:, 0])
+    assert h.dtype == torch.bfloat16
+    torch.testing.assert_close(h.double(), exact.step(x[:, 0].double()), rtol=0, atol=torch.finfo(torch.bfloat16).eps)
+
+
 def test_parameters_swapped_in_by_functional_call_get_the_gradients(cell_name):
     """Hypernetworks and meta-learning run a cell on other weights: each mode differentiates at those, not its own."""
     cell = make_cell(cell_name, torch.float64)

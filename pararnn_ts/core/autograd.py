@@ -28,13 +28,18 @@ if TYPE_CHECKING:
 
 
 def sequential_solve(cell: ParaCell, u: Tensor, h0: Tensor) -> Tensor:
-    """The plain loop ``h_t = f(h_{t-1}, u_t)``: ``(B, T, ...)``, ``(B, *S)`` → ``(B, T, *S)``.
+    """The plain loop ``h_t = f(h_{t-1}, u_t)``: ``(B, T, ...)``, ``(B, *S)`` → ``(B, T, *S)``, at the cell's
+    parameters and buffers widened to ``u``'s dtype (:func:`widened`)."""
+    return call_with_parameters(cell, widened(cell, u.dtype), _loop, u, h0)
 
-    Parameters narrower than ``u`` (bf16 weights in a float32 solve) are read through one widened
-    copy per solve, so their ``T`` per-step gradients add up in ``u``'s dtype, not in theirs.
-    """
-    narrow = {n: p.to(u.dtype) for n, p in cell.named_parameters() if _narrower(p.dtype, u.dtype)}
-    return call_with_parameters(cell, narrow, _loop, u, h0)
+
+def widened(cell: ParaCell, dtype: torch.dtype, named: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """One copy in ``dtype`` of each of the cell's floating parameters and buffers narrower than it (bf16 weights in
+    a float32 solve), to read them through (:func:`call_with_parameters`): the recurrence computes in the solve
+    dtype (a matmul takes one dtype), and their per-step gradients add up in it, not in theirs. ``named``: the
+    tensors to read instead of the cell's own (by name), widened too where narrower."""
+    tensors = dict(cell.named_parameters()) | dict(cell.named_buffers()) | (named or {})
+    return (named or {}) | {n: t.to(dtype) for n, t in tensors.items() if _narrower(t.dtype, dtype)}
 
 
 def _narrower(dtype: torch.dtype, than: torch.dtype) -> bool:
@@ -72,7 +77,8 @@ def _loop(cell: ParaCell, u: Tensor, h0: Tensor) -> Tensor:
 
 def solve_with_policy(cell: ParaCell, u: Tensor, h0: Tensor) -> tuple[Tensor, SolverStats]:
     """Newton, then the cell's non-convergence policy (``fallback``); runs without a graph."""
-    h, stats = newton_solve(cell, u, h0, cell.resolved_tol(u.dtype), cell.max_iters)
+    tol = cell.resolved_tol(u.dtype)
+    h, stats = call_with_parameters(cell, widened(cell, u.dtype), newton_solve, u, h0, tol, cell.max_iters)
     return settle(cell, stats, u, h, lambda: sequential_solve(cell, u, h0)), stats
 
 
@@ -183,15 +189,17 @@ class NewtonSolve(torch.autograd.Function):
         check = cell.check_contract  # the part in h_prev of the product below checks the adjoint
         device = h.device.type  # as the forward: autocast off (a backward called inside an autocast region)
         with torch.autocast(device, enabled=False) if autocast_enabled(device) else nullcontext():
+            with torch.enable_grad():  # the narrow ones widened as the forward read them, in the graph of theirs
+                reads = widened(cell, u.dtype, swapped)
             with torch.no_grad():
-                _, J = call_with_parameters(cell, swapped, _jacobian, h_prev, u)
+                _, J = call_with_parameters(cell, reads, _jacobian, h_prev, u)
                 adjoint = reverse_linear_scan(J, grad_h, cell.structure)
             params = [p for p, needed in zip(params, needs_params, strict=True) if needed]
             with torch.enable_grad():
                 h_prev = h_prev.detach().requires_grad_(needs_h0 or check)
                 u = u.detach().requires_grad_(needs_u)
                 inputs = [x for x, needed in ((h_prev, h_prev.requires_grad), (u, needs_u)) if needed] + params
-                out = call_with_parameters(cell, swapped, _recurrence, h_prev, u)
+                out = call_with_parameters(cell, reads, apply_recurrence, h_prev, u)
                 grads = list(torch.autograd.grad(out, inputs, adjoint, allow_unused=True)) if inputs else []
         grad_h_prev = grads.pop(0) if h_prev.requires_grad else None
         if check:
@@ -206,5 +214,5 @@ def _jacobian(cell: ParaCell, h_prev: Tensor, u: Tensor) -> tuple[Tensor, Tensor
     return cell.jacobian(h_prev, u)
 
 
-def _recurrence(cell: ParaCell, h_prev: Tensor, u: Tensor) -> Tensor:
+def apply_recurrence(cell: ParaCell, h_prev: Tensor, u: Tensor) -> Tensor:
     return cell.recurrence(h_prev, u)

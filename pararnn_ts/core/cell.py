@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import fused as fused_ops
-from .autograd import parallel_solve, sequential_solve, settle
+from .autograd import apply_recurrence, call_with_parameters, parallel_solve, sequential_solve, settle, widened
 from .checks import all_finite, autocast_enabled, capturing, check_state_device, functorch_wrapped
 from .contract import CHECKS, MODE_CHECKS, check_contract, check_declaration, check_state
 from .newton import SolverStats, default_tol
@@ -239,7 +239,7 @@ class ParaCell(nn.Module):
         u = self.project(x_t)
         with self._solve_precision(u) as dtype:
             h_prev = h0.to(dtype)
-            h = self.recurrence(h_prev, u.to(dtype))
+            h = call_with_parameters(self, widened(self, dtype), apply_recurrence, h_prev, u.to(dtype))
             if self.check_contract and not self._step_checked:  # shapes and dtypes only: no data read
                 check_state(type(self).__name__, h, h_prev, u)
                 self._step_checked = True
@@ -254,7 +254,8 @@ class ParaCell(nn.Module):
                 mode, backend = "sequential", "pytorch"
             h0 = _cast(h0, dtype)
             if self.check_contract and not self._contract_pending.isdisjoint(MODE_CHECKS[mode]):
-                check_contract(self, mode, u, h0, self._contract_pending)  # until each check has run once
+                # until each check has run once; at the parameters the solve reads
+                call_with_parameters(self, widened(self, dtype), check_contract, mode, u, h0, self._contract_pending)
             if mode == "fused":
                 h = self._fused_solve(backend, u, h0, dtype)
             elif mode == "sequential":
