@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 from conftest import run_in_two_processes
+from gluonts.dataset.split import slice_data_entry
 
 from pararnn_ts.cli import main
 from pararnn_ts.forecast.cli_module import (
@@ -395,10 +396,11 @@ def test_holdout_windows_cut_the_last_horizons():
         for n in lengths
     ]
     train, validation = holdout_windows(entries, horizon, windows)
-    # Brute force: training keeps what precedes the 2 held-out horizons (the 3-step series has nothing left);
-    # a validation entry ends at each window's end and needs at least one step before its window.
-    assert [e["target"].tolist() for e in train] == [list(range(6)), [0.0]]
-    assert [len(e["target"]) for e in validation] == [10, 8, 5, 3, 3]
+    # Brute force: training keeps what precedes the 2 held-out horizons (the 3-step series has nothing before them:
+    # it is trained on whole, not validated); a validation entry ends at each window's end and needs at least one
+    # step before its window.
+    assert [e["target"].tolist() for e in train] == [list(range(6)), [0.0], [0.0, 1.0, 2.0]]
+    assert [len(e["target"]) for e in validation] == [10, 8, 5, 3]
     for entry in train + validation:
         np.testing.assert_array_equal(entry["feat_dynamic_real"][0], -entry["target"])
         assert entry["start"] == pd.Period("2000-01", freq="M")
@@ -428,6 +430,17 @@ def test_training_batches_cover_every_series(num_workers):
     assert batches[0]["future_target"].shape == (8, H)
     levels = torch.cat([b["future_target"].amax(1) for b in batches]).div(100).round().unique().tolist()
     assert levels == [1.0, 2.0, 3.0]
+
+
+def test_a_series_too_short_to_validate_is_trained_on_whole_and_said_so():
+    entries = level_series(count=3, length=60)  # the last one has H + 3 values: 3 of them before its test window
+    train = [slice_data_entry(entry, slice(None, -H)) for entry in entries]
+    datamodule = ForecastDataModule(InMemory(ForecastData("levels", "M", H, train=train, test=entries)))
+    with pytest.warns(UserWarning, match=r"1 of 3 series have no more than .* = 4 training values \(e\.g\. 's2', 3\)"):
+        datamodule.setup("fit")
+    assert [entry["item_id"] for entry in datamodule.train_entries] == ["s0", "s1", "s2"]
+    assert len(datamodule.train_entries[2]["target"]) == 3
+    assert [entry["item_id"] for entry in datamodule.val_entries] == ["s0", "s1"]
 
 
 def test_datamodule_refuses_bad_arguments(tmp_path):

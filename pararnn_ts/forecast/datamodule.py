@@ -36,16 +36,18 @@ PredictSplit = Literal["future", "test"]
 def holdout_windows(entries: list[Entry], prediction_length: int, windows: int) -> tuple[list[Entry], list[Entry]]:
     """Split each series into training data and ``windows`` validation windows of ``prediction_length`` at its end.
 
-    Training entries end before the first held-out window (series with nothing left are dropped);
-    validation entries end at each window's end, their last ``prediction_length`` steps being the
-    window (windows with no step before them are dropped).
+    Training entries end before the first held-out window; validation entries end at each window's end, their last
+    ``prediction_length`` steps being the window (windows with no step before them are dropped). A series with no
+    step before its windows is trained on whole and not validated.
     """
     train, validation = [], []
     held_out = windows * prediction_length
     for entry in entries:
         length = len(entry["target"])
-        if length > held_out:
-            train.append(slice_data_entry(entry, slice(None, length - held_out)))
+        if length <= held_out:
+            train.append(entry)
+            continue
+        train.append(slice_data_entry(entry, slice(None, length - held_out)))
         for window in range(windows):
             end = length - window * prediction_length
             if end > prediction_length:
@@ -360,13 +362,21 @@ class ForecastDataModule(pl.LightningDataModule):
     def load(self) -> None:
         """Load the data and cut the training and validation entries."""
         self.data = self.dataset.load()
-        self.train_entries, self.val_entries = holdout_windows(
-            self.data.train, self.data.prediction_length, self.validation_windows
-        )
-        if not self.train_entries:
+        data, windows = self.data, self.validation_windows
+        self.train_entries, self.val_entries = holdout_windows(data.train, data.prediction_length, windows)
+        short = [entry for entry in data.train if len(entry["target"]) <= windows * data.prediction_length]
+        if windows and len(short) == len(data.train):
             raise ValueError(
-                f"{self.data.name}: no series is longer than validation_windows={self.validation_windows} horizons "
-                f"of {self.data.prediction_length}; lower validation_windows"
+                f"{data.name}: no series is longer than validation_windows={windows} horizons of "
+                f"{data.prediction_length}; lower validation_windows (0: no validation)"
+            )
+        if short:
+            warnings.warn(
+                f"{data.name}: {len(short)} of {len(data.train)} series have no more than validation_windows × "
+                f"prediction_length = {windows * data.prediction_length} training values (e.g. "
+                f"{short[0].get('item_id')!r}, {len(short[0]['target'])}): they are trained on whole and not "
+                "validated",
+                stacklevel=2,
             )
 
     def _module(self) -> Any:
