@@ -454,6 +454,8 @@ def test_datamodule_refuses_bad_arguments(tmp_path):
     datamodule = ForecastDataModule(spec, validation_windows=20)
     with pytest.raises(ValueError, match="lower validation_windows"):
         datamodule.setup("fit")
+    with pytest.raises(ValueError, match="validation_windows=0 holds out no validation windows, so validate has"):
+        ForecastDataModule(spec, validation_windows=0).setup("validate")
 
 
 def run_predict(config: Path, folder: Path, *extra: str) -> Path:

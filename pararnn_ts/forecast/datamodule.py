@@ -354,6 +354,11 @@ class ForecastDataModule(pl.LightningDataModule):
         self.val_entries: list[Entry] = []
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "validate" and self.validation_windows == 0:
+            raise ValueError(
+                "ForecastDataModule: validation_windows=0 holds out no validation windows, so validate has nothing to "
+                "score: pass --data.init_args.validation_windows 1 (or more), or score the test split with test"
+            )
         if self.data is None:
             self.load()
         if stage == "predict":
