@@ -186,6 +186,10 @@ def test_json_lines_round_trip_keeps_nan_and_covariates(tmp_path):
         ([{**series(20, "big"), "target": [1.0] * 3 + [1e39] * 17}], r"'big' has ±inf \(or a value beyond float32"),
         ([series(20, "hot", feat_dynamic_real=[[1.0] * 12 + [float("-inf")] * 8])], r"NaN or ±inf at time steps \[12"),
         ([series(20, "ok"), {**series(20, "typo"), "target": [1.0] * 19 + ["x"]}], r"line 2: target holds a value"),
+        (
+            [series(20, "a"), series(20, "b"), series(20, "a"), series(20, "b")],
+            r"has item_id 'a' on lines \[1, 3\] \(2 id\(s\) repeated\): each series needs an id of its own",
+        ),
     ],
 )
 def test_json_lines_bad_series_give_clear_errors(tmp_path, records, message):
@@ -201,6 +205,15 @@ def test_series_too_short_for_a_test_window_are_trained_on_whole_and_named_in_a_
         data = JsonLinesDataset(path, "D", 5).load()
     assert [len(s["target"]) for s in data.train] == [15, 4, 5]  # the short ones whole
     assert [s["item_id"] for s in data.test] == ["ok"]
+
+
+def test_json_lines_series_without_an_id_are_numbered_by_line_also_when_written_back(tmp_path):
+    """write_json_lines writes a missing item_id as null, which reads back as no id (it read as the id 'None')."""
+    entries = [{k: v for k, v in series(20, "x").items() if k != "item_id"} for _ in range(3)]
+    data = JsonLinesDataset(write_lines(tmp_path / "a.jsonl", entries), "D", 5).load()
+    assert [s["item_id"] for s in data.test] == ["0", "1", "2"]
+    written = write_json_lines([{k: v for k, v in e.items() if k != "item_id"} for e in data.test], tmp_path / "b.jsonl")
+    assert [s["item_id"] for s in JsonLinesDataset(str(written), "D", 5).load().test] == ["0", "1", "2"]
 
 
 def test_json_lines_bad_arguments(tmp_path, monkeypatch):

@@ -517,6 +517,7 @@ class JsonLinesDataset(SeriesFile):
         records = [(number, self.record(number, line)) for number, line in lines if line.strip()]
         if not records:
             raise ValueError(f"{self.name}: {self.path} holds no series")
+        self.refuse_repeated_ids(records)
         unused = sorted({key for _, record in records for key in record} - set(self.fields))
         if unused:  # a warning, not a refusal: the series are whole; the model forecasts them without these inputs
             warnings.warn(
@@ -525,6 +526,21 @@ class JsonLinesDataset(SeriesFile):
                 stacklevel=2,
             )
         return self.split([self.parse(number, record) for number, record in records])
+
+    def refuse_repeated_ids(self, records: list[tuple[int, dict[str, Any]]]) -> None:
+        """Raise ``ValueError`` if an ``item_id`` names more than one of ``records`` (line number, record)."""
+        lines: dict[str, list[int]] = {}
+        for number, record in records:
+            if record.get("item_id") is not None:
+                lines.setdefault(str(record["item_id"]), []).append(number)
+        repeated = {item: numbers for item, numbers in lines.items() if len(numbers) > 1}
+        if repeated:
+            item, numbers = next(iter(repeated.items()))
+            raise ValueError(
+                f"{self.name}: {self.path} has item_id {item!r} on lines {numbers} ({len(repeated)} id(s) repeated): "
+                "each series needs an id of its own (predict's forecasts are keyed by it); give them distinct ids, "
+                "or leave item_id out (each line is then a series of its own)"
+            )
 
     def record(self, number: int, line: str) -> dict[str, Any]:
         """Line ``number`` of the file, a JSON object with ``start`` and ``target``."""
@@ -559,7 +575,7 @@ class JsonLinesDataset(SeriesFile):
         return entry(
             start,
             self.numbers(record["target"], f"{where}: target"),
-            str(record.get("item_id", number - 1)),
+            str(number - 1 if record.get("item_id") is None else record["item_id"]),
             self.numbers(features, f"{where}: feat_dynamic_real") if features else None,
             **extra,
         )
