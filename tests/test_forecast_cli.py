@@ -516,6 +516,25 @@ def test_predict_of_the_test_split_forecasts_the_test_windows_beside_their_actua
     )
 
 
+def test_predict_of_some_of_the_coded_categories_uses_the_checkpoints_network(tmp_path, monkeypatch):
+    """Static categories given as codes (JSON lines): data holding only some of the codes (cardinality inferred
+    smaller) is forecast by the network trained on all of them; more codes than it knows are refused."""
+    monkeypatch.chdir(tmp_path)
+    entries = [{**entry, "feat_static_cat": np.array([i])} for i, entry in enumerate(level_series(count=4))]
+    config = write_config(tmp_path, entries)
+    main(["fit", "-c", str(config), *TINY])
+    checkpoint = tmp_path / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    some = write_json_lines(entries[1:2], tmp_path / "some.jsonl")
+    subset = [f"--ckpt_path={checkpoint}", f"--data.init_args.dataset.init_args.path={some}"]
+    capture_stdout(lambda: main(["predict", "-c", str(config), *TINY, *subset]))
+    table = pd.read_csv(tmp_path / "runs" / "lightning_logs" / "version_1" / FORECASTS_FILE)
+    assert table["item_id"].unique().tolist() == ["s1"]
+    np.testing.assert_allclose(table["q0.5"].to_numpy()[None], direct_medians(config, entries[1:2]), rtol=1e-5)
+    more = write_json_lines([{**entries[0], "feat_static_cat": np.array([5])}], tmp_path / "more.jsonl")
+    with pytest.raises(ValueError, match=r"built for data with cardinality=\[4\], this data has cardinality=\[6\]"):
+        main(["predict", "-c", str(config), *TINY, subset[0], f"--data.init_args.dataset.init_args.path={more}"])
+
+
 @pytest.mark.parametrize("verb", ["test", "predict"])
 def test_test_and_predict_refuse_to_run_untrained_weights(first_run, monkeypatch, verb):
     config, _, _ = first_run

@@ -74,6 +74,19 @@ def size_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     return sorted(key for key in keys if saved.get(key) != current.get(key))
 
 
+def codes_within(current: dict[str, Any], saved: dict[str, Any]) -> bool:
+    """Whether data of :func:`data_sizes` ``current``, whose static categories are codes (not named values), differs
+    from ``saved`` only in holding fewer codes of some category: a network built for ``saved`` reads it."""
+    counts, trained = current["cardinality"], saved["cardinality"]
+    others = {key for key in current.keys() | saved.keys() if current.get(key) != saved.get(key)} - {"cardinality"}
+    return (
+        CATEGORIES not in current
+        and not others
+        and len(counts) == len(trained)
+        and all(n <= m for n, m in zip(counts, trained, strict=True))
+    )
+
+
 class ParaRNNForecaster(ForecastTrainingModule):
     """A ParaRNN probabilistic forecaster for the Lightning CLI (network built from the data's sizes).
 
@@ -261,6 +274,8 @@ class ParaRNNForecaster(ForecastTrainingModule):
             return
         if self.code_categories(sizes.get(CATEGORIES)):
             self.build(self.data_module_sizes())  # for the data as now coded: the checkpoint's cardinality
+        elif self._trainer is not None and self._trainer.state.fn != "fit" and codes_within(self.data_sizes, sizes):
+            self.build({**self.data_sizes, "cardinality": sizes["cardinality"]})  # data with some of the codes
         differ = size_differences(sizes, self.data_sizes)
         if differ:
             saved, current = (", ".join(f"{key}={of.get(key)!r}" for key in differ) for of in (sizes, self.data_sizes))
