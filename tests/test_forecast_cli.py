@@ -516,6 +516,19 @@ def test_predict_of_the_test_split_forecasts_the_test_windows_beside_their_actua
     )
 
 
+def test_predict_of_series_too_short_to_validate_forecasts_them(first_run, monkeypatch):
+    """Validation windows are a fit's: predict forecasts new series however short their training part."""
+    config, _, _ = first_run
+    monkeypatch.chdir(config.parent)
+    short = level_series(count=3, length=H + 2)  # training parts of 2, 2 and 3 values: none longer than H
+    path = write_json_lines(short, config.parent / "short.jsonl")
+    version = run_predict(config, config.parent, f"--data.init_args.dataset.init_args.path={path}")
+    table = pd.read_csv(version / FORECASTS_FILE)
+    np.testing.assert_allclose(table["q0.5"].to_numpy().reshape(3, H), direct_medians(config, short), rtol=1e-5)
+    with pytest.raises(ValueError, match="no series is longer than validation_windows=1 horizons of 4"):
+        ForecastDataModule(JsonLinesDataset(str(path), "M", H)).setup("fit")
+
+
 def test_predict_of_some_of_the_coded_categories_uses_the_checkpoints_network(tmp_path, monkeypatch):
     """Static categories given as codes (JSON lines): data holding only some of the codes (cardinality inferred
     smaller) is forecast by the network trained on all of them; more codes than it knows are refused."""

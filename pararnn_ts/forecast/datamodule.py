@@ -361,14 +361,22 @@ class ForecastDataModule(pl.LightningDataModule):
             )
         if self.data is None:
             self.load()
+        if stage in ("fit", "validate", None):
+            self.check_validation_split()
         if stage == "predict":
             self.check_predict_split()  # before any batch (pararnn-ts predict calls it before the run starts)
 
     def load(self) -> None:
         """Load the data and cut the training and validation entries."""
         self.data = self.dataset.load()
+        self.train_entries, self.val_entries = holdout_windows(
+            self.data.train, self.data.prediction_length, self.validation_windows
+        )
+
+    def check_validation_split(self) -> None:
+        """Raise ``ValueError`` if no series is long enough for the validation windows; warn about those that are
+        not (they are trained on whole and not validated)."""
         data, windows = self.data, self.validation_windows
-        self.train_entries, self.val_entries = holdout_windows(data.train, data.prediction_length, windows)
         short = [entry for entry in data.train if len(entry["target"]) <= windows * data.prediction_length]
         if windows and len(short) == len(data.train):
             raise ValueError(
