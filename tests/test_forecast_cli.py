@@ -18,6 +18,7 @@ import torch
 import yaml
 from conftest import run_in_two_processes
 from gluonts.dataset.split import slice_data_entry
+from gluonts.model import Predictor
 
 from pararnn_ts.cli import main
 from pararnn_ts.forecast.cli_module import (
@@ -261,6 +262,16 @@ def test_load_from_checkpoint_rebuilds_the_network_without_data(first_run):
     assert all(torch.equal(model.state_dict()[name], saved[name]) for name in saved)
     (forecast,) = model.predictor().predict([level_series()[0]])
     assert forecast.samples.shape == (20, H) and np.isfinite(forecast.samples).all()
+
+
+def test_the_predictor_of_a_cli_checkpoint_serializes_as_the_estimators_do(first_run, tmp_path):
+    _, version_dir, _ = first_run
+    predictor = ParaRNNForecaster.load_from_checkpoint(version_dir / "checkpoints" / "last.ckpt").predictor()
+    predictor.serialize(tmp_path)  # failed on the torch.device, then on ParaRNNForecaster not being @validated
+    reloaded = Predictor.deserialize(tmp_path)
+    series = level_series()[:2]
+    for a, b in zip(predictor.predict(series), reloaded.predict(series), strict=True):
+        np.testing.assert_allclose(a.quantile(0.5), b.quantile(0.5), rtol=1e-6)
 
 
 def tiny_forecaster(sizes: dict) -> ParaRNNForecaster:

@@ -259,8 +259,13 @@ class ParaRNNForecaster(ForecastTrainingModule):
         return self.estimator._create_instance_splitter(self, mode)
 
     def predictor(self) -> PyTorchPredictor:
-        """A GluonTS predictor of this module, on its device."""
-        return self.estimator.create_predictor(self.transformation, self, device=self.device)
+        """A GluonTS predictor of this module's weights, on its device. Its network is the estimator's
+        (GluonTS-serializable) module holding them, so ``predictor().serialize(path)`` works as for the estimator's
+        predictors."""
+        net = self.estimator.create_lightning_module()
+        net.load_state_dict(self.state_dict())
+        net.to(device=self.device, dtype=next(self.parameters()).dtype)
+        return self.estimator.create_predictor(self.transformation, net.eval(), device=str(self.device))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = self.data_sizes
