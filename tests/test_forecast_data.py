@@ -168,7 +168,10 @@ def test_json_lines_round_trip_keeps_nan_and_covariates(tmp_path):
 @pytest.mark.parametrize(
     ("records", "message"),
     [
-        ([series(20, "ok"), {**series(20, "dead"), "target": [None] * 20}], r"toy: train series 'dead' .*all NaN"),
+        (
+            [series(20, "ok"), {**series(20, "late"), "target": [None] * 15 + [1.0] * 5}],
+            r"toy: train series 'late' has no observed value \(any values it has lie in its test windows\): noth",
+        ),
         ([series(4, "short"), series(5, "shorter")], r"toy: 2 of 2 series have fewer than .* none is left"),
         (
             [series(20, "hot", feat_dynamic_real=[[1.0] * 10 + [float("nan")] * 10])],
@@ -212,7 +215,8 @@ def test_json_lines_series_without_an_id_are_numbered_by_line_also_when_written_
     entries = [{k: v for k, v in series(20, "x").items() if k != "item_id"} for _ in range(3)]
     data = JsonLinesDataset(write_lines(tmp_path / "a.jsonl", entries), "D", 5).load()
     assert [s["item_id"] for s in data.test] == ["0", "1", "2"]
-    written = write_json_lines([{k: v for k, v in e.items() if k != "item_id"} for e in data.test], tmp_path / "b.jsonl")
+    without_ids = [{k: v for k, v in e.items() if k != "item_id"} for e in data.test]
+    written = write_json_lines(without_ids, tmp_path / "b.jsonl")
     assert [s["item_id"] for s in JsonLinesDataset(str(written), "D", 5).load().test] == ["0", "1", "2"]
 
 

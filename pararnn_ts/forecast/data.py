@@ -169,9 +169,10 @@ def validate(data: ForecastData, source_period: int | None = None) -> ForecastDa
                     )
                 target = target[:-horizon]
             if np.isnan(target).all():
+                where_any = " before its horizon" if split == "test" else " (any values it has lie in its test windows)"
                 raise ValueError(
-                    f"{where} has no observed value{' before its horizon' if split == 'test' else ''} (all NaN); "
-                    "drop the series"
+                    f"{where} has no observed value{where_any}: nothing to learn it from; drop the series, or give it "
+                    "values before them"
                 )
             check_covariates(where, entry, data)
     return data
