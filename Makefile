@@ -1,24 +1,27 @@
 # The README's two commands: `make demo` (main job: the forecasting quickstart) and `make test` (test suite).
-# Both create .venv on first use with the CPU build of PyTorch; override TORCH to change that,
-# e.g. `make test TORCH='torch>=2.10'` on a machine with a CUDA toolkit.
+# Both create .venv on first use with PyTorch 2.13: the CPU build where pip's indexes give it (CI's machines have it
+# locally), else PyPI's, which on Linux is the CUDA build: `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+# adds the index of the CPU wheels. Override TORCH to change the version, e.g. `make test TORCH='torch>=2.10'`.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
+TORCH_PIP := $(strip $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) '$(TORCH)')
 BIN := $(VENV)/bin
 READY := $(VENV)/.installed
-#: the TORCH the venv was set up with; rewritten when it changes, which sets the venv up again
+#: the TORCH (and index) the venv was set up with; rewritten when it changes, which sets the venv up again
 TORCH_SPEC := $(VENV)/.torch
 
 .PHONY: demo parity test lint bench floors FORCE
 
 $(TORCH_SPEC): FORCE
 	@mkdir -p $(VENV)
-	@echo '$(TORCH)' | cmp -s - $@ || echo '$(TORCH)' > $@
+	@echo '$(strip $(TORCH_INDEX) $(TORCH))' | cmp -s - $@ || echo '$(strip $(TORCH_INDEX) $(TORCH))' > $@
 
 $(READY): pyproject.toml $(TORCH_SPEC)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q '$(TORCH)'
+	$(BIN)/pip install -q $(TORCH_PIP)
 	$(BIN)/pip install -q -e '.[dev,triton,lm,hf,forecast,world,bench]'
 	touch $@
 
@@ -47,7 +50,7 @@ floors:
 	rm -rf $(FLOORS_VENV)
 	$(PYTHON) -m venv $(FLOORS_VENV)
 	$(FLOORS_VENV)/bin/pip install -q --upgrade pip
-	$(FLOORS_VENV)/bin/pip install -q '$(TORCH)'
+	$(FLOORS_VENV)/bin/pip install -q $(TORCH_PIP)
 	$(FLOORS_VENV)/bin/pip install -q -c tests/floors.txt -e '.[dev,lm,forecast,world]'
 	$(FLOORS_VENV)/bin/pip list 2>/dev/null | grep -iE '^(lightning|jsonargparse|torchmetrics|gluonts) '
 	$(FLOORS_VENV)/bin/pytest -q -p no:cacheprovider $(FLOOR_TESTS)
