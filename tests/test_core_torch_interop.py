@@ -12,6 +12,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pararnn_ts.core import cell as cell_module
 from pararnn_ts.core.checks import capturing
+from pararnn_ts.ops import fused as fused_ops
 
 MODES = ("auto", "sequential", "parallel", "fused")
 
@@ -52,8 +53,9 @@ def test_a_forward_on_the_meta_device_gives_the_shapes(cell_name):
         assert y.shape == (2, 5, cell.output_size) and y.is_meta, mode
 
 
-def test_torch_func_transforms_run_the_loop_and_say_so_when_a_mode_was_named(cell_name):
+def test_torch_func_transforms_run_the_loop_and_say_so_when_a_mode_was_named(cell_name, monkeypatch):
     """grad and jacrev (autograd Functions with no functorch rules) give the sequential loop's derivatives."""
+    monkeypatch.setattr(fused_ops, "_warned", set())  # warned once per process: not by an earlier test
     cell = make_cell(cell_name)
     x = torch.randn(2, 6, cell.input_size, dtype=torch.float64)
     params = {n: p.detach() for n, p in cell.named_parameters()}
@@ -79,9 +81,10 @@ def test_torch_func_transforms_run_the_loop_and_say_so_when_a_mode_was_named(cel
 
 
 @pytest.mark.parametrize("mode", ["sequential", "parallel", "fused"])
-def test_torch_export_gives_the_eager_outputs(mode):
+def test_torch_export_gives_the_eager_outputs(mode, monkeypatch):
     """A named parallel or fused mode says that the loop is exported, at the line that exports (not at the code
     torch.export generates, ``<string>``)."""
+    monkeypatch.setattr(fused_ops, "_warned", set())  # warned once per process: not by an earlier test
     cell = make_cell("paragru", torch.float32, mode=mode)
     x = torch.randn(3, 17, cell.input_size)
     with warnings.catch_warnings(record=True) as caught:

@@ -56,6 +56,7 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
         return f"{name} backend cannot be imported: {error}"
 
 
+@torch.compiler.assume_constant_result  # torch.compile runs it as it traces: the first may import or build a backend
 def select_backend(device: torch.device, preference: Backend = "auto") -> tuple[str | None, str]:
     """``(backend, why)``: the fused backend to run on ``device``, or ``(None, reasons)`` if none can.
 
