@@ -70,6 +70,14 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 #: what ``--ckpt_path`` may name besides a file (Lightning resolves them)
 LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
 
+#: ``--ckpt_path``'s help: [validate, test and predict's; fit's]
+CKPT_PATH_HELP = (
+    "The checkpoint to run (required): its path, or last: the newest last.ckpt (or interrupted.ckpt, if newer) "
+    "in the checkpoint folders of the config's runs.",
+    "A checkpoint to resume from: its path, or last: the newest last.ckpt (or interrupted.ckpt, if newer) in the "
+    "checkpoint folders of the config's runs; null: a new fit.",
+)
+
 #: verbs beside Lightning's: name → (module whose ``main(argv)`` runs it, what it does); imported on use
 VERBS = {
     "benchmark": (
@@ -118,6 +126,14 @@ class ParaRNNCLI(LightningCLI):
     run folder behind.
     """
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> Any:
+        """Lightning's subcommand parser, with ``--ckpt_path``'s help saying what pararnn-ts takes."""
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        for action in parser._actions:
+            if action.dest == "ckpt_path":
+                action.help = CKPT_PATH_HELP[subcommand == "fit"]
+        return parser
+
     def _parse_ckpt_path(self) -> None:
         # Lightning replaces the config's model by the class and the arguments the checkpoint's hyperparameters
         # name: a checkpoint of another class is refused (it would fail later, with that class's complaints about
@@ -127,6 +143,11 @@ class ParaRNNCLI(LightningCLI):
         if not hasattr(model, "get"):
             return super()._parse_ckpt_path()
         ckpt_path = self.config[subcommand].get("ckpt_path")
+        if ckpt_path == "best":
+            raise ValueError(
+                "--ckpt_path best names the best checkpoint of a fit in the same process, which a pararnn-ts command "
+                "never has: pass the checkpoint's path (runs/<name>/version_N/checkpoints/...ckpt), or last"
+            )
         if ckpt_path == "last":
             ckpt_path = self.config[subcommand]["ckpt_path"] = str(latest_last_checkpoint(self.config[subcommand]))
             print(f"--ckpt_path last: {ckpt_path}", file=sys.stderr)

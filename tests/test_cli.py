@@ -385,6 +385,21 @@ def test_a_missing_checkpoint_file_is_refused_before_the_run(tmp_path, monkeypat
     assert not (tmp_path / "runs").exists()
 
 
+def test_ckpt_path_says_what_pararnn_ts_takes_and_refuses_best(tmp_path, monkeypatch, capsys):
+    """Lightning's help names "best", "hpc", "registry" and the previous fit's best checkpoint, which a command,
+    a process of its own, never has: "best" failed with Lightning's traceback."""
+    monkeypatch.chdir(tmp_path)
+    for verb, says in (("validate", "The checkpoint to run (required)"), ("fit", "A checkpoint to resume from")):
+        with pytest.raises(SystemExit):
+            main([verb, "--help"])
+        usage = " ".join(capsys.readouterr().out.split())
+        assert f"--ckpt_path CKPT_PATH {says}: its path, or last: the newest last.ckpt" in usage
+        assert '"best"' not in usage.split("--ckpt_path")[1].split("--")[0]
+    with pytest.raises(ValueError, match="--ckpt_path best names the best checkpoint of a fit in the same process"):
+        main(["test", "-c", str(PARITY_GRU), *TINY, "--ckpt_path=best"])
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_checkpoint_of_another_model_class_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "-c", str(PARITY_GRU), *TINY])
