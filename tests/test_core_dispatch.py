@@ -110,6 +110,11 @@ def test_unavailable_backend_falls_back_with_the_reason(monkeypatch):
         warnings.simplefilter("error")  # auto falls back silently
         auto(torch.randn(1, 4, 6, dtype=torch.float64))
     assert auto.last_stats.mode == "sequential"
+    monkeypatch.setattr(fused_ops, "_warned", set())
+    named = gru(mode="auto", fused_backend="cpu")  # unless the backend was named
+    with pytest.warns(RuntimeWarning, match=r'fused_backend="cpu" cannot run here \(cpu: no compiler \(test\)\)'):
+        named(torch.randn(1, 4, 6, dtype=torch.float64))
+    assert named.last_stats.mode == "sequential"
 
 
 def test_gpu_float64_is_not_sent_to_float32_kernels():

@@ -280,10 +280,13 @@ class ParaCell(nn.Module):
         if backend is not None:
             return "fused", backend
         pytorch_mode = "parallel" if device.type == "cuda" else "sequential"
-        if mode == "fused" and device.type != "meta":  # on meta a solve only gives the shapes
+        # asked for by name (mode="fused", or a fused_backend): say why it does not run; on meta a solve only gives
+        # the shapes
+        asked = 'mode="fused"' if mode == "fused" else f'fused_backend="{self.fused_backend}"'
+        if (mode == "fused" or self.fused_backend != "auto") and device.type != "meta":
             fused_ops.warn_once(
                 (type(self).__name__, why),
-                f'{type(self).__name__}: mode="fused" cannot run here ({why}); using mode="{pytorch_mode}"',
+                f'{type(self).__name__}: {asked} cannot run here ({why}); using mode="{pytorch_mode}"',
             )
         return pytorch_mode, "pytorch"
 
