@@ -527,6 +527,25 @@ def test_predict_of_the_test_split_forecasts_the_test_windows_beside_their_actua
     )
 
 
+def test_predict_writes_the_quantile_levels_and_sample_paths_asked_for(first_run, monkeypatch):
+    config, _, _ = first_run
+    monkeypatch.chdir(config.parent)
+    asked = ["--data.init_args.predict_quantiles=[0.95,0.05,0.5]", "--data.init_args.predict_num_samples=7"]
+    version = run_predict(config, config.parent, *asked)
+    table = pd.read_csv(version / FORECASTS_FILE)
+    assert [column for column in table if column.startswith("q")] == ["q0.05", "q0.5", "q0.95"]
+    samples = np.load(version / SAMPLES_FILE)["samples"]
+    assert samples.shape == (len(level_series()), 7, H)
+    levels = np.quantile(samples, [0.05, 0.5, 0.95], axis=1, method="inverted_cdf").transpose(1, 2, 0)
+    np.testing.assert_allclose(table[["q0.05", "q0.5", "q0.95"]].to_numpy(), levels.reshape(-1, 3), rtol=1e-5)
+    spec = JsonLinesDataset(str(config.parent / "levels.jsonl"), "M", H)
+    for bad in ([0.5, 1.0], []):
+        with pytest.raises(ValueError, match="predict_quantiles must be levels in \\(0, 1\\)"):
+            ForecastDataModule(spec, predict_quantiles=bad)
+    with pytest.raises(ValueError, match="predict_num_samples must be an int >= 1"):
+        ForecastDataModule(spec, predict_num_samples=0)
+
+
 def test_predict_of_series_too_short_to_validate_forecasts_them(first_run, monkeypatch):
     """Validation windows are a fit's: predict forecasts new series however short their training part."""
     config, _, _ = first_run

@@ -34,7 +34,7 @@ from .data import ForecastData, seasonality_of
 from .datamodule import PredictItem
 from .estimator import ParaRNNEstimator
 from .lightning_module import ForecastTrainingModule
-from .metrics import score, split_windows
+from .metrics import DEFAULT_QUANTILES, score, split_windows
 from .module import ParaRNNForecastModel
 from .plots import plot_forecasts
 from .predictions import FORECASTS_FILE, SAMPLES_FILE, write_forecasts
@@ -289,15 +289,19 @@ class ParaRNNForecaster(ForecastTrainingModule):
                 f"or resume on the dataset it was trained on, or on data of the same {', '.join(differ)}"
             )
 
-    def forecast(self, predictor: PyTorchPredictor, entries: list[dict[str, Any]]) -> list[Forecast]:
-        """``predictor``'s forecasts of ``entries``: the network runs in the parameters' dtype (the trainer's
-        mixed-precision autocast is off here) and the samples come in at least float32 (see
-        :attr:`~pararnn_ts.forecast.module.ParaRNNForecastModel.head_dtype`): GluonTS turns them into NumPy arrays,
-        which have no bfloat16."""
+    def forecast(
+        self, predictor: PyTorchPredictor, entries: list[dict[str, Any]], num_samples: int | None = None
+    ) -> list[Forecast]:
+        """``predictor``'s forecasts of ``entries`` (``num_samples`` paths each; ``None``: ``num_parallel_samples``):
+        the network runs in the parameters' dtype (the trainer's mixed-precision autocast is off here) and the
+        samples come in at least float32 (see :attr:`~pararnn_ts.forecast.module.ParaRNNForecastModel.head_dtype`):
+        GluonTS turns them into NumPy arrays, which have no bfloat16."""
         with torch.autocast(self.device.type, enabled=False):
-            return list(predictor.predict(entries))
+            return list(predictor.predict(entries, num_samples=num_samples))
 
-    def forecast_batch(self, predictor: PyTorchPredictor, entries: list[dict[str, Any]], index: int) -> list[Forecast]:
+    def forecast_batch(
+        self, predictor: PyTorchPredictor, entries: list[dict[str, Any]], index: int, num_samples: int | None = None
+    ) -> list[Forecast]:
         """:meth:`forecast` of batch number ``index`` of a test or predict loop, its sample paths drawn from the
         random state seeded by the run's seed and ``index`` (the global state is left as it was): the same in
         whichever process forecasts the batch, so a DDP run forecasts as one process does."""
@@ -308,7 +312,7 @@ class ParaRNNForecaster(ForecastTrainingModule):
             torch.default_generator.manual_seed(seed)  # torch.manual_seed would reseed every CUDA device for good
             if cuda is not None:
                 torch.cuda.default_generators[cuda].manual_seed(seed)
-            return self.forecast(predictor, entries)
+            return self.forecast(predictor, entries, num_samples)
 
     def on_test_epoch_start(self) -> None:
         self.test_forecasts, self.test_entries, self._test_batches = [], [], []
@@ -351,7 +355,8 @@ class ParaRNNForecaster(ForecastTrainingModule):
     def predict_step(self, batch: list[PredictItem], batch_idx: int) -> list[Forecast]:
         """Forecast the ``H`` steps after each item's ``history`` in ``batch`` (``PredictItem`` s)."""
         index = batch_number(self.trainer.predict_dataloaders, batch_idx)
-        forecasts = self.forecast_batch(self._predict_predictor, [item.history for item in batch], index)
+        num_samples = getattr(self.trainer.datamodule, "predict_num_samples", None)
+        forecasts = self.forecast_batch(self._predict_predictor, [item.history for item in batch], index, num_samples)
         self._predict_batches.append((index, list(zip(batch, forecasts, strict=True))))
         return forecasts
 
@@ -366,7 +371,8 @@ class ParaRNNForecaster(ForecastTrainingModule):
             actuals = [item.actual for item in items] if known else None
             data = getattr(self.trainer.datamodule, "data", None)  # stamped where the data's own timestamps fall
             stamps = {"anchors": data.anchors, "time_zone": data.time_zone} if isinstance(data, ForecastData) else {}
-            table, samples = write_forecasts(forecasts, folder, actuals, **stamps)
+            quantiles = getattr(self.trainer.datamodule, "predict_quantiles", DEFAULT_QUANTILES)
+            table, samples = write_forecasts(forecasts, folder, actuals, quantiles=quantiles, **stamps)
             plot_forecasts([item.history for item in items], forecasts, folder / PLOT_FILE, actuals=actuals)
             print(
                 f"\nwrote {len(forecasts)} forecasts to {table}, their sample paths to {samples}, a plot to "

@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ..loaders import ResumablePasses
 from .data import ForecastData, ForecastDataset
 from .estimator import training_batches, validation_batches
-from .metrics import split_windows
+from .metrics import DEFAULT_QUANTILES, split_windows
 
 Entry = dict[str, Any]
 Item = TypeVar("Item")
@@ -314,6 +314,10 @@ class ForecastDataModule(pl.LightningDataModule):
             each series' end (its longest test entry; not for data with dynamic covariates, which no row gives
             there); ``"test"``, the official test windows, as the test step scores them: with rows of known
             future covariates and an empty target at the end of each series, those rows are forecast.
+        predict_quantiles: the levels ``forecasts.csv`` gives (``q<level>`` columns), each in (0, 1); ``None``:
+            0.1, 0.2, ..., 0.9.
+        predict_num_samples: sample paths each ``predict`` forecast draws (and ``forecast_samples.npz`` keeps);
+            ``None``: the forecaster's ``num_parallel_samples``.
         seed: seeds the training windows (with the epoch); ``None``: the global seed when the training loader is
             made (``torch.initial_seed()``, which ``seed_everything``, the CLI's ``--seed_everything``, sets).
     """
@@ -327,6 +331,8 @@ class ForecastDataModule(pl.LightningDataModule):
         validation_windows: int = 1,
         context_length: int | None = None,
         predict_split: PredictSplit = "future",
+        predict_quantiles: list[float] | None = None,
+        predict_num_samples: int | None = None,
         seed: int | None = None,
     ) -> None:
         super().__init__()
@@ -344,9 +350,24 @@ class ForecastDataModule(pl.LightningDataModule):
             raise ValueError(f"ForecastDataModule: seed must be an int >= 0 (or None), got {seed!r}")
         if predict_split not in ("future", "test"):
             raise ValueError(f'ForecastDataModule: predict_split must be "future" or "test", got {predict_split!r}')
+        if predict_quantiles is not None and not (
+            predict_quantiles and all(isinstance(q, (int, float)) and 0 < q < 1 for q in predict_quantiles)
+        ):
+            raise ValueError(
+                f"ForecastDataModule: predict_quantiles must be levels in (0, 1), e.g. [0.05, 0.5, 0.95], got "
+                f"{predict_quantiles!r}"
+            )
+        if predict_num_samples is not None and (
+            isinstance(predict_num_samples, bool) or not isinstance(predict_num_samples, int) or predict_num_samples < 1
+        ):
+            raise ValueError(
+                f"ForecastDataModule: predict_num_samples must be an int >= 1 (or None), got {predict_num_samples!r}"
+            )
         self.save_hyperparameters(logger=False)  # not logged: the forecaster's context_length may differ
         self.hparams["dataset"] = spec_of(self.hparams["dataset"])  # an object outside the Lightning CLI
         self.dataset, self.context_length, self.predict_split = dataset, context_length, predict_split
+        self.predict_quantiles = DEFAULT_QUANTILES if predict_quantiles is None else tuple(sorted(predict_quantiles))
+        self.predict_num_samples = predict_num_samples
         self.batch_size, self.num_batches_per_epoch = batch_size, num_batches_per_epoch
         self.num_workers, self.validation_windows, self.seed = num_workers, validation_windows, seed
         self.data: ForecastData | None = None

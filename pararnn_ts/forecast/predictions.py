@@ -99,6 +99,7 @@ def write_forecasts(
     actuals: Sequence[np.ndarray] | None = None,
     anchors: Mapping[str, pd.Timedelta] | None = None,
     time_zone: str | None = None,
+    quantiles: Sequence[float] = DEFAULT_QUANTILES,
 ) -> tuple[Path, Path]:
     """Write :func:`forecast_frame` to ``folder/forecasts.csv`` and the samples to ``folder/forecast_samples.npz``."""
     if not forecasts:
@@ -106,7 +107,7 @@ def write_forecasts(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     table, samples = folder / FORECASTS_FILE, folder / SAMPLES_FILE
-    frame = forecast_frame(forecasts, actuals, anchors=anchors, time_zone=time_zone)
+    frame = forecast_frame(forecasts, actuals, quantiles, anchors, time_zone)
     frame.to_csv(table, index=False)
     first_steps = frame[frame["step"] == 1]
     np.savez_compressed(
