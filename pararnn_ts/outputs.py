@@ -113,13 +113,18 @@ def allocator_settings() -> dict[str, str]:
     }
 
 
-def machine() -> dict[str, Any]:
-    """What ran a result: the CPU model, torch threads, the GPU if any, torch, Python and the allocator
-    settings (:func:`allocator_settings`)."""
+def machine(device: torch.device | str | None = None) -> dict[str, Any]:
+    """What ran a result: the CPU model, torch threads, the GPU (``device``'s, none for another device; ``None``:
+    the current CUDA device, if any), torch, Python and the allocator settings (:func:`allocator_settings`)."""
+    if device is None:
+        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    else:
+        device = torch.device(device)
+        gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
     return {
         "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "gpu": gpu,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "allocator": allocator_settings(),

@@ -71,6 +71,13 @@ def test_results_name_the_allocator_settings_that_change_their_speed(monkeypatch
     assert allocator_settings() == want == machine()["allocator"]
 
 
+def test_results_name_the_gpu_of_the_device_that_ran_them(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU {torch.device(device or 'cuda:0')}")
+    assert machine()["gpu"] == "GPU cuda:0"  # the current one, where the caller does not say
+    assert machine("cuda:1")["gpu"] == "GPU cuda:1" and machine("cpu")["gpu"] is None
+
+
 def test_only_the_global_zero_process_of_a_real_run_writes_results():
     assert writes_results(SimpleNamespace(is_global_zero=True, fast_dev_run=0))
     assert not writes_results(SimpleNamespace(is_global_zero=False, fast_dev_run=0))
