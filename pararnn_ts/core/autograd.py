@@ -159,18 +159,17 @@ class NewtonSolve(torch.autograd.Function):
         h, stats = solve_with_policy(cell, u, h0)
         stats_out.append(stats)
         ctx.cell, ctx.parameter_names = cell, [name for name, _ in cell.named_parameters()]
-        buffers = list(cell.named_buffers())
-        ctx.buffer_names = [name for name, _ in buffers]
-        # autograd refuses a backward after any of them changed in place
-        ctx.save_for_backward(u, h0, h, *params, *(b for _, b in buffers))
+        # the buffers as the forward read them (functional_call's): references, not saved tensors, since buffers
+        # that the recurrence does not read (a BatchNorm's statistics in project) may change before the backward
+        ctx.buffers = dict(cell.named_buffers())
+        ctx.save_for_backward(u, h0, h, *params)  # autograd refuses a backward after they change in place
         return h
 
     @staticmethod
     @first_order_only("parallel")
     def backward(ctx, grad_h: Tensor):
         cell: ParaCell = ctx.cell
-        u, h0, h, *saved = ctx.saved_tensors
-        params, buffers = saved[: len(ctx.parameter_names)], saved[len(ctx.parameter_names) :]
+        u, h0, h, *params = ctx.saved_tensors
         needs_u, needs_h0 = ctx.needs_input_grad[2:4]
         needs_params = ctx.needs_input_grad[4:]
         # Differentiate at the parameters and buffers the forward ran with: under functional_call they are not the
@@ -181,9 +180,7 @@ class NewtonSolve(torch.autograd.Function):
             for name, p, needed in zip(ctx.parameter_names, params, needs_params, strict=True)
             if live.get(name) is not p
         }
-        swapped |= {
-            name: b for name, b in zip(ctx.buffer_names, buffers, strict=True) if live_buffers.get(name) is not b
-        }
+        swapped |= {name: b for name, b in ctx.buffers.items() if live_buffers.get(name) is not b}
         params = [swapped.get(name, p) for name, p in zip(ctx.parameter_names, params, strict=True)]
         h_prev = shift_right(h, h0)
         check = cell.check_contract  # the part in h_prev of the product below checks the adjoint
