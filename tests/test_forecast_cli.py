@@ -26,6 +26,7 @@ from pararnn_ts.forecast.cli_module import (
     METRICS_FILE,
     PLOT_FILE,
     ParaRNNForecaster,
+    codes_within,
     data_sizes,
     in_order,
 )
@@ -557,6 +558,16 @@ def test_predict_of_series_too_short_to_validate_forecasts_them(first_run, monke
     np.testing.assert_allclose(table["q0.5"].to_numpy().reshape(3, H), direct_medians(config, short), rtol=1e-5)
     with pytest.raises(ValueError, match="no series is longer than validation_windows=1 horizons of 4"):
         ForecastDataModule(JsonLinesDataset(str(path), "M", H)).setup("fit")
+
+
+def test_only_data_with_fewer_codes_is_read_by_a_network_built_for_more():
+    sizes = {"freq": "M", "prediction_length": H, "num_feat_dynamic_real": 0, "cardinality": [4, 3]}
+    fewer = {**sizes, "cardinality": [2, 3]}
+    assert codes_within(fewer, sizes)
+    assert not codes_within(sizes, sizes)  # the same: nothing to rebuild
+    assert not codes_within({**sizes, "cardinality": [5, 3]}, sizes) and not codes_within(sizes, fewer)
+    assert not codes_within({**fewer, "prediction_length": H + 1}, sizes)
+    assert not codes_within({**fewer, "categories": {"region": ["a", "b"]}}, sizes)  # named: coded as trained
 
 
 def test_predict_of_some_of_the_coded_categories_uses_the_checkpoints_network(tmp_path, monkeypatch):

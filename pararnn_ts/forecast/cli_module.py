@@ -82,6 +82,7 @@ def codes_within(current: dict[str, Any], saved: dict[str, Any]) -> bool:
     return (
         CATEGORIES not in current
         and not others
+        and counts != trained
         and len(counts) == len(trained)
         and all(n <= m for n, m in zip(counts, trained, strict=True))
     )
