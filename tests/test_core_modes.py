@@ -123,6 +123,15 @@ def test_a_bf16_cell_that_multiplies_matrices_reads_its_weights_in_the_solve_dty
     torch.testing.assert_close(h.double(), exact.step(x[:, 0].double()), rtol=0, atol=torch.finfo(torch.bfloat16).eps)
 
 
+def test_step_reads_the_weights_dtype_after_a_move():
+    """step caches the dtypes of the cell's weights (its hot path): .to() makes it read them again."""
+    cell = DenseTanhCell()
+    x = torch.randn(2, 5, dtype=torch.float64)
+    cell.step(x)
+    cell.to(torch.bfloat16)  # a matmul of bf16 weights needs them widened to the float32 solve now
+    assert cell.step(x.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
 def test_parameters_swapped_in_by_functional_call_get_the_gradients(cell_name):
     """Hypernetworks and meta-learning run a cell on other weights: each mode differentiates at those, not its own."""
     cell = make_cell(cell_name, torch.float64)

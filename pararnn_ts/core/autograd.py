@@ -39,10 +39,11 @@ def widened(cell: ParaCell, dtype: torch.dtype, named: dict[str, Tensor] | None 
     dtype (a matmul takes one dtype), and their per-step gradients add up in it, not in theirs. ``named``: the
     tensors to read instead of the cell's own (by name), widened too where narrower."""
     tensors = dict(cell.named_parameters()) | dict(cell.named_buffers()) | (named or {})
-    return (named or {}) | {n: t.to(dtype) for n, t in tensors.items() if _narrower(t.dtype, dtype)}
+    return (named or {}) | {n: t.to(dtype) for n, t in tensors.items() if narrower(t.dtype, dtype)}
 
 
-def _narrower(dtype: torch.dtype, than: torch.dtype) -> bool:
+def narrower(dtype: torch.dtype, than: torch.dtype) -> bool:
+    """Whether floating ``dtype`` is narrower than ``than`` (bf16 than float32)."""
     return dtype.is_floating_point and dtype != than and torch.promote_types(dtype, than) == than
 
 

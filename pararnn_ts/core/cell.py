@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -11,7 +12,15 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import fused as fused_ops
-from .autograd import apply_recurrence, call_with_parameters, parallel_solve, sequential_solve, settle, widened
+from .autograd import (
+    apply_recurrence,
+    call_with_parameters,
+    narrower,
+    parallel_solve,
+    sequential_solve,
+    settle,
+    widened,
+)
 from .checks import all_finite, autocast_enabled, capturing, check_state_device, functorch_wrapped
 from .contract import CHECKS, MODE_CHECKS, check_contract, check_declaration, check_state
 from .newton import SolverStats, default_tol
@@ -93,6 +102,10 @@ class ParaCell(nn.Module):
     _contract_pending: set[str] | frozenset[str] = frozenset()
     #: whether :meth:`step` has checked what :meth:`recurrence` returns (once per cell)
     _step_checked: bool = False
+    #: whether the first state was made after :func:`~pararnn_ts.core.contract.check_declaration` passed
+    _declaration_checked: bool = False
+    #: the dtypes of the cell's parameters and buffers, for :meth:`step` (``None``: to be read; ``.to()`` resets it)
+    _tensor_dtypes: frozenset[torch.dtype] | None = None
     #: whether a solve of this cell has warned that Newton did not converge (once per cell)
     _fallback_warned: bool = False
 
@@ -239,7 +252,8 @@ class ParaCell(nn.Module):
         u = self.project(x_t)
         with self._solve_precision(u) as dtype:
             h_prev = h0.to(dtype)
-            h = call_with_parameters(self, widened(self, dtype), apply_recurrence, h_prev, u.to(dtype))
+            reads = widened(self, dtype) if self._holds_narrower(dtype) else {}  # read once per dtype change
+            h = call_with_parameters(self, reads, apply_recurrence, h_prev, u.to(dtype))
             if self.check_contract and not self._step_checked:  # shapes and dtypes only: no data read
                 check_state(type(self).__name__, h, h_prev, u)
                 self._step_checked = True
@@ -342,13 +356,23 @@ class ParaCell(nn.Module):
             fused_ops.warn_once((name, f"{requested} under {why}"), message)
         return True
 
+    def _holds_narrower(self, dtype: torch.dtype) -> bool:
+        """Whether a parameter or buffer of the cell is narrower than ``dtype`` (their dtypes read once)."""
+        if self._tensor_dtypes is None:
+            self._tensor_dtypes = frozenset(t.dtype for t in itertools.chain(self.parameters(), self.buffers()))
+        return any(narrower(d, dtype) for d in self._tensor_dtypes)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> ParaCell:
+        self._tensor_dtypes = None  # .to(), .half(), ... may change them
+        return super()._apply(fn, recurse)
+
     def resolve_chunk_size(self, u: Tensor) -> int | None:
         """Steps per chunk of the parallel solve of ``u`` ``(B, T, ...)``; ``None``: the whole sequence."""
         if self.chunk_size != "auto":
             return self.chunk_size
         if u.device.type == "cuda":
             return None
-        per_step = math.prod(self.structure.jacobian_shape(self.state_shape))  # D, D·k or N² values
+        per_step = math.prod(self.structure.jacobian_shape(self.state_shape))  # D, D·k² or N² values
         return max(64, self.CPU_CHUNK_ELEMENTS // (u.shape[0] * per_step))
 
     def resolved_tol(self, dtype: torch.dtype) -> float:
@@ -378,8 +402,9 @@ class ParaCell(nn.Module):
 
     def _initial_state(self, state: Any, x: Tensor, x_name: str = "x") -> Tensor:
         """The state ``(B, *S)`` to start from: ``state`` checked (device, shape, values) and converted, or zeros."""
-        if self.check_contract and "declaration" in self._contract_pending:
+        if self.check_contract and not self._declaration_checked:
             check_declaration(self)  # state_shape is read here first
+            self._declaration_checked = True
         batch = x.shape[0]
         if state is None:
             dtype = torch.promote_types(x.dtype, torch.float32) if x.is_floating_point() else torch.float32
