@@ -191,7 +191,11 @@ def test_json_lines_round_trip_keeps_nan_and_covariates(tmp_path):
         ([series(20, "ok"), {**series(20, "typo"), "target": [1.0] * 19 + ["x"]}], r"line 2: target holds a value"),
         (
             [series(20, "a"), series(20, "b"), series(20, "a"), series(20, "b")],
-            r"has item_id 'a' on lines \[1, 3\] \(2 id\(s\) repeated\): each series needs an id of its own",
+            r"has item_id 'a' on lines \[1, 3\] \(2 id\(s\) repeated; .*: each series needs an id of its own",
+        ),
+        (  # the first line, without an id, is numbered 0
+            [{k: v for k, v in series(20, "-").items() if k != "item_id"}, series(20, "0")],
+            r"has item_id '0' on lines \[1, 2\]",
         ),
     ],
 )
@@ -246,6 +250,9 @@ def test_validate_refuses_a_test_window_no_longer_than_the_horizon():
         validate(ForecastData("tiny", "M", 3, train, []))
     with pytest.raises(ValueError, match=r"train series 's' has an empty"):
         validate(ForecastData("tiny", "M", 3, [{**train[0], "target": np.ones(0)}], train))
+    unseen = [{**test[0], "target": np.array([np.nan] * 4 + [1.0] * 3, np.float32)}]
+    with pytest.raises(ValueError, match=r"test series 's' has no observed value before its horizon: nothing to con"):
+        validate(ForecastData("tiny", "M", 3, train, unseen))
 
 
 def test_validation_split_cuts_the_training_split_like_the_test_split(tmp_path):

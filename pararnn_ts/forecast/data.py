@@ -169,11 +169,14 @@ def validate(data: ForecastData, source_period: int | None = None) -> ForecastDa
                     )
                 target = target[:-horizon]
             if np.isnan(target).all():
-                where_any = " before its horizon" if split == "test" else " (any values it has lie in its test windows)"
-                raise ValueError(
-                    f"{where} has no observed value{where_any}: nothing to learn it from; drop the series, or give it "
-                    "values before them"
+                why = (
+                    "before its horizon: nothing to condition the forecast on; drop the series, or give it values "
+                    "before its horizon"
+                    if split == "test"
+                    else "(any values it has lie in its test windows): nothing to learn it from; drop the series, or "
+                    "give it values before them"
                 )
+                raise ValueError(f"{where} has no observed value {why}")
             check_covariates(where, entry, data)
     return data
 
@@ -529,19 +532,24 @@ class JsonLinesDataset(SeriesFile):
         return self.split([self.parse(number, record) for number, record in records])
 
     def refuse_repeated_ids(self, records: list[tuple[int, dict[str, Any]]]) -> None:
-        """Raise ``ValueError`` if an ``item_id`` names more than one of ``records`` (line number, record)."""
+        """Raise ``ValueError`` if an id (:meth:`series_id`) names more than one of ``records`` (line number,
+        record)."""
         lines: dict[str, list[int]] = {}
         for number, record in records:
-            if record.get("item_id") is not None:
-                lines.setdefault(str(record["item_id"]), []).append(number)
+            lines.setdefault(self.series_id(number, record), []).append(number)
         repeated = {item: numbers for item, numbers in lines.items() if len(numbers) > 1}
         if repeated:
             item, numbers = next(iter(repeated.items()))
             raise ValueError(
-                f"{self.name}: {self.path} has item_id {item!r} on lines {numbers} ({len(repeated)} id(s) repeated): "
-                "each series needs an id of its own (predict's forecasts are keyed by it); give them distinct ids, "
-                "or leave item_id out (each line is then a series of its own)"
+                f"{self.name}: {self.path} has item_id {item!r} on lines {numbers} ({len(repeated)} id(s) repeated; a "
+                "line without one is numbered by its place, from 0): each series needs an id of its own (predict's "
+                "forecasts are keyed by it); give them distinct ids, or leave item_id out of every line"
             )
+
+    @staticmethod
+    def series_id(number: int, record: dict[str, Any]) -> str:
+        """The id of the series on line ``number``: its ``item_id`` as text, else (also for ``null``) ``number - 1``."""
+        return str(number - 1 if record.get("item_id") is None else record["item_id"])
 
     def record(self, number: int, line: str) -> dict[str, Any]:
         """Line ``number`` of the file, a JSON object with ``start`` and ``target``."""
@@ -576,7 +584,7 @@ class JsonLinesDataset(SeriesFile):
         return entry(
             start,
             self.numbers(record["target"], f"{where}: target"),
-            str(number - 1 if record.get("item_id") is None else record["item_id"]),
+            self.series_id(number, record),
             self.numbers(features, f"{where}: feat_dynamic_real") if features else None,
             **extra,
         )
