@@ -98,17 +98,19 @@ def test_a_given_batched_policy_drives_the_envs():
 
 
 def test_a_policy_s_box_actions_are_clipped_and_bad_ones_refused():
-    data = collect("Pendulum-v1", 20, seed=0, num_envs=2, policy=lambda obs: np.array([[5.0], [-7.0]]))
+    """As the world model's envs take actions: Box ones clipped to the bounds (±inf too), NaN and wrong shapes or
+    Discrete values refused."""
+    data = collect("Pendulum-v1", 20, seed=0, num_envs=2, policy=lambda obs: np.array([[5.0], [-np.inf]]))
     np.testing.assert_array_equal(np.unique(data.action), [-2.0, 2.0])  # Pendulum's bounds
     bad = {
-        r"actions of shape \(2,\), expected \(2, 1\)": ("Pendulum-v1", lambda obs: np.zeros(2)),
-        r"actions of shape \(3, 1\), expected \(2, 1\)": ("Pendulum-v1", lambda obs: np.zeros((3, 1))),
-        "non-finite actions": ("Pendulum-v1", lambda obs: np.array([[0.0], [np.nan]])),
-        r"actions \[0.5, 0.5\], not integers of Discrete\(2\)": ("CartPole-v1", lambda obs: np.full(2, 0.5)),
-        r"actions \[0, 2\], not integers": ("CartPole-v1", lambda obs: np.array([0, 2])),
+        r"must have shape \(2, 1\) .*got shape \(2,\)": ("Pendulum-v1", lambda obs: np.zeros(2)),
+        r"must have shape \(2, 1\) .*got shape \(3, 1\)": ("Pendulum-v1", lambda obs: np.zeros((3, 1))),
+        "must be numbers .*got NaN": ("Pendulum-v1", lambda obs: np.array([[0.0], [np.nan]])),
+        r"must be integers \(not bools or floats\)": ("CartPole-v1", lambda obs: np.full(2, 0.5)),
+        r"must lie in the action space Discrete\(2\), got \[0, 2\]": ("CartPole-v1", lambda obs: np.array([0, 2])),
     }
     for message, (env_id, policy) in bad.items():
-        with pytest.raises(ValueError, match="collect: the policy returned " + message):
+        with pytest.raises(ValueError, match="collect: the policy's actions " + message):
             collect(env_id, 10, seed=0, num_envs=2, policy=policy)
 
 

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 
@@ -430,23 +431,15 @@ def _run(envs: gym.vector.VectorEnv, num_steps: int, seed: int, policy: Policy |
 
 
 def policy_actions(envs: gym.vector.VectorEnv, actions: Any) -> np.ndarray:
-    """A policy's ``actions``, checked: ``(num_envs,)`` Discrete indices in range, or ``(num_envs, A)`` finite Box
-    vectors, clipped to the space's bounds (as :class:`~pararnn_ts.world.env.WorldModelEnv` and the real envs clip
-    them, so the data holds what the model will be given)."""
-    space, actions = envs.single_action_space, np.asarray(actions)
-    expected = (envs.num_envs, *space.shape)
-    if actions.shape != expected:
-        raise ValueError(
-            f"collect: the policy returned actions of shape {actions.shape}, expected {expected} (one action of "
-            f"{space} per env, for observations of shape (num_envs, O))"
-        )
-    if isinstance(space, spaces.Discrete):
-        if actions.dtype.kind not in "iu" or not all(space.contains(a) for a in actions.tolist()):
-            raise ValueError(f"collect: the policy returned actions {actions.tolist()}, not integers of {space}")
-        return actions
-    if not np.isfinite(actions).all():
-        raise ValueError(f"collect: the policy returned non-finite actions {actions.tolist()}")
-    return np.clip(actions, space.low, space.high).astype(space.dtype)
+    """A policy's ``actions`` ``(num_envs, *A)``, checked as the world model's envs check those they are stepped with
+    (:func:`~pararnn_ts.world.env.action_vectors`): Discrete ones integers in the space, Box ones without NaN and
+    clipped to its bounds (±inf too, as the real envs clip them), so the data holds what the model will be given."""
+    from .env import action_vectors  # here: env imports this module
+
+    space = envs.single_action_space
+    like = torch.empty(0, dtype=torch.float64)
+    vectors = action_vectors(space, actions, like, (envs.num_envs,), "collect: the policy's actions")
+    return np.asarray(actions) if isinstance(space, spaces.Discrete) else vectors.numpy().astype(space.dtype)
 
 
 def _stack(episodes: list[list[tuple]], action_space: spaces.Space, meta: dict[str, Any]) -> Trajectories:
