@@ -73,22 +73,6 @@ def test_a_structure_the_recurrence_does_not_have_is_refused_in_parallel_mode(mi
         grads(MixingCell(mixing, dtype, mode="parallel"), x)
 
 
-class ChannelMixingBlockCell(ElementwiseCell):
-    """A ``(2, 2)`` state declared ``Block(2)`` whose recurrence also mixes the channels (``roll``)."""
-
-    structure = Block(2)
-
-    @property
-    def state_shape(self):
-        return (2, 2)
-
-    def project(self, x):
-        return x.unflatten(-1, (2, 2))
-
-    def recurrence(self, h, u):
-        return torch.tanh(0.5 * h + 0.3 * h.roll(1, -2) + u)
-
-
 def test_a_block_state_that_mixes_channels_is_told_that_dense_takes_a_flat_state():
     with pytest.raises(ValueError, match=r"keeps apart.*Dense\(\) takes a flat state: state_shape \(4,\)"):
         ChannelMixingBlockCell(mode="parallel")(inputs())
@@ -428,6 +412,15 @@ class DenseOnBlockState(ElementwiseCell):
 
     def recurrence(self, h, u):
         return torch.tanh(0.5 * h + u)
+
+
+class ChannelMixingBlockCell(DenseOnBlockState):
+    """A ``(2, 2)`` state declared ``Block(2)`` whose recurrence also mixes the channels (``roll``)."""
+
+    structure = Block(2)
+
+    def recurrence(self, h, u):
+        return torch.tanh(0.5 * h + 0.3 * h.roll(1, -2) + u)
 
 
 class IntStateShape(ElementwiseCell):
