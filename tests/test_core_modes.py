@@ -151,6 +151,35 @@ def test_parameters_swapped_in_by_functional_call_get_the_gradients(cell_name):
         assert all(p.grad is None for p in cell.parameters()), mode
 
 
+def data_parallel_replica(module: torch.nn.Module) -> torch.nn.Module:
+    """What ``torch.nn.DataParallel`` runs on each device (``torch/nn/parallel/replicate.py``): a copy of every
+    module whose parameters are plain attributes, differentiable copies of the original's (here ``view_as``, for
+    its ``Broadcast``), also kept in ``_former_parameters``."""
+    replicas = {m: m._replicate_for_data_parallel() for m in module.modules()}
+    for original, replica in replicas.items():
+        replica._former_parameters = {}
+        for name, child in original._modules.items():
+            setattr(replica, name, replicas[child])
+        for name, p in original._parameters.items():
+            setattr(replica, name, p.view_as(p))
+            replica._former_parameters[name] = getattr(replica, name)
+    return replicas[module]
+
+
+def test_a_data_parallel_replica_passes_every_gradient_to_the_module(cell_name):
+    """The parallel mode solved with ``cell.parameters()``, which a replica has none of: its recurrent weights got no
+    gradient, silently (and the first-use check took them for foreign tensors)."""
+    x = torch.randn(3, 17, make_cell(cell_name).input_size, dtype=torch.float64)
+    grads = {}
+    for mode in ["sequential", "parallel"] + (["fused"] if make_cell(cell_name).fused_kernel else []):
+        cell = make_cell(cell_name, torch.float64, mode=mode)
+        data_parallel_replica(cell)(x)[0].square().sum().backward()
+        grads[mode] = {n: p.grad for n, p in cell.named_parameters()}
+        assert all(g is not None for g in grads[mode].values()), mode
+        for name, g in grads[mode].items():
+            torch.testing.assert_close(g, grads["sequential"][name], rtol=1e-9, atol=1e-12, msg=f"{mode}: {name}")
+
+
 def test_parameters_computed_from_others_get_the_gradients(cell_name):
     """A meta-learning inner step or a hypernetwork hands functional_call computed (non-leaf) weights: every mode
     takes them as the cell's parameters and passes their gradients on to what they were computed from."""

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..notices import warn
-from .checks import all_finite, autocast_enabled, first_order_only
+from .checks import all_finite, autocast_enabled, first_order_only, named_weights
 from .contract import check_adjoint
 from .newton import NewtonConvergenceError, SolverStats, newton_solve, shift_right
 from .scan import reverse_linear_scan
@@ -38,7 +38,7 @@ def widened(cell: ParaCell, dtype: torch.dtype, named: dict[str, Tensor] | None 
     a float32 solve), to read them through (:func:`call_with_parameters`): the recurrence computes in the solve
     dtype (a matmul takes one dtype), and their per-step gradients add up in it, not in theirs. ``named``: the
     tensors to read instead of the cell's own (by name), widened too where narrower."""
-    tensors = dict(cell.named_parameters()) | dict(cell.named_buffers()) | (named or {})
+    tensors = named_weights(cell) | dict(cell.named_buffers()) | (named or {})
     return (named or {}) | {n: t.to(dtype) for n, t in tensors.items() if narrower(t.dtype, dtype)}
 
 
@@ -139,7 +139,7 @@ def parallel_solve(cell: ParaCell, u: Tensor, h0: Tensor, chunk_size: int | None
     and autograd runs the adjoint backward chunk by chunk in reverse.
     """
     chunks = [u] if chunk_size is None or chunk_size >= u.shape[1] else u.split(chunk_size, dim=1)
-    params = tuple(cell.parameters())
+    params = tuple(named_weights(cell).values())  # a DataParallel replica's too
     trajectory, stats = [], []
     for u_chunk in chunks:
         h = NewtonSolve.apply(cell, stats, u_chunk, h0, *params)
@@ -159,7 +159,7 @@ class NewtonSolve(torch.autograd.Function):
     def forward(ctx, cell: ParaCell, stats_out: list, u: Tensor, h0: Tensor, *params: Tensor) -> Tensor:
         h, stats = solve_with_policy(cell, u, h0)
         stats_out.append(stats)
-        ctx.cell, ctx.parameter_names = cell, [name for name, _ in cell.named_parameters()]
+        ctx.cell, ctx.parameter_names = cell, list(named_weights(cell))
         # the buffers as the forward read them (functional_call's): references, not saved tensors, since buffers
         # that the recurrence does not read (a BatchNorm's statistics in project) may change before the backward
         ctx.buffers = dict(cell.named_buffers())
@@ -175,7 +175,7 @@ class NewtonSolve(torch.autograd.Function):
         needs_params = ctx.needs_input_grad[4:]
         # Differentiate at the parameters and buffers the forward ran with: under functional_call they are not the
         # cell's own.
-        live, live_buffers = dict(cell.named_parameters()), dict(cell.named_buffers())
+        live, live_buffers = named_weights(cell), dict(cell.named_buffers())
         swapped = {
             name: p.detach().requires_grad_(needed)
             for name, p, needed in zip(ctx.parameter_names, params, needs_params, strict=True)

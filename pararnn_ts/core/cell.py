@@ -21,7 +21,7 @@ from .autograd import (
     settle,
     widened,
 )
-from .checks import all_finite, autocast_enabled, capturing, check_state_device, functorch_wrapped
+from .checks import all_finite, autocast_enabled, capturing, check_state_device, functorch_wrapped, named_weights
 from .contract import CHECKS, MODE_CHECKS, check_contract, check_declaration, check_state
 from .newton import SolverStats, default_tol
 from .structure import Diagonal, Structure
@@ -344,7 +344,9 @@ class ParaCell(nn.Module):
             return True
         if torch.compiler.is_exporting():
             why = "torch.export"
-        elif functorch_wrapped(u, h0, *self.parameters(), *self.buffers()):  # the solves' Functions: no functorch rules
+        elif functorch_wrapped(
+            u, h0, *named_weights(self).values(), *self.buffers()
+        ):  # the solves' Functions: no rules
             why = "a torch.func transform (grad, vjp, jacrev, jacfwd, vmap)"
         elif capturing(u) and not (mode == "fused" and fused_ops.has_exact_kernels(backend)):
             why = "CUDA graph capture (Newton reads its residual on the host)"  # the exact fused kernels read none
@@ -446,7 +448,7 @@ class ParaCell(nn.Module):
                 f"(residual {stats.residual:.3g}), has NaN or inf {where}; use fallback='sequential' (the default) "
                 "for the exact trajectory"
             )
-        nan = [n for n, p in self.named_parameters() if not all_finite(p)]
+        nan = [n for n, p in named_weights(self).items() if not all_finite(p)]
         before = h[row, t - 1] if t > 0 else h0[row]
         cause = (
             f"the parameters {', '.join(nan)} have NaN or inf (training diverged: lower the learning rate or clip "

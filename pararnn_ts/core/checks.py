@@ -27,6 +27,18 @@ def all_finite(x: Tensor) -> bool:
     return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
 
 
+def named_weights(module: torch.nn.Module) -> dict[str, Tensor]:
+    """``module``'s parameters by name; on a ``torch.nn.DataParallel`` replica, whose parameters are plain attributes
+    (differentiable copies of the original's, which ``parameters()`` leaves out), those copies."""
+    if not getattr(module, "_is_replica", False):
+        return dict(module.named_parameters())
+    return {
+        f"{prefix}.{name}" if prefix else name: tensor
+        for prefix, child in module.named_modules()
+        for name, tensor in getattr(child, "_former_parameters", {}).items()
+    }
+
+
 def traced(x: Tensor) -> bool:
     """Whether ``x`` is being traced or captured (torch.compile/export, torch.jit.trace, CUDA graphs, functorch
     transforms, meta tensors), so that its values cannot be read back."""

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from .checks import traced
+from .checks import named_weights, traced
 from .structure import Block, Structure
 
 if TYPE_CHECKING:
@@ -247,9 +247,10 @@ def check_inputs(cell: ParaCell, h_prev: Tensor, u: Tensor, mode: str) -> bool:
     out = cell.recurrence(h_prev, u)
     if out.grad_fn is None:
         return False
-    params = {id(p) for p in cell.parameters()}
+    weights = named_weights(cell).values()  # a DataParallel replica's copies too
+    params = {id(p) for p in weights}
     # a parameter computed from others (torch.func.functional_call(cell, {"A": A - lr * grad}, ...)) is one too
-    computed = {p.grad_fn for p in cell.parameters() if p.grad_fn is not None}
+    computed = {p.grad_fn for p in weights if p.grad_fn is not None}
     hidden = [leaf for leaf in _leaves(out, stop=computed) if id(leaf) not in params]
     if hidden:
         name = type(cell).__name__
