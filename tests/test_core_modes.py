@@ -123,6 +123,19 @@ def test_a_bf16_cell_that_multiplies_matrices_reads_its_weights_in_the_solve_dty
     torch.testing.assert_close(h.double(), exact.step(x[:, 0].double()), rtol=0, atol=torch.finfo(torch.bfloat16).eps)
 
 
+def test_the_final_state_owns_its_memory_apart_from_the_outputs(cell_name):
+    """As nn.GRU's h_n: not a view of the trajectory (which it kept alive), nor changed by an in-place op on y."""
+    for mode in ["sequential", "parallel"] + (["fused"] if make_cell(cell_name).fused_kernel else []):
+        cell = make_cell(cell_name, torch.float64, mode=mode)
+        with torch.no_grad():
+            y, last = cell(torch.randn(2, 50, cell.input_size, dtype=torch.float64))
+            before = [s.clone() for s in state_tensors(last)]
+            y.mul_(0)
+        for s, kept in zip(state_tensors(last), before, strict=True):
+            assert s.untyped_storage().nbytes() <= 2 * s.numel() * s.element_size(), mode  # ParaLSTM: c and h
+            torch.testing.assert_close(s, kept, rtol=0, atol=0, msg=mode)
+
+
 def test_step_reads_the_weights_dtype_after_a_move():
     """step caches the dtypes of the cell's weights (its hot path): .to() makes it read them again."""
     cell = DenseTanhCell()

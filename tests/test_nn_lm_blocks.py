@@ -233,6 +233,20 @@ def test_lm_halves_with_carried_state(mixer_name):
     assert_states_close(final, state)
 
 
+@pytest.mark.parametrize("mixer_name", [name for name in MIXERS if name != "transformer"])  # its cache grows
+def test_a_recurrent_lm_state_holds_no_memory_of_the_sequence_length(mixer_name):
+    """A carried recurrent state is not a view of the whole sequence's tensors (which a kept state kept alive)."""
+    lm = make_lm(mixer_name)
+
+    def held(steps: int) -> int:
+        with torch.no_grad():
+            _, state = lm(torch.randint(0, VOCAB, (2, steps)), return_state=True)
+        tensors = [t for t in torch.utils._pytree.tree_leaves(state) if isinstance(t, Tensor)]
+        return sum(t.untyped_storage().nbytes() for t in tensors)
+
+    assert held(16) == held(256)
+
+
 @pytest.mark.parametrize("tie_embeddings", [True, False])
 def test_lm_gradient_reaches_every_parameter(mixer_name, tie_embeddings):
     lm = make_lm(mixer_name, tie_embeddings=tie_embeddings)

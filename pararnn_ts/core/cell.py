@@ -242,7 +242,7 @@ class ParaCell(nn.Module):
             self._check_x(x, "x", ndim=3)
         h0 = self._initial_state(state, x)  # before the projection: a bad state fails with no compute
         h = self.solve(self.project(x), h0)
-        return self.output(h), self.tensor_to_state(h[:, -1])
+        return self.output(h), self.tensor_to_state(h[:, -1].clone())  # owns its memory, as nn.GRU's h_n does
 
     def step(self, x_t: Tensor, state: Any = None) -> Any:
         """One step for decoding and closed-loop rollouts: ``x_t`` ``(B, input_size)`` → next state."""

@@ -45,7 +45,7 @@ class CausalConv1d(nn.Module):
             state = self.init_state(x.shape[0], x.device, x.dtype)
         window = torch.cat([state.to(x.dtype), x], dim=1)  # (B, k-1+T, C)
         y = F.conv1d(window.transpose(1, 2), self.weight.unsqueeze(1), self.bias, groups=self.channels)
-        return y.transpose(1, 2), window[:, window.shape[1] - (self.kernel_size - 1) :]
+        return y.transpose(1, 2), window[:, window.shape[1] - (self.kernel_size - 1) :].clone()  # not the window
 
     def step(self, x_t: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``x_t`` ``(B, C)``, state ``(B, k-1, C)`` → ``y_t`` ``(B, C)`` and the next state."""
