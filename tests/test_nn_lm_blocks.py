@@ -81,6 +81,14 @@ def test_mixer_forward_equals_steps(mixer_name):
     assert_states_close(final, state)
 
 
+def test_mixer_takes_an_empty_batch(mixer_name):
+    mixer = make_mixer(mixer_name)
+    y, state = mixer(torch.randn(0, STEPS, DIM, dtype=torch.float64))
+    assert y.shape == (0, STEPS, DIM)
+    y_t, _ = mixer.step(torch.randn(0, DIM, dtype=torch.float64), state)
+    assert y_t.shape == (0, DIM)
+
+
 def test_mixer_halves_with_carried_state(mixer_name):
     mixer = make_mixer(mixer_name)
     x = torch.randn(2, STEPS, DIM, dtype=torch.float64)

@@ -152,7 +152,8 @@ class AttentionMixer(nn.Module):
     def forward(self, x: Tensor, state: tuple | None = None) -> tuple[Tensor, tuple]:
         """``x`` ``(B, T, dim)`` → ``y`` ``(B, T, dim)`` and the cache extended by these ``T`` steps."""
         batch, steps, _ = x.shape
-        q, k, v = self.qkv_proj(x).view(batch, steps, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        head = self.dim // self.num_heads  # not -1: an empty batch has no size to infer it from
+        q, k, v = self.qkv_proj(x).view(batch, steps, 3, self.num_heads, head).permute(2, 0, 3, 1, 4)
         past = 0 if state is None else state[2]
         q, k = self._rotate(q, past), self._rotate(k, past)
         if state is not None:
