@@ -9,6 +9,8 @@ import torch
 from conftest import make_cell, random_state, rel_err, state_tensors
 from test_core_policy import DenseTanhCell
 
+from pararnn_ts import ParaGRU
+
 EPS32 = torch.finfo(torch.float32).eps
 
 
@@ -295,3 +297,14 @@ def test_auto_chunks_bound_the_working_set_on_cpu():
     assert dense.resolve_chunk_size(torch.empty(4, 100_000, 5)) * 4 * 25 <= 2 * dense.CPU_CHUNK_ELEMENTS
     lstm = make_cell("paralstm", torch.float32, hidden=258)
     assert lstm.resolve_chunk_size(torch.empty(8, 100_000, 4, 258)) * 8 * 258 * 4 <= 2 * lstm.CPU_CHUNK_ELEMENTS
+
+
+def test_the_repr_names_every_setting_that_is_not_the_default():
+    cell = ParaGRU(8, 16, num_heads=2, bias=False, tol=1e-3, chunk_size=32, check_inputs=False, fused_backend="cpu")
+    shown = repr(cell)
+    for setting in ("bias=False", "tol=0.001", "chunk_size=32", "check_inputs=False", "fused_backend='cpu'"):
+        assert setting in shown
+    assert repr(ParaGRU(8, 16)) == (
+        "ParaGRU(8, 16, num_heads=1, max_norm=0.5, structure=Diagonal(), mode='auto', max_iters=12, "
+        "fallback='sequential')"
+    )

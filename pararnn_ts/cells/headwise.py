@@ -120,8 +120,9 @@ class HeadwiseGatedCell(ParaCell):
         return u if self.b is None else u + self.b
 
     def extra_repr(self) -> str:
+        bias = "" if self.b is not None else "bias=False, "
         return (
-            f"{self.input_size}, {self.hidden_size}, num_heads={self.num_heads}, max_norm={self.max_norm}, "
+            f"{self.input_size}, {self.hidden_size}, num_heads={self.num_heads}, max_norm={self.max_norm}, {bias}"
             + super().extra_repr()
         )
 

@@ -381,7 +381,13 @@ class ParaCell(nn.Module):
         return self.tol if self.tol is not None else default_tol(dtype)
 
     def extra_repr(self) -> str:
-        return f"structure={self.structure}, mode={self.mode!r}, max_iters={self.max_iters}, fallback={self.fallback!r}"
+        shown = f"structure={self.structure}, mode={self.mode!r}, max_iters={self.max_iters}, "
+        shown += f"fallback={self.fallback!r}"
+        defaults = {"tol": None, "chunk_size": "auto", "check_inputs": True, "check_contract": True}
+        changed = {name: getattr(self, name) for name, default in defaults.items() if getattr(self, name) != default}
+        if self.fused_backend != "auto":
+            changed["fused_backend"] = self.fused_backend
+        return shown + "".join(f", {name}={value!r}" for name, value in changed.items())
 
     # ---- helpers --------------------------------------------------------------------------
     def _abstract(self, member: str) -> str:
