@@ -138,13 +138,20 @@ def test_the_final_state_owns_its_memory_apart_from_the_outputs(cell_name):
             torch.testing.assert_close(s, kept, rtol=0, atol=0, msg=mode)
 
 
-def test_step_reads_the_weights_dtype_after_a_move():
-    """step caches the dtypes of the cell's weights (its hot path): .to() makes it read them again."""
-    cell = DenseTanhCell()
+def test_step_reads_the_weights_dtypes_however_they_changed():
+    """A matmul of bf16 weights needs them widened to the float32 solve, whichever way they became bf16 after a
+    first step: .to(), assignment, load_state_dict(assign=True)."""
     x = torch.randn(2, 5, dtype=torch.float64)
-    cell.step(x)
-    cell.to(torch.bfloat16)  # a matmul of bf16 weights needs them widened to the float32 solve now
-    assert cell.step(x.to(torch.bfloat16)).dtype == torch.bfloat16
+    changes = {
+        "to": lambda cell: cell.to(torch.bfloat16),
+        "assignment": lambda cell: setattr(cell, "W", torch.nn.Parameter(cell.W.detach().bfloat16())),
+        "assign": lambda cell: cell.load_state_dict({"W": cell.W.detach().bfloat16()}, assign=True),
+    }
+    for how, change in changes.items():
+        cell = DenseTanhCell()
+        cell.step(x)
+        change(cell)
+        assert cell.step(x.float()).dtype == torch.float32, how
 
 
 def test_parameters_swapped_in_by_functional_call_get_the_gradients(cell_name):

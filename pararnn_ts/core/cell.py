@@ -104,8 +104,6 @@ class ParaCell(nn.Module):
     _step_checked: bool = False
     #: whether the first state was made after :func:`~pararnn_ts.core.contract.check_declaration` passed
     _declaration_checked: bool = False
-    #: the dtypes of the cell's parameters and buffers, for :meth:`step` (``None``: to be read; ``.to()`` resets it)
-    _tensor_dtypes: frozenset[torch.dtype] | None = None
     #: whether a solve of this cell has warned that Newton did not converge (once per cell)
     _fallback_warned: bool = False
 
@@ -252,7 +250,7 @@ class ParaCell(nn.Module):
         u = self.project(x_t)
         with self._solve_precision(u) as dtype:
             h_prev = h0.to(dtype)
-            reads = widened(self, dtype) if self._holds_narrower(dtype) else {}  # read once per dtype change
+            reads = widened(self, dtype) if self._holds_narrower(dtype) else {}  # no dicts in the common case
             h = call_with_parameters(self, reads, apply_recurrence, h_prev, u.to(dtype))
             if self.check_contract and not self._step_checked:  # shapes and dtypes only: no data read
                 check_state(type(self).__name__, h, h_prev, u)
@@ -359,14 +357,16 @@ class ParaCell(nn.Module):
         return True
 
     def _holds_narrower(self, dtype: torch.dtype) -> bool:
-        """Whether a parameter or buffer of the cell is narrower than ``dtype`` (their dtypes read once)."""
-        if self._tensor_dtypes is None:
-            self._tensor_dtypes = frozenset(t.dtype for t in itertools.chain(self.parameters(), self.buffers()))
-        return any(narrower(d, dtype) for d in self._tensor_dtypes)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> ParaCell:
-        self._tensor_dtypes = None  # .to(), .half(), ... may change them
-        return super()._apply(fn, recurse)
+        """Whether a parameter or buffer of the cell (a DataParallel replica's weights too) is narrower than
+        ``dtype``: read on every call, as assignment, ``load_state_dict(assign=True)`` or ``functional_call`` may
+        change them."""
+        if getattr(self, "_is_replica", False):
+            tensors = itertools.chain(named_weights(self).values(), self.buffers())
+        elif self._modules:
+            tensors = itertools.chain(self.parameters(), self.buffers())
+        else:  # no submodules (ParaGRU, ParaLSTM): its own dicts, without parameters()' walk (2 µs a step)
+            tensors = itertools.chain(self._parameters.values(), self._buffers.values())
+        return any(t is not None and narrower(t.dtype, dtype) for t in tensors)
 
     def resolve_chunk_size(self, u: Tensor) -> int | None:
         """Steps per chunk of the parallel solve of ``u`` ``(B, T, ...)``; ``None``: the whole sequence."""
