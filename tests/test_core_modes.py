@@ -178,13 +178,14 @@ def data_parallel_replica(module: torch.nn.Module) -> torch.nn.Module:
     module whose parameters are plain attributes, differentiable copies of the original's (here ``view_as``, for
     its ``Broadcast``), also kept in ``_former_parameters``."""
     replicas = {m: m._replicate_for_data_parallel() for m in module.modules()}
+    copies = {p: p.view_as(p) for p in module.parameters()}  # one per parameter, shared where it is tied
     for original, replica in replicas.items():
         replica._former_parameters = {}
         for name, child in original._modules.items():
             setattr(replica, name, replicas[child])
         for name, p in original._parameters.items():
-            setattr(replica, name, p.view_as(p))
-            replica._former_parameters[name] = getattr(replica, name)
+            setattr(replica, name, copies[p])
+            replica._former_parameters[name] = copies[p]
     return replicas[module]
 
 
@@ -200,6 +201,35 @@ def test_a_data_parallel_replica_passes_every_gradient_to_the_module(cell_name):
         assert all(g is not None for g in grads[mode].values()), mode
         for name, g in grads[mode].items():
             torch.testing.assert_close(g, grads["sequential"][name], rtol=1e-9, atol=1e-12, msg=f"{mode}: {name}")
+
+
+class TiedGates(torch.nn.Module):
+    def __init__(self, weight: torch.nn.Parameter) -> None:
+        super().__init__()
+        self.w = weight
+
+
+class TiedWeightCell(DenseTanhCell):
+    """Two submodules hold one weight, which the recurrence reads through both."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        shared = torch.nn.Parameter(torch.linspace(0.1, 0.5, 5, dtype=torch.float64))
+        self.g1, self.g2 = TiedGates(shared), TiedGates(shared)
+
+    def recurrence(self, h, u):
+        return super().recurrence(h * self.g1.w, u * self.g2.w)
+
+
+def test_a_weight_tied_between_submodules_gets_its_gradient_once_on_a_replica():
+    grads = {}
+    for mode in ("sequential", "parallel"):
+        torch.manual_seed(0)
+        cell = TiedWeightCell(mode=mode)
+        data_parallel_replica(cell)(torch.randn(3, 17, 5, dtype=torch.float64))[0].square().sum().backward()
+        grads[mode] = [p.grad for p in cell.parameters()]
+    for a, b in zip(grads["sequential"], grads["parallel"], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
 
 
 def test_parameters_computed_from_others_get_the_gradients(cell_name):

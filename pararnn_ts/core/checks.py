@@ -32,11 +32,13 @@ def named_weights(module: torch.nn.Module) -> dict[str, Tensor]:
     (differentiable copies of the original's, which ``parameters()`` leaves out), those copies."""
     if not getattr(module, "_is_replica", False):
         return dict(module.named_parameters())
-    return {
-        f"{prefix}.{name}" if prefix else name: tensor
-        for prefix, child in module.named_modules()
-        for name, tensor in getattr(child, "_former_parameters", {}).items()
-    }
+    weights, seen = {}, set()
+    for prefix, child in module.named_modules():
+        for name, tensor in getattr(child, "_former_parameters", {}).items():
+            if id(tensor) not in seen:  # a tied weight is one copy in every module that holds it: once, as there
+                seen.add(id(tensor))
+                weights[f"{prefix}.{name}" if prefix else name] = tensor
+    return weights
 
 
 def traced(x: Tensor) -> bool:
