@@ -117,6 +117,16 @@ def test_unavailable_backend_falls_back_with_the_reason(monkeypatch):
     assert named.last_stats.mode == "sequential"
 
 
+@pytest.mark.parametrize("mode", ["auto", "fused"])
+def test_a_named_backend_that_cannot_run_warns_under_torch_compile_fullgraph_too(monkeypatch, mode):
+    """The warning is given as Dynamo traces: warning from inside the graph broke it (the caller's frame)."""
+    monkeypatch.setattr(fused_ops, "_warned", set())
+    cell = gru(mode=mode, fused_backend="cuda")
+    with pytest.warns(RuntimeWarning, match=r'cannot run here \(cuda: '):
+        y, _ = torch.compile(cell, backend="aot_eager", fullgraph=True)(torch.randn(1, 4, 6, dtype=torch.float64))
+    assert cell.last_stats.mode == "sequential" and y.shape == (1, 4, cell.output_size)
+
+
 def test_gpu_float64_is_not_sent_to_float32_kernels():
     cell = gru()
     assert cell._fused_backend_for(torch.device("cuda"), torch.float64)[0] is None

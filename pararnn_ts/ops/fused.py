@@ -75,6 +75,7 @@ def select_backend(device: torch.device, preference: Backend = "auto") -> tuple[
     return None, "; ".join(reasons) or f"no fused backend for {device.type} devices"
 
 
+@torch.compiler.assume_constant_result  # torch.compile warns as it traces: the caller's frame is not traceable
 def warn_once(key: tuple[str, str], message: str) -> None:
     """Warn with ``message`` the first time ``key`` is seen in this process."""
     if key not in _warned:
