@@ -319,7 +319,8 @@ def test_parameters_and_buffers_pass():
 
 
 def test_buffers_swapped_in_are_those_the_backward_uses():
-    """As parameters are: the backward differentiates at the buffers the forward ran with (functional_call)."""
+    """As parameters are: the backward differentiates at the buffers the forward ran with (functional_call), and
+    refuses to run after one of the cell's own changed in place."""
     other = {"scale": torch.full((4,), 0.3, dtype=torch.float64)}
     expected = None
     for mode in ("sequential", "parallel"):
@@ -330,6 +331,11 @@ def test_buffers_swapped_in_are_those_the_backward_uses():
         expected = expected or got
         for a, b in zip(expected, got, strict=True):
             torch.testing.assert_close(b, a, msg=mode)
+        y, _ = cell(inputs().requires_grad_())  # a buffer of the cell's own changed before the backward: refused
+        with torch.no_grad():
+            cell.scale.mul_(0.5)
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
     # vmap over a buffer: the solves' autograd Functions have no vmap rule, so the loop runs (Newton failed on .item())
     scales, x = torch.stack([torch.full((4,), v, dtype=torch.float64) for v in (0.3, 0.6)]), inputs()
     with pytest.warns(RuntimeWarning, match="torch.func transform"):

@@ -160,9 +160,11 @@ class NewtonSolve(torch.autograd.Function):
         h, stats = solve_with_policy(cell, u, h0)
         stats_out.append(stats)
         ctx.cell, ctx.parameter_names = cell, list(named_weights(cell))
-        # the buffers as the forward read them (functional_call's): references, not saved tensors, since buffers
-        # that the recurrence does not read (a BatchNorm's statistics in project) may change before the backward
+        # the buffers as the forward read them (functional_call's): references, not saved tensors, since those of
+        # submodules (a BatchNorm's statistics in project, spectral_norm's vectors) may change before the backward;
+        # the cell's own are refused if they did (check_buffer_versions)
         ctx.buffers = dict(cell.named_buffers())
+        ctx.buffer_versions = {name: b._version for name, b in ctx.buffers.items() if "." not in name}
         ctx.save_for_backward(u, h0, h, *params)  # autograd refuses a backward after they change in place
         return h
 
@@ -170,6 +172,7 @@ class NewtonSolve(torch.autograd.Function):
     @first_order_only("parallel")
     def backward(ctx, grad_h: Tensor):
         cell: ParaCell = ctx.cell
+        check_buffer_versions(cell, ctx.buffers, ctx.buffer_versions)
         u, h0, h, *params = ctx.saved_tensors
         needs_u, needs_h0 = ctx.needs_input_grad[2:4]
         needs_params = ctx.needs_input_grad[4:]
@@ -206,6 +209,17 @@ class NewtonSolve(torch.autograd.Function):
         grad_u = grads.pop(0) if needs_u else None
         grad_params = [grads.pop(0) if needed else None for needed in needs_params]
         return (None, None, grad_u, grad_h0, *grad_params)
+
+
+def check_buffer_versions(cell: ParaCell, buffers: dict[str, Tensor], versions: dict[str, int]) -> None:
+    """Raise ``RuntimeError``, as autograd does for a saved tensor, if one of the cell's own ``buffers`` changed in
+    place since the forward recorded its ``versions``: the backward would differentiate at other values."""
+    changed = [name for name, version in versions.items() if buffers[name]._version != version]
+    if changed:
+        raise RuntimeError(
+            f"{type(cell).__name__}: the buffer(s) {changed}, needed for gradient computation, have been modified by "
+            "an inplace operation since the forward; change them after the backward (or compute the loss again)"
+        )
 
 
 def _jacobian(cell: ParaCell, h_prev: Tensor, u: Tensor) -> tuple[Tensor, Tensor]:
