@@ -122,7 +122,7 @@ def test_a_named_backend_that_cannot_run_warns_under_torch_compile_fullgraph_too
     """The warning is given as Dynamo traces: warning from inside the graph broke it (the caller's frame)."""
     monkeypatch.setattr(fused_ops, "_warned", set())
     cell = gru(mode=mode, fused_backend="cuda")
-    with pytest.warns(RuntimeWarning, match=r'cannot run here \(cuda: '):
+    with pytest.warns(RuntimeWarning, match=r"cannot run here \(cuda: "):
         y, _ = torch.compile(cell, backend="aot_eager", fullgraph=True)(torch.randn(1, 4, 6, dtype=torch.float64))
     assert cell.last_stats.mode == "sequential" and y.shape == (1, 4, cell.output_size)
 
