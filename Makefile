@@ -21,6 +21,7 @@ $(TORCH_SPEC): FORCE
 $(READY): pyproject.toml $(TORCH_SPEC)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(if $(filter $(TORCH_SPEC),$?),$(BIN)/pip uninstall -q -y torch 2>/dev/null || true)  # another TORCH: not kept
 	$(BIN)/pip install -q $(TORCH_PIP)
 	$(BIN)/pip install -q -e '.[dev,triton,lm,hf,forecast,world,bench]'
 	touch $@
