@@ -194,7 +194,8 @@ class ParaRNNCLI(LightningCLI):
         warn_if_never_validated(self.trainer)
         checkpoint = read_checkpoint(ckpt_path)  # once, for the three checks of a resume
         refuse_spent_max_time(self.trainer, ckpt_path, checkpoint)
-        warn_if_data_changed(ckpt_path, checkpoint, self.config[self.subcommand].get("data"))
+        skip = getattr(self.datamodule, "predict_arguments", ())  # what only predict reads: no change to a fit
+        warn_if_data_changed(ckpt_path, checkpoint, self.config[self.subcommand].get("data"), skip=skip)
         warn_if_budget_changed(ckpt_path, checkpoint, self.trainer)
         if checkpoint is not None and self.trainer.is_global_zero:
             print(resume_notice(ckpt_path, checkpoint, self.trainer), file=sys.stderr)
@@ -556,8 +557,10 @@ def warn_if_data_changed(
     data: Any,
     verb: str = "fit",
     only: Collection[str] | None = None,
+    skip: Collection[str] = (),
 ) -> None:
-    """Warn about the arguments of the ``data:`` section (those named in ``only``, if given) that differ from those the
+    """Warn about the arguments of the ``data:`` section (those named in ``only``, if given; not those in ``skip``)
+    that differ from those the
     data module of the ``checkpoint`` read from ``ckpt_path`` recorded (sizes, seeds, files): a resumed fit goes on
     with the config's, not the data it started on; a ``validate`` or ``test`` scores the model on held-out data picked
     otherwise, which may then hold data it trained on. Data modules that record none are not checked."""
@@ -568,6 +571,7 @@ def warn_if_data_changed(
     changed = replaced_arguments(data.get("class_path"), init_args(data), recorded)
     if only is not None:
         changed = {key: value for key, value in changed.items() if key.split(".")[0] in only}
+    changed = {key: value for key, value in changed.items() if key.split(".")[0] not in skip}
     if not changed:
         return
     if verb == "fit":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import logging
 import os
 import signal
@@ -162,6 +163,22 @@ def test_resuming_with_other_data_arguments_is_warned_about(tmp_path):
         warn_if_data_changed(None, None, data)
         torch.save({}, path)  # a data module that records nothing
         warn_if_data_changed(str(path), torch.load(path, weights_only=True), data)
+
+
+def test_arguments_only_predict_reads_are_not_compared_on_a_resume(tmp_path):
+    from pararnn_ts.forecast import ForecastDataModule
+    from pararnn_ts.lm import TextDataModule
+
+    for module in (TextDataModule, ForecastDataModule):  # the names are the data modules' own arguments
+        assert set(module.predict_arguments) <= set(inspect.signature(module).parameters)
+    path = tmp_path / "lm.ckpt"
+    torch.save({"datamodule_hyper_parameters": {"temperature": 0.8, "seq_len": 256}}, path)
+    data = {"class_path": "pararnn_ts.lm.TextDataModule", "init_args": {"temperature": 0.0, "seq_len": 256}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_data_changed(
+            str(path), torch.load(path, weights_only=True), data, skip=TextDataModule.predict_arguments
+        )
 
 
 def test_resuming_with_another_budget_is_warned_about():

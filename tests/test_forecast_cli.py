@@ -170,9 +170,10 @@ def test_resuming_with_other_data_arguments_warns_about_them(first_run, tmp_path
     assert recorded["validation_windows"] == 1 and recorded["dataset"]["class_path"].endswith(".JsonLinesDataset")
     monkeypatch.chdir(tmp_path)
     resume = ["fit", "-c", str(config), *TINY, "--trainer.max_steps=4", "--trainer.limit_test_batches=0"]
-    with warnings.catch_warnings(record=True) as caught:
+    predict_only = ["--data.init_args.predict_quantiles=[0.05,0.95]", "--data.init_args.predict_num_samples=9"]
+    with warnings.catch_warnings(record=True) as caught:  # also with other settings that only predict reads
         warnings.simplefilter("always")
-        capture_stdout(lambda: main([*resume, f"--ckpt_path={last}"]))
+        capture_stdout(lambda: main([*resume, f"--ckpt_path={last}", *predict_only]))
     assert not [w for w in caught if "whose data had other arguments" in str(w.message)]
     with pytest.warns(UserWarning, match=r"whose data had other arguments.*validation_windows=2 \(checkpoint: 1\)"):
         capture_stdout(lambda: main([*resume, f"--ckpt_path={last}", "--data.init_args.validation_windows=2"]))

@@ -322,6 +322,9 @@ class ForecastDataModule(pl.LightningDataModule):
             made (``torch.initial_seed()``, which ``seed_everything``, the CLI's ``--seed_everything``, sets).
     """
 
+    #: the arguments only ``predict`` reads (a resumed fit does not warn when they differ from the checkpoint's)
+    predict_arguments = ("predict_split", "predict_quantiles", "predict_num_samples")
+
     def __init__(
         self,
         dataset: ForecastDataset,

@@ -94,6 +94,9 @@ class TextDataModule(pl.LightningDataModule):
             tokens; ``stop_at_eos`` ends a text before its first end-of-text token).
     """
 
+    #: the arguments only ``predict`` reads (a resumed fit does not warn when they differ from the checkpoint's)
+    predict_arguments = ("predict_prompts", "max_new_tokens", "temperature", "top_k", "top_p", "stop_at_eos")
+
     def __init__(
         self,
         source: Literal["stdlib", "files", "jsonl", "shards", "hf"] = "stdlib",
