@@ -338,8 +338,10 @@ def test_auto_chunks_bound_the_working_set_on_cpu():
 
 def test_the_repr_names_every_setting_that_is_not_the_default():
     cell = ParaGRU(8, 16, num_heads=2, bias=False, tol=1e-3, chunk_size=32, check_inputs=False, fused_backend="cpu")
-    shown = repr(cell)
+    shown = repr(cell) + repr(ParaGRU(8, 16, recurrent_init="zeros", check_contract=False))
     for setting in ("bias=False", "tol=0.001", "chunk_size=32", "check_inputs=False", "fused_backend='cpu'"):
+        assert setting in shown
+    for setting in ("recurrent_init='zeros'", "check_contract=False"):
         assert setting in shown
     assert repr(ParaGRU(8, 16)) == (
         "ParaGRU(8, 16, num_heads=1, max_norm=0.5, structure=Diagonal(), mode='auto', max_iters=12, "

@@ -121,8 +121,9 @@ class HeadwiseGatedCell(ParaCell):
 
     def extra_repr(self) -> str:
         bias = "" if self.b is not None else "bias=False, "
+        init = "" if self.recurrent_init == "paper" else f"recurrent_init={self.recurrent_init!r}, "
         return (
-            f"{self.input_size}, {self.hidden_size}, num_heads={self.num_heads}, max_norm={self.max_norm}, {bias}"
+            f"{self.input_size}, {self.hidden_size}, num_heads={self.num_heads}, max_norm={self.max_norm}, {bias}{init}"
             + super().extra_repr()
         )
 

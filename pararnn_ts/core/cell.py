@@ -383,10 +383,14 @@ class ParaCell(nn.Module):
     def extra_repr(self) -> str:
         shown = f"structure={self.structure}, mode={self.mode!r}, max_iters={self.max_iters}, "
         shown += f"fallback={self.fallback!r}"
-        defaults = {"tol": None, "chunk_size": "auto", "check_inputs": True, "check_contract": True}
+        defaults = {
+            "tol": None,
+            "chunk_size": "auto",
+            "check_inputs": True,
+            "check_contract": True,
+            "fused_backend": "auto",
+        }
         changed = {name: getattr(self, name) for name, default in defaults.items() if getattr(self, name) != default}
-        if self.fused_backend != "auto":
-            changed["fused_backend"] = self.fused_backend
         return shown + "".join(f", {name}={value!r}" for name, value in changed.items())
 
     # ---- helpers --------------------------------------------------------------------------
