@@ -342,10 +342,8 @@ class ParaCell(nn.Module):
             return True
         if torch.compiler.is_exporting():
             why = "torch.export"
-        elif functorch_wrapped(
-            u, h0, *named_weights(self).values(), *self.buffers()
-        ):  # the solves' Functions: no rules
-            why = "a torch.func transform (grad, vjp, jacrev, jacfwd, vmap)"
+        elif functorch_wrapped(u, h0, *named_weights(self).values(), *self.buffers()):  # the solves' Functions have
+            why = "a torch.func transform (grad, vjp, jacrev, jacfwd, vmap)"  # no functorch rules
         elif capturing(u) and not (mode == "fused" and fused_ops.has_exact_kernels(backend)):
             why = "CUDA graph capture (Newton reads its residual on the host)"  # the exact fused kernels read none
         else:

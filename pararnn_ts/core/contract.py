@@ -285,7 +285,7 @@ def _rows(u: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
     return u_s, h0_s
 
 
-def _slice(cell: ParaCell, u: Tensor, h0: Tensor, batched: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
+def _slice(cell: ParaCell, u: Tensor, h0: Tensor, batched: bool) -> tuple[Tensor, Tensor | None, Tensor]:
     """``(h_prev, f, h)``: the states before and after each of the ``n`` steps of ``u`` ``(R, n, *U)`` from ``h0``
     ``(R, *S)`` by the loop, and ``f = recurrence(h_prev, u)`` in the parallel layout (``None`` unless ``batched``);
     checks each one's shape and dtype."""
