@@ -560,10 +560,10 @@ def warn_if_data_changed(
     skip: Collection[str] = (),
 ) -> None:
     """Warn about the arguments of the ``data:`` section (those named in ``only``, if given; not those in ``skip``)
-    that differ from those the
-    data module of the ``checkpoint`` read from ``ckpt_path`` recorded (sizes, seeds, files): a resumed fit goes on
-    with the config's, not the data it started on; a ``validate`` or ``test`` scores the model on held-out data picked
-    otherwise, which may then hold data it trained on. Data modules that record none are not checked."""
+    that differ from those the data module of the ``checkpoint`` read from ``ckpt_path`` recorded (sizes, seeds,
+    files): a resumed fit goes on with the config's, not the data it started on; a ``validate`` or ``test`` scores
+    the model on held-out data picked otherwise, which may then hold data it trained on. Data modules that record
+    none are not checked."""
     recorded = (checkpoint or {}).get("datamodule_hyper_parameters")
     if not (recorded and hasattr(data, "get")):
         return
