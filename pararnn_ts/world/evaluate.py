@@ -195,7 +195,8 @@ def compare_models(
         raise ValueError(f"--checkpoint {checkpoint} is scored as the pararnn row; add pararnn to --models")
     if context < 1 or stride < 1 or not ks or min(ks) < 1:
         raise ValueError(f"--context, --stride and every --ks must be >= 1, got {context}, {stride}, {list(ks)}")
-    paths = output_paths(out_dir, datamodule.source_env or "trajectories")
+    env = datamodule.source_env  # None for a file that names no env
+    paths = output_paths(out_dir, env or "trajectories")
     refuse_existing(paths.values(), overwrite)
     start = time.perf_counter()
     datamodule.setup("fit")
@@ -220,7 +221,7 @@ def compare_models(
     settings |= {"open_loop_weight": open_loop_weight, "mlp_epochs": mlp_epochs, "window": datamodule.window}
     settings |= {"context": context, "stride": stride, "seed": seed}
     results = {
-        "env_id": datamodule.source_env,
+        "env_id": env,
         "num_steps": len(datamodule.data),
         "episodes": {split: len(ids) for split, ids in datamodule.split_ids.items()},
         "settings": settings,
@@ -236,7 +237,7 @@ def compare_models(
     paths["md"].write_text(markdown_table(results, ks))
     longest = max(test, key=lambda e: len(e.obs))
     predictors = {row.name: row.predict for row in rows}
-    plot_rollout(paths["png"], longest, predictors, context, max(ks), datamodule.source_env or "trajectories")
+    plot_rollout(paths["png"], longest, predictors, context, max(ks), env or "trajectories")
     return results
 
 
